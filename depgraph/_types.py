@@ -1,0 +1,15 @@
+"""Domain aliases used across depgraph, defined once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Union
+
+import torch
+
+#: Channel indices as users pass them: a list/tuple of ints or a 1-D integer tensor.
+Indices = Union[Sequence[int], torch.Tensor]
+
+#: What ``build_dependency`` accepts as example inputs: a tensor, a tuple/list of
+#: positional inputs, or a dict of keyword inputs.
+ExampleInputs = Any

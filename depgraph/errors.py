@@ -1,0 +1,38 @@
+"""The one exception family of depgraph.
+
+Every error the library raises on purpose is a :class:`DepgraphError`, so a
+caller can catch one type. Subclasses say which kind of refusal it was.
+"""
+
+from __future__ import annotations
+
+
+class DepgraphError(RuntimeError):
+    """Base class of every error depgraph raises on purpose."""
+
+
+class TraceError(DepgraphError):
+    """The model could not be run or recorded on the example inputs."""
+
+
+class UnsupportedOpError(DepgraphError):
+    """An op or module cannot be pruned along the requested dimension."""
+
+
+class InvalidIndicesError(DepgraphError, IndexError):
+    """Pruning indices are out of range, negative or of the wrong type."""
+
+
+class OverPruningError(DepgraphError):
+    """Pruning would remove every channel of some layer."""
+
+
+class UnknownModuleError(DepgraphError, KeyError):
+    """A module (or parameter) is not part of the traced graph."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class HandlerMismatchError(DepgraphError, TypeError):
+    """A pruning function was applied to a module it does not handle."""

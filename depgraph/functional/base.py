@@ -1,0 +1,262 @@
+"""The contract every per-module pruning handler follows, and its registry.
+
+A handler removes channels from one layer in place. It never decides *which*
+channels: the dependency graph does that and calls the handler once per
+coupled layer, after checking every member of the group.
+
+Call tree (what a subclass may override is marked *)::
+
+    handler.prune_out_channels(layer, idxs)      *  remove output channels
+        normalize_idxs(idxs, n, layer, "out")       validate, dedupe, sort
+    handler.prune_in_channels(layer, idxs)       *  remove input channels
+    handler.get_out_channels(layer)              *  current output width (None: none)
+    handler.get_in_channels(layer)               *  current input width  (None: none)
+    handler.in_channel_dim(layer, ndim)          *  which input dim carries in-channels
+    handler.out_channel_dim(layer, ndim)         *  which output dim carries out-channels
+
+Handlers are stateless: one instance serves every layer of its type. The
+bound methods ``prune_out_channels`` / ``prune_in_channels`` are created once
+per instance, so the public ``tp.prune_conv_out_channels`` is the very object a
+group's ``dep.handler`` holds (``is`` comparisons work).
+
+Rules every handler keeps:
+
+* Parameters keep their identity (``layer.weight`` stays the same
+  ``nn.Parameter``); only ``.data`` (and ``.grad`` when present) is replaced,
+  so references held by the user stay valid.
+* Size attributes (``out_channels``, ``in_features``, ``num_features`` ...)
+  are updated so the module's ``repr`` and its ``forward`` stay consistent.
+* Nothing is changed when ``idxs`` is empty.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+import torch.nn as nn
+
+from .._types import Indices
+from ..errors import HandlerMismatchError, InvalidIndicesError, OverPruningError, UnknownModuleError
+
+__all__ = [
+    "BasePruningFunc",
+    "normalize_idxs",
+    "keep_index",
+    "prune_tensor",
+    "register_handler",
+    "get_handler",
+    "find_handler",
+    "registered_handlers",
+    "PrunerBox",
+]
+
+
+def normalize_idxs(idxs: Indices, n: int, layer: object = None, side: str = "") -> torch.Tensor:
+    """Validate pruning indices against a width ``n``; return them sorted, unique, int64.
+
+    Raises:
+        InvalidIndicesError: an index is negative, not an integer, or ``>= n``.
+        OverPruningError: every one of the ``n`` channels would be removed.
+    """
+    where = f" of {_describe(layer)}" if layer is not None else ""
+    t = idxs if isinstance(idxs, torch.Tensor) else torch.as_tensor(list(idxs), dtype=torch.long)
+    if t.numel() == 0:
+        return torch.empty(0, dtype=torch.long)
+    if t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex:
+        raise InvalidIndicesError(f"pruning indices{where} must be integers, got dtype {t.dtype}")
+    t = torch.unique(t.flatten().to(torch.long).cpu())
+    if int(t[0]) < 0:
+        raise InvalidIndicesError(
+            f"negative pruning index {int(t[0])} for the {side} channels{where}; indices count from 0"
+        )
+    if int(t[-1]) >= n:
+        raise InvalidIndicesError(
+            f"pruning index {int(t[-1])} is out of range for the {n} {side} channels{where}"
+        )
+    if t.numel() >= n:
+        raise OverPruningError(
+            f"pruning all {n} {side} channels{where} would leave it empty; keep at least one"
+        )
+    return t
+
+
+def keep_index(n: int, idxs: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """Indices of ``range(n)`` that survive removing ``idxs`` (sorted, int64)."""
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[idxs.cpu()] = False
+    keep = mask.nonzero().flatten()
+    return keep if device is None else keep.to(device)
+
+
+def prune_tensor(t: torch.Tensor | None, dim: int, keep: torch.Tensor) -> None:
+    """Keep only ``keep`` along ``dim`` of a Parameter/tensor in place (identity kept).
+
+    The Parameter object is preserved and its ``.data`` replaced; an existing
+    ``.grad`` is pruned the same way so optimisers and Taylor scores see
+    matching shapes.
+    """
+    if t is None:
+        return
+    keep = keep.to(t.device)
+    t.data = torch.index_select(t.data, dim, keep).contiguous()
+    if getattr(t, "grad", None) is not None:
+        t.grad = torch.index_select(t.grad, dim, keep).contiguous()
+
+
+def _describe(layer: object) -> str:
+    name = getattr(layer, "_depgraph_name", None)
+    return f"{name} ({type(layer).__name__})" if name else type(layer).__name__
+
+
+class BasePruningFunc:
+    """Base class of per-module pruning handlers; subclass it for a custom layer.
+
+    Override ``prune_out_channels``, ``prune_in_channels``, ``get_out_channels``
+    and ``get_in_channels``. Set ``TARGET_MODULES`` to the module types handled.
+    Set ``mixes_channels = True`` when the layer computes statistics across the
+    channel dimension (LayerNorm, GroupNorm): pruning through it is then valid
+    but not exactly equal to zeroing those channels, and ``depgraph.verify``
+    says so.
+
+    Example:
+        >>> class ScalePruner(BasePruningFunc):
+        ...     TARGET_MODULES = (MyScale,)
+        ...     def prune_out_channels(self, layer, idxs):
+        ...         idxs = self.check_idxs(layer, idxs, "out")
+        ...         prune_tensor(layer.scale, 0, keep_index(layer.scale.shape[0], idxs))
+        ...         return layer
+        ...     prune_in_channels = prune_out_channels
+        ...     def get_out_channels(self, layer):
+        ...         return layer.scale.shape[0]
+        ...     get_in_channels = get_out_channels
+    """
+
+    TARGET_MODULES: tuple[type, ...] = ()
+    mixes_channels: bool = False
+
+    def __init__(self, pruning_dim: int = 1) -> None:
+        # ``pruning_dim`` is accepted for compatibility with custom pruners written
+        # for the original API; depgraph derives dims from the trace instead.
+        self.pruning_dim = pruning_dim
+        # Bind once so ``handler.prune_out_channels is handler.prune_out_channels``.
+        self.prune_out_channels = self.prune_out_channels  # type: ignore[method-assign]
+        self.prune_in_channels = self.prune_in_channels  # type: ignore[method-assign]
+
+    # -- to override -------------------------------------------------------
+    def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
+        raise NotImplementedError(f"{type(self).__name__} does not implement prune_out_channels")
+
+    def prune_in_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
+        raise NotImplementedError(f"{type(self).__name__} does not implement prune_in_channels")
+
+    def get_out_channels(self, layer: nn.Module) -> int | None:
+        raise NotImplementedError(f"{type(self).__name__} does not implement get_out_channels")
+
+    def get_in_channels(self, layer: nn.Module) -> int | None:
+        raise NotImplementedError(f"{type(self).__name__} does not implement get_in_channels")
+
+    def in_channel_dim(self, layer: nn.Module, ndim: int) -> int:
+        """The dim of the layer's (first) input that holds its in-channels."""
+        return 1 if ndim >= 2 else 0
+
+    def out_channel_dim(self, layer: nn.Module, ndim: int) -> int:
+        """The dim of the layer's (first) output that holds its out-channels."""
+        return 1 if ndim >= 2 else 0
+
+    # -- helpers for subclasses -------------------------------------------
+    def check_layer(self, layer: nn.Module) -> None:
+        """Raise :class:`HandlerMismatchError` when ``layer`` is not a target type."""
+        if self.TARGET_MODULES and not isinstance(layer, self.TARGET_MODULES):
+            names = ", ".join(t.__name__ for t in self.TARGET_MODULES)
+            raise HandlerMismatchError(
+                f"{type(self).__name__} prunes {names}, not {_describe(layer)}; "
+                f"use the pruning function for {type(layer).__name__} (see depgraph.functional)"
+            )
+
+    def check_idxs(self, layer: nn.Module, idxs: Indices, side: str) -> torch.Tensor:
+        """Check the layer type and the indices; return sorted unique int64 indices."""
+        self.check_layer(layer)
+        n = self.get_out_channels(layer) if side == "out" else self.get_in_channels(layer)
+        if n is None:
+            raise HandlerMismatchError(f"{_describe(layer)} has no {side} channels to prune")
+        return normalize_idxs(idxs, int(n), layer, side)
+
+    def __call__(self, layer: nn.Module, idxs: Indices) -> nn.Module:
+        return self.prune_out_channels(layer, idxs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+_HANDLERS: dict[type, BasePruningFunc] = {}
+H = TypeVar("H", bound=type)
+
+
+def register_handler(*module_types: type) -> Callable[[H], H]:
+    """Class decorator: instantiate the handler and register it for ``module_types``.
+
+    Warns (``stacklevel=2``) when it replaces an existing registration.
+    """
+
+    def deco(cls: H) -> H:
+        instance = cls()
+        for t in module_types or cls.TARGET_MODULES:
+            if t in _HANDLERS:
+                warnings.warn(
+                    f"replacing the pruning handler for {t.__name__}: "
+                    f"{type(_HANDLERS[t]).__name__} -> {cls.__name__}",
+                    stacklevel=2,
+                )
+            _HANDLERS[t] = instance
+        cls.INSTANCE = instance  # type: ignore[attr-defined]
+        return cls
+
+    return deco
+
+
+def find_handler(module: nn.Module, extra: dict | None = None) -> BasePruningFunc | None:
+    """The handler for a module: exact type first, then the nearest registered base class.
+
+    ``extra`` maps types (or module instances) to handlers and takes precedence,
+    which is how ``customized_pruners`` work.
+    """
+    if extra:
+        if module in extra.keys() if not isinstance(module, type) else False:
+            return extra[module]
+        for cls in type(module).__mro__:
+            if cls in extra:
+                return extra[cls]
+    for cls in type(module).__mro__:
+        if cls in _HANDLERS:
+            return _HANDLERS[cls]
+    return None
+
+
+def get_handler(module_type: type) -> BasePruningFunc:
+    """The registered handler for a module type; raise listing the known types if none."""
+    for cls in module_type.__mro__:
+        if cls in _HANDLERS:
+            return _HANDLERS[cls]
+    known = ", ".join(sorted(t.__name__ for t in _HANDLERS))
+    raise UnknownModuleError(
+        f"no pruning handler is registered for {module_type.__name__}; known types: {known}. "
+        "Register one with DependencyGraph.register_customized_layer or customized_pruners="
+    )
+
+
+def registered_handlers() -> dict[type, BasePruningFunc]:
+    """A copy of the type -> handler registry."""
+    return dict(_HANDLERS)
+
+
+class _PrunerBoxView(dict):
+    """Read-mostly view of the registry under the original ``PrunerBox`` name."""
+
+    def __missing__(self, key: type) -> BasePruningFunc:
+        return get_handler(key)
+
+
+PrunerBox = _PrunerBoxView()
