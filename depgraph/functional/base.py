@@ -224,7 +224,7 @@ def find_handler(module: nn.Module, extra: dict | None = None) -> BasePruningFun
     which is how ``customized_pruners`` work.
     """
     if extra:
-        if module in extra.keys() if not isinstance(module, type) else False:
+        if module in extra:
             return extra[module]
         for cls in type(module).__mro__:
             if cls in extra:
