@@ -1,0 +1,29 @@
+"""Utilities around pruning: MAC/parameter counting, printing, benchmarks, pictures.
+
+``draw_*`` import matplotlib lazily, so ``import depgraph.utils`` never needs it.
+"""
+
+from . import benchmark, print_tool
+from .benchmark import measure_fps, measure_latency, measure_memory, measure_throughput
+from .draw import draw_computational_graph, draw_dependency_graph, draw_groups
+from .op_counter import count_ops_and_params, count_params
+from .op_rules import register_op_rule
+
+__all__ = [
+    # counting
+    "count_ops_and_params",
+    "count_params",
+    "register_op_rule",
+    # printing
+    "print_tool",
+    # benchmarks
+    "benchmark",
+    "measure_latency",
+    "measure_memory",
+    "measure_fps",
+    "measure_throughput",
+    # pictures
+    "draw_dependency_graph",
+    "draw_groups",
+    "draw_computational_graph",
+]

@@ -1,0 +1,202 @@
+"""Per-layer MAC formulas used by :func:`depgraph.utils.count_ops_and_params`.
+
+A rule is ``rule(module, inputs, output) -> int``: the multiply-accumulates the
+module performed in one forward call on the whole batch. Rules are registered
+by module type with :func:`register_op_rule`; a subclass inherits its nearest
+registered base's rule (``timm``'s ``Linear`` counts like ``nn.Linear``).
+
+The conventions follow the classic ``ptflops`` counter that published pruning
+tables (and the Torch-Pruning README) were produced with, so figures can be
+compared with them:
+
+* convolution: ``out_elements * (C_in / groups) * prod(kernel)`` plus one add
+  per output element for the bias;
+* linear: ``in_elements * out_features`` plus the bias adds;
+* batch/instance/group/layer norm: one op per input element, two when affine;
+* ReLU-like activations: one op per output element; pooling: one per input
+  element; upsampling: one per output element;
+* element-wise tensor arithmetic (residual adds, SiLU, ...) is free.
+
+Two deliberate departures, both documented where they apply: the bias of a
+linear layer is counted once per output *element* (the old counter counted it
+once per batch, which under-counts token inputs), and a transposed convolution
+is charged per *input* position (what it actually computes) instead of per
+output position.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = ["OpRule", "register_op_rule", "find_op_rule", "registered_op_rules"]
+
+#: ``rule(module, positional_inputs, output) -> MACs`` for one forward call.
+OpRule = Callable[[nn.Module, tuple, Any], int]
+
+_RULES: dict[type, OpRule] = {}
+
+
+def register_op_rule(*module_types: type) -> Callable[[OpRule], OpRule]:
+    """Decorator registering a MAC rule for ``module_types``; returns the rule unchanged.
+
+    Use it to teach the counter a custom layer. Warns (``stacklevel=2``) when a
+    registration is replaced.
+
+    Example:
+        >>> @register_op_rule(MyScale)
+        ... def _count_scale(module, inputs, output):
+        ...     return output.numel()
+    """
+
+    def deco(rule: OpRule) -> OpRule:
+        for t in module_types:
+            if t in _RULES and _RULES[t] is not rule:
+                warnings.warn(f"replacing the MAC rule for {t.__name__}", stacklevel=2)
+            _RULES[t] = rule
+        return rule
+
+    return deco
+
+
+def find_op_rule(module: nn.Module) -> OpRule | None:
+    """The rule for ``module``'s type or its nearest registered base class, else None."""
+    for cls in type(module).__mro__:
+        rule = _RULES.get(cls)
+        if rule is not None:
+            return rule
+    return None
+
+
+def registered_op_rules() -> dict[type, OpRule]:
+    """A copy of the type -> rule registry."""
+    return dict(_RULES)
+
+
+def _first_tensor(inputs: tuple) -> torch.Tensor | None:
+    for x in inputs:
+        if isinstance(x, torch.Tensor):
+            return x
+    return None
+
+
+def _first_output(output: Any) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output:
+        return _first_output(output[0])
+    return None
+
+
+# -- convolutions --------------------------------------------------------------
+
+
+@register_op_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def _count_conv(module: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> int:
+    # every output element is a dot product over (C_in / groups) * prod(kernel) taps
+    taps = (module.in_channels // module.groups) * math.prod(module.kernel_size)
+    macs = output.numel() * taps
+    if module.bias is not None:
+        macs += output.numel()
+    return int(macs)
+
+
+@register_op_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def _count_conv_transpose(module: nn.ConvTranspose2d, inputs: tuple, output: torch.Tensor) -> int:
+    # every *input* element is scattered into (C_out / groups) * prod(kernel) outputs
+    x = _first_tensor(inputs)
+    taps = (module.out_channels // module.groups) * math.prod(module.kernel_size)
+    macs = (x.numel() if x is not None else 0) * taps
+    if module.bias is not None:
+        macs += output.numel()
+    return int(macs)
+
+
+# -- dense layers --------------------------------------------------------------
+
+
+@register_op_rule(nn.Linear)
+def _count_linear(module: nn.Linear, inputs: tuple, output: torch.Tensor) -> int:
+    x = _first_tensor(inputs)
+    macs = (x.numel() if x is not None else 0) * module.out_features
+    if module.bias is not None:
+        macs += output.numel()
+    return int(macs)
+
+
+@register_op_rule(nn.Bilinear)
+def _count_bilinear(module: nn.Bilinear, inputs: tuple, output: torch.Tensor) -> int:
+    # y_o = x1^T W_o x2: in1*in2 products per output feature, per row
+    rows = output.numel() // module.out_features
+    macs = rows * module.out_features * module.in1_features * module.in2_features
+    if module.bias is not None:
+        macs += output.numel()
+    return int(macs)
+
+
+# -- normalisation, activations, pooling ---------------------------------------
+
+
+@register_op_rule(
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.GroupNorm,
+)
+def _count_affine_norm(module: nn.Module, inputs: tuple, output: Any) -> int:
+    x = _first_tensor(inputs)
+    n = x.numel() if x is not None else 0
+    return int(n * (2 if getattr(module, "affine", False) else 1))
+
+
+@register_op_rule(nn.LayerNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
+def _count_layer_norm(module: nn.Module, inputs: tuple, output: Any) -> int:
+    x = _first_tensor(inputs)
+    n = x.numel() if x is not None else 0
+    return int(n * (2 if getattr(module, "elementwise_affine", False) else 1))
+
+
+@register_op_rule(nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.GELU)
+def _count_activation(module: nn.Module, inputs: tuple, output: Any) -> int:
+    out = _first_output(output)
+    return int(out.numel()) if out is not None else 0
+
+
+@register_op_rule(
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+)
+def _count_pool(module: nn.Module, inputs: tuple, output: Any) -> int:
+    x = _first_tensor(inputs)
+    return int(x.numel()) if x is not None else 0
+
+
+@register_op_rule(nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
+def _count_upsample(module: nn.Module, inputs: tuple, output: Any) -> int:
+    out = _first_output(output)
+    return int(out.numel()) if out is not None else 0
+
+
+@register_op_rule(nn.Embedding, nn.EmbeddingBag, nn.Identity, nn.Dropout, nn.Flatten)
+def _count_free(module: nn.Module, inputs: tuple, output: Any) -> int:
+    # table look-ups and reshapes move data but do no arithmetic
+    return 0
