@@ -32,7 +32,7 @@ Rules every handler keeps:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import TypeVar
 
 import torch
@@ -168,18 +168,35 @@ class BasePruningFunc:
 
     # -- helpers for subclasses -------------------------------------------
     def check_layer(self, layer: nn.Module) -> None:
-        """Raise :class:`HandlerMismatchError` when ``layer`` is not a target type."""
-        if self.TARGET_MODULES and not isinstance(layer, self.TARGET_MODULES):
-            names = ", ".join(t.__name__ for t in self.TARGET_MODULES)
-            raise HandlerMismatchError(
-                f"{type(self).__name__} prunes {names}, not {_describe(layer)}; "
-                f"use the pruning function for {type(layer).__name__} (see depgraph.functional)"
-            )
+        """Raise :class:`HandlerMismatchError` when ``layer`` belongs to another handler.
+
+        A module of one of ``TARGET_MODULES`` is accepted. So is a module of a type no
+        handler is registered for: custom layers are duck-typed, which is what lets
+        ``customized_pruners={MyLinear: LinearPruner()}`` work; a missing attribute is
+        then reported by :meth:`check_idxs`. A module that another handler owns (a
+        ``Conv2d`` given to the linear pruner) is refused, because pruning it with the
+        wrong layout would silently corrupt it.
+        """
+        if not self.TARGET_MODULES or isinstance(layer, self.TARGET_MODULES):
+            return
+        if find_handler(layer) is None and isinstance(layer, nn.Module):
+            return
+        names = ", ".join(t.__name__ for t in self.TARGET_MODULES)
+        raise HandlerMismatchError(
+            f"{type(self).__name__} prunes {names}, not {_describe(layer)}; "
+            f"use the pruning function for {type(layer).__name__} (see depgraph.functional)"
+        )
 
     def check_idxs(self, layer: nn.Module, idxs: Indices, side: str) -> torch.Tensor:
         """Check the layer type and the indices; return sorted unique int64 indices."""
         self.check_layer(layer)
-        n = self.get_out_channels(layer) if side == "out" else self.get_in_channels(layer)
+        try:
+            n = self.get_out_channels(layer) if side == "out" else self.get_in_channels(layer)
+        except AttributeError as err:
+            raise HandlerMismatchError(
+                f"{type(self).__name__} cannot prune {_describe(layer)}: {err}; "
+                "subclass a handler for this layer and register it (customized_pruners=)"
+            ) from None
         if n is None:
             raise HandlerMismatchError(f"{_describe(layer)} has no {side} channels to prune")
         return normalize_idxs(idxs, int(n), layer, side)
@@ -252,11 +269,33 @@ def registered_handlers() -> dict[type, BasePruningFunc]:
     return dict(_HANDLERS)
 
 
-class _PrunerBoxView(dict):
-    """Read-mostly view of the registry under the original ``PrunerBox`` name."""
+class _PrunerBoxView(MutableMapping):
+    """The registry under the original ``PrunerBox`` name: a live view, not a copy.
 
-    def __missing__(self, key: type) -> BasePruningFunc:
+    Lookups resolve through the MRO like :func:`get_handler`; assignment registers
+    a handler for a type (without the overwrite warning, as a plain dict would).
+    """
+
+    def __getitem__(self, key: type) -> BasePruningFunc:
+        if not isinstance(key, type):
+            raise KeyError(key)
         return get_handler(key)
+
+    def __setitem__(self, key: type, value: BasePruningFunc) -> None:
+        _HANDLERS[key] = value
+
+    def __delitem__(self, key: type) -> None:
+        del _HANDLERS[key]
+
+    def __iter__(self) -> Iterator[type]:
+        return iter(dict(_HANDLERS))
+
+    def __len__(self) -> int:
+        return len(_HANDLERS)
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{t.__name__}: {h!r}" for t, h in _HANDLERS.items())
+        return f"PrunerBox({{{items}}})"
 
 
 PrunerBox = _PrunerBoxView()

@@ -1,0 +1,72 @@
+"""Pruning handler for bare tensors: parameters and buffers used directly by ops.
+
+A model may use an ``nn.Parameter`` without a module around it (a class token,
+a positional embedding, a learned scale). The graph finds which dim of it is
+coupled to a channel dim and calls this handler with that ``dim``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._types import Indices
+from ..errors import HandlerMismatchError, InvalidIndicesError
+from .base import BasePruningFunc, _describe, keep_index, normalize_idxs, prune_tensor
+
+__all__ = ["ParameterPruner"]
+
+
+class ParameterPruner(BasePruningFunc):
+    """Prunes one dim of a tensor in place, keeping the tensor object.
+
+    Not registered by module type: the graph calls it for tensors it traced.
+    The handler itself is stateless; the dim is an argument of every call.
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.zeros(1, 5, 8))
+        >>> ParameterPruner.INSTANCE.prune_out_channels(p, [0, 1], dim=2).shape
+        torch.Size([1, 5, 6])
+    """
+
+    TARGET_MODULES = (torch.Tensor,)
+
+    def prune_out_channels(self, tensor: torch.Tensor, idxs: Indices, dim: int = 0) -> torch.Tensor:
+        """Remove ``idxs`` along ``dim`` of ``tensor``; ``.grad`` follows.
+
+        Raises:
+            HandlerMismatchError: ``tensor`` is not a tensor.
+            InvalidIndicesError: ``tensor`` has no dim ``dim``, or an index is
+                negative or ``>= tensor.shape[dim]``.
+            OverPruningError: every index along ``dim`` would be removed.
+        """
+        dim = self._check_dim(tensor, dim)
+        idxs = normalize_idxs(idxs, tensor.shape[dim], tensor, f"dim-{dim}")
+        if idxs.numel():
+            prune_tensor(tensor, dim, keep_index(tensor.shape[dim], idxs))
+        return tensor
+
+    def prune_in_channels(self, tensor: torch.Tensor, idxs: Indices, dim: int = 0) -> torch.Tensor:
+        """Same as :meth:`prune_out_channels`: a bare tensor has just one set of channels."""
+        return self.prune_out_channels(tensor, idxs, dim)
+
+    def get_out_channels(self, tensor: torch.Tensor, dim: int = 0) -> int:
+        return tensor.shape[self._check_dim(tensor, dim)]
+
+    def get_in_channels(self, tensor: torch.Tensor, dim: int = 0) -> int:
+        return self.get_out_channels(tensor, dim)
+
+    def _check_dim(self, tensor: torch.Tensor, dim: int) -> int:
+        if not isinstance(tensor, torch.Tensor):
+            raise HandlerMismatchError(
+                f"ParameterPruner prunes tensors, not {_describe(tensor)}; "
+                "use the pruning function for that module type"
+            )
+        if not -tensor.ndim <= dim < tensor.ndim:
+            raise InvalidIndicesError(
+                f"cannot prune dim {dim} of a tensor of shape {tuple(tensor.shape)}; "
+                f"dim must be in [{-tensor.ndim}, {tensor.ndim - 1}]"
+            )
+        return dim % tensor.ndim
+
+
+ParameterPruner.INSTANCE = ParameterPruner()
