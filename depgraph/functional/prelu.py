@@ -39,8 +39,8 @@ class PReLUPruner(BasePruningFunc):
             OverPruningError: every channel of a per-channel PReLU would be removed.
             HandlerMismatchError: ``layer`` belongs to another handler.
         """
-        if self.get_out_channels(layer) is None:
-            self.check_layer(layer)
+        self.check_layer(layer)
+        if getattr(layer, "num_parameters", None) == 1:
             normalize_idxs(idxs, sys.maxsize, layer, "out")  # still refuse malformed indices
             return layer
         idxs = self.check_idxs(layer, idxs, "out")
