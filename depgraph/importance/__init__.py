@@ -1,0 +1,61 @@
+"""Importance criteria: score each channel of a pruning group (low = prune first).
+
+Also importable as ``depgraph.pruner.importance``.
+"""
+
+from .activation import ActivationImportance
+from .base import (
+    DEFAULT_TARGET_TYPES,
+    GroupImportance,
+    Importance,
+    create_importance,
+    list_importances,
+    register_importance,
+)
+from .channels import ChannelSlice, channel_slices, handler_side, register_channel_slices
+from .fpgm import FPGMImportance
+from .magnitude import (
+    BNScaleImportance,
+    GroupMagnitudeImportance,
+    GroupNormImportance,
+    LAMPImportance,
+    MagnitudeImportance,
+    RandomImportance,
+)
+from .obdc import OBDCImportance
+from .reduce import NORMALIZERS, REDUCTIONS, normalize, reduce_stack
+from .taylor import GroupHessianImportance, GroupTaylorImportance, HessianImportance, TaylorImportance
+
+__all__ = [
+    # base and registry
+    "Importance",
+    "GroupImportance",
+    "register_importance",
+    "create_importance",
+    "list_importances",
+    "DEFAULT_TARGET_TYPES",
+    # magnitude family
+    "GroupMagnitudeImportance",
+    "MagnitudeImportance",
+    "GroupNormImportance",
+    "BNScaleImportance",
+    "LAMPImportance",
+    "FPGMImportance",
+    "RandomImportance",
+    # gradient and data driven
+    "GroupTaylorImportance",
+    "TaylorImportance",
+    "GroupHessianImportance",
+    "HessianImportance",
+    "OBDCImportance",
+    "ActivationImportance",
+    # building blocks
+    "REDUCTIONS",
+    "NORMALIZERS",
+    "reduce_stack",
+    "normalize",
+    "ChannelSlice",
+    "channel_slices",
+    "register_channel_slices",
+    "handler_side",
+]

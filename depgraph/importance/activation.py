@@ -1,0 +1,98 @@
+"""Activation-based importance: channels that carry little signal are pruned first.
+
+The score of a channel is the mean ``|x|**p`` of the activation that enters
+each scored layer through that channel, averaged over every position and
+every forward pass run inside :meth:`ActivationImportance.compute_importance`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .base import GroupImportance, register_importance
+from .reduce import Normalizer, Reduction
+from .stats import RunningMoments, hooked
+
+__all__ = ["ActivationImportance"]
+
+
+def in_width(module: nn.Module) -> int | None:
+    """Number of input channels of the common layer types."""
+    for attr in ("in_channels", "in_features", "num_features"):
+        n = getattr(module, attr, None)
+        if n is not None:
+            return int(n)
+    shape = getattr(module, "normalized_shape", None)
+    return int(shape[-1]) if shape else None
+
+
+@register_importance("activation")
+class ActivationImportance(GroupImportance):
+    """Channel score = mean ``|input activation|**p`` of the layers consuming it.
+
+    Statistics accumulate across every forward pass inside
+    :meth:`compute_importance` (also spelled :meth:`collect`) until
+    :meth:`reset`; they are kept here, keyed by module, not on the modules.
+
+    Args:
+        p: the power of the activation magnitude.
+        group_reduction, normalizer, target_types: see
+            :class:`~depgraph.importance.GroupImportance` (default targets:
+            convolutions and linears).
+
+    Example:
+        >>> imp = ActivationImportance()
+        >>> with imp.compute_importance(model):
+        ...     for x, _ in calibration_batches:
+        ...         model(x)
+        >>> pruner = tp.pruner.BasePruner(model, example_inputs, imp, pruning_ratio=0.3)
+
+    Raises:
+        DepgraphError (when called): a scored layer was never run inside the
+            context, or was pruned after its statistics were collected.
+    """
+
+    def __init__(
+        self,
+        p: float = 1,
+        group_reduction: Reduction = "mean",
+        normalizer: Normalizer = "mean",
+        target_types: Sequence[type] | None = None,
+    ) -> None:
+        types = target_types if target_types is not None else (nn.modules.conv._ConvNd, nn.Linear)
+        super().__init__(group_reduction, normalizer, bias=False, target_types=types)
+        if not p > 0:
+            raise ValueError(f"p must be positive, got {p!r}")
+        self.p = p
+        self._moments = RunningMoments(p)
+
+    @contextmanager
+    def compute_importance(self, model: nn.Module) -> Iterator[None]:
+        """Collect input statistics of the target layers during the block's forward passes."""
+
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            if inputs:
+                self._moments.add(module, "in", inputs[0])
+
+        targets = [m for m in model.modules() if isinstance(m, self.target_types)]
+        with hooked(targets, hook):
+            yield
+
+    collect = compute_importance
+
+    def reset(self) -> None:
+        """Forget the collected statistics."""
+        self._moments.clear()
+
+    def score_member(self, target: object, side: str, idxs: torch.Tensor, dep: Any) -> torch.Tensor | None:
+        if side != "in" or not isinstance(target, nn.Module):
+            return None
+        width = in_width(target)
+        if width is None:
+            return None
+        return self._moments.get(target, "in", width, type(self).__name__)[idxs.to("cpu")]

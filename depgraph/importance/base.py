@@ -1,0 +1,197 @@
+"""The ``Importance`` contract and the registry of named criteria.
+
+An importance criterion maps a pruning group to one score per root index:
+low scores are removed first. ``scores[k]`` belongs to ``group[0].idxs[k]``.
+
+Call tree of :class:`GroupImportance`, the base of every built-in criterion
+(``*`` marks what a subclass may override)::
+
+    imp(group)                                     -> (len(group[0].idxs),) or None
+        for each member i: dep, idxs = group[i]
+            imp.accepts(target)                    *  filter by ``target_types``
+            imp.score_member(target, side, idxs, dep)  *  (len(idxs),) or None
+            scatter onto root positions via group[i].root_idxs (summing repeats)
+        reduce_stack(stack, mask, group_reduction)    mean/sum/max/prod/first/gate/None
+        normalize(scores, normalizer)                 mean/max/sum/standarization/gaussian/lamp/None
+
+A criterion that does not fit this template (``RandomImportance``) overrides
+``__call__`` directly. ``None`` means "no member of this group can be scored";
+pruners then leave the group alone.
+
+Register a criterion under a name with ``@register_importance("name")`` and
+build it with :func:`create_importance`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import torch
+import torch.nn as nn
+
+from ..errors import DepgraphError
+from .channels import handler_side
+from .reduce import Normalizer, Reduction, check_normalizer, check_reduction, normalize, reduce_stack
+
+__all__ = [
+    "Importance",
+    "GroupImportance",
+    "register_importance",
+    "create_importance",
+    "list_importances",
+    "DEFAULT_TARGET_TYPES",
+]
+
+#: Layers scored by default: convolutions, linears, batch norms and layer norms.
+DEFAULT_TARGET_TYPES: tuple[type, ...] = (
+    nn.modules.conv._ConvNd,
+    nn.Linear,
+    nn.modules.batchnorm._BatchNorm,
+    nn.LayerNorm,
+)
+
+_REGISTRY: dict[str, type] = {}
+T = TypeVar("T", bound=type)
+
+
+def register_importance(name: str) -> Callable[[T], T]:
+    """Class decorator registering a criterion under ``name``; returns the class unchanged."""
+
+    def deco(cls: T) -> T:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            warnings.warn(f"replacing the importance registered as {name!r}", stacklevel=2)
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def create_importance(name: str, **kwargs: Any) -> Importance:
+    """Instantiate the criterion registered as ``name`` with ``kwargs``.
+
+    Raises:
+        DepgraphError: no criterion has that name (the message lists the known ones).
+    """
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise DepgraphError(
+            f"no importance criterion is registered as {name!r}; known: {', '.join(sorted(_REGISTRY))}"
+        )
+    return cls(**kwargs)
+
+
+def list_importances() -> list[str]:
+    """Names of the registered criteria, sorted."""
+    return sorted(_REGISTRY)
+
+
+class Importance:
+    """Base class of importance criteria: ``__call__(group) -> 1-D tensor``.
+
+    Subclasses implement ``__call__``; most should derive from
+    :class:`GroupImportance`, which handles member iteration, index mapping,
+    reduction and normalisation.
+    """
+
+    def __call__(self, group: Any) -> torch.Tensor | None:
+        raise NotImplementedError(f"{type(self).__name__} must implement __call__(group)")
+
+
+def _root_positions(group: Any) -> tuple[int, dict[int, int]]:
+    root_idxs = [int(i) for i in group[0].idxs]
+    return len(root_idxs), {r: k for k, r in enumerate(root_idxs)}
+
+
+class GroupImportance(Importance):
+    """Score every member of a group, map the scores to root channels, reduce, normalise.
+
+    Args:
+        group_reduction: how member scores combine per root channel; one of
+            ``mean, sum, max, prod, first, gate`` or ``None`` (return the
+            ``(members, channels)`` stack of the members that contributed), or
+            a callable ``(stack, mask) -> scores``.
+        normalizer: ``mean, max, sum, standarization, gaussian, lamp`` or
+            ``None``, or a callable; it makes scores of different groups
+            comparable for global ranking.
+        bias: also score biases (as members of their own).
+        target_types: only members whose layer is an instance of one of these
+            are scored (``nn.Parameter`` may be added for bare parameters).
+
+    Raises:
+        ValueError: an unknown reduction or normaliser name (at construction).
+    """
+
+    def __init__(
+        self,
+        group_reduction: Reduction = "mean",
+        normalizer: Normalizer = "mean",
+        bias: bool = False,
+        target_types: Sequence[type] | None = None,
+    ) -> None:
+        self.group_reduction = check_reduction(group_reduction)
+        self.normalizer = check_normalizer(normalizer)
+        self.bias = bool(bias)
+        self.target_types = tuple(target_types) if target_types is not None else DEFAULT_TARGET_TYPES
+
+    # -- to override ---------------------------------------------------------
+    def accepts(self, target: object) -> bool:
+        """Whether a member's layer (or bare parameter) is scored at all."""
+        return isinstance(target, self.target_types)
+
+    def score_member(self, target: object, side: str, idxs: torch.Tensor, dep: Any) -> torch.Tensor | None:
+        """Scores ``(len(idxs),)`` of one member, or None to skip it."""
+        raise NotImplementedError(f"{type(self).__name__} must implement score_member")
+
+    def member_scores(self, target: object, side: str, idxs: torch.Tensor, dep: Any) -> list[torch.Tensor]:
+        """All score rows one member adds (one, or more, e.g. with ``bias=True``)."""
+        s = self.score_member(target, side, idxs, dep)
+        return [] if s is None else [s]
+
+    # -- the template ----------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, group: Any) -> torch.Tensor | None:
+        n, position = _root_positions(group)
+        rows: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
+        for i in range(len(group)):
+            item = group[i]
+            dep = item.dep
+            target = dep.target.module
+            side = handler_side(dep.handler)
+            if side is None or not self.accepts(target) or len(item.idxs) == 0:
+                continue
+            idxs = torch.as_tensor(list(item.idxs), dtype=torch.long)
+            pos = torch.as_tensor([position.get(int(r), -1) for r in item.root_idxs], dtype=torch.long)
+            for s in self.member_scores(target, side, idxs, dep):
+                row, mask = _scatter(s, pos, n)
+                rows.append(row)
+                masks.append(mask)
+        if not rows:
+            return None
+        device = rows[0].device
+        dtype = torch.float64 if any(r.dtype == torch.float64 for r in rows) else torch.float32
+        stack = torch.stack([r.to(device, dtype) for r in rows])
+        mask = torch.stack([m.to(device) for m in masks])
+        scores = reduce_stack(stack, mask, self.group_reduction)
+        return normalize(scores, self.normalizer)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(group_reduction={self.group_reduction!r}, "
+            f"normalizer={self.normalizer!r}, bias={self.bias})"
+        )
+
+
+def _scatter(scores: torch.Tensor, pos: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum a member's scores onto root positions (a flatten maps many to one)."""
+    scores = scores.detach().flatten()
+    scores = scores.to(torch.float64 if scores.dtype == torch.float64 else torch.float32)
+    pos = pos.to(scores.device)
+    keep = pos >= 0
+    row = torch.zeros(n, dtype=scores.dtype, device=scores.device)
+    row.index_add_(0, pos[keep], scores[keep])
+    mask = torch.zeros(n, dtype=torch.bool, device=scores.device)
+    mask[pos[keep]] = True
+    return row, mask

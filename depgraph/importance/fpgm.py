@@ -1,0 +1,57 @@
+"""FPGM: filters near the geometric median of their layer are redundant.
+
+A filter close to all the others can be replaced by them, so its score is
+its summed distance to the other filters of the same member; small totals
+are pruned first. Only the out side of convolutions and linears has filters,
+so other members do not contribute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .base import register_importance
+from .magnitude import SliceImportance
+from .reduce import Normalizer, Reduction
+
+__all__ = ["FPGMImportance"]
+
+
+@register_importance("fpgm")
+class FPGMImportance(SliceImportance):
+    """Channel score = sum of ``p``-norm distances of its filter to the member's other filters.
+
+    Args:
+        p: the norm of the distance.
+        group_reduction, normalizer, target_types: see
+            :class:`~depgraph.importance.GroupImportance`.
+
+    Raises:
+        ValueError: ``p <= 0`` or an unknown reduction/normaliser.
+    """
+
+    def __init__(
+        self,
+        p: float = 2,
+        group_reduction: Reduction = "mean",
+        normalizer: Normalizer = "mean",
+        target_types: Sequence[type] | None = None,
+    ) -> None:
+        types = target_types if target_types is not None else (nn.modules.conv._ConvNd, nn.Linear)
+        super().__init__(group_reduction, normalizer, bias=False, target_types=types)
+        if not p > 0:
+            raise ValueError(f"p must be positive, got {p!r}")
+        self.p = p
+
+    def member_scores(self, target: object, side: str, idxs: torch.Tensor, dep: Any) -> list[torch.Tensor]:
+        if side != "out":
+            return []
+        return super().member_scores(target, side, idxs, dep)
+
+    def score_rows(self, param: torch.Tensor, rows: Any, idxs: torch.Tensor) -> torch.Tensor:
+        w = rows(param.detach())[idxs].float()  # (n, fan_in): one filter per row
+        return torch.cdist(w[None], w[None], p=self.p)[0].sum(1)

@@ -1,0 +1,158 @@
+"""Weight-magnitude criteria: group norm, BN scale, LAMP, and random scores.
+
+The magnitude of a channel is ``sum(|w|**p)`` over every weight removed with
+it (the p-th power, not the p-norm: powers add up across the members of a
+group, norms would not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .base import GroupImportance, Importance, register_importance
+from .channels import channel_slices
+from .reduce import Normalizer, Reduction
+
+__all__ = [
+    "GroupMagnitudeImportance",
+    "MagnitudeImportance",
+    "GroupNormImportance",
+    "BNScaleImportance",
+    "LAMPImportance",
+    "RandomImportance",
+]
+
+
+class SliceImportance(GroupImportance):
+    """A criterion computed from per-channel rows of the member's parameters.
+
+    Subclasses implement :meth:`score_rows`; this class picks the weight and,
+    with ``bias=True``, the bias rows of each member (see
+    :mod:`depgraph.importance.channels`).
+    """
+
+    def score_rows(self, param: torch.Tensor, rows: Any, idxs: torch.Tensor) -> torch.Tensor | None:
+        """Scores ``(len(idxs),)`` from a parameter and its row view; None to skip."""
+        raise NotImplementedError
+
+    def member_scores(self, target: object, side: str, idxs: torch.Tensor, dep: Any) -> list[torch.Tensor]:
+        out = []
+        dim = getattr(dep.target, "pruning_dim", None)
+        for sl in channel_slices(target, side, dim):
+            if sl.is_bias and not self.bias:
+                continue
+            s = self.score_rows(sl.param, sl.rows, idxs.to(sl.param.device))
+            if s is not None:
+                out.append(s)
+        return out
+
+
+@register_importance("magnitude")
+class GroupMagnitudeImportance(SliceImportance):
+    """Channel score = ``sum |w|**p`` over the channel's weights in every group member.
+
+    Args:
+        p: the power of the magnitude (1: L1, 2: L2).
+        group_reduction, normalizer, bias, target_types: see
+            :class:`~depgraph.importance.GroupImportance`.
+
+    Raises:
+        ValueError: ``p <= 0``, or an unknown reduction/normaliser.
+
+    Example:
+        >>> imp = GroupMagnitudeImportance(p=2)
+        >>> group = DG.get_pruning_group(model.conv1, tp.prune_conv_out_channels, idxs=[2, 6, 9])
+        >>> imp(group).shape
+        torch.Size([3])
+    """
+
+    def __init__(
+        self,
+        p: float = 2,
+        group_reduction: Reduction = "mean",
+        normalizer: Normalizer = "mean",
+        bias: bool = False,
+        target_types: Sequence[type] | None = None,
+    ) -> None:
+        super().__init__(group_reduction, normalizer, bias, target_types)
+        if not p > 0:
+            raise ValueError(f"p must be positive (1 for L1, 2 for L2), got {p!r}")
+        self.p = p
+
+    def score_rows(self, param: torch.Tensor, rows: Any, idxs: torch.Tensor) -> torch.Tensor:
+        return rows(param.detach())[idxs].abs().pow(self.p).sum(1)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p={self.p}, {super().__repr__().split('(', 1)[1]}"
+
+
+class MagnitudeImportance(GroupMagnitudeImportance):
+    """Alias of :class:`GroupMagnitudeImportance` (the original's name)."""
+
+
+class GroupNormImportance(GroupMagnitudeImportance):
+    """Alias of :class:`GroupMagnitudeImportance` (the name used by the group-norm paper)."""
+
+
+@register_importance("bn_scale")
+class BNScaleImportance(GroupMagnitudeImportance):
+    """Network slimming: channel score = ``|gamma|`` of the batch norms in the group.
+
+    Groups without a batch norm get no score (``None``) and are not pruned by
+    this criterion.
+    """
+
+    def __init__(
+        self,
+        group_reduction: Reduction = "mean",
+        normalizer: Normalizer = "mean",
+        bias: bool = False,
+        target_types: Sequence[type] | None = None,
+    ) -> None:
+        types = target_types if target_types is not None else (nn.modules.batchnorm._BatchNorm,)
+        super().__init__(
+            p=1, group_reduction=group_reduction, normalizer=normalizer, bias=bias, target_types=types
+        )
+
+
+@register_importance("lamp")
+class LAMPImportance(GroupMagnitudeImportance):
+    """Layer-adaptive magnitude pruning: magnitudes normalised by the LAMP rule.
+
+    A channel's LAMP score is its magnitude divided by the total magnitude of
+    all channels at least as large, which makes scores comparable across
+    groups of different sizes for global ranking.
+    """
+
+    def __init__(
+        self,
+        p: float = 2,
+        group_reduction: Reduction = "mean",
+        normalizer: Normalizer = "lamp",
+        bias: bool = False,
+        target_types: Sequence[type] | None = None,
+    ) -> None:
+        super().__init__(p, group_reduction, normalizer, bias, target_types)
+
+
+@register_importance("random")
+class RandomImportance(Importance):
+    """Uniform random scores: the baseline every criterion should beat.
+
+    Args:
+        generator: an optional ``torch.Generator`` for reproducible choices.
+    """
+
+    def __init__(self, generator: torch.Generator | None = None) -> None:
+        self.generator = generator
+
+    @torch.no_grad()
+    def __call__(self, group: Any) -> torch.Tensor:
+        return torch.rand(len(group[0].idxs), generator=self.generator)
+
+    def __repr__(self) -> str:
+        return "RandomImportance()"
