@@ -5,9 +5,9 @@ A group here has the contract shape: ``group[i]`` has ``.dep`` (with
 yields ``(dep, idxs)``. Build one with the ``make_group`` fixture.
 """
 
-import pytest
-
 from dataclasses import dataclass, field
+
+import pytest
 
 
 class FakeHandler:
