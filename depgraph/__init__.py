@@ -1,0 +1,128 @@
+"""depgraph: structural pruning for PyTorch.
+
+Removes whole channels, hidden dimensions and attention heads - physically -
+while keeping every coupled layer consistent. The public API follows the
+DepGraph / Torch-Pruning documentation, so ``import depgraph as tp`` runs
+scripts written for it.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+# Dependency graph
+from .dependency import Dependency, DependencyGraph, Group, GroupItem, Node
+
+# Errors
+from .errors import (
+    DepgraphError,
+    HandlerMismatchError,
+    InvalidIndicesError,
+    OverPruningError,
+    TraceError,
+    UnknownModuleError,
+    UnsupportedOpError,
+)
+
+# Low-level pruning functions
+from . import functional
+from .functional import (
+    BasePruningFunc,
+    PrunerBox,
+    prune_batchnorm,
+    prune_batchnorm_in_channels,
+    prune_batchnorm_out_channels,
+    prune_conv,
+    prune_conv_in_channels,
+    prune_conv_out_channels,
+    prune_depthwise_conv_in_channels,
+    prune_depthwise_conv_out_channels,
+    prune_embedding_in_channels,
+    prune_embedding_out_channels,
+    prune_groupnorm_in_channels,
+    prune_groupnorm_out_channels,
+    prune_instancenorm_in_channels,
+    prune_instancenorm_out_channels,
+    prune_layernorm_in_channels,
+    prune_layernorm_out_channels,
+    prune_linear,
+    prune_linear_in_channels,
+    prune_linear_out_channels,
+    prune_lstm_in_channels,
+    prune_lstm_out_channels,
+    prune_multihead_attention_in_channels,
+    prune_multihead_attention_out_channels,
+    prune_parameter_in_channels,
+    prune_parameter_out_channels,
+    prune_prelu_in_channels,
+    prune_prelu_out_channels,
+    prune_related_conv,
+    prune_related_linear,
+)
+
+# Dimension rules (new)
+from . import dims
+
+# Proof (new)
+from .verify import VerifyResult, verify
+
+try:
+    __version__ = version("depgraph")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    # dependency graph
+    "DependencyGraph",
+    "Group",
+    "GroupItem",
+    "Dependency",
+    "Node",
+    # low-level pruning functions
+    "functional",
+    "BasePruningFunc",
+    "PrunerBox",
+    "prune_conv_out_channels",
+    "prune_conv_in_channels",
+    "prune_depthwise_conv_out_channels",
+    "prune_depthwise_conv_in_channels",
+    "prune_batchnorm_out_channels",
+    "prune_batchnorm_in_channels",
+    "prune_linear_out_channels",
+    "prune_linear_in_channels",
+    "prune_prelu_out_channels",
+    "prune_prelu_in_channels",
+    "prune_layernorm_out_channels",
+    "prune_layernorm_in_channels",
+    "prune_embedding_out_channels",
+    "prune_embedding_in_channels",
+    "prune_parameter_out_channels",
+    "prune_parameter_in_channels",
+    "prune_multihead_attention_out_channels",
+    "prune_multihead_attention_in_channels",
+    "prune_groupnorm_out_channels",
+    "prune_groupnorm_in_channels",
+    "prune_instancenorm_out_channels",
+    "prune_instancenorm_in_channels",
+    "prune_lstm_out_channels",
+    "prune_lstm_in_channels",
+    "prune_conv",
+    "prune_related_conv",
+    "prune_batchnorm",
+    "prune_linear",
+    "prune_related_linear",
+    # dimension rules (new)
+    "dims",
+    # proof (new)
+    "verify",
+    "VerifyResult",
+    # errors
+    "DepgraphError",
+    "TraceError",
+    "UnsupportedOpError",
+    "InvalidIndicesError",
+    "OverPruningError",
+    "UnknownModuleError",
+    "HandlerMismatchError",
+    "__version__",
+]

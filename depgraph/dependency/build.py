@@ -1,0 +1,156 @@
+"""Turn a recorded trace into the slot graph: endpoints, rules, frozen dims.
+
+Called once by ``DependencyGraph.build_dependency``; pure with respect to the
+model (nothing is mutated).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch.nn as nn
+
+from .. import dims as _dims  # noqa: F401  (registers every dimension rule)
+from ..dims.modules import custom_module_rule
+from ..dims.registry import RuleContext, get_dim_rule
+from ..dims.slots import Endpoint, SlotGraph
+from ..functional import ParameterPruner, prune_parameter_out_channels
+from ..functional.base import BasePruningFunc
+from ..trace.graph import OpNode, Trace
+from .node import Node
+
+__all__ = ["GraphBuilder"]
+
+PARAMETER_HANDLER = ParameterPruner.INSTANCE
+
+
+class GraphBuilder:
+    """Builds a :class:`SlotGraph` and the nodes for one trace."""
+
+    def __init__(self, trace: Trace, handler_of: Callable[[nn.Module], BasePruningFunc | None],
+                 custom_types: tuple, verbose: bool = True):
+        self.trace = trace
+        self.handler_of = handler_of
+        self.custom_types = custom_types
+        self.verbose = verbose
+        self.graph = SlotGraph()
+        self.value_slots: dict[tuple[int, int], int] = {}
+        self.module2node: dict[Any, Node] = {}
+        self.param_nodes: dict[Any, list[Node]] = {}
+        self.warned: set[str] = set()
+
+    # -- endpoints --------------------------------------------------------------
+    def node_of(self, module: nn.Module) -> Node | None:
+        node = self.module2node.get(module)
+        if node is None:
+            handler = self.handler_of(module)
+            if handler is None:
+                return None
+            name = self.trace.module_names.get(module, type(module).__name__)
+            node = self.module2node[module] = Node(module, name, handler)
+        return node
+
+    def endpoint(self, module: nn.Module, is_out: bool) -> int | None:
+        node = self.node_of(module)
+        if node is None:
+            return None
+        slot = node.out_slot if is_out else node.in_slot
+        if slot is not None:
+            return slot
+        h = node.handler
+        n = h.get_out_channels(module) if is_out else h.get_in_channels(module)
+        if n is None:
+            return None
+        slot = self.graph.new_slot(int(n), f"{node.name}.{'out' if is_out else 'in'}")
+        fn = h.prune_out_channels if is_out else h.prune_in_channels
+        self.graph.endpoints[slot] = Endpoint(node, fn, is_out)
+        if is_out:
+            node.out_slot = slot
+        else:
+            node.in_slot = slot
+        return slot
+
+    # -- build ------------------------------------------------------------------
+    def build(self) -> SlotGraph:
+        ctx = RuleContext(self.graph, self.value_slots, self.endpoint)
+        for op in self.trace.ops:
+            ctx.covered = set()
+            self._apply_rule(op, ctx)
+            self._freeze_uncovered(op, ctx)
+        for v in self.trace.inputs:
+            self._freeze_value(v, "model input")
+        for v in self.trace.outputs:
+            self._freeze_value(v, "model output")
+        for v in self.trace.values:
+            if v.kind == "const":
+                self._freeze_value(v, f"a tensor created outside the model or by a constant (shape {list(v.shape)})")
+        self._param_endpoints()
+        return self.graph
+
+    def _apply_rule(self, op: OpNode, ctx: RuleContext) -> None:
+        if op.is_module:
+            handler = self.handler_of(op.target)
+            if isinstance(op.target, self.custom_types) or (handler is not None and
+                                                           get_dim_rule(type(op.target)) is None):
+                custom_module_rule(op, ctx, handler)
+                return
+            rule = get_dim_rule(type(op.target))
+        else:
+            rule = get_dim_rule(op.target)
+        if rule is None:
+            self._warn_unsupported(op)
+            return
+        try:
+            rule(op, ctx)
+        except Exception as e:  # noqa: BLE001 - an odd call must not break the build
+            self._warn_unsupported(op, f"its dimension rule failed ({type(e).__name__}: {e})")
+            ctx.covered = set()
+
+    def _freeze_uncovered(self, op: OpNode, ctx: RuleContext) -> None:
+        for v in [*op.inputs, *op.outputs]:
+            for d, n in enumerate(v.shape):
+                if n > 1 and (v.id, d) not in ctx.covered:
+                    slot = self.value_slots.get((v.id, d))
+                    if slot is None:
+                        slot = self.value_slots[(v.id, d)] = self.graph.new_slot(n, f"{v!r}.dim{d}")
+                    self.graph.freeze(slot, f"{op.where()} does not allow pruning dim {d} of {list(v.shape)}")
+
+    def _freeze_value(self, v, reason: str) -> None:
+        for d in range(v.ndim):
+            slot = self.value_slots.get((v.id, d))
+            if slot is not None:
+                self.graph.freeze(slot, reason)
+
+    def _warn_unsupported(self, op: OpNode, why: str = "") -> None:
+        key = op.name
+        if key in self.warned:
+            return
+        self.warned.add(key)
+        if self.verbose:
+            msg = why or "it has no dimension rule"
+            warnings.warn(
+                f"depgraph: {op.where()}: {msg}; the dimensions it touches will not be pruned. "
+                "Register a rule with depgraph.dims.register_dim_rule to prune through it.",
+                stacklevel=4,
+            )
+
+    def _param_endpoints(self) -> None:
+        """Bare parameters (not owned by a layer with a handler) become prunable per dim."""
+        for v in self.trace.params.values():
+            owned = v.owner is not None and self.handler_of(v.owner) is not None
+            for d in range(v.ndim):
+                slot = self.value_slots.get((v.id, d))
+                if slot is None:
+                    continue
+                if owned:
+                    self.graph.freeze(slot, f"{v.qualname} of {type(v.owner).__name__} is used outside its layer")
+                    continue
+                # One node per (tensor, dim); buffers follow channels like parameters.
+                node = Node(v.tensor_ref, v.qualname, PARAMETER_HANDLER, pruning_dim=d)
+                node.owner, node.attr = v.owner, v.attr
+                node.out_slot = slot
+                self.module2node.setdefault(v.tensor_ref, node)
+                self.param_nodes.setdefault(v.tensor_ref, []).append(node)
+                self.graph.endpoints[slot] = Endpoint(node, prune_parameter_out_channels, True, d)

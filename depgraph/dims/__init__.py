@@ -1,0 +1,24 @@
+"""Per-op dimension rules and the index maps they use.
+
+Importing this package registers every built-in rule. Add a rule for a new op
+with :func:`register_dim_rule`.
+"""
+
+from __future__ import annotations
+
+from . import concat, elementwise, matmul, modules, reduce, reshape  # noqa: F401  (register rules)
+from .indexmap import Compose, Gather, Identity, IndexMap, Lookup, Offset
+from .registry import RuleContext, get_dim_rule, register_dim_rule, registered_dim_rules
+
+__all__ = [
+    "IndexMap",
+    "Identity",
+    "Offset",
+    "Gather",
+    "Lookup",
+    "Compose",
+    "RuleContext",
+    "register_dim_rule",
+    "get_dim_rule",
+    "registered_dim_rules",
+]

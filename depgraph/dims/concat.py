@@ -1,0 +1,193 @@
+"""Joining and slicing: cat/stack, split/chunk/unbind, getitem/setitem, narrow/select.
+
+Only the dim being joined or split shifts indices (an :class:`Offset` per
+piece); every other dim is coupled position by position. A slice written into
+the code (``x[:, :16]``, ``narrow``) cannot follow a prune, so the sliced dim
+freezes; ``chunk`` and equal ``split`` recompute sizes from the tensor, so they
+stay prunable as long as every piece loses the same positions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..trace.graph import OpNode, Value
+from ._args import arg
+from .elementwise import _lookup
+from .indexmap import Offset
+from .registry import RuleContext, register_dim_rule
+
+
+@register_dim_rule(*_lookup("cat concat concatenate", torch))
+def cat_rule(op: OpNode, ctx: RuleContext) -> None:
+    out = op.outputs[0]
+    dim = arg(op, 1, "dim", 0) % out.ndim
+    parts = [v for v in op.inputs if v.ndim == out.ndim or v.shape != (0,)]
+    offset = 0
+    for v in parts:
+        if v.ndim != out.ndim:  # legacy: empty 1-D tensors are skipped by cat
+            continue
+        for d in range(out.ndim):
+            if d == dim:
+                ctx.map(v, d, out, d, Offset(offset, v.shape[d], out.shape[d]))
+            else:
+                ctx.identity(v, d, out, d)
+        offset += v.shape[dim]
+
+
+@register_dim_rule(*_lookup("stack hstack_dummy", torch))
+def stack_rule(op: OpNode, ctx: RuleContext) -> None:
+    """Inputs keep their dims; the new stacked dim is not prunable (it counts inputs)."""
+    out = op.outputs[0]
+    dim = arg(op, 1, "dim", 0) % out.ndim
+    for v in op.inputs:
+        for d in range(v.ndim):
+            ctx.identity(v, d, out, d if d < dim else d + 1)
+
+
+def _pieces(op: OpNode, ctx: RuleContext, dim: int, equalize: bool) -> None:
+    x = op.inputs[0]
+    dim %= x.ndim
+    offset = 0
+    for out in op.outputs:
+        for d in range(x.ndim):
+            if d == dim:
+                ctx.map(out, d, x, d, Offset(offset, out.shape[d], x.shape[d]))
+            else:
+                ctx.identity(x, d, out, d)
+        offset += out.shape[dim]
+    if equalize:
+        # Sizes are recomputed from the tensor, so every piece must lose the same
+        # count: removing the same positions in each piece guarantees it.
+        for out in op.outputs[1:]:
+            ctx.identity(op.outputs[0], dim, out, dim)
+
+
+@register_dim_rule(torch.chunk, torch.Tensor.chunk)
+def chunk_rule(op: OpNode, ctx: RuleContext) -> None:
+    dim = arg(op, 2, "dim", 0)
+    sizes = {o.shape[dim] for o in op.outputs}
+    _pieces(op, ctx, dim, equalize=True)
+    if len(sizes) > 1:
+        ctx.freeze(op.inputs[0], dim, f"{op.where()}: uneven chunks")
+
+
+@register_dim_rule(*_lookup("split split_with_sizes unsafe_split tensor_split", torch, torch.Tensor))
+def split_rule(op: OpNode, ctx: RuleContext) -> None:
+    """Equal pieces behave like ``chunk``; unequal sizes are baked into the code and freeze."""
+    dim = arg(op, 2, "dim", 0)
+    sizes = {o.shape[dim] for o in op.outputs}
+    _pieces(op, ctx, dim, equalize=True)
+    if len(sizes) > 1:
+        ctx.freeze(op.inputs[0], dim, f"{op.where()}: split into unequal sizes given in the code")
+
+
+@register_dim_rule(torch.unbind, torch.Tensor.unbind)
+def unbind_rule(op: OpNode, ctx: RuleContext) -> None:
+    """Each output is one position of ``dim``; that dim cannot be pruned."""
+    x = op.inputs[0]
+    dim = arg(op, 1, "dim", 0) % x.ndim
+    for out in op.outputs:
+        for d in range(x.ndim):
+            if d != dim:
+                ctx.identity(x, d, out, d if d < dim else d - 1)
+
+
+def index_layout(x: Value, index) -> list[tuple[str, int | None, object]] | None:
+    """How ``x[index]`` lays out its output: one entry per input dim, plus inserted dims.
+
+    Returns ``[(kind, out_dim, detail)]`` per input dim with kind "keep" (full
+    slice), "slice" (partial), "int" (dim removed) or "adv" (tensor index), or
+    None when the index is too exotic (several tensor indices).
+    """
+    if not isinstance(index, tuple):
+        index = (index,)
+    n_specified = sum(1 for i in index if i is not None and i is not Ellipsis)
+    expanded: list = []
+    for i in index:
+        if i is Ellipsis:
+            expanded.extend([slice(None)] * (x.ndim - n_specified))
+        else:
+            expanded.append(i)
+    real = [i for i in expanded if i is not None]
+    expanded.extend([slice(None)] * (x.ndim - len(real)))
+    if sum(isinstance(i, (Value, list)) for i in expanded) > 1:
+        return None
+    layout, out_dim, d = [], 0, 0
+    for i in expanded:
+        if i is None:
+            out_dim += 1
+            continue
+        if isinstance(i, bool):
+            return None
+        if isinstance(i, int):
+            layout.append(("int", None, i))
+        elif isinstance(i, slice):
+            n = x.shape[d]
+            start, stop, step = i.indices(n)
+            full = start == 0 and stop >= n and step == 1
+            layout.append(("keep" if full else "slice", out_dim, i))
+            out_dim += 1
+        else:
+            layout.append(("adv", out_dim, i))
+            out_dim += i.ndim if isinstance(i, Value) else 1
+        d += 1
+    return layout
+
+
+@register_dim_rule(torch.Tensor.__getitem__)
+def getitem_rule(op: OpNode, ctx: RuleContext) -> None:
+    x, out = op.inputs[0], op.outputs[0]
+    layout = index_layout(x, op.args[1])
+    if layout is None:
+        return
+    for d, (kind, od, _) in enumerate(layout):
+        if kind == "keep" and od is not None and od < out.ndim and out.shape[od] == x.shape[d]:
+            ctx.identity(x, d, out, od)
+    for v in op.inputs[1:]:  # index tensors: the selected positions are data, not channels
+        for d in range(v.ndim):
+            ctx.cover(v, d) if v.shape[d] == 1 else None
+
+
+@register_dim_rule(torch.Tensor.__setitem__)
+def setitem_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``x[index] = y``: the new version of ``x`` follows ``x``; ``y`` follows the indexed region."""
+    x, new = op.inputs[0], op.outputs[0]
+    layout = index_layout(x, op.args[1])
+    y = op.args[2] if len(op.args) > 2 and isinstance(op.args[2], Value) else None
+    if layout is None:
+        return
+    view_dims = [(d, od) for d, (kind, od, _) in enumerate(layout) if od is not None]
+    n_view = max((od for _, od in view_dims), default=-1) + 1
+    for d, (kind, _, _) in enumerate(layout):
+        if kind == "keep":
+            ctx.identity(x, d, new, d)
+    if y is None:
+        return
+    off = n_view - y.ndim
+    for d, od in view_dims:
+        yd = od - off
+        if 0 <= yd < y.ndim:
+            if y.shape[yd] == x.shape[d] and layout[d][0] == "keep":
+                ctx.identity(y, yd, x, d)
+            elif y.shape[yd] == 1:
+                ctx.cover(y, yd)
+
+
+@register_dim_rule(*_lookup("narrow select index_select gather take_along_dim roll flip", torch, torch.Tensor))
+def select_rule(op: OpNode, ctx: RuleContext) -> None:
+    """Positions chosen by arguments baked into the code: the chosen dim freezes, others follow."""
+    x, out = op.inputs[0], op.outputs[0]
+    name = getattr(op.target, "__name__", "")
+    if name in ("roll", "flip"):
+        dims = arg(op, 2 if name == "roll" else 1, "dims")
+        chosen = {d % x.ndim for d in ([dims] if isinstance(dims, int) else (dims or range(x.ndim)))}
+    else:
+        chosen = {arg(op, 1, "dim") % x.ndim}
+    removed = name == "select"
+    for d in range(x.ndim):
+        if d in chosen:
+            continue
+        od = d - 1 if removed and d > min(chosen) else d
+        if od < out.ndim and x.shape[d] == out.shape[od]:
+            ctx.identity(x, d, out, od)

@@ -1,0 +1,203 @@
+"""Contractions: matmul/bmm/einsum, functional linear and conv, scaled dot-product attention.
+
+A contracted dim couples its two operands position by position: removing
+position ``k`` from both drops the term ``a[..., k] * b[k, ...]``, exactly what
+zeroing it would do. Output dims follow the operand they come from.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..trace.graph import OpNode, Value
+from ._args import arg
+from .elementwise import _lookup
+from .indexmap import Gather
+from .registry import RuleContext, register_dim_rule
+
+
+def _couple_batch(ctx: RuleContext, operands: list[tuple[Value, int]], out: Value, n_out_batch: int) -> None:
+    """Broadcast the leading (batch) dims of each operand against the output's."""
+    for v, n_batch in operands:
+        off = n_out_batch - n_batch
+        for d in range(n_batch):
+            if v.shape[d] == out.shape[d + off] and v.shape[d] > 1:
+                ctx.identity(v, d, out, d + off)
+            elif v.shape[d] == 1:
+                ctx.cover(v, d)
+
+
+@register_dim_rule(*_lookup("matmul mm bmm __matmul__ __rmatmul__", torch, torch.Tensor))
+def matmul_rule(op: OpNode, ctx: RuleContext) -> None:
+    a, b = op.inputs[0], op.inputs[1]
+    if getattr(op.target, "__name__", "") == "__rmatmul__":
+        a, b = b, a
+    out = op.outputs[0]
+    if a.ndim == 1 and b.ndim == 1:
+        ctx.identity(a, 0, b, 0)
+        return
+    if a.ndim == 1:  # (k) @ (..., k, m) -> (..., m)
+        ctx.identity(a, 0, b, -2)
+        ctx.identity(b, -1, out, -1)
+        _couple_batch(ctx, [(b, b.ndim - 2)], out, out.ndim - 1)
+        return
+    if b.ndim == 1:  # (..., n, k) @ (k) -> (..., n)
+        ctx.identity(a, -1, b, 0)
+        ctx.identity(a, -2, out, -1)
+        _couple_batch(ctx, [(a, a.ndim - 2)], out, out.ndim - 1)
+        return
+    ctx.identity(a, -1, b, -2)  # contraction
+    ctx.identity(a, -2, out, -2)
+    ctx.identity(b, -1, out, -1)
+    _couple_batch(ctx, [(a, a.ndim - 2), (b, b.ndim - 2)], out, out.ndim - 2)
+
+
+@register_dim_rule(torch.baddbmm, torch.Tensor.baddbmm, torch.addmm, torch.Tensor.addmm, torch.addbmm)
+def addmm_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``beta * input + alpha * (m1 @ m2)``."""
+    bias, a, b = op.inputs[0], op.inputs[1], op.inputs[2]
+    out = op.outputs[0]
+    ctx.identity(a, -1, b, -2)
+    ctx.identity(a, -2, out, -2)
+    ctx.identity(b, -1, out, -1)
+    _couple_batch(ctx, [(a, a.ndim - 2), (b, b.ndim - 2)], out, out.ndim - 2)
+    ctx.broadcast([bias], out)
+
+
+@register_dim_rule(torch.einsum)
+def einsum_rule(op: OpNode, ctx: RuleContext) -> None:
+    """Every operand dim labelled with the same letter is coupled (contracted or kept)."""
+    eq = op.args[0].replace(" ", "")
+    operands = list(op.inputs)
+    lhs, _, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if "..." in eq or len(terms) != len(operands):
+        return
+    if not rhs and "->" not in eq:
+        rhs = "".join(sorted(c for c in set(lhs.replace(",", "")) if lhs.count(c) == 1))
+    by_letter: dict[str, list[tuple[Value, int]]] = {}
+    for term, v in zip(terms, operands, strict=True):
+        for d, c in enumerate(term):
+            by_letter.setdefault(c, []).append((v, d))
+    for d, c in enumerate(rhs):
+        by_letter.setdefault(c, []).append((op.outputs[0], d))
+    for dims in by_letter.values():
+        big = [(v, d) for v, d in dims if v.shape[d] > 1]
+        for v, d in dims:
+            if v.shape[d] == 1:
+                ctx.cover(v, d)
+        for (v, d), (w, e) in zip(big, big[1:], strict=False):
+            ctx.identity(v, d, w, e)
+
+
+def _param_or_endpoint(ctx: RuleContext, w: Value, module_types, is_out: bool) -> int | None:
+    if w.kind == "param" and isinstance(w.owner, module_types):
+        return ctx.module_endpoint(w.owner, is_out)
+    return None
+
+
+@register_dim_rule(F.linear)
+def linear_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``linear(x, W, b)``: ``x[..., i] * W[o, i] (+ b[o]) -> out[..., o]``."""
+    x, w = op.inputs[0], op.inputs[1]
+    b = op.inputs[2] if len(op.inputs) > 2 else None
+    out = op.outputs[0]
+    for d in range(x.ndim - 1):
+        ctx.identity(x, d, out, d)
+    ep_out = _param_or_endpoint(ctx, w, torch.nn.Linear, True)
+    if ep_out is not None:
+        ctx.graph.pair(ep_out, ctx.slot(out, -1))
+        ctx.graph.pair(ctx.module_endpoint(w.owner, False), ctx.slot(x, -1))
+        for v in (w, b):
+            if v is not None:
+                for d in range(v.ndim):
+                    ctx.cover(v, d)
+        return
+    ctx.identity(x, -1, w, 1)
+    ctx.identity(w, 0, out, -1)
+    if b is not None:
+        ctx.identity(b, 0, out, -1)
+
+
+_CONVS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
+
+
+@register_dim_rule(*_CONVS)
+def conv_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``conv(x, W, b, stride, padding, dilation, groups)`` with ``W`` of shape (out, in/groups, k...)."""
+    x, w = op.inputs[0], op.inputs[1]
+    b = op.inputs[2] if len(op.inputs) > 2 else None
+    out = op.outputs[0]
+    groups = int(arg(op, 6, "groups", 1))
+    cdim = x.ndim - _CONVS[op.target] - 1
+    if cdim == 1:
+        ctx.identity(x, 0, out, 0)
+    ep_out = _param_or_endpoint(ctx, w, torch.nn.modules.conv._ConvNd, True)
+    if ep_out is not None:
+        ep_in = ctx.module_endpoint(w.owner, False)
+        ctx.graph.pair(ep_out, ctx.slot(out, cdim))
+        ctx.graph.pair(ep_in, ctx.slot(x, cdim))
+        for v in (w, b):
+            if v is not None:
+                for d in range(v.ndim):
+                    ctx.cover(v, d)
+        return
+    if groups == 1:
+        ctx.identity(x, cdim, w, 1)
+        ctx.identity(w, 0, out, cdim)
+        if b is not None:
+            ctx.identity(b, 0, out, cdim)
+    else:
+        ga = ctx.new_axis(groups, f"{op.where()}.groups")
+        ctx.factor(ctx.slot(x, cdim), [ga, ctx.slot(w, 1)])
+        ctx.identity(w, 0, out, cdim)
+        ctx.factor(ctx.slot(out, cdim), [ga, ctx.new_axis(out.shape[cdim] // groups, "conv.per_group_out")])
+        if b is not None:
+            ctx.identity(b, 0, out, cdim)
+
+
+@register_dim_rule(F.scaled_dot_product_attention)
+def sdpa_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``q (.., Hq, L, E), k (.., Hk, S, E), v (.., Hk, S, Ev) -> (.., Hq, L, Ev)``.
+
+    q and k share the head dims E (contracted); v's head dims become the output's.
+    With ``enable_gqa``, query head ``h`` reads key/value head ``h // (Hq // Hk)``,
+    so removing a key/value head removes its whole group of query heads. The
+    default scale ``1/sqrt(E)`` changes when E is pruned: E is marked inexact.
+    """
+    q, k, v = op.inputs[0], op.inputs[1], op.inputs[2]
+    out = op.outputs[0]
+    mask = arg(op, 3, "attn_mask")
+    ctx.identity(q, -1, k, -1)
+    if arg(op, 6, "scale") is None:
+        ctx.inexact(q, -1, f"{op.where()}: default scale 1/sqrt(head_dim)")
+    ctx.identity(v, -1, out, -1)
+    ctx.identity(q, -2, out, -2)
+    ctx.identity(k, -2, v, -2)
+    if q.ndim >= 3:
+        hq, hk = q.shape[-3], k.shape[-3]
+        ctx.identity(q, -3, out, -3)
+        ctx.identity(k, -3, v, -3)
+        if hq == hk:
+            ctx.identity(q, -3, k, -3)
+        elif hk == 1:
+            ctx.cover(k, -3)
+            ctx.cover(v, -3)
+        elif hq % hk == 0:
+            ctx.map(k, -3, q, -3, Gather(torch.arange(hq) // (hq // hk), hk))
+        for d in range(q.ndim - 3):
+            for t in (k, v, out):
+                if t.shape[d] == q.shape[d] and q.shape[d] > 1:
+                    ctx.identity(q, d, t, d)
+                elif t.shape[d] == 1:
+                    ctx.cover(t, d)
+    if isinstance(mask, Value):
+        score = list(q.shape[:-1]) + [k.shape[-2]]
+        refs = [(q, d) for d in range(q.ndim - 1)] + [(k, k.ndim - 2)]
+        off = len(score) - mask.ndim
+        for d in range(mask.ndim):
+            if mask.shape[d] == 1:
+                ctx.cover(mask, d)
+            elif mask.shape[d] == score[d + off]:
+                ctx.identity(mask, d, *refs[d + off])

@@ -1,0 +1,84 @@
+"""Fixpoint propagation of removed positions through the slot graph.
+
+State per reached slot: an int64 tensor ``root`` of the slot's size, ``-1``
+where the position is kept, else the root channel the removal came from. A
+queue carries only *newly* removed positions, so every position is pushed
+through each rule once; the loop ends when no slot changes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from .slots import SlotGraph
+
+__all__ = ["Propagation", "propagate"]
+
+
+@dataclass
+class Propagation:
+    state: dict[int, torch.Tensor] = field(default_factory=dict)
+    order: list[int] = field(default_factory=list)  # slots in the order first reached
+    source: dict[int, int] = field(default_factory=dict)  # endpoint slot -> endpoint that triggered it
+    violations: dict[int, str] = field(default_factory=dict)  # frozen slots reached
+    inexact: dict[int, str] = field(default_factory=dict)
+
+    def removed(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positions, root of each position) removed from ``slot``."""
+        r = self.state[slot]
+        pos = (r >= 0).nonzero().flatten()
+        return pos, r[pos]
+
+
+def propagate(
+    graph: SlotGraph,
+    root: int,
+    idxs: torch.Tensor,
+    dead: dict[int, torch.Tensor],
+    blocked: dict[int, str] | None = None,
+    stop_at_frozen: bool = True,
+) -> Propagation:
+    """Everything coupled to removing ``idxs`` (original positions) from slot ``root``.
+
+    ``blocked`` adds frozen slots for this query only (``get_all_groups(ignored_layers=...)``).
+    """
+    p = Propagation()
+    frozen = graph.frozen if not blocked else {**blocked, **graph.frozen}
+    queue: deque = deque()
+
+    def merge(slot: int, pos: torch.Tensor, roots: torch.Tensor, origin: int) -> None:
+        if pos.numel() == 0:
+            return
+        st = p.state.get(slot)
+        if st is None:
+            st = p.state[slot] = torch.full((graph.sizes[slot],), -1, dtype=torch.long)
+        fresh = st[pos] < 0
+        d = dead.get(slot)
+        if d is not None:
+            fresh &= ~d[pos]
+        pos, roots = pos[fresh], roots[fresh]
+        if pos.numel() == 0:
+            return
+        if slot not in p.source:
+            p.order.append(slot)
+            p.source[slot] = origin
+        st[pos] = roots
+        if slot in graph.inexact:
+            p.inexact[slot] = graph.inexact[slot]
+        if slot in frozen:
+            p.violations[slot] = frozen[slot]
+            if stop_at_frozen:
+                return
+        nxt = slot if slot in graph.endpoints else origin
+        queue.append((slot, torch.unique(pos), nxt))
+
+    merge(root, idxs, idxs.clone(), root)
+    while queue:
+        slot, pos, origin = queue.popleft()
+        for rule in graph.rules[slot]:
+            for tgt, tpos, troots in rule.push(slot, pos, p.state, dead):
+                merge(tgt, tpos, troots, origin)
+    return p

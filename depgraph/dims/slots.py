@@ -1,0 +1,163 @@
+"""The channel-slot graph: every prunable axis is a *slot*, rules couple slots.
+
+A slot is one axis of some size: a dimension of a traced value, a module's
+input or output channels, a parameter's dimension, or an internal axis (the
+group axis of a grouped conv, the head axis of a reshape). Rules say which
+positions of one slot go together with which positions of another:
+
+* :class:`PairRule` - an :class:`~depgraph.dims.indexmap.IndexMap` between two slots;
+* :class:`FactorRule` - a merged axis that is the product of several axes
+  (``reshape(B, T, H*D) -> (B, T, H, D)``, flatten of ``C*H*W``, the groups of
+  a grouped conv). Removing a set from the merged axis is only expressible as
+  whole slabs along the factor axes; other sets are *closed* by widening them
+  along the innermost factor, which is how a grouped conv or a channel shuffle
+  forces the same position in every group.
+
+Frozen slots are those no prune may touch (model inputs/outputs, dimensions of
+ops without a rule). Slots marked inexact may be pruned, but the result is not
+exactly the original with those channels zeroed (a norm over that axis).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .indexmap import Identity, IndexMap
+
+__all__ = ["SlotGraph", "PairRule", "FactorRule", "Endpoint"]
+
+
+@dataclass
+class Endpoint:
+    """A slot whose removals are applied by a pruning handler."""
+
+    node: object  # depgraph.dependency.node.Node
+    handler: object  # the bound prune_out_channels / prune_in_channels
+    is_out: bool
+    dim: int | None = None  # for bare parameters: the tensor dim
+
+
+class PairRule:
+    def __init__(self, a: int, b: int, fwd: IndexMap):
+        self.a, self.b, self.fwd, self.bwd = a, b, fwd, fwd.inverse()
+
+    def push(self, slot: int, idx: torch.Tensor, state: dict, dead: dict):
+        src_root = state[slot][idx]
+        if slot == self.a:
+            dst, pos = self.fwd.apply(idx)
+            return [(self.b, dst, src_root[pos])]
+        dst, pos = self.bwd.apply(idx)
+        return [(self.a, dst, src_root[pos])]
+
+
+class FactorRule:
+    """``merged`` (size prod(sizes)) is laid out row-major over ``parts`` (outer -> inner)."""
+
+    def __init__(self, merged: int, parts: list[int], sizes: list[int], frozen: dict[int, str]):
+        self.merged, self.parts, self.sizes = merged, parts, [int(s) for s in sizes]
+        self.n = math.prod(self.sizes)
+        self.frozen = frozen  # the graph's frozen slots: never widen along those
+
+    def push(self, slot: int, idx: torch.Tensor, state: dict, dead: dict):
+        if slot == self.merged:
+            return self._from_merged(state, dead)
+        return self._from_part(self.parts.index(slot), idx, state)
+
+    def _from_part(self, axis: int, idx: torch.Tensor, state: dict):
+        grid = torch.arange(self.n).view(self.sizes)
+        sel = grid.index_select(axis, idx)  # slabs of the merged axis, one per part coordinate
+        root = state[self.parts[axis]][idx]
+        shape = [1] * len(self.sizes)
+        shape[axis] = idx.numel()
+        roots = root.view(shape).expand(sel.shape)
+        return [(self.merged, sel.flatten(), roots.flatten())]
+
+    def _from_merged(self, state: dict, dead: dict):
+        k = len(self.sizes)
+        root = state[self.merged].view(self.sizes)
+        gone = root >= 0
+        if self.merged in dead:
+            gone = gone | dead[self.merged].view(self.sizes)
+        others = [tuple(j for j in range(k) if j != a) for a in range(k)]
+        full = [gone.all(dim=o) if o else gone.clone() for o in others]
+
+        def cover(flags):
+            c = torch.zeros(self.sizes, dtype=torch.bool)
+            for a, f in enumerate(flags):
+                shape = [1] * k
+                shape[a] = self.sizes[a]
+                c |= f.view(shape)
+            return c
+
+        leftover = gone & ~cover(full)
+        if leftover.any():
+            # Close the set: widen along the innermost axis that may be pruned
+            # (GQA's repeat axis is frozen, so a query head widens to its KV group).
+            free = [i for i, s in enumerate(self.sizes) if s > 1 and self.parts[i] not in self.frozen]
+            a = max(free) if free else max(i for i, s in enumerate(self.sizes) if s > 1)
+            full[a] = full[a] | (leftover.any(dim=others[a]) if others[a] else leftover)
+        out = []
+        part_roots = []
+        for a in range(k):
+            r = root.amax(dim=others[a]) if others[a] else root
+            coords = full[a].nonzero().flatten()
+            part_roots.append((coords, r))
+            out.append((self.parts[a], coords, r[coords]))
+        # Positions of the merged axis newly covered by the (closed) slabs.
+        grow = cover(full) & ~gone
+        if grow.any():
+            best = torch.full(self.sizes, -1, dtype=torch.long)
+            for a, (coords, r) in enumerate(part_roots):
+                shape = [1] * k
+                shape[a] = self.sizes[a]
+                ra = torch.where(full[a], r, torch.full_like(r, -1)).view(shape)
+                best = torch.maximum(best, ra.expand(self.sizes))
+            pos = grow.flatten().nonzero().flatten()
+            out.append((self.merged, pos, best.flatten()[pos]))
+        return out
+
+
+class SlotGraph:
+    """Slots, the rules between them, and which slots are frozen or inexact."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.labels: list[str] = []
+        self.rules: list[list] = []
+        self.frozen: dict[int, str] = {}
+        self.inexact: dict[int, str] = {}
+        self.endpoints: dict[int, Endpoint] = {}
+
+    def new_slot(self, size: int, label: str) -> int:
+        self.sizes.append(int(size))
+        self.labels.append(label)
+        self.rules.append([])
+        return len(self.sizes) - 1
+
+    def pair(self, a: int, b: int, fwd: IndexMap | None = None) -> None:
+        if a == b:
+            return
+        fwd = fwd or Identity(self.sizes[a])
+        if fwd.n_src != self.sizes[a] or fwd.n_dst != self.sizes[b]:
+            raise ValueError(f"map {fwd} does not fit slots {self.labels[a]} -> {self.labels[b]}")
+        rule = PairRule(a, b, fwd)
+        self.rules[a].append(rule)
+        self.rules[b].append(rule)
+
+    def factor(self, merged: int, parts: list[int]) -> None:
+        sizes = [self.sizes[p] for p in parts]
+        if math.prod(sizes) != self.sizes[merged]:
+            raise ValueError(f"factor sizes {sizes} do not multiply to {self.sizes[merged]}")
+        rule = FactorRule(merged, parts, sizes, self.frozen)
+        self.rules[merged].append(rule)
+        for p in parts:
+            self.rules[p].append(rule)
+
+    def freeze(self, slot: int, reason: str) -> None:
+        self.frozen.setdefault(slot, reason)
+
+    def mark_inexact(self, slot: int, reason: str) -> None:
+        self.inexact.setdefault(slot, reason)

@@ -1,0 +1,248 @@
+"""Record one forward pass with a ``TorchFunctionMode`` plus module hooks.
+
+Why not autograd's ``grad_fn`` chain: it needs gradients, hides op arguments
+and forces guessing index maps from shapes. The function mode sees every torch
+function and Tensor method with its exact arguments, under ``no_grad`` and
+``inference_mode`` alike.
+
+Leaf modules (those with a pruning handler, e.g. Conv2d) become one node each;
+the ops inside them are executed but not recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten, tree_map
+
+from ..errors import TraceError
+from .graph import OpNode, Trace, Value
+
+__all__ = ["record", "flatten_tensors", "call_model"]
+
+# Calls that only read metadata; they never produce a tensor worth tracking.
+_IGNORED_NAMES = frozenset(
+    {
+        "size", "dim", "numel", "__len__", "__repr__", "__format__", "__bool__", "__index__",
+        "__int__", "__float__", "is_floating_point", "is_complex", "element_size", "stride",
+        "data_ptr", "is_contiguous", "get_device", "__hash__", "__eq__dummy", "nelement",
+        "tolist", "item", "__iter__", "__reduce_ex__", "__deepcopy__", "__array__", "ndimension",
+        "has_names", "__get__", "untyped_storage", "storage_offset", "_is_view", "is_shared",
+    }
+)
+
+
+def flatten_tensors(obj: Any) -> list[torch.Tensor]:
+    """All tensors inside nested tuples/lists/dicts/dataclasses/ModelOutputs, in order."""
+    out: list[torch.Tensor] = []
+    _collect(obj, out, set())
+    return out
+
+
+def _collect(obj: Any, out: list[torch.Tensor], seen: set[int]) -> None:
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+        return
+    if id(obj) in seen:
+        return
+    if isinstance(obj, dict):  # also HF ModelOutput (an OrderedDict subclass)
+        seen.add(id(obj))
+        for v in obj.values():
+            _collect(v, out, seen)
+    elif isinstance(obj, (list, tuple)):
+        seen.add(id(obj))
+        for v in obj:
+            _collect(v, out, seen)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        seen.add(id(obj))
+        for f in dataclasses.fields(obj):
+            _collect(getattr(obj, f.name), out, seen)
+
+
+def call_model(model: nn.Module, example_inputs: Any, forward_fn: Callable | None = None) -> Any:
+    """Call ``model`` the documented way: dict -> kwargs, tuple/list -> positional, else one arg."""
+    if forward_fn is not None:
+        return forward_fn(model, example_inputs)
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    return model(example_inputs)
+
+
+class _Recorder(TorchFunctionMode):
+    def __init__(self, trace: Trace, param_index: dict[int, tuple[str, nn.Module, str, Any]]):
+        super().__init__()
+        self.trace = trace
+        self.param_index = param_index  # id(tensor) -> (qualname, owner, attr, tensor)
+        self.live: dict[int, tuple[torch.Tensor, Value]] = {}
+        self.keepalive: list[torch.Tensor] = []  # ids stay unique while we record
+        self.leaf_depth = 0
+        self.scope: list[str] = []
+
+    # -- values -------------------------------------------------------------
+    def new_value(self, t: torch.Tensor, kind: str, producer: OpNode | None = None) -> Value:
+        v = Value(len(self.trace.values), tuple(t.shape), kind, producer)
+        self.trace.values.append(v)
+        self.live[id(t)] = (t, v)
+        self.keepalive.append(t)
+        return v
+
+    def value_of(self, t: torch.Tensor) -> Value:
+        hit = self.live.get(id(t))
+        if hit is not None and hit[0] is t:
+            return hit[1]
+        info = self.param_index.get(id(t))
+        if info is not None:
+            v = self.new_value(t, "param")
+            v.qualname, v.owner, v.attr, v.tensor_ref = info
+            self.trace.params[id(t)] = v
+            return v
+        return self.new_value(t, "const")
+
+    def to_struct(self, obj: Any) -> Any:
+        return tree_map(lambda x: self.value_of(x) if isinstance(x, torch.Tensor) else x, obj)
+
+    # -- ops ----------------------------------------------------------------
+    def add_op(self, target: Any, args: tuple, kwargs: dict, result: Any, mutated: list | None = None) -> None:
+        in_tensors, _ = tree_flatten((args, kwargs))
+        in_tensors = [t for t in in_tensors if isinstance(t, torch.Tensor)]
+        inputs = [self.value_of(t) for t in in_tensors]
+        s_args, s_kwargs = self.to_struct(args), self.to_struct(kwargs)
+        op = OpNode(len(self.trace.ops), target, s_args, s_kwargs, inputs, [], ".".join(self.scope))
+        out_tensors = flatten_tensors(result) + list(mutated or [])
+        seen: set[int] = set()
+        for t in out_tensors:
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            # A returned input (in-place op, or a no-op like .contiguous()) gets a
+            # new version; anything else is a fresh value.
+            op.outputs.append(self.new_value(t, "op", op))
+        if not mutated:
+            op.output_struct = tree_map(
+                lambda x: self.live[id(x)][1] if isinstance(x, torch.Tensor) else x,
+                result if isinstance(result, (tuple, list, dict, torch.Tensor)) else None,
+            )
+        self.trace.ops.append(op)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.leaf_depth:
+            return out
+        name = getattr(func, "__name__", "")
+        if name in _IGNORED_NAMES:
+            return out
+        if name == "__setitem__":
+            # x[idx] = y mutates x: record it as producing a new version of x.
+            self.add_op(func, args, kwargs, None, mutated=[args[0]])
+            return out
+        if not flatten_tensors(out):
+            return out
+        self.add_op(func, args, kwargs, out)
+        return out
+
+
+@contextlib.contextmanager
+def _hooks(model: nn.Module, rec: _Recorder, is_leaf: Callable[[nn.Module], bool]) -> Iterator[None]:
+    handles = []
+    names = {m: n for n, m in model.named_modules(remove_duplicate=False)}
+    rec.trace.module_names = {m: n for n, m in model.named_modules()}
+
+    def pre(mod, args, kwargs):
+        if rec.leaf_depth:
+            if is_leaf(mod):
+                rec.leaf_depth += 1
+            return None
+        if is_leaf(mod):
+            # Resolve input values now: inside the leaf, ops are not recorded.
+            mod._depgraph_pending = (args, kwargs)  # type: ignore[attr-defined]
+            rec.leaf_depth += 1
+        else:
+            rec.scope.append(names.get(mod, type(mod).__name__))
+        return None
+
+    def post(mod, args, kwargs, output):
+        if is_leaf(mod):
+            rec.leaf_depth -= 1
+            if rec.leaf_depth:
+                return None
+            args, kwargs = mod.__dict__.pop("_depgraph_pending")
+            rec.add_op(mod, args, kwargs, output)
+            rec.trace.module_calls.setdefault(mod, []).append(rec.trace.ops[-1])
+            rec.trace.ops[-1].scope = names.get(mod, "")
+        elif not rec.leaf_depth and rec.scope:
+            rec.scope.pop()
+        return None
+
+    try:
+        for m in model.modules():
+            handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(m.register_forward_hook(post, with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for m in model.modules():
+            m.__dict__.pop("_depgraph_pending", None)
+
+
+@contextlib.contextmanager
+def _buffers_restored(model: nn.Module) -> Iterator[None]:
+    """Tracing must not change the model: undo buffer updates (BatchNorm running stats in train mode)."""
+    with torch.no_grad():
+        saved = [(b, b.detach().clone()) for b in model.buffers() if b is not None]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, old in saved:
+                if b.shape == old.shape:
+                    b.copy_(old)
+
+
+def record(
+    model: nn.Module,
+    example_inputs: Any,
+    is_leaf: Callable[[nn.Module], bool],
+    forward_fn: Callable | None = None,
+    output_transform: Callable | None = None,
+) -> Trace:
+    """Run ``model`` once on ``example_inputs`` and return what it did.
+
+    Raises:
+        TraceError: the model failed on the example inputs (the original error
+            is chained), or it produced no tensor output.
+    """
+    trace = Trace()
+    param_index: dict[int, tuple[str, nn.Module, str, Any]] = {}
+    for mname, mod in model.named_modules():
+        for attr, t in list(mod._parameters.items()) + list(mod._buffers.items()):
+            if t is not None and id(t) not in param_index:
+                param_index[id(t)] = (f"{mname}.{attr}" if mname else attr, mod, attr, t)
+    rec = _Recorder(trace, param_index)
+    for t in flatten_tensors(example_inputs):
+        trace.inputs.append(rec.new_value(t, "input"))
+    try:
+        with _hooks(model, rec, is_leaf), _buffers_restored(model), rec:
+            out = call_model(model, example_inputs, forward_fn)
+    except Exception as e:  # noqa: BLE001 - re-raised with context
+        raise TraceError(
+            f"the model failed on the example inputs ({type(e).__name__}: {e}); "
+            "check that example_inputs match model.forward (a dict is passed as keyword "
+            "arguments, a tuple/list as positional arguments) or pass forward_fn="
+        ) from e
+    if output_transform is not None:
+        out = output_transform(out)
+    outs = flatten_tensors(out)
+    if not outs:
+        raise TraceError("the model returned no tensor; pass output_transform= to select outputs")
+    trace.outputs = [rec.value_of(t) for t in outs]
+    return trace

@@ -1,0 +1,184 @@
+"""Prove a prune exact: the pruned model equals the original with the removed channels zeroed.
+
+How the zeroed original is made, without knowing any layer's weight layout:
+each pruned layer of a copy of the original is pruned *again* on a marker copy
+whose parameters hold their own flat positions (0, 1, 2, ...). The values that
+survive are exactly the parameter entries the real prune kept; every other
+entry is set to zero in the copy. This works for any handler - grouped convs,
+LSTMs, attention, custom layers - because it reuses the handler itself.
+
+Zeroing removed weights is equivalent to removing the channels as long as
+nothing normalises *over* the pruned dimension (LayerNorm, GroupNorm, softmax,
+mean, a default attention scale). Where a prune went through such an op, the
+records say so and :func:`verify` reports that exactness does not apply.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .errors import DepgraphError
+from .functional.base import find_handler, keep_index
+from .trace.recorder import call_model, flatten_tensors
+
+__all__ = ["verify", "VerifyResult", "zero_removed_channels"]
+
+
+@dataclass
+class VerifyResult:
+    """What :func:`verify` found.
+
+    Attributes:
+        exact: outputs match within ``tol`` (None when exactness does not apply).
+        applies: False when some pruned dim is normalised over, so only shapes are compared.
+        max_diff: largest absolute output difference.
+        shapes_match: every output kept its shape.
+        reasons: why exactness does not apply, if it does not.
+    """
+
+    exact: bool | None
+    applies: bool
+    max_diff: float
+    tol: float
+    shapes_match: bool
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Shapes match, outputs are finite, and they are exact wherever exactness applies."""
+        return self.shapes_match and self.exact is not False and self.max_diff == self.max_diff
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __str__(self) -> str:
+        if not self.shapes_match:
+            return "verify: output shapes differ"
+        if not self.applies:
+            return (f"verify: exactness does not apply ({'; '.join(self.reasons)}); "
+                    f"shapes match, max diff {self.max_diff:.3g}")
+        state = "exact" if self.exact else "NOT exact"
+        return f"verify: {state}, max diff {self.max_diff:.3g} (tol {self.tol:.1g})"
+
+
+def _zero_module(orig: nn.Module, pruned: nn.Module) -> None:
+    kept = pruned.__dict__.get("_depgraph_kept", {})
+    if kept:
+        handler = find_handler(orig)
+        if handler is None:
+            raise DepgraphError(f"no pruning handler for {type(orig).__name__}; cannot verify it")
+        marker = copy.deepcopy(orig)
+        names = [n for n, _ in marker.named_parameters()]
+        with torch.no_grad():
+            for p in marker.parameters():
+                p.data = torch.arange(p.numel(), dtype=torch.float64).view(p.shape)
+        for side, prune in (("out", handler.prune_out_channels), ("in", handler.prune_in_channels)):
+            if side in kept:
+                n = (handler.get_out_channels if side == "out" else handler.get_in_channels)(marker)
+                removed = keep_index(n, kept[side])  # the complement of kept
+                if removed.numel():
+                    prune(marker, removed.tolist())
+        survivors = dict(marker.named_parameters())
+        with torch.no_grad():
+            for name, p in orig.named_parameters():
+                if name not in names:
+                    continue
+                mask = torch.ones(p.numel(), dtype=torch.bool)
+                mask[survivors[name].data.flatten().long()] = False
+                p.data = p.data.flatten().masked_fill(mask.to(p.device), 0).view(p.shape)
+    for attr, dims in pruned.__dict__.get("_depgraph_kept_params", {}).items():
+        t = getattr(orig, attr)
+        with torch.no_grad():
+            for dim, keep in dims.items():
+                mask = torch.ones(t.shape[dim], dtype=torch.bool)
+                mask[keep] = False
+                shape = [1] * t.ndim
+                shape[dim] = -1
+                t.data = t.data.masked_fill(mask.view(shape).to(t.device), 0)
+
+
+def zero_removed_channels(original: nn.Module, pruned: nn.Module) -> nn.Module:
+    """A copy of ``original`` whose parameters are zero wherever ``pruned`` lost them."""
+    zeroed = copy.deepcopy(original)
+    pruned_modules = dict(pruned.named_modules())
+    for name, m in zeroed.named_modules():
+        pm = pruned_modules.get(name)
+        if pm is not None and ("_depgraph_kept" in pm.__dict__ or "_depgraph_kept_params" in pm.__dict__):
+            _zero_module(m, pm)
+    return zeroed
+
+
+def _inexact_reasons(pruned: nn.Module) -> list[str]:
+    reasons: set[str] = set()
+    for m in pruned.modules():
+        reasons |= set(m.__dict__.get("_depgraph_inexact", ()))
+        if getattr(find_handler(m), "mixes_channels", False) and "_depgraph_kept" in m.__dict__:
+            reasons.add(f"{type(m).__name__} normalises over its pruned channels")
+    return sorted(reasons)
+
+
+def verify(
+    original: nn.Module,
+    pruned: nn.Module,
+    example_inputs: Any,
+    forward_fn: Callable | None = None,
+    output_transform: Callable | None = None,
+    tol: float = 1e-6,
+) -> VerifyResult:
+    """Check that ``pruned`` computes what ``original`` computes with the removed channels zeroed.
+
+    Both models are copied, cast to float64 and put in eval mode; neither is changed.
+
+    Args:
+        original: the model before pruning.
+        pruned: the same model after pruning with depgraph (it carries records of what was removed).
+        example_inputs: inputs as for ``build_dependency``.
+        tol: allowed max difference, relative to the largest output magnitude (at least 1).
+
+    Returns:
+        A :class:`VerifyResult`; ``bool(result)`` is True when the prune is proven correct,
+        or, where exactness does not apply, when shapes match.
+
+    Example:
+        >>> result = tp.verify(original, pruned, torch.randn(1, 3, 224, 224))
+        >>> assert result.exact, result
+    """
+    zeroed = zero_removed_channels(original, pruned).double().eval()
+    test = copy.deepcopy(pruned).double().eval()
+    inputs = _to_double(example_inputs)
+    with torch.no_grad():
+        ref = call_model(zeroed, inputs, forward_fn)
+        out = call_model(test, inputs, forward_fn)
+    if output_transform is not None:
+        ref, out = output_transform(ref), output_transform(out)
+    refs, outs = flatten_tensors(ref), flatten_tensors(out)
+    shapes = len(refs) == len(outs) and all(a.shape == b.shape for a, b in zip(refs, outs, strict=False))
+    diff, scale = 0.0, 1.0
+    if shapes:
+        for a, b in zip(refs, outs, strict=True):
+            if a.is_floating_point() and a.numel():
+                diff = max(diff, float((a - b).abs().max()))
+                scale = max(scale, float(a.abs().max()))
+            elif a.numel() and not torch.equal(a, b):
+                diff = float("inf")
+    reasons = _inexact_reasons(pruned)
+    applies = not reasons
+    bound = tol * scale
+    exact = (diff <= bound) if (applies and shapes) else None
+    return VerifyResult(exact, applies, diff, bound, shapes, reasons)
+
+
+def _to_double(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.double() if x.is_floating_point() else x
+    if isinstance(x, dict):
+        return {k: _to_double(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_double(v) for v in x)
+    return x
