@@ -7,6 +7,8 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from depgraph.errors import HandlerMismatchError, InvalidIndicesError, OverPruningError
 from depgraph.functional import (
@@ -233,3 +235,34 @@ def test_depthwise_pruner_is_not_the_registered_handler():
 
     assert get_handler(nn.Conv2d) is ConvPruner.INSTANCE
     assert isinstance(DepthwiseConvPruner.INSTANCE, DepthwiseConvPruner)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_any_valid_grouped_pruning_is_exact(data):
+    """Random grouped (transposed) convs, random whole groups and equal per-group cuts, either order."""
+    g, ib, ob = (data.draw(st.integers(1, 4)) for _ in range(3))
+    transposed = data.draw(st.booleans())
+    conv = (nn.ConvTranspose1d if transposed else nn.Conv1d)(g * ib, g * ob, 3, groups=g, padding=1).double()
+    gone = data.draw(st.sets(st.integers(0, g - 1), max_size=g - 1))
+    survivors = [k for k in range(g) if k not in gone]
+
+    def cut(block: int, rows: bool) -> list[int]:
+        """Whole removed groups, plus per surviving group: any c rows, or the same c positions."""
+        c = data.draw(st.integers(0, block - 1))
+        shared = data.draw(st.permutations(range(block)))[:c]
+        idxs = [k * block + j for k in gone for j in range(block)]
+        for k in survivors:
+            own = data.draw(st.permutations(range(block)))[:c] if rows else shared
+            idxs += [k * block + j for j in own]
+        return idxs
+
+    out_idxs, in_idxs = cut(ob, rows=not transposed), cut(ib, rows=transposed)
+    original = copy.deepcopy(conv)
+    calls = [(prune_conv_out_channels, out_idxs), (prune_conv_in_channels, in_idxs)]
+    for fn, idxs in calls if data.draw(st.booleans()) else calls[::-1]:
+        fn(conv, idxs)
+    assert conv.groups == len(survivors)
+    assert conv.in_channels == g * ib - len(in_idxs) and conv.out_channels == g * ob - len(out_idxs)
+    x = torch.randn(2, g * ib, 5, dtype=torch.float64)
+    assert_restricts(original, conv, x, in_dim=1, in_idxs=in_idxs, out_dim=1, out_idxs=out_idxs)
