@@ -47,9 +47,17 @@ class MultiheadAttentionPruner(BasePruningFunc):
     """
 
     TARGET_MODULES = (nn.MultiheadAttention,)
+    mixes_channels = True  # scores and 1/sqrt(d) change: not the same as zeroing the dims
 
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
         """Remove embedding dims and the matching inner dims of every projection.
+
+        Args:
+            layer: The module to prune in place.
+            idxs: Channel indices to remove, in any order; duplicates are ignored.
+
+        Returns:
+            ``layer`` itself, so calls can be chained.
 
         Raises:
             InvalidIndicesError: an index is out of range, the number removed is

@@ -7,7 +7,9 @@ coupled layer, after checking every member of the group.
 Call tree (what a subclass may override is marked *)::
 
     handler.prune_out_channels(layer, idxs)      *  remove output channels
-        normalize_idxs(idxs, n, layer, "out")       validate, dedupe, sort
+        handler.check_idxs(layer, idxs, "out")      before any change:
+            handler.check_layer(layer)                 right module type?
+            normalize_idxs(idxs, n, layer, "out")      in range, not all; dedupe, sort
     handler.prune_in_channels(layer, idxs)       *  remove input channels
     handler.get_out_channels(layer)              *  current output width (None: none)
     handler.get_in_channels(layer)               *  current input width  (None: none)
@@ -115,11 +117,15 @@ class BasePruningFunc:
     """Base class of per-module pruning handlers; subclass it for a custom layer.
 
     Override ``prune_out_channels``, ``prune_in_channels``, ``get_out_channels``
-    and ``get_in_channels``. Set ``TARGET_MODULES`` to the module types handled.
+    and ``get_in_channels``. Set ``TARGET_MODULES`` to the module types handled;
+    a module owned by another handler is refused, while a module of a type no
+    handler is registered for is duck-typed, so ``LinearPruner()`` can serve a
+    custom layer laid out like ``nn.Linear``.
     Set ``mixes_channels = True`` when the layer computes statistics across the
-    channel dimension (LayerNorm, GroupNorm): pruning through it is then valid
-    but not exactly equal to zeroing those channels, and ``depgraph.verify``
-    says so.
+    channel dimension (LayerNorm, GroupNorm), or otherwise lets a removed channel
+    influence the kept ones (the recurrence of an LSTM, the inner head dims of
+    attention): pruning through it is then valid but not exactly equal to
+    zeroing those channels, and ``depgraph.verify`` says so.
 
     Example:
         >>> class ScalePruner(BasePruningFunc):

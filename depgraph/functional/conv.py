@@ -141,6 +141,13 @@ class ConvPruner(BasePruningFunc):
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
         """Remove output channels (and their bias entries).
 
+        Args:
+            layer: The module to prune in place.
+            idxs: Channel indices to remove, in any order; duplicates are ignored.
+
+        Returns:
+            ``layer`` itself, so calls can be chained.
+
         Raises:
             InvalidIndicesError: the indices are invalid, or would leave the groups
                 of a grouped conv unequal (see the module docstring).

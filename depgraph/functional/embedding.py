@@ -31,6 +31,13 @@ class EmbeddingPruner(BasePruningFunc):
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
         """Remove embedding dims (weight columns).
 
+        Args:
+            layer: The module to prune in place.
+            idxs: Channel indices to remove, in any order; duplicates are ignored.
+
+        Returns:
+            ``layer`` itself, so calls can be chained.
+
         Raises:
             InvalidIndicesError: an index is negative or ``>= embedding_dim``.
             OverPruningError: every embedding dim would be removed.

@@ -35,6 +35,13 @@ class GroupNormPruner(BasePruningFunc):
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
         """Remove channels; in and out are the same.
 
+        Args:
+            layer: The module to prune in place.
+            idxs: Channel indices to remove, in any order; duplicates are ignored.
+
+        Returns:
+            ``layer`` itself, so calls can be chained.
+
         Raises:
             InvalidIndicesError: an index is out of range, or the surviving groups
                 would lose different local positions.

@@ -36,6 +36,13 @@ class LayerNormPruner(BasePruningFunc):
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
         """Remove channels of the last normalised dim; in and out are the same.
 
+        Args:
+            layer: The module to prune in place.
+            idxs: Channel indices to remove, in any order; duplicates are ignored.
+
+        Returns:
+            ``layer`` itself, so calls can be chained.
+
         Raises:
             InvalidIndicesError: an index is negative or ``>= normalized_shape[-1]``.
             OverPruningError: every channel would be removed.

@@ -24,6 +24,13 @@ class _PerChannelNormPruner(BasePruningFunc):
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
         """Remove channels from every per-channel tensor; in and out are the same.
 
+        Args:
+            layer: The module to prune in place.
+            idxs: Channel indices to remove, in any order; duplicates are ignored.
+
+        Returns:
+            ``layer`` itself, so calls can be chained.
+
         Raises:
             InvalidIndicesError: an index is negative or ``>= num_features``.
             OverPruningError: every channel would be removed.

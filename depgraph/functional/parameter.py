@@ -33,6 +33,14 @@ class ParameterPruner(BasePruningFunc):
     def prune_out_channels(self, tensor: torch.Tensor, idxs: Indices, dim: int = 0) -> torch.Tensor:
         """Remove ``idxs`` along ``dim`` of ``tensor``; ``.grad`` follows.
 
+        Args:
+            tensor: An ``nn.Parameter`` or buffer; it stays the same object.
+            idxs: Indices along ``dim`` to remove, in any order.
+            dim: The dim to prune; negative values count from the end.
+
+        Returns:
+            ``tensor`` itself.
+
         Raises:
             HandlerMismatchError: ``tensor`` is not a tensor.
             InvalidIndicesError: ``tensor`` has no dim ``dim``, or an index is

@@ -33,6 +33,13 @@ class PReLUPruner(BasePruningFunc):
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
         """Remove the slopes of the given channels; a shared slope is left alone.
 
+        Args:
+            layer: The module to prune in place.
+            idxs: Channel indices to remove, in any order; duplicates are ignored.
+
+        Returns:
+            ``layer`` itself, so calls can be chained.
+
         Raises:
             InvalidIndicesError: an index is negative, or ``>= num_parameters``
                 for a per-channel PReLU.

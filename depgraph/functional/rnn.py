@@ -55,9 +55,19 @@ class LSTMPruner(BasePruningFunc):
     """
 
     TARGET_MODULES = (nn.LSTM, nn.GRU, nn.RNN)
+    # A removed unit also fed the others through the recurrence, so pruning it is
+    # not the same as zeroing its output downstream.
+    mixes_channels = True
 
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
         """Remove hidden units from every layer and direction.
+
+        Args:
+            layer: The module to prune in place.
+            idxs: Channel indices to remove, in any order; duplicates are ignored.
+
+        Returns:
+            ``layer`` itself, so calls can be chained.
 
         Raises:
             InvalidIndicesError: an index is negative or ``>= hidden_size``.
