@@ -279,11 +279,28 @@ class DependencyGraph:
             slot = node.out_slot
             if slot is None or slot in visited or slot in blocked or slot in self._graph.frozen:
                 continue
-            plan = propagate(self._graph, slot, self._alive(slot), self._dead, blocked)
+            alive = self._alive(slot)
+            plan = propagate(self._graph, slot, alive, self._dead, blocked)
             visited.update(s for s in plan.state if s in self._graph.endpoints)
-            if plan.violations:
+            if plan.violations or alive.numel() < 2 or not self._single_channel_prunable(slot, alive, blocked):
                 continue
             yield Group(self, self._items(plan), plan)
+
+    def _single_channel_prunable(self, slot: int, alive: torch.Tensor, blocked: dict[int, str]) -> bool:
+        """Whether removing one root channel leaves every member non-empty.
+
+        Coupling can be so tight that any removal cascades to all channels (the
+        pass-through halves of a ShuffleNetV2 stage); such groups are not offered.
+        """
+        plan = propagate(self._graph, slot, alive[:1], self._dead, blocked)
+        if plan.violations:
+            return False
+        for s, st in plan.state.items():
+            d = self._dead.get(s)
+            n_alive = self._graph.sizes[s] - (int(d.sum()) if d is not None else 0)
+            if int((st >= 0).sum()) >= n_alive:
+                return False
+        return True
 
     def check_pruning_group(self, group: Group) -> bool:
         """False when the group reaches a frozen dim or would leave some layer with no channel."""

@@ -94,10 +94,14 @@ class FactorRule:
 
         leftover = gone & ~cover(full)
         if leftover.any():
-            # Close the set: widen along the innermost axis that may be pruned
-            # (GQA's repeat axis is frozen, so a query head widens to its KV group).
-            free = [i for i, s in enumerate(self.sizes) if s > 1 and self.parts[i] not in self.frozen]
-            a = max(free) if free else max(i for i, s in enumerate(self.sizes) if s > 1)
+            # Close the set with the smallest slabs: add each stray position's
+            # coordinate on the largest axis that may be pruned (ties: innermost).
+            # Head dims (64) win over heads (12); a channel-shuffle position takes
+            # its partner in the other group rather than a whole group. Frozen axes
+            # (GQA's repeat axis) are skipped, so a query head widens to its KV group.
+            cands = [i for i, s in enumerate(self.sizes) if s > 1]
+            free = [i for i in cands if self.parts[i] not in self.frozen] or cands
+            a = max(free, key=lambda i: (self.sizes[i], i))
             full[a] = full[a] | (leftover.any(dim=others[a]) if others[a] else leftover)
         out = []
         part_roots = []

@@ -57,7 +57,7 @@ class LSTMPruner(BasePruningFunc):
     TARGET_MODULES = (nn.LSTM, nn.GRU, nn.RNN)
     # A removed unit also fed the others through the recurrence, so pruning it is
     # not the same as zeroing its output downstream.
-    mixes_channels = True
+    mixes_channels = False  # zeroed hidden units stay zero through the recurrence (h0 = 0)
 
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
         """Remove hidden units from every layer and direction.

@@ -115,7 +115,7 @@ class _Recorder(TorchFunctionMode):
         in_tensors = [t for t in in_tensors if isinstance(t, torch.Tensor)]
         inputs = [self.value_of(t) for t in in_tensors]
         s_args, s_kwargs = self.to_struct(args), self.to_struct(kwargs)
-        op = OpNode(len(self.trace.ops), target, s_args, s_kwargs, inputs, [], ".".join(self.scope))
+        op = OpNode(len(self.trace.ops), target, s_args, s_kwargs, inputs, [], self.scope[-1] if self.scope else "")
         out_tensors = flatten_tensors(result) + list(mutated or [])
         seen: set[int] = set()
         for t in out_tensors:
