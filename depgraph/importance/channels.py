@@ -41,6 +41,16 @@ class ChannelSlice:
     rows: Rows
     is_bias: bool = False
 
+    def element_index(self) -> torch.Tensor:
+        """``(channels, k)`` flat positions in ``param`` of each channel's entries.
+
+        The inverse of :attr:`rows`: writing through these positions touches
+        exactly the entries a channel owns (used to zero channels and to add
+        per-channel regularisation gradients).
+        """
+        flat = torch.arange(self.param.numel(), device=self.param.device).reshape(self.param.shape)
+        return self.rows(flat)
+
 
 SliceFn = Callable[[nn.Module, str], list[ChannelSlice]]
 _SLICES: dict[type, SliceFn] = {}

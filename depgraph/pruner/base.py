@@ -1,0 +1,297 @@
+"""``BasePruner``: ratios, scopes and schedules in; pruned groups out.
+
+Call tree (``*``: what a subclass may override)::
+
+    BasePruner(model, example_inputs, importance, **options)
+        options_class.from_kwargs(...)             validate everything first
+        DependencyGraph().build_dependency(...)
+        update_regularizer()                    *  refresh groups used by regularize()
+    step(interactive=False)
+        _prune()                                   decisions -> final groups
+            planning.collect_candidates            every prunable group
+            estimate_importance(group)          *  one score per root channel
+            planning.plan_local / plan_pooled      counts, ranking, channel classes
+        group.prune()  or  soft.zero_group(group)
+    regularize(model, loss=None)                *  add sparsity gradients (no-op here)
+
+Subclasses add options by subclassing :class:`PrunerOptions` and setting
+``options_class``; their ``__init__`` takes only the new arguments and passes
+the rest through ``**kwargs``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .._types import ExampleInputs, Indices
+from ..dependency import DependencyGraph
+from ..errors import DepgraphError, OverPruningError
+from ..importance import Importance
+from . import planning
+from .options import PrunerOptions, resolve_deprecated
+from .scheduler import Scheduler, linear_scheduler
+from .scope import ScopeTable
+from .selection import pick_lowest
+from .soft import zero_group
+
+__all__ = ["BasePruner", "MetaPruner", "MagnitudePruner"]
+
+
+class BasePruner:
+    """Structural pruner: removes the lowest-importance channels of every group.
+
+    Args:
+        model: the network; pruned in place.
+        example_inputs: a tensor, tuple/list of positional inputs or dict of kwargs.
+        importance: a criterion (see :mod:`depgraph.importance`), called on each group.
+        global_pruning: rank all groups together instead of each group alone.
+        pruning_ratio: fraction of each group's channels to remove (weights
+            shrink by about ``1 - (1 - p)**2``).
+        pruning_ratio_dict: ``{module or tuple of modules: ratio}``; a tuple is
+            one scope ranked together.
+        max_pruning_ratio: no group loses more than this fraction.
+        iterative_steps: number of ``step()`` calls to reach the target.
+        iterative_pruning_ratio_scheduler: ``(ratio, steps) -> [0, ..., ratio]``.
+        ignored_layers: modules (with their sub-modules) whose output channels
+            stay, or parameters that keep their shape.
+        round_to: channel counts kept as multiples of this.
+        isomorphic: with global pruning, rank only among groups of identical structure.
+        in_channel_groups / out_channel_groups: ``{module: n}``: the module's
+            channels form ``n`` blocks that must lose the same local positions
+            (grouped convolutions are detected from the graph).
+        num_heads, prune_num_heads, prune_head_dims, head_pruning_ratio,
+            head_pruning_ratio_dict: attention heads; ``num_heads`` entries keep
+            head dims aligned across heads. Removing whole heads is not done here.
+        customized_pruners, unwrapped_parameters, forward_fn, output_transform:
+            passed to ``DependencyGraph.build_dependency``.
+        root_module_types: the layer types groups are rooted at.
+        soft_pruning: **(new)** zero the chosen channels (weights, biases and
+            norm affines of every member) instead of removing them; shapes stay,
+            later steps keep them at zero and count them as pruned.
+        ch_sparsity, ch_sparsity_dict, channel_groups: deprecated spellings.
+
+    Raises:
+        ValueError: invalid options (all problems listed at once).
+
+    Example:
+        >>> imp = tp.importance.GroupMagnitudeImportance(p=2)
+        >>> pruner = tp.pruner.BasePruner(model, torch.randn(1, 3, 224, 224), imp,
+        ...                               pruning_ratio=0.5, ignored_layers=[model.fc])
+        >>> pruner.step()
+    """
+
+    options_class: type[PrunerOptions] = PrunerOptions
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: ExampleInputs,
+        importance: Importance | Callable,
+        global_pruning: bool = False,
+        pruning_ratio: float = 0.5,
+        pruning_ratio_dict: dict | None = None,
+        max_pruning_ratio: float = 1.0,
+        iterative_steps: int = 1,
+        iterative_pruning_ratio_scheduler: Scheduler = linear_scheduler,
+        ignored_layers: Sequence | None = None,
+        round_to: int | None = None,
+        isomorphic: bool = False,
+        in_channel_groups: dict | None = None,
+        out_channel_groups: dict | None = None,
+        num_heads: dict | None = None,
+        prune_num_heads: bool = False,
+        prune_head_dims: bool = True,
+        head_pruning_ratio: float = 0.0,
+        head_pruning_ratio_dict: dict | None = None,
+        customized_pruners: dict | None = None,
+        unwrapped_parameters: Any = None,
+        root_module_types: Sequence[type] | None = None,
+        forward_fn: Callable | None = None,
+        output_transform: Callable | None = None,
+        ch_sparsity: float | None = None,
+        ch_sparsity_dict: dict | None = None,
+        channel_groups: dict | None = None,
+        soft_pruning: bool = False,
+        **extra: Any,
+    ) -> None:
+        kwargs = {
+            k: v
+            for k, v in locals().items()
+            if k not in ("self", "model", "example_inputs", "importance", "extra", "__class__")
+        }
+        kwargs.update(extra)
+        kwargs = resolve_deprecated(kwargs)
+        try:
+            self.options = self.options_class.from_kwargs(**kwargs)
+        except TypeError as e:
+            raise TypeError(f"{type(self).__name__}: {e}") from None
+        if not callable(importance):
+            raise TypeError(f"importance must be callable (group -> scores), got {type(importance).__name__}")
+        if self.options.prune_num_heads:
+            warnings.warn(
+                "prune_num_heads: removing whole attention heads is not implemented by this "
+                "pruner yet; head dims are pruned instead",
+                stacklevel=2,
+            )
+        self.model = model
+        self.importance = importance
+        self.scopes = ScopeTable(self.options)
+        layers = [x for x in self.options.ignored_layers if isinstance(x, nn.Module)]
+        params = [x for x in self.options.ignored_layers if isinstance(x, torch.Tensor)]
+        self.ignored_layers = layers
+        self.DG = DependencyGraph().build_dependency(
+            model,
+            example_inputs,
+            forward_fn=forward_fn,
+            output_transform=output_transform,
+            unwrapped_parameters=unwrapped_parameters,
+            customized_pruners=dict(self.options.customized_pruners) or None,
+            ignored_params=params or None,
+        )
+        self.current_step = 0
+        self._soft_pruned: dict[Any, set[int]] = {}
+        self._initial: dict[Any, int] = {}
+        for group in self.DG.get_all_groups(self.ignored_layers, self.options.root_module_types):
+            self._initial[group[0].dep.target.module] = len(group[0].idxs)
+        self.update_regularizer()
+
+    # -- compatibility attributes -------------------------------------------------------
+    @property
+    def pruning_ratio(self) -> float:
+        return self.options.pruning_ratio
+
+    @property
+    def iterative_steps(self) -> int:
+        return self.options.iterative_steps
+
+    @property
+    def round_to(self) -> int | None:
+        return self.options.round_to
+
+    @property
+    def global_pruning(self) -> bool:
+        return self.options.global_pruning
+
+    def initial_width(self, root: Any, default: int) -> int:
+        """Root channels at construction (``default`` for a root first seen later)."""
+        return self._initial.setdefault(root, default)
+
+    def declared_channel_groups(self) -> dict[tuple[Any, str], int]:
+        """``(module, side) -> n`` from in/out_channel_groups and (for head dims) num_heads."""
+        out = {(m, "in"): n for m, n in self.options.in_channel_groups}
+        out.update({(m, "out"): n for m, n in self.options.out_channel_groups})
+        if self.options.prune_head_dims:
+            out.update({(m, "out"): n for m, n in self.options.num_heads if (m, "out") not in out})
+        return out
+
+    def get_target_pruning_ratio(self, module: nn.Module) -> float:
+        """The ratio ``module``'s groups reach after the current step."""
+        return self.scopes.ratio(module, self.current_step)
+
+    # -- scoring ------------------------------------------------------------------------------
+    def estimate_importance(self, group: Any) -> torch.Tensor | None:
+        """One score per root channel of ``group`` (None: leave the group alone)."""
+        return self.importance(group)
+
+    # -- pruning ---------------------------------------------------------------------------------
+    def step(self, interactive: bool = False) -> Iterator[Any] | None:
+        """Advance one iterative step: prune, or with ``interactive=True`` yield the groups to prune.
+
+        Raises:
+            DepgraphError: the importance returned unusable scores.
+        """
+        self.current_step += 1
+        if self.current_step > self.options.iterative_steps:
+            warnings.warn(
+                f"step {self.current_step} exceeds iterative_steps={self.options.iterative_steps}; "
+                "nothing is pruned (call reset() to start over)",
+                stacklevel=2,
+            )
+            return iter(()) if interactive else None
+        groups = self._prune()
+        if interactive:
+            return groups
+        for group in groups:
+            if self.options.soft_pruning:
+                self._soft_prune(group)
+            else:
+                group.prune()
+        return None
+
+    def _prune(self) -> Iterator[Any]:
+        cands = planning.collect_candidates(self)
+        pooled = [c for c in cands if c.scope.pooled]
+        local = [c for c in cands if not c.scope.pooled]
+        decisions = list(planning.plan_pooled(self, pooled)) + list(planning.plan_local(self, local))
+        for cand, idxs in decisions:
+            group = self.DG.get_pruning_group(cand.root, cand.fn, idxs)
+            if self.DG.check_pruning_group(group):
+                yield group
+
+    def _soft_prune(self, group: Any) -> None:
+        root = group[0].dep.target.module
+        zero_group(group)
+        self._soft_pruned.setdefault(root, set()).update(int(i) for i in group[0].idxs)
+
+    def manual_prune_width(
+        self, layer: nn.Module, pruning_fn: Callable, pruning_ratio_or_idxs: float | Indices
+    ) -> None:
+        """Prune ``layer`` (and its group) by a ratio (lowest importance first) or by exact indices.
+
+        Raises:
+            OverPruningError: the group would leave some layer without channels.
+        """
+        if isinstance(pruning_ratio_or_idxs, float):
+            if not 0.0 <= pruning_ratio_or_idxs <= 1.0:
+                raise ValueError(f"pruning ratio must be in [0, 1], got {pruning_ratio_or_idxs}")
+            out = self.DG.is_out_channel_pruning_fn(pruning_fn)
+            width = self.DG.get_out_channels(layer) if out else self.DG.get_in_channels(layer)
+            full = self.DG.get_pruning_group(layer, pruning_fn, list(range(width)))
+            scores = self.estimate_importance(full)
+            if scores is None:
+                raise DepgraphError(f"the importance cannot score the group of {type(layer).__name__}")
+            idxs = pick_lowest(scores, min(int(width * pruning_ratio_or_idxs), width - 1))
+        else:
+            idxs = pruning_ratio_or_idxs
+        group = self.DG.get_pruning_group(layer, pruning_fn, idxs)
+        if not self.DG.check_pruning_group(group):
+            raise OverPruningError(
+                f"manual_prune_width: pruning {len(group[0].idxs)} channels of "
+                f"{type(layer).__name__} would empty a layer or reach a frozen dimension"
+            )
+        group.prune()
+
+    def reset(self) -> None:
+        """Start the schedule over (the already pruned model is kept)."""
+        self.current_step = 0
+
+    # -- history -----------------------------------------------------------------------------------
+    def pruning_history(self) -> list:
+        return self.DG.pruning_history()
+
+    def load_pruning_history(self, pruning_history: list) -> None:
+        self.DG.load_pruning_history(pruning_history)
+
+    # -- sparse training -----------------------------------------------------------------------------
+    def update_regularizer(self) -> None:
+        """Refresh the groups ``regularize`` works on (call after pruning the model)."""
+        self._groups = list(self.DG.get_all_groups(self.ignored_layers, self.options.root_module_types))
+
+    def regularize(self, model: nn.Module, loss: torch.Tensor | None = None) -> None:
+        """Add sparsity gradients; call between ``loss.backward()`` and ``optimizer.step()``.
+
+        ``BasePruner`` adds none; see the regularising subclasses.
+        """
+
+
+class MetaPruner(BasePruner):
+    """Alias of :class:`BasePruner` (the original's name)."""
+
+
+class MagnitudePruner(BasePruner):
+    """Alias of :class:`BasePruner`; pair it with a magnitude importance."""

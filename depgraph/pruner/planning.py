@@ -1,0 +1,180 @@
+"""Turn groups, scores and ratios into decisions ``(root, pruning_fn, root idxs)``.
+
+Pure with respect to the model: nothing here prunes. ``BasePruner.step``
+builds the final groups from the decisions and prunes them (or hands them
+to the caller with ``interactive=True``).
+
+Flow for one step::
+
+    collect_candidates     every prunable group: root, width now and at start, scope
+    plan_local(cand)       per group: count_to_prune -> scores -> pick_lowest
+    plan_pooled(cands)     per pool (global / tuple scope / isomorphic class):
+                           one ranking over all channels, then per-group counts
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import DepgraphError
+from ..importance.channels import handler_side
+from .options import floor_fraction
+from .scope import Scope
+from .selection import ChannelClasses, count_to_prune, fit_count, pick_lowest
+
+if TYPE_CHECKING:
+    from .base import BasePruner
+
+__all__ = ["Candidate", "collect_candidates", "plan_local", "plan_pooled"]
+
+
+@dataclass
+class Candidate:
+    """A prunable group and what the pruner knows about its root."""
+
+    group: Any
+    root: Any
+    fn: Callable
+    alive: int  # root channels present now
+    initial: int  # root channels at construction
+    scope: Scope
+    soft: list[int] = field(default_factory=list)  # channels already zeroed by soft pruning
+    scores: torch.Tensor | None = None
+    classes: ChannelClasses | None = None
+
+    @property
+    def current(self) -> int:
+        return self.alive - len(self.soft)
+
+
+def collect_candidates(pruner: BasePruner) -> list[Candidate]:
+    opts = pruner.options
+    out = []
+    for group in pruner.DG.get_all_groups(pruner.ignored_layers, opts.root_module_types):
+        root_item = group[0]
+        root = root_item.dep.target.module
+        alive = len(root_item.idxs)
+        initial = pruner.initial_width(root, alive)
+        soft = sorted(pruner._soft_pruned.get(root, ()))
+        out.append(
+            Candidate(group, root, root_item.dep.handler, alive, initial, pruner.scopes.scope_of(root), soft)
+        )
+    return out
+
+
+def _scores(pruner: BasePruner, cand: Candidate) -> torch.Tensor | None:
+    if cand.scores is None:
+        s = pruner.estimate_importance(cand.group)
+        if s is None:
+            return None
+        s = s.detach().float().cpu().clone()
+        if cand.soft:
+            s[cand.soft] = float("inf")  # already zeroed: never "newly" chosen
+        cand.classes = channel_classes(pruner, cand)
+        cand.scores = cand.classes.class_mean(s)
+    return cand.scores
+
+
+def channel_classes(pruner: BasePruner, cand: Candidate) -> ChannelClasses:
+    """Root channels that must go together: graph closures plus user-declared channel groups."""
+    classes = ChannelClasses(cand.alive)
+    probe = pruner.DG.get_pruning_group(cand.root, cand.fn, [0])
+    if len(probe[0].idxs) > 1:  # closed coupling (grouped conv, shuffle): probe each class once
+        seen: set[int] = set()
+        for c in range(cand.alive):
+            if c in seen:
+                continue
+            members = (
+                probe[0].idxs if c == 0 else pruner.DG.get_pruning_group(cand.root, cand.fn, [c])[0].idxs
+            )
+            seen.update(members)
+            classes.merge(members)
+    declared = pruner.declared_channel_groups()
+    for item in cand.group.items:
+        module = item.dep.target.module
+        n_groups = declared.get((module, handler_side(item.dep.handler)))
+        if not n_groups or n_groups < 2 or not isinstance(module, nn.Module):
+            continue
+        width = len(item.idxs)
+        block = width // n_groups if width % n_groups == 0 else 0
+        if not block:
+            continue
+        by_local: dict[int, list[int]] = defaultdict(list)
+        for j, r in zip(item.idxs, item.root_idxs, strict=True):
+            by_local[j % block].append(r)
+        for roots in by_local.values():
+            classes.merge(roots)
+    return classes
+
+
+def _check_scores(cand: Candidate, s: torch.Tensor) -> None:
+    if s.dim() != 1 or s.numel() != cand.alive:
+        raise DepgraphError(
+            f"the importance returned scores of shape {tuple(s.shape)} for the group rooted at "
+            f"{getattr(cand.group[0].dep.target, 'name', '?')}, which has {cand.alive} channels; "
+            "pruners need one score per root channel (group_reduction=None returns a per-member stack)"
+        )
+
+
+def _decide(cand: Candidate, n: int) -> list[int]:
+    return sorted(set(pick_lowest(cand.scores, n, cand.classes)) | set(cand.soft)) if n else []
+
+
+def plan_local(pruner: BasePruner, cands: list[Candidate]) -> Iterator[tuple[Candidate, list[int]]]:
+    opts = pruner.options
+    for cand in cands:
+        ratio = cand.scope.schedule[min(pruner.current_step, len(cand.scope.schedule) - 1)]
+        if count_to_prune(cand.current, cand.initial, ratio, opts.max_pruning_ratio, opts.round_to) == 0:
+            continue  # skip scoring groups that lose nothing this step
+        s = _scores(pruner, cand)
+        if s is None:
+            continue
+        _check_scores(cand, s)
+        n = count_to_prune(
+            cand.current, cand.initial, ratio, opts.max_pruning_ratio, opts.round_to, cand.classes.unit
+        )
+        if n:
+            yield cand, _decide(cand, n)
+
+
+def _signature(cand: Candidate) -> Hashable:
+    return tuple(
+        (type(it.dep.target.module).__name__, handler_side(it.dep.handler), len(it.idxs))
+        for it in cand.group.items
+    )
+
+
+def plan_pooled(pruner: BasePruner, cands: list[Candidate]) -> list[tuple[Candidate, list[int]]]:
+    opts = pruner.options
+    pools: dict[Hashable, list[Candidate]] = defaultdict(list)
+    for cand in cands:
+        s = _scores(pruner, cand)
+        if s is None:
+            continue
+        _check_scores(cand, s)
+        key = (cand.scope.key, _signature(cand)) if opts.isomorphic else cand.scope.key
+        pools[key].append(cand)
+    decisions = []
+    for pool in pools.values():
+        scope = pool[0].scope
+        ratio = scope.schedule[min(pruner.current_step, len(scope.schedule) - 1)]
+        total_now = sum(c.current for c in pool)
+        n_total = total_now - floor_fraction(sum(c.initial for c in pool), 1.0 - ratio)
+        if n_total <= 0:
+            continue
+        flat = torch.cat([c.scores for c in pool])
+        owner = torch.cat([torch.full((c.alive,), i) for i, c in enumerate(pool)])
+        chosen = owner[torch.argsort(flat, stable=True)[:n_total]]
+        counts = torch.bincount(chosen, minlength=len(pool)).tolist()
+        for cand, n in zip(pool, counts, strict=True):
+            cap = count_to_prune(cand.current, cand.initial, opts.max_pruning_ratio, opts.max_pruning_ratio)
+            n = fit_count(n, cand.current, cap, opts.round_to, cand.classes.unit)
+            if n:
+                decisions.append((cand, _decide(cand, n)))
+    return decisions

@@ -1,0 +1,66 @@
+"""Which ratio applies to a group, and which groups are ranked together.
+
+Every group root falls in exactly one *scope*:
+
+* a key of ``pruning_ratio_dict`` - a module (covering all its sub-modules)
+  or a tuple of modules; when keys overlap, the smallest one wins, so
+  ``{model: 0.3, model.layer4: 0.6}`` gives ``layer4`` 0.6;
+* otherwise the default scope with ``pruning_ratio``.
+
+A tuple key is always ranked as one pool (that is what a tuple asks for);
+other scopes are ranked per group (local) or as one pool when
+``global_pruning=True``, split by group structure when ``isomorphic=True``.
+Each scope's schedule is computed once, at construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from .options import PrunerOptions
+from .scheduler import check_schedule
+
+__all__ = ["Scope", "ScopeTable"]
+
+
+@dataclass(frozen=True)
+class Scope:
+    key: Hashable
+    schedule: tuple[float, ...]
+    pooled: bool  # rank all of this scope's groups together
+
+
+class ScopeTable:
+    """Resolves a root module to its :class:`Scope`."""
+
+    def __init__(self, options: PrunerOptions) -> None:
+        steps = options.iterative_steps
+        sched = options.iterative_pruning_ratio_scheduler
+
+        def schedule(ratio: float) -> tuple[float, ...]:
+            return tuple(
+                check_schedule(sched(ratio, steps), ratio, steps, getattr(sched, "__name__", "scheduler"))
+            )
+
+        self.default = Scope("default", schedule(options.pruning_ratio), options.global_pruning)
+        self._owner: dict[nn.Module, tuple[int, Scope]] = {}  # module -> (scope size, scope)
+        for i, (key, ratio) in enumerate(options.pruning_ratio_dict):
+            is_tuple = isinstance(key, tuple)
+            members = {m for k in (key if is_tuple else (key,)) for m in k.modules()}
+            scope = Scope(("dict", i), schedule(float(ratio)), is_tuple or options.global_pruning)
+            for m in members:
+                prev = self._owner.get(m)
+                if prev is None or len(members) < prev[0]:
+                    self._owner[m] = (len(members), scope)
+
+    def scope_of(self, module: object) -> Scope:
+        hit = self._owner.get(module) if isinstance(module, nn.Module) else None
+        return hit[1] if hit is not None else self.default
+
+    def ratio(self, module: object, step: int) -> float:
+        """The ratio ``module``'s scope must reach after ``step`` steps."""
+        schedule = self.scope_of(module).schedule
+        return schedule[min(max(step, 0), len(schedule) - 1)]

@@ -1,0 +1,51 @@
+"""Soft pruning: zero a group's channels instead of removing them.
+
+Zeroing every entry a channel owns in every member (weights and biases on
+the pruned side, norm affines) makes the network compute what the pruned one
+would, while shapes stay, so training can continue and channels can be
+revived (the "soft filter pruning" recipe). Norm layers still normalise over
+the zeroed channels, exactly as the hard-pruned model differs there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import UnsupportedOpError
+from ..importance.channels import channel_slices, handler_side
+
+__all__ = ["zero_group"]
+
+
+@torch.no_grad()
+def zero_group(group: Any) -> None:
+    """Set to zero every parameter entry owned by the group's channels.
+
+    Raises:
+        UnsupportedOpError: a member's layer type has no known channel layout
+            (nothing is changed in that case).
+    """
+    plans = []
+    unknown = []
+    for item in group.items:
+        dep = item.dep
+        side = handler_side(dep.handler)
+        slices = (
+            channel_slices(dep.target.module, side, getattr(dep.target, "pruning_dim", None)) if side else []
+        )
+        if not slices:
+            unknown.append(f"{dep.target.name} ({type(dep.target.module).__name__})")
+            continue
+        plans.append((slices, torch.as_tensor(list(item.idxs), dtype=torch.long)))
+    if unknown:
+        raise UnsupportedOpError(
+            "soft pruning cannot zero channels of "
+            + ", ".join(unknown)
+            + "; register their layout with depgraph.importance.register_channel_slices"
+        )
+    for slices, idxs in plans:
+        for sl in slices:
+            pos = sl.element_index()[idxs.to(sl.param.device)].flatten()
+            sl.param.data.view(-1)[pos] = 0
