@@ -1,27 +1,29 @@
 """Which weights belong to each channel of a layer: the view every criterion scores.
 
 A criterion asks, for a group member ``(layer, side)``, for its
-:class:`ChannelSlice` list: each names a parameter and a function that
-reshapes any tensor of that parameter's shape into ``(channels, -1)`` rows,
-row ``c`` holding exactly the entries removed with channel ``c``. Because the
-function applies to any same-shaped tensor, magnitude (``weight``), Taylor
-(``weight * grad``) and Hessian (``weight**2 * h``) criteria share one view.
+:class:`ChannelSlice` list. A slice names a parameter and where its channels
+lie, and :meth:`ChannelSlice.select` cuts any tensor of that parameter's shape
+down to the entries owned by some channels, channel first. Because it applies
+to any same-shaped tensor, magnitude (``weight``), Taylor (``weight * grad``),
+Hessian (``weight**2 * h``), the regularisers (gradients) and soft pruning
+(flat positions) all share one view.
 
-Layouts (``g = groups``, ``K = prod(kernel)``)::
+Layouts (``g = groups``)::
 
-    ConvNd           weight (O, I/g, *k): out rows = weight[o]
-                     in rows: (g, O/g, I/g, K) -> (g, I/g, O/g, K) -> (I, O/g*K)
+    ConvNd           weight (O, I/g, *k): out = dim 0; in = dim 1 in each of g blocks
     ConvTransposeNd  weight (I, O/g, *k): the same with the sides swapped
-    Linear           weight (O, I): out rows = weight, in rows = weight.T
+    Linear           weight (O, I): out = dim 0, in = dim 1
     norms, PReLU     one affine entry per channel (both sides)
-    Embedding        weight (V, D): channels are D, rows = weight.T
+    LayerNorm        the last normalised dim
+    Embedding        weight (V, D): channels are D (dim 1)
 
-Register a layout for a custom layer with :func:`register_channel_slices`.
+On the block side of a grouped convolution channel ``c = b * (I/g) + j`` owns
+``weight[b*O/g:(b+1)*O/g, j]``. Register a layout for a custom layer with
+:func:`register_channel_slices`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,26 +32,47 @@ import torch.nn as nn
 
 __all__ = ["ChannelSlice", "register_channel_slices", "channel_slices", "handler_side"]
 
-Rows = Callable[[torch.Tensor], torch.Tensor]
-
 
 @dataclass(frozen=True)
 class ChannelSlice:
-    """A parameter and how to cut any tensor shaped like it into per-channel rows."""
+    """A parameter and where its channels lie.
+
+    Attributes:
+        param: the parameter (or bare tensor).
+        channel_dim: the dim indexed by channel.
+        blocks: ``> 1`` on the block side of a grouped convolution (channel
+            dim 1 holds one block's local positions; dim 0 has ``blocks`` rows blocks).
+        is_bias: a bias (criteria score it only with ``bias=True``).
+    """
 
     param: torch.Tensor
-    rows: Rows
+    channel_dim: int = 0
+    blocks: int = 1
     is_bias: bool = False
 
-    def element_index(self) -> torch.Tensor:
-        """``(channels, k)`` flat positions in ``param`` of each channel's entries.
+    @property
+    def num_channels(self) -> int:
+        return self.param.shape[self.channel_dim] * self.blocks
 
-        The inverse of :attr:`rows`: writing through these positions touches
-        exactly the entries a channel owns (used to zero channels and to add
-        per-channel regularisation gradients).
-        """
+    def select(self, t: torch.Tensor, idxs: torch.Tensor) -> torch.Tensor:
+        """Entries of ``t`` (shaped like ``param``) owned by channels ``idxs``: ``(len(idxs), ...)``."""
+        idxs = idxs.to(t.device)
+        if self.blocks == 1:
+            full = idxs.numel() == t.shape[self.channel_dim] and bool(
+                (idxs == torch.arange(idxs.numel(), device=t.device)).all()
+            )
+            picked = t if full else t.index_select(self.channel_dim, idxs)
+            return picked.movedim(self.channel_dim, 0)
+        # (g*a, b, *k) -> (g, a, b, *k) -> (g, b, a, *k) -> (g*b, a, *k): channel = block * b + j
+        g, b = self.blocks, t.shape[1]
+        a = t.shape[0] // g
+        per_channel = t.reshape(g, a, b, *t.shape[2:]).transpose(1, 2).reshape(g * b, a, *t.shape[2:])
+        return per_channel.index_select(0, idxs)
+
+    def flat_positions(self, idxs: torch.Tensor) -> torch.Tensor:
+        """Flat positions in ``param`` of the entries owned by ``idxs``: ``(len(idxs), k)``."""
         flat = torch.arange(self.param.numel(), device=self.param.device).reshape(self.param.shape)
-        return self.rows(flat)
+        return self.select(flat, idxs).reshape(idxs.numel(), -1)
 
 
 SliceFn = Callable[[nn.Module, str], list[ChannelSlice]]
@@ -74,8 +97,7 @@ def channel_slices(target: object, side: str, pruning_dim: int | None = None) ->
     graph couples. Unknown types give ``[]``: they add nothing to a score.
     """
     if isinstance(target, torch.Tensor):
-        dim = pruning_dim or 0
-        return [ChannelSlice(target, lambda t: t.movedim(dim, 0).reshape(t.shape[dim], -1))]
+        return [ChannelSlice(target, (pruning_dim or 0) % max(target.dim(), 1))]
     for cls in type(target).__mro__:
         fn = _SLICES.get(cls)
         if fn is not None:
@@ -99,38 +121,25 @@ def handler_side(fn: object) -> str | None:
     return None
 
 
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1)
-
-
-def _block_transpose(t: torch.Tensor, groups: int) -> torch.Tensor:
-    # (A, B/g... ) layout (A, b, *k) with A = g * a: (g, a, b, K) -> (g, b, a, K) -> (g*b, a*K)
-    a, b = t.shape[0] // groups, t.shape[1]
-    k = math.prod(t.shape[2:])
-    return t.reshape(groups, a, b, k).permute(0, 2, 1, 3).reshape(groups * b, a * k)
-
-
 @register_channel_slices(
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d
 )
 def _conv_slices(layer: nn.Module, side: str) -> list[ChannelSlice]:
     row_side = "in" if layer.transposed else "out"  # the side indexing weight dim 0
-    g = layer.groups
-    rows = _flat if side == row_side else (lambda t: _block_transpose(t, g))
-    out = [ChannelSlice(layer.weight, rows)]
+    if side == row_side:
+        out = [ChannelSlice(layer.weight, 0)]
+    else:
+        out = [ChannelSlice(layer.weight, 1, blocks=layer.groups)]
     if side == "out" and layer.bias is not None:
-        out.append(ChannelSlice(layer.bias, _flat, is_bias=True))
+        out.append(ChannelSlice(layer.bias, 0, is_bias=True))
     return out
 
 
 @register_channel_slices(nn.Linear)
 def _linear_slices(layer: nn.Linear, side: str) -> list[ChannelSlice]:
     if side == "in":
-        return [ChannelSlice(layer.weight, lambda t: t.t())]
-    out = [ChannelSlice(layer.weight, _flat)]
-    if layer.bias is not None:
-        out.append(ChannelSlice(layer.bias, _flat, is_bias=True))
-    return out
+        return [ChannelSlice(layer.weight, 1)]
+    return [ChannelSlice(layer.weight, 0), ChannelSlice(layer.bias, 0, is_bias=True)]
 
 
 @register_channel_slices(nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.PReLU)
@@ -138,18 +147,16 @@ def _per_channel_slices(layer: nn.Module, side: str) -> list[ChannelSlice]:
     weight = getattr(layer, "weight", None)
     if isinstance(layer, nn.PReLU) and weight is not None and weight.numel() == 1:
         return []  # one shared slope: not per channel
-    return [ChannelSlice(weight, _flat), ChannelSlice(getattr(layer, "bias", None), _flat, is_bias=True)]
+    return [ChannelSlice(weight, 0), ChannelSlice(getattr(layer, "bias", None), 0, is_bias=True)]
 
 
 @register_channel_slices(nn.LayerNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
 def _layer_norm_slices(layer: nn.Module, side: str) -> list[ChannelSlice]:
-    # channels are the last normalised dim
-    def rows(t: torch.Tensor) -> torch.Tensor:
-        return t.movedim(-1, 0).reshape(t.shape[-1], -1)
-
-    return [ChannelSlice(layer.weight, rows), ChannelSlice(getattr(layer, "bias", None), rows, is_bias=True)]
+    weight, bias = getattr(layer, "weight", None), getattr(layer, "bias", None)
+    dim = weight.dim() - 1 if weight is not None else 0  # channels: the last normalised dim
+    return [ChannelSlice(weight, dim), ChannelSlice(bias, dim, is_bias=True)]
 
 
 @register_channel_slices(nn.Embedding)
 def _embedding_slices(layer: nn.Embedding, side: str) -> list[ChannelSlice]:
-    return [ChannelSlice(layer.weight, lambda t: t.t())]
+    return [ChannelSlice(layer.weight, 1)]

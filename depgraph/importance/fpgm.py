@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from .base import register_importance
+from .channels import ChannelSlice
 from .magnitude import SliceImportance
 from .reduce import Normalizer, Reduction
 
@@ -52,6 +53,6 @@ class FPGMImportance(SliceImportance):
             return []
         return super().member_scores(target, side, idxs, dep)
 
-    def score_rows(self, param: torch.Tensor, rows: Any, idxs: torch.Tensor) -> torch.Tensor:
-        w = rows(param.detach())[idxs].float()  # (n, fan_in): one filter per row
+    def score_slice(self, sl: ChannelSlice, idxs: torch.Tensor) -> torch.Tensor:
+        w = sl.select(sl.param.detach(), idxs).reshape(idxs.numel(), -1).float()  # one filter per row
         return torch.cdist(w[None], w[None], p=self.p)[0].sum(1)

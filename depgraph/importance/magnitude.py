@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from .base import GroupImportance, Importance, register_importance
-from .channels import channel_slices
+from .channels import ChannelSlice, channel_slices
 from .reduce import Normalizer, Reduction
 
 __all__ = [
@@ -27,16 +27,28 @@ __all__ = [
 ]
 
 
+def power_sum(x: torch.Tensor, p: float) -> torch.Tensor:
+    """``sum |x|**p`` over every dim but the first, in one pass."""
+    if x.dim() == 1:
+        return x.abs().pow(p)
+    return torch.linalg.vector_norm(x.float(), ord=p, dim=tuple(range(1, x.dim()))).pow(p)
+
+
+def row_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over every dim but the first."""
+    return x if x.dim() == 1 else x.sum(dim=tuple(range(1, x.dim())))
+
+
 class SliceImportance(GroupImportance):
     """A criterion computed from per-channel rows of the member's parameters.
 
-    Subclasses implement :meth:`score_rows`; this class picks the weight and,
+    Subclasses implement :meth:`score_slice`; this class picks the weight and,
     with ``bias=True``, the bias rows of each member (see
     :mod:`depgraph.importance.channels`).
     """
 
-    def score_rows(self, param: torch.Tensor, rows: Any, idxs: torch.Tensor) -> torch.Tensor | None:
-        """Scores ``(len(idxs),)`` from a parameter and its row view; None to skip."""
+    def score_slice(self, sl: ChannelSlice, idxs: torch.Tensor) -> torch.Tensor | None:
+        """Scores ``(len(idxs),)`` from one parameter view; None to skip it."""
         raise NotImplementedError
 
     def member_scores(self, target: object, side: str, idxs: torch.Tensor, dep: Any) -> list[torch.Tensor]:
@@ -45,7 +57,7 @@ class SliceImportance(GroupImportance):
         for sl in channel_slices(target, side, dim):
             if sl.is_bias and not self.bias:
                 continue
-            s = self.score_rows(sl.param, sl.rows, idxs.to(sl.param.device))
+            s = self.score_slice(sl, idxs.to(sl.param.device))
             if s is not None:
                 out.append(s)
         return out
@@ -83,8 +95,8 @@ class GroupMagnitudeImportance(SliceImportance):
             raise ValueError(f"p must be positive (1 for L1, 2 for L2), got {p!r}")
         self.p = p
 
-    def score_rows(self, param: torch.Tensor, rows: Any, idxs: torch.Tensor) -> torch.Tensor:
-        return rows(param.detach())[idxs].abs().pow(self.p).sum(1)
+    def score_slice(self, sl: ChannelSlice, idxs: torch.Tensor) -> torch.Tensor:
+        return power_sum(sl.select(sl.param.detach(), idxs), self.p)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(p={self.p}, {super().__repr__().split('(', 1)[1]}"

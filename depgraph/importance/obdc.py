@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from .base import GroupImportance, register_importance
 from .channels import channel_slices
+from .magnitude import row_sum
 from .reduce import Normalizer, Reduction
 from .stats import RunningMoments, hooked
 
@@ -115,5 +116,8 @@ class OBDCImportance(GroupImportance):
             if sl.is_bias and not self.bias:
                 continue
             f = curvature[sl.param]
-            out.append(sl.rows(sl.param.detach().pow(2) * f)[idxs.to(w.device)].sum(1) / 2)
+            i = idxs.to(w.device)
+            out.append(
+                row_sum(sl.select(sl.param.detach(), i).pow(2) * sl.select(f.expand_as(sl.param), i)) / 2
+            )
         return out

@@ -13,14 +13,14 @@ Both estimate the loss increase caused by zeroing a channel's weights:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn as nn
 
 from ..errors import DepgraphError
 from .base import register_importance
-from .magnitude import SliceImportance
+from .channels import ChannelSlice
+from .magnitude import SliceImportance, row_sum
 from .reduce import Normalizer, Reduction
 
 __all__ = ["GroupTaylorImportance", "TaylorImportance", "GroupHessianImportance", "HessianImportance"]
@@ -60,7 +60,8 @@ class GroupTaylorImportance(SliceImportance):
         super().__init__(group_reduction, normalizer, bias, target_types)
         self.multivariable = bool(multivariable)
 
-    def score_rows(self, param: torch.Tensor, rows: Any, idxs: torch.Tensor) -> torch.Tensor | None:
+    def score_slice(self, sl: ChannelSlice, idxs: torch.Tensor) -> torch.Tensor | None:
+        param = sl.param
         if param.grad is None and not param.requires_grad:
             return None  # a frozen parameter carries no gradient signal
         if param.grad is None:
@@ -69,8 +70,8 @@ class GroupTaylorImportance(SliceImportance):
                 "has no .grad; call loss.backward() on a batch before estimating importance "
                 "(and do not run under torch.no_grad())"
             )
-        wg = rows(param.detach() * param.grad.detach())[idxs]
-        return wg.sum(1).abs() if self.multivariable else wg.abs().sum(1)
+        wg = sl.select(param.detach(), idxs) * sl.select(param.grad.detach(), idxs)
+        return row_sum(wg).abs() if self.multivariable else row_sum(wg.abs())
 
 
 class TaylorImportance(GroupTaylorImportance):
@@ -141,9 +142,9 @@ class GroupHessianImportance(SliceImportance):
             )
         return sq / self._count[param]
 
-    def score_rows(self, param: torch.Tensor, rows: Any, idxs: torch.Tensor) -> torch.Tensor:
-        h = self.hessian_diagonal(param)
-        return rows(param.detach().pow(2) * h)[idxs].sum(1) / 2
+    def score_slice(self, sl: ChannelSlice, idxs: torch.Tensor) -> torch.Tensor:
+        h = self.hessian_diagonal(sl.param)
+        return row_sum(sl.select(sl.param.detach(), idxs).pow(2) * sl.select(h, idxs)) / 2
 
 
 class HessianImportance(GroupHessianImportance):

@@ -224,14 +224,26 @@ class BasePruner:
         return None
 
     def _prune(self) -> Iterator[Any]:
-        cands = planning.collect_candidates(self)
-        pooled = [c for c in cands if c.scope.pooled]
-        local = [c for c in cands if not c.scope.pooled]
-        decisions = list(planning.plan_pooled(self, pooled)) + list(planning.plan_local(self, local))
-        for cand, idxs in decisions:
-            group = self.DG.get_pruning_group(cand.root, cand.fn, idxs)
-            if self.DG.check_pruning_group(group):
-                yield group
+        for cand in planning.candidates(self, pooled=False):  # lazy: one group at a time
+            idxs = planning.plan_local(self, cand)
+            if idxs:
+                yield from self._final_group(cand, idxs)
+        pooled = list(planning.candidates(self, pooled=True))
+        for cand, n in planning.plan_pooled(self, pooled):
+            if self._width_now(cand) != cand.alive:  # overlapped by a group pruned before it
+                cand = planning.refresh(self, cand)
+                n = min(n, cand.current - 1)
+            if n > 0:
+                yield from self._final_group(cand, planning.pick(self, cand, n))
+
+    def _width_now(self, cand: planning.Candidate) -> int | None:
+        out = self.DG.is_out_channel_pruning_fn(cand.fn)
+        return self.DG.get_out_channels(cand.root) if out else self.DG.get_in_channels(cand.root)
+
+    def _final_group(self, cand: planning.Candidate, idxs: list[int]) -> Iterator[Any]:
+        group = self.DG.get_pruning_group(cand.root, cand.fn, idxs)
+        if self.DG.check_pruning_group(group):
+            yield group
 
     def _soft_prune(self, group: Any) -> None:
         root = group[0].dep.target.module

@@ -6,10 +6,11 @@ to the caller with ``interactive=True``).
 
 Flow for one step::
 
-    collect_candidates     every prunable group: root, width now and at start, scope
+    candidates             every prunable group: root, width now and at start, scope
     plan_local(cand)       per group: count_to_prune -> scores -> pick_lowest
     plan_pooled(cands)     per pool (global / tuple scope / isomorphic class):
-                           one ranking over all channels, then per-group counts
+                           one ranking over all channels, then per-group counts;
+                           returns counts so a group changed meanwhile is re-picked
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .selection import ChannelClasses, count_to_prune, fit_count, pick_lowest
 if TYPE_CHECKING:
     from .base import BasePruner
 
-__all__ = ["Candidate", "collect_candidates", "plan_local", "plan_pooled"]
+__all__ = ["Candidate", "candidates", "refresh", "plan_local", "plan_pooled"]
 
 
 @dataclass
@@ -53,19 +54,33 @@ class Candidate:
         return self.alive - len(self.soft)
 
 
-def collect_candidates(pruner: BasePruner) -> list[Candidate]:
+def candidates(pruner: BasePruner, pooled: bool) -> Iterator[Candidate]:
+    """Lazily, the groups of the local (``pooled=False``) or pooled scopes.
+
+    Lazy on purpose: a group is read from the graph only after the previous
+    local group was pruned, so it always reflects the current model.
+    """
     opts = pruner.options
-    out = []
     for group in pruner.DG.get_all_groups(pruner.ignored_layers, opts.root_module_types):
         root_item = group[0]
         root = root_item.dep.target.module
+        scope = pruner.scopes.scope_of(root)
+        if scope.pooled != pooled:
+            continue
         alive = len(root_item.idxs)
-        initial = pruner.initial_width(root, alive)
         soft = sorted(pruner._soft_pruned.get(root, ()))
-        out.append(
-            Candidate(group, root, root_item.dep.handler, alive, initial, pruner.scopes.scope_of(root), soft)
+        yield Candidate(
+            group, root, root_item.dep.handler, alive, pruner.initial_width(root, alive), scope, soft
         )
-    return out
+
+
+def refresh(pruner: BasePruner, cand: Candidate) -> Candidate:
+    """The same root's group re-read from the graph (its width changed since it was scored)."""
+    out = pruner.DG.is_out_channel_pruning_fn(cand.fn)
+    width = pruner.DG.get_out_channels(cand.root) if out else pruner.DG.get_in_channels(cand.root)
+    group = pruner.DG.get_pruning_group(cand.root, cand.fn, list(range(width)))
+    soft = [i for i in cand.soft if i < width]
+    return Candidate(group, cand.root, cand.fn, width, cand.initial, cand.scope, soft)
 
 
 def _scores(pruner: BasePruner, cand: Candidate) -> torch.Tensor | None:
@@ -126,21 +141,20 @@ def _decide(cand: Candidate, n: int) -> list[int]:
     return sorted(set(pick_lowest(cand.scores, n, cand.classes)) | set(cand.soft)) if n else []
 
 
-def plan_local(pruner: BasePruner, cands: list[Candidate]) -> Iterator[tuple[Candidate, list[int]]]:
+def plan_local(pruner: BasePruner, cand: Candidate) -> list[int]:
+    """Root channels ``cand`` loses this step on its own (empty: none)."""
     opts = pruner.options
-    for cand in cands:
-        ratio = cand.scope.schedule[min(pruner.current_step, len(cand.scope.schedule) - 1)]
-        if count_to_prune(cand.current, cand.initial, ratio, opts.max_pruning_ratio, opts.round_to) == 0:
-            continue  # skip scoring groups that lose nothing this step
-        s = _scores(pruner, cand)
-        if s is None:
-            continue
-        _check_scores(cand, s)
-        n = count_to_prune(
-            cand.current, cand.initial, ratio, opts.max_pruning_ratio, opts.round_to, cand.classes.unit
-        )
-        if n:
-            yield cand, _decide(cand, n)
+    ratio = cand.scope.schedule[min(pruner.current_step, len(cand.scope.schedule) - 1)]
+    if count_to_prune(cand.current, cand.initial, ratio, opts.max_pruning_ratio, opts.round_to) == 0:
+        return []  # skip scoring groups that lose nothing this step
+    s = _scores(pruner, cand)
+    if s is None:
+        return []
+    _check_scores(cand, s)
+    n = count_to_prune(
+        cand.current, cand.initial, ratio, opts.max_pruning_ratio, opts.round_to, cand.classes.unit
+    )
+    return _decide(cand, n)
 
 
 def _signature(cand: Candidate) -> Hashable:
@@ -150,7 +164,7 @@ def _signature(cand: Candidate) -> Hashable:
     )
 
 
-def plan_pooled(pruner: BasePruner, cands: list[Candidate]) -> list[tuple[Candidate, list[int]]]:
+def plan_pooled(pruner: BasePruner, cands: list[Candidate]) -> list[tuple[Candidate, int]]:
     opts = pruner.options
     pools: dict[Hashable, list[Candidate]] = defaultdict(list)
     for cand in cands:
@@ -176,5 +190,11 @@ def plan_pooled(pruner: BasePruner, cands: list[Candidate]) -> list[tuple[Candid
             cap = count_to_prune(cand.current, cand.initial, opts.max_pruning_ratio, opts.max_pruning_ratio)
             n = fit_count(n, cand.current, cap, opts.round_to, cand.classes.unit)
             if n:
-                decisions.append((cand, _decide(cand, n)))
+                decisions.append((cand, n))
     return decisions
+
+
+def pick(pruner: BasePruner, cand: Candidate, n: int) -> list[int]:
+    """``n`` lowest-scoring channels of ``cand`` plus its soft-pruned ones."""
+    _scores(pruner, cand)
+    return _decide(cand, n)

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from ..importance.channels import ChannelSlice, channel_slices, handler_side
+from ..importance.magnitude import power_sum
 from .base import BasePruner
 from .options import PrunerOptions
 
@@ -63,7 +64,7 @@ def _group_sq_norm(group: Any, types: tuple = ()) -> torch.Tensor:
     """Squared L2 norm of all weights of each root channel, summed over the group."""
     total = torch.zeros(len(group[0].idxs))
     for sl, idxs, pos in _member_slices(group, types):
-        sq = sl.rows(sl.param.detach())[idxs.to(sl.param.device)].pow(2).sum(1).float().cpu()
+        sq = power_sum(sl.select(sl.param.detach(), idxs), 2).float().cpu()
         total.index_add_(0, pos, sq)
     return total
 
@@ -74,7 +75,7 @@ def _add_scaled_weight(group: Any, scale: torch.Tensor, types: tuple = ()) -> No
         grad = sl.param.grad
         if grad is None:
             continue
-        where = sl.element_index()[idxs.to(sl.param.device)]  # (n, k) flat positions
+        where = sl.flat_positions(idxs)  # (n, k) flat positions
         s = scale.to(sl.param.device, sl.param.dtype)[pos.to(sl.param.device)][:, None]
         grad.view(-1).index_add_(0, where.flatten(), (sl.param.detach().view(-1)[where] * s).flatten())
 

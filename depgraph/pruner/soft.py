@@ -47,5 +47,5 @@ def zero_group(group: Any) -> None:
         )
     for slices, idxs in plans:
         for sl in slices:
-            pos = sl.element_index()[idxs.to(sl.param.device)].flatten()
+            pos = sl.flat_positions(idxs).flatten()
             sl.param.data.view(-1)[pos] = 0
