@@ -3,8 +3,9 @@
 Only the dim being joined or split shifts indices (an :class:`Offset` per
 piece); every other dim is coupled position by position. A slice written into
 the code (``x[:, :16]``, ``narrow``) cannot follow a prune, so the sliced dim
-freezes; ``chunk`` and equal ``split`` recompute sizes from the tensor, so they
-stay prunable as long as every piece loses the same positions.
+freezes, and so does ``split``, whose piece sizes are written into the call;
+``chunk`` (and ``tensor_split`` into equal sections) recompute sizes from the
+tensor, so they stay prunable as long as every piece loses the same positions.
 """
 
 from __future__ import annotations
@@ -72,14 +73,30 @@ def chunk_rule(op: OpNode, ctx: RuleContext) -> None:
         ctx.freeze(op.inputs[0], dim, f"{op.where()}: uneven chunks")
 
 
-@register_dim_rule(*_lookup("split split_with_sizes unsafe_split tensor_split", torch, torch.Tensor))
+@register_dim_rule(*_lookup("split split_with_sizes unsafe_split unsafe_split_with_sizes", torch, torch.Tensor))
 def split_rule(op: OpNode, ctx: RuleContext) -> None:
-    """Equal pieces behave like ``chunk``; unequal sizes are baked into the code and freeze."""
+    """``split`` fixes the *size* of every piece in the code, so the split dim cannot shrink.
+
+    ``x.split(4, dim=1)`` of 8 channels gives two pieces of 4; pruned to 6 channels
+    the same call gives pieces of 4 and 2. Only a split into one piece follows a
+    prune. ``chunk`` (a number of pieces) is the prunable way to split in equal parts.
+    """
+    dim = arg(op, 2, "dim", 0)
+    _pieces(op, ctx, dim, equalize=False)
+    if len(op.outputs) > 1:
+        ctx.freeze(op.inputs[0], dim, f"{op.where()}: split sizes are fixed in the code "
+                                      "(chunk splits into parts that follow a prune)")
+
+
+@register_dim_rule(torch.tensor_split, torch.Tensor.tensor_split)
+def tensor_split_rule(op: OpNode, ctx: RuleContext) -> None:
+    """A number of sections behaves like ``chunk`` when they are equal; split indices are code."""
+    spec = arg(op, 1, "sections", op.kwargs.get("indices", op.kwargs.get("tensor_indices_or_sections")))
     dim = arg(op, 2, "dim", 0)
     sizes = {o.shape[dim] for o in op.outputs}
     _pieces(op, ctx, dim, equalize=True)
-    if len(sizes) > 1:
-        ctx.freeze(op.inputs[0], dim, f"{op.where()}: split into unequal sizes given in the code")
+    if len(op.outputs) > 1 and (not isinstance(spec, int) or len(sizes) > 1):
+        ctx.freeze(op.inputs[0], dim, f"{op.where()}: split positions are fixed in the code")
 
 
 @register_dim_rule(torch.unbind, torch.Tensor.unbind)

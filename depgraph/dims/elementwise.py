@@ -156,5 +156,4 @@ def _keep_leading(op: OpNode, ctx: RuleContext, n: int) -> None:
     for out in op.outputs:
         for d in range(min(n, x.ndim, out.ndim)):
             ctx.identity(x, d, out, d)
-    for v in op.inputs[1:]:
-        pass  # e.g. the indices of max_unpool: not coupled, frozen by default
+    # Further inputs (e.g. the indices of max_unpool) are not coupled: they freeze by default.

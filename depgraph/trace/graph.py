@@ -39,6 +39,33 @@ class Value:
         return f"Value#{self.id}{list(self.shape)}<{self.kind}>"
 
 
+def op_name(target: Any) -> str:
+    """The name a user writes for a torch callable: ``torch.cat``, ``Tensor.view``, ``F.pad``, ``torch.fft.fft``.
+
+    Builtins report C-level owners (``_VariableFunctionsClass.cat``,
+    ``TensorBase.add``, ``torch._C._fft`` / ``fft_fft``); map them back.
+    """
+    if getattr(target, "__name__", "") == "__get__" and hasattr(getattr(target, "__self__", None), "__name__"):
+        return f"Tensor.{target.__self__.__name__}"  # a Tensor property such as .real or .T
+    qual = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or repr(target)
+    mod = getattr(target, "__module__", None) or ""
+    owner, _, last = qual.rpartition(".")
+    if owner in ("Tensor", "TensorBase", "_TensorBase"):
+        return f"Tensor.{last}"
+    if owner == "_VariableFunctionsClass":
+        return f"torch.{last}"
+    if mod.startswith("torch.nn.functional"):
+        return f"F.{qual}"
+    if mod.startswith("torch._C._"):
+        sub = mod[len("torch._C._"):]
+        if sub == "nn":
+            return f"F.{last}"
+        if last.startswith(sub + "_"):
+            last = last[len(sub) + 1:]
+        return f"torch.{sub}.{last}"
+    return f"torch.{qual}" if not mod or mod.startswith("torch") else f"{mod}.{qual}"
+
+
 @dataclass(eq=False)
 class OpNode:
     """One call: a torch function / Tensor method, or a leaf module.
@@ -66,13 +93,7 @@ class OpNode:
         t = self.target
         if isinstance(t, nn.Module):
             return type(t).__name__
-        qual = getattr(t, "__qualname__", None) or getattr(t, "__name__", None) or repr(t)
-        mod = getattr(t, "__module__", None) or ""
-        if mod.startswith("torch.nn.functional"):
-            return f"F.{qual}"
-        if qual.startswith("Tensor.") or qual.startswith("_TensorBase."):
-            return "Tensor." + qual.split(".", 1)[1]
-        return f"torch.{qual}" if not mod or mod.startswith("torch") else f"{mod}.{qual}"
+        return op_name(t)
 
     def where(self) -> str:
         return f"{self.name} in {self.scope or '<model>'}"

@@ -26,16 +26,19 @@ from .graph import OpNode, Trace, Value
 
 __all__ = ["record", "flatten_tensors", "call_model"]
 
-# Calls that only read metadata; they never produce a tensor worth tracking.
+# Calls that only read metadata (or print); they never produce a tensor worth tracking.
 _IGNORED_NAMES = frozenset(
     {
         "size", "dim", "numel", "__len__", "__repr__", "__format__", "__bool__", "__index__",
         "__int__", "__float__", "is_floating_point", "is_complex", "element_size", "stride",
-        "data_ptr", "is_contiguous", "get_device", "__hash__", "__eq__dummy", "nelement",
-        "tolist", "item", "__iter__", "__reduce_ex__", "__deepcopy__", "__array__", "ndimension",
-        "has_names", "__get__", "untyped_storage", "storage_offset", "_is_view", "is_shared",
+        "data_ptr", "is_contiguous", "get_device", "__hash__", "nelement", "__reduce_ex__",
+        "__deepcopy__", "ndimension", "has_names", "untyped_storage", "storage_offset", "_is_view",
+        "is_shared", "is_signed", "is_pinned", "is_inference", "is_same_size", "is_set_to",
+        "dim_order", "storage", "_typed_storage", "__dlpack_device__", "register_hook", "retain_grad",
     }
 )
+# Non-tensor results that carry no tensor data.
+_METADATA = (torch.Size, torch.dtype, torch.device, torch.layout, torch.memory_format, str, type(None))
 
 
 def flatten_tensors(obj: Any) -> list[torch.Tensor]:
@@ -63,6 +66,12 @@ def _collect(obj: Any, out: list[torch.Tensor], seen: set[int]) -> None:
         seen.add(id(obj))
         for f in dataclasses.fields(obj):
             _collect(getattr(obj, f.name), out, seen)
+
+
+def _has_channels(obj: Any) -> bool:
+    """Whether some tensor in ``obj`` has a dim of size > 1 (something that could be pruned)."""
+    leaves, _ = tree_flatten(obj)
+    return any(isinstance(t, torch.Tensor) and any(n > 1 for n in t.shape) for t in leaves)
 
 
 def call_model(model: nn.Module, example_inputs: Any, forward_fn: Callable | None = None) -> Any:
@@ -145,6 +154,11 @@ class _Recorder(TorchFunctionMode):
             self.add_op(func, args, kwargs, None, mutated=[args[0]])
             return out
         if not flatten_tensors(out):
+            if name != "__get__" and not isinstance(out, _METADATA) and _has_channels((args, kwargs)):
+                # The data leaves torch (``numpy()``, ``tolist()``, ``equal``): what is done
+                # with it is invisible, so record a sink with no outputs. It has no rule,
+                # so the dims of its inputs freeze (and the builder warns).
+                self.add_op(func, args, kwargs, None)
             return out
         self.add_op(func, args, kwargs, out)
         return out

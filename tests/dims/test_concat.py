@@ -1,0 +1,268 @@
+"""Joining and slicing rules (depgraph/dims/concat.py) on hand-built nets.
+
+Each net is pruned through the rule under test and proven exact with
+``depgraph.verify``; where the rule fixes *which* indices a consumer loses
+(offsets of a cat, copies of a repeated tensor), the test spells them out.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import depgraph as tp
+
+from .._checks import assert_refused_unchanged, build, member, names_in, prune_all_groups, prune_and_verify
+
+OUT, IN = tp.prune_conv_out_channels, tp.prune_conv_in_channels
+
+
+def cbr(cin: int, cout: int, k: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class NestedCat(nn.Module):
+    """cat(cat(a, b), c, cat(a, b)): b's channels sit at 4.. and again at 4+9+6.."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = cbr(3, 4), cbr(3, 5), cbr(3, 6)
+        self.head = nn.Conv2d(4 + 5 + 6 + 4 + 5, 7, 1)
+
+    def forward(self, x):
+        ab = torch.cat([self.a(x), self.b(x)], dim=1)
+        return self.head(torch.cat([ab, self.c(x), ab], dim=1))
+
+
+def test_nested_concat_shifts_by_every_preceding_piece():
+    model = NestedCat()
+    x = torch.randn(2, 3, 8, 8)
+    done = prune_and_verify(model, x, model.b[0], OUT, [1, 3])
+    group = done.groups[0]
+    assert names_in(group) == {"b.0", "b.1", "head"}
+    assert member(group, model.head, out=False) == [4 + 1, 4 + 3, 15 + 4 + 1, 15 + 4 + 3]
+    assert model.head.in_channels == 24 - 4
+
+
+def test_nested_concat_from_the_consumer_side():
+    """Removing head inputs owned by c reaches only c (the other pieces keep their channels)."""
+    model = NestedCat()
+    done = prune_and_verify(model, torch.randn(2, 3, 8, 8), model.head, IN, [9, 10])
+    assert names_in(done.groups[0]) == {"head", "c.0", "c.1"}
+    assert member(done.groups[0], model.c[0], out=True) == [0, 1]
+
+
+SPLITS = {
+    "chunk": lambda x: x.chunk(2, dim=1),
+    "tensor_split": lambda x: torch.tensor_split(x, 2, dim=1),
+    "split": lambda x: torch.split(x, 4, dim=1),
+    "split_sizes": lambda x: x.split([4, 4], 1),
+}
+
+
+class SplitCatResidual(nn.Module):
+    """Split into halves, transform one, cat back and add the input (a residual)."""
+
+    def __init__(self, how: str = "chunk"):
+        super().__init__()
+        self.split = SPLITS[how]
+        self.stem = cbr(3, 8)
+        self.branch = cbr(4, 4)
+        self.head = nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        a, b = self.split(x)
+        return self.head(torch.cat([a, self.branch(b)], dim=1) + x)
+
+
+@pytest.mark.parametrize("how", ["chunk", "tensor_split"])
+def test_split_cat_residual(how):
+    model = SplitCatResidual(how)
+    done = prune_and_verify(model, torch.randn(2, 3, 8, 8), model.stem[0], OUT, [1])
+    group = done.groups[0]
+    # The halves are recomputed from the tensor: both lose position 1.
+    assert member(group, model.stem[0], out=True) == [1, 5]
+    assert member(group, model.branch[0], out=False) == [1]
+    assert member(group, model.branch[0], out=True) == [1]
+    assert member(group, model.head, out=False) == [1, 5]
+
+
+def test_split_cat_residual_all_groups():
+    done = prune_all_groups(SplitCatResidual(), torch.randn(2, 3, 8, 8), n_per_group=2, rounds=2)
+    assert done.model.stem[0].out_channels < 8 and done.model.branch[0].out_channels < 4
+
+
+@pytest.mark.parametrize("how", ["split", "split_sizes"])
+def test_split_sizes_are_code_and_freeze(how):
+    """``split(4)`` of 6 channels would give pieces of 4 and 2: the split dim must not shrink."""
+    model = SplitCatResidual(how)
+    DG = build(model, torch.randn(1, 3, 4, 4))
+    assert list(DG.get_all_groups()) == []  # every channel passes through the split or the residual
+    group = DG.get_pruning_group(model.stem[0], OUT, [1])
+    assert not DG.check_pruning_group(group)
+    assert_refused_unchanged(model, group.prune, tp.UnsupportedOpError, "split sizes are fixed in the code", DG)
+
+
+def test_uneven_chunks_freeze():
+    class Uneven(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 7, 1)
+
+        def forward(self, x):
+            a, b = self.stem(x).chunk(2, dim=1)  # 4 and 3
+            return a[:, :3] * b
+
+    model = Uneven()
+    DG = build(model, torch.randn(1, 3, 4, 4))
+    group = DG.get_pruning_group(model.stem, OUT, [0])
+    assert any("uneven chunks" in r for r in group.blocked_by)
+    assert_refused_unchanged(model, group.prune, tp.UnsupportedOpError, "uneven chunks", DG)
+
+
+class CatTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(3, 4)
+        self.head = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(torch.cat([x, x], dim=1))
+
+
+def test_cat_of_the_same_tensor_twice():
+    model = CatTwice()
+    done = prune_and_verify(model, torch.randn(2, 3, 6, 6), model.stem[0], OUT, [2])
+    assert member(done.groups[0], model.head, out=False) == [2, 6]
+
+
+def test_cat_twice_from_one_copy_removes_both():
+    """Removing head input 6 (the second copy of channel 2) must remove channel 2 everywhere."""
+    model = CatTwice()
+    done = prune_and_verify(model, torch.randn(2, 3, 6, 6), model.head, IN, [6])
+    assert member(done.groups[0], model.head, out=False) == [2, 6]
+    assert member(done.groups[0], model.stem[0], out=True) == [2]
+
+
+class SpatialCat(nn.Module):
+    """cat on H: the channels of both pieces are the same channels of the result."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = cbr(3, 6), cbr(3, 6)
+        self.head = nn.Conv2d(6, 4, 3)
+
+    def forward(self, x):
+        return self.head(torch.cat([self.a(x), self.b(x[:, :, :4])], dim=2))
+
+
+def test_cat_on_a_spatial_dim_couples_channels_identically():
+    model = SpatialCat()
+    done = prune_and_verify(model, torch.randn(2, 3, 8, 8), model.a[0], OUT, [0, 5])
+    group = done.groups[0]
+    assert member(group, model.b[0], out=True) == [0, 5]
+    assert member(group, model.head, out=False) == [0, 5]
+
+
+class Stack(nn.Module):
+    def __init__(self, flatten: bool):
+        super().__init__()
+        self.flatten = flatten
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 1)
+        self.head = nn.Conv2d(8 if flatten else 4, 5, 1)
+
+    def forward(self, x):
+        s = torch.stack([self.a(x), self.b(x)], dim=1)  # (B, 2, 4, H, W)
+        return self.head(s.flatten(1, 2) if self.flatten else s.sum(1))
+
+
+@pytest.mark.parametrize("flatten", [False, True], ids=["sum", "flatten"])
+def test_stack(flatten):
+    model = Stack(flatten)
+    done = prune_and_verify(model, torch.randn(2, 3, 5, 5), model.a, OUT, [1])
+    group = done.groups[0]
+    assert member(group, model.b, out=True) == [1]
+    assert member(group, model.head, out=False) == ([1, 5] if flatten else [1])
+
+
+class ChunkGate(nn.Module):
+    """GLU-style: chunk(2) then a * sigmoid(b)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.head = nn.Conv2d(4, 3, 1)
+
+    def forward(self, x):
+        a, b = self.stem(x).chunk(2, dim=1)
+        return self.head(a * torch.sigmoid(b))
+
+
+def test_chunk_removes_the_same_position_in_every_piece():
+    model = ChunkGate()
+    done = prune_and_verify(model, torch.randn(2, 3, 4, 4), model.head, IN, [3])
+    assert member(done.groups[0], model.stem, out=True) == [3, 7]
+    prune_all_groups(ChunkGate(), torch.randn(2, 3, 4, 4), n_per_group=1, rounds=2)
+
+
+class UnbindRows(nn.Module):
+    """unbind over H (not channels), reverse the rows, stack them back."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(3, 6)
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        rows = self.stem(x).unbind(dim=2)
+        return self.head(torch.stack(rows[::-1], dim=2))
+
+
+def test_unbind_over_a_spatial_dim_keeps_channels_prunable():
+    model = UnbindRows()
+    done = prune_and_verify(model, torch.randn(1, 3, 5, 5), model.stem[0], OUT, [0, 4])
+    assert member(done.groups[0], model.head, out=False) == [0, 4]
+
+
+class Slicing(nn.Module):
+    """getitem: spatial crops, steps, ellipsis and None keep the channel dim whole."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(3, 6)
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        y = y[:, :, 1:, ::2] + y[..., :-1, 1::2]
+        return self.head(y[:, None][:, 0])
+
+
+def test_getitem_on_spatial_dims():
+    model = Slicing()
+    done = prune_and_verify(model, torch.randn(1, 3, 7, 8), model.stem[0], OUT, [2, 3])
+    assert member(done.groups[0], model.head, out=False) == [2, 3]
+
+
+class ChannelSlice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 1)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.stem(x)[:, :4])
+
+
+def test_getitem_slicing_channels_freezes_them():
+    """``x[:, :4]`` is written in the code: pruning the sliced channels cannot follow it."""
+    model = ChannelSlice()
+    x = torch.randn(1, 3, 4, 4)
+    DG = build(model, x)
+    assert list(DG.get_all_groups()) == []
+    group = DG.get_pruning_group(model.stem, OUT, [5])
+    assert not DG.check_pruning_group(group)
+    assert_refused_unchanged(model, group.prune, tp.UnsupportedOpError, r"Tensor.__getitem__", DG)
