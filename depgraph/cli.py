@@ -161,9 +161,11 @@ class _Printer:
 
     def __init__(self, plain: bool):
         self.console = None
-        if not plain and importlib.util.find_spec("rich") is not None:
-            from rich.console import Console
-
+        if not plain:
+            try:
+                from rich.console import Console
+            except ImportError:  # the ``cli`` extra is not installed
+                return
             self.console = Console(highlight=False, soft_wrap=True)
 
     def line(self, text: str = "") -> None:
