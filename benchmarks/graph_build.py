@@ -1,0 +1,146 @@
+"""How long depgraph takes to build a dependency graph and collect all its groups.
+
+    python benchmarks/graph_build.py           # 224x224 inputs, best of 3
+    python benchmarks/graph_build.py --quick   # small inputs, one run (a smoke test, ~1 minute)
+
+Two tables:
+
+1. ``build_dependency`` and ``list(get_all_groups())`` for resnet50,
+   densenet121, torchvision's vit_b_16 and a 32-block GPT-style transformer
+   (``gpt-32``: dim 128, 4 heads, 64 tokens).
+2. The same transformer at 8/16/32/64 blocks, with the time per block: it
+   should stay about flat (the cost is linear in the number of ops), because
+   index sets are tensors, never one Python object per channel.
+
+Weights are random; only the architecture matters for these timings. Uses
+``rich`` for the tables when it is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+import depgraph as tp
+from depgraph.pruner.options import DEFAULT_ROOT_TYPES
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block: causal self-attention, then an MLP."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.fc, self.out = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(c, dim=2)
+        # (B, T, H*D) -> (B, H, T, D); channel index = h*D + d
+        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))
+        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+
+
+class TinyGPT(nn.Module):
+    """Token and position embeddings, ``depth`` blocks, a final norm and an LM head."""
+
+    def __init__(self, depth: int, dim: int = 128, heads: int = 4, vocab: int = 512, context: int = 64):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, dim), nn.Parameter(torch.zeros(context, dim))
+        self.blocks = nn.Sequential(*(Block(dim, heads) for _ in range(depth)))
+        self.ln, self.head = nn.LayerNorm(dim), nn.Linear(dim, vocab)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.tok(idx) + self.pos[: idx.shape[1]]
+        return self.head(self.ln(self.blocks(x)))
+
+
+def time_graph(model: nn.Module, inputs: torch.Tensor, repeat: int) -> tuple[float, float, int, int]:
+    """Best-of-``repeat`` seconds for build and for collecting groups, plus node and group counts."""
+    build = groups = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            dg = tp.DependencyGraph().build_dependency(model, inputs, verbose=False)
+        t1 = time.perf_counter()
+        found = list(dg.get_all_groups(root_module_types=DEFAULT_ROOT_TYPES))
+        t2 = time.perf_counter()
+        build, groups = min(build, t1 - t0), min(groups, t2 - t1)
+    return build, groups, len(dg.module2node), len(found)
+
+
+def tokens(context: int = 64) -> torch.Tensor:
+    return torch.randint(0, 512, (1, context))
+
+
+def models(size: int) -> list[tuple[str, Callable[[], nn.Module], torch.Tensor]]:
+    image = torch.randn(1, 3, size, size)
+    get = torchvision.models.get_model
+    return [
+        ("resnet50", lambda: get("resnet50", weights=None), image),
+        ("densenet121", lambda: get("densenet121", weights=None), image),
+        ("vit_b_16", lambda: get("vit_b_16", weights=None, image_size=size), image),
+        ("gpt-32", lambda: TinyGPT(32), tokens()),
+    ]
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        widths = [max(len(c) for c in col) for col in zip(headers, *rows, strict=False)]
+        print(f"\n{title}")
+        for r in (headers, ["-" * w for w in widths], *rows):
+            print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        return
+    table = Table(title=title, title_justify="left")
+    for i, h in enumerate(headers):
+        table.add_column(h, justify="right" if i else "left")
+    for r in rows:
+        table.add_row(*r)
+    Console().print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="64x64 images, one run each")
+    parser.add_argument("--repeat", type=int, default=None, help="runs per model, best taken (default 3; 1 with --quick)")
+    args = parser.parse_args(argv)
+    repeat = args.repeat or (1 if args.quick else 3)
+    size = 64 if args.quick else 224
+    torch.manual_seed(0)
+    time_graph(TinyGPT(2).eval(), tokens(), 1)  # warm-up: first-call costs of torch and the recorder
+
+    rows = []
+    for name, build, inputs in models(size):
+        model = build().eval()
+        b, g, nodes, groups = time_graph(model, inputs, repeat)
+        rows.append((name, "x".join(map(str, inputs.shape)), str(nodes), str(groups), f"{b:.3f}", f"{g:.3f}", f"{b + g:.3f}"))
+    print_table(f"graph build, best of {repeat} (torch {torch.__version__}, {torch.get_num_threads()} threads)",
+                ("model", "input", "nodes", "groups", "build s", "groups s", "total s"), rows)
+
+    rows, first = [], None
+    for depth in (8, 16, 32, 64):
+        b, g, nodes, groups = time_graph(TinyGPT(depth).eval(), tokens(), repeat)
+        per_block = (b + g) / depth
+        first = first or per_block
+        rows.append((str(depth), str(nodes), str(groups), f"{b:.3f}", f"{g:.3f}",
+                     f"{1000 * per_block:.1f}", f"{per_block / first:.2f}x"))
+    print_table("scaling with depth (GPT blocks; linear cost means a flat time per block)",
+                ("blocks", "nodes", "groups", "build s", "groups s", "ms / block", "vs 8 blocks"), rows)
+
+
+if __name__ == "__main__":
+    main()
