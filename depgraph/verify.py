@@ -139,7 +139,7 @@ def verify(
         original: the model before pruning.
         pruned: the same model after pruning with depgraph (it carries records of what was removed).
         example_inputs: inputs as for ``build_dependency``.
-        tol: allowed max difference, relative to the largest output magnitude (at least 1).
+        tol: allowed max difference, relative to the largest output magnitude.
 
     Returns:
         A :class:`VerifyResult`; ``bool(result)`` is True when the prune is proven correct,
@@ -159,7 +159,7 @@ def verify(
         ref, out = output_transform(ref), output_transform(out)
     refs, outs = flatten_tensors(ref), flatten_tensors(out)
     shapes = len(refs) == len(outs) and all(a.shape == b.shape for a, b in zip(refs, outs, strict=False))
-    diff, scale = 0.0, 1.0
+    diff, scale = 0.0, 0.0
     if shapes:
         for a, b in zip(refs, outs, strict=True):
             if a.is_floating_point() and a.numel():
@@ -169,6 +169,8 @@ def verify(
                 diff = float("inf")
     reasons = _inexact_reasons(pruned)
     applies = not reasons
+    # Relative to the output's magnitude, so a model whose outputs are tiny is not
+    # "exact" by default; an all-zero output must match exactly.
     bound = tol * scale
     exact = (diff <= bound) if (applies and shapes) else None
     return VerifyResult(exact, applies, diff, bound, shapes, reasons)

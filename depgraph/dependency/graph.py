@@ -25,7 +25,7 @@ from ..errors import (
     UnsupportedOpError,
 )
 from ..functional.base import BasePruningFunc, find_handler, registered_handlers
-from ..trace.recorder import record
+from ..trace.recorder import call_model, record
 from .build import GraphBuilder
 from .group import Group
 from .node import Dependency, GroupItem, Node
@@ -61,6 +61,7 @@ class DependencyGraph:
         self._graph = None
         self._trace = None
         self._names: dict[str, Any] = {}
+        self._call: tuple | None = None
 
     # -- building ------------------------------------------------------------------
     def register_customized_layer(self, layer_type: type | nn.Module, layer_pruner: BasePruningFunc) -> None:
@@ -79,6 +80,7 @@ class DependencyGraph:
         ignored_params: Iterable[torch.Tensor] | None = None,
         verbose: bool = True,
         frozen_layers: Iterable[nn.Module] | None = None,
+        check_forward: bool = True,
     ) -> DependencyGraph:
         """Trace ``model`` on ``example_inputs`` and build its dependency graph.
 
@@ -94,6 +96,9 @@ class DependencyGraph:
             ignored_params: parameters/buffers that must keep their shape.
             verbose: warn about ops without a dimension rule.
             frozen_layers: **(new)** layers whose input *and* output widths never change.
+            check_forward: **(new)** after each prune, run the model once on ``example_inputs``
+                (eval mode, no grad); if it fails - typically a size written into the code, like
+                ``x.view(-1, 400)`` - restore the model, refuse the group and never offer it again.
 
         Raises:
             TraceError: the model failed on the example inputs.
@@ -104,6 +109,7 @@ class DependencyGraph:
             self._custom.update(customized_pruners)
         custom_types = tuple(k for k in self._custom if isinstance(k, type))
         trace = record(model, example_inputs, self._is_leaf, forward_fn, output_transform)
+        self._call = (example_inputs, forward_fn) if check_forward else None
         builder = GraphBuilder(trace, self._handler_of, custom_types, verbose)
         self._graph = builder.build()
         self._trace = trace
@@ -280,7 +286,7 @@ class DependencyGraph:
             if slot is None or slot in visited or slot in blocked or slot in self._graph.frozen:
                 continue
             alive = self._alive(slot)
-            plan = propagate(self._graph, slot, alive, self._dead, blocked)
+            plan = propagate(self._graph, slot, alive, self._dead, blocked, grouping=True)
             visited.update(s for s in plan.state if s in self._graph.endpoints)
             if plan.violations or alive.numel() < 2 or not self._single_channel_prunable(slot, alive, blocked):
                 continue
@@ -355,12 +361,39 @@ class DependencyGraph:
                 f"pruning the {where} failed at {it.dep.target.name} ({type(e).__name__}: {e}); "
                 "the model was restored unchanged"
             ) from e
+        failure = self._forward_failure()
+        if failure is not None:
+            snap.restore()
+            self._graph.freeze(plan.order[0], f"pruning it breaks the forward pass ({failure})")
+            raise UnsupportedOpError(
+                f"pruning the {where} breaks the model's forward pass ({failure}); the model was "
+                "restored unchanged and this group will not be offered again. Usually a size is written "
+                "into the code (e.g. x.view(-1, 400) or a head count); keep these layers with "
+                "ignored_layers/frozen_layers, or register a dimension rule for the op"
+            )
         for slot, st in plan.state.items():
             gone = st >= 0
             self._dead[slot] = gone if slot not in self._dead else self._dead[slot] | gone
         update_records(ordered, widths, group.inexact_reasons)
         if record_history:
             self._history.append([root.dep.target.name, root.dep.is_out(), list(root.idxs)])
+
+    def _forward_failure(self) -> str | None:
+        """Run the model once (eval, no grad); the error text if it fails, else None."""
+        if self._call is None:
+            return None
+        inputs, forward_fn = self._call
+        modes = [(m, m.training) for m in self.model.modules()]
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                call_model(self.model, inputs, forward_fn)
+        except Exception as e:  # noqa: BLE001 - reported to the caller with context
+            return f"{type(e).__name__}: {str(e)[:300]}"
+        finally:
+            for m, training in modes:
+                m.training = training
+        return None
 
     # -- history ------------------------------------------------------------------------
     def pruning_history(self) -> list[list]:

@@ -40,10 +40,12 @@ def propagate(
     dead: dict[int, torch.Tensor],
     blocked: dict[int, str] | None = None,
     stop_at_frozen: bool = True,
+    grouping: bool = False,
 ) -> Propagation:
     """Everything coupled to removing ``idxs`` (original positions) from slot ``root``.
 
     ``blocked`` adds frozen slots for this query only (``get_all_groups(ignored_layers=...)``).
+    ``grouping`` closes every position on its own (see ``FactorRule``), for listing groups.
     """
     p = Propagation()
     frozen = graph.frozen if not blocked else {**blocked, **graph.frozen}
@@ -79,6 +81,6 @@ def propagate(
     while queue:
         slot, pos, origin = queue.popleft()
         for rule in graph.rules[slot]:
-            for tgt, tpos, troots in rule.push(slot, pos, p.state, dead):
+            for tgt, tpos, troots in rule.push(slot, pos, p.state, dead, grouping):
                 merge(tgt, tpos, troots, origin)
     return p

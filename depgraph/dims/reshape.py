@@ -190,6 +190,7 @@ def channel_shuffle_rule(op: OpNode, ctx: RuleContext) -> None:
     g = int(arg(op, 1, "groups"))
     c = x.shape[1]
     ga, ka = ctx.new_axis(g, "shuffle.groups"), ctx.new_axis(c // g, "shuffle.per_group")
+    ctx.graph.freeze(ga, f"{op.where()}: the number of groups is an argument of the call")
     ctx.factor(ctx.slot(x, 1), [ga, ka])
     ctx.factor(ctx.slot(out, 1), [ka, ga])
     for d in range(x.ndim):

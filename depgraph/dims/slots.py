@@ -44,7 +44,7 @@ class PairRule:
     def __init__(self, a: int, b: int, fwd: IndexMap):
         self.a, self.b, self.fwd, self.bwd = a, b, fwd, fwd.inverse()
 
-    def push(self, slot: int, idx: torch.Tensor, state: dict, dead: dict):
+    def push(self, slot: int, idx: torch.Tensor, state: dict, dead: dict, grouping: bool = False):
         src_root = state[slot][idx]
         if slot == self.a:
             dst, pos = self.fwd.apply(idx)
@@ -61,9 +61,9 @@ class FactorRule:
         self.n = math.prod(self.sizes)
         self.frozen = frozen  # the graph's frozen slots: never widen along those
 
-    def push(self, slot: int, idx: torch.Tensor, state: dict, dead: dict):
+    def push(self, slot: int, idx: torch.Tensor, state: dict, dead: dict, grouping: bool = False):
         if slot == self.merged:
-            return self._from_merged(state, dead)
+            return self._from_merged(state, dead, grouping)
         return self._from_part(self.parts.index(slot), idx, state)
 
     def _from_part(self, axis: int, idx: torch.Tensor, state: dict):
@@ -75,14 +75,23 @@ class FactorRule:
         roots = root.view(shape).expand(sel.shape)
         return [(self.merged, sel.flatten(), roots.flatten())]
 
-    def _from_merged(self, state: dict, dead: dict):
+    def _from_merged(self, state: dict, dead: dict, grouping: bool = False):
+        """Slabs for the removed set of the merged axis, closed if needed.
+
+        With ``grouping`` every position is closed on its own (no full slab along
+        a smaller axis is taken as such): the result is the union of what each
+        single channel couples to, which is what ``get_all_groups`` reports.
+        """
         k = len(self.sizes)
         root = state[self.merged].view(self.sizes)
         gone = root >= 0
-        if self.merged in dead:
+        if self.merged in dead and not grouping:
             gone = gone | dead[self.merged].view(self.sizes)
         others = [tuple(j for j in range(k) if j != a) for a in range(k)]
-        full = [gone.all(dim=o) if o else gone.clone() for o in others]
+        if grouping:
+            full = [torch.zeros(s, dtype=torch.bool) for s in self.sizes]
+        else:
+            full = [gone.all(dim=o) if o else gone.clone() for o in others]
 
         def cover(flags):
             c = torch.zeros(self.sizes, dtype=torch.bool)
@@ -112,6 +121,8 @@ class FactorRule:
             out.append((self.parts[a], coords, r[coords]))
         # Positions of the merged axis newly covered by the (closed) slabs.
         grow = cover(full) & ~gone
+        if self.merged in dead:
+            grow &= ~dead[self.merged].view(self.sizes)
         if grow.any():
             best = torch.full(self.sizes, -1, dtype=torch.long)
             for a, (coords, r) in enumerate(part_roots):
