@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+# Subpackages: tp.functional, tp.importance, tp.pruner, tp.utils, tp.dims (new: dimension rules)
+from . import dims, functional, importance, pruner, utils
+
 # Dependency graph
 from .dependency import Dependency, DependencyGraph, Group, GroupItem, Node
 
@@ -25,7 +28,6 @@ from .errors import (
 )
 
 # Low-level pruning functions
-from . import functional
 from .functional import (
     BasePruningFunc,
     PrunerBox,
@@ -59,9 +61,6 @@ from .functional import (
     prune_related_conv,
     prune_related_linear,
 )
-
-# Dimension rules (new)
-from . import dims
 
 # Proof (new)
 from .verify import VerifyResult, verify
@@ -111,6 +110,10 @@ __all__ = [
     "prune_batchnorm",
     "prune_linear",
     "prune_related_linear",
+    # importance criteria, pruners, utilities
+    "importance",
+    "pruner",
+    "utils",
     # dimension rules (new)
     "dims",
     # proof (new)
