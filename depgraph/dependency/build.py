@@ -100,7 +100,8 @@ class GraphBuilder:
         else:
             rule = get_dim_rule(op.target)
         if rule is None:
-            self._warn_unsupported(op)
+            if op.inputs:  # factories (arange, zeros, tensor) make constants: frozen, nothing to warn about
+                self._warn_unsupported(op)
             return
         try:
             rule(op, ctx)

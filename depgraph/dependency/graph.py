@@ -62,6 +62,9 @@ class DependencyGraph:
         self._trace = None
         self._names: dict[str, Any] = {}
         self._call: tuple | None = None
+        # Called as hook(graph, plan) after the handlers ran and before the forward check,
+        # e.g. to update size attributes (num_heads, head_dim) that the forward reads.
+        self._after_prune_hooks: list[Callable] = []
 
     # -- building ------------------------------------------------------------------
     def register_customized_layer(self, layer_type: type | nn.Module, layer_pruner: BasePruningFunc) -> None:
@@ -361,6 +364,8 @@ class DependencyGraph:
                 f"pruning the {where} failed at {it.dep.target.name} ({type(e).__name__}: {e}); "
                 "the model was restored unchanged"
             ) from e
+        for hook in self._after_prune_hooks:
+            hook(self, plan)
         failure = self._forward_failure()
         if failure is not None:
             snap.restore()
