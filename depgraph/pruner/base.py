@@ -224,17 +224,20 @@ class BasePruner:
         return None
 
     def _prune(self) -> Iterator[Any]:
-        for cand in planning.candidates(self, pooled=False):  # lazy: one group at a time
-            idxs = planning.plan_local(self, cand)
+        # Decide everything on the model as it is now, then apply: criteria whose
+        # statistics follow parameter shapes (Hessian, OBDC) stay valid, and no
+        # group is scored half-way through another group's prune.
+        local = [(c, planning.plan_local(self, c)) for c in planning.candidates(self, pooled=False)]
+        pooled = list(planning.candidates(self, pooled=True))
+        decided = [(c, idxs) for c, idxs in local if idxs]
+        decided += [(c, planning.pick(self, c, n)) for c, n in planning.plan_pooled(self, pooled)]
+        for cand, idxs in decided:
+            if self._width_now(cand) != cand.alive:  # overlapped by a group pruned before it
+                n = len(idxs) - len(cand.soft)
+                cand = planning.refresh(self, cand)
+                idxs = planning.pick(self, cand, min(n, cand.current - 1))
             if idxs:
                 yield from self._final_group(cand, idxs)
-        pooled = list(planning.candidates(self, pooled=True))
-        for cand, n in planning.plan_pooled(self, pooled):
-            if self._width_now(cand) != cand.alive:  # overlapped by a group pruned before it
-                cand = planning.refresh(self, cand)
-                n = min(n, cand.current - 1)
-            if n > 0:
-                yield from self._final_group(cand, planning.pick(self, cand, n))
 
     def _width_now(self, cand: planning.Candidate) -> int | None:
         out = self.DG.is_out_channel_pruning_fn(cand.fn)

@@ -55,11 +55,7 @@ class Candidate:
 
 
 def candidates(pruner: BasePruner, pooled: bool) -> Iterator[Candidate]:
-    """Lazily, the groups of the local (``pooled=False``) or pooled scopes.
-
-    Lazy on purpose: a group is read from the graph only after the previous
-    local group was pruned, so it always reflects the current model.
-    """
+    """The groups of the local (``pooled=False``) or pooled scopes, as the model is now."""
     opts = pruner.options
     for group in pruner.DG.get_all_groups(pruner.ignored_layers, opts.root_module_types):
         root_item = group[0]
@@ -196,5 +192,6 @@ def plan_pooled(pruner: BasePruner, cands: list[Candidate]) -> list[tuple[Candid
 
 def pick(pruner: BasePruner, cand: Candidate, n: int) -> list[int]:
     """``n`` lowest-scoring channels of ``cand`` plus its soft-pruned ones."""
-    _scores(pruner, cand)
-    return _decide(cand, n)
+    if n <= 0 or _scores(pruner, cand) is None:
+        return []
+    return _decide(cand, fit_count(n, cand.current, n, pruner.options.round_to, cand.classes.unit))

@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
 import torchvision
 
 import depgraph as tp
