@@ -3,20 +3,23 @@
 matplotlib is an optional extra (``pip install depgraph[plot]``); it is
 imported only when a picture is drawn.
 
-Each picture is a square matrix whose rows and columns are the graph's
-modules, so structure shows up as blocks and bands:
+Rows and columns are the graph's nodes (layers and bare parameters) in model
+order, so structure shows up as blocks and bands:
 
-* :func:`draw_computational_graph` - module i feeds module j in the forward pass;
-* :func:`draw_dependency_graph` - every module has two slots, ``in`` (even
-  index) and ``out`` (odd index); a cell is set when pruning one slot triggers
-  pruning the other;
-* :func:`draw_groups` - two slots per module as well; the slots of each
-  pruning group form a filled block.
+* :func:`draw_computational_graph` - node i feeds node j in the forward pass
+  (directly or through parameter-free ops such as ``add``, ``cat``, ``relu``);
+* :func:`draw_dependency_graph` - every node has two slots, ``in`` (even
+  index) and ``out`` (odd index); cell (a, b) is set when pruning one channel
+  of slot a forces pruning slot b;
+* :func:`draw_groups` - the same slots; the slots of each prunable group
+  (``get_all_groups``) form a filled block.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import torch.nn as nn
 
 from ..errors import DepgraphError
 
@@ -48,12 +51,48 @@ def _save(matrix: Any, save_as: str, title: str | None, figsize: tuple, dpi: int
     return fig, ax
 
 
-def _node_index(DG: Any) -> dict[Any, int]:  # noqa: N803 - the original API's argument name
-    return {node: i for i, node in enumerate(DG.module2node.values())}
+def _index(DG: Any) -> dict[int, int]:  # noqa: N803 - the original API's argument name
+    """``id(module or tensor) -> row``, in the graph's (model) order."""
+    return {id(m): i for i, m in enumerate(DG.module2node)}
 
 
-def _neighbours(node: Any, attr: str) -> list[Any]:
-    return list(getattr(node, attr, None) or ())
+def _is_out(DG: Any, fn: Any) -> int:  # noqa: N803
+    return 1 if DG.is_out_channel_pruning_fn(fn) else 0
+
+
+def _slot(index: dict[int, int], DG: Any, node: Any, fn: Any) -> int | None:  # noqa: N803
+    k = index.get(id(node.module))
+    return None if k is None else 2 * k + _is_out(DG, fn)
+
+
+def _module_edges(DG: Any) -> set[tuple[int, int]]:  # noqa: N803
+    """Forward edges between graph modules, looking through ops that are not graph nodes."""
+    trace = getattr(DG, "trace", None) or getattr(DG, "_trace", None)
+    if trace is None:
+        return set()
+    index = _index(DG)
+    edges = set()
+    for op in trace.ops:
+        dst = index.get(id(op.target)) if op.is_module else None
+        if dst is None:
+            continue
+        stack, seen = list(op.inputs), set()
+        while stack:
+            v = stack.pop()
+            if id(v) in seen:
+                continue
+            seen.add(id(v))
+            if v.kind == "param" and id(v.tensor_ref) in index:
+                edges.add((index[id(v.tensor_ref)], dst))
+            prod = v.producer
+            if prod is None:
+                continue
+            src = index.get(id(prod.target)) if prod.is_module else None
+            if src is not None:
+                edges.add((src, dst))
+            else:
+                stack.extend(prod.inputs)
+    return edges
 
 
 def draw_computational_graph(
@@ -64,21 +103,25 @@ def draw_computational_graph(
     dpi: int = 200,
     cmap: Any = None,
 ) -> tuple:
-    """Symmetric module-to-module adjacency of the forward pass; returns ``(fig, ax)``."""
+    """Symmetric node-to-node adjacency of the forward pass; returns ``(fig, ax)``."""
     import numpy as np
 
-    index = _node_index(DG)
-    g = np.zeros((len(index), len(index)))
-    for node, i in index.items():
-        for other in _neighbours(node, "inputs") + _neighbours(node, "outputs"):
-            j = index.get(other)
-            if j is not None:
-                g[i, j] = g[j, i] = 1
+    n = len(DG.module2node)
+    g = np.zeros((n, n))
+    for a, b in _module_edges(DG):
+        g[a, b] = g[b, a] = 1
     return _save(g, save_as, title, figsize, dpi, cmap)
 
 
-def _is_out(DG: Any, fn: Any) -> bool:  # noqa: N803
-    return bool(DG.is_out_channel_pruning_fn(fn))
+def _pruners(DG: Any, module: Any) -> list:  # noqa: N803
+    node = DG.module2node[module]
+    handler = node.handler
+    if handler is None:
+        return []
+    fns = [handler.prune_out_channels]
+    if not node.is_parameter:
+        fns.append(handler.prune_in_channels)
+    return fns
 
 
 def draw_dependency_graph(
@@ -89,17 +132,22 @@ def draw_dependency_graph(
     dpi: int = 200,
     cmap: Any = None,
 ) -> tuple:
-    """Slot-to-slot matrix of the direct pruning dependencies; returns ``(fig, ax)``."""
+    """Slot-to-slot matrix: which slots a one-channel prune of each slot reaches; returns ``(fig, ax)``."""
     import numpy as np
 
-    index = _node_index(DG)
+    index = _index(DG)
     g = np.zeros((2 * len(index), 2 * len(index)))
-    for node in index:
-        for dep in _neighbours(node, "dependencies"):
-            src, dst = index.get(dep.source), index.get(dep.target)
-            if src is None or dst is None:
-                continue
-            g[2 * src + _is_out(DG, dep.trigger), 2 * dst + _is_out(DG, dep.handler)] = 1
+    for module, node in DG.module2node.items():
+        for fn in _pruners(DG, module):
+            try:
+                group = DG.get_pruning_group(module, fn, [0])
+            except DepgraphError:
+                continue  # no channels on that side, or a frozen dimension
+            src = _slot(index, DG, node, fn)
+            for dep, _ in group:
+                dst = _slot(index, DG, dep.target, dep.handler)
+                if src is not None and dst is not None:
+                    g[src, dst] = 1
     return _save(g, save_as, title, figsize, dpi, cmap)
 
 
@@ -111,26 +159,14 @@ def draw_groups(
     dpi: int = 200,
     cmap: Any = None,
 ) -> tuple:
-    """Slot-to-slot matrix where each pruning group is a filled block; returns ``(fig, ax)``."""
+    """Slot-to-slot matrix where each prunable group is a filled block; returns ``(fig, ax)``."""
     import numpy as np
 
-    index = _node_index(DG)
+    index = _index(DG)
     g = np.zeros((2 * len(index), 2 * len(index)))
-    for module in DG.module2node:
-        width = DG.get_out_channels(module)
-        handler = DG.get_pruner_of_module(module)
-        if not width or handler is None:
-            continue
-        try:
-            group = DG.get_pruning_group(module, handler.prune_out_channels, [0])
-        except DepgraphError:
-            continue  # a frozen dimension has no group to draw
-        slots = set()
-        for dep, _ in group:
-            for end, fn in ((dep.source, dep.trigger), (dep.target, dep.handler)):
-                k = index.get(end)
-                if k is not None:
-                    slots.add(2 * k + _is_out(DG, fn))
-        slots_list = sorted(slots)
-        g[np.ix_(slots_list, slots_list)] = 1
+    for group in DG.get_all_groups(root_module_types=(nn.Module,)):
+        slots = sorted(
+            {s for dep, _ in group if (s := _slot(index, DG, dep.target, dep.handler)) is not None}
+        )
+        g[np.ix_(slots, slots)] = 1
     return _save(g, save_as, title, figsize, dpi, cmap)
