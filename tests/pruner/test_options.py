@@ -133,3 +133,36 @@ def test_classes_and_pick_lowest():
     assert pick_lowest(scores, 2) == [1, 5]  # 0.0, then the first of the tied 1.0s
     assert pick_lowest(torch.tensor([1.0, 0.0, 0.0]), 1) == [1]  # ties: lower index first
     torch.testing.assert_close(classes.class_mean(scores), torch.tensor([5.0, 1.0, 4.5, 5.0, 1.0, 4.5]))
+
+
+def test_modules_must_belong_to_the_model(net):
+    other = nn.Conv2d(3, 8, 3)
+    with pytest.raises(ValueError, match="ignored_layers: Conv2d is not part of the model being pruned"):
+        P.BasePruner(net, X, I.GroupMagnitudeImportance(), ignored_layers=[other])
+    with pytest.raises(ValueError, match="pruning_ratio_dict: Conv2d is not part of the model"):
+        P.BasePruner(net, X, I.GroupMagnitudeImportance(), pruning_ratio_dict={(net[0], other): 0.2})
+    with pytest.raises(ValueError, match="out_channel_groups: Conv2d is not part of the model"):
+        P.BasePruner(net, X, I.GroupMagnitudeImportance(), out_channel_groups={other: 2})
+
+
+def test_head_options_are_stored(net):
+    with pytest.warns(UserWarning, match="removing whole attention heads is not implemented"):
+        pruner = P.BasePruner(
+            net,
+            X,
+            I.GroupMagnitudeImportance(),
+            num_heads={net[0]: 2},
+            prune_num_heads=True,
+            head_pruning_ratio=0.5,
+        )
+    assert pruner.options.num_heads == ((net[0], 2),) and pruner.options.head_pruning_ratio == 0.5
+    assert pruner.declared_channel_groups()[(net[0], "out")] == 2  # head dims stay aligned across heads
+    with pytest.raises(ValueError, match=r"head_pruning_ratio must be a number in \[0, 1\]"):
+        P.BasePruner(net, X, I.GroupMagnitudeImportance(), head_pruning_ratio=2.0)
+
+
+def test_num_heads_keeps_head_dims_aligned(net):
+    pruner = P.BasePruner(net, X, I.GroupMagnitudeImportance(), num_heads={net[0]: 2}, pruning_ratio=0.5)
+    pruner.step()
+    kept = net[0]._depgraph_kept["out"].view(2, 2) % 4
+    assert net[0].out_channels == 4 and (kept[0] == kept[1]).all()
