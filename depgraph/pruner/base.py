@@ -33,7 +33,7 @@ from ..dependency import DependencyGraph
 from ..errors import DepgraphError, OverPruningError
 from ..importance import Importance
 from . import planning
-from .options import PrunerOptions, resolve_deprecated
+from .options import PrunerOptions, check_known_modules, resolve_deprecated
 from .scheduler import Scheduler, linear_scheduler
 from .scope import ScopeTable
 from .selection import pick_lowest
@@ -138,7 +138,7 @@ class BasePruner:
                 "pruner yet; head dims are pruned instead",
                 stacklevel=2,
             )
-        _check_known(model, self.options)
+        check_known_modules(model, self.options)
         self.model = model
         self.importance = importance
         self.scopes = ScopeTable(self.options)
@@ -303,34 +303,6 @@ class BasePruner:
 
         ``BasePruner`` adds none; see the regularising subclasses.
         """
-
-
-def _check_known(model: nn.Module, options: PrunerOptions) -> None:
-    """Every module or parameter named in the options must belong to ``model``.
-
-    Raises:
-        ValueError: listing each foreign module (a common slip: passing the
-            layers of another copy of the model).
-    """
-    modules = {id(m) for m in model.modules()}
-    params = {id(p) for p in model.parameters()} | {id(b) for b in model.buffers()}
-    problems = []
-
-    def check(obj: Any, where: str) -> None:
-        known = params if isinstance(obj, torch.Tensor) else modules
-        if id(obj) not in known:
-            problems.append(f"{where}: {type(obj).__name__} is not part of the model being pruned")
-
-    for layer in options.ignored_layers:
-        check(layer, "ignored_layers")
-    for key, _ in options.pruning_ratio_dict:
-        for m in key if isinstance(key, tuple) else (key,):
-            check(m, "pruning_ratio_dict")
-    for name in ("in_channel_groups", "out_channel_groups", "num_heads", "head_pruning_ratio_dict"):
-        for m, _ in getattr(options, name):
-            check(m, name)
-    if problems:
-        raise ValueError("invalid pruner options:\n  - " + "\n  - ".join(problems))
 
 
 class MetaPruner(BasePruner):

@@ -22,14 +22,10 @@ import torch.nn as nn
 
 from .scheduler import Scheduler, linear_scheduler
 
-__all__ = ["PrunerOptions", "RatioScope", "resolve_deprecated", "DEFAULT_ROOT_TYPES"]
+__all__ = ["PrunerOptions", "resolve_deprecated", "check_known_modules", "DEFAULT_ROOT_TYPES"]
 
 #: Group roots by default: convolutions, linears and LSTMs.
 DEFAULT_ROOT_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear, nn.LSTM)
-
-#: ``(modules, ratio)``: the groups rooted in ``modules`` get ``ratio``; a tuple key of
-#: the original dict is ranked as one scope.
-RatioScope = tuple[tuple[nn.Module, ...], float, bool]
 
 
 def _pairs(mapping: Mapping | None, what: str, problems: list[str]) -> tuple:
@@ -194,3 +190,31 @@ def resolve_deprecated(kwargs: dict[str, Any], stacklevel: int = 4) -> dict[str,
 def floor_fraction(width: int, keep_fraction: float) -> int:
     """``width * keep_fraction`` rounded down, immune to float noise (0.3*10 is 3, not 2)."""
     return int(math.floor(width * keep_fraction + 1e-9))
+
+
+def check_known_modules(model: nn.Module, options: PrunerOptions) -> None:
+    """Every module or parameter named in the options must belong to ``model``.
+
+    Raises:
+        ValueError: listing each foreign module (a common slip: passing the
+            layers of another copy of the model).
+    """
+    modules = {id(m) for m in model.modules()}
+    params = {id(p) for p in model.parameters()} | {id(b) for b in model.buffers()}
+    problems = []
+
+    def check(obj: Any, where: str) -> None:
+        known = params if isinstance(obj, torch.Tensor) else modules
+        if id(obj) not in known:
+            problems.append(f"{where}: {type(obj).__name__} is not part of the model being pruned")
+
+    for layer in options.ignored_layers:
+        check(layer, "ignored_layers")
+    for key, _ in options.pruning_ratio_dict:
+        for m in key if isinstance(key, tuple) else (key,):
+            check(m, "pruning_ratio_dict")
+    for name in ("in_channel_groups", "out_channel_groups", "num_heads", "head_pruning_ratio_dict"):
+        for m, _ in getattr(options, name):
+            check(m, name)
+    if problems:
+        raise ValueError("invalid pruner options:\n  - " + "\n  - ".join(problems))
