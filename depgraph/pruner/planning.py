@@ -112,8 +112,9 @@ def channel_classes(pruner: BasePruner, cand: Candidate) -> ChannelClasses:
         n_groups = declared.get((module, handler_side(item.dep.handler)))
         if not n_groups or n_groups < 2 or not isinstance(module, nn.Module):
             continue
-        width = len(item.idxs)
-        block = width // n_groups if width % n_groups == 0 else 0
+        side = handler_side(item.dep.handler)
+        width = pruner.DG.get_out_channels(module) if side == "out" else pruner.DG.get_in_channels(module)
+        block = width // n_groups if width and width % n_groups == 0 else 0
         if not block:
             continue
         by_local: dict[int, list[int]] = defaultdict(list)
@@ -161,6 +162,14 @@ def _signature(cand: Candidate) -> Hashable:
 
 
 def plan_pooled(pruner: BasePruner, cands: list[Candidate]) -> list[tuple[Candidate, int]]:
+    """``(candidate, channels to remove)`` from one ranking per pool.
+
+    A pool (a global scope, a tuple scope, or with ``isomorphic=True`` the
+    groups of one structure within it) must keep ``floor(initial * (1 - ratio))``
+    channels in total; the lowest scores over the whole pool decide how many
+    each group gives, then each count is capped by ``max_pruning_ratio`` and
+    fitted to ``round_to`` and channel classes.
+    """
     opts = pruner.options
     pools: dict[Hashable, list[Candidate]] = defaultdict(list)
     for cand in cands:
