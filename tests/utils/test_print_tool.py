@@ -36,3 +36,27 @@ def test_only_changes_and_missing_snapshot():
         "  (1): Linear(in_features=4, out_features=2, bias=True)"
         " => Linear(in_features=4, out_features=1, bias=True)"
     ]
+
+
+def test_after_a_real_prune():
+    import torch
+    import torchvision
+
+    import depgraph.importance as I
+    import depgraph.pruner as P
+
+    model = torchvision.models.resnet18(weights=None).eval()
+    tool = PrintTool()
+    tool.before_pruning(model)
+    P.BasePruner(
+        model,
+        torch.randn(1, 3, 32, 32),
+        I.GroupMagnitudeImportance(),
+        pruning_ratio=0.5,
+        ignored_layers=[model.fc],
+    ).step()
+    text = tool.after_pruning(model, show_identical=False, print_fn=None)
+    assert (
+        "(conv1): Conv2d(3, 64, kernel_size=(7, 7)" in text and "=> Conv2d(3, 32, kernel_size=(7, 7)" in text
+    )
+    assert "(fc): Linear(in_features=512, out_features=1000, bias=True) => Linear(in_features=256" in text
