@@ -131,3 +131,19 @@ def test_custom_rule_registration_warns_on_replace():
     assert count_ops_and_params(Scale(), torch.randn(1, 10))[0] == 10
     with pytest.warns(UserWarning, match="replacing the MAC rule for Scale"):
         register_op_rule(Scale)(lambda m, i, o: 0)
+
+
+def test_hugging_face_bert_attention_is_counted():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=100
+    )
+    model = transformers.BertModel(cfg).eval()
+    macs, _ = count_ops_and_params(model, {"input_ids": torch.randint(0, 100, (2, 10))})
+    t, e, h, d, ff = 10, 64, 4, 16, 128
+    attention = h * (t * d + t * t * d + t * t + t * t * d)  # SDPA: scale, QK^T, softmax, AV
+    layer = (
+        4 * (t * e * e + t * e) + attention + 2 * (2 * t * e) + (t * e * ff + t * ff) + (t * ff * e + t * e)
+    )
+    embeddings_norm, pooler = 2 * t * e, e * e + e
+    assert macs == 2 * layer + embeddings_norm + pooler
