@@ -16,6 +16,7 @@ from ..trace.graph import OpNode, Value
 from ._args import arg
 from .elementwise import _lookup
 from .indexmap import Offset
+from ..trace.shape_int import is_computed
 from .registry import RuleContext, register_dim_rule
 
 
@@ -75,15 +76,21 @@ def chunk_rule(op: OpNode, ctx: RuleContext) -> None:
 
 @register_dim_rule(*_lookup("split split_with_sizes unsafe_split unsafe_split_with_sizes", torch, torch.Tensor))
 def split_rule(op: OpNode, ctx: RuleContext) -> None:
-    """``split`` fixes the *size* of every piece in the code, so the split dim cannot shrink.
+    """``split`` with sizes written in the code fixes every piece, so the split dim cannot shrink.
 
     ``x.split(4, dim=1)`` of 8 channels gives two pieces of 4; pruned to 6 channels
     the same call gives pieces of 4 and 2. Only a split into one piece follows a
-    prune. ``chunk`` (a number of pieces) is the prunable way to split in equal parts.
+    prune. ``chunk`` (a number of pieces) is the prunable way to split in equal parts,
+    and so is a split into equal pieces whose size is computed from the tensor
+    (``x.split(x.shape[1] // 2, dim=1)``): every piece then loses the same positions.
     """
     dim = arg(op, 2, "dim", 0)
-    _pieces(op, ctx, dim, equalize=False)
-    if len(op.outputs) > 1:
+    size = arg(op, 1, "split_size_or_sections", arg(op, 1, "split_size", arg(op, 1, "split_sizes")))
+    sizes = list(size) if isinstance(size, (list, tuple)) else [size]
+    computed = all(is_computed(v) for v in sizes)
+    equal = len({o.shape[dim] for o in op.outputs}) == 1
+    _pieces(op, ctx, dim, equalize=computed and equal)
+    if len(op.outputs) > 1 and not (computed and equal):
         ctx.freeze(op.inputs[0], dim, f"{op.where()}: split sizes are fixed in the code "
                                       "(chunk splits into parts that follow a prune)")
 

@@ -73,7 +73,7 @@ def elementwise_rule(op: OpNode, ctx: RuleContext) -> None:
         ctx.broadcast(op.inputs, out)
 
 
-@register_dim_rule(torch.Tensor.data.__get__ if hasattr(torch.Tensor.data, "__get__") else None)
+@register_dim_rule(torch.Tensor.data, getattr(torch.Tensor, "real", None))
 def alias_rule(op: OpNode, ctx: RuleContext) -> None:
     if op.inputs and op.outputs and op.inputs[0].shape == op.outputs[0].shape:
         for d in range(op.inputs[0].ndim):

@@ -15,6 +15,7 @@ from ..trace.graph import OpNode
 from ._args import arg, int_list
 from .elementwise import _lookup
 from .indexmap import Gather
+from ..trace.shape_int import is_computed
 from .registry import RuleContext, register_dim_rule
 
 _RESHAPES = _lookup(
@@ -85,9 +86,41 @@ def couple_reshape(ctx: RuleContext, x, out) -> None:
         ctx.factor(merged, [ctx.slot(out, d) for d in nb])
 
 
+def target_sizes(op: OpNode) -> list | None:
+    """The size arguments of ``view``/``reshape``/``expand`` as given (ShapeInts kept), else None."""
+    rest = [a for a in op.args[1:]]
+    if not rest:
+        rest = [op.kwargs[k] for k in ("size", "shape", "sizes") if k in op.kwargs]
+    if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
+        rest = list(rest[0])
+    if not rest or not all(isinstance(v, int) for v in rest):
+        return None
+    return rest
+
+
+def freeze_written_sizes(op: OpNode, ctx: RuleContext, out, sizes: list) -> None:
+    """Output dims whose size is an int written into the code cannot change size."""
+    if len(sizes) != out.ndim:
+        return
+    for d, v in enumerate(sizes):
+        if out.shape[d] > 1 and not is_computed(v):
+            ctx.freeze(out, d, f"{op.where()}: size {int(v)} of dim {d} is written into the code")
+
+
 @register_dim_rule(*_RESHAPES)
 def reshape_rule(op: OpNode, ctx: RuleContext) -> None:
     couple_reshape(ctx, op.inputs[0], op.outputs[0])
+    name = getattr(op.target, "__name__", "")
+    if name in ("view", "reshape"):
+        sizes = target_sizes(op)
+        if sizes is not None:
+            freeze_written_sizes(op, ctx, op.outputs[0], sizes)
+    elif name == "unflatten":
+        sizes = arg(op, 2, "sizes")
+        dim = arg(op, 1, "dim") % op.inputs[0].ndim
+        for i, v in enumerate(sizes or ()):
+            if op.outputs[0].shape[dim + i] > 1 and not is_computed(v):
+                ctx.freeze(op.outputs[0], dim + i, f"{op.where()}: size {int(v)} is written into the code")
 
 
 def _perm(op: OpNode, ndim: int) -> list[int] | None:
@@ -99,9 +132,11 @@ def _perm(op: OpNode, ndim: int) -> list[int] | None:
         p = list(range(ndim))
         p[a % ndim], p[b % ndim] = p[b % ndim], p[a % ndim]
         return p
-    if name in ("t", "t_") or name == "T":
+    if name in ("t", "t_", "T"):
         return list(reversed(range(ndim)))
-    if name in ("mT", "mH", "adjoint"):
+    if name == "H" and ndim == 2:
+        return [1, 0]
+    if name in ("mT", "mH", "H", "adjoint"):
         p = list(range(ndim))
         p[-1], p[-2] = p[-2], p[-1]
         return p
@@ -118,29 +153,19 @@ def _perm(op: OpNode, ndim: int) -> list[int] | None:
 
 
 _PERMUTES = _lookup("permute transpose swapaxes swapdims t movedim moveaxis adjoint transpose_ t_", torch.Tensor, torch)
-_PERMUTES += [getattr(torch.Tensor, n).__get__ for n in ("T", "mT", "mH") if hasattr(torch.Tensor, n)]
+# Properties: the recorder reports them by their descriptor (``torch.Tensor.T``).
+_PERMUTES += [getattr(torch.Tensor, n) for n in ("T", "mT", "mH", "H") if hasattr(torch.Tensor, n)]
 
 
 @register_dim_rule(*_PERMUTES)
 def permute_rule(op: OpNode, ctx: RuleContext) -> None:
     """Output dim ``k`` is input dim ``perm[k]``."""
     x, out = op.inputs[0], op.outputs[0]
-    if getattr(op.target, "__name__", "") == "__get__":
-        name = getattr(getattr(op.target, "__self__", None), "__name__", "T")
-        op_name = "T" if x.ndim <= 2 and name == "T" else name
-        perm = list(reversed(range(x.ndim))) if op_name == "T" else _perm_for_prop(op_name, x.ndim)
-    else:
-        perm = _perm(op, x.ndim)
+    perm = _perm(op, x.ndim)
     if perm is None:
         return
     for k, d in enumerate(perm):
         ctx.identity(x, d, out, k)
-
-
-def _perm_for_prop(name: str, ndim: int) -> list[int]:
-    p = list(range(ndim))
-    p[-1], p[-2] = p[-2], p[-1]
-    return p
 
 
 @register_dim_rule(*_lookup("expand expand_as broadcast_to", torch.Tensor, torch))
@@ -148,6 +173,9 @@ def expand_rule(op: OpNode, ctx: RuleContext) -> None:
     """Expanded size-1 dims are not coupled; new leading dims and expanded dims freeze."""
     x, out = op.inputs[0], op.outputs[0]
     ctx.broadcast([x], out)
+    sizes = target_sizes(op) if getattr(op.target, "__name__", "") != "expand_as" else None
+    if sizes is not None:
+        freeze_written_sizes(op, ctx, out, sizes)
     if len(op.inputs) > 1:  # expand_as(other): other only lends its shape
         for d in range(op.inputs[1].ndim):
             ctx.cover(op.inputs[1], d)

@@ -23,6 +23,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import TraceError
 from .graph import OpNode, Trace, Value
+from .shape_int import tag_shape
 
 __all__ = ["record", "flatten_tensors", "call_model"]
 
@@ -147,6 +148,14 @@ class _Recorder(TorchFunctionMode):
         if self.leaf_depth:
             return out
         name = getattr(func, "__name__", "")
+        is_property = name == "__get__"
+        if is_property:
+            # Properties arrive as the descriptor's __get__: use the descriptor
+            # (``torch.Tensor.T``) as the op's identity.
+            func = getattr(func, "__self__", func)
+            name = getattr(func, "__name__", "")
+        if name in ("shape", "size"):
+            return tag_shape(out)
         if name in _IGNORED_NAMES:
             return out
         if name == "__setitem__":
@@ -154,7 +163,7 @@ class _Recorder(TorchFunctionMode):
             self.add_op(func, args, kwargs, None, mutated=[args[0]])
             return out
         if not flatten_tensors(out):
-            if name != "__get__" and not isinstance(out, _METADATA) and _has_channels((args, kwargs)):
+            if not is_property and not isinstance(out, _METADATA) and _has_channels((args, kwargs)):
                 # The data leaves torch (``numpy()``, ``tolist()``, ``equal``): what is done
                 # with it is invisible, so record a sink with no outputs. It has no rule,
                 # so the dims of its inputs freeze (and the builder warns).

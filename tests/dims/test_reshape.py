@@ -132,9 +132,6 @@ def test_functional_channel_shuffle_keeps_its_group_count():
         prune_all_groups(model, torch.randn(2, 4, 4, 4), n_per_group=1, rounds=3)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "view()/reshape() sizes are assumed to follow a prune (they are usually computed from x.shape); "
-    "a literal group count in a view-based shuffle is not, and a grouped conv after it can lose a whole group"))
 def test_view_shuffle_with_a_literal_group_count_next_to_a_grouped_conv():
     model = Shuffle("view", grouped_before=False, grouped_after=True)
     prune_all_groups(model, torch.randn(2, 4, 4, 4), n_per_group=1, rounds=3)
