@@ -165,12 +165,35 @@ def getitem_rule(op: OpNode, ctx: RuleContext) -> None:
     layout = index_layout(x, op.args[1])
     if layout is None:
         return
-    for d, (kind, od, _) in enumerate(layout):
+    for d, (kind, od, detail) in enumerate(layout):
         if kind == "keep" and od is not None and od < out.ndim and out.shape[od] == x.shape[d]:
             ctx.identity(x, d, out, od)
+        elif kind == "slice" and od is not None and od < out.ndim:
+            _computed_piece(op, ctx, x, d, out, od, detail)
     for v in op.inputs[1:]:  # index tensors: the selected positions are data, not channels
         for d in range(v.ndim):
             ctx.cover(v, d) if v.shape[d] == 1 else None
+
+
+def _computed_piece(op: OpNode, ctx: RuleContext, x: Value, d: int, out: Value, od: int, sl: slice) -> None:
+    """``x[..., a:b]`` with bounds computed from the shape, cutting dim ``d`` into equal pieces.
+
+    ``x[..., : x.shape[-1] // 2]`` (RoPE's rotate-half) is piece 0 of 2. After a
+    prune the bounds are recomputed, so the slice keeps selecting "piece i"
+    only if every piece loses the same positions: the dim is factored into
+    (pieces, piece size) with the piece axis frozen, which pairs position ``p``
+    of one half with ``p`` of the other. Bounds written into the code freeze.
+    """
+    n = x.shape[d]
+    start, stop, step = sl.indices(n)
+    length = stop - start
+    bounds = [v for v in (sl.start, sl.stop) if v is not None]
+    if step != 1 or length <= 0 or n % length or start % length or not all(is_computed(v) for v in bounds):
+        return
+    pieces = ctx.new_axis(n // length, f"{op.where()}.pieces")
+    ctx.graph.freeze(pieces, f"{op.where()}: the number of pieces is fixed")
+    ctx.factor(ctx.slot(x, d), [pieces, ctx.new_axis(length, f"{op.where()}.piece")])
+    ctx.map(out, od, x, d, Offset(start, length, n))
 
 
 @register_dim_rule(torch.Tensor.__setitem__)
