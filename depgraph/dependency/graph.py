@@ -352,7 +352,12 @@ class DependencyGraph:
         if problems:
             raise OverPruningError(f"cannot prune the {where}: " + "; ".join(problems))
         ordered = [it for it in items if it.dep.is_out()] + [it for it in items if not it.dep.is_out()]
-        snap = Snapshot([it.dep.target.module for it in ordered])
+        dead = dict(self._dead)
+        for slot, st in plan.state.items():
+            gone = st >= 0
+            dead[slot] = gone if slot not in dead else dead[slot] | gone
+        attrs = self._bound_attributes(plan, dead)
+        snap = Snapshot([it.dep.target.module for it in ordered] + [owner for owner, _, _ in attrs])
         widths = {id(it): self._width(it.dep) for it in ordered}
         try:
             for it in ordered:
@@ -364,6 +369,8 @@ class DependencyGraph:
                 f"pruning the {where} failed at {it.dep.target.name} ({type(e).__name__}: {e}); "
                 "the model was restored unchanged"
             ) from e
+        for owner, attr, value in attrs:
+            owner.__dict__[attr] = value
         for hook in self._after_prune_hooks:
             hook(self, plan)
         failure = self._forward_failure()
@@ -376,12 +383,25 @@ class DependencyGraph:
                 "into the code (e.g. x.view(-1, 400) or a head count); keep these layers with "
                 "ignored_layers/frozen_layers, or register a dimension rule for the op"
             )
-        for slot, st in plan.state.items():
-            gone = st >= 0
-            self._dead[slot] = gone if slot not in self._dead else self._dead[slot] | gone
+        self._dead = dead
         update_records(ordered, widths, group.inexact_reasons)
         if record_history:
             self._history.append([root.dep.target.name, root.dep.is_out(), list(root.idxs)])
+
+    def _bound_attributes(self, plan: Propagation, dead: dict[int, torch.Tensor]) -> list[tuple[Any, str, int]]:
+        """``(module, attribute, new value)`` for size attributes of dims this group shrinks.
+
+        The trace saw ``self.head_dim`` (say) passed as a reshape size; once that
+        dim loses positions the attribute must hold the new size.
+        """
+        out: dict[tuple[int, str], tuple[Any, str, int]] = {}
+        for slot, pairs in self._graph.bindings.items():
+            if slot not in plan.state or not bool((plan.state[slot] >= 0).any()):
+                continue
+            size = self._graph.sizes[slot] - int(dead[slot].sum())
+            for owner, attr in pairs:
+                out[(id(owner), attr)] = (owner, attr, size)
+        return list(out.values())
 
     def _forward_failure(self) -> str | None:
         """Run the model once (eval, no grad); the error text if it fails, else None."""

@@ -16,7 +16,7 @@ from ..trace.graph import OpNode, Value
 from ._args import arg
 from .elementwise import _lookup
 from .indexmap import Offset
-from ..trace.shape_int import is_computed
+from ..trace.shape_int import AttrInt, is_computed
 from .registry import RuleContext, register_dim_rule
 
 
@@ -87,9 +87,13 @@ def split_rule(op: OpNode, ctx: RuleContext) -> None:
     dim = arg(op, 2, "dim", 0)
     size = arg(op, 1, "split_size_or_sections", arg(op, 1, "split_size", arg(op, 1, "split_sizes")))
     sizes = list(size) if isinstance(size, (list, tuple)) else [size]
-    computed = all(is_computed(v) for v in sizes)
+    computed = all(is_computed(v) or isinstance(v, AttrInt) for v in sizes)
     equal = len({o.shape[dim] for o in op.outputs}) == 1
     _pieces(op, ctx, dim, equalize=computed and equal)
+    if computed and equal:
+        for v in sizes:
+            if isinstance(v, AttrInt):  # GPT-2's ``split(self.split_size)``: the attribute follows
+                ctx.bind(op.outputs[0], dim, v.owner, v.attr)
     if len(op.outputs) > 1 and not (computed and equal):
         ctx.freeze(op.inputs[0], dim, f"{op.where()}: split sizes are fixed in the code "
                                       "(chunk splits into parts that follow a prune)")

@@ -183,10 +183,30 @@ def rnn_module_rule(op: OpNode, ctx: RuleContext) -> None:
             ctx.graph.pair(ep_out, ctx.slot(v, -1))
 
 
+def _one_channel_set(handler) -> bool:
+    """A handler that prunes both sides with one method has one set of channels (BatchNorm-like)."""
+    cls = type(handler)
+    fn = getattr(cls, "prune_out_channels", None)
+    return fn is not None and getattr(cls, "prune_in_channels", None) is fn
+
+
 def custom_module_rule(op: OpNode, ctx: RuleContext, handler) -> None:
-    """Layers with a user-registered handler: the handler names the channel dims."""
+    """Layers with a user-registered handler: the handler names the channel dims.
+
+    A handler written as ``prune_in_channels = prune_out_channels`` declares that
+    input channel ``i`` *is* output channel ``i`` (a per-channel scale, a norm):
+    like a BatchNorm, the layer then has one endpoint and passes channels through.
+    Otherwise, like a conv, its input and output channels are separate endpoints.
+    """
     m = op.target
     x, out = _first(op), op.outputs[0] if op.outputs else None
+    if x is not None and out is not None and x.shape == out.shape and _one_channel_set(handler):
+        for d in range(x.ndim):
+            ctx.identity(x, d, out, d)
+        ep = ctx.module_endpoint(m, True)
+        if ep is not None:
+            ctx.graph.pair(ep, ctx.slot(out, handler.out_channel_dim(m, out.ndim)))
+        return
     ep_in, ep_out = ctx.module_endpoint(m, False), ctx.module_endpoint(m, True)
     if x is not None and ep_in is not None:
         ctx.graph.pair(ep_in, ctx.slot(x, handler.in_channel_dim(m, x.ndim)))

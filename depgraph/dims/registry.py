@@ -120,6 +120,10 @@ class RuleContext:
         elif parts:
             self.graph.factor(merged, parts)
 
+    def bind(self, v: Value, dim: int, owner: object, attr: str) -> None:
+        """``owner.attr`` is the size of ``dim`` of ``v``: update it when that dim is pruned."""
+        self.graph.bind(self.slot(v, dim), owner, attr)
+
     def freeze(self, v: Value, dim: int, reason: str) -> None:
         self.graph.freeze(self.slot(v, dim), reason)
 

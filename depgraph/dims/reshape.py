@@ -15,7 +15,7 @@ from ..trace.graph import OpNode
 from ._args import arg, int_list
 from .elementwise import _lookup
 from .indexmap import Gather
-from ..trace.shape_int import is_computed
+from ..trace.shape_int import AttrInt, is_computed
 from .registry import RuleContext, register_dim_rule
 
 _RESHAPES = _lookup(
@@ -103,7 +103,11 @@ def freeze_written_sizes(op: OpNode, ctx: RuleContext, out, sizes: list) -> None
     if len(sizes) != out.ndim:
         return
     for d, v in enumerate(sizes):
-        if out.shape[d] > 1 and not is_computed(v):
+        if out.shape[d] <= 1 or is_computed(v):
+            continue
+        if isinstance(v, AttrInt):
+            ctx.bind(out, d, v.owner, v.attr)
+        else:
             ctx.freeze(out, d, f"{op.where()}: size {int(v)} of dim {d} is written into the code")
 
 
@@ -118,9 +122,8 @@ def reshape_rule(op: OpNode, ctx: RuleContext) -> None:
     elif name == "unflatten":
         sizes = arg(op, 2, "sizes")
         dim = arg(op, 1, "dim") % op.inputs[0].ndim
-        for i, v in enumerate(sizes or ()):
-            if op.outputs[0].shape[dim + i] > 1 and not is_computed(v):
-                ctx.freeze(op.outputs[0], dim + i, f"{op.where()}: size {int(v)} is written into the code")
+        freeze_written_sizes(op, ctx, op.outputs[0], [-1] * dim + list(sizes or ()) + [-1] * (
+            op.outputs[0].ndim - dim - len(sizes or ())))
 
 
 def _perm(op: OpNode, ndim: int) -> list[int] | None:

@@ -145,6 +145,17 @@ class SlotGraph:
         self.frozen: dict[int, str] = {}
         self.inexact: dict[int, str] = {}
         self.endpoints: dict[int, Endpoint] = {}
+        # slot -> [(module, attribute)]: attributes that hold the slot's size and must
+        # follow it (``self.head_dim`` given to a reshape).
+        self.bindings: dict[int, list[tuple[object, str]]] = {}
+
+    def bind(self, slot: int, owner: object, attr: str) -> None:
+        """``owner.attr`` holds the size of ``slot``; every slot bound to it loses the same positions."""
+        for other, pairs in self.bindings.items():
+            if (owner, attr) in [(o, a) for o, a in pairs] and other != slot and self.sizes[other] == self.sizes[slot]:
+                self.pair(other, slot)
+                break
+        self.bindings.setdefault(slot, []).append((owner, attr))
 
     def new_slot(self, size: int, label: str) -> int:
         self.sizes.append(int(size))

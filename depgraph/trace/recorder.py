@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import TraceError
 from .graph import OpNode, Trace, Value
-from .shape_int import tag_shape
+from .shape_int import attributes_tagged, tag_shape
 
 __all__ = ["record", "flatten_tensors", "call_model"]
 
@@ -254,7 +254,7 @@ def record(
     for t in flatten_tensors(example_inputs):
         trace.inputs.append(rec.new_value(t, "input"))
     try:
-        with _hooks(model, rec, is_leaf), _buffers_restored(model), rec:
+        with _hooks(model, rec, is_leaf), _buffers_restored(model), attributes_tagged(model.modules()), rec:
             out = call_model(model, example_inputs, forward_fn)
     except Exception as e:  # noqa: BLE001 - re-raised with context
         raise TraceError(

@@ -10,11 +10,13 @@ dimension it sizes cannot change, and the rules freeze it.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["ShapeInt", "is_computed", "tag_shape"]
+__all__ = ["ShapeInt", "AttrInt", "is_computed", "tag_shape", "attributes_tagged"]
 
 
 class ShapeInt(int):
@@ -42,6 +44,40 @@ class ShapeInt(int):
 
     def __repr__(self) -> str:
         return int.__repr__(self)
+
+
+class AttrInt(int):
+    """An ``int`` read from a module attribute (``self.num_heads``) during the trace.
+
+    A size argument that is exactly such an attribute can follow a prune: the
+    graph sets the attribute to the new size afterwards. Arithmetic gives plain
+    ints (a size derived from attributes cannot be inverted, so it freezes).
+    """
+
+    def __new__(cls, value: int, owner: Any, attr: str) -> AttrInt:
+        obj = super().__new__(cls, value)
+        obj.owner, obj.attr = owner, attr
+        return obj
+
+    def __repr__(self) -> str:
+        return int.__repr__(self)
+
+
+@contextlib.contextmanager
+def attributes_tagged(modules: Iterable[Any]) -> Iterator[None]:
+    """Replace int attributes of ``modules`` by :class:`AttrInt` for the duration of a trace."""
+    changed: list[tuple[Any, str, int]] = []
+    try:
+        for m in modules:
+            for k, v in list(vars(m).items()):
+                if type(v) is int and not k.startswith("_"):
+                    m.__dict__[k] = AttrInt(v, m, k)
+                    changed.append((m, k, v))
+        yield
+    finally:
+        for m, k, v in changed:
+            if isinstance(m.__dict__.get(k), AttrInt):
+                m.__dict__[k] = v
 
 
 def tag_shape(out: Any) -> Any:
