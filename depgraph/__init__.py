@@ -62,6 +62,9 @@ from .functional import (
     prune_related_linear,
 )
 
+# Saving pruned models as data
+from .serialization import load, load_state_dict, save, state_dict
+
 # Proof (new)
 from .verify import VerifyResult, verify
 
@@ -119,6 +122,11 @@ __all__ = [
     # proof (new)
     "verify",
     "VerifyResult",
+    # saving
+    "state_dict",
+    "load_state_dict",
+    "save",
+    "load",
     # errors
     "DepgraphError",
     "TraceError",

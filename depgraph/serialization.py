@@ -1,0 +1,115 @@
+"""Save a pruned model as data and re-create it from the unpruned definition.
+
+``torch.save(model)`` pickles code; a plain ``state_dict`` cannot be loaded
+into a fresh, unpruned model because every pruned tensor has another shape and
+layers keep their widths in attributes (``out_channels``, ``groups``,
+``normalized_shape``, ``head_dim``). :func:`state_dict` adds both to the
+weights; :func:`load_state_dict` reshapes a fresh model to match and loads them.
+
+Example:
+    >>> sd = tp.state_dict(pruned)                 # or tp.save(pruned, "pruned.pth")
+    >>> model = torchvision.models.resnet18()      # unpruned definition
+    >>> tp.load_state_dict(model, sd)              # or tp.load(model, "pruned.pth")
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .errors import DepgraphError
+
+__all__ = ["state_dict", "load_state_dict", "save", "load"]
+
+_FORMAT = "depgraph.pruned/1"
+_RECORDS = ("_depgraph_kept", "_depgraph_kept_params", "_depgraph_inexact")
+
+
+def _plain(v: Any) -> bool:
+    """Attributes worth recording: sizes (ints, tuples of ints), flags and scales."""
+    if isinstance(v, bool) or v is None:
+        return True
+    if isinstance(v, (int, float, str)):
+        return True
+    return isinstance(v, tuple) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+
+
+def state_dict(model: nn.Module) -> dict[str, Any]:
+    """The weights plus everything needed to reshape an unpruned copy of ``model`` to match.
+
+    Returns:
+        ``{"format", "state_dict", "shapes", "attributes", "records"}``; plain data
+        (tensors, ints, tuples, strings), loadable with ``torch.load(weights_only=True)``.
+    """
+    attributes: dict[str, dict[str, Any]] = {}
+    records: dict[str, dict[str, Any]] = {}
+    for name, m in model.named_modules():
+        attrs = {k: (int(v) if isinstance(v, int) and not isinstance(v, bool) else v)
+                 for k, v in vars(m).items() if not k.startswith("_") and _plain(v)}
+        if attrs:
+            attributes[name] = attrs
+        rec = {k: m.__dict__[k] for k in _RECORDS if k in m.__dict__}
+        if rec:
+            records[name] = {k: (sorted(v) if isinstance(v, set) else v) for k, v in rec.items()}
+    sd = model.state_dict()
+    return {
+        "format": _FORMAT,
+        "state_dict": sd,
+        "shapes": {k: tuple(v.shape) for k, v in sd.items()},
+        "attributes": attributes,
+        "records": records,
+    }
+
+
+def load_state_dict(model: nn.Module, pruned_state: dict[str, Any], strict: bool = True) -> nn.Module:
+    """Reshape ``model`` (an unpruned instance of the same definition) to the pruned one and load it.
+
+    Raises:
+        DepgraphError: the state was not made by :func:`depgraph.state_dict`, or names a
+            module or tensor that ``model`` does not have.
+    """
+    if not isinstance(pruned_state, dict) or pruned_state.get("format") != _FORMAT:
+        raise DepgraphError("not a depgraph pruned state: make it with depgraph.state_dict(model) or depgraph.save")
+    modules = dict(model.named_modules())
+    missing = [n for n in pruned_state["attributes"] if n not in modules]
+    if missing:
+        raise DepgraphError(f"the pruned state names modules this model lacks: {missing[:5]}; "
+                            "load it into an instance of the same model definition")
+    for name, attrs in pruned_state["attributes"].items():
+        m = modules[name]
+        for k, v in attrs.items():
+            if k in vars(m) and vars(m)[k] != v:
+                m.__dict__[k] = v
+    for name, rec in pruned_state.get("records", {}).items():
+        for k, v in rec.items():
+            modules[name].__dict__[k] = set(v) if k == "_depgraph_inexact" else v
+    own = model.state_dict(keep_vars=True)
+    for key, shape in pruned_state["shapes"].items():
+        t = own.get(key)
+        if t is None:
+            if strict:
+                raise DepgraphError(f"the pruned state has {key!r}, which this model does not have")
+            continue
+        if tuple(t.shape) != tuple(shape):
+            with torch.no_grad():
+                t.data = torch.empty(shape, dtype=t.dtype, device=t.device)
+            if getattr(t, "grad", None) is not None:
+                t.grad = None
+    for m in model.modules():  # RNNs cache views of their weights
+        if isinstance(m, nn.RNNBase):
+            m._init_flat_weights()
+    model.load_state_dict(pruned_state["state_dict"], strict=strict)
+    return model
+
+
+def save(model: nn.Module, path: str | os.PathLike) -> None:
+    """``torch.save(depgraph.state_dict(model), path)``."""
+    torch.save(state_dict(model), path)
+
+
+def load(model: nn.Module, path: str | os.PathLike, map_location: Any = None) -> nn.Module:
+    """Load a file written by :func:`save` into an unpruned ``model``."""
+    return load_state_dict(model, torch.load(path, map_location=map_location, weights_only=True))
