@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 
 #: Channel indices as users pass them: a list/tuple of ints or a 1-D integer tensor.
-Indices = Union[Sequence[int], torch.Tensor]
+Indices = Sequence[int] | torch.Tensor
 
 #: What ``build_dependency`` accepts as example inputs: a tensor, a tuple/list of
 #: positional inputs, or a dict of keyword inputs.

@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 
 from ..trace.graph import OpNode, Value
+from ..trace.shape_int import AttrInt, is_computed
 from ._args import arg
 from .elementwise import _lookup
 from .indexmap import Offset
-from ..trace.shape_int import AttrInt, is_computed
 from .registry import RuleContext, register_dim_rule
 
 

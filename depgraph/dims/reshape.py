@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from ..trace.graph import OpNode
+from ..trace.shape_int import AttrInt, is_computed
 from ._args import arg, int_list
 from .elementwise import _lookup
 from .indexmap import Gather
-from ..trace.shape_int import AttrInt, is_computed
 from .registry import RuleContext, register_dim_rule
 
 _RESHAPES = _lookup(

@@ -125,7 +125,7 @@ class FactorRule:
             grow &= ~dead[self.merged].view(self.sizes)
         if grow.any():
             best = torch.full(self.sizes, -1, dtype=torch.long)
-            for a, (coords, r) in enumerate(part_roots):
+            for a, (_coords, r) in enumerate(part_roots):
                 shape = [1] * k
                 shape[a] = self.sizes[a]
                 ra = torch.where(full[a], r, torch.full_like(r, -1)).view(shape)
