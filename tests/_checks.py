@@ -109,7 +109,7 @@ def prune_and_verify(
 def prune_all_groups(
     model: nn.Module,
     example_inputs: Any,
-    n_per_group: int = 1,
+    n_per_group: int | float = 1,
     rounds: int = 1,
     exact: bool | None = True,
     root_module_types: tuple = (nn.Conv2d, nn.Linear),
@@ -119,7 +119,10 @@ def prune_all_groups(
     forward_fn: Callable | None = None,
     **build_kwargs: Any,
 ) -> Pruned:
-    """Prune up to ``n_per_group`` random root channels of every group, ``rounds`` times.
+    """Prune ``n_per_group`` random root channels of every group, ``rounds`` times.
+
+    ``n_per_group`` is a count (at most all but one channel) or, as a float below 1,
+    a fraction of the group's current width.
 
     A yielded group holds every root channel; the check re-plans it from the
     chosen indices, which must pass ``check_pruning_group``. At least
@@ -136,7 +139,8 @@ def prune_all_groups(
         for group in DG.get_all_groups(ignored_layers=ignored_layers, root_module_types=root_module_types):
             found += 1
             width = len(group[0].idxs)
-            k = min(n_per_group, width - 1)
+            k = int(width * n_per_group) if isinstance(n_per_group, float) else n_per_group
+            k = min(k, width - 1)
             idxs = torch.randperm(width, generator=gen)[:k].tolist()
             plan = DG.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs)
             if not DG.check_pruning_group(plan):  # the closure widened k channels too far

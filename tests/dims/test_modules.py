@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 
 import depgraph as tp
+from depgraph.functional import BasePruningFunc, keep_index, prune_tensor, register_handler
+from depgraph.functional import base as handler_base
 
 from .._checks import assert_refused_unchanged, build, member, names_in, prune_all_groups, prune_and_verify
 
@@ -191,3 +193,57 @@ def test_embedding():
     model = Tokens()
     done = prune_and_verify(model, torch.randint(0, 10, (2, 5)), model.emb, tp.prune_embedding_out_channels, [0])
     assert member(done.groups[0], model.fc, out=False) == [0] and model.emb.embedding_dim == 5
+
+
+class Scale(nn.Module):
+    def __init__(self, n: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(n) + 0.5)
+
+    def forward(self, x):
+        return x * self.weight.view(1, -1, 1, 1)
+
+
+class ScalePruner(BasePruningFunc):
+    TARGET_MODULES = (Scale,)
+
+    def prune_out_channels(self, layer, idxs):
+        idxs = self.check_idxs(layer, idxs, "out")
+        prune_tensor(layer.weight, 0, keep_index(layer.weight.numel(), idxs))
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer):
+        return layer.weight.numel()
+
+    get_in_channels = get_out_channels
+
+
+class WithScale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 1)
+        self.scale = Scale(6)
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.scale(self.conv(x)))
+
+
+def test_custom_layer_registered_globally(monkeypatch):
+    monkeypatch.setattr(handler_base, "_HANDLERS", dict(handler_base._HANDLERS))
+    register_handler(Scale)(ScalePruner)
+    model = WithScale()
+    done = prune_and_verify(model, torch.randn(1, 3, 2, 2), model.head, IN, [5])
+    assert member(done.groups[0], model.scale, out=True) == [5] and model.scale.weight.shape == (5,)
+
+
+def test_custom_layer_with_one_channel_set_passes_channels_through():
+    """``prune_in_channels = prune_out_channels``: the layer's input and output channels are one set."""
+    model = WithScale()
+    DG = build(model, torch.randn(1, 3, 2, 2), customized_pruners={Scale: ScalePruner()})
+    group = DG.get_pruning_group(model.conv, tp.prune_conv_out_channels, [0, 3])
+    assert {dep.target.name: dep.is_out() for dep, _ in group} == {"conv": True, "scale": True, "head": False}
+    group.prune()
+    assert model.scale.weight.shape == (4,) and model.head.in_channels == 4

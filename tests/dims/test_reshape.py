@@ -132,7 +132,8 @@ def test_functional_channel_shuffle_keeps_its_group_count():
         prune_all_groups(model, torch.randn(2, 4, 4, 4), n_per_group=1, rounds=3)
 
 
-def test_view_shuffle_with_a_literal_group_count_next_to_a_grouped_conv():
+def test_view_shuffle_keeps_its_group_count_next_to_a_grouped_conv():
+    """The grouped conv after it may lose whole groups, but the shuffle's group count is code."""
     model = Shuffle("view", grouped_before=False, grouped_after=True)
     prune_all_groups(model, torch.randn(2, 4, 4, 4), n_per_group=1, rounds=3)
 
@@ -224,8 +225,8 @@ def test_squeeze_and_unsqueeze():
 class HeadSplit(nn.Module):
     """(B, T, H*D) -> (B, T, H, D): the head axis and the head-dim axis are separate.
 
-    The size the code computes (``-1``) is the one that may shrink; ``view`` sizes
-    are taken to follow the tensor, so each variant prunes only along its ``-1``.
+    A size written into the code (3 heads, 4 dims) cannot follow a prune; the one
+    the code infers (``-1``) can, so each variant prunes only along its ``-1``.
     """
 
     def __init__(self, infer: str):
