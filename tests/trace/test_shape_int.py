@@ -1,0 +1,154 @@
+"""Sizes read from shapes vs sizes written in the code (depgraph/trace/shape_int.py).
+
+A reshape size read from ``x.shape`` (or ``-1``) is recomputed on every call,
+so its dim may shrink. A literal is code: its dim freezes. A size read from a
+module attribute (``self.num_heads``) may shrink too, and the attribute is
+updated after the prune.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import depgraph as tp
+from depgraph.trace.shape_int import AttrInt, ShapeInt, attributes_tagged, is_computed, tag_shape
+
+from .._checks import build, member, prune_and_verify
+
+# -- the ints themselves ---------------------------------------------------------------------
+
+
+def test_shape_int_arithmetic_stays_computed():
+    n = ShapeInt(12)
+    for v in (n + 1, 1 + n, n - 2, 20 - n, n * 2, 3 * n, n // 4, 48 // n, n % 5, 30 % n, n**2, -n, +n, abs(-n)):
+        assert isinstance(v, ShapeInt) and is_computed(v)
+    assert repr(n) == "12" and n == 12 and hash(n) == hash(12)
+    assert not isinstance(n / 4, ShapeInt)  # a float is not a size
+
+
+def test_is_computed():
+    assert is_computed(-1) and is_computed(ShapeInt(3))
+    assert not is_computed(3) and not is_computed(AttrInt(3, None, "x"))
+
+
+def test_tag_shape():
+    size = tag_shape(torch.Size([2, 3]))
+    assert isinstance(size, torch.Size) and all(isinstance(v, ShapeInt) for v in size)
+    assert isinstance(tag_shape(4), ShapeInt) and tag_shape(True) is True and tag_shape("a") == "a"
+
+
+def test_attr_int_arithmetic_is_plain():
+    v = AttrInt(4, None, "heads")
+    assert (v.owner, v.attr) == (None, "heads") and repr(v) == "4"
+    assert type(v * 2) is int and type(v + 0) is int
+
+
+def test_attributes_are_tagged_and_restored():
+    m = nn.Linear(3, 4)
+    m.heads, m._private, m.flag = 2, 5, True
+    with attributes_tagged(m.modules()):
+        assert isinstance(m.heads, AttrInt) and m.heads.owner is m and m.heads.attr == "heads"
+        assert isinstance(m.in_features, AttrInt)
+        assert type(m._private) is int and m.flag is True
+        m.heads = 7  # the model may change its own attributes
+    assert type(m.in_features) is int and m.in_features == 3 and m.heads == 7
+
+
+def test_attributes_are_restored_when_the_body_raises():
+    m = nn.Linear(3, 4)
+    with pytest.raises(ValueError, match="boom"), attributes_tagged([m]):
+        raise ValueError("boom")
+    assert type(m.out_features) is int
+
+
+# -- what the rules make of them -------------------------------------------------------------
+
+
+class Flatten(nn.Module):
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.fc = nn.Linear(4 * 9, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.how == "literal":
+            return self.fc(y.view(-1, 36))  # LeNet's x.view(-1, 16 * 5 * 5)
+        if self.how == "shape":
+            return self.fc(y.view(y.shape[0], y.shape[1] * y.shape[2] * y.shape[3]))
+        return self.fc(y.view(y.size(0), -1))
+
+
+def test_a_literal_view_size_freezes():
+    model = Flatten("literal")
+    DG = build(model, torch.randn(2, 3, 3, 3))
+    group = DG.get_pruning_group(model.conv, tp.prune_conv_out_channels, [1])
+    assert group.blocked_by == ["Tensor.view in <model>: size 36 of dim 1 is written into the code"]
+    assert list(DG.get_all_groups()) == []
+
+
+@pytest.mark.parametrize("how", ["shape", "inferred"])
+def test_sizes_read_from_the_shape_follow(how):
+    model = Flatten(how)
+    done = prune_and_verify(model, torch.randn(2, 3, 3, 3), model.conv, tp.prune_conv_out_channels, [1])
+    assert member(done.groups[0], model.fc, out=False) == list(range(9, 18))
+
+
+class Heads(nn.Module):
+    """Multi-head style reshapes sized by module attributes."""
+
+    def __init__(self, merge: str):
+        super().__init__()
+        self.merge = merge
+        self.num_heads, self.head_dim = 3, 4
+        self.proj = nn.Linear(8, 12)
+        self.out = nn.Linear(12, 8)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        h = torch.relu(self.proj(x).view(b, t, self.num_heads, self.head_dim))  # index = h*4 + d
+        if self.merge == "inferred":
+            return self.out(h.reshape(b, t, -1))
+        return self.out(h.reshape(b, t, self.num_heads * self.head_dim))  # a product: code, not an attribute
+
+
+def test_attribute_sizes_follow_and_are_updated():
+    model = Heads("inferred")
+    x = torch.randn(2, 5, 8)
+    prune_and_verify(model, x, model.proj, tp.prune_linear_out_channels, [4, 5, 6, 7])
+    assert (model.num_heads, model.head_dim) == (2, 4) and type(model.num_heads) is int
+    model = Heads("inferred")
+    done = prune_and_verify(model, x, model.proj, tp.prune_linear_out_channels, [5])
+    assert member(done.groups[0], model.proj, out=True) == [1, 5, 9]  # one dim of every head
+    assert (model.num_heads, model.head_dim) == (3, 3)
+
+
+def test_a_size_computed_from_attributes_freezes():
+    model = Heads("product")
+    DG = build(model, torch.randn(2, 5, 8))
+    group = DG.get_pruning_group(model.proj, tp.prune_linear_out_channels, [4, 5, 6, 7])
+    assert any("size 12 of dim 2 is written into the code" in r for r in group.blocked_by)
+
+
+class SplitQKV(nn.Module):
+    """GPT-2 style: one projection split into q, k, v by ``self.split_size``."""
+
+    def __init__(self):
+        super().__init__()
+        self.split_size = 4
+        self.qkv = nn.Linear(6, 12)
+        self.out = nn.Linear(4, 6)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).split(self.split_size, dim=-1)
+        return self.out(q * k + v)
+
+
+def test_split_by_an_attribute_follows_and_is_updated():
+    model = SplitQKV()
+    done = prune_and_verify(model, torch.randn(2, 3, 6), model.out, tp.prune_linear_in_channels, [2])
+    assert member(done.groups[0], model.qkv, out=True) == [2, 6, 10]
+    assert model.split_size == 3
