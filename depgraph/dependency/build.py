@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from .. import dims as _dims  # noqa: F401  (registers every dimension rule)
@@ -87,6 +88,7 @@ class GraphBuilder:
             if v.kind == "const":
                 self._freeze_value(v, f"a tensor created outside the model or by a constant (shape {list(v.shape)})")
         self._param_endpoints()
+        self._tie_shared_weights()
         return self.graph
 
     def _apply_rule(self, op: OpNode, ctx: RuleContext) -> None:
@@ -155,3 +157,33 @@ class GraphBuilder:
                 self.module2node.setdefault(v.tensor_ref, node)
                 self.param_nodes.setdefault(v.tensor_ref, []).append(node)
                 self.graph.endpoints[slot] = Endpoint(node, prune_parameter_out_channels, True, d)
+
+    def _tie_shared_weights(self) -> None:
+        """Layers holding one weight Parameter (tied embedding and lm_head) lose the same positions.
+
+        The trace sees two layers; only their shared tensor couples them. Without this
+        pairing the embedding group would shrink the lm_head's weight under its input.
+        """
+        slots: dict[tuple[int, int], list[int]] = {}
+        for module, node in self.module2node.items():
+            sides = next((s for t, s in _WEIGHT_SIDES if isinstance(module, t)), None)
+            weight = getattr(module, "weight", None) if sides else None
+            if not isinstance(weight, torch.Tensor):
+                continue
+            for dim, is_out in sides.items():
+                slot = node.out_slot if is_out else node.in_slot
+                if slot is not None:
+                    slots.setdefault((id(weight), dim), []).append(slot)
+        for first, *rest in slots.values():
+            for s in rest:
+                if self.graph.sizes[s] == self.graph.sizes[first]:
+                    self.graph.pair(first, s)
+                else:
+                    self.graph.freeze(s, "its weight is shared with a layer of another width")
+
+
+# weight dim -> whether the layer's output (True) or input endpoint carries it
+_WEIGHT_SIDES: tuple[tuple[type, dict[int, bool]], ...] = (
+    (nn.Embedding, {1: True}),
+    (nn.Linear, {0: True, 1: False}),
+)

@@ -39,9 +39,16 @@ from typing import TypeVar
 
 import torch
 import torch.nn as nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .._types import Indices
-from ..errors import HandlerMismatchError, InvalidIndicesError, OverPruningError, UnknownModuleError
+from ..errors import (
+    DepgraphError,
+    HandlerMismatchError,
+    InvalidIndicesError,
+    OverPruningError,
+    UnknownModuleError,
+)
 
 __all__ = [
     "BasePruningFunc",
@@ -93,19 +100,36 @@ def keep_index(n: int, idxs: torch.Tensor, device: torch.device | None = None) -
     return keep if device is None else keep.to(device)
 
 
+# tensor -> (dim, keep) of its last prune; tells a tied tensor's second handler call apart.
+_LAST_KEEP: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
 def prune_tensor(t: torch.Tensor | None, dim: int, keep: torch.Tensor) -> None:
     """Keep only ``keep`` along ``dim`` of a Parameter/tensor in place (identity kept).
 
     The Parameter object is preserved and its ``.data`` replaced; an existing
     ``.grad`` is pruned the same way so optimisers and Taylor scores see
-    matching shapes.
+    matching shapes. A tensor that already has ``len(keep)`` entries along
+    ``dim`` is left alone: it is shared with a layer pruned just before (tied
+    weights), and pruning it again would remove other positions.
     """
     if t is None:
         return
     keep = keep.to(t.device)
+    if t.shape[dim] == keep.numel():
+        # A tensor shared by two layers (tied embedding and lm_head) reaches here once
+        # per layer in the same group: the first call pruned it, the second must not.
+        last = _LAST_KEEP.get(t)
+        if last is not None and (last[0] != dim or not torch.equal(last[1], keep)):
+            raise DepgraphError(
+                f"a tensor of shape {tuple(t.shape)} shared by several layers would lose different "
+                f"positions of dim {dim} in each; tied weights must be pruned together"
+            )
+        return
     t.data = torch.index_select(t.data, dim, keep).contiguous()
     if getattr(t, "grad", None) is not None:
         t.grad = torch.index_select(t.grad, dim, keep).contiguous()
+    _LAST_KEEP[t] = (dim, keep)
 
 
 def _describe(layer: object) -> str:
