@@ -154,6 +154,11 @@ class DependencyGraph:
                 return type(module).forward is cls.forward
         return False
 
+    @property
+    def trace(self):
+        """The recorded forward pass (:class:`depgraph.trace.Trace`): ops, values, module calls."""
+        return self._trace
+
     # -- queries ---------------------------------------------------------------------
     def _node(self, module: Any) -> Node:
         if self._graph is None:

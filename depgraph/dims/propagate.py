@@ -64,6 +64,8 @@ def propagate(
         pos, roots = pos[fresh], roots[fresh]
         if pos.numel() == 0:
             return
+        if slot == root:  # a closure that widens the root itself: each root channel is its own root
+            roots = pos
         if slot not in p.source:
             p.order.append(slot)
             p.source[slot] = origin
