@@ -63,7 +63,8 @@ class DependencyGraph:
         self._names: dict[str, Any] = {}
         self._call: tuple | None = None
         # Called as hook(graph, plan) after the handlers ran and before the forward check,
-        # e.g. to update size attributes (num_heads, head_dim) that the forward reads.
+        # e.g. to update size attributes (num_heads, head_dim) that the forward reads; and as
+        # hook(graph, None) when that prune is rolled back, to undo what the hook changed.
         self._after_prune_hooks: list[Callable] = []
 
     # -- building ------------------------------------------------------------------
@@ -139,6 +140,9 @@ class DependencyGraph:
         for p in ignored_params or ():
             for node in self._param_nodes.get(p, []):
                 self._graph.freeze(node.out_slot, f"{node.name} is in ignored_params")
+        if type(model).__module__.startswith("transformers."):
+            from ..integrations.transformers import attach  # lazy: keeps transformers optional
+            attach(self)
         return self
 
     def _handler_of(self, module: nn.Module) -> BasePruningFunc | None:
@@ -376,10 +380,17 @@ class DependencyGraph:
             ) from e
         for owner, attr, value in attrs:
             owner.__dict__[attr] = value
-        for hook in self._after_prune_hooks:
-            hook(self, plan)
-        failure = self._forward_failure()
+        ran: list[Callable] = []
+        try:
+            for hook in self._after_prune_hooks:
+                ran.append(hook)
+                hook(self, plan)
+            failure = self._forward_failure()
+        except Exception as e:  # noqa: BLE001 - a failing hook rolls back like a failing forward
+            failure = f"an after-prune hook failed ({type(e).__name__}: {e})"
         if failure is not None:
+            for hook in reversed(ran):
+                hook(self, None)
             snap.restore()
             self._graph.freeze(plan.order[0], f"pruning it breaks the forward pass ({failure})")
             raise UnsupportedOpError(

@@ -1,0 +1,119 @@
+"""Numbers transformers recomputes from the config on load: the attention scale and RoPE frequencies.
+
+Pruning head dims keeps ``scaling = 1/sqrt(original head_dim)`` in the pruned
+module (that is what makes the prune exact), but ``from_pretrained`` computes
+``1/sqrt(new head_dim)``. We fold the ratio into the query projection and store
+the new scale: the logits do not change, and a reload computes the same.
+
+Rotary embeddings lose the frequencies of pruned head-dim pairs. Transformers
+rebuilds ``inv_freq[j] = theta ** (-2j / dim)`` from ``rope_theta`` and the new
+dim; when the kept pairs are the first ``n`` ones (the pruned pairs were the
+lowest frequencies), ``theta' = theta ** (dim' / dim)`` gives exactly the kept
+frequencies. Any other set of frequencies cannot be written in the config.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ._hf_layers import AttentionLayer
+from ._undo import UndoLog
+
+__all__ = ["ScaleFolder", "rotary_modules", "fresh_inv_freq", "retheta"]
+
+_SCALE_ATTRS = ("scaling", "scale")
+
+
+class ScaleFolder:
+    """Keeps ``scaling == head_dim ** -0.5`` for attention modules whose scale follows the head dim."""
+
+    def __init__(self) -> None:
+        # id(module) -> whether its scale was 1/sqrt(head_dim) when first seen (T5 uses 1.0)
+        self._follows: dict[int, bool] = {}
+
+    def prime(self, a: AttentionLayer, head_dims: tuple[int | None, ...] = ()) -> None:
+        """Decide once whether ``a``'s scale is ``1/sqrt(d)`` for its head dim or one of ``head_dims``.
+
+        Call it before pruning (the graph does, when it attaches the sync); unprimed
+        modules are primed with their current head dim on first sight.
+        """
+        attr = _scale_attr(a)
+        if attr is None or id(a.module) in self._follows:
+            return
+        scale = vars(a.module)[attr]
+        self._follows[id(a.module)] = any(
+            d and math.isclose(scale * math.sqrt(d), 1.0, rel_tol=1e-6) for d in (a.head_dim, *head_dims))
+
+    def fold(self, a: AttentionLayer, log: UndoLog) -> None:
+        attr = _scale_attr(a)
+        if attr is None or not a.head_dim:
+            return
+        self.prime(a)
+        scale = vars(a.module)[attr]
+        target = a.head_dim ** -0.5
+        if not self._follows[id(a.module)] or math.isclose(scale, target, rel_tol=1e-9):
+            return
+        # (q * c) . k * target == q . k * scale
+        _scale_query(a, scale / target, log)
+        log.setattr(a.module, attr, target)
+
+
+def _scale_attr(a: AttentionLayer) -> str | None:
+    return next((n for n in _SCALE_ATTRS if isinstance(vars(a.module).get(n), float)), None)
+
+
+def _scale_query(a: AttentionLayer, c: float, log: UndoLog) -> None:
+    q = a.q
+    transposed = not isinstance(q, nn.Linear) and hasattr(q, "nf")  # GPT-2 Conv1D: (in, out)
+    with torch.no_grad():
+        w = q.weight.data.clone()
+        if transposed:
+            w[:, : a.q_width] *= c
+        else:
+            w[: a.q_width] *= c
+        log.setdata(q.weight, w)
+        bias = getattr(q, "bias", None)
+        if isinstance(bias, torch.Tensor):
+            b = bias.data.clone()
+            b[: a.q_width] *= c
+            log.setdata(bias, b)
+
+
+def rotary_modules(model: nn.Module) -> list[nn.Module]:
+    """Modules holding RoPE frequencies computed from the model config."""
+    return [m for m in model.modules()
+            if isinstance(getattr(m, "inv_freq", None), torch.Tensor) and hasattr(m, "config")]
+
+
+def fresh_inv_freq(rot: nn.Module) -> torch.Tensor | None:
+    """The frequencies transformers would compute for ``rot`` from its config now (None: unknown)."""
+    try:
+        with torch.device("cpu"):
+            return type(rot)(config=rot.config).inv_freq
+    except Exception:  # noqa: BLE001 - a constructor we cannot call means we cannot check
+        return None
+
+
+def retheta(rot: nn.Module, before: torch.Tensor | None, log: UndoLog) -> bool:
+    """Make the config describe ``rot.inv_freq`` after its pairs were pruned; True if possible.
+
+    ``before`` is what the config gave before this prune (``fresh_inv_freq`` then).
+    """
+    now = rot.inv_freq.detach().float().cpu()
+    if before is None or now.numel() == before.numel():
+        return True
+    params: Any = getattr(rot.config, "rope_parameters", None)
+    if not isinstance(params, dict) or params.get("rope_type", "default") != "default" or "rope_theta" not in params:
+        return False
+    n = now.numel()
+    if n > before.numel() or not torch.allclose(now, before[:n].float(), rtol=1e-6, atol=0):
+        return False
+    theta = float(params["rope_theta"]) ** (n / before.numel())
+    log.setconfig(rot.config, "rope_parameters", {**params, "rope_theta": theta})
+    if isinstance(getattr(rot, "original_inv_freq", None), torch.Tensor):
+        log.setbuffer(rot, "original_inv_freq", rot.inv_freq.detach().clone())
+    return True

@@ -1,0 +1,370 @@
+"""Keep a Hugging Face model's ``config`` and size attributes in step with its pruned layers.
+
+After a prune the weights have new shapes, but ``save_pretrained`` writes the
+``config`` and ``from_pretrained`` builds layers from it. This module rewrites
+the config fields that size the layers (hidden size, MLP width, attention and
+key/value heads, head dim), fixes the module attributes the forward pass does
+not read but users and transformers do (``num_heads``, ``all_head_size``,
+``embed_dim`` ...), folds the attention scale into the query projection when
+head dims shrink, and re-derives ``rope_theta`` when RoPE pairs are pruned.
+
+``DependencyGraph.build_dependency`` attaches :func:`attach` by itself to models
+whose class comes from transformers: the sync runs inside every prune's
+transaction and is undone if the prune is rolled back. Values are measured
+from weights, so the sync is generic; where a config holds one value for every
+layer and the layers differ, it warns once and :func:`check_config` raises.
+
+Example:
+    >>> DG = tp.DependencyGraph().build_dependency(model, {"input_ids": ids})
+    >>> DG.get_pruning_group(model.model.layers[0].mlp.down_proj, tp.prune_linear_in_channels, idxs).prune()
+    >>> check_config(model)                      # raises if the config cannot describe it
+    >>> model.save_pretrained(path)              # from_pretrained(path) gives the same logits
+
+Nothing here imports transformers: models are recognised by their class's module.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import DepgraphError
+from ._hf_layers import AttentionLayer, MlpLayer, find_attention, find_mlps, stage_of
+from ._hf_numerics import ScaleFolder, fresh_inv_freq, retheta, rotary_modules
+from ._undo import UndoLog
+
+__all__ = ["is_transformers_model", "attach", "sync_config", "check_config", "ConfigSync"]
+
+# Config fields, first one the config has wins (aliases like GPT-2's hidden_size -> n_embd apply).
+_HIDDEN = ("hidden_size", "d_model", "n_embd")
+_INTERMEDIATE = ("intermediate_size", "ffn_dim", "d_ff", "n_inner")
+_HEADS = ("num_attention_heads", "num_heads", "n_head")
+# Module attributes that mirror a measured size.
+_HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
+_HIDDEN_ATTRS = ("hidden_size", "embed_dim", "d_model", "model_dim", "n_embd")
+_UNIFORM_HINT = (
+    "Prune uniformly - the same number of heads, head dims and MLP channels in every layer, e.g. "
+    "tp.pruner.BasePruner(..., global_pruning=False) with one pruning_ratio/head_pruning_ratio for all "
+    "layers - or keep per-layer sizes and save with depgraph.save(model, path), reloading with "
+    "depgraph.load(<the unpruned model>, path)."
+)
+
+
+def is_transformers_model(model: Any) -> bool:
+    """True for instances of a transformers model class that carry a ``config``."""
+    return type(model).__module__.startswith("transformers.") and hasattr(model, "config")
+
+
+class ConfigSync:
+    """The after-prune hook: ``hook(graph, plan)`` syncs; ``hook(graph, None)`` undoes the last sync.
+
+    One instance per model. It keeps the undo log of its last call (the graph
+    calls it again with ``None`` when the forward check rolls the prune back)
+    and the problems it has already warned about.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._model = weakref.ref(model)
+        self._folder = ScaleFolder()
+        for a in find_attention(model):  # before any prune: which scales follow the head dim
+            self._folder.prime(a)
+        self._last = UndoLog()
+        self._warned: set[str] = set()
+
+    def __call__(self, graph: Any, plan: Any) -> None:
+        model = self._model()
+        if model is None:
+            return
+        if plan is None:
+            self._last.undo()
+            return
+        self._last = UndoLog()
+        problems = _sync(model, self._last, self._folder)
+        new = [p for p in problems if p not in self._warned]
+        if new:
+            self._warned.update(new)
+            warnings.warn(
+                f"depgraph: {type(model).__name__}'s config cannot describe the pruned model, so "
+                "save_pretrained/from_pretrained will not rebuild it:\n  - " + "\n  - ".join(new) +
+                "\n" + _UNIFORM_HINT, stacklevel=2)
+
+
+def attach(graph: Any) -> ConfigSync | None:
+    """Register the config sync on a built ``DependencyGraph`` of a transformers model (once)."""
+    model = graph.model
+    if model is None or not is_transformers_model(model):
+        return None
+    for hook in graph._after_prune_hooks:
+        if isinstance(hook, ConfigSync) and hook._model() is model:
+            return hook
+    hook = ConfigSync(model)
+    graph._after_prune_hooks.append(hook)
+    return hook
+
+
+def sync_config(model: nn.Module) -> list[str]:
+    """Bring ``model.config`` and size attributes up to date; the problems left, as sentences.
+
+    Use it after pruning with the low-level ``tp.prune_*`` functions, which run
+    no hooks. Pruning through a ``DependencyGraph`` syncs by itself.
+    """
+    folder = ScaleFolder()
+    for scope, cfg in _scopes(model):  # the config still holds the head dim the scales were made for
+        heads = getattr(cfg, _first_field(cfg, _HEADS) or "", None)
+        hidden = getattr(cfg, _first_field(cfg, _HIDDEN) or "", None)
+        old = getattr(cfg, "head_dim", None) or (hidden // heads if isinstance(hidden, int) and
+                                                 isinstance(heads, int) and heads else None)
+        for a in find_attention(scope):
+            folder.prime(a, (old,))
+    return _sync(model, UndoLog(), folder)
+
+
+def check_config(model: nn.Module) -> None:
+    """Raise unless ``save_pretrained`` then ``from_pretrained`` rebuilds ``model`` as it is.
+
+    Syncs the config first, then builds the model's class from that config on the
+    meta device and compares every parameter shape and size attribute.
+
+    Raises:
+        DepgraphError: the config cannot describe the pruned model; the message lists
+            the layers that differ and how to prune so that it can.
+    """
+    if not is_transformers_model(model):
+        raise DepgraphError(f"{type(model).__name__} is not a transformers model (it has no config to check)")
+    problems = sync_config(model)
+    if not problems:
+        problems = _validate(model) or _compare_with_rebuilt(model)
+    if problems:
+        raise DepgraphError(
+            f"{type(model).__name__}'s config cannot describe the pruned model, so save_pretrained/"
+            "from_pretrained would not rebuild it:\n  - " + "\n  - ".join(problems) + "\n" + _UNIFORM_HINT)
+
+
+# -- the sync ------------------------------------------------------------------------------------
+
+
+def _scopes(model: nn.Module) -> list[tuple[nn.Module, Any]]:
+    """``(module, config)`` for each distinct config object, at the outermost module holding it.
+
+    T5's encoder and decoder hold copies of the model config; each copy is kept in step too.
+    """
+    seen: set[int] = set()
+    out = []
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if cfg is not None and hasattr(cfg, "to_dict") and id(cfg) not in seen:
+            seen.add(id(cfg))
+            out.append((m, cfg))
+    return out
+
+
+def _sync(model: nn.Module, log: UndoLog, folder: ScaleFolder) -> list[str]:
+    _sync_layer_widths(model, log)
+    attention, mlps = find_attention(model), find_mlps(model)
+    for a in attention:
+        folder.fold(a, log)
+        _sync_attention_attrs(a, log)
+    for m in mlps:
+        for attr in ("intermediate_size", "ffn_dim"):
+            _set_int(m.module, attr, m.width, log)
+    rotary = rotary_modules(model)
+    before = {id(r): fresh_inv_freq(r) for r in rotary}  # what the config gives before it changes
+    problems: list[str] = []
+    names = {id(m): n for n, m in model.named_modules()}
+    for scope, cfg in _scopes(model):
+        prefix = names.get(id(scope), "")
+        mine = [a for a in attention if _under(a.name, prefix)]
+        own_mlps = [m for m in mlps if _under(m.name, prefix)]
+        problems += _sync_scope(scope, cfg, mine, own_mlps, log)
+    for r in rotary:
+        if not retheta(r, before[id(r)], log):
+            problems.append(_rope_problem(r, model))
+            continue
+        fresh = fresh_inv_freq(r)
+        if fresh is not None and (fresh.shape != r.inv_freq.shape or
+                                  not torch.allclose(fresh.float(), r.inv_freq.float().cpu(), rtol=1e-5)):
+            problems.append(_rope_problem(r, model))
+    return list(dict.fromkeys(problems))
+
+
+def _under(name: str, prefix: str) -> bool:
+    return not prefix or name == prefix or name.startswith(prefix + ".")
+
+
+def _set_int(obj: Any, attr: str, value: int | None, log: UndoLog) -> None:
+    old = vars(obj).get(attr)
+    if value is not None and isinstance(old, int) and not isinstance(old, bool) and old != value:
+        log.setattr(obj, attr, int(value))
+
+
+def _sync_layer_widths(model: nn.Module, log: UndoLog) -> None:
+    """Embeddings and linears that hold a pruned tensor but were not traced (T5's ``shared``)."""
+    for m in model.modules():
+        if isinstance(m, nn.Embedding):
+            _set_int(m, "embedding_dim", int(m.weight.shape[1]), log)
+        elif isinstance(m, nn.Linear):
+            _set_int(m, "out_features", int(m.weight.shape[0]), log)
+            _set_int(m, "in_features", int(m.weight.shape[1]), log)
+
+
+def _sync_attention_attrs(a: AttentionLayer, log: UndoLog) -> None:
+    for attr in _HEAD_COUNT_ATTRS:
+        _set_int(a.module, attr, a.heads, log)
+    _set_int(a.module, "num_key_value_heads", a.kv_heads, log)
+    if a.heads and a.kv_heads and a.heads % a.kv_heads == 0:
+        _set_int(a.module, "num_key_value_groups", a.heads // a.kv_heads, log)
+    for attr in ("all_head_size", "inner_dim"):
+        _set_int(a.module, attr, a.q_width, log)
+    for attr in ("embed_dim", "hidden_size", "d_model"):
+        _set_int(a.module, attr, a.hidden, log)
+
+
+def _uniform(what: str, values: Iterable[tuple[str, int | None]], cfg: Any) -> tuple[int | None, str | None]:
+    """The one value all layers agree on, or a problem sentence naming the layers that differ."""
+    by_value: dict[int, list[str]] = {}
+    for name, v in values:
+        if v is not None:
+            by_value.setdefault(int(v), []).append(name)
+    if len(by_value) <= 1:
+        return next(iter(by_value), None), None
+    parts = "; ".join(f"{v} in {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                      for v, names in sorted(by_value.items()))
+    return None, f"{what} differs between layers ({parts}), but {type(cfg).__name__} holds one value for all layers"
+
+
+def _first_field(cfg: Any, fields: tuple[str, ...]) -> str | None:
+    return next((f for f in fields if hasattr(cfg, f)), None)
+
+
+def _sync_scope(scope: nn.Module, cfg: Any, attention: list[AttentionLayer], mlps: list[MlpLayer],
+                log: UndoLog) -> list[str]:
+    if isinstance(getattr(cfg, "num_heads", None), list) and hasattr(cfg, "depths"):
+        return _sync_stages(cfg, attention, mlps, log)
+    problems: list[str] = []
+    hidden, p1 = _uniform("hidden size", [(a.name, a.hidden) for a in attention] +
+                          [(m.name, m.hidden) for m in mlps], cfg)
+    heads, p2 = _uniform("the number of attention heads", [(a.name, a.heads) for a in attention], cfg)
+    kv_heads, p3 = _uniform("the number of key/value heads", [(a.name, a.kv_heads) for a in attention], cfg)
+    head_dim, p4 = _uniform("head_dim", [(a.name, a.head_dim) for a in attention], cfg)
+    width, p5 = _uniform("the MLP width", [(m.name, m.width) for m in mlps], cfg)
+    problems += [p for p in (p1, p2, p3, p4, p5) if p]
+    field = _first_field(cfg, _HIDDEN)
+    old_hidden = getattr(cfg, field, None) if field else None
+    if hidden is not None and field and old_hidden != hidden:
+        if isinstance(old_hidden, int):
+            for m in scope.modules():  # model_dim (T5) and the like, which mirror the config
+                for attr in _HIDDEN_ATTRS:
+                    if vars(m).get(attr) == old_hidden:
+                        _set_int(m, attr, hidden, log)
+            for f in ("word_embed_proj_dim", "embedding_size"):  # embedding width when it equals hidden
+                if getattr(cfg, f, None) == old_hidden:
+                    log.setconfig(cfg, f, hidden)
+        log.setconfig(cfg, field, hidden)
+    field = _first_field(cfg, _HEADS)
+    if heads is not None and field:
+        log.setconfig(cfg, field, heads)
+    if kv_heads is not None and hasattr(cfg, "num_key_value_heads"):
+        log.setconfig(cfg, "num_key_value_heads", kv_heads)
+    if head_dim is not None and heads and (hasattr(cfg, "head_dim") or head_dim * heads != hidden):
+        log.setconfig(cfg, "head_dim", head_dim)
+    field = _first_field(cfg, _INTERMEDIATE)
+    if width is not None and field:
+        log.setconfig(cfg, field, width)
+    return problems
+
+
+def _sync_stages(cfg: Any, attention: list[AttentionLayer], mlps: list[MlpLayer], log: UndoLog) -> list[str]:
+    """Hierarchical models (Swin): per-stage head counts, ``embed_dim * 2**i`` widths, one ``mlp_ratio``."""
+    problems: list[str] = []
+    n = len(cfg.depths)
+    heads, hidden, ratio = list(cfg.num_heads), [None] * n, [None] * n
+    for i in range(n):
+        stage_attn = [a for a in attention if stage_of(a.name) == i]
+        stage_mlp = [m for m in mlps if stage_of(m.name) == i]
+        h, p1 = _uniform(f"the number of heads in stage {i}", [(a.name, a.heads) for a in stage_attn], cfg)
+        d, p2 = _uniform(f"the width of stage {i}", [(a.name, a.hidden) for a in stage_attn] +
+                         [(m.name, m.hidden) for m in stage_mlp], cfg)
+        w, p3 = _uniform(f"the MLP width of stage {i}", [(m.name, m.width) for m in stage_mlp], cfg)
+        problems += [p for p in (p1, p2, p3) if p]
+        heads[i] = h if h is not None else heads[i]
+        hidden[i] = d
+        ratio[i] = w / d if w is not None and d else None
+    if any(h != o for h, o in zip(heads, cfg.num_heads, strict=True)):
+        log.setconfig(cfg, "num_heads", heads)
+    if hidden[0] is not None:
+        if any(d is not None and d != hidden[0] * 2 ** i for i, d in enumerate(hidden)):
+            problems.append(f"stage widths {hidden} are not embed_dim * 2**stage, as {type(cfg).__name__} requires")
+        else:
+            log.setconfig(cfg, "embed_dim", hidden[0])
+            log.setconfig(cfg, "hidden_size", hidden[-1])
+    known = [(r, d) for r, d in zip(ratio, hidden, strict=True) if r is not None]
+    if known:
+        r0 = known[0][0]
+        if all(int(d * r0) == round(r * d) for r, d in known):
+            if not math.isclose(r0, float(cfg.mlp_ratio)):
+                log.setconfig(cfg, "mlp_ratio", r0)
+        else:
+            problems.append(f"MLP widths are not one mlp_ratio times the stage widths {hidden}")
+    return problems
+
+
+def _rope_problem(rot: nn.Module, model: nn.Module) -> str:
+    name = next((n for n, m in model.named_modules() if m is rot), type(rot).__name__)
+    return (f"{name} keeps RoPE frequencies that rope_theta and head_dim cannot produce (head dims were "
+            "pruned at pairs other than the last, lowest-frequency ones); prune head dims from the end of "
+            "each head, or do not prune head dims")
+
+
+# -- the check ------------------------------------------------------------------------------------
+
+
+def _validate(model: nn.Module) -> list[str]:
+    """The config's own checks, which ``save_pretrained`` runs (e.g. hidden size a multiple of the heads)."""
+    problems = []
+    for _, cfg in _scopes(model):
+        validate = getattr(cfg, "validate", None)
+        if not callable(validate):
+            continue
+        try:
+            validate()
+        except Exception as e:  # noqa: BLE001 - the config's verdict is the finding
+            cause = e.__cause__ or e
+            problems.append(f"{type(cfg).__name__} rejects the pruned sizes: {cause}; prune those channels "
+                            "in multiples that keep it valid (round_to= in the pruners)")
+    return list(dict.fromkeys(problems))
+
+
+def _compare_with_rebuilt(model: nn.Module) -> list[str]:
+    """What transformers would build from the config, compared with the model as it is."""
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fresh = type(model)(copy.deepcopy(model.config))
+    except Exception as e:  # noqa: BLE001 - transformers refusing the config is the finding
+        return [f"transformers refuses the updated config ({type(e).__name__}: {e})"]
+    problems = []
+    mine, theirs = model.state_dict(), fresh.state_dict()
+    for key, t in mine.items():
+        other = theirs.get(key)
+        if other is not None and tuple(other.shape) != tuple(t.shape):
+            problems.append(f"{key}: pruned to {tuple(t.shape)}, but the config builds {tuple(other.shape)}")
+    fresh_modules = dict(fresh.named_modules())
+    for name, m in model.named_modules():
+        f = fresh_modules.get(name)
+        if f is None:
+            continue
+        for attr in ("head_dim", "attention_head_size", "key_value_proj_dim", "scaling", "scale",
+                     *_HEAD_COUNT_ATTRS, "num_key_value_groups", "model_dim"):
+            a, b = vars(m).get(attr), vars(f).get(attr)
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not math.isclose(a, b, rel_tol=1e-6):
+                problems.append(f"{name}.{attr} is {a}, but the config gives {b}")
+    if len(problems) > 12:
+        problems = problems[:12] + [f"... and {len(problems) - 12} more"]
+    return problems
