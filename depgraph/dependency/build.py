@@ -65,6 +65,8 @@ class GraphBuilder:
         if n is None:
             return None
         slot = self.graph.new_slot(int(n), f"{node.name}.{'out' if is_out else 'in'}")
+        if isinstance(module, self.custom_types) or type(h).__module__.split(".")[0] != "depgraph":
+            self.graph.shape_sensitive.add(slot)  # a user's handler: check the forward after pruning
         fn = h.prune_out_channels if is_out else h.prune_in_channels
         self.graph.endpoints[slot] = Endpoint(node, fn, is_out)
         if is_out:

@@ -385,7 +385,7 @@ class DependencyGraph:
             for hook in self._after_prune_hooks:
                 ran.append(hook)
                 hook(self, plan)
-            failure = self._forward_failure()
+            failure = self._forward_failure() if self._needs_forward_check(plan) else None
         except Exception as e:  # noqa: BLE001 - a failing hook rolls back like a failing forward
             failure = f"an after-prune hook failed ({type(e).__name__}: {e})"
         if failure is not None:
@@ -418,6 +418,12 @@ class DependencyGraph:
             for owner, attr in pairs:
                 out[(id(owner), attr)] = (owner, attr, size)
         return list(out.values())
+
+    def _needs_forward_check(self, plan: Propagation) -> bool:
+        """Only prunes through run-time sizes (reshapes, bound attributes, custom layers) can break
+        the forward in ways the rules do not see; plain channel couplings are exact by construction."""
+        sensitive = self._graph.shape_sensitive
+        return any(s in sensitive for s in plan.state)
 
     def _forward_failure(self) -> str | None:
         """Run the model once (eval, no grad); the error text if it fails, else None."""

@@ -148,6 +148,9 @@ class SlotGraph:
         # slot -> [(module, attribute)]: attributes that hold the slot's size and must
         # follow it (``self.head_dim`` given to a reshape).
         self.bindings: dict[int, list[tuple[object, str]]] = {}
+        # Slots whose pruning depends on sizes computed at run time (reshape factors,
+        # bound attributes, custom layers): after pruning them the graph runs the model once.
+        self.shape_sensitive: set[int] = set()
 
     def bind(self, slot: int, owner: object, attr: str) -> None:
         """``owner.attr`` holds the size of ``slot``; every slot bound to it loses the same positions."""
@@ -156,6 +159,7 @@ class SlotGraph:
                 self.pair(other, slot)
                 break
         self.bindings.setdefault(slot, []).append((owner, attr))
+        self.shape_sensitive.add(slot)
 
     def new_slot(self, size: int, label: str) -> int:
         self.sizes.append(int(size))
@@ -178,6 +182,7 @@ class SlotGraph:
         if math.prod(sizes) != self.sizes[merged]:
             raise ValueError(f"factor sizes {sizes} do not multiply to {self.sizes[merged]}")
         rule = FactorRule(merged, parts, sizes, self.frozen)
+        self.shape_sensitive.update([merged, *parts])
         self.rules[merged].append(rule)
         for p in parts:
             self.rules[p].append(rule)
