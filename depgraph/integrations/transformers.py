@@ -66,8 +66,8 @@ class ConfigSync:
     """The after-prune hook: ``hook(graph, plan)`` syncs; ``hook(graph, None)`` undoes the last sync.
 
     One instance per model. It keeps the undo log of its last call (the graph
-    calls it again with ``None`` when the forward check rolls the prune back)
-    and the problems it has already warned about.
+    calls it again with ``None`` when the forward check rolls the prune back),
+    and warns once, the first time the config cannot describe the model.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -87,13 +87,16 @@ class ConfigSync:
             return
         self._last = UndoLog()
         problems = _sync(model, self._last, self._folder)
-        new = [p for p in problems if p not in self._warned]
-        if new:
-            self._warned.update(new)
+        if problems and not self._warned:
+            # Once per model: pruning layer by layer passes through uneven states on its way
+            # to an even one, and check_config gives the full picture when it matters.
+            self._warned.update(problems)
             warnings.warn(
-                f"depgraph: {type(model).__name__}'s config cannot describe the pruned model, so "
-                "save_pretrained/from_pretrained will not rebuild it:\n  - " + "\n  - ".join(new) +
-                "\n" + _UNIFORM_HINT, stacklevel=2)
+                f"depgraph: after this prune {type(model).__name__}'s config cannot describe the model:\n  - "
+                + "\n  - ".join(problems) + "\nThe config keeps its old value for these fields until the layers "
+                "agree again (expected while pruning layer by layer). Call "
+                "depgraph.integrations.transformers.check_config(model) before save_pretrained. "
+                + _UNIFORM_HINT, stacklevel=4)
 
 
 def attach(graph: Any) -> ConfigSync | None:
