@@ -266,3 +266,38 @@ def test_getitem_slicing_channels_freezes_them():
     group = DG.get_pruning_group(model.stem, OUT, [5])
     assert not DG.check_pruning_group(group)
     assert_refused_unchanged(model, group.prune, tp.UnsupportedOpError, r"Tensor.__getitem__", DG)
+
+
+class Selects(nn.Module):
+    """flip/roll/select/index_select over spatial dims leave channels whole."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(3, 6)
+        self.head = nn.Conv1d(6, 2, 1)
+
+    def forward(self, x):
+        y = torch.flip(self.stem(x), dims=[3]) + torch.roll(self.stem(x), 1, dims=2)
+        y = y.index_select(3, torch.tensor([0, 2])).select(2, 1)  # (B, C, 2)
+        return self.head(y + y.narrow(2, 0, 1))
+
+
+def test_selecting_spatial_positions_keeps_channels():
+    model = Selects()
+    done = prune_and_verify(model, torch.randn(1, 3, 4, 4), model.stem[0], OUT, [1, 2])
+    assert member(done.groups[0], model.head, out=False) == [1, 2]
+
+
+def test_narrowing_the_channel_dim_freezes_it():
+    class Narrow(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 6, 1)
+
+        def forward(self, x):
+            return self.stem(x).narrow(1, 0, 4).sum()
+
+    model = Narrow()
+    DG = build(model, torch.randn(1, 3, 2, 2))
+    group = DG.get_pruning_group(model.stem, OUT, [5])
+    assert any("Tensor.narrow" in r for r in group.blocked_by)
