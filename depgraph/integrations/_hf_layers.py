@@ -82,6 +82,7 @@ class AttentionLayer:
 class MlpLayer:
     name: str
     module: nn.Module
+    down: nn.Module              # the down projection: its input channels are the MLP's width
     width: int                   # the intermediate width
     hidden: int
 
@@ -137,7 +138,7 @@ def find_mlps(model: nn.Module) -> list[MlpLayer]:
             up, down = _proj(m, up_name), _proj(m, down_name)
             if up is None or down is None or up is down:
                 continue
-            out.append(MlpLayer(name, m, in_width(down), out_width(down)))
+            out.append(MlpLayer(name, m, down, in_width(down), out_width(down)))
             break
     return out
 

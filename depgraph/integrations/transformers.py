@@ -40,7 +40,8 @@ from ._hf_layers import AttentionLayer, MlpLayer, find_attention, find_mlps, sta
 from ._hf_numerics import ScaleFolder, fresh_inv_freq, retheta, rotary_modules
 from ._undo import UndoLog
 
-__all__ = ["is_transformers_model", "attach", "sync_config", "check_config", "ConfigSync"]
+__all__ = ["is_transformers_model", "attach", "sync_config", "check_config", "ConfigSync", "attention_layers",
+           "mlp_layers", "AttentionLayer", "MlpLayer"]
 
 # Config fields, first one the config has wins (aliases like GPT-2's hidden_size -> n_embd apply).
 _HIDDEN = ("hidden_size", "d_model", "n_embd")
@@ -54,6 +55,14 @@ _UNIFORM_HINT = (
     "tp.pruner.BasePruner(..., global_pruning=False) with one pruning_ratio/head_pruning_ratio for all "
     "layers - or keep per-layer sizes and save with depgraph.save(model, path), reloading with "
     "depgraph.load(<the unpruned model>, path)."
+)
+
+
+_STRUCTURE_HINT = (
+    "This architecture ties sizes together when transformers builds it (often head size = "
+    "hidden_size / num_attention_heads, so heads, head dims and the hidden size cannot shrink alone); "
+    "prune only what its config can express (MLP channels always can), or save with "
+    "depgraph.save(model, path) and reload with depgraph.load(<the unpruned model>, path)."
 )
 
 
@@ -141,13 +150,27 @@ def check_config(model: nn.Module) -> None:
     """
     if not is_transformers_model(model):
         raise DepgraphError(f"{type(model).__name__} is not a transformers model (it has no config to check)")
-    problems = sync_config(model)
+    problems, hint = sync_config(model), _UNIFORM_HINT
     if not problems:
-        problems = _validate(model) or _compare_with_rebuilt(model)
+        problems, hint = _validate(model) or _compare_with_rebuilt(model), _STRUCTURE_HINT
     if problems:
         raise DepgraphError(
             f"{type(model).__name__}'s config cannot describe the pruned model, so save_pretrained/"
-            "from_pretrained would not rebuild it:\n  - " + "\n  - ".join(problems) + "\n" + _UNIFORM_HINT)
+            "from_pretrained would not rebuild it:\n  - " + "\n  - ".join(problems) + "\n" + hint)
+
+
+def attention_layers(model: nn.Module) -> list[AttentionLayer]:
+    """Every attention module with its projections and measured widths (heads, kv heads, head dim).
+
+    Recognised by projection names shared across families: ``q_proj``/``query``/``q`` with
+    their key and value siblings, or a fused ``qkv_proj``/``c_attn``/``qkv``.
+    """
+    return find_attention(model)
+
+
+def mlp_layers(model: nn.Module) -> list[MlpLayer]:
+    """Every MLP (``up_proj``/``down_proj``, ``fc1``/``fc2``, ``c_fc``/``c_proj``, ``wi``/``wo`` ...) and its width."""
+    return find_mlps(model)
 
 
 # -- the sync ------------------------------------------------------------------------------------
@@ -339,8 +362,8 @@ def _validate(model: nn.Module) -> list[str]:
             validate()
         except Exception as e:  # noqa: BLE001 - the config's verdict is the finding
             cause = e.__cause__ or e
-            problems.append(f"{type(cfg).__name__} rejects the pruned sizes: {cause}; prune those channels "
-                            "in multiples that keep it valid (round_to= in the pruners)")
+            problems.append(f"{type(cfg).__name__} rejects the pruned sizes: {cause}; prune channels in "
+                            "multiples that keep it valid (round_to= in the pruners)")
     return list(dict.fromkeys(problems))
 
 
