@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-__all__ = ["AttentionLayer", "MlpLayer", "find_attention", "find_mlps", "in_width", "out_width", "stage_of"]
+__all__ = ["AttentionLayer", "MlpLayer", "LayerIndex", "find_attention", "find_mlps", "in_width", "out_width",
+           "stage_of"]
 
 # (query, key, value) child names of attention modules with separate projections
 _SEPARATE = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q", "k", "v"))
@@ -131,16 +132,33 @@ def find_attention(model: nn.Module) -> list[AttentionLayer]:
     return out
 
 
+def _mlp(name: str, module: nn.Module) -> MlpLayer | None:
+    for up_name, down_name in _MLP_PAIRS:
+        up, down = _proj(module, up_name), _proj(module, down_name)
+        if up is not None and down is not None and up is not down:
+            return MlpLayer(name, module, down, in_width(down), out_width(down))
+    return None
+
+
 def find_mlps(model: nn.Module) -> list[MlpLayer]:
-    out: list[MlpLayer] = []
-    for name, m in model.named_modules():
-        for up_name, down_name in _MLP_PAIRS:
-            up, down = _proj(m, up_name), _proj(m, down_name)
-            if up is None or down is None or up is down:
-                continue
-            out.append(MlpLayer(name, m, down, in_width(down), out_width(down)))
-            break
-    return out
+    return [m for name, module in model.named_modules() if (m := _mlp(name, module)) is not None]
+
+
+class LayerIndex:
+    """Where the attention and MLP modules are, found once; :meth:`measure` reads their widths now.
+
+    Pruning changes widths, never which modules exist, so a hook that runs after
+    every prune searches the module tree once.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._attention = [(a.name, a.module) for a in find_attention(model)]
+        self._mlps = [(m.name, m.module) for m in find_mlps(model)]
+
+    def measure(self) -> tuple[list[AttentionLayer], list[MlpLayer]]:
+        attention = [a for name, m in self._attention if (a := _attention(name, m)) is not None]
+        mlps = [x for name, m in self._mlps if (x := _mlp(name, m)) is not None]
+        return attention, mlps
 
 
 def stage_of(name: str) -> int | None:

@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import DepgraphError
-from ._hf_layers import AttentionLayer, MlpLayer, find_attention, find_mlps, stage_of
+from ._hf_layers import AttentionLayer, LayerIndex, MlpLayer, find_attention, find_mlps, stage_of
 from ._hf_numerics import ScaleFolder, fresh_inv_freq, retheta, rotary_modules
 from ._undo import UndoLog
 
@@ -82,7 +82,8 @@ class ConfigSync:
     def __init__(self, model: nn.Module) -> None:
         self._model = weakref.ref(model)
         self._folder = ScaleFolder()
-        for a in find_attention(model):  # before any prune: which scales follow the head dim
+        self._layout = _Layout(model)
+        for a in self._layout.layers.measure()[0]:  # before any prune: which scales follow the head dim
             self._folder.prime(a)
         self._last = UndoLog()
         self._warned: set[str] = set()
@@ -95,7 +96,7 @@ class ConfigSync:
             self._last.undo()
             return
         self._last = UndoLog()
-        problems = _sync(model, self._last, self._folder)
+        problems = _sync(model, self._last, self._folder, self._layout)
         if problems and not self._warned:
             # Once per model: pruning layer by layer passes through uneven states on its way
             # to an even one, and check_config gives the full picture when it matters.
@@ -191,32 +192,43 @@ def _scopes(model: nn.Module) -> list[tuple[nn.Module, Any]]:
     return out
 
 
-def _sync(model: nn.Module, log: UndoLog, folder: ScaleFolder) -> list[str]:
-    _sync_layer_widths(model, log)
-    attention, mlps = find_attention(model), find_mlps(model)
+class _Layout:
+    """The parts of a model the sync reads, found once per model (pruning never adds or removes modules)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        names = {id(m): n for n, m in model.named_modules()}
+        self.layers = LayerIndex(model)
+        self.scopes = [(names.get(id(s), ""), s, cfg) for s, cfg in _scopes(model)]
+        self.rotary = rotary_modules(model)
+        self.tables = [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.Linear))]
+        self.names = names
+
+
+def _sync(model: nn.Module, log: UndoLog, folder: ScaleFolder, layout: _Layout | None = None) -> list[str]:
+    layout = layout or _Layout(model)
+    _sync_layer_widths(layout.tables, log)
+    attention, mlps = layout.layers.measure()
     for a in attention:
         folder.fold(a, log)
         _sync_attention_attrs(a, log)
     for m in mlps:
         for attr in ("intermediate_size", "ffn_dim"):
             _set_int(m.module, attr, m.width, log)
-    rotary = rotary_modules(model)
-    before = {id(r): fresh_inv_freq(r) for r in rotary}  # what the config gives before it changes
+    before = {id(r): fresh_inv_freq(r) for r in layout.rotary}  # what the config gives before it changes
     problems: list[str] = []
-    names = {id(m): n for n, m in model.named_modules()}
-    for scope, cfg in _scopes(model):
-        prefix = names.get(id(scope), "")
+    for prefix, scope, cfg in layout.scopes:
         mine = [a for a in attention if _under(a.name, prefix)]
         own_mlps = [m for m in mlps if _under(m.name, prefix)]
         problems += _sync_scope(scope, cfg, mine, own_mlps, log)
-    for r in rotary:
+    for r in layout.rotary:
+        name = layout.names.get(id(r), type(r).__name__)
         if not retheta(r, before[id(r)], log):
-            problems.append(_rope_problem(r, model))
+            problems.append(_rope_problem(name))
             continue
-        fresh = fresh_inv_freq(r)
+        fresh = fresh_inv_freq(r)  # None: its constructor cannot be called alone, nothing to compare
         if fresh is not None and (fresh.shape != r.inv_freq.shape or
                                   not torch.allclose(fresh.float(), r.inv_freq.float().cpu(), rtol=1e-5)):
-            problems.append(_rope_problem(r, model))
+            problems.append(_rope_problem(name))
     return list(dict.fromkeys(problems))
 
 
@@ -230,9 +242,9 @@ def _set_int(obj: Any, attr: str, value: int | None, log: UndoLog) -> None:
         log.setattr(obj, attr, int(value))
 
 
-def _sync_layer_widths(model: nn.Module, log: UndoLog) -> None:
+def _sync_layer_widths(tables: list[nn.Module], log: UndoLog) -> None:
     """Embeddings and linears that hold a pruned tensor but were not traced (T5's ``shared``)."""
-    for m in model.modules():
+    for m in tables:
         if isinstance(m, nn.Embedding):
             _set_int(m, "embedding_dim", int(m.weight.shape[1]), log)
         elif isinstance(m, nn.Linear):
@@ -341,8 +353,7 @@ def _sync_stages(cfg: Any, attention: list[AttentionLayer], mlps: list[MlpLayer]
     return problems
 
 
-def _rope_problem(rot: nn.Module, model: nn.Module) -> str:
-    name = next((n for n, m in model.named_modules() if m is rot), type(rot).__name__)
+def _rope_problem(name: str) -> str:
     return (f"{name} keeps RoPE frequencies that rope_theta and head_dim cannot produce (head dims were "
             "pruned at pairs other than the last, lowest-frequency ones); prune head dims from the end of "
             "each head, or do not prune head dims")
