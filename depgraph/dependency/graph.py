@@ -140,7 +140,7 @@ class DependencyGraph:
         for p in ignored_params or ():
             for node in self._param_nodes.get(p, []):
                 self._graph.freeze(node.out_slot, f"{node.name} is in ignored_params")
-        if type(model).__module__.startswith("transformers."):
+        if type(model).__module__.startswith("transformers"):  # also trust_remote_code models
             from ..integrations.transformers import attach  # lazy: keeps transformers optional
             attach(self)
         return self

@@ -67,8 +67,8 @@ _STRUCTURE_HINT = (
 
 
 def is_transformers_model(model: Any) -> bool:
-    """True for instances of a transformers model class that carry a ``config``."""
-    return type(model).__module__.startswith("transformers.") and hasattr(model, "config")
+    """True for transformers model classes (and ``trust_remote_code`` ones) that carry a ``config``."""
+    return type(model).__module__.startswith(("transformers.", "transformers_modules.")) and hasattr(model, "config")
 
 
 class ConfigSync:
