@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import torch.nn as nn
 
 __all__ = ["AttentionLayer", "MlpLayer", "LayerIndex", "find_attention", "find_mlps", "in_width", "out_width",
-           "stage_of"]
+           "stage_of", "config_scopes"]
 
 # (query, key, value) child names of attention modules with separate projections
 _SEPARATE = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q", "k", "v"))
@@ -165,3 +166,18 @@ def stage_of(name: str) -> int | None:
     """The stage index of a hierarchical model's layer (``encoder.layers.2.blocks.0`` -> 2)."""
     m = re.search(r"\.layers\.(\d+)\.blocks\.", name)
     return int(m.group(1)) if m else None
+
+
+def config_scopes(model: nn.Module) -> list[tuple[nn.Module, Any]]:
+    """``(module, config)`` for each distinct config object, at the outermost module holding it.
+
+    T5's encoder and decoder hold copies of the model config; each copy is kept in step too.
+    """
+    seen: set[int] = set()
+    out = []
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if cfg is not None and hasattr(cfg, "to_dict") and id(cfg) not in seen:
+            seen.add(id(cfg))
+            out.append((m, cfg))
+    return out

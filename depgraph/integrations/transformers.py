@@ -25,7 +25,6 @@ Nothing here imports transformers: models are recognised by their class's module
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 import weakref
@@ -36,7 +35,16 @@ import torch
 import torch.nn as nn
 
 from ..errors import DepgraphError
-from ._hf_layers import AttentionLayer, LayerIndex, MlpLayer, find_attention, find_mlps, stage_of
+from ._hf_check import compare_with_rebuilt, validate_configs
+from ._hf_layers import (
+    AttentionLayer,
+    LayerIndex,
+    MlpLayer,
+    config_scopes,
+    find_attention,
+    find_mlps,
+    stage_of,
+)
 from ._hf_numerics import ScaleFolder, fresh_inv_freq, retheta, rotary_modules
 from ._undo import UndoLog
 
@@ -129,7 +137,7 @@ def sync_config(model: nn.Module) -> list[str]:
     no hooks. Pruning through a ``DependencyGraph`` syncs by itself.
     """
     folder = ScaleFolder()
-    for scope, cfg in _scopes(model):  # the config still holds the head dim the scales were made for
+    for scope, cfg in config_scopes(model):  # the config still holds the head dim the scales were made for
         heads = getattr(cfg, _first_field(cfg, _HEADS) or "", None)
         hidden = getattr(cfg, _first_field(cfg, _HIDDEN) or "", None)
         old = getattr(cfg, "head_dim", None) or (hidden // heads if isinstance(hidden, int) and
@@ -153,7 +161,7 @@ def check_config(model: nn.Module) -> None:
         raise DepgraphError(f"{type(model).__name__} is not a transformers model (it has no config to check)")
     problems, hint = sync_config(model), _UNIFORM_HINT
     if not problems:
-        problems, hint = _validate(model) or _compare_with_rebuilt(model), _STRUCTURE_HINT
+        problems, hint = validate_configs(model) or compare_with_rebuilt(model), _STRUCTURE_HINT
     if problems:
         raise DepgraphError(
             f"{type(model).__name__}'s config cannot describe the pruned model, so save_pretrained/"
@@ -177,28 +185,13 @@ def mlp_layers(model: nn.Module) -> list[MlpLayer]:
 # -- the sync ------------------------------------------------------------------------------------
 
 
-def _scopes(model: nn.Module) -> list[tuple[nn.Module, Any]]:
-    """``(module, config)`` for each distinct config object, at the outermost module holding it.
-
-    T5's encoder and decoder hold copies of the model config; each copy is kept in step too.
-    """
-    seen: set[int] = set()
-    out = []
-    for m in model.modules():
-        cfg = getattr(m, "config", None)
-        if cfg is not None and hasattr(cfg, "to_dict") and id(cfg) not in seen:
-            seen.add(id(cfg))
-            out.append((m, cfg))
-    return out
-
-
 class _Layout:
     """The parts of a model the sync reads, found once per model (pruning never adds or removes modules)."""
 
     def __init__(self, model: nn.Module) -> None:
         names = {id(m): n for n, m in model.named_modules()}
         self.layers = LayerIndex(model)
-        self.scopes = [(names.get(id(s), ""), s, cfg) for s, cfg in _scopes(model)]
+        self.scopes = [(names.get(id(s), ""), s, cfg) for s, cfg in config_scopes(model)]
         self.rotary = rotary_modules(model)
         self.tables = [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.Linear))]
         self.names = names
@@ -357,51 +350,3 @@ def _rope_problem(name: str) -> str:
     return (f"{name} keeps RoPE frequencies that rope_theta and head_dim cannot produce (head dims were "
             "pruned at pairs other than the last, lowest-frequency ones); prune head dims from the end of "
             "each head, or do not prune head dims")
-
-
-# -- the check ------------------------------------------------------------------------------------
-
-
-def _validate(model: nn.Module) -> list[str]:
-    """The config's own checks, which ``save_pretrained`` runs (e.g. hidden size a multiple of the heads)."""
-    problems = []
-    for _, cfg in _scopes(model):
-        validate = getattr(cfg, "validate", None)
-        if not callable(validate):
-            continue
-        try:
-            validate()
-        except Exception as e:  # noqa: BLE001 - the config's verdict is the finding
-            cause = e.__cause__ or e
-            problems.append(f"{type(cfg).__name__} rejects the pruned sizes: {cause}; prune channels in "
-                            "multiples that keep it valid (round_to= in the pruners)")
-    return list(dict.fromkeys(problems))
-
-
-def _compare_with_rebuilt(model: nn.Module) -> list[str]:
-    """What transformers would build from the config, compared with the model as it is."""
-    try:
-        with torch.device("meta"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fresh = type(model)(copy.deepcopy(model.config))
-    except Exception as e:  # noqa: BLE001 - transformers refusing the config is the finding
-        return [f"transformers refuses the updated config ({type(e).__name__}: {e})"]
-    problems = []
-    mine, theirs = model.state_dict(), fresh.state_dict()
-    for key, t in mine.items():
-        other = theirs.get(key)
-        if other is not None and tuple(other.shape) != tuple(t.shape):
-            problems.append(f"{key}: pruned to {tuple(t.shape)}, but the config builds {tuple(other.shape)}")
-    fresh_modules = dict(fresh.named_modules())
-    for name, m in model.named_modules():
-        f = fresh_modules.get(name)
-        if f is None:
-            continue
-        for attr in ("head_dim", "attention_head_size", "key_value_proj_dim", "scaling", "scale",
-                     *_HEAD_COUNT_ATTRS, "num_key_value_groups", "model_dim"):
-            a, b = vars(m).get(attr), vars(f).get(attr)
-            if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not math.isclose(a, b, rel_tol=1e-6):
-                problems.append(f"{name}.{attr} is {a}, but the config gives {b}")
-    if len(problems) > 12:
-        problems = problems[:12] + [f"... and {len(problems) - 12} more"]
-    return problems
