@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import torchvision
 
 import depgraph as tp
+from depgraph.cli import Printer
 from depgraph.pruner.options import DEFAULT_ROOT_TYPES
 
 
@@ -95,31 +96,15 @@ def models(size: int) -> list[tuple[str, Callable[[], nn.Module], torch.Tensor]]
     ]
 
 
-def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        widths = [max(len(c) for c in col) for col in zip(headers, *rows, strict=False)]
-        print(f"\n{title}")
-        for r in (headers, ["-" * w for w in widths], *rows):
-            print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
-        return
-    table = Table(title=title, title_justify="left")
-    for i, h in enumerate(headers):
-        table.add_column(h, justify="right" if i else "left")
-    for r in rows:
-        table.add_row(*r)
-    Console().print(table)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64x64 images, one run each")
+    parser.add_argument("--plain", action="store_true", help="plain-text tables even when rich is installed")
     parser.add_argument("--repeat", type=int, default=None, help="runs per model, best taken (default 3; 1 with --quick)")
     args = parser.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 3)
     size = 64 if args.quick else 224
+    out = Printer(args.plain)
     torch.manual_seed(0)
     time_graph(TinyGPT(2).eval(), tokens(), 1)  # warm-up: first-call costs of torch and the recorder
 
@@ -128,8 +113,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         model = build().eval()
         b, g, nodes, groups = time_graph(model, inputs, repeat)
         rows.append((name, "x".join(map(str, inputs.shape)), str(nodes), str(groups), f"{b:.3f}", f"{g:.3f}", f"{b + g:.3f}"))
-    print_table(f"graph build, best of {repeat} (torch {torch.__version__}, {torch.get_num_threads()} threads)",
-                ("model", "input", "nodes", "groups", "build s", "groups s", "total s"), rows)
+    out.table(f"graph build, best of {repeat} (torch {torch.__version__}, {torch.get_num_threads()} threads)",
+              ("model", "input", "nodes", "groups", "build s", "groups s", "total s"), rows)
 
     rows, first = [], None
     for depth in (8, 16, 32, 64):
@@ -138,8 +123,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         first = first or per_block
         rows.append((str(depth), str(nodes), str(groups), f"{b:.3f}", f"{g:.3f}",
                      f"{1000 * per_block:.1f}", f"{per_block / first:.2f}x"))
-    print_table("scaling with depth (GPT blocks; linear cost means a flat time per block)",
-                ("blocks", "nodes", "groups", "build s", "groups s", "ms / block", "vs 8 blocks"), rows)
+    out.table("scaling with depth (GPT blocks; linear cost means a flat time per block)",
+              ("blocks", "nodes", "groups", "build s", "groups s", "ms / block", "vs 8 blocks"), rows)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from .errors import DepgraphError
 
-__all__ = ["main", "build_parser", "load_model", "find_classifier"]
+__all__ = ["main", "build_parser", "load_model", "find_classifier", "Printer"]
 
 #: Criteria that need no data or gradients; ``l1``/``l2`` are the group magnitude with that p.
 IMPORTANCES = ("l2", "l1", "lamp", "fpgm", "bn_scale", "random")
@@ -156,8 +156,12 @@ def _verify_line(result: Any) -> str:
             f"output shapes match, max diff {result.max_diff:.3g}")
 
 
-class _Printer:
-    """Tables through rich when it is installed (and not ``--plain``), plain aligned text otherwise."""
+class Printer:
+    """Lines and tables: through rich when it is installed and ``plain`` is False, plain aligned text otherwise.
+
+    Example:
+        >>> Printer(plain=True).table("sizes", ("layer", "channels"), [("conv1", 64), ("fc", 512)])
+    """
 
     def __init__(self, plain: bool):
         self.console = None
@@ -216,7 +220,7 @@ def _setup(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, list[nn.M
     return model.to(device), x, ignored, [names[m] for m in ignored]
 
 
-def _prune(args: argparse.Namespace, out: _Printer) -> int:
+def _prune(args: argparse.Namespace, out: Printer) -> int:
     from . import verify
     from .pruner import BasePruner
 
@@ -260,7 +264,7 @@ def _prune(args: argparse.Namespace, out: _Printer) -> int:
     return 0 if result.ok else 1
 
 
-def _groups(args: argparse.Namespace, out: _Printer) -> int:
+def _groups(args: argparse.Namespace, out: Printer) -> int:
     from .dependency import DependencyGraph
     from .pruner.options import DEFAULT_ROOT_TYPES
 
@@ -345,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    out = _Printer(args.plain)
+    out = Printer(args.plain)
     try:
         return args.run(args, out)
     except _ArgumentError as e:
