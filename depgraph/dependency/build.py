@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from .. import dims as _dims  # noqa: F401  (registers every dimension rule)
 from ..dims.modules import custom_module_rule
+from ..dims.propagate import propagate
 from ..dims.registry import RuleContext, get_dim_rule
 from ..dims.slots import Endpoint, SlotGraph
 from ..functional import ParameterPruner, prune_parameter_out_channels
@@ -91,7 +92,26 @@ class GraphBuilder:
                 self._freeze_value(v, f"a tensor created outside the model or by a constant (shape {list(v.shape)})")
         self._param_endpoints()
         self._tie_shared_weights()
+        self._check_derived_sizes()
         return self.graph
+
+    def _check_derived_sizes(self) -> None:
+        """A reshape size read from another tensor's shape follows a prune only if that
+        tensor's dim shrinks with it (``b, c, h, w = x.shape; pool(x).view(b, c)`` does;
+        Swin's ``reshape(..., C // num_heads)`` with C the *input* width of qkv does not)."""
+        for slot, src, where in self.graph.derived:
+            if slot in self.graph.frozen:
+                continue
+            sources = {self.value_slots.get(key) for key in src} - {None}
+            if slot in sources:
+                continue
+            plan = propagate(self.graph, slot, torch.zeros(1, dtype=torch.long), {}, stop_at_frozen=False,
+                             grouping=True)
+            if not sources & plan.state.keys():
+                # Neither side may change alone: the size would then be computed wrong.
+                reason = f"{where}: a size is computed from another tensor's shape"
+                for s in (slot, *sources):
+                    self.graph.freeze(s, reason)
 
     def _apply_rule(self, op: OpNode, ctx: RuleContext) -> None:
         if op.is_module:

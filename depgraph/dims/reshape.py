@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..trace.graph import OpNode
-from ..trace.shape_int import AttrInt, is_computed
+from ..trace.shape_int import AttrInt, ShapeInt, is_computed
 from ._args import arg, int_list
 from .elementwise import _lookup
 from .indexmap import Gather
@@ -103,7 +103,13 @@ def freeze_written_sizes(op: OpNode, ctx: RuleContext, out, sizes: list) -> None
     if len(sizes) != out.ndim:
         return
     for d, v in enumerate(sizes):
-        if out.shape[d] <= 1 or is_computed(v):
+        if out.shape[d] <= 1:
+            continue
+        if isinstance(v, ShapeInt) and v.src:
+            # Computed, but maybe from another tensor's shape: checked once the graph is built.
+            ctx.graph.derived.append((ctx.slot(out, d), v.src, op.where()))
+            continue
+        if is_computed(v):
             continue
         if isinstance(v, AttrInt):
             ctx.bind(out, d, v.owner, v.attr)

@@ -151,6 +151,9 @@ class SlotGraph:
         # Slots whose pruning depends on sizes computed at run time (reshape factors,
         # bound attributes, custom layers): after pruning them the graph runs the model once.
         self.shape_sensitive: set[int] = set()
+        # (slot, {(value id, dim)}, where): a size argument computed from those dims;
+        # valid only if pruning the slot also prunes one of them (see GraphBuilder).
+        self.derived: list[tuple[int, frozenset, str]] = []
 
     def bind(self, slot: int, owner: object, attr: str) -> None:
         """``owner.attr`` holds the size of ``slot``; every slot bound to it loses the same positions."""

@@ -155,7 +155,14 @@ class _Recorder(TorchFunctionMode):
             func = getattr(func, "__self__", func)
             name = getattr(func, "__name__", "")
         if name in ("shape", "size"):
-            return tag_shape(out)
+            if not args or not isinstance(args[0], torch.Tensor) or self.leaf_depth:
+                return tag_shape(out)
+            hit = self.live.get(id(args[0]))  # never create a value here: the recorder itself reads .shape
+            if hit is None or hit[0] is not args[0]:
+                return tag_shape(out)
+            vid = hit[1].id
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            return tag_shape(out, vid, None if dim is None else dim % max(args[0].ndim, 1))
         if name in _IGNORED_NAMES:
             return out
         if name == "__setitem__":

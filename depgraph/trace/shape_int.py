@@ -22,21 +22,29 @@ __all__ = ["ShapeInt", "AttrInt", "is_computed", "tag_shape", "attributes_tagged
 class ShapeInt(int):
     """An ``int`` derived from a traced tensor's shape."""
 
-    __slots__ = ()
+    # ``src``: the (value id, dim) pairs this int was computed from, so a rule can
+    # tell a size read from the tensor it reshapes from one read from another tensor.
 
-    def _wrap(self, v: Any) -> Any:
-        return ShapeInt(v) if isinstance(v, int) and not isinstance(v, bool) else v
+    def __new__(cls, value: int, src: frozenset = frozenset()) -> ShapeInt:
+        obj = super().__new__(cls, value)
+        obj.src = src
+        return obj
 
-    def __add__(self, o): return self._wrap(int.__add__(self, o))
-    def __radd__(self, o): return self._wrap(int.__radd__(self, o))
-    def __sub__(self, o): return self._wrap(int.__sub__(self, o))
-    def __rsub__(self, o): return self._wrap(int.__rsub__(self, o))
-    def __mul__(self, o): return self._wrap(int.__mul__(self, o))
-    def __rmul__(self, o): return self._wrap(int.__rmul__(self, o))
-    def __floordiv__(self, o): return self._wrap(int.__floordiv__(self, o))
-    def __rfloordiv__(self, o): return self._wrap(int.__rfloordiv__(self, o))
-    def __mod__(self, o): return self._wrap(int.__mod__(self, o))
-    def __rmod__(self, o): return self._wrap(int.__rmod__(self, o))
+    def _wrap(self, v: Any, o: Any = None) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return ShapeInt(v, self.src | getattr(o, "src", frozenset()))
+        return v
+
+    def __add__(self, o): return self._wrap(int.__add__(self, o), o)
+    def __radd__(self, o): return self._wrap(int.__radd__(self, o), o)
+    def __sub__(self, o): return self._wrap(int.__sub__(self, o), o)
+    def __rsub__(self, o): return self._wrap(int.__rsub__(self, o), o)
+    def __mul__(self, o): return self._wrap(int.__mul__(self, o), o)
+    def __rmul__(self, o): return self._wrap(int.__rmul__(self, o), o)
+    def __floordiv__(self, o): return self._wrap(int.__floordiv__(self, o), o)
+    def __rfloordiv__(self, o): return self._wrap(int.__rfloordiv__(self, o), o)
+    def __mod__(self, o): return self._wrap(int.__mod__(self, o), o)
+    def __rmod__(self, o): return self._wrap(int.__rmod__(self, o), o)
     def __pow__(self, o, mod=None): return self._wrap(int.__pow__(self, o, mod))
     def __neg__(self): return self._wrap(int.__neg__(self))
     def __pos__(self): return self
@@ -80,12 +88,12 @@ def attributes_tagged(modules: Iterable[Any]) -> Iterator[None]:
                 m.__dict__[k] = v
 
 
-def tag_shape(out: Any) -> Any:
-    """``torch.Size`` / int results of ``.shape``/``.size()`` as ShapeInts."""
+def tag_shape(out: Any, value_id: int = -1, dim: int | None = None) -> Any:
+    """``torch.Size`` / int results of ``.shape``/``.size(dim)`` of value ``value_id`` as ShapeInts."""
     if isinstance(out, torch.Size):
-        return torch.Size([ShapeInt(v) for v in out])
+        return torch.Size([ShapeInt(v, frozenset({(value_id, i)})) for i, v in enumerate(out)])
     if isinstance(out, int) and not isinstance(out, bool):
-        return ShapeInt(out)
+        return ShapeInt(out, frozenset({(value_id, dim)}) if dim is not None else frozenset())
     return out
 
 

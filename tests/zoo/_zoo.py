@@ -30,10 +30,14 @@ def randomize_norms(model: torch.nn.Module, seed: int = 0) -> None:
                     m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
 
 
-def prune_every_group(model: torch.nn.Module, example_inputs, rounds: int = 2, **kwargs) -> tp.VerifyResult:
+def prune_every_group(model: torch.nn.Module, example_inputs, rounds: int = 1, **kwargs) -> tp.VerifyResult:
     """Randomise norm layers, then prune a couple of channels of every group, ``rounds`` times, and verify.
 
     Exact wherever exactness applies (no norm over a pruned dim), shapes unchanged otherwise.
+    The per-prune forward check is off: one bad group would then fail the final
+    forward and ``verify`` instead of being rolled back, which is what a test wants
+    (and it keeps the zoo fast).
     """
     randomize_norms(model)
+    kwargs.setdefault("check_forward", False)
     return prune_all_groups(model, example_inputs, n_per_group=2, rounds=rounds, exact=None, **kwargs).result

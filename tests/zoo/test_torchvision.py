@@ -54,6 +54,16 @@ def test_classification_model(name: str) -> None:
     prune_every_group(model, torch.randn(1, 3, size, size))
 
 
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5", "densenet121"])
+def test_repeated_rounds_shrink_the_whole_model(name: str) -> None:
+    """Three rounds over every group: indices stay consistent as widths keep changing."""
+    torch.manual_seed(0)
+    model = models.get_model(name, weights=None).eval()
+    before = sum(p.numel() for p in model.parameters())
+    prune_every_group(model, torch.randn(1, 3, 64, 64), rounds=3)
+    assert sum(p.numel() for p in model.parameters()) < before
+
+
 SEGMENTATION = [
     "lraspp_mobilenet_v3_large",
     "deeplabv3_mobilenet_v3_large",
