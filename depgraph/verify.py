@@ -67,10 +67,27 @@ class VerifyResult:
         return f"verify: {state}, max diff {self.max_diff:.3g} (tol {self.tol:.1g})"
 
 
+def _relative(kept: dict, base: dict) -> dict:
+    """Records are in the first unpruned model's index space; ``original`` may itself be a
+    pruned snapshot (iterative pruning), so express ``kept`` as positions in ``base``."""
+    out = {}
+    for key, idx in kept.items():
+        ref = base.get(key)
+        if ref is None:
+            out[key] = idx
+            continue
+        pos = torch.searchsorted(ref, idx)
+        if bool((pos >= ref.numel()).any()) or not torch.equal(ref[pos.clamp(max=ref.numel() - 1)], idx):
+            raise DepgraphError("the pruned model kept channels the given original no longer has; "
+                                "pass the model as it was before these prunes")
+        out[key] = pos
+    return out
+
+
 def _zero_module(orig: nn.Module, pruned: nn.Module) -> None:
-    kept = pruned.__dict__.get("_depgraph_kept", {})
+    kept = _relative(pruned.__dict__.get("_depgraph_kept", {}), orig.__dict__.get("_depgraph_kept", {}))
     if kept:
-        handler = find_handler(orig)
+        handler = pruned.__dict__.get("_depgraph_handler") or find_handler(orig)
         if handler is None:
             raise DepgraphError(f"no pruning handler for {type(orig).__name__}; cannot verify it")
         marker = copy.deepcopy(orig)
@@ -92,7 +109,9 @@ def _zero_module(orig: nn.Module, pruned: nn.Module) -> None:
                 mask = torch.ones(p.numel(), dtype=torch.bool)
                 mask[survivors[name].data.flatten().long()] = False
                 p.data = p.data.flatten().masked_fill(mask.to(p.device), 0).view(p.shape)
+    orig_params = orig.__dict__.get("_depgraph_kept_params", {})
     for attr, dims in pruned.__dict__.get("_depgraph_kept_params", {}).items():
+        dims = _relative(dims, orig_params.get(attr, {}))
         t = getattr(orig, attr)
         with torch.no_grad():
             for dim, keep in dims.items():

@@ -239,7 +239,10 @@ class DependencyGraph:
         node = self._node(module)
         slot = self._slot_for(node, pruning_fn)
         alive = self._alive(slot)
-        cur = torch.as_tensor(idxs if not isinstance(idxs, torch.Tensor) else idxs.cpu(), dtype=torch.long).flatten()
+        raw = torch.as_tensor(idxs if not isinstance(idxs, torch.Tensor) else idxs.cpu())
+        if raw.numel() and (raw.dtype.is_floating_point or raw.dtype.is_complex or raw.dtype == torch.bool):
+            raise InvalidIndicesError(f"pruning indices for {node.name} must be integers, got dtype {raw.dtype}")
+        cur = raw.to(torch.long).flatten()
         if cur.numel():
             cur = torch.unique(cur)
             if int(cur[0]) < 0 or int(cur[-1]) >= alive.numel():

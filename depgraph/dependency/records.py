@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..functional.base import keep_index
+from ..functional.base import find_handler, keep_index
 
 __all__ = ["update_records", "kept_indices"]
 
@@ -38,6 +38,8 @@ def update_records(items: list, widths: dict[int, int | None], inexact: list[str
             holder = owner
         else:
             holder = node.module
+            if find_handler(holder) is not node.handler:  # a customized_pruners handler: verify needs it
+                holder.__dict__["_depgraph_handler"] = node.handler
             _advance(holder.__dict__.setdefault("_depgraph_kept", {}), "out" if it.dep.is_out() else "in",
                      width, it.idxs)
         if inexact:

@@ -169,8 +169,6 @@ def test_input_side_bad_indices(net, x):
                              "index 9 is out of range for the 9 input channels of head", DG)
 
 
-@pytest.mark.xfail(strict=True, reason="get_pruning_group casts float indices to int (1.7 -> 1) instead of "
-                                       "refusing them as the pruning functions do")
 def test_float_indices_are_refused(net, x):
     DG = build(net, x)
     with pytest.raises(tp.InvalidIndicesError, match="must be integers"):

@@ -85,9 +85,6 @@ def test_exactness_does_not_apply_through_a_layer_norm():
     assert "exactness does not apply" in str(done.result) and "LayerNorm" in str(done.result)
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError, reason=(
-    "verify reads records relative to the first unpruned model; given an intermediate (already "
-    "pruned) model as the original it indexes out of range instead of composing the records"))
 def test_verify_against_an_intermediate_original():
     model = nn.Sequential(nn.Conv2d(3, 6, 1), nn.ReLU(), nn.Conv2d(6, 6, 1), nn.ReLU(), nn.Conv2d(6, 2, 1)).eval()
     x = torch.randn(1, 3, 4, 4)
@@ -98,9 +95,6 @@ def test_verify_against_an_intermediate_original():
     assert tp.verify(step1, model, x).exact
 
 
-@pytest.mark.xfail(strict=True, raises=tp.DepgraphError, reason=(
-    "verify looks handlers up in the global registry only, so a layer pruned through "
-    "customized_pruners= cannot be verified (no way to pass the handler to verify)"))
 def test_verify_a_custom_layer_from_customized_pruners():
     model = WithScale()
     prune_and_verify(model, torch.randn(1, 3, 2, 2), model.conv, tp.prune_conv_out_channels, [0, 3],
