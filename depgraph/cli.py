@@ -22,6 +22,7 @@ import argparse
 import copy
 import difflib
 import importlib.util
+import inspect
 import re
 import sys
 import time
@@ -66,7 +67,10 @@ def load_model(name: str) -> tuple[nn.Module, tuple[int, int, int]]:
 
         known = torchvision.models.list_models()
         if name in known:
-            return torchvision.models.get_model(name, weights=None).eval(), (3, 224, 224)
+            # segmentation and detection builders would download ImageNet backbone weights by default
+            builder = torchvision.models.get_model_builder(name)
+            extra = {"weights_backbone": None} if "weights_backbone" in inspect.signature(builder).parameters else {}
+            return builder(weights=None, **extra).eval(), (3, 224, 224)
     if importlib.util.find_spec("timm") is not None:
         import timm
 
@@ -124,17 +128,17 @@ def _make_importance(name: str) -> Any:
 class _Stats:
     params: int
     macs: int
-    shape: tuple[int, ...]
+    shape: str  # every output tensor's shape, e.g. "(1, 1000)"
 
 
 def _measure(model: nn.Module, x: torch.Tensor) -> _Stats:
+    from .trace import call_model, flatten_tensors
     from .utils import count_ops_and_params
 
     macs, params = count_ops_and_params(model, x)
     with torch.no_grad():
-        out = model(x)
-    out = out if isinstance(out, torch.Tensor) else next(iter(out.values() if isinstance(out, dict) else out))
-    return _Stats(int(params), int(macs), tuple(out.shape))
+        outputs = flatten_tensors(call_model(model, x))
+    return _Stats(int(params), int(macs), ", ".join(str(tuple(t.shape)) for t in outputs))
 
 
 def _human(n: float) -> str:
@@ -247,7 +251,7 @@ def _prune(args: argparse.Namespace, out: Printer) -> int:
     rows = [
         ("params", f"{before.params:,}", f"{after.params:,}", _change(before.params, after.params)),
         ("MACs", _human(before.macs), _human(after.macs), _change(before.macs, after.macs)),
-        ("output shape", str(before.shape), str(after.shape), "same" if before.shape == after.shape else "CHANGED"),
+        ("output shape", before.shape, after.shape, "same" if before.shape == after.shape else "CHANGED"),
     ]
     scope = "global" if args.global_pruning else "per group"
     title = f"{args.model}: pruning ratio {args.ratio} ({scope}, importance {args.importance}"

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import depgraph
-from depgraph.cli import IMPORTANCES, find_classifier, main
+from depgraph.cli import IMPORTANCES, find_classifier, load_model, main
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -142,6 +142,16 @@ def test_find_classifier() -> None:
     timm = pytest.importorskip("timm")
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False)
     assert find_classifier(vit) is vit.head
+
+
+def test_models_are_built_without_downloading_weights(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("load_model tried to download weights")
+
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", refuse)
+    model, size = load_model("lraspp_mobilenet_v3_large")  # its builder defaults to an ImageNet backbone
+    assert size == (3, 224, 224) and not model.training
+    assert find_classifier(model) is model.classifier.high_classifier
 
 
 def test_python_m_depgraph(tmp_path) -> None:
