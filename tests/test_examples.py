@@ -1,0 +1,115 @@
+"""The example scripts run (with ``--quick``) and show what their docstrings promise.
+
+Each script is loaded from ``examples/`` by path and its ``main(argv)`` called
+in-process, so torch is imported once and the suite's one-thread fixture
+applies. The checks read the returned results and the printed report: every
+prune is proven by ``tp.verify``, and the numbers each script exists to show
+(widths, accuracies, outputs after reloading) are what they should be.
+
+``prune_llm.py`` is tested with the transformers integration
+(``tests/integrations/test_prune_llm_example.py``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytest.importorskip("torchvision")
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SCRIPTS = ["quickstart", "global_pruning", "sparse_training", "save_and_load", "low_level"]
+
+
+def load_example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_example(name: str, capsys: pytest.CaptureFixture, *argv: str) -> tuple[dict, str]:
+    """``main([*argv, '--quick'])``: its returned results and everything it printed."""
+    results = load_example(name).main([*argv, "--quick"])
+    return results, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_example_has_docstring_and_help(name: str, capsys: pytest.CaptureFixture) -> None:
+    module = load_example(name)
+    assert module.__doc__ and f"python examples/{name}.py" in module.__doc__
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--quick" in capsys.readouterr().out
+
+
+def test_quickstart(capsys: pytest.CaptureFixture) -> None:
+    results, out = run_example("quickstart", capsys)
+    # The README's ResNet-18 figures: parameters do not depend on the input size.
+    assert (results["before"]["params"], results["after"]["params"]) == (11_689_512, 3_055_880)
+    assert results["after"]["macs"] < 0.3 * results["before"]["macs"]
+    assert results["before"]["shape"] == results["after"]["shape"] == (1, 1000)
+    assert results["verify"].exact
+    assert "verify: exact" in out
+    assert "Conv2d(3, 64, kernel_size=(7, 7)" in out and "=> Conv2d(3, 32, kernel_size=(7, 7)" in out  # print_tool
+    assert re.search(r"params\s+11,689,512\s+3,055,880\s+-73\.9%", out)
+
+
+def test_global_pruning(capsys: pytest.CaptureFixture) -> None:
+    results, out = run_example("global_pruning", capsys, "--max-ratio", "0.8")
+    widths = results["widths"]
+    assert list(widths) == ["before", "local", "global", "isomorphic"]
+    for strategy in ("local", "global", "isomorphic"):
+        assert results["verify"][strategy].exact
+        for root, before in widths["before"].items():
+            after = widths[strategy][root]
+            assert after % 8 == 0 and after < before, (strategy, root, before, after)
+            assert after >= before * (1 - 0.8), f"{strategy}: {root} pruned past max_pruning_ratio"
+    assert widths["local"] != widths["global"]  # the global ranking moves channels between layers
+    assert all(w == b // 2 for w, b in zip(widths["local"].values(), widths["before"].values(), strict=True))
+    assert out.count("verify: exact") == 3
+    assert "step 2/2 (target 0.500)" in out and "per-layer widths" in out
+
+
+def test_sparse_training(capsys: pytest.CaptureFixture) -> None:
+    results, out = run_example("sparse_training", capsys)
+    acc = results["accuracy"]
+    assert acc["dense"] > 0.9
+    # Sparse training makes pruning cost less, and fine-tuning recovers both.
+    assert acc["pruned"]["sparse"] > acc["pruned"]["direct"]
+    assert acc["finetuned"]["sparse"] > 0.9 and acc["finetuned"]["direct"] > 0.9
+    assert results["params"][1] < 0.3 * results["params"][0]
+    assert results["verify"].exact
+    assert "verify: exact" in out and "right after pruner.step()" in out and "GroupNormPruner" in out
+
+
+def test_sparse_training_bn_scale(capsys: pytest.CaptureFixture) -> None:
+    results, out = run_example("sparse_training", capsys, "--pruner", "bn_scale", "--reg", "1e-2", "--steps", "20")
+    assert results["verify"].exact
+    assert "BNScalePruner, reg 0.01, 20 it" in out
+
+
+def test_save_and_load(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    results, out = run_example("save_and_load", capsys, "--out-dir", str(tmp_path))
+    assert out.count("outputs equal") == 3
+    assert results["verify"].exact
+    assert set(results["loaded_params"].values()) == {results["params"]} and results["params"] < 11_689_512
+    files = {p.name for p in tmp_path.iterdir()}
+    assert files == {"pruned_model.pth", "pruned_state.pth", "state_dict.pth", "history.json"}
+
+
+def test_low_level(capsys: pytest.CaptureFixture) -> None:
+    results, out = run_example("low_level", capsys)
+    assert results["group_members"] == [
+        "bn1", "conv1", "layer1.0.bn2", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.bn2",
+        "layer1.1.conv1", "layer1.1.conv2", "layer2.0.conv1", "layer2.0.downsample.0",
+    ]
+    assert all(r.exact for r in results["verify"])
+    assert "idxs (3) = [2, 6, 9] (root)" in out  # group.details()
+    assert "first conv now has 61 output channels" in out
+    assert "part 1 verify: exact" in out and "part 2 verify: exact" in out
