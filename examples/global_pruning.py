@@ -13,10 +13,11 @@ The same model is pruned three ways, each from the same starting weights:
   with weak channels shrink more. ``max_pruning_ratio`` caps any one group, so
   no layer is cut to a sliver that would bottleneck the network.
 * ``isomorphic``: ``isomorphic=True`` also ranks globally, but only among groups
-  of identical structure (same member layers and shapes). Scores of a 3x3 conv
-  group and of a wide residual group measure different things; comparing them
-  directly can starve one kind of layer. Isomorphic ranking keeps comparisons
-  fair while still redistributing channels within each kind.
+  of identical structure (the same kinds of member layers, in the same order,
+  with the same widths). Scores of a 3x3 conv group and of a wide residual
+  group measure different things; comparing them directly can starve one kind
+  of layer. Isomorphic ranking keeps comparisons fair while still moving
+  channels between the blocks of one kind.
 
 Every pruner runs ``--steps`` iterative steps. ``linear_scheduler`` gives the
 ratio to reach after each step (0, r/n, 2r/n, ..., r), so with real training

@@ -7,13 +7,15 @@ prune is proven by ``tp.verify``, and the numbers each script exists to show
 (widths, accuracies, outputs after reloading) are what they should be.
 
 ``prune_llm.py`` is tested with the transformers integration
-(``tests/integrations/test_prune_llm_example.py``).
+(``tests/integrations/test_prune_llm_example.py``). The last test is a smoke
+test of ``benchmarks/latency.py``: one ratio, tiny input, one timed run.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import re
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -21,26 +23,29 @@ import pytest
 
 pytest.importorskip("torchvision")
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
 SCRIPTS = ["quickstart", "global_pruning", "sparse_training", "save_and_load", "low_level"]
 
 
-def load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+def load_script(path: Path) -> ModuleType:
+    """Import a script by path (registered in ``sys.modules``, as dataclasses need)."""
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
 
 def run_example(name: str, capsys: pytest.CaptureFixture, *argv: str) -> tuple[dict, str]:
     """``main([*argv, '--quick'])``: its returned results and everything it printed."""
-    results = load_example(name).main([*argv, "--quick"])
+    results = load_script(EXAMPLES / f"{name}.py").main([*argv, "--quick"])
     return results, capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_example_has_docstring_and_help(name: str, capsys: pytest.CaptureFixture) -> None:
-    module = load_example(name)
+    module = load_script(EXAMPLES / f"{name}.py")
     assert module.__doc__ and f"python examples/{name}.py" in module.__doc__
     with pytest.raises(SystemExit) as exit_info:
         module.main(["--help"])
@@ -113,3 +118,14 @@ def test_low_level(capsys: pytest.CaptureFixture) -> None:
     assert "idxs (3) = [2, 6, 9] (root)" in out  # group.details()
     assert "first conv now has 61 output channels" in out
     assert "part 1 verify: exact" in out and "part 2 verify: exact" in out
+
+
+def test_latency_benchmark_smoke(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    bench = load_script(ROOT / "benchmarks" / "latency.py")
+    argv = ["--quick", "--ratios", "0.5", "--input-size", "32", "--repeat", "1", "--warmup", "0",
+            "--no-step", "--no-cuda", "--output", str(tmp_path / "results.md")]
+    text = bench.main(argv)
+    assert (tmp_path / "results.md").read_text() == text
+    rows = [line for line in text.splitlines() if re.match(r"\| \d\.\d\d \|", line)]
+    assert [r.split(" | ")[:3] for r in rows] == [["| 0.00", "-", "25.56"], ["| 0.50", "-", "6.92"], ["| 0.50", "8", "6.92"]]
+    assert "CPU speed-up" in capsys.readouterr().out
