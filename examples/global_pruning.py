@@ -48,15 +48,6 @@ STRATEGIES = {
 }
 
 
-def group_roots(model: nn.Module, example_inputs: torch.Tensor, ignored: list[nn.Module]) -> dict[str, int]:
-    """``{root layer name: channels}`` for every prunable group (the rows of the width table)."""
-    DG = tp.DependencyGraph().build_dependency(model, example_inputs)
-    widths = {}
-    for group in DG.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
-        widths[group[0].dep.target.name] = len(group[0].idxs)
-    return widths
-
-
 def out_width(module: nn.Module) -> int:
     return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
 
@@ -91,8 +82,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
         model = copy.deepcopy(base)
         modules = dict(model.named_modules())
         classifier = modules[classifier_name]
-        if not widths:
-            widths["before"] = group_roots(model, example_inputs, [classifier])
         pruner = tp.pruner.BasePruner(
             model,
             example_inputs,
@@ -105,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             round_to=args.round_to or None,
             **options,
         )
+        if not widths:  # the rows of the width table: each group's root layer, before pruning
+            groups = pruner.DG.get_all_groups(ignored_layers=[classifier], root_module_types=(nn.Conv2d, nn.Linear))
+            widths["before"] = {g[0].dep.target.name: len(g[0].idxs) for g in groups}
         for k in range(1, steps + 1):
             pruner.step()
             # (fine-tune here in a real run: each step removes a little, training recovers it)
