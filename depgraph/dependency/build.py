@@ -106,7 +106,7 @@ class GraphBuilder:
             if slot in sources:
                 continue
             plan = propagate(self.graph, slot, torch.zeros(1, dtype=torch.long), {}, stop_at_frozen=False,
-                             grouping=True)
+                             grouping=True, until=sources)
             if not sources & plan.state.keys():
                 # Neither side may change alone: the size would then be computed wrong.
                 reason = f"{where}: a size is computed from another tensor's shape"

@@ -41,6 +41,7 @@ def propagate(
     blocked: dict[int, str] | None = None,
     stop_at_frozen: bool = True,
     grouping: bool = False,
+    until: set[int] | None = None,
 ) -> Propagation:
     """Everything coupled to removing ``idxs`` (original positions) from slot ``root``.
 
@@ -81,6 +82,8 @@ def propagate(
 
     merge(root, idxs, idxs.clone(), root)
     while queue:
+        if until and not until.isdisjoint(p.state.keys()):
+            break  # a reachability question answered: stop early
         slot, pos, origin = queue.popleft()
         for rule in graph.rules[slot]:
             for tgt, tpos, troots in rule.push(slot, pos, p.state, dead, grouping):
