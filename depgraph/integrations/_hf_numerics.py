@@ -10,6 +10,12 @@ rebuilds ``inv_freq[j] = theta ** (-2j / dim)`` from ``rope_theta`` and the new
 dim; when the kept pairs are the first ``n`` ones (the pruned pairs were the
 lowest frequencies), ``theta' = theta ** (dim' / dim)`` gives exactly the kept
 frequencies. Any other set of frequencies cannot be written in the config.
+
+Some embeddings multiply their output by ``sqrt(hidden_size)`` (Gemma's scaled
+word embedding), a number transformers recomputes from the config. Pruning the
+hidden size is not exact anyway (it passes through norms); keeping the old
+factor would make the pruned model and its reload compute different things, so
+the factor becomes ``sqrt(new hidden_size)``, as ``from_pretrained`` builds it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch.nn as nn
 from ._hf_layers import AttentionLayer
 from ._undo import UndoLog
 
-__all__ = ["ScaleFolder", "rotary_modules", "fresh_inv_freq", "retheta"]
+__all__ = ["ScaleFolder", "rotary_modules", "fresh_inv_freq", "retheta", "rescale_embeddings"]
 
 _SCALE_ATTRS = ("scaling", "scale")
 
@@ -102,10 +108,12 @@ def retheta(rot: nn.Module, before: torch.Tensor | None, log: UndoLog) -> bool:
     """Make the config describe ``rot.inv_freq`` after its pairs were pruned; True if possible.
 
     ``before`` is what the config gave before this prune (``fresh_inv_freq`` then).
+    On the meta device the frequencies have no values to compare: nothing is
+    re-derived (such a model holds no weights to save).
     """
-    now = rot.inv_freq.detach().float().cpu()
-    if before is None or now.numel() == before.numel():
+    if before is None or rot.inv_freq.numel() == before.numel() or rot.inv_freq.is_meta:
         return True
+    now = rot.inv_freq.detach().float().cpu()
     params: Any = getattr(rot.config, "rope_parameters", None)
     if not isinstance(params, dict) or params.get("rope_type", "default") != "default" or "rope_theta" not in params:
         return False
@@ -117,3 +125,18 @@ def retheta(rot: nn.Module, before: torch.Tensor | None, log: UndoLog) -> bool:
     if isinstance(getattr(rot, "original_inv_freq", None), torch.Tensor):
         log.setbuffer(rot, "original_inv_freq", rot.inv_freq.detach().clone())
     return True
+
+
+def rescale_embeddings(scope: nn.Module, old_hidden: int, new_hidden: int, log: UndoLog) -> None:
+    """Embedding factors equal to ``sqrt(old_hidden)`` (a float attribute, a 0-d buffer) become ``sqrt(new_hidden)``."""
+    old, new = math.sqrt(old_hidden), math.sqrt(new_hidden)
+    for m in scope.modules():
+        if not isinstance(m, nn.Embedding):
+            continue
+        for name, v in list(vars(m).items()):
+            if type(v) is float and math.isclose(v, old, rel_tol=1e-6):
+                log.setattr(m, name, new)
+        for name, b in list(m._buffers.items()):
+            if (isinstance(b, torch.Tensor) and b.ndim == 0 and b.is_floating_point() and not b.is_meta
+                    and math.isclose(float(b), old, rel_tol=max(1e-6, 2 * torch.finfo(b.dtype).eps))):
+                log.setbuffer(m, name, torch.tensor(new, dtype=b.dtype, device=b.device))

@@ -45,7 +45,7 @@ from ._hf_layers import (
     find_mlps,
     stage_of,
 )
-from ._hf_numerics import ScaleFolder, fresh_inv_freq, retheta, rotary_modules
+from ._hf_numerics import ScaleFolder, fresh_inv_freq, rescale_embeddings, retheta, rotary_modules
 from ._undo import UndoLog
 
 __all__ = ["is_transformers_model", "attach", "sync_config", "check_config", "ConfigSync", "attention_layers",
@@ -219,7 +219,7 @@ def _sync(model: nn.Module, log: UndoLog, folder: ScaleFolder, layout: _Layout |
             problems.append(_rope_problem(name))
             continue
         fresh = fresh_inv_freq(r)  # None: its constructor cannot be called alone, nothing to compare
-        if fresh is not None and (fresh.shape != r.inv_freq.shape or
+        if fresh is not None and not r.inv_freq.is_meta and (fresh.shape != r.inv_freq.shape or
                                   not torch.allclose(fresh.float(), r.inv_freq.float().cpu(), rtol=1e-5)):
             problems.append(_rope_problem(name))
     return list(dict.fromkeys(problems))
@@ -294,6 +294,7 @@ def _sync_scope(scope: nn.Module, cfg: Any, attention: list[AttentionLayer], mlp
                 for attr in _HIDDEN_ATTRS:
                     if vars(m).get(attr) == old_hidden:
                         _set_int(m, attr, hidden, log)
+            rescale_embeddings(scope, old_hidden, hidden, log)
             for f in ("word_embed_proj_dim", "embedding_size"):  # embedding width when it equals hidden
                 if getattr(cfg, f, None) == old_hidden:
                     log.setconfig(cfg, f, hidden)

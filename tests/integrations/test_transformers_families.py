@@ -43,8 +43,6 @@ NOT_PRUNABLE: dict[tuple[str, str], str] = {
     ("phi3", "heads"): "Phi-3 slices its fused qkv_proj at config.num_attention_heads * head_dim, a literal size",
     ("phi3", "head_dims"): "Phi-3 slices its fused qkv_proj at config.num_attention_heads * head_dim, a literal size",
     ("t5", "heads"): "T5 cross-attention builds a zero position bias with torch.zeros(1, n_heads, ...): frozen",
-    ("opt", "hidden"): "OPT's learned positions subclass nn.Embedding and call F.embedding, which has no dim rule",
-    ("gemma", "hidden"): "Gemma's scaled embedding subclasses nn.Embedding and calls F.embedding (no dim rule)",
 }
 EXACT = {"heads": True, "head_dims": True, "mlp": True, "hidden": False}
 
