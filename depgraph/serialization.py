@@ -6,6 +6,12 @@ layers keep their widths in attributes (``out_channels``, ``groups``,
 ``normalized_shape``, ``head_dim``). :func:`state_dict` adds both to the
 weights; :func:`load_state_dict` reshapes a fresh model to match and loads them.
 
+Non-persistent buffers (``register_buffer(..., persistent=False)``) are left out
+of ``model.state_dict()`` because the constructor recomputes them; a pruned one
+(a rotary embedding's ``inv_freq`` after head dims were pruned) is not what the
+constructor gives, so the non-persistent buffers of every module depgraph
+pruned travel in ``"buffers"``.
+
 Example:
     >>> sd = tp.state_dict(pruned)                 # or tp.save(pruned, "pruned.pth")
     >>> model = torchvision.models.resnet18()      # unpruned definition
@@ -41,8 +47,8 @@ def state_dict(model: nn.Module) -> dict[str, Any]:
     """The weights plus everything needed to reshape an unpruned copy of ``model`` to match.
 
     Returns:
-        ``{"format", "state_dict", "shapes", "attributes", "records"}``; plain data
-        (tensors, ints, tuples, strings), loadable with ``torch.load(weights_only=True)``.
+        ``{"format", "state_dict", "shapes", "attributes", "records", "buffers"}``; plain
+        data (tensors, ints, tuples, strings), loadable with ``torch.load(weights_only=True)``.
     """
     attributes: dict[str, dict[str, Any]] = {}
     records: dict[str, dict[str, Any]] = {}
@@ -61,7 +67,21 @@ def state_dict(model: nn.Module) -> dict[str, Any]:
         "shapes": {k: tuple(v.shape) for k, v in sd.items()},
         "attributes": attributes,
         "records": records,
+        "buffers": _pruned_non_persistent(model, records),
     }
+
+
+def _pruned_non_persistent(model: nn.Module, records: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """``{qualified name: tensor}`` of the non-persistent buffers of modules depgraph pruned."""
+    out: dict[str, torch.Tensor] = {}
+    for name, m in model.named_modules():
+        if name not in records:
+            continue
+        for b in sorted(m._non_persistent_buffers_set):
+            t = m._buffers.get(b)
+            if t is not None:
+                out[f"{name}.{b}" if name else b] = t.detach().clone()
+    return out
 
 
 def load_state_dict(model: nn.Module, pruned_state: dict[str, Any], strict: bool = True) -> nn.Module:
@@ -86,6 +106,7 @@ def load_state_dict(model: nn.Module, pruned_state: dict[str, Any], strict: bool
     for name, rec in pruned_state.get("records", {}).items():
         for k, v in rec.items():
             modules[name].__dict__[k] = set(v) if k == "_depgraph_inexact" else v
+    _load_buffers(modules, pruned_state.get("buffers", {}), strict)
     own = model.state_dict(keep_vars=True)
     for key, shape in pruned_state["shapes"].items():
         t = own.get(key)
@@ -103,6 +124,18 @@ def load_state_dict(model: nn.Module, pruned_state: dict[str, Any], strict: bool
             m._init_flat_weights()
     model.load_state_dict(pruned_state["state_dict"], strict=strict)
     return model
+
+
+def _load_buffers(modules: dict[str, nn.Module], buffers: dict[str, torch.Tensor], strict: bool) -> None:
+    for key, t in buffers.items():
+        owner, _, attr = key.rpartition(".")
+        m = modules.get(owner)
+        old = m._buffers.get(attr) if m is not None else None
+        if old is None:
+            if strict:
+                raise DepgraphError(f"the pruned state has the buffer {key!r}, which this model does not have")
+            continue
+        m._buffers[attr] = t.to(old.device)
 
 
 def save(model: nn.Module, path: str | os.PathLike) -> None:

@@ -75,3 +75,51 @@ def test_refuses_what_it_did_not_make() -> None:
     state["attributes"]["no.such.layer"] = {"out_channels": 3}
     with pytest.raises(tp.DepgraphError, match="modules this model lacks"):
         tp.load_state_dict(model, state)
+
+
+class _Gated(nn.Module):
+    """A Linear whose output is scaled by a non-persistent buffer (as RoPE's ``inv_freq`` is computed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 16), nn.Linear(16, 3)
+        self.register_buffer("gain", torch.linspace(0.5, 2.0, 16), persistent=False)
+
+    def forward(self, x):
+        return self.fc2(self.fc1(x) * self.gain)
+
+
+def test_pruned_non_persistent_buffer_round_trips() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 6)
+    pruned = _Gated().eval()
+    DG = build(pruned, x)
+    DG.get_pruning_group(pruned.fc1, tp.prune_linear_out_channels, [0, 5, 9]).prune()
+    assert pruned.gain.shape == (13,)
+    state = tp.state_dict(pruned)
+    assert "gain" not in state["state_dict"] and set(state["buffers"]) == {"gain"}
+    fresh = tp.load_state_dict(_Gated().eval(), state)
+    assert torch.equal(fresh.gain, pruned.gain)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), pruned(x))
+    # modules depgraph did not touch keep their buffers out of the file
+    assert tp.state_dict(_Gated())["buffers"] == {}
+
+
+@pytest.mark.zoo
+@pytest.mark.filterwarnings("ignore:depgraph. after this prune")  # layer by layer: uneven on the way
+@pytest.mark.parametrize("kind", ["head_dims", "heads", "mlp", "hidden"])
+def test_pruned_llama_reloads_with_equal_logits(kind: str, tmp_path) -> None:
+    pytest.importorskip("transformers")
+    from tests.integrations._hf import FAMILIES, logits, output_of, prune_uniformly
+
+    fam = FAMILIES["llama"]
+    pruned, inputs = fam.build(), fam.example_inputs()
+    DG = build(pruned, inputs, output_transform=output_of)
+    prune_uniformly(DG, pruned, kind)
+    tp.save(pruned, tmp_path / "pruned.pth")
+    fresh = tp.load(fam.build(), tmp_path / "pruned.pth")
+    if kind == "head_dims":  # the rotary frequencies of the pruned pair are gone, in the reload too
+        assert fresh.model.rotary_emb.inv_freq.shape == (3,)
+        assert torch.equal(fresh.model.rotary_emb.inv_freq, pruned.model.rotary_emb.inv_freq)
+    assert torch.equal(logits(fresh, inputs), logits(pruned, inputs))
