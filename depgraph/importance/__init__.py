@@ -5,6 +5,7 @@ Also importable as ``depgraph.pruner.importance``.
 
 from .activation import ActivationImportance
 from .base import (
+    CONV_AND_LINEAR,
     DEFAULT_TARGET_TYPES,
     GroupImportance,
     Importance,
@@ -12,7 +13,10 @@ from .base import (
     list_importances,
     register_importance,
 )
+from .calibration import CalibrationStats, ChannelStats, collect_activation_stats
 from .channels import ChannelSlice, channel_slices, handler_side, register_channel_slices
+from .compensation import BiasCompensation, compensate_bias, enable_bias_compensation
+from .data_aware import ActivationWeightImportance, CalibratedImportance, FluctuationImportance
 from .fpgm import FPGMImportance
 from .magnitude import (
     BNScaleImportance,
@@ -34,6 +38,7 @@ __all__ = [
     "create_importance",
     "list_importances",
     "DEFAULT_TARGET_TYPES",
+    "CONV_AND_LINEAR",
     # magnitude family
     "GroupMagnitudeImportance",
     "MagnitudeImportance",
@@ -49,6 +54,16 @@ __all__ = [
     "HessianImportance",
     "OBDCImportance",
     "ActivationImportance",
+    # calibrated on real inputs, bias compensation (new)
+    "ActivationWeightImportance",
+    "FluctuationImportance",
+    "CalibratedImportance",
+    "CalibrationStats",
+    "ChannelStats",
+    "collect_activation_stats",
+    "compensate_bias",
+    "enable_bias_compensation",
+    "BiasCompensation",
     # building blocks
     "REDUCTIONS",
     "NORMALIZERS",

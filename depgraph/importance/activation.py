@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .base import GroupImportance, register_importance
+from .base import CONV_AND_LINEAR, GroupImportance, check_power, register_importance
 from .reduce import Normalizer, Reduction
 from .stats import RunningMoments, hooked
 
@@ -64,11 +64,9 @@ class ActivationImportance(GroupImportance):
         normalizer: Normalizer = "mean",
         target_types: Sequence[type] | None = None,
     ) -> None:
-        types = target_types if target_types is not None else (nn.modules.conv._ConvNd, nn.Linear)
+        types = target_types if target_types is not None else CONV_AND_LINEAR
         super().__init__(group_reduction, normalizer, bias=False, target_types=types)
-        if not p > 0:
-            raise ValueError(f"p must be positive, got {p!r}")
-        self.p = p
+        self.p = check_power(p)
         self._moments = RunningMoments(p)
 
     @contextmanager

@@ -42,6 +42,8 @@ __all__ = [
     "create_importance",
     "list_importances",
     "DEFAULT_TARGET_TYPES",
+    "CONV_AND_LINEAR",
+    "check_power",
 ]
 
 #: Layers scored by default: convolutions, linears, batch norms and layer norms.
@@ -51,6 +53,21 @@ DEFAULT_TARGET_TYPES: tuple[type, ...] = (
     nn.modules.batchnorm._BatchNorm,
     nn.LayerNorm,
 )
+
+#: Layers with filters and input columns: the default of criteria that skip norms.
+CONV_AND_LINEAR: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def check_power(p: float) -> float:
+    """``p`` of a norm or power, refused at construction when it is not positive.
+
+    Raises:
+        ValueError: ``p <= 0`` (or not a number).
+    """
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not p > 0:
+        raise ValueError(f"p must be positive (1 for L1, 2 for L2), got {p!r}")
+    return p
+
 
 _REGISTRY: dict[str, type] = {}
 T = TypeVar("T", bound=type)

@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn as nn
 
-from .base import register_importance
+from .base import CONV_AND_LINEAR, check_power, register_importance
 from .channels import ChannelSlice
 from .magnitude import SliceImportance
 from .reduce import Normalizer, Reduction
@@ -42,11 +41,9 @@ class FPGMImportance(SliceImportance):
         normalizer: Normalizer = "mean",
         target_types: Sequence[type] | None = None,
     ) -> None:
-        types = target_types if target_types is not None else (nn.modules.conv._ConvNd, nn.Linear)
+        types = target_types if target_types is not None else CONV_AND_LINEAR
         super().__init__(group_reduction, normalizer, bias=False, target_types=types)
-        if not p > 0:
-            raise ValueError(f"p must be positive, got {p!r}")
-        self.p = p
+        self.p = check_power(p)
 
     def member_scores(self, target: object, side: str, idxs: torch.Tensor, dep: Any) -> list[torch.Tensor]:
         if side != "out":

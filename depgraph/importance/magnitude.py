@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .base import GroupImportance, Importance, register_importance
+from .base import GroupImportance, Importance, check_power, register_importance
 from .channels import ChannelSlice, channel_slices
 from .reduce import Normalizer, Reduction
 
@@ -91,9 +91,7 @@ class GroupMagnitudeImportance(SliceImportance):
         target_types: Sequence[type] | None = None,
     ) -> None:
         super().__init__(group_reduction, normalizer, bias, target_types)
-        if not p > 0:
-            raise ValueError(f"p must be positive (1 for L1, 2 for L2), got {p!r}")
-        self.p = p
+        self.p = check_power(p)
 
     def score_slice(self, sl: ChannelSlice, idxs: torch.Tensor) -> torch.Tensor:
         return power_sum(sl.select(sl.param.detach(), idxs), self.p)

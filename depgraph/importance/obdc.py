@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .base import GroupImportance, register_importance
+from .base import CONV_AND_LINEAR, GroupImportance, register_importance
 from .channels import channel_slices
 from .magnitude import row_sum
 from .reduce import Normalizer, Reduction
@@ -73,7 +73,7 @@ class OBDCImportance(GroupImportance):
         target_types: Sequence[type] | None = None,
         num_classes: int | None = None,
     ) -> None:
-        types = target_types if target_types is not None else (nn.modules.conv._ConvNd, nn.Linear)
+        types = target_types if target_types is not None else CONV_AND_LINEAR
         super().__init__(group_reduction, normalizer, bias=bias, target_types=types)
         self.num_classes = num_classes
         self._moments = RunningMoments(2)

@@ -1,0 +1,264 @@
+"""Per-input-channel activation statistics of the layers that consume channels.
+
+Data-aware criteria (:class:`~depgraph.importance.ActivationWeightImportance`,
+:class:`~depgraph.importance.FluctuationImportance`) and bias compensation
+(:func:`~depgraph.importance.compensate_bias`) need, for every input channel
+``c`` of a Linear or convolution, the values ``X_c`` that entered it on real
+data. :func:`collect_activation_stats` runs calibration batches through the
+model with forward pre-hooks and keeps, per channel, in float64::
+
+    count  (number of values: samples x positions)   sum X_c   sum X_c**2
+    -> mean, variance (population), root mean square, L2 norm
+
+Channels: ``nn.Linear`` reads the last dim of its input; ``nn.Conv1d/2d/3d``
+dim 1 (dim 0 when unbatched), every spatial position counting as a value.
+Other layers (transposed convolutions included) are skipped.
+
+Statistics are stored in the layer's *original* channel index space: depgraph
+records on every pruned module which original channel each surviving one is
+(``_depgraph_kept``, see :mod:`depgraph.dependency.records`). A prune after
+calibration therefore does not invalidate the statistics of other layers:
+:meth:`CalibrationStats.lookup` translates current positions back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..dependency.records import kept_indices
+from ..errors import DepgraphError
+from ..trace.recorder import call_model
+
+__all__ = ["ChannelStats", "CalibrationStats", "collect_activation_stats", "is_channel_consumer"]
+
+
+def is_channel_consumer(module: object) -> bool:
+    """Layers whose input channels calibration measures: Linear and (non-transposed) convolutions."""
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, nn.modules.conv._ConvNd) and not module.transposed
+
+
+def _current_width(module: nn.Module) -> int:
+    return int(module.weight.shape[1]) * getattr(module, "groups", 1)
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """Moments of the values entering some input channels of one layer.
+
+    Attributes:
+        index: ``(C,)`` original channel index of each entry, ascending.
+        count: values seen per channel (samples x positions), the same for all channels.
+        sum: ``(C,)`` float64 sum of the values.
+        sumsq: ``(C,)`` float64 sum of their squares.
+    """
+
+    index: torch.Tensor
+    count: float
+    sum: torch.Tensor
+    sumsq: torch.Tensor
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / self.count
+
+    @property
+    def var(self) -> torch.Tensor:
+        """Population variance ``E[X^2] - E[X]^2`` (clamped at 0 against rounding)."""
+        return (self.sumsq / self.count - self.mean.pow(2)).clamp_min(0)
+
+    @property
+    def rms(self) -> torch.Tensor:
+        """``||X_c||_2 / sqrt(count)``: the norm per value, comparable across layers of any size."""
+        return (self.sumsq / self.count).sqrt()
+
+    @property
+    def norm(self) -> torch.Tensor:
+        """``||X_c||_2`` over every value seen."""
+        return self.sumsq.sqrt()
+
+    def take(self, positions: torch.Tensor) -> ChannelStats:
+        positions = positions.to(self.sum.device)
+        return ChannelStats(self.index[positions], self.count, self.sum[positions], self.sumsq[positions])
+
+
+class CalibrationStats(Mapping):
+    """``{layer: ChannelStats}`` for the consumers a calibration reached.
+
+    Built by :func:`collect_activation_stats` (or a criterion's ``calibrate``).
+    Keyed by module object, so it belongs to one model instance.
+    """
+
+    def __init__(self) -> None:
+        self._stats: dict[nn.Module, ChannelStats] = {}
+
+    # -- Mapping -------------------------------------------------------------------
+    def __getitem__(self, module: nn.Module) -> ChannelStats:
+        return self._stats[module]
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        return iter(self._stats)
+
+    def __len__(self) -> int:
+        return len(self._stats)
+
+    def __repr__(self) -> str:
+        return f"CalibrationStats({len(self)} layers)"
+
+    # -- accumulating --------------------------------------------------------------------
+    @torch.no_grad()
+    def add(self, module: nn.Module, x: torch.Tensor) -> None:
+        """Accumulate the input ``x`` of ``module`` (a Linear or a convolution)."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0:
+            return
+        if isinstance(module, nn.Linear):
+            d = x.dim() - 1
+        else:
+            d = 1 if x.dim() == len(module.kernel_size) + 2 else 0
+        width = x.shape[d]
+        # (..., C, ...) -> (values, C), in float64 so long calibrations do not lose precision
+        flat = x.detach().movedim(d, -1).reshape(-1, width).to(torch.float64)
+        s, sq = flat.sum(0), (flat * flat).sum(0)
+        index = _original_index(module, width)
+        prev = self._stats.get(module)
+        if prev is not None and not torch.equal(prev.index, index.to(prev.index.device)):
+            raise DepgraphError(
+                f"calibration: the input channels of {type(module).__name__} changed between "
+                "batches of one calibration; do not prune while collecting statistics"
+            )
+        if prev is None:
+            self._stats[module] = ChannelStats(index.to(s.device), float(flat.shape[0]), s, sq)
+        else:
+            self._stats[module] = ChannelStats(
+                prev.index, prev.count + flat.shape[0], prev.sum + s.to(prev.sum.device), prev.sumsq + sq.to(prev.sum.device)
+            )
+
+    # -- reading -------------------------------------------------------------------------
+    def lookup(self, module: nn.Module, positions: torch.Tensor | None = None) -> ChannelStats | None:
+        """Statistics of ``module``'s input channels at current ``positions`` (all if None).
+
+        Returns None when the calibration never reached ``module``.
+
+        Raises:
+            DepgraphError: some channel has no statistics (the layer was changed
+                outside depgraph, or widened, since calibration).
+        """
+        st = self._stats.get(module)
+        if st is None:
+            return None
+        width = _current_width(module)
+        original = _original_index(module, width)
+        if positions is not None:
+            original = original[positions.to(original.device)]
+        original = original.to(st.index.device)
+        found = torch.searchsorted(st.index, original).clamp(max=st.index.numel() - 1)
+        missing = st.index[found] != original
+        if bool(missing.any()):
+            raise DepgraphError(
+                f"calibration statistics of {type(module).__name__} cover {st.index.numel()} "
+                f"original channels but not {original[missing][:5].tolist()}; the layer changed "
+                "since calibration: calibrate again"
+            )
+        return st.take(found)
+
+
+def _original_index(module: nn.Module, width: int) -> torch.Tensor:
+    """Original channel index of each of the ``width`` current input channels of ``module``."""
+    kept = kept_indices(module).get("in")
+    if kept is None:
+        return torch.arange(width)
+    if kept.numel() != width:
+        raise DepgraphError(
+            f"{type(module).__name__} has {width} input channels but depgraph recorded "
+            f"{kept.numel()} kept ones; it was resized outside depgraph, so its channels cannot "
+            "be matched to calibration statistics"
+        )
+    return kept.to(torch.long)
+
+
+def _batches(data: Any) -> Iterator[Any]:
+    """One batch (a tensor or a dict of inputs) or an iterable of batches."""
+    if isinstance(data, (torch.Tensor, Mapping)):
+        yield data
+    elif isinstance(data, Iterable):
+        yield from data
+    else:
+        raise DepgraphError(
+            f"calibration data must be a tensor, a dict of inputs or an iterable of batches, "
+            f"got {type(data).__name__}"
+        )
+
+
+@torch.no_grad()
+def collect_activation_stats(
+    model: nn.Module,
+    data: Any,
+    forward_fn: Callable[[nn.Module, Any], Any] | None = None,
+    max_batches: int | None = None,
+    stats: CalibrationStats | None = None,
+) -> CalibrationStats:
+    """Run calibration batches through ``model`` and measure every consumer's input channels.
+
+    The model runs in eval mode (dropout off, BatchNorm running statistics
+    untouched) under ``torch.no_grad()``; each module's mode is restored and
+    every hook removed afterwards, even if the model raises.
+
+    Args:
+        model: the model (pruned or not: statistics go to original indices).
+        data: one batch (a tensor, or a dict of keyword inputs such as a
+            tokenizer's output) or an iterable of batches (a list, a
+            DataLoader). Each batch is called like ``example_inputs``: a dict
+            as ``model(**batch)``, a tuple/list as ``model(*batch)``, anything
+            else as ``model(batch)`` - pass ``forward_fn`` for ``(x, y)`` pairs.
+        forward_fn: ``forward_fn(model, batch)`` replaces the default call.
+        max_batches: stop after this many batches.
+        stats: accumulate into these statistics instead of new ones.
+
+    Returns:
+        The statistics, keyed by layer.
+
+    Raises:
+        DepgraphError: ``data`` is not batches, or no Linear/convolution ran.
+
+    Example:
+        >>> stats = collect_activation_stats(model, loader, forward_fn=lambda m, b: m(b[0]),
+        ...                                  max_batches=8)
+        >>> stats[model.fc].mean.shape
+        torch.Size([512])
+    """
+    if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
+        raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
+    stats = CalibrationStats() if stats is None else stats
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        x = args[0] if args else kwargs.get("input")
+        stats.add(module, x)
+
+    consumers = [m for m in model.modules() if is_channel_consumer(m)]
+    modes = [(m, m.training) for m in model.modules()]
+    handles = []
+    try:
+        for m in consumers:
+            handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
+        model.eval()
+        for k, batch in enumerate(_batches(data)):
+            if max_batches is not None and k >= max_batches:
+                break
+            call_model(model, batch, forward_fn)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes:
+            m.training = training
+    if not stats:
+        raise DepgraphError(
+            f"calibration of {type(model).__name__} saw no Linear or convolution input: "
+            "the data was empty or the model has no such layer"
+        )
+    return stats

@@ -1,0 +1,169 @@
+"""Bias compensation: fold the mean contribution of removed input channels into the consumer's bias.
+
+A consumer ``y = W x + b`` losing input channel ``c`` loses the term
+``W[:, c] * X_c``. Its average over the calibration data, ``W[:, c] * mean(X_c)``,
+is a constant the bias can carry, so after compensation the consumer computes
+exactly what it computed with ``X_c`` replaced by its mean: only the
+fluctuation of ``X_c`` around its mean is lost. For a convolution the
+constant is ``sum over the kernel window of W[:, c]`` times the mean (exact
+where the whole window lies inside the input; zero padding at the borders
+makes it approximate there).
+
+Two ways to use it:
+
+* :func:`compensate_bias` changes biases now, for a group about to be pruned;
+  it must run *before* ``group.prune()`` (the weights of the removed channels
+  are read), and it is not undone if that prune is then refused.
+* :func:`enable_bias_compensation` (what ``BasePruner(bias_compensation=True)``
+  uses) makes the graph compensate inside every group prune's transaction:
+  the bias change is part of the snapshot and is rolled back with the rest
+  when the prune fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import DepgraphError
+from .calibration import CalibrationStats, is_channel_consumer
+from .channels import handler_side
+
+__all__ = ["compensate_bias", "enable_bias_compensation", "BiasCompensation"]
+
+
+def _bias_delta(layer: nn.Module, idxs: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """``sum_c W[:, c] * mean_c`` over input channels ``idxs`` of ``layer``, in float64: ``(out,)``."""
+    w = layer.weight.detach()
+    out_ch, per_block = w.shape[0], w.shape[1]
+    g = getattr(layer, "groups", 1)
+    # (O, I/g, *k) -> (O, I/g): a constant input meets the sum of its kernel window
+    w = w.reshape(out_ch, per_block, -1).sum(2).to(torch.float64)
+    # channel c = block * (I/g) + j feeds rows block * (O/g) ... (block + 1) * (O/g) - 1
+    blocks, j = idxs // per_block, idxs % per_block
+    wb = w.reshape(g, out_ch // g, per_block)
+    contrib = wb[blocks, :, j] * mean.to(w.device, torch.float64)[:, None]  # (n, O/g)
+    delta = torch.zeros(g, out_ch // g, dtype=torch.float64, device=w.device)
+    delta.index_add_(0, blocks, contrib)
+    return delta.reshape(out_ch)
+
+
+def _add_to_bias(layer: nn.Module, delta: torch.Tensor) -> None:
+    """``layer.bias += delta`` without writing into the old tensor (so a snapshot can restore it)."""
+    weight = layer.weight
+    if layer.bias is None:
+        layer.bias = nn.Parameter(delta.to(weight.device, weight.dtype), requires_grad=weight.requires_grad)
+    else:
+        bias = layer.bias
+        with torch.no_grad():
+            bias.data = (bias.data.to(torch.float64) + delta.to(bias.device)).to(bias.dtype)
+
+
+@torch.no_grad()
+def compensate_bias(group: Iterable[Any], stats: CalibrationStats) -> list[nn.Module]:
+    """Add the mean contribution of the channels ``group`` removes to each consumer's bias.
+
+    Every member pruned on its input side that is a Linear or a convolution
+    with statistics in ``stats`` is compensated; a consumer without a bias
+    gets one (a zero ``nn.Parameter`` of the weight's dtype and device, plus
+    the correction). Call it right before ``group.prune()``. Note that a bias
+    created here is not in an optimizer built earlier.
+
+    Args:
+        group: a :class:`~depgraph.Group` (or any iterable of ``(dep, idxs)``
+            with current indices).
+        stats: from :func:`~depgraph.importance.collect_activation_stats` or
+            a calibrated criterion's ``.stats``.
+
+    Returns:
+        The layers whose bias changed.
+
+    Raises:
+        DepgraphError: ``stats`` is not calibration statistics.
+
+    Example:
+        >>> stats = tp.importance.collect_activation_stats(model, batches)
+        >>> group = DG.get_pruning_group(model.fc1, tp.prune_linear_out_channels, [0, 3])
+        >>> tp.compensate_bias(group, stats)
+        >>> group.prune()
+    """
+    if not isinstance(stats, CalibrationStats):
+        raise DepgraphError(
+            f"compensate_bias needs CalibrationStats (from collect_activation_stats or a calibrated "
+            f"criterion's .stats), got {type(stats).__name__}"
+        )
+    # plan every change first (a lookup may refuse), then apply them
+    changes: dict[nn.Module, torch.Tensor] = {}
+    for dep, idxs in group:
+        target = dep.target.module
+        if not idxs or handler_side(dep.handler) != "in" or not is_channel_consumer(target):
+            continue
+        i = torch.as_tensor(list(idxs), dtype=torch.long)
+        st = stats.lookup(target, i)
+        if st is None:
+            continue
+        delta = _bias_delta(target, i.to(target.weight.device), st.mean)
+        changes[target] = delta if target not in changes else changes[target] + delta
+    for layer, delta in changes.items():
+        _add_to_bias(layer, delta)
+    return list(changes)
+
+
+class BiasCompensation:
+    """A graph hook that compensates biases inside every group prune's transaction.
+
+    Registered on ``DG._before_prune_hooks`` by :func:`enable_bias_compensation`;
+    the graph calls it with the group's members after validating them and
+    after snapshotting every member, before any channel is removed.
+
+    Args:
+        stats: the statistics, or a callable returning them at each prune
+            (a pruner passes one reading its criterion's current ``.stats``).
+    """
+
+    def __init__(self, stats: CalibrationStats | Callable[[], CalibrationStats | None]) -> None:
+        self._stats = stats
+        self._graph: Any = None
+
+    def stats(self) -> CalibrationStats:
+        stats = self._stats() if callable(self._stats) and not isinstance(self._stats, CalibrationStats) else self._stats
+        if stats is None:
+            raise DepgraphError(
+                "bias compensation has no calibration statistics; calibrate the importance "
+                "(imp.calibrate(model, data)) or pass calibration_stats="
+            )
+        return stats
+
+    def __call__(self, graph: Any, items: list) -> None:
+        compensate_bias(items, self.stats())
+
+    def attach(self, graph: Any) -> BiasCompensation:
+        if self not in graph._before_prune_hooks:
+            graph._before_prune_hooks.append(self)
+        self._graph = graph
+        return self
+
+    def detach(self) -> None:
+        """Stop compensating (already compensated biases stay)."""
+        if self._graph is not None and self in self._graph._before_prune_hooks:
+            self._graph._before_prune_hooks.remove(self)
+        self._graph = None
+
+
+def enable_bias_compensation(
+    graph: Any, stats: CalibrationStats | Callable[[], CalibrationStats | None]
+) -> BiasCompensation:
+    """Make every ``group.prune()`` of ``graph`` compensate biases, transactionally.
+
+    Returns:
+        The hook; ``hook.detach()`` turns compensation off again.
+
+    Example:
+        >>> DG = tp.DependencyGraph().build_dependency(model, example_inputs)
+        >>> tp.importance.enable_bias_compensation(DG, stats)
+        >>> DG.get_pruning_group(model.fc1, tp.prune_linear_out_channels, [0, 3]).prune()
+    """
+    return BiasCompensation(stats).attach(graph)
