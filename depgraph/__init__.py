@@ -62,6 +62,9 @@ from .functional import (
     prune_related_linear,
 )
 
+# Bias compensation with calibration statistics (new)
+from .importance.compensation import compensate_bias
+
 # Saving pruned models as data
 from .serialization import load, load_state_dict, save, state_dict
 
@@ -117,6 +120,7 @@ __all__ = [
     "importance",
     "pruner",
     "utils",
+    "compensate_bias",
     # dimension rules (new)
     "dims",
     # proof (new)

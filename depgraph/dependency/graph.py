@@ -66,6 +66,10 @@ class DependencyGraph:
         # e.g. to update size attributes (num_heads, head_dim) that the forward reads; and as
         # hook(graph, None) when that prune is rolled back, to undo what the hook changed.
         self._after_prune_hooks: list[Callable] = []
+        # Called as hook(graph, items) inside the transaction: after validation and the snapshot,
+        # before any handler runs (items carry current indices). What it changes on the members'
+        # modules is restored with them if the prune fails (bias compensation uses it).
+        self._before_prune_hooks: list[Callable] = []
 
     # -- building ------------------------------------------------------------------
     def register_customized_layer(self, layer_type: type | nn.Module, layer_pruner: BasePruningFunc) -> None:
@@ -371,7 +375,10 @@ class DependencyGraph:
         attrs = self._bound_attributes(plan, dead)
         snap = Snapshot([it.dep.target.module for it in ordered] + [owner for owner, _, _ in attrs])
         widths = {id(it): self._width(it.dep) for it in ordered}
+        it = root
         try:
+            for hook in self._before_prune_hooks:
+                hook(self, ordered)
             for it in ordered:
                 if it.idxs:
                     it.dep(it.idxs)

@@ -32,6 +32,7 @@ from .._types import ExampleInputs, Indices
 from ..dependency import DependencyGraph
 from ..errors import DepgraphError, OverPruningError
 from ..importance import Importance
+from ..importance.compensation import enable_bias_compensation
 from . import planning
 from .options import PrunerOptions, check_known_modules, resolve_deprecated
 from .scheduler import Scheduler, linear_scheduler
@@ -73,6 +74,11 @@ class BasePruner:
         soft_pruning: **(new)** zero the chosen channels (weights, biases and
             norm affines of every member) instead of removing them; shapes stay,
             later steps keep them at zero and count them as pruned.
+        bias_compensation: **(new)** each prune adds the mean contribution of the
+            removed input channels to the consumers' biases (inside the prune's
+            transaction; see :mod:`depgraph.importance.compensation`). Needs
+            calibration statistics: ``calibration_stats`` or a calibrated importance.
+        calibration_stats: **(new)** statistics from ``collect_activation_stats``.
         ch_sparsity, ch_sparsity_dict, channel_groups: deprecated spellings.
 
     Raises:
@@ -117,6 +123,8 @@ class BasePruner:
         ch_sparsity_dict: dict | None = None,
         channel_groups: dict | None = None,
         soft_pruning: bool = False,
+        bias_compensation: bool = False,
+        calibration_stats: Any = None,
         **extra: Any,
     ) -> None:
         kwargs = {
@@ -154,6 +162,8 @@ class BasePruner:
             customized_pruners=dict(self.options.customized_pruners) or None,
             ignored_params=params or None,
         )
+        if self.options.bias_compensation:
+            self._bias_hook = enable_bias_compensation(self.DG, self._calibration_stats(required=True))
         self.current_step = 0
         self._soft_pruned: dict[Any, set[int]] = {}
         self._initial: dict[Any, int] = {}
@@ -193,6 +203,20 @@ class BasePruner:
     def get_target_pruning_ratio(self, module: nn.Module) -> float:
         """The ratio ``module``'s groups reach after the current step."""
         return self.scopes.ratio(module, self.current_step)
+
+    def _calibration_stats(self, required: bool = False) -> Callable[[], Any]:
+        """Reads ``calibration_stats`` or the importance's current ``.stats`` at each prune."""
+        def current() -> Any:
+            given = self.options.calibration_stats
+            return given if given is not None else getattr(self.importance, "stats", None)
+
+        if required and current() is None:
+            raise ValueError(
+                "bias_compensation=True needs calibration statistics: calibrate the importance first "
+                "(imp.calibrate(model, data)) or pass calibration_stats="
+                "tp.importance.collect_activation_stats(model, data)"
+            )
+        return current
 
     # -- scoring ------------------------------------------------------------------------------
     def estimate_importance(self, group: Any) -> torch.Tensor | None:

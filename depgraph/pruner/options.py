@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..importance.calibration import CalibrationStats
 from .scheduler import Scheduler, linear_scheduler
 
 __all__ = ["PrunerOptions", "resolve_deprecated", "check_known_modules", "DEFAULT_ROOT_TYPES"]
@@ -67,6 +68,8 @@ class PrunerOptions:
     forward_fn: Callable | None = None
     output_transform: Callable | None = None
     soft_pruning: bool = False  # (new) zero the chosen channels instead of removing them
+    bias_compensation: bool = False  # (new) fold removed input channels' mean into consumer biases
+    calibration_stats: Any = None  # (new) CalibrationStats for it (default: the importance's .stats)
     problems: tuple = field(default=(), repr=False, compare=False)
 
     @classmethod
@@ -140,6 +143,11 @@ class PrunerOptions:
         for layer in self.ignored_layers:
             if not isinstance(layer, (nn.Module, torch.Tensor)):
                 problems.append(f"ignored_layers must hold modules or parameters, got {type(layer).__name__}")
+        if self.calibration_stats is not None and not isinstance(self.calibration_stats, CalibrationStats):
+            problems.append("calibration_stats must come from tp.importance.collect_activation_stats, "
+                            f"got {type(self.calibration_stats).__name__}")
+        if self.bias_compensation and self.soft_pruning:
+            problems.append("bias_compensation needs channels to be removed; it cannot be combined with soft_pruning")
         bad_types = [
             t for t in self.root_module_types if not (isinstance(t, type) and issubclass(t, nn.Module))
         ]
