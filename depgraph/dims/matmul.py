@@ -51,6 +51,11 @@ def matmul_rule(op: OpNode, ctx: RuleContext) -> None:
     ctx.identity(a, -2, out, -2)
     ctx.identity(b, -1, out, -1)
     _couple_batch(ctx, [(a, a.ndim - 2), (b, b.ndim - 2)], out, out.ndim - 2)
+    # (B, H, L, D) @ (B, H, D, S): a batch dim shared by both operands may be attention
+    # heads (q @ k^T, probs @ v); the pruner keeps those whose removal is a whole head.
+    for d in range(1, min(a.ndim, b.ndim) - 1):
+        if a.shape[-d - 2] == b.shape[-d - 2] > 1:
+            ctx.heads(a, -d - 2, b, -d - 2, op.where())
 
 
 @register_dim_rule(torch.baddbmm, torch.Tensor.baddbmm, torch.addmm, torch.Tensor.addmm, torch.addbmm)
@@ -186,6 +191,8 @@ def sdpa_rule(op: OpNode, ctx: RuleContext) -> None:
             ctx.cover(v, -3)
         elif hq % hk == 0:
             ctx.map(k, -3, q, -3, Gather(torch.arange(hq) // (hq // hk), hk))
+        if hk > 1 and hq % hk == 0:
+            ctx.heads(q, -3, k, -3, op.where())
         for d in range(q.ndim - 3):
             for t in (k, v, out):
                 if t.shape[d] == q.shape[d] and q.shape[d] > 1:

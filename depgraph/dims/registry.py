@@ -124,6 +124,10 @@ class RuleContext:
         """``owner.attr`` is the size of ``dim`` of ``v``: update it when that dim is pruned."""
         self.graph.bind(self.slot(v, dim), owner, attr)
 
+    def heads(self, q: Value, dq: int, k: Value, dk: int, where: str) -> None:
+        """Dim ``dq`` of ``q`` and ``dk`` of ``k`` are the head axes of an attention op (see ``HeadAxis``)."""
+        self.graph.mark_heads(self.slot(q, dq), self.slot(k, dk), where)
+
     def freeze(self, v: Value, dim: int, reason: str) -> None:
         self.graph.freeze(self.slot(v, dim), reason)
 

@@ -27,7 +27,7 @@ import torch
 
 from .indexmap import Identity, IndexMap
 
-__all__ = ["SlotGraph", "PairRule", "FactorRule", "Endpoint"]
+__all__ = ["SlotGraph", "PairRule", "FactorRule", "Endpoint", "HeadAxis"]
 
 
 @dataclass
@@ -38,6 +38,19 @@ class Endpoint:
     handler: object  # the bound prune_out_channels / prune_in_channels
     is_out: bool
     dim: int | None = None  # for bare parameters: the tensor dim
+
+
+@dataclass(frozen=True)
+class HeadAxis:
+    """The head axes of the query and key operands of one attention op.
+
+    Removing position ``h`` of ``k`` removes key/value head ``h`` and, through
+    the graph (GQA repeat), exactly the query heads that read it.
+    """
+
+    q: int  # slot: query heads (dim -3 of sdpa's q, the batch dim of ``q @ k^T``)
+    k: int  # slot: key heads
+    where: str
 
 
 class PairRule:
@@ -154,6 +167,8 @@ class SlotGraph:
         # (slot, {(value id, dim)}, where): a size argument computed from those dims;
         # valid only if pruning the slot also prunes one of them (see GraphBuilder).
         self.derived: list[tuple[int, frozenset, str]] = []
+        # Head axes of attention ops, in trace order: where whole heads can be removed.
+        self.head_axes: list[HeadAxis] = []
 
     def bind(self, slot: int, owner: object, attr: str) -> None:
         """``owner.attr`` holds the size of ``slot``; every slot bound to it loses the same positions."""
@@ -189,6 +204,11 @@ class SlotGraph:
         self.rules[merged].append(rule)
         for p in parts:
             self.rules[p].append(rule)
+
+    def mark_heads(self, q: int, k: int, where: str) -> None:
+        """``q`` and ``k`` are the query-head and key-head axes of an attention op."""
+        if self.sizes[q] > 1 and self.sizes[k] > 1:
+            self.head_axes.append(HeadAxis(q, k, where))
 
     def freeze(self, slot: int, reason: str) -> None:
         self.frozen.setdefault(slot, reason)

@@ -25,10 +25,11 @@ Nothing here imports transformers: models are recognised by their class's module
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -95,6 +96,8 @@ class ConfigSync:
             self._folder.prime(a)
         self._last = UndoLog()
         self._warned: set[str] = set()
+        self._deferred = 0
+        self._problems: list[str] = []
 
     def __call__(self, graph: Any, plan: Any) -> None:
         model = self._model()
@@ -104,8 +107,25 @@ class ConfigSync:
             self._last.undo()
             return
         self._last = UndoLog()
-        problems = _sync(model, self._last, self._folder, self._layout)
-        if problems and not self._warned:
+        self._problems = _sync(model, self._last, self._folder, self._layout)
+        if not self._deferred:
+            self._warn(self._problems, stacklevel=5)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Warn (if at all) only about the state after the block: a pruner's step prunes layer by
+        layer through uneven states on its way to an even one."""
+        self._deferred += 1
+        try:
+            yield
+        finally:
+            self._deferred -= 1
+            if not self._deferred:
+                self._warn(self._problems, stacklevel=6)
+
+    def _warn(self, problems: list[str], stacklevel: int) -> None:
+        model = self._model()
+        if problems and not self._warned and model is not None:
             # Once per model: pruning layer by layer passes through uneven states on its way
             # to an even one, and check_config gives the full picture when it matters.
             self._warned.update(problems)
@@ -114,7 +134,7 @@ class ConfigSync:
                 + "\n  - ".join(problems) + "\nThe config keeps its old value for these fields until the layers "
                 "agree again (expected while pruning layer by layer). Call "
                 "depgraph.integrations.transformers.check_config(model) before save_pretrained. "
-                + _UNIFORM_HINT, stacklevel=4)
+                + _UNIFORM_HINT, stacklevel=stacklevel)
 
 
 def attach(graph: Any) -> ConfigSync | None:

@@ -21,6 +21,7 @@ the rest through ``**kwargs``.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -34,6 +35,7 @@ from ..errors import DepgraphError, OverPruningError
 from ..importance import Importance
 from ..importance.compensation import enable_bias_compensation
 from . import planning
+from .heads import HeadPlanner
 from .options import PrunerOptions, check_known_modules, resolve_deprecated
 from .scheduler import Scheduler, linear_scheduler
 from .scope import ScopeTable
@@ -65,9 +67,15 @@ class BasePruner:
         in_channel_groups / out_channel_groups: ``{module: n}``: the module's
             channels form ``n`` blocks that must lose the same local positions
             (grouped convolutions are detected from the graph).
-        num_heads, prune_num_heads, prune_head_dims, head_pruning_ratio,
-            head_pruning_ratio_dict: attention heads; ``num_heads`` entries keep
-            head dims aligned across heads. Removing whole heads is not done here.
+        prune_num_heads: remove whole attention heads, ``head_pruning_ratio`` of
+            each block's heads (``head_pruning_ratio_dict``: per module or tuple
+            scope). Heads are found from the trace; under GQA a key/value head goes
+            with exactly the query heads that share it; a block keeps one head.
+            See :mod:`depgraph.pruner.heads`.
+        prune_head_dims: prune head dims of attention groups with ``pruning_ratio``
+            (the same dims in every head); both may be combined in one step.
+        num_heads: ``{module: n}``, optional: checked against the traced heads
+            (a mismatch raises), and keeps head dims aligned across heads.
         customized_pruners, unwrapped_parameters, forward_fn, output_transform:
             passed to ``DependencyGraph.build_dependency``.
         root_module_types: the layer types groups are rooted at.
@@ -140,12 +148,6 @@ class BasePruner:
             raise TypeError(f"{type(self).__name__}: {e}") from None
         if not callable(importance):
             raise TypeError(f"importance must be callable (group -> scores), got {type(importance).__name__}")
-        if self.options.prune_num_heads:
-            warnings.warn(
-                "prune_num_heads: removing whole attention heads is not implemented by this "
-                "pruner yet; head dims are pruned instead",
-                stacklevel=2,
-            )
         check_known_modules(model, self.options)
         self.model = model
         self.importance = importance
@@ -169,6 +171,8 @@ class BasePruner:
         self._initial: dict[Any, int] = {}
         for group in self.DG.get_all_groups(self.ignored_layers, self.options.root_module_types):
             self._initial[group[0].dep.target.module] = len(group[0].idxs)
+        opts = self.options
+        self._heads = HeadPlanner(self) if opts.prune_num_heads or opts.num_heads else None
         self.update_regularizer()
 
     # -- compatibility attributes -------------------------------------------------------
@@ -241,19 +245,25 @@ class BasePruner:
         groups = self._prune()
         if interactive:
             return groups
-        for group in groups:
-            if self.options.soft_pruning:
-                self._soft_prune(group)
-            else:
-                group.prune()
+        with contextlib.ExitStack() as stack:
+            for hook in self.DG._after_prune_hooks:  # e.g. HF config sync: judge the step's end state
+                if hasattr(hook, "deferred"):
+                    stack.enter_context(hook.deferred())
+            for group in groups:
+                if self.options.soft_pruning:
+                    self._soft_prune(group)
+                else:
+                    group.prune()
         return None
 
     def _prune(self) -> Iterator[Any]:
         # Decide everything on the model as it is now, then apply: criteria whose
         # statistics follow parameter shapes (Hessian, OBDC) stay valid, and no
         # group is scored half-way through another group's prune.
-        local = [(c, planning.plan_local(self, c)) for c in planning.candidates(self, pooled=False)]
-        pooled = list(planning.candidates(self, pooled=True))
+        heads = self._heads.plan() if self._heads is not None and self.options.prune_num_heads else []
+        skip = self._head_dim_slots()
+        local = [(c, planning.plan_local(self, c)) for c in planning.candidates(self, pooled=False, skip=skip)]
+        pooled = list(planning.candidates(self, pooled=True, skip=skip))
         decided = [(c, idxs) for c, idxs in local if idxs]
         decided += [(c, planning.pick(self, c, n)) for c, n in planning.plan_pooled(self, pooled)]
         for cand, idxs in decided:
@@ -263,6 +273,15 @@ class BasePruner:
                 idxs = planning.pick(self, cand, min(n, cand.current - 1))
             if idxs:
                 yield from self._final_group(cand, idxs)
+        if heads:  # last: decisions hold original positions, valid after the head-dim prunes
+            yield from self._heads.groups(heads)
+
+    def _head_dim_slots(self) -> set[int]:
+        """Root slots of attention groups left alone (``prune_num_heads`` without ``prune_head_dims``)."""
+        opts = self.options
+        if self._heads is None or not opts.prune_num_heads or opts.prune_head_dims:
+            return set()
+        return self._heads.attention_slots()
 
     def _width_now(self, cand: planning.Candidate) -> int | None:
         out = self.DG.is_out_channel_pruning_fn(cand.fn)

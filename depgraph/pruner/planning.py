@@ -54,12 +54,17 @@ class Candidate:
         return self.alive - len(self.soft)
 
 
-def candidates(pruner: BasePruner, pooled: bool) -> Iterator[Candidate]:
-    """The groups of the local (``pooled=False``) or pooled scopes, as the model is now."""
+def candidates(pruner: BasePruner, pooled: bool, skip: set[int] | None = None) -> Iterator[Candidate]:
+    """The groups of the local (``pooled=False``) or pooled scopes, as the model is now.
+
+    ``skip``: root slots whose groups are left alone (attention head dims when only heads go).
+    """
     opts = pruner.options
     for group in pruner.DG.get_all_groups(pruner.ignored_layers, opts.root_module_types):
         root_item = group[0]
         root = root_item.dep.target.module
+        if skip and getattr(pruner.DG.module2node.get(root), "out_slot", None) in skip:
+            continue
         scope = pruner.scopes.scope_of(root)
         if scope.pooled != pooled:
             continue

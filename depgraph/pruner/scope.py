@@ -15,7 +15,7 @@ Each scope's schedule is computed once, at construction.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
 import torch.nn as nn
@@ -59,6 +59,11 @@ class ScopeTable:
     def scope_of(self, module: object) -> Scope:
         hit = self._owner.get(module) if isinstance(module, nn.Module) else None
         return hit[1] if hit is not None else self.default
+
+    def scope_of_any(self, modules: Iterable[object]) -> Scope:
+        """The smallest scope holding any of ``modules`` (an attention block's q/k/v/o layers)."""
+        hits = [self._owner[m] for m in modules if isinstance(m, nn.Module) and m in self._owner]
+        return min(hits, key=lambda h: h[0])[1] if hits else self.default
 
     def ratio(self, module: object, step: int) -> float:
         """The ratio ``module``'s scope must reach after ``step`` steps."""

@@ -146,7 +146,7 @@ def test_modules_must_belong_to_the_model(net):
 
 
 def test_head_options_are_stored(net):
-    with pytest.warns(UserWarning, match="removing whole attention heads is not implemented"):
+    with pytest.warns(UserWarning, match="prune_num_heads=True, but no attention block"):
         pruner = P.BasePruner(
             net,
             X,

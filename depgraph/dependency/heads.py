@@ -1,0 +1,204 @@
+"""Whole attention heads as removable units, found from the traced attention ops.
+
+The dimension rules mark the head axes of every attention op (sdpa's dim -3,
+the shared batch dim of ``q @ k^T``; see ``HeadAxis``). Removing one position
+of a key-head axis and propagating it through the slot graph gives one *head
+unit*: the rows of the k/v projections of that key/value head, the rows of q
+of exactly the query heads that read it (GQA's repeat or ``enable_gqa``
+closes a query head to its whole group), and the matching columns of the
+output projection. A unit is expressed as positions of one root layer, so a
+pruner removes it with an ordinary group.
+
+Nothing here mutates the model; everything is recomputed from the graph's
+current state, so it stays valid after any prune::
+
+    find_attention_heads(DG)            one AttentionHeads per attention block
+        AttentionHeads.units            current units, each a set of root positions
+        AttentionHeads.group(units)     the Group removing those units (a plan)
+        AttentionHeads.scoring_group()  every unit in one Group, for importance criteria
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn as nn
+
+from ..dims.propagate import Propagation, propagate
+from ..dims.slots import HeadAxis
+from .group import Group
+from .node import GroupItem
+
+if TYPE_CHECKING:
+    from .graph import DependencyGraph
+
+__all__ = ["AttentionHeads", "find_attention_heads"]
+
+
+@dataclass
+class AttentionHeads:
+    """The removable heads of one attention block.
+
+    Attributes:
+        axis: the head axes of the attention op the block was found at.
+        root: the layer whose output positions express a unit (q or the fused qkv).
+        fn: its ``prune_out_channels``.
+        units: per unit (a key/value head with its query heads), its *original*
+            root positions still alive, in root order.
+        query_heads, kv_heads: head counts now.
+        modules: every layer the block's heads live in (q/k/v/o projections).
+        slots: their endpoint slots (the groups of these slots carry head dims).
+    """
+
+    graph: DependencyGraph
+    axis: HeadAxis
+    root_slot: int
+    root: Any
+    fn: Callable
+    units: list[torch.Tensor]
+    query_heads: int
+    kv_heads: int
+    modules: list[nn.Module] = field(default_factory=list)
+    slots: frozenset[int] = frozenset()  # endpoint slots the heads live in
+
+    @property
+    def key(self) -> int:
+        """Stable across prunes: the key-head axis slot."""
+        return self.axis.k
+
+    @property
+    def name(self) -> str:
+        return self.graph.module2node[self.root].name
+
+    def root_idxs(self, units: Iterable[int]) -> list[int]:
+        """Current root positions of ``units`` (indices into :attr:`units`)."""
+        return self._current([self.units[u] for u in units])
+
+    def group(self, units: Sequence[int]) -> Group:
+        """The group that removes ``units``; a plan, nothing changes until ``group.prune()``."""
+        return self.graph.get_pruning_group(self.root, self.fn, self.root_idxs(units))
+
+    def group_of(self, orig: Sequence[torch.Tensor]) -> Group | None:
+        """The group removing the units with these original root positions, as the graph is now.
+
+        Positions removed since (head dims pruned in between) are skipped; None if nothing is left.
+        """
+        idxs = self._current(orig)
+        return self.graph.get_pruning_group(self.root, self.fn, idxs) if idxs else None
+
+    def _current(self, orig: Sequence[torch.Tensor]) -> list[int]:
+        if not orig:
+            return []
+        pos = torch.cat(list(orig))
+        dead = self.graph._dead.get(self.root_slot)
+        if dead is not None:
+            pos = pos[~dead[pos]]
+        return sorted(self.graph._to_current(self.root_slot, pos).tolist())
+
+    def scoring_group(self) -> Group:
+        """All units in one group (root = :attr:`root`), to score with an importance criterion.
+
+        Built unit by unit and merged: one group over every head at once would
+        also reach the head-dim axis (all of it is gone), which RoPE couples across layers.
+        Never prune it: it removes every head.
+        """
+        merged: dict[tuple[int, str], GroupItem] = {}
+        for u in range(len(self.units)):
+            for it in self.group([u]).items:
+                key = (id(it.dep.target), it.dep.handler.__name__)
+                have = merged.get(key)
+                if have is None:
+                    merged[key] = GroupItem(it.dep, list(it.idxs), list(it.root_idxs))
+                else:
+                    have.idxs += it.idxs
+                    have.root_idxs += it.root_idxs
+        return Group(self.graph, list(merged.values()), Propagation())
+
+
+def find_attention_heads(
+    graph: DependencyGraph,
+    ignored_layers: Iterable[nn.Module] = (),
+    root_module_types: tuple = (nn.Linear,),
+) -> list[AttentionHeads]:
+    """Every attention block whose whole heads can be removed, in trace order.
+
+    A head axis is kept when removing any one of its heads reaches no frozen
+    dimension and expresses itself on an output layer of ``root_module_types``. Axes of the same block (``q @ k^T`` and
+    ``probs @ v``) give the same units and are reported once.
+    """
+    g = graph._graph
+    blocked: dict[int, str] = {}
+    for m in ignored_layers:
+        for sub in m.modules() if isinstance(m, nn.Module) else (m,):
+            node = graph.module2node.get(sub)
+            if node is not None and node.out_slot is not None:
+                blocked[node.out_slot] = f"{node.name} is ignored"
+    out: list[AttentionHeads] = []
+    seen: set[tuple] = set()
+    for axis in g.head_axes:
+        found = _block(graph, axis, blocked, tuple(root_module_types))
+        if found is None:
+            continue
+        sig = tuple(tuple(u.tolist()) for u in found.units) + (found.root_slot,)
+        if sig not in seen:
+            seen.add(sig)
+            out.append(found)
+    return out
+
+
+def _block(graph: DependencyGraph, axis: HeadAxis, blocked: dict[int, str],
+           root_types: tuple) -> AttentionHeads | None:
+    g = graph._graph
+    if axis.k in g.frozen or axis.q in g.frozen or axis.k in blocked:
+        return None
+    plans: list[Propagation] = []
+    claimed: set[int] = set()
+    for h in graph._alive(axis.k).tolist():
+        if h in claimed:  # a repeated key head (GQA after repeat_kv): already in a unit
+            continue
+        plan = propagate(g, axis.k, torch.tensor([h]), graph._dead, blocked)
+        if plan.violations:
+            return None
+        if axis.k in plan.state:
+            claimed.update((plan.state[axis.k] >= 0).nonzero().flatten().tolist())
+        plans.append(plan)
+    if not plans:
+        return None
+    root_slot = _root_slot(graph, plans[0], root_types)
+    if root_slot is None:
+        return None
+    units = []
+    for plan in plans:
+        if root_slot not in plan.state:
+            return None
+        units.append((plan.state[root_slot] >= 0).nonzero().flatten())
+    flat = torch.cat(units)
+    if flat.unique().numel() != flat.numel() or any(u.numel() == 0 for u in units):
+        return None  # units overlap: not independent heads
+    ep = g.endpoints[root_slot]
+    modules, slots = [], set()
+    for s in plans[0].state:
+        e = g.endpoints.get(s)
+        if e is None:
+            continue
+        slots.add(s)
+        if isinstance(e.node.module, nn.Module) and e.node.module not in modules:
+            modules.append(e.node.module)
+    return AttentionHeads(graph, axis, root_slot, ep.node.module, ep.handler, units,
+                          int(graph._alive(axis.q).numel()), len(units), modules, frozenset(slots))
+
+
+def _root_slot(graph: DependencyGraph, plan: Propagation, root_types: tuple) -> int | None:
+    """The earliest-created output endpoint of a root-type layer the unit reaches (q_proj, qkv)."""
+    g = graph._graph
+    best = None
+    for s in plan.state:
+        ep = g.endpoints.get(s)
+        if ep is None or not ep.is_out or not isinstance(ep.node.module, root_types):
+            continue
+        if best is None or s < best:
+            best = s
+    return best

@@ -1,0 +1,217 @@
+"""Whole-head pruning: which heads of which attention block go this step.
+
+A *unit* is a key/value head together with exactly the query heads that read
+it (for multi-head attention: one query head with its key and value head);
+see :mod:`depgraph.dependency.heads`. Per block:
+
+    score(unit)   mean of the importance scores of the unit's channels, taken
+                  from one importance call over every unit of the block (so
+                  the criterion's normaliser sees the whole block) and summed
+                  over the q/k/v/o members through the group's root indices
+    count         remove floor(initial_units * head_ratio) units in all (never
+                  more than asked: 3 heads at 0.5 lose one), keep at least one
+                  and respect max_pruning_ratio; with round_to,
+                  the kept root width (units * channels per unit) stays a
+                  multiple of it where possible
+
+Ratios come from ``head_pruning_ratio`` / ``head_pruning_ratio_dict`` on the
+same schedule as channels. Blocks of a pooled scope (``global_pruning`` or a
+tuple key) are ranked together. Decisions are made on the model as it is and
+hold *original* positions, so they stay valid when other groups of the same
+step (head dims) are pruned first.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import defaultdict
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn as nn
+
+from ..dependency.heads import AttentionHeads, find_attention_heads
+from ..errors import DepgraphError
+from .options import floor_fraction
+from .scope import Scope, ScopeTable
+
+if TYPE_CHECKING:
+    from .base import BasePruner
+
+__all__ = ["HeadPlanner", "HeadDecision"]
+
+
+@dataclass
+class HeadDecision:
+    """Units of one block to remove: their original root positions."""
+
+    block: AttentionHeads
+    orig: list[torch.Tensor]
+
+
+class HeadPlanner:
+    """Owns the head schedule of one pruner: scopes, initial counts, decisions."""
+
+    def __init__(self, pruner: BasePruner) -> None:
+        opts = pruner.options
+        self.pruner = pruner
+        self.scopes = ScopeTable(opts.replace(
+            pruning_ratio=opts.head_pruning_ratio, pruning_ratio_dict=opts.head_pruning_ratio_dict))
+        self.initial: dict[Hashable, int] = {}
+        blocks = self.blocks()
+        for b in blocks:
+            self.initial[b.key] = len(b.units)
+        check_num_heads(pruner, blocks)
+        if opts.prune_num_heads and not blocks:
+            warnings.warn(
+                "prune_num_heads=True, but no attention block with removable heads was found in the trace "
+                "(heads are read from scaled_dot_product_attention or q @ k^T on (B, H, L, D) tensors; a "
+                "frozen head axis, e.g. attention weights returned as outputs, also stops them)",
+                stacklevel=4,
+            )
+
+    def blocks(self) -> list[AttentionHeads]:
+        p = self.pruner
+        return find_attention_heads(p.DG, p.ignored_layers, p.options.root_module_types)
+
+    def attention_slots(self) -> set[int]:
+        """Endpoint slots of every head-prunable block (their groups hold head dims)."""
+        return {s for b in self.blocks() for s in b.slots}
+
+    # -- deciding ---------------------------------------------------------------------------
+    def plan(self) -> list[HeadDecision]:
+        """This step's decisions (empty when no block loses a head)."""
+        p = self.pruner
+        step = p.current_step
+        pools: dict[Hashable, list[tuple[AttentionHeads, Scope]]] = defaultdict(list)
+        local: list[tuple[AttentionHeads, Scope]] = []
+        for b in self.blocks():
+            scope = self.scopes.scope_of_any(b.modules)
+            if _ratio(scope, step) <= 0 and b.key in self.initial:
+                continue
+            (pools[scope.key] if scope.pooled else local).append((b, scope))
+        out = []
+        for b, scope in local:
+            n = self._count(b, _ratio(scope, step))
+            if n:
+                scores = self._scores(b)
+                if scores is not None:
+                    chosen = torch.argsort(scores, stable=True)[:n].tolist()
+                    out.append(HeadDecision(b, [b.units[u] for u in sorted(chosen)]))
+        for pool in pools.values():
+            out += self._plan_pool([b for b, _ in pool], _ratio(pool[0][1], step))
+        return out
+
+    def _count(self, b: AttentionHeads, ratio: float) -> int:
+        current = len(b.units)
+        initial = self.initial.setdefault(b.key, current)
+        keep = max(initial - floor_fraction(initial, ratio), self._floor_keep(initial), 1)
+        return self._fit(b, max(current - keep, 0))
+
+    def _floor_keep(self, initial: int) -> int:
+        return math.ceil(initial * (1.0 - self.pruner.options.max_pruning_ratio) - 1e-9)
+
+    def _fit(self, b: AttentionHeads, n: int) -> int:
+        """Trim ``n`` so one unit stays and, with round_to, the kept root width is a multiple of it."""
+        current = len(b.units)
+        n = min(n, current - 1)
+        round_to = self.pruner.options.round_to
+        width = b.units[0].numel() if b.units else 1
+        while n > 0 and round_to and ((current - n) * width) % round_to:
+            n -= 1
+        return max(n, 0)
+
+    def _scores(self, b: AttentionHeads) -> torch.Tensor | None:
+        """One score per unit: the mean importance of its root channels (over all q/k/v/o members)."""
+        group = b.scoring_group()
+        s = self.pruner.estimate_importance(group)
+        if s is None:
+            return None
+        s = s.detach().float().cpu().flatten()
+        root = group[0].idxs
+        if s.numel() != len(root):
+            raise DepgraphError(
+                f"the importance returned {s.numel()} scores for the heads of {b.name}, whose group has "
+                f"{len(root)} root channels; pruners need one score per root channel"
+            )
+        position = {int(r): k for k, r in enumerate(root)}
+        return torch.stack([s[[position[i] for i in b.root_idxs([u])]].mean() for u in range(len(b.units))])
+
+    def _plan_pool(self, blocks: list[AttentionHeads], ratio: float) -> list[HeadDecision]:
+        """Rank the units of several blocks together; each block keeps at least one unit."""
+        total_now = sum(len(b.units) for b in blocks)
+        total_initial = sum(self.initial.setdefault(b.key, len(b.units)) for b in blocks)
+        n_total = total_now - max(total_initial - floor_fraction(total_initial, ratio), 1)
+        if n_total <= 0:
+            return []
+        ranked: list[tuple[float, int, int]] = []
+        for i, b in enumerate(blocks):
+            scores = self._scores(b)
+            if scores is not None:
+                ranked += [(float(v), i, u) for u, v in enumerate(scores.tolist())]
+        ranked.sort()
+        caps = [len(b.units) - max(self._floor_keep(self.initial[b.key]), 1) for b in blocks]
+        chosen: dict[int, list[int]] = defaultdict(list)
+        for _, i, u in ranked:
+            if len(chosen[i]) < caps[i]:
+                chosen[i].append(u)
+                n_total -= 1
+                if n_total == 0:
+                    break
+        out = []
+        for i, units in chosen.items():
+            b = blocks[i]
+            n = self._fit(b, len(units))
+            keep = sorted(units[:n])
+            if keep:
+                out.append(HeadDecision(b, [b.units[u] for u in keep]))
+        return out
+
+    # -- applying -----------------------------------------------------------------------------
+    def groups(self, decisions: list[HeadDecision]) -> Iterator[Any]:
+        """The group of each decision, read from the graph when it is its turn."""
+        for d in decisions:
+            group = d.block.group_of(d.orig)
+            if group is not None and self.pruner.DG.check_pruning_group(group):
+                self._rescale_initial_widths(d.block, len(d.orig))
+                yield group
+
+    def _rescale_initial_widths(self, b: AttentionHeads, n_removed: int) -> None:
+        """Head-dim groups count channels: removing heads must not count as pruning their dims."""
+        before = len(b.units)
+        for module, width in list(self.pruner._initial.items()):
+            node = self.pruner.DG.module2node.get(module)
+            if node is not None and node.out_slot in b.slots and before:
+                self.pruner._initial[module] = round(width * (before - n_removed) / before)
+
+
+def _ratio(scope: Scope, step: int) -> float:
+    return scope.schedule[min(step, len(scope.schedule) - 1)]
+
+
+def check_num_heads(pruner: BasePruner, blocks: list[AttentionHeads]) -> None:
+    """``num_heads={module: n}`` must match the heads the trace found in ``module``.
+
+    Raises:
+        DepgraphError: listing every module whose ``n`` differs from the query or
+            key/value head count of its attention block.
+    """
+    problems = []
+    for module, n in pruner.options.num_heads:
+        name = getattr(pruner.DG.module2node.get(module), "name", type(module).__name__)
+        if isinstance(module, nn.MultiheadAttention):
+            if n != module.num_heads:
+                problems.append(f"num_heads[{name}] = {n}, but this nn.MultiheadAttention has {module.num_heads} heads")
+            continue
+        for b in blocks:
+            if module in b.modules and n not in (b.query_heads, b.kv_heads):
+                counts = f"{b.query_heads} query heads" + (
+                    f" and {b.kv_heads} key/value heads" if b.kv_heads != b.query_heads else "")
+                problems.append(f"num_heads[{name}] = {n}, but the traced attention of {name} has {counts}")
+    if problems:
+        raise DepgraphError(
+            "num_heads does not match the attention structure found in the trace:\n  - " + "\n  - ".join(problems)
+            + "\nnum_heads is optional: heads are discovered from the trace; drop the entry or correct it")

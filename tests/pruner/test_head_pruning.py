@@ -1,0 +1,221 @@
+"""``BasePruner(prune_num_heads=True)``: whole attention heads, found from the trace.
+
+Markers:
+    zoo   the tests on timm and transformers architectures (tiny, random weights, offline).
+
+Removing whole heads is exact (the rest of the network computes what it computed
+with those heads' output columns zeroed), so every head-only prune is proven
+with ``tp.verify``. Under GQA the unit removed is a key/value head with exactly
+the query heads that share it; the tests find which heads survived by matching
+the pruned weights against the original's, head by head.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import depgraph as tp
+from depgraph.dependency.heads import find_attention_heads
+from tests.integrations._hf import FAMILIES, logits, output_of
+
+MAG = tp.importance.GroupMagnitudeImportance
+
+
+def prune_heads(model, inputs, output_transform=None, importance=None, **kwargs):
+    """Prune with ``prune_num_heads=True`` (head dims and other channels left alone unless asked)."""
+    original = copy.deepcopy(model)
+    kwargs = {"pruning_ratio": 0.0, "prune_num_heads": True, **kwargs}
+    pruner = tp.pruner.BasePruner(model, inputs, importance or MAG(), output_transform=output_transform, **kwargs)
+    pruner.step()
+    return original, pruner
+
+
+def kept_heads(pruned: torch.Tensor, original: torch.Tensor, head_dim: int) -> list[int]:
+    """Which original heads (row blocks of ``head_dim``) a pruned projection weight kept, in order."""
+    blocks = original.view(-1, head_dim, original.shape[-1])
+    out = []
+    for block in pruned.view(-1, head_dim, pruned.shape[-1]):
+        match = [h for h in range(blocks.shape[0]) if torch.equal(blocks[h][:, : block.shape[-1]], block)]
+        assert len(match) == 1
+        out.append(match[0])
+    return out
+
+
+# -- Hugging Face ------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _hf(name: str, **overrides):
+    pytest.importorskip("transformers")
+    fam = FAMILIES[name]
+    return fam, fam.build(**overrides), fam.example_inputs()
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("heads,kv_heads,ratio,kv_left", [(4, 2, 0.5, 1), (9, 3, 0.34, 2)])
+def test_llama_gqa_removes_a_kv_head_with_exactly_its_query_heads(heads, kv_heads, ratio, kv_left, tmp_path):
+    import transformers
+
+    fam, model, inputs = _hf("llama", num_attention_heads=heads, num_key_value_heads=kv_heads,
+                             hidden_size=4 * heads, head_dim=4)
+    original, _ = prune_heads(model, inputs, output_of, head_pruning_ratio=ratio)
+    group = heads // kv_heads
+    for layer, ref in zip(model.model.layers, original.model.layers, strict=True):
+        attn, ref_attn = layer.self_attn, ref.self_attn
+        kv = kept_heads(attn.k_proj.weight, ref_attn.k_proj.weight, 4)
+        assert len(kv) == kv_left and kept_heads(attn.v_proj.weight, ref_attn.v_proj.weight, 4) == kv
+        q = kept_heads(attn.q_proj.weight, ref_attn.q_proj.weight, 4)
+        assert q == [j * group + i for j in kv for i in range(group)]  # exactly the query heads of kept KV heads
+        o_cols = attn.o_proj.weight.T.reshape(-1, 4, attn.o_proj.out_features)
+        ref_cols = ref_attn.o_proj.weight.T.reshape(-1, 4, attn.o_proj.out_features)
+        assert all(torch.equal(o_cols[i], ref_cols[h]) for i, h in enumerate(q))
+        assert attn.num_key_value_groups == group and attn.head_dim == 4
+    assert model.config.num_attention_heads == kv_left * group and model.config.num_key_value_heads == kv_left
+    assert tp.verify(original, model, inputs, output_transform=output_of).exact
+
+    from depgraph.integrations.transformers import check_config
+
+    check_config(model)
+    model.save_pretrained(tmp_path)
+    reloaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(logits(reloaded, inputs), logits(model, inputs), rtol=1e-5, atol=1e-5)
+    ids = inputs["input_ids"][:1]
+    with torch.no_grad():
+        out = reloaded.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, ids.shape[1] + 4)
+
+
+@pytest.mark.zoo
+def test_qwen2_heads_with_qkv_biases():
+    fam, model, inputs = _hf("qwen2")
+    original, _ = prune_heads(model, inputs, output_of, head_pruning_ratio=0.5)
+    attn = model.model.layers[0].self_attn
+    assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.q_proj.bias.numel()) == (16, 8, 16)
+    assert model.config.num_key_value_heads == 1
+    assert tp.verify(original, model, inputs, output_transform=output_of).exact
+
+
+@pytest.mark.zoo
+def test_bert_heads_inexpressible_config_still_runs_and_verifies():
+    fam, model, inputs = _hf("bert")
+    original, _ = prune_heads(model, inputs, output_of, head_pruning_ratio=0.5)
+    attn = model.bert.encoder.layer[0].attention.self
+    assert (attn.num_attention_heads, attn.all_head_size, attn.query.out_features) == (2, 16, 16)
+    assert tp.verify(original, model, inputs, output_transform=output_of).exact
+    from depgraph.integrations.transformers import check_config
+
+    with pytest.raises(tp.DepgraphError, match="config cannot describe the pruned model"):
+        check_config(model)  # BertConfig derives the head size as hidden_size / num_attention_heads
+
+
+@pytest.mark.zoo
+def test_head_pruning_ratio_dict_overrides_per_block():
+    fam, model, inputs = _hf("llama")
+    with pytest.warns(UserWarning, match="config cannot describe"):
+        prune_heads(model, inputs, output_of, head_pruning_ratio=0.0,
+                    head_pruning_ratio_dict={model.model.layers[1].self_attn: 0.5})
+    widths = [layer.self_attn.k_proj.out_features for layer in model.model.layers]
+    assert widths == [16, 8]
+
+
+@pytest.mark.zoo
+def test_num_heads_is_checked_against_the_trace():
+    fam, model, inputs = _hf("llama")
+    attn = model.model.layers[0].self_attn
+    ok = {attn.q_proj: 4, attn.k_proj: 2, attn.v_proj: 2}
+    tp.pruner.BasePruner(model, inputs, MAG(), output_transform=output_of, num_heads=ok, prune_num_heads=True)
+    with pytest.raises(tp.DepgraphError, match=r"num_heads\[model.layers.0.self_attn.k_proj\] = 3.*2 key/value"):
+        tp.pruner.BasePruner(model, inputs, MAG(), output_transform=output_of,
+                             num_heads={attn.k_proj: 3}, prune_num_heads=True)
+
+
+@pytest.mark.zoo
+def test_ratio_one_keeps_one_head_per_block():
+    fam, model, inputs = _hf("bert")
+    original, _ = prune_heads(model, inputs, output_of, head_pruning_ratio=1.0)
+    for layer in model.bert.encoder.layer:
+        assert layer.attention.self.num_attention_heads == 1
+    assert tp.verify(original, model, inputs, output_transform=output_of).exact
+
+
+# -- timm -----------------------------------------------------------------------------------------
+
+
+def _timm(name: str, **kwargs):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return timm.create_model(name, img_size=32, depth=2, **kwargs).eval(), torch.randn(2, 3, 32, 32)
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"])
+def test_timm_vit_heads_removed_exactly(name):
+    model, x = _timm(name)
+    original, _ = prune_heads(model, x, head_pruning_ratio=0.34)
+    for blk in model.blocks:
+        assert (blk.attn.num_heads, blk.attn.head_dim, blk.attn.qkv.out_features) == (2, 64, 384)
+        assert blk.attn.proj.in_features == 128
+    assert tp.verify(original, model, x).exact
+
+
+@pytest.mark.zoo
+def test_timm_heads_and_head_dims_in_one_step():
+    model, x = _timm("vit_tiny_patch16_224", num_heads=4)  # head_dim 48
+    prune_heads(model, x, head_pruning_ratio=0.5, pruning_ratio=0.25, prune_head_dims=True,
+                ignored_layers=[model.head], root_module_types=[nn.Linear])
+    for blk in model.blocks:
+        assert blk.attn.num_heads == 2
+        assert blk.attn.qkv.out_features == 3 * 2 * blk.attn.head_dim and blk.attn.head_dim < 48
+    assert model(x).shape == (2, 1000)
+
+
+@pytest.mark.zoo
+def test_global_head_pruning_ranks_across_blocks():
+    model, x = _timm("vit_tiny_patch16_224", num_heads=4)
+    with torch.no_grad():  # make block 0's heads clearly weaker: global ranking takes them first
+        model.blocks[0].attn.qkv.weight.mul_(0.01)
+        model.blocks[0].attn.proj.weight.mul_(0.01)
+    # normalizer=None: the default "mean" would rescale each block's scores to the same mean
+    original, _ = prune_heads(model, x, head_pruning_ratio=0.5, global_pruning=True, importance=MAG(normalizer=None))
+    heads = [blk.attn.num_heads for blk in model.blocks]
+    assert sum(heads) == 4 and heads == [1, 3]  # 4 of 8 go; block 0 keeps one head
+    assert tp.verify(original, model, x).exact
+
+
+@pytest.mark.zoo
+def test_iterative_steps_and_round_to_for_heads():
+    model, x = _timm("vit_tiny_patch16_224", num_heads=4)
+    pruner = tp.pruner.BasePruner(model, x, MAG(), pruning_ratio=0.0, prune_num_heads=True,
+                                  head_pruning_ratio=0.5, iterative_steps=2)
+    pruner.step()
+    assert [blk.attn.num_heads for blk in model.blocks] == [3, 3]
+    pruner.step()
+    assert [blk.attn.num_heads for blk in model.blocks] == [2, 2]
+
+    model, x = _timm("vit_tiny_patch16_224", num_heads=4)  # 48 dims a head: keep 2 heads for round_to=32
+    prune_heads(model, x, head_pruning_ratio=0.25, round_to=32)
+    assert [blk.attn.num_heads for blk in model.blocks] == [4, 4]
+    model, x = _timm("vit_tiny_patch16_224", num_heads=4)
+    prune_heads(model, x, head_pruning_ratio=0.5, round_to=32)
+    assert [blk.attn.num_heads for blk in model.blocks] == [2, 2]
+
+
+def test_discovery_reports_units_of_each_block():
+    model, x = _timm("vit_tiny_patch16_224")
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    blocks = find_attention_heads(DG)
+    assert [b.name for b in blocks] == ["blocks.0.attn.qkv", "blocks.1.attn.qkv"]
+    assert all(b.query_heads == b.kv_heads == 3 and len(b.units) == 3 for b in blocks)
+    assert blocks[0].root_idxs([1]) == [64 * 0 + 64 + i for i in range(64)] + [192 + 64 + i for i in range(64)] + [
+        384 + 64 + i for i in range(64)]  # head 1 of q, k and v in the fused qkv rows
