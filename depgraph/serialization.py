@@ -107,6 +107,7 @@ def load_state_dict(model: nn.Module, pruned_state: dict[str, Any], strict: bool
         for k, v in rec.items():
             modules[name].__dict__[k] = set(v) if k == "_depgraph_inexact" else v
     _load_buffers(modules, pruned_state.get("buffers", {}), strict)
+    _add_missing_biases(model, modules, pruned_state["shapes"])
     own = model.state_dict(keep_vars=True)
     for key, shape in pruned_state["shapes"].items():
         t = own.get(key)
@@ -136,6 +137,22 @@ def _load_buffers(modules: dict[str, nn.Module], buffers: dict[str, torch.Tensor
                 raise DepgraphError(f"the pruned state has the buffer {key!r}, which this model does not have")
             continue
         m._buffers[attr] = t.to(old.device)
+
+
+def _add_missing_biases(model: nn.Module, modules: dict[str, nn.Module], shapes: dict[str, tuple]) -> None:
+    """Register the biases bias compensation gave to layers defined without one.
+
+    ``compensate_bias`` turns ``bias=None`` into a parameter; the unpruned
+    definition still has ``bias=None``, so the slot is created here, shaped
+    and typed like the state (filled by ``load_state_dict`` right after).
+    """
+    for key, shape in shapes.items():
+        owner_name, _, attr = key.rpartition(".")
+        m = modules.get(owner_name)
+        if attr == "bias" and m is not None and "bias" in m._parameters and m._parameters["bias"] is None:
+            w = getattr(m, "weight", None)
+            like = w if isinstance(w, torch.Tensor) else torch.empty(0)
+            m.bias = nn.Parameter(torch.zeros(shape, dtype=like.dtype, device=like.device))
 
 
 def save(model: nn.Module, path: str | os.PathLike) -> None:

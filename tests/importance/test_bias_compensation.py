@@ -212,3 +212,14 @@ def test_magnitude_criterion_with_given_statistics():
     tp.pruner.BasePruner(model, xs[0], I.GroupMagnitudeImportance(), pruning_ratio=0.5,
                          ignored_layers=[model[2]], bias_compensation=True, calibration_stats=stats).step()
     torch.testing.assert_close(outputs(model, xs).mean(0), outputs(original, xs).mean(0))
+
+
+def test_created_bias_survives_tp_save_and_load(tmp_path):
+    model, xs = mlp(False), batches((6, 5))
+    imp = I.FluctuationImportance().calibrate(model, xs)
+    tp.pruner.BasePruner(model, xs[0], imp, pruning_ratio=0.5, ignored_layers=[model[2]],
+                         bias_compensation=True).step()
+    tp.save(model, tmp_path / "pruned.pth")
+    fresh = tp.load(mlp(False), tmp_path / "pruned.pth")
+    assert fresh[2].bias is not None and "bias=True" in repr(fresh[2])
+    torch.testing.assert_close(outputs(fresh, xs), outputs(model, xs))
