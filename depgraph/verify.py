@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from .errors import DepgraphError
 from .functional.base import find_handler, keep_index
+from .trace.outputs import primary_outputs
 from .trace.recorder import call_model, flatten_tensors
 
 __all__ = ["verify", "VerifyResult", "zero_removed_channels"]
@@ -176,6 +177,8 @@ def verify(
         out = call_model(test, inputs, forward_fn)
     if output_transform is not None:
         ref, out = output_transform(ref), output_transform(out)
+    else:  # as build_dependency: a transformers model's caches and per-layer outputs are not results
+        ref, out = primary_outputs(original, ref), primary_outputs(pruned, out)
     refs, outs = flatten_tensors(ref), flatten_tensors(out)
     shapes = len(refs) == len(outs) and all(a.shape == b.shape for a, b in zip(refs, outs, strict=False))
     diff, scale = 0.0, 0.0

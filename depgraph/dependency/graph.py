@@ -96,7 +96,10 @@ class DependencyGraph:
             model: the model; it is run once and not modified.
             example_inputs: a tensor, a tuple/list of positional inputs, or a dict of keyword inputs.
             forward_fn: ``forward_fn(model, example_inputs)`` replaces the default call.
-            output_transform: maps the model output to the tensors that count as outputs.
+            output_transform: maps the model output to the tensors that count as outputs (their
+                dims never change). Default: the whole output, except for transformers models,
+                whose caches and per-layer ``hidden_states``/``attentions`` are left out
+                (``logits`` first; see :mod:`depgraph.trace.outputs`).
             unwrapped_parameters: accepted for compatibility; bare parameters are found by the trace.
             customized_pruners: ``{layer type or module: handler}`` for custom layers.
             ignored_layers: layers (with all their sub-layers) whose *output* width never changes.

@@ -23,6 +23,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import TraceError
 from .graph import OpNode, Trace, Value
+from .outputs import primary_outputs
 from .shape_int import attributes_tagged, tag_shape
 
 __all__ = ["record", "flatten_tensors", "call_model"]
@@ -269,8 +270,7 @@ def record(
             "check that example_inputs match model.forward (a dict is passed as keyword "
             "arguments, a tuple/list as positional arguments) or pass forward_fn="
         ) from e
-    if output_transform is not None:
-        out = output_transform(out)
+    out = output_transform(out) if output_transform is not None else primary_outputs(model, out)
     outs = flatten_tensors(out)
     if not outs:
         raise TraceError("the model returned no tensor; pass output_transform= to select outputs")
