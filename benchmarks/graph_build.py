@@ -3,7 +3,7 @@
     python benchmarks/graph_build.py           # 224x224 inputs, best of 3
     python benchmarks/graph_build.py --quick   # small inputs, one run (a smoke test, ~1 minute)
 
-Two tables:
+Three tables:
 
 1. ``build_dependency`` and ``list(get_all_groups())`` for resnet50,
    densenet121, torchvision's vit_b_16 and a 32-block GPT-style transformer
@@ -11,6 +11,12 @@ Two tables:
 2. The same transformer at 8/16/32/64 blocks, with the time per block: it
    should stay about flat (the cost is linear in the number of ops), because
    index sets are tensors, never one Python object per channel.
+3. A Llama-7B-shaped model from transformers (hidden 4096, MLP 11008, 32
+   heads, 8 key/value heads, vocabulary 32000) at 4/8/16/32 layers, built on
+   the meta device: no weight memory, so the 32-layer model (6.7 G parameters)
+   fits anywhere. Times the graph build, collecting the groups, and pruning one
+   MLP group and one key/value head group (the prune's forward check runs on
+   meta tensors: shapes only). Needs transformers; skipped without it.
 
 Weights are random; only the architecture matters for these timings. Uses
 ``rich`` for the tables when it is installed.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -96,12 +103,61 @@ def models(size: int) -> list[tuple[str, Callable[[], nn.Module], torch.Tensor]]
     ]
 
 
+LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=8,
+                vocab_size=32000)
+
+
+def meta_llama(depth: int, **sizes: int) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A Llama-style causal LM with ``depth`` layers and its inputs, all on the meta device (no data)."""
+    import transformers
+
+    cfg = transformers.LlamaConfig(**{**LLAMA_7B, **sizes}, num_hidden_layers=depth)
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(cfg).eval()
+    return model, {"input_ids": torch.zeros(1, 16, dtype=torch.long, device="meta")}
+
+
+def time_llama_prune(depth: int) -> tuple[int, int, float, float, float, float]:
+    """Nodes, groups, and seconds for build, groups, one MLP prune and one key/value-head prune."""
+    model, inputs = meta_llama(depth)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        dg = tp.DependencyGraph().build_dependency(model, inputs, verbose=False)
+    t1 = time.perf_counter()
+    found = list(dg.get_all_groups(root_module_types=DEFAULT_ROOT_TYPES))
+    t2 = time.perf_counter()
+    layer = model.model.layers[depth // 2]
+    dg.get_pruning_group(layer.mlp.down_proj, tp.prune_linear_in_channels, list(range(256))).prune()
+    t3 = time.perf_counter()
+    head_dim = layer.self_attn.head_dim  # key/value head 0 and the 4 query heads that share it
+    dg.get_pruning_group(layer.self_attn.k_proj, tp.prune_linear_out_channels, list(range(head_dim))).prune()
+    t4 = time.perf_counter()
+    return len(dg.module2node), len(found), t1 - t0, t2 - t1, t3 - t2, t4 - t3
+
+
+def llama_rows(repeat: int) -> list[tuple[str, ...]]:
+    rows, first = [], None
+    for depth in (4, 8, 16, 32):
+        runs = [time_llama_prune(depth) for _ in range(repeat)]
+        nodes, groups = runs[0][:2]
+        b, g, mlp, attn = (min(r[i] for r in runs) for i in range(2, 6))
+        per_layer = (b + g + mlp + attn) / depth
+        first = first or per_layer
+        rows.append((str(depth), str(nodes), str(groups), f"{b:.3f}", f"{g:.3f}", f"{mlp:.3f}", f"{attn:.3f}",
+                     f"{1000 * per_layer:.1f}", f"{per_layer / first:.2f}x"))
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64x64 images, one run each")
     parser.add_argument("--plain", action="store_true", help="plain-text tables even when rich is installed")
     parser.add_argument("--repeat", type=int, default=None, help="runs per model, best taken (default 3; 1 with --quick)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: graph building is mostly Python, and extra threads only "
+                             "contend with other work on a loaded machine)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     repeat = args.repeat or (1 if args.quick else 3)
     size = 64 if args.quick else 224
     out = Printer(args.plain)
@@ -125,6 +181,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                      f"{1000 * per_block:.1f}", f"{per_block / first:.2f}x"))
     out.table("scaling with depth (GPT blocks; linear cost means a flat time per block)",
               ("blocks", "nodes", "groups", "build s", "groups s", "ms / block", "vs 8 blocks"), rows)
+
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        out.line("Llama-7B-style scaling skipped: transformers is not installed")
+        return
+    with warnings.catch_warnings():  # per-layer sizes differ after one prune: the config-sync warning
+        warnings.simplefilter("ignore")
+        rows = llama_rows(repeat)
+    out.table("Llama-7B-style model on the meta device (hidden 4096, MLP 11008, 32 heads, 8 kv heads)",
+              ("layers", "nodes", "groups", "build s", "groups s", "prune MLP s", "prune kv head s",
+               "ms / layer", "vs 4 layers"), rows)
 
 
 if __name__ == "__main__":
