@@ -223,3 +223,15 @@ def test_created_bias_survives_tp_save_and_load(tmp_path):
     fresh = tp.load(mlp(False), tmp_path / "pruned.pth")
     assert fresh[2].bias is not None and "bias=True" in repr(fresh[2])
     torch.testing.assert_close(outputs(fresh, xs), outputs(model, xs))
+
+
+def test_interactive_step_compensates_the_groups_the_caller_prunes():
+    model, xs = mlp(True), batches((6, 5))
+    original = copy.deepcopy(model)
+    imp = I.ActivationWeightImportance().calibrate(model, xs)
+    pruner = tp.pruner.BasePruner(model, xs[0], imp, pruning_ratio=0.5, ignored_layers=[model[2]],
+                                  bias_compensation=True)
+    for group in pruner.step(interactive=True):
+        group.prune()
+    assert model[2].in_features == 4
+    torch.testing.assert_close(outputs(model, xs).mean(0), outputs(original, xs).mean(0))
