@@ -215,7 +215,9 @@ def collect_activation_stats(
             tokenizer's output) or an iterable of batches (a list, a
             DataLoader). Each batch is called like ``example_inputs``: a dict
             as ``model(**batch)``, a tuple/list as ``model(*batch)``, anything
-            else as ``model(batch)`` - pass ``forward_fn`` for ``(x, y)`` pairs.
+            else as ``model(batch)`` - pass ``forward_fn`` for ``(x, y)`` pairs. A
+            tuple or list is always the iterable of batches: put a single
+            positional-inputs batch in a list, ``[(a, b)]``.
         forward_fn: ``forward_fn(model, batch)`` replaces the default call.
         max_batches: stop after this many batches.
         stats: accumulate into these statistics instead of new ones.

@@ -15,6 +15,8 @@ not favoured. For a convolution ``W[:, c]`` is the whole kernel slice of the
 channel. A group no calibrated consumer scores (e.g. a branch the data never
 reached) falls back to :class:`~depgraph.importance.GroupMagnitudeImportance`
 with the same ``p``, reduction and normaliser, so every group gets a score.
+Consumers that are neither Linear nor convolution (``nn.MultiheadAttention``,
+RNNs) are not measured and add nothing to a calibrated score.
 
 Fluctuation pairs with bias compensation: a channel with a steady value
 carries a near-constant term that the consumer's bias can absorb

@@ -87,6 +87,20 @@ def test_calibration_accepts_dict_batches_and_forward_fn():
     a = I.collect_activation_stats(model, pairs, forward_fn=lambda m, b: m(b[0]))
     b = I.collect_activation_stats(model, data())
     torch.testing.assert_close(a[model[2]].sumsq, b[model[2]].sumsq)
+
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(5, 2)
+
+        def forward(self, a, b):
+            return self.fc(a * b)
+
+    two, (a, b) = TwoInputs().double(), data(2)
+    stats = I.collect_activation_stats(two, [(a, b)])
+    torch.testing.assert_close(stats[two.fc].mean, (a * b).mean(0))
+    kw = I.collect_activation_stats(two, {"a": a, "b": b})  # one dict: one batch of keyword inputs
+    torch.testing.assert_close(kw[two.fc].sum, stats[two.fc].sum)
     with pytest.raises(tp.DepgraphError, match="must be a tensor, a dict of inputs or an iterable"):
         I.collect_activation_stats(model, 3.0)
     with pytest.raises(tp.DepgraphError, match="saw no Linear or convolution input"):
