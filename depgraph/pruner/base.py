@@ -173,6 +173,7 @@ class BasePruner:
             self._initial[group[0].dep.target.module] = len(group[0].idxs)
         opts = self.options
         self._heads = HeadPlanner(self) if opts.prune_num_heads or opts.num_heads else None
+        self._closure_cache: dict[int, torch.Tensor] = {}  # root slot -> class label per original channel
         self.update_regularizer()
 
     # -- compatibility attributes -------------------------------------------------------

@@ -100,17 +100,8 @@ def _scores(pruner: BasePruner, cand: Candidate) -> torch.Tensor | None:
 def channel_classes(pruner: BasePruner, cand: Candidate) -> ChannelClasses:
     """Root channels that must go together: graph closures plus user-declared channel groups."""
     classes = ChannelClasses(cand.alive)
-    probe = pruner.DG.get_pruning_group(cand.root, cand.fn, [0])
-    if len(probe[0].idxs) > 1:  # closed coupling (grouped conv, shuffle): probe each class once
-        seen: set[int] = set()
-        for c in range(cand.alive):
-            if c in seen:
-                continue
-            members = (
-                probe[0].idxs if c == 0 else pruner.DG.get_pruning_group(cand.root, cand.fn, [c])[0].idxs
-            )
-            seen.update(members)
-            classes.merge(members)
+    for members in _closures(pruner, cand):
+        classes.merge(members)
     declared = pruner.declared_channel_groups()
     for item in cand.group.items:
         module = item.dep.target.module
@@ -128,6 +119,36 @@ def channel_classes(pruner: BasePruner, cand: Candidate) -> ChannelClasses:
         for roots in by_local.values():
             classes.merge(roots)
     return classes
+
+
+def _closures(pruner: BasePruner, cand: Candidate) -> list[list[int]]:
+    """The graph's closed couplings of the root's channels (grouped conv, shuffle, MHA head dims).
+
+    Each class costs one propagation over the whole group (a ViT's residual stream: 64
+    of them), so the partition is cached per root slot in original positions. Removing
+    positions only shrinks a closure (removed positions already count as gone), so a
+    cached class minus the removed positions is still closed: reused on later steps.
+    """
+    DG = pruner.DG
+    slot = DG._slot_for(DG.module2node[cand.root], cand.fn)
+    alive = DG._alive(slot)
+    labels = pruner._closure_cache.get(slot)
+    if labels is None or bool((labels[alive] < 0).any()):
+        labels = torch.full((DG._graph.sizes[slot],), -1, dtype=torch.long)
+        probe = DG.get_pruning_group(cand.root, cand.fn, [0])
+        if len(probe[0].idxs) > 1:  # closed coupling: probe each class once
+            for c in range(cand.alive):
+                if labels[alive[c]] >= 0:
+                    continue
+                members = probe[0].idxs if c == 0 else DG.get_pruning_group(cand.root, cand.fn, [c])[0].idxs
+                labels[alive[members]] = int(alive[c])
+        else:
+            labels[alive] = alive
+        pruner._closure_cache[slot] = labels
+    by_label: dict[int, list[int]] = defaultdict(list)
+    for c, lab in enumerate(labels[alive].tolist()):
+        by_label[lab].append(c)
+    return [m for m in by_label.values() if len(m) > 1]
 
 
 def _check_scores(cand: Candidate, s: torch.Tensor) -> None:
