@@ -158,6 +158,11 @@ def enable_bias_compensation(
 ) -> BiasCompensation:
     """Make every ``group.prune()`` of ``graph`` compensate biases, transactionally.
 
+    For a Hugging Face model it also registers the sync of the config's bias
+    flags (``mlp_bias``, ``attention_bias``; see
+    :mod:`depgraph.integrations._hf_bias`), so ``save_pretrained`` keeps the
+    compensated biases.
+
     Returns:
         The hook; ``hook.detach()`` turns compensation off again.
 
@@ -166,4 +171,8 @@ def enable_bias_compensation(
         >>> tp.importance.enable_bias_compensation(DG, stats)
         >>> DG.get_pruning_group(model.fc1, tp.prune_linear_out_channels, [0, 3]).prune()
     """
-    return BiasCompensation(stats).attach(graph)
+    hook = BiasCompensation(stats).attach(graph)
+    from ..integrations._hf_bias import attach_bias_flags  # lazy; imports no transformers
+
+    attach_bias_flags(graph)
+    return hook

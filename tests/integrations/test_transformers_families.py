@@ -40,8 +40,6 @@ INEXPRESSIBLE: dict[tuple[str, str], str] = {
        for k in ("heads", "head_dims", "hidden")},
 }
 NOT_PRUNABLE: dict[tuple[str, str], str] = {
-    ("phi3", "heads"): "Phi-3 slices its fused qkv_proj at config.num_attention_heads * head_dim, a literal size",
-    ("phi3", "head_dims"): "Phi-3 slices its fused qkv_proj at config.num_attention_heads * head_dim, a literal size",
     ("t5", "heads"): "T5 cross-attention builds a zero position bias with torch.zeros(1, n_heads, ...): frozen",
 }
 EXACT = {"heads": True, "head_dims": True, "mlp": True, "hidden": False}
