@@ -19,6 +19,7 @@ class Snapshot:
     def __init__(self, targets: list[Any]):
         self.modules: list[tuple[nn.Module, dict, dict, dict]] = []
         self.tensors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        self.objects: list[tuple[Any, dict]] = []  # other attribute owners (a config a size was read from)
         seen: set[int] = set()
         for t in targets:
             if isinstance(t, nn.Module):
@@ -31,6 +32,9 @@ class Snapshot:
                         self._keep_tensor(p, seen)
             elif isinstance(t, torch.Tensor):
                 self._keep_tensor(t, seen)
+            elif hasattr(t, "__dict__") and id(t) not in seen:
+                seen.add(id(t))
+                self.objects.append((t, dict(t.__dict__)))
 
     def _keep_tensor(self, t: torch.Tensor | None, seen: set[int]) -> None:
         if t is None or id(t) in seen:
@@ -46,6 +50,9 @@ class Snapshot:
             m._parameters.update(params)
             m._buffers.clear()
             m._buffers.update(buffers)
+        for obj, d in self.objects:
+            obj.__dict__.clear()
+            obj.__dict__.update(d)
         with torch.no_grad():
             for t, data, grad in self.tensors:
                 t.data = data

@@ -15,6 +15,7 @@ import torch
 from ..trace.graph import OpNode, Value
 from ..trace.shape_int import AttrInt, is_computed
 from ._args import arg
+from .bounds import attr_bounded_slice, empty_tail
 from .elementwise import _lookup
 from .indexmap import Offset
 from .registry import RuleContext, register_dim_rule
@@ -173,7 +174,10 @@ def getitem_rule(op: OpNode, ctx: RuleContext) -> None:
         if kind == "keep" and od is not None and od < out.ndim and out.shape[od] == x.shape[d]:
             ctx.identity(x, d, out, od)
         elif kind == "slice" and od is not None and od < out.ndim:
-            _computed_piece(op, ctx, x, d, out, od, detail)
+            if out.shape[od] == 0:
+                empty_tail(op, ctx, x, d, detail)
+            elif not attr_bounded_slice(op, ctx, x, d, out, od, detail):
+                _computed_piece(op, ctx, x, d, out, od, detail)
     for v in op.inputs[1:]:  # index tensors: the selected positions are data, not channels
         for d in range(v.ndim):
             ctx.cover(v, d) if v.shape[d] == 1 else None

@@ -173,8 +173,14 @@ class SlotGraph:
     def bind(self, slot: int, owner: object, attr: str) -> None:
         """``owner.attr`` holds the size of ``slot``; every slot bound to it loses the same positions."""
         for other, pairs in self.bindings.items():
-            if (owner, attr) in [(o, a) for o, a in pairs] and other != slot and self.sizes[other] == self.sizes[slot]:
-                self.pair(other, slot)
+            # By identity: two configs with equal contents are still two configs.
+            if other != slot and any(o is owner and a == attr for o, a in pairs):
+                if self.sizes[other] == self.sizes[slot]:
+                    self.pair(other, slot)
+                else:  # one attribute cannot hold two sizes
+                    reason = f"{type(owner).__name__}.{attr} sizes dims of {self.sizes[other]} and {self.sizes[slot]}"
+                    self.freeze(other, reason)
+                    self.freeze(slot, reason)
                 break
         self.bindings.setdefault(slot, []).append((owner, attr))
         self.shape_sensitive.add(slot)

@@ -11,12 +11,13 @@ dimension it sizes cannot change, and the rules freeze it.
 from __future__ import annotations
 
 import contextlib
+import types
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["ShapeInt", "AttrInt", "is_computed", "tag_shape", "attributes_tagged"]
+__all__ = ["ShapeInt", "AttrInt", "AttrExpr", "is_computed", "tag_shape", "attributes_tagged"]
 
 
 class ShapeInt(int):
@@ -54,29 +55,116 @@ class ShapeInt(int):
         return int.__repr__(self)
 
 
-class AttrInt(int):
-    """An ``int`` read from a module attribute (``self.num_heads``) during the trace.
+Factor = tuple  # (owner, attribute name, value at trace time)
+Term = tuple  # (coefficient, (Factor, ...)): coefficient * product of the factors
 
-    A size argument that is exactly such an attribute can follow a prune: the
-    graph sets the attribute to the new size afterwards. Arithmetic gives plain
-    ints (a size derived from attributes cannot be inverted, so it freezes).
+
+class AttrExpr(int):
+    """An ``int`` computed from attributes by ``+``, ``-`` and ``*``: a sum of products of them.
+
+    Phi-3 slices its fused projection at ``config.num_attention_heads * self.head_dim``:
+    the bound is the term ``1 * (num_attention_heads, head_dim)``. A rule that
+    knows the terms can tell how many positions before the bound a prune may
+    remove (each term a block of ``coefficient x factor sizes``) and keep the
+    bound right by updating the attributes. ``//``, ``%`` and anything else
+    give plain ints (not invertible); with a :class:`ShapeInt` the ShapeInt wins.
+    Terms keep the order they were written in.
     """
 
-    def __new__(cls, value: int, owner: Any, attr: str) -> AttrInt:
+    terms: tuple[Term, ...]
+
+    def __new__(cls, value: int, terms: tuple[Term, ...]) -> AttrExpr:
         obj = super().__new__(cls, value)
-        obj.owner, obj.attr = owner, attr
+        obj.terms = terms
         return obj
+
+    @staticmethod
+    def _terms_of(o: Any) -> tuple[Term, ...] | None:
+        if isinstance(o, AttrExpr):
+            return o.terms
+        if isinstance(o, int) and not isinstance(o, (bool, ShapeInt)):
+            return ((int(o), ()),) if o else ()
+        return None
+
+    def _sum(self, o: Any, sign: int, reverse: bool = False) -> Any:
+        theirs = self._terms_of(o)
+        if theirs is None:
+            return NotImplemented
+        mine = self.terms if sign > 0 or not reverse else tuple((-c, f) for c, f in self.terms)
+        other = theirs if sign > 0 or reverse else tuple((-c, f) for c, f in theirs)
+        value = int(o) + sign * int(self) if reverse else int(self) + sign * int(o)
+        return AttrExpr(value, other + mine if reverse else mine + other)
+
+    def __add__(self, o): return self._sum(o, 1)
+    def __radd__(self, o): return self._sum(o, 1, reverse=True)
+    def __sub__(self, o): return self._sum(o, -1)
+    def __rsub__(self, o): return self._sum(o, -1, reverse=True)
+
+    def __mul__(self, o):
+        theirs = self._terms_of(o)
+        if theirs is None:
+            return NotImplemented
+        terms = tuple((a * b, fa + fb) for a, fa in self.terms for b, fb in theirs)
+        return AttrExpr(int(self) * int(o), terms)
+
+    def __rmul__(self, o):
+        theirs = self._terms_of(o)
+        if theirs is None:
+            return NotImplemented
+        return AttrExpr(int(o) * int(self), tuple((b * a, fb + fa) for b, fb in theirs for a, fa in self.terms))
+
+    def __neg__(self): return AttrExpr(-int(self), tuple((-c, f) for c, f in self.terms))
+    def __pos__(self): return self
+
+    def __reduce__(self):  # a copy (``copy.deepcopy(config)`` in a forward) or a pickle is a plain int
+        return (int, (int(self),))
 
     def __repr__(self) -> str:
         return int.__repr__(self)
 
 
+class AttrInt(AttrExpr):
+    """An ``int`` read from an attribute (``self.num_heads``, ``config.num_attention_heads``) during the trace.
+
+    A size argument that is exactly such an attribute can follow a prune: the
+    graph sets the attribute to the new size afterwards. Arithmetic on it gives
+    an :class:`AttrExpr`.
+    """
+
+    def __new__(cls, value: int, owner: Any, attr: str) -> AttrInt:
+        obj = super().__new__(cls, value, ((1, ((owner, attr, int(value)),)),) if value else ())
+        obj.owner, obj.attr = owner, attr
+        return obj
+
+
+def _size_holders(modules: Iterable[Any]) -> list[Any]:
+    """The modules, then plain objects they hold (a Hugging Face ``config``), each once.
+
+    Configs are not modules, but attention layers read sizes from them
+    (``self.config.num_attention_heads``); tagging them lets a rule see that.
+    """
+    out: list[Any] = []
+    seen: set[int] = set()
+    extra: list[Any] = []
+    for m in modules:
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        out.append(m)
+        for v in vars(m).values():
+            if (id(v) not in seen and hasattr(v, "__dict__") and not callable(v)
+                    and not isinstance(v, (torch.nn.Module, torch.Tensor, type, types.ModuleType))):
+                seen.add(id(v))
+                extra.append(v)
+    return out + extra
+
+
 @contextlib.contextmanager
 def attributes_tagged(modules: Iterable[Any]) -> Iterator[None]:
-    """Replace int attributes of ``modules`` by :class:`AttrInt` for the duration of a trace."""
+    """Replace int attributes of ``modules`` (and of configs they hold) by :class:`AttrInt` during a trace."""
     changed: list[tuple[Any, str, int]] = []
     try:
-        for m in modules:
+        for m in _size_holders(modules):
             for k, v in list(vars(m).items()):
                 if type(v) is int and not k.startswith("_"):
                     m.__dict__[k] = AttrInt(v, m, k)

@@ -8,12 +8,14 @@ updated after the prune.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
 
 import depgraph as tp
-from depgraph.trace.shape_int import AttrInt, ShapeInt, attributes_tagged, is_computed, tag_shape
+from depgraph.trace.shape_int import AttrExpr, AttrInt, ShapeInt, attributes_tagged, is_computed, tag_shape
 
 from .._checks import build, member, prune_and_verify
 
@@ -39,10 +41,39 @@ def test_tag_shape():
     assert isinstance(tag_shape(4), ShapeInt) and tag_shape(True) is True and tag_shape("a") == "a"
 
 
-def test_attr_int_arithmetic_is_plain():
-    v = AttrInt(4, None, "heads")
-    assert (v.owner, v.attr) == (None, "heads") and repr(v) == "4"
-    assert type(v * 2) is int and type(v + 0) is int
+def test_attr_int_arithmetic_keeps_its_terms():
+    owner = object()
+    h, d, kv = AttrInt(4, owner, "heads"), AttrInt(8, owner, "head_dim"), AttrInt(2, owner, "kv")
+    assert (h.owner, h.attr) == (owner, "heads") and repr(h) == "4"
+    q = h * d
+    assert type(q) is AttrExpr and q == 32
+    assert q.terms == ((1, ((owner, "heads", 4), (owner, "head_dim", 8))),)
+    end = q + kv * d  # Phi-3's query_pos + num_key_value_heads * head_dim, in the order written
+    assert end == 48 and [c for c, _ in end.terms] == [1, 1]
+    assert [a for _, f in end.terms for _, a, _ in f] == ["heads", "head_dim", "kv", "head_dim"]
+    assert (2 * h).terms == ((2, ((owner, "heads", 4),)),) and (h + 1).terms[-1] == (1, ())
+    assert (10 - h) == 6 and (10 - h).terms == ((10, ()), (-1, ((owner, "heads", 4),)))
+    assert (h - 1).terms[-1] == (-1, ()) and (-h).terms[0][0] == -1
+    assert type(h // 2) is int and type(h % 3) is int  # not invertible: plain code
+    assert type(copy.deepcopy(q)) is int and type(copy.copy(h)) is int  # a config copied in a forward
+
+
+def test_a_shape_int_wins_over_attributes():
+    h, n = AttrInt(4, None, "heads"), ShapeInt(12, frozenset({(0, 1)}))
+    for v in (h * n, n * h, h + n, n - h):
+        assert type(v) is ShapeInt and v.src == frozenset({(0, 1)})
+
+
+def test_config_objects_held_by_modules_are_tagged():
+    class Config:
+        def __init__(self):
+            self.num_heads, self.name = 4, "cfg"
+
+    m = nn.Linear(3, 4)
+    m.config = Config()
+    with attributes_tagged(m.modules()):
+        assert isinstance(m.config.num_heads, AttrInt) and m.config.num_heads.owner is m.config
+    assert type(m.config.num_heads) is int and m.config.name == "cfg"
 
 
 def test_attributes_are_tagged_and_restored():
