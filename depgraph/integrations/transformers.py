@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import DepgraphError
-from ._hf_check import compare_with_rebuilt, validate_configs
+from ._hf_check import compare_with_rebuilt, head_size_problems, validate_configs
 from ._hf_layers import (
     AttentionLayer,
     LayerIndex,
@@ -180,6 +180,8 @@ def check_config(model: nn.Module) -> None:
     if not is_transformers_model(model):
         raise DepgraphError(f"{type(model).__name__} is not a transformers model (it has no config to check)")
     problems, hint = sync_config(model), _UNIFORM_HINT
+    if not problems:
+        problems, hint = head_size_problems(model)
     if not problems:
         problems, hint = validate_configs(model) or compare_with_rebuilt(model), _STRUCTURE_HINT
     if problems:
@@ -352,7 +354,9 @@ def _sync_stages(cfg: Any, attention: list[AttentionLayer], mlps: list[MlpLayer]
         log.setconfig(cfg, "num_heads", heads)
     if hidden[0] is not None:
         if any(d is not None and d != hidden[0] * 2 ** i for i, d in enumerate(hidden)):
-            problems.append(f"stage widths {hidden} are not embed_dim * 2**stage, as {type(cfg).__name__} requires")
+            problems.append(f"stage widths {hidden} are not embed_dim * 2**stage, as {type(cfg).__name__} requires: "
+                            "prune every stage by the same fraction (stage i losing 2**i times the channels "
+                            "stage 0 loses)")
         else:
             log.setconfig(cfg, "embed_dim", hidden[0])
             log.setconfig(cfg, "hidden_size", hidden[-1])
