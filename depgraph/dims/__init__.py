@@ -6,7 +6,7 @@ with :func:`register_dim_rule`.
 
 from __future__ import annotations
 
-from . import concat, elementwise, embedding, matmul, modules, reduce, reshape  # noqa: F401  (register rules)
+from . import concat, elementwise, embedding, factory, matmul, modules, reduce, reshape  # noqa: F401  (register rules)
 from .indexmap import Compose, Gather, Identity, IndexMap, Lookup, Offset
 from .registry import RuleContext, get_dim_rule, register_dim_rule, registered_dim_rules
 
