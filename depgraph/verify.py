@@ -87,10 +87,12 @@ def _relative(kept: dict, base: dict) -> dict:
 
 def _zero_module(orig: nn.Module, pruned: nn.Module) -> None:
     kept = _relative(pruned.__dict__.get("_depgraph_kept", {}), orig.__dict__.get("_depgraph_kept", {}))
-    if kept:
-        handler = pruned.__dict__.get("_depgraph_handler") or find_handler(orig)
-        if handler is None:
-            raise DepgraphError(f"no pruning handler for {type(orig).__name__}; cannot verify it")
+    handler = (pruned.__dict__.get("_depgraph_handler") or find_handler(orig)) if kept else None
+    if kept and handler is None:
+        raise DepgraphError(f"no pruning handler for {type(orig).__name__}; cannot verify it")
+    if kept and hasattr(handler, "zero_removed"):  # a layer whose records replaying cannot express (MHA heads)
+        handler.zero_removed(orig, kept)
+    elif kept:
         marker = copy.deepcopy(orig)
         names = [n for n, _ in marker.named_parameters()]
         with torch.no_grad():
@@ -138,7 +140,9 @@ def _inexact_reasons(pruned: nn.Module) -> list[str]:
     reasons: set[str] = set()
     for m in pruned.modules():
         reasons |= set(m.__dict__.get("_depgraph_inexact", ()))
-        if getattr(find_handler(m), "mixes_channels", False) and "_depgraph_kept" in m.__dict__:
+        # only channel prunes mix (removing whole heads, recorded as "inner" alone, is exact)
+        if getattr(find_handler(m), "mixes_channels", False) and {"out", "in"} & set(m.__dict__.get(
+                "_depgraph_kept", {})):
             reasons.add(f"{type(m).__name__} normalises over its pruned channels")
     return sorted(reasons)
 

@@ -29,13 +29,15 @@ import torch.nn as nn
 
 from ..dims.propagate import Propagation, propagate
 from ..dims.slots import HeadAxis
+from ..errors import DepgraphError
 from .group import Group
-from .node import GroupItem
+from .node import Dependency, GroupItem, Node
+from .transaction import Snapshot
 
 if TYPE_CHECKING:
     from .graph import DependencyGraph
 
-__all__ = ["AttentionHeads", "find_attention_heads"]
+__all__ = ["AttentionHeads", "ModuleHeads", "ModuleHeadsGroup", "find_attention_heads", "find_module_heads"]
 
 
 @dataclass
@@ -68,6 +70,11 @@ class AttentionHeads:
     def key(self) -> int:
         """Stable across prunes: the key-head axis slot."""
         return self.axis.k
+
+    @property
+    def unit_width(self) -> int:
+        """Root positions per unit (``round_to`` keeps ``units * unit_width`` a multiple of it)."""
+        return int(self.units[0].numel()) if self.units else 1
 
     @property
     def name(self) -> str:
@@ -202,3 +209,104 @@ def _root_slot(graph: DependencyGraph, plan: Propagation, root_types: tuple) -> 
         if best is None or s < best:
             best = s
     return best
+
+
+# -- heads inside one layer (nn.MultiheadAttention) ----------------------------------------------
+
+
+@dataclass
+class ModuleHeads:
+    """The heads of a layer that computes attention inside itself (``nn.MultiheadAttention``).
+
+    Its inner dims are not graph channels: removing a head changes nothing outside
+    the layer (``embed_dim`` stays), so the group has one member. ``units[u]`` holds
+    the original index of head ``u``.
+    """
+
+    graph: DependencyGraph
+    node: Node
+    units: list[torch.Tensor]
+
+    @property
+    def key(self) -> object:
+        return self.node.module
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    @property
+    def modules(self) -> list[nn.Module]:
+        return [self.node.module]
+
+    @property
+    def slots(self) -> frozenset[int]:
+        return frozenset()
+
+    @property
+    def query_heads(self) -> int:
+        return len(self.units)
+
+    kv_heads = query_heads
+
+    @property
+    def unit_width(self) -> int:
+        return int(self.node.module.head_dim)
+
+    def group_of(self, orig: Sequence[torch.Tensor]) -> Group | None:
+        kept = _heads_kept(self.node.module).tolist()
+        now = sorted(kept.index(int(h)) for t in orig for h in t.tolist() if int(h) in kept)
+        return ModuleHeadsGroup(self.graph, self.node, now) if now else None
+
+    def group(self, units: Sequence[int]) -> Group:
+        return ModuleHeadsGroup(self.graph, self.node, sorted(int(u) for u in units))
+
+    def unit_weights(self, u: int) -> list[torch.Tensor]:
+        """The q/k/v rows and output columns of unit ``u`` (for magnitude scores)."""
+        m = self.node.module
+        d, inner = m.head_dim, m.out_proj.in_features
+        rows = torch.arange(u * d, (u + 1) * d)
+        if m.in_proj_weight is not None:
+            qkv = [m.in_proj_weight[rows + j * inner] for j in range(3)]
+        else:
+            qkv = [w[rows] for w in (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)]
+        return [*qkv, m.out_proj.weight[:, rows].T]
+
+
+class ModuleHeadsGroup(Group):
+    """Whole heads of one ``nn.MultiheadAttention``; ``prune()`` is a transaction like any group's."""
+
+    def __init__(self, graph: DependencyGraph, node: Node, heads: list[int]) -> None:
+        fn = node.handler.prune_heads
+        super().__init__(graph, [GroupItem(Dependency(fn, fn, node, node), list(heads), list(heads))],
+                         Propagation())
+
+    def prune(self, idxs=None, record_history: bool = True) -> None:
+        item = self.items[0]
+        module = item.dep.target.module
+        heads = list(idxs) if idxs is not None else item.idxs
+        cls, snap = type(module), Snapshot([module])
+        try:
+            item.dep.handler(module, heads)
+        except Exception as e:
+            snap.restore()
+            module.__class__ = cls
+            raise DepgraphError(f"removing heads {heads} of {item.dep.target.name} failed ({type(e).__name__}: "
+                                f"{e}); the model was restored unchanged") from e
+
+    exec = prune
+
+
+def _heads_kept(module: nn.Module) -> torch.Tensor:
+    kept = module.__dict__.get("_heads_kept")
+    return kept if kept is not None else torch.arange(module.num_heads)
+
+
+def find_module_heads(graph: DependencyGraph, ignored_layers: Iterable[nn.Module] = ()) -> list[ModuleHeads]:
+    """Every traced ``nn.MultiheadAttention`` with at least two heads, outside ``ignored_layers``."""
+    ignored = {id(m) for layer in ignored_layers if isinstance(layer, nn.Module) for m in layer.modules()}
+    out = []
+    for module, node in graph.module2node.items():
+        if isinstance(module, nn.MultiheadAttention) and id(module) not in ignored and module.num_heads > 1:
+            out.append(ModuleHeads(graph, node, [t.view(1) for t in _heads_kept(module)]))
+    return out

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
-from ..dependency.heads import AttentionHeads, find_attention_heads
+from ..dependency.heads import AttentionHeads, ModuleHeads, find_attention_heads, find_module_heads
 from ..errors import DepgraphError
 from .options import floor_fraction
 from .scope import Scope, ScopeTable
@@ -48,7 +48,7 @@ __all__ = ["HeadPlanner", "HeadDecision"]
 class HeadDecision:
     """Units of one block to remove: their original root positions."""
 
-    block: AttentionHeads
+    block: AttentionHeads | ModuleHeads
     orig: list[torch.Tensor]
 
 
@@ -73,9 +73,10 @@ class HeadPlanner:
                 stacklevel=4,
             )
 
-    def blocks(self) -> list[AttentionHeads]:
+    def blocks(self) -> list[AttentionHeads | ModuleHeads]:
         p = self.pruner
-        return find_attention_heads(p.DG, p.ignored_layers, p.options.root_module_types)
+        return (find_attention_heads(p.DG, p.ignored_layers, p.options.root_module_types)
+                + find_module_heads(p.DG, p.ignored_layers))
 
     def attention_slots(self) -> set[int]:
         """Endpoint slots of every head-prunable block (their groups hold head dims)."""
@@ -119,13 +120,20 @@ class HeadPlanner:
         current = len(b.units)
         n = min(n, current - 1)
         round_to = self.pruner.options.round_to
-        width = b.units[0].numel() if b.units else 1
+        width = b.unit_width
         while n > 0 and round_to and ((current - n) * width) % round_to:
             n -= 1
         return max(n, 0)
 
-    def _scores(self, b: AttentionHeads) -> torch.Tensor | None:
-        """One score per unit: the mean importance of its root channels (over all q/k/v/o members)."""
+    def _scores(self, b: AttentionHeads | ModuleHeads) -> torch.Tensor | None:
+        """One score per unit: the mean importance of its root channels (over all q/k/v/o members).
+
+        Heads inside an ``nn.MultiheadAttention`` are not graph channels: their weights' L2 norm.
+        """
+        if isinstance(b, ModuleHeads):
+            return torch.stack([
+                torch.stack([w.detach().float().pow(2).sum() for w in b.unit_weights(u)]).sum().sqrt().cpu()
+                for u in range(len(b.units))])
         group = b.scoring_group()
         s = self.pruner.estimate_importance(group)
         if s is None:

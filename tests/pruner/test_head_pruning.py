@@ -149,6 +149,48 @@ def test_ratio_one_keeps_one_head_per_block():
     assert tp.verify(original, model, inputs, output_transform=output_of).exact
 
 
+# -- nn.MultiheadAttention ------------------------------------------------------------------------
+
+
+class _Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(8, 32)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.0)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(x)))
+
+
+def test_multihead_attention_heads_removed_exactly():
+    model, x = _Encoder().eval(), torch.randn(2, 6, 8)
+    original, pruner = prune_heads(model, x, head_pruning_ratio=0.5)
+    for layer in model.encoder.layers:
+        mha = layer.self_attn
+        assert (mha.embed_dim, mha.num_heads, mha.head_dim) == (32, 2, 8)
+        assert mha.in_proj_weight.shape == (3 * 16, 32) and mha.out_proj.in_features == 16
+    assert model(x).shape == (2, 6, 5)
+    result = tp.verify(original, model, x)
+    assert result.applies and result.exact, str(result)
+
+
+def test_multihead_attention_heads_with_hidden_dims():
+    model, x = _Encoder().eval(), torch.randn(2, 6, 8)
+    original, pruner = prune_heads(model, x, head_pruning_ratio=0.5, pruning_ratio=0.25, ignored_layers=[])
+    for layer in model.encoder.layers:
+        mha = layer.self_attn
+        assert (mha.embed_dim, mha.num_heads, mha.head_dim) == (24, 2, 6)
+        assert mha.out_proj.weight.shape == (24, 12)
+    assert model(x).shape == (2, 6, 5)
+    assert tp.verify(original, model, x).shapes_match
+    with pytest.raises(tp.DepgraphError, match=r"num_heads\[encoder.layers.0.self_attn\] = 3"):
+        fresh = _Encoder().eval()
+        tp.pruner.BasePruner(fresh, x, MAG(), num_heads={fresh.encoder.layers[0].self_attn: 3})
+
+
 # -- timm -----------------------------------------------------------------------------------------
 
 
