@@ -150,6 +150,9 @@ class DependencyGraph:
         if type(model).__module__.startswith("transformers"):  # also trust_remote_code models
             from ..integrations.transformers import attach  # lazy: keeps transformers optional
             attach(self)
+        from ..integrations.timm import attach as attach_timm  # imports no timm; a no-op without timm modules
+
+        attach_timm(self)
         return self
 
     def _handler_of(self, module: nn.Module) -> BasePruningFunc | None:

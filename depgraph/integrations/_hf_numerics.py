@@ -96,6 +96,9 @@ def _scale_query(a: AttentionLayer, c: float, log: UndoLog) -> None:
             b = bias.data.clone()
             b[: a.q_width] *= c
             log.setdata(bias, b)
+        q_bias = getattr(a.module, "q_bias", None)  # timm BEiT/EVA: the query bias lives beside a bias-free qkv
+        if a.fused and isinstance(q_bias, torch.Tensor) and q_bias.shape[0] == a.q_width:
+            log.setdata(q_bias, q_bias.data.clone() * c)
 
 
 def rotary_modules(model: nn.Module) -> list[nn.Module]:

@@ -1,0 +1,85 @@
+"""depgraph.integrations.timm: timm attention attributes stay consistent with the pruned weights.
+
+Markers:
+    zoo   timm architectures (two blocks, random weights, offline).
+
+After a head-dim prune, timm's ``Attention`` computes with ``F.scaled_dot_product_attention``
+(default scale ``1/sqrt(head_dim)``) or, with fused attention off, ``q * self.scale``. A
+stale ``scale`` made the two paths disagree; the sync folds the scale change into the query
+rows, so both compute the unpruned network with those dims zeroed.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import depgraph as tp
+
+timm = pytest.importorskip("timm")
+
+pytestmark = pytest.mark.zoo
+
+
+def _vit():
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2).eval()
+    return model, torch.randn(2, 3, 32, 32)
+
+
+def _attentions(model):
+    return [m for m in model.modules() if type(m).__name__ == "Attention"]
+
+
+def _assert_consistent(attn) -> None:
+    assert attn.num_heads * attn.head_dim == attn.attn_dim == attn.proj.in_features == attn.qkv.out_features // 3
+    assert attn.scale == pytest.approx(attn.head_dim ** -0.5, rel=1e-12)
+
+
+def _run(model, x, fused: bool) -> torch.Tensor:
+    for a in _attentions(model):
+        a.fused_attn = fused
+    with torch.no_grad():
+        return model(x)
+
+
+def test_head_dim_prune_keeps_scale_and_sizes_consistent() -> None:
+    model, x = _vit()
+    reference = copy.deepcopy(model)
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    for attn in _attentions(model):  # dim 3 of every head
+        DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, [3]).prune()
+
+    for attn in _attentions(model):
+        assert (attn.num_heads, attn.head_dim) == (3, 63)
+        _assert_consistent(attn)
+    # The unpruned network with dim 3 of every head zeroed in q, k, v and the output projection.
+    with torch.no_grad():
+        for attn in _attentions(reference):
+            rows = torch.arange(3, 192, 64)
+            for part in range(3):
+                attn.qkv.weight[part * 192 + rows] = 0
+                attn.qkv.bias[part * 192 + rows] = 0
+            attn.proj.weight[:, rows] = 0
+    for fused in (True, False):
+        torch.testing.assert_close(_run(model, x, fused), _run(reference, x, fused), rtol=1e-5, atol=1e-5)
+
+
+def test_head_prune_and_rollback_keep_sizes_consistent() -> None:
+    model, x = _vit()
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    attn = _attentions(model)[0]
+    DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, list(range(64))).prune()  # head 0
+    assert (attn.num_heads, attn.head_dim, attn.scale) == (2, 64, 0.125)
+    _assert_consistent(attn)
+    torch.testing.assert_close(_run(model, x, True), _run(model, x, False), rtol=1e-5, atol=1e-5)
+
+    # A prune that fails rolls the sync back with the weights.
+    other = _attentions(model)[1]
+    scale, weight = other.scale, other.qkv.weight.clone()
+    DG._after_prune_hooks.append(lambda graph, plan: (_ for _ in ()).throw(RuntimeError("boom")) if plan else None)
+    with pytest.raises(tp.DepgraphError, match="boom"):
+        DG.get_pruning_group(other.proj, tp.prune_linear_in_channels, [5]).prune()
+    assert (other.scale, other.head_dim) == (scale, 64) and torch.equal(other.qkv.weight, weight)
