@@ -236,8 +236,16 @@ class ModuleHeads:
         return self.node.name
 
     @property
+    def root(self) -> nn.Module:
+        return self.node.module
+
+    @property
     def modules(self) -> list[nn.Module]:
         return [self.node.module]
+
+    def root_idxs(self, units: Iterable[int]) -> list[int]:
+        """For this layer the group's indices are the heads themselves."""
+        return sorted(int(u) for u in units)
 
     @property
     def slots(self) -> frozenset[int]:
@@ -295,6 +303,14 @@ class ModuleHeadsGroup(Group):
                                 f"{e}); the model was restored unchanged") from e
 
     exec = prune
+
+    def zero(self) -> None:
+        """Soft pruning: zero the heads' q/k/v rows and output columns, shapes unchanged."""
+        item = self.items[0]
+        module = item.dep.target.module
+        d, inner = module.head_dim, module.out_proj.in_features
+        gone = {h * d + j for h in item.idxs for j in range(d)}
+        item.dep.target.handler.zero_removed(module, {"inner": [i for i in range(inner) if i not in gone]})
 
 
 def _heads_kept(module: nn.Module) -> torch.Tensor:

@@ -295,7 +295,8 @@ class BasePruner:
 
     def _soft_prune(self, group: Any) -> None:
         root = group[0].dep.target.module
-        zero_group(group)
+        zero = getattr(group, "zero", None)  # heads inside one layer zero themselves
+        zero() if zero is not None else zero_group(group)
         self._soft_pruned.setdefault(root, set()).update(int(i) for i in group[0].idxs)
 
     def manual_prune_width(

@@ -87,8 +87,8 @@ class HeadPlanner:
         """This step's decisions (empty when no block loses a head)."""
         p = self.pruner
         step = p.current_step
-        pools: dict[Hashable, list[tuple[AttentionHeads, Scope]]] = defaultdict(list)
-        local: list[tuple[AttentionHeads, Scope]] = []
+        pools: dict[Hashable, list[tuple[AttentionHeads | ModuleHeads, Scope]]] = defaultdict(list)
+        local: list[tuple[AttentionHeads | ModuleHeads, Scope]] = []
         for b in self.blocks():
             scope = self.scopes.scope_of_any(b.modules)
             if _ratio(scope, step) <= 0 and b.key in self.initial:
@@ -96,28 +96,36 @@ class HeadPlanner:
             (pools[scope.key] if scope.pooled else local).append((b, scope))
         out = []
         for b, scope in local:
-            n = self._count(b, _ratio(scope, step))
-            if n:
-                scores = self._scores(b)
-                if scores is not None:
-                    chosen = torch.argsort(scores, stable=True)[:n].tolist()
-                    out.append(HeadDecision(b, [b.units[u] for u in sorted(chosen)]))
+            soft = self._soft_units(b)
+            n = self._count(b, _ratio(scope, step), len(soft))
+            scores = self._scores(b) if n else None
+            if scores is not None:
+                scores[soft] = float("inf")  # already zeroed: counted as gone, never chosen again
+                chosen = torch.argsort(scores, stable=True)[:n].tolist()
+                out.append(HeadDecision(b, [b.units[u] for u in sorted(set(chosen) | set(soft))]))
         for pool in pools.values():
             out += self._plan_pool([b for b, _ in pool], _ratio(pool[0][1], step))
         return out
 
-    def _count(self, b: AttentionHeads, ratio: float) -> int:
-        current = len(b.units)
-        initial = self.initial.setdefault(b.key, current)
+    def _soft_units(self, b: AttentionHeads | ModuleHeads) -> list[int]:
+        """Units ``soft_pruning`` already zeroed (their root positions all recorded as soft-pruned)."""
+        soft = self.pruner._soft_pruned.get(b.root)
+        if not soft:
+            return []
+        return [u for u in range(len(b.units)) if set(b.root_idxs([u])) <= soft]
+
+    def _count(self, b: AttentionHeads | ModuleHeads, ratio: float, n_soft: int = 0) -> int:
+        """Units to remove now; ``n_soft`` units are already zeroed and count as removed."""
+        current = len(b.units) - n_soft
+        initial = self.initial.setdefault(b.key, len(b.units))
         keep = max(initial - floor_fraction(initial, ratio), self._floor_keep(initial), 1)
-        return self._fit(b, max(current - keep, 0))
+        return self._fit(b, max(current - keep, 0), current)
 
     def _floor_keep(self, initial: int) -> int:
         return math.ceil(initial * (1.0 - self.pruner.options.max_pruning_ratio) - 1e-9)
 
-    def _fit(self, b: AttentionHeads, n: int) -> int:
+    def _fit(self, b: AttentionHeads | ModuleHeads, n: int, current: int) -> int:
         """Trim ``n`` so one unit stays and, with round_to, the kept root width is a multiple of it."""
-        current = len(b.units)
         n = min(n, current - 1)
         round_to = self.pruner.options.round_to
         width = b.unit_width
@@ -148,20 +156,21 @@ class HeadPlanner:
         position = {int(r): k for k, r in enumerate(root)}
         return torch.stack([s[[position[i] for i in b.root_idxs([u])]].mean() for u in range(len(b.units))])
 
-    def _plan_pool(self, blocks: list[AttentionHeads], ratio: float) -> list[HeadDecision]:
+    def _plan_pool(self, blocks: list[AttentionHeads | ModuleHeads], ratio: float) -> list[HeadDecision]:
         """Rank the units of several blocks together; each block keeps at least one unit."""
-        total_now = sum(len(b.units) for b in blocks)
+        soft = [self._soft_units(b) for b in blocks]
+        now = [len(b.units) - len(sf) for b, sf in zip(blocks, soft, strict=True)]
         total_initial = sum(self.initial.setdefault(b.key, len(b.units)) for b in blocks)
-        n_total = total_now - max(total_initial - floor_fraction(total_initial, ratio), 1)
+        n_total = sum(now) - max(total_initial - floor_fraction(total_initial, ratio), 1)
         if n_total <= 0:
             return []
         ranked: list[tuple[float, int, int]] = []
         for i, b in enumerate(blocks):
             scores = self._scores(b)
             if scores is not None:
-                ranked += [(float(v), i, u) for u, v in enumerate(scores.tolist())]
+                ranked += [(float(v), i, u) for u, v in enumerate(scores.tolist()) if u not in soft[i]]
         ranked.sort()
-        caps = [len(b.units) - max(self._floor_keep(self.initial[b.key]), 1) for b in blocks]
+        caps = [n - max(self._floor_keep(self.initial[b.key]), 1) for b, n in zip(blocks, now, strict=True)]
         chosen: dict[int, list[int]] = defaultdict(list)
         for _, i, u in ranked:
             if len(chosen[i]) < caps[i]:
@@ -170,12 +179,11 @@ class HeadPlanner:
                 if n_total == 0:
                     break
         out = []
-        for i, units in chosen.items():
-            b = blocks[i]
-            n = self._fit(b, len(units))
-            keep = sorted(units[:n])
-            if keep:
-                out.append(HeadDecision(b, [b.units[u] for u in keep]))
+        for i, b in enumerate(blocks):
+            units = chosen.get(i, [])
+            picked = set(units[: self._fit(b, len(units), now[i])]) | set(soft[i])
+            if picked:
+                out.append(HeadDecision(b, [b.units[u] for u in sorted(picked)]))
         return out
 
     # -- applying -----------------------------------------------------------------------------
@@ -184,7 +192,8 @@ class HeadPlanner:
         for d in decisions:
             group = d.block.group_of(d.orig)
             if group is not None and self.pruner.DG.check_pruning_group(group):
-                self._rescale_initial_widths(d.block, len(d.orig))
+                if not self.pruner.options.soft_pruning:
+                    self._rescale_initial_widths(d.block, len(d.orig))
                 yield group
 
     def _rescale_initial_widths(self, b: AttentionHeads, n_removed: int) -> None:

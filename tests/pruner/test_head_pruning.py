@@ -253,6 +253,30 @@ def test_iterative_steps_and_round_to_for_heads():
     assert [blk.attn.num_heads for blk in model.blocks] == [2, 2]
 
 
+@pytest.mark.zoo
+def test_soft_head_pruning_zeroes_and_counts_heads():
+    model, x = _timm("vit_tiny_patch16_224", num_heads=4)
+    pruner = tp.pruner.BasePruner(model, x, MAG(), pruning_ratio=0.0, prune_num_heads=True, head_pruning_ratio=0.5,
+                                  iterative_steps=2, soft_pruning=True)
+    for _ in range(2):
+        pruner.step()
+        assert model.blocks[0].attn.qkv.out_features == 576  # shapes stay
+    rows = model.blocks[0].attn.qkv.weight.view(3, 4, 48, -1)
+    zero_heads = [h for h in range(4) if bool((rows[:, h] == 0).all())]
+    assert len(zero_heads) == 2  # one head per step, the first one not chosen again
+    assert bool((model.blocks[0].attn.proj.weight.view(192, 4, 48)[:, zero_heads] == 0).all())
+
+
+def test_soft_head_pruning_of_multihead_attention():
+    model, x = _Encoder().eval(), torch.randn(2, 6, 8)
+    tp.pruner.BasePruner(model, x, MAG(), pruning_ratio=0.0, prune_num_heads=True, head_pruning_ratio=0.5,
+                         soft_pruning=True).step()
+    mha = model.encoder.layers[0].self_attn
+    assert type(mha) is nn.MultiheadAttention and mha.num_heads == 4
+    zero = [h for h in range(4) if bool((mha.out_proj.weight[:, h * 8:(h + 1) * 8] == 0).all())]
+    assert len(zero) == 2
+
+
 def test_discovery_reports_units_of_each_block():
     model, x = _timm("vit_tiny_patch16_224")
     DG = tp.DependencyGraph().build_dependency(model, x)
