@@ -83,3 +83,34 @@ def test_head_prune_and_rollback_keep_sizes_consistent() -> None:
     with pytest.raises(tp.DepgraphError, match="boom"):
         DG.get_pruning_group(other.proj, tp.prune_linear_in_channels, [5]).prune()
     assert (other.scale, other.head_dim) == (scale, 64) and torch.equal(other.qkv.weight, weight)
+
+
+def test_scale_fold_scales_a_separate_query_bias() -> None:
+    """BEiT/EVA keep the query bias beside a bias-free qkv (``q_bias``): the fold must scale it too."""
+    from depgraph.integrations._hf_layers import find_attention
+    from depgraph.integrations._hf_numerics import ScaleFolder
+    from depgraph.integrations._undo import UndoLog
+
+    class BeitLike(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.proj = torch.nn.Linear(8, 24, bias=False), torch.nn.Linear(8, 8)
+            self.q_bias, self.v_bias = torch.nn.Parameter(torch.randn(8)), torch.nn.Parameter(torch.randn(8))
+            self.num_heads, self.head_dim, self.scale = 2, 4, 4 ** -0.5
+
+        def scores(self, x):  # (B, N, C) -> (B, H, N, N)
+            bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
+            q, k, _ = torch.nn.functional.linear(x, self.qkv.weight, bias).unflatten(-1, (3, 2, -1)).unbind(2)
+            return torch.einsum("bnhd,bmhd->bhnm", q * self.scale, k)
+
+    torch.manual_seed(0)
+    m, x = BeitLike(), torch.randn(1, 5, 8)
+    [a] = find_attention(torch.nn.Sequential(m))
+    folder = ScaleFolder()
+    folder.prime(a)
+    with torch.no_grad():
+        expected = m.scores(x)
+        m.head_dim = 3  # as after a head-dim prune that zeroed nothing: only the scale bookkeeping changes
+        folder.fold(find_attention(torch.nn.Sequential(m))[0], UndoLog())
+        assert m.scale == pytest.approx(3 ** -0.5)
+        torch.testing.assert_close(m.scores(x), expected)
