@@ -10,8 +10,9 @@ compute different things after a head-dim prune. This hook, run inside every
 prune's transaction, folds ``old scale / new scale`` into the query rows of the
 projection and stores the new scale, so ``scale == head_dim ** -0.5`` again and
 both paths compute the unpruned network with those dims removed, exactly. It
-also sets the head-count and width attributes (``num_heads``, ``num_kv_heads``,
-``attn_dim``) that no traced reshape read, from the measured weights.
+also sets the size attributes (``num_heads``, ``head_dim``, ``num_kv_heads``,
+``attn_dim``) that no traced reshape read, from the measured weights and the
+one size the forward did read (see :func:`_sync_sizes`).
 
 ``DependencyGraph.build_dependency`` attaches it to models holding timm modules;
 nothing here imports timm.
@@ -20,11 +21,12 @@ nothing here imports timm.
 from __future__ import annotations
 
 import weakref
+from dataclasses import replace
 from typing import Any
 
 import torch.nn as nn
 
-from ._hf_layers import AttentionLayer, LayerIndex
+from ._hf_layers import HEAD_DIM_ATTRS, AttentionLayer, LayerIndex
 from ._hf_numerics import ScaleFolder
 from ._undo import UndoLog
 
@@ -55,18 +57,49 @@ class AttentionSync:
             self._last.undo()
             return
         self._last = UndoLog()
+        bound = _bound_attributes(graph)
         for a in self._attention():
-            self._folder.fold(a, self._last)
-            _sync_sizes(a, self._last)
+            a = _sync_sizes(a, bound, self._last)
+            if a is not None:
+                self._folder.fold(a, self._last)
 
 
-def _sync_sizes(a: AttentionLayer, log: UndoLog) -> None:
-    """Size attributes equal, before the prune, to what the weights now measure; only ints are touched."""
-    sizes = {"num_heads": a.heads, "num_kv_heads": a.kv_heads, "attn_dim": a.q_width}
+def _bound_attributes(graph: Any) -> set[tuple[int, str]]:
+    """``(id(module), attr)`` of the size attributes the graph keeps current (the forward read them)."""
+    bindings = getattr(getattr(graph, "_graph", None), "bindings", {})
+    return {(id(owner), attr) for pairs in bindings.values() for owner, attr in pairs}
+
+
+def _sync_sizes(a: AttentionLayer, bound: set[tuple[int, str]], log: UndoLog) -> AttentionLayer | None:
+    """Set the head count and head dim the forward did not read, from the one it did; None if it read neither.
+
+    After a prune exactly one of the two changed, and only an attribute the graph
+    keeps current (a reshape read it) tells which: ``head_dim`` read -> the head
+    count is ``q_width // head_dim``; ``num_heads`` read -> the head dim is
+    ``q_width // num_heads``. With neither read nothing is touched (a stale value
+    would be trusted otherwise).
+    """
+    m = vars(a.module)
+    hd_attr = next((k for k in HEAD_DIM_ATTRS if _is_int(m.get(k))), None)
+    if hd_attr is not None and (id(a.module), hd_attr) in bound:
+        head_dim = m[hd_attr]
+    elif _is_int(m.get("num_heads")) and (id(a.module), "num_heads") in bound and m["num_heads"]:
+        head_dim = a.q_width // m["num_heads"]
+    else:
+        return None
+    if not head_dim or a.q_width % head_dim or a.kv_width % head_dim:
+        return None
+    sizes = {"num_heads": a.q_width // head_dim, "num_kv_heads": a.kv_width // head_dim, "attn_dim": a.q_width}
+    if hd_attr is not None:
+        sizes[hd_attr] = head_dim
     for attr, value in sizes.items():
-        old = vars(a.module).get(attr)
-        if value and isinstance(old, int) and not isinstance(old, bool) and old != value:
+        if _is_int(m.get(attr)) and m[attr] != value:
             log.setattr(a.module, attr, int(value))
+    return replace(a, head_dim=head_dim)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def attach(graph: Any) -> AttentionSync | None:

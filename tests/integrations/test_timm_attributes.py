@@ -114,3 +114,42 @@ def test_scale_fold_scales_a_separate_query_bias() -> None:
         folder.fold(find_attention(torch.nn.Sequential(m))[0], UndoLog())
         assert m.scale == pytest.approx(3 ** -0.5)
         torch.testing.assert_close(m.scores(x), expected)
+
+
+class _StoredHeadDim(torch.nn.Module):
+    """Attention in timm's style whose forward reads ``num_heads`` but only stores ``head_dim`` (EVA-like)."""
+
+    __module__ = "timm.layers.stored_head_dim"  # what the sync looks for: a timm class
+
+    def __init__(self, dim: int = 32, heads: int = 4):
+        super().__init__()
+        self.qkv, self.proj = torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.scale = self.head_dim ** -0.5
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        # (B, N, 3*H*D) -> (3, B, H, N, D); the head dim is left to -1
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, n, -1))
+
+
+def test_unread_head_dim_follows_the_read_head_count() -> None:
+    torch.manual_seed(0)
+    model, x = torch.nn.Sequential(_StoredHeadDim()).eval(), torch.randn(2, 5, 32)
+    reference = copy.deepcopy(model)
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    attn = model[0]
+    DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, [3, 11, 19, 27]).prune()  # dim 3 of each head
+    assert (attn.num_heads, attn.head_dim) == (4, 7)  # head_dim was stale at 8 before the sync
+    assert attn.scale == pytest.approx(7 ** -0.5)
+    with torch.no_grad():
+        rows = torch.tensor([3, 11, 19, 27])
+        for part in range(3):
+            reference[0].qkv.weight[part * 32 + rows] = 0
+            reference[0].qkv.bias[part * 32 + rows] = 0
+        reference[0].proj.weight[:, rows] = 0
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)  # the scale was folded
+    DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, list(range(7))).prune()  # head 0
+    assert (attn.num_heads, attn.head_dim) == (3, 7)
