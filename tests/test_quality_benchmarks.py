@@ -1,0 +1,230 @@
+"""The quality benchmarks' helpers, on data the tests make (the real data sets are not needed).
+
+``benchmarks/quality/`` holds scripts, not a package: the fixture puts the folder on
+``sys.path`` for one test and removes the modules it imported afterwards, so their
+plain names (``data``, ``search``, ``report``) never shadow anything else.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import struct
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import depgraph as tp
+
+QUALITY = Path(__file__).resolve().parent.parent / "benchmarks" / "quality"
+MODULES = ("data", "search", "report", "resnet", "train_resnet", "vision", "llm")
+
+
+@pytest.fixture
+def qb():
+    """The benchmark modules, imported by name from ``benchmarks/quality``."""
+    saved = {m: sys.modules.pop(m) for m in MODULES if m in sys.modules}
+    sys.path.insert(0, str(QUALITY))
+    try:
+        yield SimpleNamespace(**{m: importlib.import_module(m) for m in ("data", "search", "report", "resnet")})
+    finally:
+        sys.path.remove(str(QUALITY))
+        for m in MODULES:
+            sys.modules.pop(m, None)
+        sys.modules.update(saved)
+
+
+def idx_bytes(array: torch.Tensor, type_code: int, fmt: str) -> bytes:
+    header = bytes([0, 0, type_code, array.dim()]) + struct.pack(f">{array.dim()}I", *array.shape)
+    return header + struct.pack(f">{array.numel()}{fmt}", *array.flatten().tolist())
+
+
+# ----------------------------------------------------------------------------- data
+def test_read_idx_uint8_plain_and_gzip(qb) -> None:
+    images = torch.arange(2 * 3 * 4, dtype=torch.uint8).reshape(2, 3, 4)
+    raw = idx_bytes(images, 0x08, "B")
+    assert torch.equal(qb.data.read_idx(raw), images)
+    assert torch.equal(qb.data.read_idx(gzip.compress(raw)), images)
+
+
+def test_read_idx_big_endian_int32(qb) -> None:
+    values = torch.tensor([1, -2, 70000, 2**30], dtype=torch.int32)
+    assert torch.equal(qb.data.read_idx(idx_bytes(values, 0x0C, "i")), values)
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [(b"\x01\x00\x08\x01\x00\x00\x00\x01\x05", "not an idx file"), (b"\x00\x00\x08\x01\x00\x00\x00\x05\x01", "payload")],
+)
+def test_read_idx_refuses_bad_files(qb, raw: bytes, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        qb.data.read_idx(raw)
+
+
+def test_load_fashion_mnist_from_a_folder(qb, tmp_path: Path) -> None:
+    images = torch.full((3, 28, 28), 255, dtype=torch.uint8)
+    labels = torch.tensor([0, 9, 4], dtype=torch.uint8)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images, 0x08, "B")))
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels, 0x08, "B")))
+    x, y = qb.data.load_fashion_mnist("test", root=tmp_path)
+    assert x.shape == (3, 1, 28, 28) and y.tolist() == [0, 9, 4]
+    assert torch.allclose(x, torch.full_like(x, (1 - qb.data.FMNIST_MEAN) / qb.data.FMNIST_STD))
+
+
+def test_wiki_to_text_keeps_prose_only(qb) -> None:
+    markup = (
+        "{{Infobox|name={{nested|x}}}}\n"
+        "'''Foo''' is a [[bar (thing)|bar]] from [[Baz]] in the north.&lt;ref&gt;a source&lt;/ref&gt; "
+        "It was [http://example.org named] early.<ref name=\"x\"/>\n"
+        "== History ==\n"
+        "[[File:Foo.jpg|thumb|a [[picture]] of foo]]\n"
+        "{| class=\"wikitable\"\n| cell || cell\n|}\n"
+        "* a short item\n"
+        "[[Category:Things]]"
+    )
+    text = qb.data.wiki_to_text(markup)
+    assert text.splitlines()[0] == "Foo is a bar from Baz in the north. It was named early."
+    for gone in ("{{", "ref", "http", "File", "picture", "cell", "Category", "[[", "'''"):
+        assert gone not in text
+
+
+def test_wiki_articles_skips_redirects_and_other_namespaces(qb) -> None:
+    ns = "http://www.mediawiki.org/xml/export-0.10/"
+
+    def page(title: str, ns_id: int, text: str, redirect: bool = False) -> str:
+        extra = f'<redirect title="{title}"/>' if redirect else ""
+        return f"<page><title>{title}</title><ns>{ns_id}</ns>{extra}<revision><text>{text}</text></revision></page>"
+
+    xml = (f'<mediawiki xmlns="{ns}">' + page("A", 0, "Alpha is the first letter here.")
+           + page("B", 0, "#REDIRECT [[A]]", redirect=True) + page("Talk:A", 1, "Talk about the letter here.")
+           + page("C", 0, "Gamma is the third letter here.") + "</mediawiki>").encode()
+    assert qb.data.wiki_articles(xml) == ["Alpha is the first letter here.", "Gamma is the third letter here."]
+
+
+def test_split_articles_is_disjoint_and_covers_all(qb) -> None:
+    articles = [f"article {i} text" for i in range(10)]
+    calib, evals = qb.data.split_articles(articles)
+    calib_set, eval_set = set(calib.split("\n\n")), set(evals.split("\n\n"))
+    assert not calib_set & eval_set and calib_set | eval_set == set(articles)
+    assert len(eval_set) == 5
+
+
+def test_chunk_tokens(qb) -> None:
+    rows = qb.data.chunk_tokens(torch.arange(23)[None], seq_len=5, n_tokens=12)
+    assert rows.tolist() == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    with pytest.raises(ValueError, match="cannot fill one row"):
+        qb.data.chunk_tokens(torch.arange(3), seq_len=5, n_tokens=100)
+
+
+# ----------------------------------------------------------------------------- search
+def test_search_ratio_finds_the_step_that_crosses_the_target(qb) -> None:
+    calls = []
+
+    def trial(r: float) -> tuple[str, float]:
+        calls.append(r)
+        return f"r={r}", int(r * 20) / 20  # a staircase, like whole channels
+
+    found = qb.search.search_ratio(trial, target=0.31, lo=0.0, hi=0.9, steps=12, rel_tol=0.0)
+    assert found.value == 0.35 and 0.35 <= found.ratio < 0.35 + 0.9 / 2**11
+    assert found.result == f"r={found.ratio}" and found.trials == len(calls)
+
+
+def test_search_ratio_refuses_an_unreachable_target(qb) -> None:
+    with pytest.raises(ValueError, match="cannot reach 2"):
+        qb.search.search_ratio(lambda r: (None, 1 + r), target=2.0, hi=0.5)
+
+
+def test_vision_ratio_search_reaches_2x_macs(qb) -> None:
+    vision = importlib.import_module("vision")
+    base = qb.resnet.CifarResNet(depth=8).eval()
+    example = torch.randn(1, 1, 28, 28)
+    base_macs = vision.macs(base, example)
+    crit = vision.criteria()["l2"]
+
+    def trial(r: float):
+        model = vision.pruned_copy(base, crit.make(), r, "local", example, crit)
+        return model, base_macs / vision.macs(model, example)
+
+    found = qb.search.search_ratio(trial, 2.0, hi=0.8, steps=6, rel_tol=0.05)
+    assert 2.0 <= found.value < 2.3
+    assert sum(p.numel() for p in base.parameters()) > sum(p.numel() for p in found.result.parameters())
+    assert tp.verify(base, found.result, example), "the pruned copy must be a correct prune of the base"
+
+
+def test_vision_taylor_copy_keeps_gradients(qb) -> None:
+    vision = importlib.import_module("vision")
+    base = qb.resnet.CifarResNet(depth=8).eval()
+    calib = [(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)))]
+    crit = vision.criteria()["taylor"]
+    imp = crit.make()
+    crit.prepare(base, imp, calib)
+    pruned = vision.pruned_copy(base, imp, 0.3, "global", calib[0][0][:1], crit)
+    assert pruned.conv1.out_channels < 16 and base.conv1.out_channels == 16  # base untouched
+
+
+# ----------------------------------------------------------------------------- report
+def test_markdown_table_aligns_numbers_right(qb) -> None:
+    table = qb.report.markdown_table(["name", "acc"], [["l2", "91.20"], ["random", "-1.5"]])
+    assert table.splitlines()[1] == "| :--- | ---: |"
+    assert table.splitlines()[3] == "| random | -1.5 |"
+
+
+def test_bar_plot_writes_a_png(qb, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "plot.png"
+    qb.report.bar_plot(["a", "b"], {"x": [1.0, 2.0], "y": [2.0, 3.0]}, "acc", "title", path, reference=(2.5, "base"))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- llm
+@pytest.fixture
+def tiny_llama():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                      tie_word_embeddings=True, max_position_embeddings=64)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def test_llm_ratio_search_hits_the_parameter_target(qb, tiny_llama) -> None:
+    llm = importlib.import_module("llm")
+    example = torch.randint(0, 64, (1, 8))
+    base_params = llm.n_params(tiny_llama)
+    ratio = llm.find_ratio(tiny_llama, 0.2, 0.0, example, base_params, steps=8)
+    crit = llm.criteria()["magnitude"]
+    pruned = llm.pruned_copy(tiny_llama, crit.make(), ratio, 0.0, example, crit)
+    removed = 1 - llm.n_params(pruned) / base_params
+    assert 0.2 <= removed < 0.2 * 1.05
+    widths = {layer.mlp.down_proj.in_features for layer in pruned.model.layers}
+    assert len(widths) == 1 and widths.pop() < 64  # uniform, so the config can describe it
+    assert all(layer.self_attn.q_proj.out_features == 32 for layer in pruned.model.layers)  # heads stay
+    assert llm.check_reload(pruned, example) < 1e-5
+
+
+def test_llm_perplexity_of_a_perfect_model_is_one(qb) -> None:
+    llm = importlib.import_module("llm")
+
+    class Echo(torch.nn.Module):  # predicts token t+1 = token t + 1 with near certainty
+        def forward(self, input_ids):
+            return SimpleNamespace(logits=torch.nn.functional.one_hot(input_ids + 1, 16).float() * 50)
+
+    rows = torch.arange(10)[None].repeat(3, 1)
+    assert llm.perplexity(Echo(), rows) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_llm_data_aware_criterion_calibrates_on_the_copy(qb, tiny_llama) -> None:
+    llm = importlib.import_module("llm")
+    crits = llm.criteria()
+    if "act" not in crits:
+        pytest.skip("this depgraph has no ActivationWeightImportance")
+    crit = crits["act+bc"]
+    imp = crit.make()
+    calib = torch.randint(0, 64, (4, 8))
+    crit.prepare(tiny_llama, imp, calib)
+    pruned = llm.pruned_copy(tiny_llama, imp, 0.25, 0.0, calib[:1], crit)
+    assert pruned.model.layers[0].mlp.down_proj.in_features == 48
+    assert pruned.model.layers[0].mlp.down_proj.bias is not None  # the compensation went into a bias
+    assert tiny_llama.model.layers[0].mlp.down_proj.in_features == 64
