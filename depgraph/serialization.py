@@ -10,7 +10,9 @@ Non-persistent buffers (``register_buffer(..., persistent=False)``) are left out
 of ``model.state_dict()`` because the constructor recomputes them; a pruned one
 (a rotary embedding's ``inv_freq`` after head dims were pruned) is not what the
 constructor gives, so the non-persistent buffers of every module depgraph
-pruned travel in ``"buffers"``.
+pruned travel in ``"buffers"``. Size fields of configs held by modules (a
+Hugging Face ``model.config``, which some forwards read: Phi-3 slices its qkv
+at ``config.num_attention_heads * head_dim``) travel in ``"configs"``.
 
 Example:
     >>> sd = tp.state_dict(pruned)                 # or tp.save(pruned, "pruned.pth")
@@ -47,8 +49,8 @@ def state_dict(model: nn.Module) -> dict[str, Any]:
     """The weights plus everything needed to reshape an unpruned copy of ``model`` to match.
 
     Returns:
-        ``{"format", "state_dict", "shapes", "attributes", "records", "buffers"}``; plain
-        data (tensors, ints, tuples, strings), loadable with ``torch.load(weights_only=True)``.
+        ``{"format", "state_dict", "shapes", "attributes", "records", "buffers", "configs"}``;
+        plain data (tensors, ints, tuples, strings), loadable with ``torch.load(weights_only=True)``.
     """
     attributes: dict[str, dict[str, Any]] = {}
     records: dict[str, dict[str, Any]] = {}
@@ -68,7 +70,49 @@ def state_dict(model: nn.Module) -> dict[str, Any]:
         "attributes": attributes,
         "records": records,
         "buffers": _pruned_non_persistent(model, records),
+        "configs": _config_sizes(model),
     }
+
+
+def _config_fields(cfg: Any) -> dict[str, Any]:
+    """Numbers, lists of numbers and dicts of plain values (``rope_parameters``) of a config's ``to_dict()``."""
+    def keep(v: Any) -> bool:
+        if isinstance(v, dict):
+            return all(isinstance(k, str) and _plain(x) for k, x in v.items())
+        if isinstance(v, list):
+            return all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    return {k: v for k, v in cfg.to_dict().items() if keep(v)}
+
+
+def _configs_by_module(model: nn.Module) -> dict[str, Any]:
+    """Each distinct config object (anything with ``to_dict``) under the first module holding it."""
+    out: dict[str, Any] = {}
+    seen: set[int] = set()
+    for name, m in model.named_modules():
+        cfg = vars(m).get("config")
+        if cfg is not None and callable(getattr(cfg, "to_dict", None)) and id(cfg) not in seen:
+            seen.add(id(cfg))
+            out[name] = cfg
+    return out
+
+
+def _config_sizes(model: nn.Module) -> dict[str, dict[str, Any]]:
+    return {name: _config_fields(cfg) for name, cfg in _configs_by_module(model).items()}
+
+
+def _load_configs(model: nn.Module, configs: dict[str, dict[str, Any]]) -> None:
+    """Set the recorded fields that differ (through the config's own ``__setattr__``: aliases apply)."""
+    mine = _configs_by_module(model)
+    for name, fields in configs.items():
+        cfg = mine.get(name)
+        if cfg is None:
+            continue
+        now = _config_fields(cfg)
+        for k, v in fields.items():
+            if k not in now or now[k] != v:
+                setattr(cfg, k, v)
 
 
 def _pruned_non_persistent(model: nn.Module, records: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -106,6 +150,7 @@ def load_state_dict(model: nn.Module, pruned_state: dict[str, Any], strict: bool
     for name, rec in pruned_state.get("records", {}).items():
         for k, v in rec.items():
             modules[name].__dict__[k] = set(v) if k == "_depgraph_inexact" else v
+    _load_configs(model, pruned_state.get("configs", {}))
     _load_buffers(modules, pruned_state.get("buffers", {}), strict)
     _add_missing_biases(model, modules, pruned_state["shapes"])
     own = model.state_dict(keep_vars=True)

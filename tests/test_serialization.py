@@ -108,17 +108,23 @@ def test_pruned_non_persistent_buffer_round_trips() -> None:
 
 @pytest.mark.zoo
 @pytest.mark.filterwarnings("ignore:depgraph. after this prune")  # layer by layer: uneven on the way
-@pytest.mark.parametrize("kind", ["head_dims", "heads", "mlp", "hidden"])
-def test_pruned_llama_reloads_with_equal_logits(kind: str, tmp_path) -> None:
+@pytest.mark.parametrize("family,kind", [
+    *(("llama", k) for k in ("head_dims", "heads", "mlp", "hidden")),
+    ("phi3", "heads"),    # its forward reads config.num_attention_heads: the config travels too
+    ("gemma", "hidden"),  # its embedding scale, a non-persistent buffer, follows the hidden size
+])
+def test_pruned_llm_reloads_with_equal_logits(family: str, kind: str, tmp_path) -> None:
     pytest.importorskip("transformers")
     from tests.integrations._hf import FAMILIES, logits, output_of, prune_uniformly
 
-    fam = FAMILIES["llama"]
+    fam = FAMILIES[family]
     pruned, inputs = fam.build(), fam.example_inputs()
     DG = build(pruned, inputs, output_transform=output_of)
     prune_uniformly(DG, pruned, kind)
     tp.save(pruned, tmp_path / "pruned.pth")
     fresh = tp.load(fam.build(), tmp_path / "pruned.pth")
+    if family == "phi3":
+        assert fresh.config.num_attention_heads == pruned.config.num_attention_heads == 2
     if kind == "head_dims":  # the rotary frequencies of the pruned pair are gone, in the reload too
         assert fresh.model.rotary_emb.inv_freq.shape == (3,)
         assert torch.equal(fresh.model.rotary_emb.inv_freq, pruned.model.rotary_emb.inv_freq)
