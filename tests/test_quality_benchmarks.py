@@ -228,3 +228,15 @@ def test_llm_data_aware_criterion_calibrates_on_the_copy(qb, tiny_llama) -> None
     assert pruned.model.layers[0].mlp.down_proj.in_features == 48
     assert pruned.model.layers[0].mlp.down_proj.bias is not None  # the compensation went into a bias
     assert tiny_llama.model.layers[0].mlp.down_proj.in_features == 64
+
+
+def test_llm_heads_go_with_their_query_heads_and_reload(qb, tiny_llama) -> None:
+    llm = importlib.import_module("llm")
+    example = torch.randint(0, 64, (1, 8))
+    crit = llm.criteria()["magnitude"]
+    pruned = llm.pruned_copy(tiny_llama, crit.make(), 0.25, 0.5, example, crit)
+    attn = pruned.model.layers[1].self_attn
+    assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.o_proj.out_features) == (16, 8, 32)
+    assert pruned.model.layers[1].mlp.down_proj.in_features == 48
+    assert pruned.config.hidden_size == 32 and pruned.config.num_key_value_heads == 1
+    assert llm.check_reload(pruned, example) < 1e-5

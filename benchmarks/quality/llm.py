@@ -140,8 +140,10 @@ def pruned_copy(base: nn.Module, imp: Any, ratio: float, head_ratio: float, exam
     if crit.uses_grad:  # deepcopy drops .grad of parameters
         for p, q in zip(base.parameters(), model.parameters(), strict=True):
             q.grad = None if p.grad is None else p.grad.clone()
-    heads = head_options(model, head_ratio)
-    ignored = [model.lm_head] + ([] if heads else attention_projections(model))
+    heads = head_options(head_ratio)
+    # The embedding's output is the hidden size: ignoring it keeps the residual stream whole. Without
+    # head pruning the attention projections are ignored too, so no head dim goes either.
+    ignored = [model.lm_head, model.model.embed_tokens] + ([] if heads else attention_projections(model))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="depgraph: after this prune")  # layers differ mid-step
         pruner = tp.pruner.BasePruner(model, {"input_ids": example}, imp, pruning_ratio=ratio,
@@ -152,12 +154,15 @@ def pruned_copy(base: nn.Module, imp: Any, ratio: float, head_ratio: float, exam
     return model
 
 
-def head_options(model: nn.Module, head_ratio: float) -> dict:
-    """Pruner options for whole-head pruning (empty: heads stay, attention is left alone)."""
+def head_options(head_ratio: float) -> dict:
+    """Pruner options for whole-head pruning (empty: attention is left alone).
+
+    A unit is a key/value head with the query heads that share it (GQA), so SmolLM2's 3 KV
+    heads allow ratios of 1/3 and 2/3; head dims stay (RoPE pairs cannot be put in a config).
+    """
     if head_ratio <= 0:
         return {}
-    heads = {layer.self_attn.k_proj: model.config.num_key_value_heads for layer in model.model.layers}
-    return {"num_heads": heads, "prune_num_heads": True, "prune_head_dims": False, "head_pruning_ratio": head_ratio}
+    return {"prune_num_heads": True, "prune_head_dims": False, "head_pruning_ratio": head_ratio}
 
 
 @dataclass

@@ -21,12 +21,10 @@ if ! ls "$CACHE"/gensim-*.whl >/dev/null 2>&1; then
     python -m pip download -q gensim --no-deps --only-binary=:all: -d "$CACHE"
 fi
 
+cd "$(dirname "$0")"
 python - <<'PY'
-import sys
-from pathlib import Path
-sys.path.insert(0, str(Path("benchmarks/quality").resolve()) if Path("benchmarks/quality").is_dir() else ".")
 import data
 print("fashion-mnist:", data.fashion_mnist_dir())
 print("gguf:", data.smollm2_gguf())
-print("wikipedia dump:", data.wikipedia_dump())
+print("gensim wheel with the Wikipedia dump:", data.wikipedia_dump())
 PY
