@@ -86,24 +86,26 @@ class AttentionHeads:
 
     def group(self, units: Sequence[int]) -> Group:
         """The group that removes ``units``; a plan, nothing changes until ``group.prune()``."""
-        return self.graph.get_pruning_group(self.root, self.fn, self.root_idxs(units))
+        return self.graph._plan(self.root_slot, self._alive([self.units[u] for u in units]))
 
     def group_of(self, orig: Sequence[torch.Tensor]) -> Group | None:
         """The group removing the units with these original root positions, as the graph is now.
 
         Positions removed since (head dims pruned in between) are skipped; None if nothing is left.
+        Planned from the root slot itself: a bare weight has one slot per dim.
         """
-        idxs = self._current(orig)
-        return self.graph.get_pruning_group(self.root, self.fn, idxs) if idxs else None
+        pos = self._alive(orig)
+        return self.graph._plan(self.root_slot, pos) if pos.numel() else None
+
+    def _alive(self, orig: Sequence[torch.Tensor]) -> torch.Tensor:
+        if not orig:
+            return torch.zeros(0, dtype=torch.long)
+        pos = torch.cat(list(orig)).unique()
+        dead = self.graph._dead.get(self.root_slot)
+        return pos[~dead[pos]] if dead is not None else pos
 
     def _current(self, orig: Sequence[torch.Tensor]) -> list[int]:
-        if not orig:
-            return []
-        pos = torch.cat(list(orig))
-        dead = self.graph._dead.get(self.root_slot)
-        if dead is not None:
-            pos = pos[~dead[pos]]
-        return sorted(self.graph._to_current(self.root_slot, pos).tolist())
+        return sorted(self.graph._to_current(self.root_slot, self._alive(orig)).tolist())
 
     def scoring_group(self) -> Group:
         """All units in one group (root = :attr:`root`), to score with an importance criterion.
@@ -199,16 +201,19 @@ def _block(graph: DependencyGraph, axis: HeadAxis, blocked: dict[int, str],
 
 
 def _root_slot(graph: DependencyGraph, plan: Propagation, root_types: tuple) -> int | None:
-    """The earliest-created output endpoint of a root-type layer the unit reaches (q_proj, qkv)."""
+    """The earliest-created output endpoint of a root-type layer the unit reaches (q_proj, qkv);
+    else of a bare weight (GPT-2's ``Conv1D`` keeps its weight as an (in, out) parameter)."""
     g = graph._graph
-    best = None
+    layers, params = [], []
     for s in plan.state:
         ep = g.endpoints.get(s)
-        if ep is None or not ep.is_out or not isinstance(ep.node.module, root_types):
+        if ep is None or not ep.is_out:
             continue
-        if best is None or s < best:
-            best = s
-    return best
+        if isinstance(ep.node.module, root_types):
+            layers.append(s)
+        elif ep.node.is_parameter:
+            params.append(s)
+    return min(layers or params, default=None)
 
 
 # -- heads inside one layer (nn.MultiheadAttention) ----------------------------------------------
