@@ -185,8 +185,8 @@ def _block(graph: DependencyGraph, axis: HeadAxis, blocked: dict[int, str],
             return None
         units.append((plan.state[root_slot] >= 0).nonzero().flatten())
     flat = torch.cat(units)
-    if flat.unique().numel() != flat.numel() or any(u.numel() == 0 for u in units):
-        return None  # units overlap: not independent heads
+    if flat.unique().numel() != flat.numel() or any(u.numel() < 2 for u in units):
+        return None  # units overlap, or one channel each (a batched matmul over channels, not heads)
     ep = g.endpoints[root_slot]
     modules, slots = [], set()
     for s in plans[0].state:

@@ -290,6 +290,17 @@ def test_soft_head_pruning_of_multihead_attention():
     assert len(zero) == 2
 
 
+@pytest.mark.zoo
+def test_interactive_step_yields_head_groups():
+    model, x = _timm("vit_tiny_patch16_224", num_heads=4)
+    pruner = tp.pruner.BasePruner(model, x, MAG(), pruning_ratio=0.0, prune_num_heads=True, head_pruning_ratio=0.5)
+    groups = list(pruner.step(interactive=True))
+    assert [g[0].dep.target.name for g in groups] == ["blocks.0.attn.qkv", "blocks.1.attn.qkv"]
+    assert all(len(g[0].idxs) == 2 * 3 * 48 for g in groups)  # two heads of q, k and v
+    groups[1].prune()
+    assert [blk.attn.num_heads for blk in model.blocks] == [4, 2]
+
+
 def test_discovery_reports_units_of_each_block():
     model, x = _timm("vit_tiny_patch16_224")
     DG = tp.DependencyGraph().build_dependency(model, x)
