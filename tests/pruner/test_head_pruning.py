@@ -236,6 +236,20 @@ def test_timm_heads_and_head_dims_in_one_step():
 
 
 @pytest.mark.zoo
+def test_iterative_heads_and_head_dims_each_follow_their_schedule():
+    model, x = _timm("vit_tiny_patch16_224", num_heads=4)
+    pruner = tp.pruner.BasePruner(model, x, MAG(), pruning_ratio=0.5, prune_num_heads=True, head_pruning_ratio=0.5,
+                                  iterative_steps=2, ignored_layers=[model.head], root_module_types=[nn.Linear])
+    seen = []
+    for _ in range(2):
+        pruner.step()
+        seen.append([(blk.attn.num_heads, blk.attn.head_dim) for blk in model.blocks])
+    # removing heads does not count as removing head dims: 48 -> 36 -> 24 dims while 4 -> 3 -> 2 heads
+    assert seen == [[(3, 36)] * 2, [(2, 24)] * 2]
+    assert model(x).shape == (2, 1000)
+
+
+@pytest.mark.zoo
 def test_global_head_pruning_ranks_across_blocks():
     model, x = _timm("vit_tiny_patch16_224", num_heads=4)
     with torch.no_grad():  # make block 0's heads clearly weaker: global ranking takes them first
