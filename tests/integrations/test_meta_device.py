@@ -55,3 +55,21 @@ def test_build_and_prune_llama_on_meta() -> None:
     assert model.model.layers[0].self_attn.q_proj.weight.shape == (4096, 4096)  # the other layer is untouched
     with torch.no_grad():
         assert model(**inputs).logits.shape == (1, 8, 32000)
+
+
+def test_head_dim_prune_on_meta_skips_value_checks() -> None:
+    """RoPE frequencies have no values on meta: the pair is removed, nothing is compared or re-derived."""
+    model, inputs = _meta_llama()
+    with torch.no_grad():
+        DG = tp.DependencyGraph().build_dependency(model, inputs)
+    attn = model.model.layers[0].self_attn
+    theta = model.config.rope_parameters["rope_theta"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # dims 63 and 127 (a rotate-half pair) of every query and key/value head of every layer
+        DG.get_pruning_group(attn.q_proj, tp.prune_linear_out_channels, [63, 127]).prune()
+    assert model.model.rotary_emb.inv_freq.shape == (63,) and model.model.rotary_emb.inv_freq.is_meta
+    assert attn.head_dim == 126 and attn.q_proj.weight.shape == (32 * 126, 4096)
+    assert model.config.rope_parameters["rope_theta"] == theta  # values unknown: not re-derived
+    with torch.no_grad():
+        assert model(**inputs).logits.shape == (1, 8, 32000)
