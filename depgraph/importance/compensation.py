@@ -40,12 +40,12 @@ def _bias_delta(layer: nn.Module, idxs: torch.Tensor, mean: torch.Tensor) -> tor
     w = layer.weight.detach()
     out_ch, per_block = w.shape[0], w.shape[1]
     g = getattr(layer, "groups", 1)
-    # (O, I/g, *k) -> (O, I/g): a constant input meets the sum of its kernel window
-    w = w.reshape(out_ch, per_block, -1).sum(2).to(torch.float64)
     # channel c = block * (I/g) + j feeds rows block * (O/g) ... (block + 1) * (O/g) - 1
     blocks, j = idxs // per_block, idxs % per_block
-    wb = w.reshape(g, out_ch // g, per_block)
-    contrib = wb[blocks, :, j] * mean.to(w.device, torch.float64)[:, None]  # (n, O/g)
+    wb = w.reshape(g, out_ch // g, per_block, -1)  # (g, O/g, I/g, k); Linear: (1, O, I, 1)
+    # (n, O/g): a constant input meets the sum of its kernel window; only the removed columns are read
+    cols = wb[blocks, :, j].sum(-1).to(torch.float64)
+    contrib = cols * mean.to(w.device, torch.float64)[:, None]
     delta = torch.zeros(g, out_ch // g, dtype=torch.float64, device=w.device)
     delta.index_add_(0, blocks, contrib)
     return delta.reshape(out_ch)
