@@ -85,3 +85,16 @@ def test_swin_head_dims_with_stage_widths_round_trip(tmp_path) -> None:
         _prune(DG, stage.blocks[0].mlp.fc2, tp.prune_linear_in_channels, list(range(n)))
     _check_round_trip(model, original, inputs, tmp_path)
     assert (model.config.embed_dim, model.config.hidden_size) == (14, 28)
+
+
+@pytest.mark.parametrize("family", ["bert", "opt", "clip_vision"])
+def test_uniform_pruner_ratio_round_trips(family: str, tmp_path) -> None:
+    """One pruning_ratio for every group shrinks hidden size and head dims alike: heads x head dim = width."""
+    fam = FAMILIES[family]
+    model, inputs = fam.build(), fam.example_inputs()
+    original = copy.deepcopy(model)
+    head = model.get_output_embeddings()
+    tp.pruner.BasePruner(model, inputs, tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=0.25,
+                         ignored_layers=[head] if head is not None else None, output_transform=output_of).step()
+    assert (model.config.hidden_size, model.config.num_attention_heads) == (24, 4)
+    _check_round_trip(model, original, inputs, tmp_path)
