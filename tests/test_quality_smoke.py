@@ -38,7 +38,8 @@ class Digits:
         self.train_idx, self.test_idx = perm[:1400], perm[1400:]
 
     def batches(self, steps: int, size: int = 64):
-        order = self.train_idx[torch.randperm(len(self.train_idx), generator=torch.Generator().manual_seed(1))]
+        n = len(self.train_idx)
+        order = self.train_idx[torch.randperm(n, generator=torch.Generator().manual_seed(1))]
         per_epoch = len(order) // size
         for s in range(steps):
             if s and s % per_epoch == 0:

@@ -135,8 +135,9 @@ class CalibrationStats(Mapping):
         if prev is None:
             self._stats[module] = ChannelStats(index.to(s.device), float(flat.shape[0]), s, sq)
         else:
+            dev = prev.sum.device
             self._stats[module] = ChannelStats(
-                prev.index, prev.count + flat.shape[0], prev.sum + s.to(prev.sum.device), prev.sumsq + sq.to(prev.sum.device)
+                prev.index, prev.count + flat.shape[0], prev.sum + s.to(dev), prev.sumsq + sq.to(dev)
             )
 
     # -- reading -------------------------------------------------------------------------

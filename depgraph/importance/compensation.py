@@ -129,7 +129,8 @@ class BiasCompensation:
         self._graph: Any = None
 
     def stats(self) -> CalibrationStats:
-        stats = self._stats() if callable(self._stats) and not isinstance(self._stats, CalibrationStats) else self._stats
+        given = self._stats
+        stats = given() if callable(given) and not isinstance(given, CalibrationStats) else given
         if stats is None:
             raise DepgraphError(
                 "bias compensation has no calibration statistics; calibrate the importance "

@@ -29,15 +29,12 @@ from ._hf_layers import find_attention, find_mlps
 
 __all__ = ["BiasFlagSync", "attach_bias_flags"]
 
-_FAMILIES = (("mlp_bias", "MLP"), ("attention_bias", "attention"))
-
-
 def _linears(modules: list[nn.Module]) -> list[nn.Linear]:
     return [m for block in modules for m in block.modules() if isinstance(m, nn.Linear)]
 
 
 class BiasFlagSync:
-    """After-prune hook: ``hook(graph, plan)`` syncs bias flags; ``hook(graph, None)`` undoes the last sync."""
+    """After-prune hook: ``hook(graph, plan)`` syncs the bias flags; ``hook(graph, None)`` undoes that."""
 
     def __init__(self, model: nn.Module) -> None:
         self._model = weakref.ref(model)
@@ -57,7 +54,7 @@ class BiasFlagSync:
         self._undo = []
         covered: set[int] = set()
         cfg = getattr(model, "config", None)
-        for flag, blocks in zip((f for f, _ in _FAMILIES), (find_mlps(model), find_attention(model)), strict=True):
+        for flag, blocks in (("mlp_bias", find_mlps(model)), ("attention_bias", find_attention(model))):
             family = _linears([b.module for b in blocks])
             if not family or getattr(cfg, flag, None) is None:
                 continue
@@ -79,7 +76,7 @@ class BiasFlagSync:
         new = [n for n in loose if n not in self._warned]
         if new and not self._warned:  # once per model: later prunes add the same kind of bias
             warnings.warn(
-                f"depgraph: bias compensation gave {', '.join(new[:4])}{' ...' if len(new) > 4 else ''} a bias "
+                f"depgraph: bias compensation gave {', '.join(new[:4])}{' ...' * (len(new) > 4)} a bias "
                 f"that {type(model).__name__}'s config cannot describe, so from_pretrained would drop it; "
                 "save this model with depgraph.save(model, path) and reload it with depgraph.load",
                 stacklevel=6,

@@ -147,7 +147,9 @@ class PrunerOptions:
             problems.append("calibration_stats must come from tp.importance.collect_activation_stats, "
                             f"got {type(self.calibration_stats).__name__}")
         if self.bias_compensation and self.soft_pruning:
-            problems.append("bias_compensation needs channels to be removed; it cannot be combined with soft_pruning")
+            problems.append(
+                "bias_compensation needs channels to be removed; it cannot be combined with soft_pruning"
+            )
         bad_types = [
             t for t in self.root_module_types if not (isinstance(t, type) and issubclass(t, nn.Module))
         ]

@@ -115,7 +115,8 @@ def test_kxk_conv_consumer_equals_channels_replaced_by_their_mean(groups):
     stats = I.collect_activation_stats(model, xs)
     DG = tp.DependencyGraph().build_dependency(model, xs[0])
     I.enable_bias_compensation(DG, stats)
-    DG.get_pruning_group(model[0], tp.prune_conv_out_channels, [0, 3] if groups == 2 else [0, 3, 5, 6]).prune()
+    idxs = [0, 3] if groups == 2 else [0, 3, 5, 6]  # grouped: [0, 3] grows to [0, 3, 4, 7] (both blocks)
+    DG.get_pruning_group(model[0], tp.prune_conv_out_channels, idxs).prune()
     assert model[3].in_channels == 4
     reference = with_means(original, "3", model, stats)
     torch.testing.assert_close(outputs(model, xs), outputs(reference, xs))
