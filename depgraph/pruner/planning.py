@@ -136,7 +136,11 @@ def _closures(pruner: BasePruner, cand: Candidate) -> list[list[int]]:
     if labels is None or bool((labels[alive] < 0).any()):
         labels = torch.full((DG._graph.sizes[slot],), -1, dtype=torch.long)
         probe = DG.get_pruning_group(cand.root, cand.fn, [0])
-        if len(probe[0].idxs) > 1:  # closed coupling: probe each class once
+        strided = _strided_classes(pruner, cand, list(probe[0].idxs))
+        if strided is not None:
+            for members in strided:
+                labels[alive[members]] = int(alive[members[0]])
+        elif len(probe[0].idxs) > 1:  # closed coupling: probe each class once
             for c in range(cand.alive):
                 if labels[alive[c]] >= 0:
                     continue
@@ -149,6 +153,24 @@ def _closures(pruner: BasePruner, cand: Candidate) -> list[list[int]]:
     for c, lab in enumerate(labels[alive].tolist()):
         by_label[lab].append(c)
     return [m for m in by_label.values() if len(m) > 1]
+
+
+def _strided_classes(pruner: BasePruner, cand: Candidate, first: list[int]) -> list[list[int]] | None:
+    """Classes ``{j, j + s, j + 2s, ...}`` when channel 0's closure is ``{0, s, 2s, ...}`` over the
+    whole root (the same position in every head or conv group) and two more probes agree.
+
+    Three propagations instead of one per class. A class guessed wrong would still be
+    closed by the final group, so a wrong guess can only change how many channels go.
+    """
+    n, k = cand.alive, len(first)
+    if k < 2 or n % k or first != list(range(0, n, n // k)):
+        return None
+    step = n // k
+    for c in sorted({step - 1, step // 2} - {0}):
+        got = pruner.DG.get_pruning_group(cand.root, cand.fn, [c])[0].idxs
+        if list(got) != [c + i * step for i in range(k)]:
+            return None
+    return [[j + i * step for i in range(k)] for j in range(step)]
 
 
 def _check_scores(cand: Candidate, s: torch.Tensor) -> None:
