@@ -84,14 +84,15 @@ def _count_mha(module: nn.MultiheadAttention, inputs: tuple, output: Any) -> int
     else:  # (L, B, E)
         batch, lq, lk = q.shape[1], q.shape[0], k.shape[0]
     e, heads = module.embed_dim, module.num_heads
-    macs = lq * e * e + lk * k.shape[-1] * e + lk * v.shape[-1] * e  # q, k, v projections
+    inner = heads * module.head_dim  # == e, unless whole heads were removed (PrunedMultiheadAttention)
+    macs = lq * e * inner + lk * k.shape[-1] * inner + lk * v.shape[-1] * inner  # q, k, v projections
     if module.in_proj_bias is not None:
-        macs += (lq + 2 * lk) * e
-    macs += lq * e  # q scaling by 1/sqrt(head_dim)
-    macs += lq * lk * e  # Q K^T summed over heads: heads * lq * lk * head_dim
+        macs += (lq + 2 * lk) * inner
+    macs += lq * inner  # q scaling by 1/sqrt(head_dim)
+    macs += lq * lk * inner  # Q K^T summed over heads: heads * lq * lk * head_dim
     macs += heads * lq * lk  # softmax
-    macs += lq * lk * e  # attention-weighted sum of V
-    macs += lq * e * e  # output projection
+    macs += lq * lk * inner  # attention-weighted sum of V
+    macs += lq * inner * e  # output projection
     if module.out_proj.bias is not None:
         macs += lq * e
     return int(macs * batch)

@@ -103,3 +103,17 @@ def test_refusals_change_nothing():
         PRUNER.prune_heads(mha, [2])
     assert type(mha) is nn.MultiheadAttention
     assert all(torch.equal(before[k], v) for k, v in mha.state_dict().items())
+
+
+def test_macs_follow_the_inner_width():
+    from depgraph.utils import count_ops_and_params
+
+    mha = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    x = torch.randn(2, 5, 16)
+    full, _ = count_ops_and_params(mha, (x, x, x))
+    PRUNER.prune_heads(mha, [0, 3])
+    half, params = count_ops_and_params(mha, (x, x, x))
+    # per example: q/k/v and output projections 4 * 5*16*8, biases 15*8 + 5*16, scale 5*8,
+    # scores and weighted sum 2 * 5*5*8, softmax 2*5*5 (2 heads left, 8 inner dims)
+    assert half == 4 * 5 * 16 * 8 + 15 * 8 + 5 * 16 + 5 * 8 + 2 * 5 * 5 * 8 + 2 * 5 * 5
+    assert half < full and params == 3 * 8 * 16 + 3 * 8 + 16 * 8 + 16
