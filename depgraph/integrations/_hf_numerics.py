@@ -9,7 +9,9 @@ Rotary embeddings lose the frequencies of pruned head-dim pairs. Transformers
 rebuilds ``inv_freq[j] = theta ** (-2j / dim)`` from ``rope_theta`` and the new
 dim; when the kept pairs are the first ``n`` ones (the pruned pairs were the
 lowest frequencies), ``theta' = theta ** (dim' / dim)`` gives the kept
-frequencies. Any other set of frequencies cannot be written in the config.
+frequencies. Any other set is written as ``rope_type="longrope"``, whose
+per-pair factors can produce any frequencies (the same list for short and long
+sequences, attention factor 1: nothing else changes).
 
 "Gives" up to float32 rounding: transformers computes ``theta' ** (2j / dim')``
 in float32, which lands up to a few ulps (relative 1e-7 to 5e-7) away from the
@@ -120,26 +122,59 @@ def retheta(rot: nn.Module, before: torch.Tensor | None, log: UndoLog) -> bool:
     """Make the config describe ``rot.inv_freq`` after its pairs were pruned; True if possible.
 
     ``before`` is what the config gave before this prune (``fresh_inv_freq`` then).
-    On the meta device the frequencies have no values to compare: nothing is
-    re-derived (such a model holds no weights to save).
+    Kept pairs that are the first ``n`` re-derive ``rope_theta``; any other kept
+    set becomes ``rope_type="longrope"`` with one factor per kept pair (see
+    :func:`_longrope`). On the meta device the frequencies have no values to
+    compare: nothing is re-derived (such a model holds no weights to save).
     """
+    previous = getattr(rot, "original_inv_freq", None)  # the frequencies as of the last sync (kept by it)
+    if isinstance(previous, torch.Tensor) and not previous.is_meta:
+        # The config is no witness here: the graph may already have set bound config sizes
+        # (num_attention_heads) while head_dim still waits for this sync.
+        before = previous.detach().float().cpu()
     if before is None or rot.inv_freq.numel() == before.numel() or rot.inv_freq.is_meta:
         return True
     now = rot.inv_freq.detach().float().cpu()
     params: Any = getattr(rot.config, "rope_parameters", None)
-    if not isinstance(params, dict) or params.get("rope_type", "default") != "default" or "rope_theta" not in params:
+    if not isinstance(params, dict) or "rope_theta" not in params or getattr(rot, "attention_scaling", 1.0) != 1.0:
         return False
-    n = now.numel()
-    if n > before.numel() or not torch.allclose(now, before[:n].float(), rtol=1e-6, atol=0):
+    n, rope_type = now.numel(), params.get("rope_type", "default")
+    if rope_type == "default" and n < before.numel() and torch.allclose(now, before[:n].float(), rtol=1e-6, atol=0):
+        theta = float(params["rope_theta"]) ** (n / before.numel())
+        log.setconfig(rot.config, "rope_parameters", {**params, "rope_theta": theta})
+    elif rope_type == "default" or (rope_type == "longrope" and _flat_longrope(params)):
+        log.setconfig(rot.config, "rope_parameters", _longrope(params, now, rot.config))
+    else:
         return False
-    theta = float(params["rope_theta"]) ** (n / before.numel())
-    log.setconfig(rot.config, "rope_parameters", {**params, "rope_theta": theta})
-    reloaded = fresh_inv_freq(rot)  # what from_pretrained will compute: adopt it (see module docstring)
+    # Adopt what from_pretrained will compute (see module docstring). In place: the graph holds
+    # these tensor objects and prunes them again on the next head-dim prune.
+    reloaded = fresh_inv_freq(rot)
     if reloaded is not None and reloaded.shape == now.shape and torch.allclose(reloaded.float(), now, rtol=1e-5):
-        log.setbuffer(rot, "inv_freq", reloaded.to(dtype=rot.inv_freq.dtype, device=rot.inv_freq.device))
+        log.setdata(rot.inv_freq, reloaded.to(dtype=rot.inv_freq.dtype, device=rot.inv_freq.device))
     if isinstance(getattr(rot, "original_inv_freq", None), torch.Tensor):
-        log.setbuffer(rot, "original_inv_freq", rot.inv_freq.detach().clone())
+        log.setdata(rot.original_inv_freq, rot.inv_freq.detach().clone())
     return True
+
+
+def _flat_longrope(params: dict) -> bool:
+    """A longrope config that only rescales frequencies: one factor list for all lengths, no attention factor."""
+    return params.get("short_factor") == params.get("long_factor") and params.get("attention_factor") == 1.0
+
+
+def _longrope(params: dict, kept: torch.Tensor, config: Any) -> dict:
+    """``rope_parameters`` that give exactly the ``kept`` frequencies, whichever pairs they are.
+
+    Longrope computes ``inv_freq[j] = 1 / (factor[j] * theta ** (2j / dim))``; with
+    ``factor[j] = 1 / (kept[j] * theta ** (2j / dim))`` (the same list for short and
+    long sequences, no attention factor) that is ``kept[j]`` at every length.
+    """
+    theta, n = float(params["rope_theta"]), kept.numel()
+    j = torch.arange(n, dtype=torch.float64)
+    factors = (1.0 / (kept.double() * theta ** (2 * j / (2 * n)))).tolist()
+    out = {k: v for k, v in params.items() if k not in ("factor", "original_max_position_embeddings")}
+    return {**out, "rope_type": "longrope", "short_factor": factors, "long_factor": list(factors),
+            "attention_factor": 1.0, "factor": 1.0,
+            "original_max_position_embeddings": int(getattr(config, "max_position_embeddings", 0) or 2 ** 31 - 1)}
 
 
 def rescale_embeddings(scope: nn.Module, old_hidden: int, new_hidden: int, log: UndoLog) -> None:

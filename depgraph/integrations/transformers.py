@@ -95,6 +95,11 @@ class ConfigSync:
         for a in self._layout.layers.measure()[0]:  # before any prune: which scales follow the head dim
             self._folder.prime(a)
         self._last = UndoLog()
+        # RoPE frequencies the config gave after the last sync. Recomputing them at the start of a
+        # sync would be too late: the graph has already set the size attributes this prune bound
+        # (Phi-3's forward reads config.num_attention_heads), so the config has started to move.
+        self._freqs = {id(r): fresh_inv_freq(r) for r in self._layout.rotary}
+        self._freqs_before_last = self._freqs
         self._warned: set[str] = set()
         self._deferred = 0
         self._problems: list[str] = []
@@ -105,9 +110,12 @@ class ConfigSync:
             return
         if plan is None:
             self._last.undo()
+            self._freqs = self._freqs_before_last
             return
         self._last = UndoLog()
-        self._problems = _sync(model, self._last, self._folder, self._layout)
+        self._problems = _sync(model, self._last, self._folder, self._layout, self._freqs)
+        self._freqs_before_last = self._freqs
+        self._freqs = {id(r): fresh_inv_freq(r) for r in self._layout.rotary}
         if not self._deferred:
             self._warn(self._problems, stacklevel=5)
 
@@ -219,7 +227,8 @@ class _Layout:
         self.names = names
 
 
-def _sync(model: nn.Module, log: UndoLog, folder: ScaleFolder, layout: _Layout | None = None) -> list[str]:
+def _sync(model: nn.Module, log: UndoLog, folder: ScaleFolder, layout: _Layout | None = None,
+          freqs: dict[int, torch.Tensor | None] | None = None) -> list[str]:
     layout = layout or _Layout(model)
     _sync_layer_widths(layout.tables, log)
     attention, mlps = layout.layers.measure()
@@ -229,7 +238,8 @@ def _sync(model: nn.Module, log: UndoLog, folder: ScaleFolder, layout: _Layout |
     for m in mlps:
         for attr in ("intermediate_size", "ffn_dim"):
             _set_int(m.module, attr, m.width, log)
-    before = {id(r): fresh_inv_freq(r) for r in layout.rotary}  # what the config gives before it changes
+    # what the config gave before this prune (``freqs``: kept by ConfigSync since its last sync)
+    before = freqs if freqs is not None else {id(r): fresh_inv_freq(r) for r in layout.rotary}
     problems: list[str] = []
     for prefix, scope, cfg in layout.scopes:
         mine = [a for a in attention if _under(a.name, prefix)]
@@ -238,12 +248,12 @@ def _sync(model: nn.Module, log: UndoLog, folder: ScaleFolder, layout: _Layout |
     for r in layout.rotary:
         name = layout.names.get(id(r), type(r).__name__)
         if not retheta(r, before[id(r)], log):
-            problems.append(_rope_problem(name))
+            problems.append(_rope_problem(name, r))
             continue
         fresh = fresh_inv_freq(r)  # None: its constructor cannot be called alone, nothing to compare
         if fresh is not None and not r.inv_freq.is_meta and (fresh.shape != r.inv_freq.shape or
                                   not torch.allclose(fresh.float(), r.inv_freq.float().cpu(), rtol=1e-5)):
-            problems.append(_rope_problem(name))
+            problems.append(_rope_problem(name, r))
     return list(dict.fromkeys(problems))
 
 
@@ -371,7 +381,11 @@ def _sync_stages(cfg: Any, attention: list[AttentionLayer], mlps: list[MlpLayer]
     return problems
 
 
-def _rope_problem(name: str) -> str:
-    return (f"{name} keeps RoPE frequencies that rope_theta and head_dim cannot produce (head dims were "
-            "pruned at pairs other than the last, lowest-frequency ones); prune head dims from the end of "
-            "each head, or do not prune head dims")
+def _rope_problem(name: str, rot: nn.Module) -> str:
+    params = getattr(rot.config, "rope_parameters", None)
+    kind = params.get("rope_type", "default") if isinstance(params, dict) else "unknown"
+    return (f"{name} keeps RoPE frequencies its config cannot produce: after a head-dim prune depgraph rewrites "
+            "'default' RoPE (a new rope_theta, or one longrope factor per kept pair) but not rope_type "
+            f"{kind!r} with its scaling; do not prune head dims of this model (heads and MLP channels are fine), "
+            "or keep them and save with depgraph.save(model, path), reloading with "
+            "depgraph.load(<the unpruned model>, path)")

@@ -57,3 +57,46 @@ def test_head_dim_prune_reloads_bit_for_bit(family: str, seed: int, tmp_path) ->
     # Adopting the reload's frequencies moved the pruned model by float32 rounding only (that the
     # prune is otherwise exact, verify shows in test_transformers_families at ordinary weight scales).
     torch.testing.assert_close(rotary.inv_freq, original.model.rotary_emb.inv_freq[:3], rtol=5e-7, atol=0)
+
+
+@pytest.mark.parametrize("pairs,rope_type", [
+    (([3, 7], [2, 5]), "default"),   # the last pair twice: rope_theta re-derived
+    (([1, 5], [0, 3]), "longrope"),  # pairs 1, then 0: one longrope factor per kept pair
+], ids=["last-pairs", "any-pairs"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma"])
+def test_two_head_dim_prunes_in_one_graph_reload(family: str, pairs, rope_type: str, tmp_path) -> None:
+    fam = FAMILIES[family]
+    model, inputs = fam.build(), fam.example_inputs()
+    original = copy.deepcopy(model)
+    with torch.no_grad():
+        DG = tp.DependencyGraph().build_dependency(model, inputs, output_transform=output_of)
+    q = model.model.layers[0].self_attn.q_proj
+    for idxs in pairs:  # the rotary buffer is the same object the graph prunes the second time too
+        DG.get_pruning_group(q, tp.prune_linear_out_channels, idxs).prune()
+    assert model.model.layers[1].self_attn.head_dim == 4
+    kept = original.model.rotary_emb.inv_freq[[2, 3] if rope_type == "longrope" else [0, 1]]
+    torch.testing.assert_close(model.model.rotary_emb.inv_freq, kept, rtol=5e-7, atol=0)
+    result = tp.verify(original, model, inputs, output_transform=output_of)
+    assert result.applies and result.exact, str(result)
+
+    check_config(model)
+    assert model.config.rope_parameters["rope_type"] == rope_type
+    model.save_pretrained(tmp_path)
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(logits(reloaded, inputs), logits(model, inputs), rtol=0, atol=1e-5)
+    ids, kwargs = inputs["input_ids"][:1], dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        assert torch.equal(model.generate(ids, **kwargs), reloaded.generate(ids, **kwargs))
+
+
+def test_llama_pruned_by_one_ratio_reloads(tmp_path) -> None:
+    """BasePruner picks head-dim pairs by magnitude, anywhere in the head: longrope describes them."""
+    fam = FAMILIES["llama"]
+    model, inputs = fam.build(), fam.example_inputs()
+    tp.pruner.BasePruner(model, inputs, tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=0.25,
+                         ignored_layers=[model.lm_head], output_transform=output_of).step()
+    assert model.model.layers[0].self_attn.head_dim == 6
+    check_config(model)
+    model.save_pretrained(tmp_path)
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(logits(reloaded, inputs), logits(model, inputs), rtol=0, atol=1e-5)

@@ -118,10 +118,21 @@ def test_head_dim_prune_folds_the_scale_and_rethetas_rope(tmp_path) -> None:
                                rtol=1e-5, atol=1e-5)
 
 
-def test_rope_pairs_other_than_the_last_cannot_be_described() -> None:
+def test_rope_pairs_other_than_the_last_become_longrope() -> None:
     model, _, DG = _build()
     _prune(DG, model.model.layers[0].self_attn.q_proj, tp.prune_linear_out_channels, [0])  # pair (0, 4)
-    with pytest.raises(tp.DepgraphError, match="RoPE frequencies that rope_theta and head_dim cannot produce"):
+    hf.check_config(model)
+    params = model.config.rope_parameters
+    assert params["rope_type"] == "longrope" and params["short_factor"] == params["long_factor"]
+    assert len(params["short_factor"]) == 3 and params["attention_factor"] == 1.0
+
+
+def test_scaled_rope_types_cannot_be_rewritten() -> None:
+    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16, "rope_theta": 10000.0}
+    model, _, DG = _build(rope_parameters=rope)
+    _prune(DG, model.model.layers[0].self_attn.q_proj, tp.prune_linear_out_channels, [3])  # the last pair
+    with pytest.raises(tp.DepgraphError, match="not rope_type 'llama3'.*depgraph.save"):
         hf.check_config(model)
 
 
