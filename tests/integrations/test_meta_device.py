@@ -73,3 +73,16 @@ def test_head_dim_prune_on_meta_skips_value_checks() -> None:
     assert model.config.rope_parameters["rope_theta"] == theta  # values unknown: not re-derived
     with torch.no_grad():
         assert model(**inputs).logits.shape == (1, 8, 32000)
+
+
+def test_random_pruner_step_on_meta() -> None:
+    """A whole pruner step needs no data when its criterion reads none (RandomImportance)."""
+    model, inputs = _meta_llama()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tp.pruner.BasePruner(model, inputs, tp.importance.RandomImportance(), pruning_ratio=0.25,
+                             ignored_layers=[model.lm_head]).step()
+    mlp = model.model.layers[0].mlp
+    assert mlp.down_proj.in_features < 11008 and model.model.norm.weight.shape[0] < 4096
+    with torch.no_grad():
+        assert model(**inputs).logits.shape == (1, 8, 32000)
