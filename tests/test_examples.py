@@ -7,8 +7,9 @@ prune is proven by ``tp.verify``, and the numbers each script exists to show
 (widths, accuracies, outputs after reloading) are what they should be.
 
 ``prune_llm.py`` is tested with the transformers integration
-(``tests/integrations/test_prune_llm_example.py``). The last test is a smoke
-test of ``benchmarks/latency.py``: one ratio, tiny input, one timed run.
+(``tests/integrations/test_prune_llm_example.py``). The last tests are smoke
+tests of ``benchmarks/latency.py`` (one ratio, tiny input, one timed run) and
+of the meta-device Llama rows of ``benchmarks/graph_build.py`` (2 layers).
 """
 
 from __future__ import annotations
@@ -129,3 +130,13 @@ def test_latency_benchmark_smoke(capsys: pytest.CaptureFixture, tmp_path: Path) 
     rows = [line for line in text.splitlines() if re.match(r"\| \d\.\d\d \|", line)]
     assert [r.split(" | ")[:3] for r in rows] == [["| 0.00", "-", "25.56"], ["| 0.50", "-", "6.92"], ["| 0.50", "8", "6.92"]]
     assert "CPU speed-up" in capsys.readouterr().out
+
+
+def test_graph_build_benchmark_llama_on_meta_smoke() -> None:
+    """The Llama-7B-shaped rows of ``benchmarks/graph_build.py``, at 2 layers: built and pruned on meta."""
+    pytest.importorskip("transformers")
+    bench = load_script(ROOT / "benchmarks" / "graph_build.py")
+    nodes, groups, *seconds = bench.time_llama_prune(2)
+    assert nodes > 0 and groups > 0 and all(s >= 0 for s in seconds)
+    model, inputs = bench.meta_llama(2)
+    assert model.model.layers[0].mlp.down_proj.in_features == 11008 and inputs["input_ids"].is_meta
