@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from .errors import DepgraphError
 from .functional.base import find_handler, keep_index
+from .trace.kept import pop_cached, restore_cached
 from .trace.outputs import primary_outputs
 from .trace.recorder import call_model, flatten_tensors
 
@@ -173,8 +174,14 @@ def verify(
         >>> result = tp.verify(original, pruned, torch.randn(1, 3, 224, 224))
         >>> assert result.exact, result
     """
-    zeroed = zero_removed_channels(original, pruned).double().eval()
-    test = copy.deepcopy(pruned).double().eval()
+    # Tensors cached by an earlier call (LeViT's attention biases) are recomputed, not copied:
+    # a cache filled with gradients enabled holds non-leaf tensors, which deepcopy refuses.
+    cached = pop_cached(original) + pop_cached(pruned)
+    try:
+        zeroed = zero_removed_channels(original, pruned).double().eval()
+        test = copy.deepcopy(pruned).double().eval()
+    finally:
+        restore_cached(cached)
     inputs = _to_double(example_inputs)
     with torch.no_grad():
         ref = call_model(zeroed, inputs, forward_fn)

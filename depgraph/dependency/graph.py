@@ -25,6 +25,7 @@ from ..errors import (
     UnsupportedOpError,
 )
 from ..functional.base import BasePruningFunc, find_handler, registered_handlers
+from ..trace.kept import CacheDropper
 from ..trace.recorder import call_model, record
 from .build import GraphBuilder
 from .group import Group
@@ -124,6 +125,8 @@ class DependencyGraph:
         builder = GraphBuilder(trace, self._handler_of, custom_types, verbose)
         self._graph = builder.build()
         self._trace = trace
+        if any(k.is_cache for k in trace.kept):
+            self._after_prune_hooks.append(CacheDropper(trace.kept))
         self.module2node = {}
         for m in model.modules():  # model order, for deterministic get_all_groups
             if m in builder.module2node:

@@ -28,10 +28,10 @@ from ..trace.shape_int import AttrExpr, ShapeInt
 from .indexmap import Offset
 from .registry import RuleContext
 
-__all__ = ["attr_bounded_slice", "empty_tail"]
+__all__ = ["attr_bounded_slice", "empty_tail", "cut_prefix", "valid_terms"]
 
 
-def _valid(expr: AttrExpr) -> bool:
+def valid_terms(expr: AttrExpr) -> bool:
     """Every term adds a non-negative block and the terms add up to the bound."""
     total = 0
     for coef, factors in expr.terms:
@@ -62,14 +62,14 @@ def attr_bounded_slice(op: OpNode, ctx: RuleContext, x: Value, d: int, out: Valu
     if type(lo) is int and lo > 0:  # a literal start next to an attribute stop: a constant block
         lo = AttrExpr(lo, ((lo, ()),))
     exprs = [b for b in (lo, sl.stop) if isinstance(b, AttrExpr)]
-    if not all(_valid(e) and int(e) <= n for e in exprs):
+    if not all(valid_terms(e) and int(e) <= n for e in exprs):
         return False
     if not (lo is None or isinstance(lo, AttrExpr) or lo == 0):
         return False
     if not (sl.stop is None or isinstance(sl.stop, AttrExpr) or (isinstance(sl.stop, ShapeInt) and sl.stop >= n)):
         return False
     for e in exprs:
-        _cut_prefix(op, ctx, x, d, e)
+        cut_prefix(op, ctx, x, d, e)
     ctx.map(out, od, x, d, Offset(start, stop - start, n))
     return True
 
@@ -88,9 +88,9 @@ def empty_tail(op: OpNode, ctx: RuleContext, x: Value, d: int, sl: slice) -> boo
     if begin is None or sl.step not in (None, 1) or not (sl.stop is None or sl.stop >= n) or begin < n:
         return False
     if isinstance(begin, AttrExpr):
-        if not _valid(begin) or int(begin) != n:
+        if not valid_terms(begin) or int(begin) != n:
             return False
-        _cut_prefix(op, ctx, x, d, begin)
+        cut_prefix(op, ctx, x, d, begin)
     elif isinstance(begin, ShapeInt):
         if not begin.src:
             return False
@@ -99,7 +99,7 @@ def empty_tail(op: OpNode, ctx: RuleContext, x: Value, d: int, sl: slice) -> boo
     return True
 
 
-def _cut_prefix(op: OpNode, ctx: RuleContext, x: Value, d: int, expr: AttrExpr) -> None:
+def cut_prefix(op: OpNode, ctx: RuleContext, x: Value, d: int, expr: AttrExpr) -> None:
     """Blocks of ``[0, expr)`` along ``d`` of ``x``, one per term, factored by the term's attributes."""
     n, where, offset = x.shape[d], op.where(), 0
     for coef, factors in expr.terms:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 
 from ..trace.graph import OpNode, Value
-from ..trace.shape_int import AttrInt, is_computed
+from ..trace.shape_int import AttrExpr, AttrInt, ShapeInt, is_computed
 from ._args import arg
-from .bounds import attr_bounded_slice, empty_tail
+from .bounds import attr_bounded_slice, cut_prefix, empty_tail, valid_terms
 from .elementwise import _lookup
 from .indexmap import Offset
 from .registry import RuleContext, register_dim_rule
@@ -88,6 +88,8 @@ def split_rule(op: OpNode, ctx: RuleContext) -> None:
     dim = arg(op, 2, "dim", 0)
     size = arg(op, 1, "split_size_or_sections", arg(op, 1, "split_size", arg(op, 1, "split_sizes")))
     sizes = list(size) if isinstance(size, (list, tuple)) else [size]
+    if isinstance(size, (list, tuple)) and _sized_pieces(op, ctx, dim, sizes):
+        return
     computed = all(is_computed(v) or isinstance(v, AttrInt) for v in sizes)
     equal = len({o.shape[dim] for o in op.outputs}) == 1
     _pieces(op, ctx, dim, equalize=computed and equal)
@@ -98,6 +100,34 @@ def split_rule(op: OpNode, ctx: RuleContext) -> None:
     if len(op.outputs) > 1 and not (computed and equal):
         ctx.freeze(op.inputs[0], dim, f"{op.where()}: split sizes are fixed in the code "
                                       "(chunk splits into parts that follow a prune)")
+
+
+def _sized_pieces(op: OpNode, ctx: RuleContext, dim: int, sizes: list) -> bool:
+    """``split([self.key_dim, self.key_dim, self.val_dim])`` (LeViT): each piece follows its own size.
+
+    A piece sized by an attribute is bound to it (pieces sized by one attribute
+    lose the same positions, the attribute takes the new size); one sized by an
+    attribute expression is cut into the blocks of its terms; one sized from a
+    shape is checked like a reshape size; a literal piece freezes. Only when no
+    size is a literal does this apply; otherwise the split dim freezes whole.
+    """
+    if len(sizes) != len(op.outputs) or not all(isinstance(v, (AttrExpr, ShapeInt)) for v in sizes):
+        return False
+    if not all(valid_terms(v) for v in sizes if isinstance(v, AttrExpr) and not isinstance(v, AttrInt)):
+        return False
+    _pieces(op, ctx, dim, equalize=False)
+    for out, v in zip(op.outputs, sizes, strict=True):
+        if out.shape[dim] <= 1:
+            continue
+        if isinstance(v, AttrInt):
+            ctx.bind(out, dim, v.owner, v.attr)
+        elif isinstance(v, AttrExpr):
+            cut_prefix(op, ctx, out, dim, v)
+        elif v.src:
+            ctx.graph.derived.append((ctx.slot(out, dim), v.src, op.where()))
+        else:
+            ctx.freeze(out, dim, f"{op.where()}: a split size is read from a shape of unknown origin")
+    return True
 
 
 @register_dim_rule(torch.tensor_split, torch.Tensor.tensor_split)

@@ -125,6 +125,13 @@ def reshape_rule(op: OpNode, ctx: RuleContext) -> None:
         sizes = target_sizes(op)
         if sizes is not None:
             freeze_written_sizes(op, ctx, op.outputs[0], sizes)
+    elif name in ("reshape_as", "view_as") and len(op.inputs) > 1:
+        # ``x.reshape_as(other)``: other lends its shape, so each size is read from other's dims.
+        other, out = op.inputs[1], op.outputs[0]
+        for d in range(other.ndim):
+            ctx.cover(other, d)
+        if other.ndim == out.ndim:
+            freeze_written_sizes(op, ctx, out, [ShapeInt(n, frozenset({(other.id, d)})) for d, n in enumerate(other.shape)])
     elif name == "unflatten":
         sizes = arg(op, 2, "sizes")
         dim = arg(op, 1, "dim") % op.inputs[0].ndim

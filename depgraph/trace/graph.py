@@ -113,3 +113,4 @@ class Trace:
     params: dict[int, Value] = field(default_factory=dict)  # id(tensor) -> Value
     module_calls: dict[nn.Module, list[OpNode]] = field(default_factory=dict)
     module_names: dict[nn.Module, str] = field(default_factory=dict)
+    kept: list = field(default_factory=list)  # depgraph.trace.kept.Kept: op results the model holds on to

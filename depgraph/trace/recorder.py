@@ -23,6 +23,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import TraceError
 from .graph import OpNode, Trace, Value
+from .kept import find_kept, pop_cached, restore_cached
 from .outputs import primary_outputs
 from .shape_int import attributes_tagged, tag_shape
 
@@ -239,6 +240,17 @@ def _buffers_restored(model: nn.Module) -> Iterator[None]:
                     b.copy_(old)
 
 
+def _trace_once(model: nn.Module, example_inputs: Any, is_leaf: Callable[[nn.Module], bool],
+                forward_fn: Callable | None, param_index: dict) -> tuple[Trace, _Recorder, Any]:
+    trace = Trace()
+    rec = _Recorder(trace, param_index)
+    for t in flatten_tensors(example_inputs):
+        trace.inputs.append(rec.new_value(t, "input"))
+    with _hooks(model, rec, is_leaf), _buffers_restored(model), attributes_tagged(model.modules()), rec:
+        out = call_model(model, example_inputs, forward_fn)
+    return trace, rec, out
+
+
 def record(
     model: nn.Module,
     example_inputs: Any,
@@ -252,24 +264,31 @@ def record(
         TraceError: the model failed on the example inputs (the original error
             is chained), or it produced no tensor output.
     """
-    trace = Trace()
     param_index: dict[int, tuple[str, nn.Module, str, Any]] = {}
     for mname, mod in model.named_modules():
         for attr, t in list(mod._parameters.items()) + list(mod._buffers.items()):
             if t is not None and id(t) not in param_index:
                 param_index[id(t)] = (f"{mname}.{attr}" if mname else attr, mod, attr, t)
-    rec = _Recorder(trace, param_index)
-    for t in flatten_tensors(example_inputs):
-        trace.inputs.append(rec.new_value(t, "input"))
+    # Tensors an earlier call left in dict caches (LeViT's attention biases) would enter the
+    # trace as constants of unknown origin: empty the caches so the traced call recomputes
+    # them; if the model cannot do without, put them back and trace once more.
+    cached = pop_cached(model)
     try:
-        with _hooks(model, rec, is_leaf), _buffers_restored(model), attributes_tagged(model.modules()), rec:
-            out = call_model(model, example_inputs, forward_fn)
+        try:
+            trace, rec, out = _trace_once(model, example_inputs, is_leaf, forward_fn, param_index)
+        except Exception:
+            if not cached:
+                raise
+            restore_cached(cached)
+            cached = []
+            trace, rec, out = _trace_once(model, example_inputs, is_leaf, forward_fn, param_index)
     except Exception as e:  # noqa: BLE001 - re-raised with context
         raise TraceError(
             f"the model failed on the example inputs ({type(e).__name__}: {e}); "
             "check that example_inputs match model.forward (a dict is passed as keyword "
             "arguments, a tuple/list as positional arguments) or pass forward_fn="
         ) from e
+    trace.kept = find_kept(model, rec.live)
     out = output_transform(out) if output_transform is not None else primary_outputs(model, out)
     outs = flatten_tensors(out)
     if not outs:

@@ -301,3 +301,40 @@ def test_narrowing_the_channel_dim_freezes_it():
     DG = build(model, torch.randn(1, 3, 2, 2))
     group = DG.get_pruning_group(model.stem, OUT, [5])
     assert any("Tensor.narrow" in r for r in group.blocked_by)
+
+
+class UnequalSplit(nn.Module):
+    """LeViT: ``view(B, N, H, -1).split([self.key_dim, self.key_dim, self.val_dim], dim=3)``."""
+
+    def __init__(self, literal_v: bool = False):
+        super().__init__()
+        self.literal_v = literal_v
+        self.num_heads, self.key_dim, self.val_dim = 2, 3, 5
+        self.qkv = nn.Linear(6, 2 * (3 + 3 + 5))
+        self.proj = nn.Linear(2 * 5, 6)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        sizes = [self.key_dim, self.key_dim, 5 if self.literal_v else self.val_dim]
+        q, k, v = self.qkv(x).view(b, n, self.num_heads, -1).split(sizes, dim=3)  # (B, N, H, 3 | 3 | 5)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        y = (q @ k.transpose(-1, -2) * 0.5).softmax(-1) @ v
+        return self.proj(y.transpose(1, 2).reshape(b, n, -1))
+
+
+def test_split_pieces_sized_by_attributes_follow_them():
+    model = UnequalSplit()
+    done = prune_and_verify(model, torch.randn(2, 4, 6), model.proj, tp.prune_linear_in_channels, [1])
+    assert member(done.groups[0], model.qkv, out=True) == [7, 18]  # value dim 1 of both heads
+    assert (model.val_dim, model.key_dim) == (4, 3)
+    done = prune_and_verify(model, torch.randn(2, 4, 6), model.qkv, tp.prune_linear_out_channels, [0])
+    assert member(done.groups[0], model.qkv, out=True) == [0, 3, 10, 13]  # q and k share self.key_dim
+    assert (model.val_dim, model.key_dim) == (4, 2)
+
+
+def test_a_literal_split_size_freezes_the_split_dim():
+    """With one size written into the code the per-head dim cannot shrink: a removal takes whole heads."""
+    model = UnequalSplit(literal_v=True)
+    done = prune_and_verify(model, torch.randn(2, 4, 6), model.qkv, tp.prune_linear_out_channels, [0])
+    assert member(done.groups[0], model.qkv, out=True) == list(range(11))
+    assert (model.num_heads, model.key_dim, model.val_dim) == (1, 3, 5)

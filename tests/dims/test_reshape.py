@@ -252,3 +252,31 @@ def test_reshape_into_heads_prunes_the_same_dims_of_every_head():
     model = HeadSplit("head_dim")
     done = prune_and_verify(model, torch.randn(2, 5, 8), model.proj, tp.prune_linear_out_channels, [1])
     assert member(done.groups[0], model.out, out=False) == [1, 5, 9]
+
+
+class LinearNorm(nn.Module):
+    """LeViT's ``bn(x.flatten(0, 1)).reshape_as(x)``: the shape comes from another tensor."""
+
+    def __init__(self, other: bool = False):
+        super().__init__()
+        self.other = other
+        self.linear, self.bn, self.fc = nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)
+
+    def forward(self, x, shape_of=None):
+        y = self.linear(x)
+        return self.fc(self.bn(y.flatten(0, 1)).reshape_as(y if shape_of is None else shape_of))
+
+
+def test_reshape_as_a_coupled_tensor_follows():
+    model = LinearNorm()
+    done = prune_and_verify(model, torch.randn(2, 4, 6), model.linear, tp.prune_linear_out_channels, [2])
+    assert member(done.groups[0], model.bn) == [2] and model.fc.in_features == 7
+
+
+def test_reshape_as_an_uncoupled_tensor_freezes():
+    from .._checks import build
+
+    model = LinearNorm()
+    DG = build(model, (torch.randn(2, 4, 6), torch.randn(2, 4, 8)))
+    group = DG.get_pruning_group(model.linear, tp.prune_linear_out_channels, [2])
+    assert any("computed from another tensor's shape" in r for r in group.blocked_by)

@@ -34,20 +34,21 @@ MODELS = {
     "levit_128s": dict(img_size=64),
 }
 # exact: True (must be exact), False (exactness does not apply), None (no such layers)
+# LeViT keeps its attention scale as a number and normalises with BatchNorm only: all exact.
 EXACT = {
     "heads": {"vit_tiny_patch16_224": True, "deit_tiny_distilled_patch16_224": True,
-              "swin_tiny_patch4_window7_224": True, "convnext_atto": None},
+              "swin_tiny_patch4_window7_224": True, "convnext_atto": None, "levit_128s": True},
     "head_dims": {"vit_tiny_patch16_224": False, "deit_tiny_distilled_patch16_224": False,
-                  "swin_tiny_patch4_window7_224": True, "convnext_atto": None},
+                  "swin_tiny_patch4_window7_224": True, "convnext_atto": None, "levit_128s": True},
     "mlp": dict.fromkeys(MODELS, True),
-    "hidden": dict.fromkeys(MODELS, False),
+    "hidden": {**dict.fromkeys(MODELS, False), "levit_128s": True},
 }
 NOT_PRUNABLE = {
-    ("eva02_tiny_patch14_224", "heads"): "EVA's rotary embedding is expanded to literal sizes: the prune breaks the forward",
-    ("eva02_tiny_patch14_224", "head_dims"): "EVA slices q/k around its rotary dims at literal offsets: frozen",
-    ("eva02_tiny_patch14_224", "hidden"): "EVA's forward fails after a hidden-dim prune (a literal reshape size)",
-    **{("levit_128s", k): "LeViT reshapes qkv with reshape_as and literal sizes; its attention bias cache "
-       "holds non-leaf tensors" for k in ("heads", "head_dims", "mlp", "hidden")},
+    # A limit of the model's code, not of depgraph: EvaAttention reshapes its output to the width
+    # of its *input* (``x.transpose(1, 2).reshape(B, N, C)`` with ``B, N, C = x.shape``), so the
+    # attention width (heads x head dim) and the hidden size can only ever change together.
+    **{("eva02_tiny_patch14_224", k): "EvaAttention reshapes its output to its input's width C "
+       "(reshape(B, N, C)): heads x head_dim must stay equal to the hidden size" for k in ("heads", "head_dims", "hidden")},
 }
 
 
@@ -69,8 +70,8 @@ def prune_blocks(DG, model: nn.Module, kind: str) -> int:
         return 1
     n = 0
     for name, m in list(model.named_modules()):
-        if kind == "mlp" and name.endswith("mlp") and hasattr(m, "fc2"):
-            fc2 = m.fc2
+        if kind == "mlp" and name.endswith("mlp") and (hasattr(m, "fc2") or hasattr(m, "ln2")):
+            fc2 = m.fc2 if hasattr(m, "fc2") else _linear(m.ln2)  # LeViT: Linear + BatchNorm1d
             fn = tp.prune_linear_in_channels if isinstance(fc2, nn.Linear) else tp.prune_conv_in_channels
             _prune(DG, fc2, fn, [0, 3])
             n += 1
