@@ -131,12 +131,14 @@ def find_attention_heads(
     graph: DependencyGraph,
     ignored_layers: Iterable[nn.Module] = (),
     root_module_types: tuple = (nn.Linear,),
+    rejected: list[str] | None = None,
 ) -> list[AttentionHeads]:
     """Every attention block whose whole heads can be removed, in trace order.
 
     A head axis is kept when removing any one of its heads reaches no frozen
-    dimension and expresses itself on an output layer of ``root_module_types``. Axes of the same block (``q @ k^T`` and
-    ``probs @ v``) give the same units and are reported once.
+    dimension and expresses itself on an output layer of ``root_module_types``.
+    Axes of the same block (``q @ k^T`` and ``probs @ v``) give the same units and
+    are reported once. ``rejected`` collects why head axes were not kept.
     """
     g = graph._graph
     blocked: dict[int, str] = {}
@@ -148,7 +150,7 @@ def find_attention_heads(
     out: list[AttentionHeads] = []
     seen: set[tuple] = set()
     for axis in g.head_axes:
-        found = _block(graph, axis, blocked, tuple(root_module_types))
+        found = _block(graph, axis, blocked, tuple(root_module_types), rejected)
         if found is None:
             continue
         sig = tuple(tuple(u.tolist()) for u in found.units) + (found.root_slot,)
@@ -159,9 +161,19 @@ def find_attention_heads(
 
 
 def _block(graph: DependencyGraph, axis: HeadAxis, blocked: dict[int, str],
-           root_types: tuple) -> AttentionHeads | None:
+           root_types: tuple, rejected: list[str] | None = None) -> AttentionHeads | None:
     g = graph._graph
-    if axis.k in g.frozen or axis.q in g.frozen or axis.k in blocked:
+
+    def reject(reasons: Iterable[str]) -> None:
+        reasons = set(reasons)
+        if "model input" in reasons or all(r.endswith(" is ignored") for r in reasons):
+            return  # the batch dim of a matmul, or heads the user keeps on purpose
+        if rejected is not None:
+            rejected.append(f"{axis.where}: {'; '.join(sorted(reasons))}")
+
+    frozen = [g.frozen[s] for s in (axis.k, axis.q) if s in g.frozen] + ([blocked[axis.k]] if axis.k in blocked else [])
+    if frozen:
+        reject(frozen)
         return None
     plans: list[Propagation] = []
     claimed: set[int] = set()
@@ -170,6 +182,7 @@ def _block(graph: DependencyGraph, axis: HeadAxis, blocked: dict[int, str],
             continue
         plan = propagate(g, axis.k, torch.tensor([h]), graph._dead, blocked)
         if plan.violations:
+            reject(plan.violations.values())
             return None
         if axis.k in plan.state:
             claimed.update((plan.state[axis.k] >= 0).nonzero().flatten().tolist())

@@ -61,21 +61,24 @@ class HeadPlanner:
         self.scopes = ScopeTable(opts.replace(
             pruning_ratio=opts.head_pruning_ratio, pruning_ratio_dict=opts.head_pruning_ratio_dict))
         self.initial: dict[Hashable, int] = {}
-        blocks = self.blocks()
+        rejected: list[str] = []
+        blocks = self.blocks(rejected)
         for b in blocks:
             self.initial[b.key] = len(b.units)
         check_num_heads(pruner, blocks)
-        if opts.prune_num_heads and not blocks:
+        if opts.prune_num_heads and (rejected or not blocks):
+            why = "".join(f"\n  - {r}" for r in list(dict.fromkeys(rejected))[:5])
             warnings.warn(
-                "prune_num_heads=True, but no attention block with removable heads was found in the trace "
-                "(heads are read from scaled_dot_product_attention or q @ k^T on (B, H, L, D) tensors; a "
-                "frozen head axis, e.g. attention weights returned as outputs, also stops them)",
+                (f"prune_num_heads=True: the heads of {len(set(rejected))} attention op(s) cannot be removed"
+                 if rejected else "prune_num_heads=True, but no attention block with removable heads was "
+                 "found in the trace (heads are read from scaled_dot_product_attention or q @ k^T on "
+                 "(B, H, L, D) tensors)") + why,
                 stacklevel=4,
             )
 
-    def blocks(self) -> list[AttentionHeads | ModuleHeads]:
+    def blocks(self, rejected: list[str] | None = None) -> list[AttentionHeads | ModuleHeads]:
         p = self.pruner
-        return (find_attention_heads(p.DG, p.ignored_layers, p.options.root_module_types)
+        return (find_attention_heads(p.DG, p.ignored_layers, p.options.root_module_types, rejected)
                 + find_module_heads(p.DG, p.ignored_layers))
 
     def attention_slots(self) -> set[int]:

@@ -154,6 +154,16 @@ def test_num_heads_is_checked_against_the_trace():
 
 
 @pytest.mark.zoo
+def test_heads_frozen_by_outputs_are_reported():
+    fam, model, inputs = _hf("bert", attn_implementation="eager")
+    inputs = {**inputs, "output_attentions": True}
+    with pytest.warns(UserWarning, match=r"heads of 2 attention op\(s\) cannot be removed\n  - torch.matmul in "
+                      r"bert.encoder.layer.0.attention.self: model output"):
+        prune_heads(model, inputs, output_transform=lambda o: (o.logits, *o.attentions), head_pruning_ratio=0.5)
+    assert model.bert.encoder.layer[0].attention.self.num_attention_heads == 4
+
+
+@pytest.mark.zoo
 def test_ratio_one_keeps_one_head_per_block():
     fam, model, inputs = _hf("bert")
     original, _ = prune_heads(model, inputs, output_of, head_pruning_ratio=1.0)
