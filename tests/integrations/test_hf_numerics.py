@@ -100,3 +100,17 @@ def test_llama_pruned_by_one_ratio_reloads(tmp_path) -> None:
     model.save_pretrained(tmp_path)
     reloaded = type(model).from_pretrained(tmp_path).eval()
     torch.testing.assert_close(logits(reloaded, inputs), logits(model, inputs), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["heads", "mlp", "hidden"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma"])
+def test_other_kinds_reload_at_64_positions(family: str, kind: str, tmp_path) -> None:
+    """Heads, MLP and hidden prunes change no recomputed number but Gemma's embedding scale: equal logits."""
+    model, inputs = _loud(family, 0)
+    with torch.no_grad():
+        DG = tp.DependencyGraph().build_dependency(model, inputs, output_transform=output_of)
+    prune_uniformly(DG, model, kind)
+    check_config(model)
+    model.save_pretrained(tmp_path)
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(logits(reloaded, inputs), logits(model, inputs), rtol=0, atol=1e-5)
