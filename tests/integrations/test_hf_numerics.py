@@ -7,7 +7,10 @@ The family tests reload at 8 tokens with small weights, where RoPE rounding
 hides. Here the weights are larger and the sequence longer (64 positions):
 before the pruned model adopted the frequencies ``from_pretrained`` computes
 from the re-derived ``rope_theta``, one float32 ulp of frequency gave logit
-differences of 4e-5 (Llama) to 2e-4 (Gemma).
+differences of 4e-5 (Llama) to 2e-4 (Gemma). The other kinds were already
+exact and must stay so. Head dims pruned at pairs other than the last ones
+reload through ``rope_type="longrope"``, also after two prunes in one graph
+and after a pruner chose the pairs.
 """
 
 from __future__ import annotations
