@@ -122,14 +122,20 @@ def test_bert_heads_inexpressible_config_still_runs_and_verifies():
 @pytest.mark.zoo
 @pytest.mark.parametrize("name", ["roberta", "vit", "swin", "clip_vision", "opt", "mistral", "gemma", "t5"])
 def test_hf_families_lose_half_their_heads_exactly(name):
-    """No output_transform: the default outputs leave heads free in every family."""
-    from depgraph.integrations.transformers import attention_layers
+    """No output_transform: the default outputs leave heads free in every family. Configs that
+    derive the head size from the hidden size cannot describe fewer heads (check_config says so)."""
+    from depgraph.integrations.transformers import attention_layers, check_config
 
     fam, model, inputs = _hf(name)
     before = [a.heads for a in attention_layers(model)]
     original, _ = prune_heads(model, inputs, head_pruning_ratio=0.5)
     assert [a.heads for a in attention_layers(model)] == [h // 2 for h in before]
     assert tp.verify(original, model, inputs, output_transform=output_of).exact
+    if name in ("roberta", "swin", "clip_vision", "opt"):
+        with pytest.raises(tp.DepgraphError, match="config cannot describe the pruned model"):
+            check_config(model)
+    else:
+        check_config(model)
 
 
 @pytest.mark.zoo
