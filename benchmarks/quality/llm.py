@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--eval-tokens", type=int, default=16384)
     parser.add_argument("--calib-tokens", type=int, default=8192)
     parser.add_argument("--search-steps", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (more than one thread on a loaded machine spins and slows down)")
     parser.add_argument("--out-dir", type=Path, help=f"default: {RESULTS} ({QUICK_RESULTS} with --quick)")
     parser.add_argument("--name", default="llm", help="stem of the output files (NAME.md, NAME.png)")
     args = parser.parse_args(argv)

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 QUICK_RESULTS = Path(tempfile.gettempdir()) / "depgraph-quality-quick"  # a smoke run never overwrites the results
 # The default run, most telling first (a run cut short keeps the rows it finished): every criterion
 # ranked locally, then the ones whose scores are comparable across layers ranked globally.
-DEFAULT_PLAN = [("l2", "local"), ("taylor", "local"), ("act", "local"), ("fluct+bc", "local"),
-                ("l2", "global"), ("lamp", "global"), ("taylor", "global"), ("act", "global"),
-                ("l1", "local"), ("bn", "local"), ("fpgm", "local"), ("hessian", "local"), ("random", "local"),
-                ("fluct", "local"), ("bn", "global"), ("l2", "isomorphic"), ("taylor", "isomorphic")]
+DEFAULT_PLAN = [("l2", "local"), ("taylor", "local"), ("act", "local"), ("fluct+bc", "local"), ("random", "local"),
+                ("lamp", "global"), ("taylor", "global"), ("bn", "local"), ("fpgm", "local"), ("hessian", "local"),
+                ("l2", "global"), ("act", "global"), ("l1", "local"), ("fluct", "local"), ("bn", "global"),
+                ("l2", "isomorphic"), ("taylor", "isomorphic")]
 MODES = {"local": {}, "global": {"global_pruning": True}, "isomorphic": {"global_pruning": True, "isomorphic": True}}
 
 
@@ -87,6 +88,9 @@ def _calibrate(model: nn.Module, imp: Any, calib: list) -> None:
     imp.calibrate(model, [x for x, _ in calib])
 
 
+CRITERION_LABELS: dict[str, str] = {}  # name -> label, filled by criteria()
+
+
 def criteria() -> dict[str, Criterion]:
     """Every criterion depgraph has; the data-aware ones only where this version provides them."""
     imp = tp.importance
@@ -106,6 +110,7 @@ def criteria() -> dict[str, Criterion]:
         out["fluct"] = Criterion("fluctuation", imp.FluctuationImportance, _calibrate)
         out["fluct+bc"] = Criterion("fluctuation + bias comp.", imp.FluctuationImportance, _calibrate,
                                     pruner_kwargs={"bias_compensation": True})
+    CRITERION_LABELS.update({name: c.label for name, c in out.items()})
     return out
 
 
@@ -128,11 +133,20 @@ def macs(model: nn.Module, example: torch.Tensor) -> float:
     return float(tp.utils.count_ops_and_params(model, example)[0])
 
 
-def latency_ms(model: nn.Module, x: torch.Tensor, rounds: int = 3, repeat: int = 10) -> float:
-    """Best of a few mean latencies: the machine is shared, and the minimum is the least disturbed."""
+def latency_ms(model: nn.Module, x: torch.Tensor, repeat: int = 5) -> float:
     model.eval()
     with torch.no_grad():
-        return min(tp.utils.benchmark.measure_latency(model, x, repeat=repeat, warmup=3)[0] for _ in range(rounds))
+        return tp.utils.benchmark.measure_latency(model, x, repeat=repeat, warmup=2)[0]
+
+
+def latency_speedup(base: nn.Module, pruned: nn.Module, x: torch.Tensor, rounds: int = 5) -> float:
+    """Base over pruned latency, each the best of ``rounds`` means measured alternately.
+
+    On a shared machine the load changes by the second: alternating keeps both models under
+    the same conditions, and the minimum is the least disturbed measurement.
+    """
+    times = [(latency_ms(base, x), latency_ms(pruned, x)) for _ in range(rounds)]
+    return min(t[0] for t in times) / min(t[1] for t in times)
 
 
 def pruned_copy(base: nn.Module, imp: Any, ratio: float, mode: str, example: torch.Tensor,
@@ -166,20 +180,20 @@ def run_one(name: str, crit: Criterion, mode: str, base: nn.Module, sets: dict, 
     model = found.result
     x_test, y_test = sets["test"]
     pruned_acc = accuracy(model, x_test, y_test)
-    lat = latency_ms(model, sets["latency"])
+    speedup = latency_speedup(base, model, sets["latency"])
     train(model, *sets["train"], epochs=args.ft_epochs, lr=args.ft_lr, log_every=0)
     ft_acc = accuracy(model, x_test, y_test)
     return Row(crit.label, mode, found.ratio, base_stats["acc"], pruned_acc, ft_acc, found.value,
-               base_stats["latency"] / lat, sum(p.numel() for p in model.parameters()),
+               speedup, sum(p.numel() for p in model.parameters()),
                time.perf_counter() - start)
 
 
-def markdown(rows: list[Row], base_stats: dict, args: argparse.Namespace) -> str:
-    head = (f"ResNet-20 on Fashion-MNIST (28x28, 10k test images), pruned to {args.speedup:g}x fewer MACs; "
-            f"fine-tune: {args.ft_epochs:g} epoch(s) of SGD at peak lr {args.ft_lr:g}. Base: "
-            f"{base_stats['acc']:.2f}% accuracy, {base_stats['macs'] / 1e6:.1f} M MACs, "
+def markdown(rows: list[Row], base_stats: dict, settings: dict) -> str:
+    head = (f"ResNet-20 on Fashion-MNIST (28x28, {settings['test_images']} test images), pruned to "
+            f"{settings['speedup']:g}x fewer MACs; fine-tune: {settings['ft_epochs']:g} epoch(s) of SGD at peak lr "
+            f"{settings['ft_lr']:g}. Base: {base_stats['acc']:.2f}% accuracy, {base_stats['macs'] / 1e6:.1f} M MACs, "
             f"{base_stats['params'] / 1e3:.0f} k params, {base_stats['latency']:.1f} ms per batch of "
-            f"{args.latency_batch} (1 thread).\n\n")
+            f"{settings['latency_batch']} (1 thread).\n\n")
     cols = ["criterion", "mode", "ratio", "base", "pruned", "delta", "fine-tuned", "delta (ft)",
             "MACs speed-up", "latency speed-up", "params"]
     body = [[r.criterion, r.mode, f"{r.ratio:.3f}", f"{r.base_acc:.2f}", f"{r.pruned_acc:.2f}",
@@ -235,7 +249,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--latency-batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-dir", type=Path, help=f"default: {RESULTS} ({QUICK_RESULTS} with --quick)")
+    parser.add_argument("--part", default="1/1", help="K/N: run every N-th configuration from the K-th (1-based), "
+                        "so N processes share the plan; the table and plot gather all parts in --out-dir")
     args = parser.parse_args(argv)
+    k, n = (int(v) for v in args.part.split("/"))
     args.out_dir = args.out_dir or (QUICK_RESULTS if args.quick else RESULTS)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -252,28 +269,44 @@ def main(argv: list[str] | None = None) -> list[Row]:
     if args.quick:
         plan = [p for p in plan if p in {("l2", "local"), ("taylor", "global"), ("random", "local")}] or plan[:3]
         args.ft_epochs, args.search_steps = 1.0, 4
+    plan = plan[k - 1 :: n]
 
     sets = load_sets(args.quick, args.calib_batches, args.latency_batch)
     base = load_model(args.quick, sets["train"])
     example = sets["test"][0][:1]
     base_macs, base_params = tp.utils.count_ops_and_params(base, example)
     base_stats = {"acc": accuracy(base, *sets["test"]), "macs": float(base_macs), "params": base_params,
-                  "latency": latency_ms(base, sets["latency"])}
+                  "latency": min(latency_ms(base, sets["latency"]) for _ in range(3))}
     print(f"base: {base_stats['acc']:.2f}% | {base_macs / 1e6:.1f} M MACs | {base_stats['latency']:.1f} ms", flush=True)
 
+    settings = {"speedup": args.speedup, "ft_epochs": args.ft_epochs, "ft_lr": args.ft_lr,
+                "latency_batch": args.latency_batch, "test_images": len(sets["test"][0])}
     rows: list[Row] = []
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    part_file = args.out_dir / f"vision-part{k}of{n}.json"
     for name, mode in plan:
         row = run_one(name, available[name], mode, base, sets, args, base_stats)
         rows.append(row)
         print(f"{row.criterion:20s} {row.mode:10s} ratio {row.ratio:.3f}  pruned {row.pruned_acc:.2f}  "
               f"ft {row.ft_acc:.2f}  MACs {row.macs_speedup:.2f}x  latency {row.latency_speedup:.2f}x  "
               f"({row.seconds:.0f} s)", flush=True)
-        table = markdown(rows, base_stats, args)  # rewritten after every row: a cut run keeps what it did
-        (args.out_dir / "vision.md").write_text(table + "\n")
-    print(table)
-    plot(rows, base_stats["acc"], args.out_dir / "vision.png")
+        # Saved and rendered after every row: a run cut short keeps what it finished.
+        part_file.write_text(json.dumps({"base": base_stats, "settings": settings,
+                                         "rows": [asdict(r) for r in rows]}, indent=1))
+        print(render(args.out_dir))
     return rows
+
+
+def render(out_dir: Path) -> str:
+    """``vision.md`` and ``vision.png`` from every part's rows in ``out_dir`` (in plan order)."""
+    parts = [json.loads(p.read_text()) for p in sorted(out_dir.glob("vision-part*of*.json"))]
+    order = {(CRITERION_LABELS.get(c, c), m): i for i, (c, m) in enumerate(DEFAULT_PLAN)}
+    rows = sorted((Row(**r) for p in parts for r in p["rows"]), key=lambda r: order.get((r.criterion, r.mode), 99))
+    base, settings = parts[0]["base"], parts[0]["settings"]
+    table = markdown(rows, base, settings)
+    (out_dir / "vision.md").write_text(table + "\n")
+    plot(rows, base["acc"], out_dir / "vision.png")
+    return table
 
 
 if __name__ == "__main__":
