@@ -139,6 +139,20 @@ def find_attention_heads(
     dimension and expresses itself on an output layer of ``root_module_types``.
     Axes of the same block (``q @ k^T`` and ``probs @ v``) give the same units and
     are reported once. ``rejected`` collects why head axes were not kept.
+
+    Args:
+        graph: a built ``DependencyGraph``.
+        ignored_layers: layers whose output width must stay (their heads are not offered).
+        root_module_types: layer types a unit may be expressed on (q, or the fused qkv).
+        rejected: if given, one line per attention op whose heads cannot be removed, with the reason.
+
+    Returns:
+        One :class:`AttentionHeads` per block, as the graph is now (after earlier prunes).
+
+    Example:
+        >>> DG = tp.DependencyGraph().build_dependency(vit, torch.randn(1, 3, 224, 224))
+        >>> block = find_attention_heads(DG)[0]        # blocks.0.attn.qkv, 3 heads
+        >>> block.group([1]).prune()                   # head 1 of q, k and v, and its proj columns
     """
     g = graph._graph
     blocked: dict[int, str] = {}
