@@ -51,7 +51,10 @@ def compare_with_rebuilt(model: nn.Module) -> list[str]:
     if isinstance(fresh, Exception):
         return [f"transformers refuses the updated config ({type(fresh).__name__}: {fresh})"]
     problems = []
-    mine, theirs = model.state_dict(), fresh.state_dict()
+    # Weights, and the non-persistent buffers the constructor computes from the config (RoPE
+    # frequencies under any name, e.g. Gemma 3's per-layer-type ``sliding_attention_inv_freq``).
+    mine = {**dict(model.named_buffers()), **model.state_dict()}
+    theirs = {**dict(fresh.named_buffers()), **fresh.state_dict()}
     for key, t in mine.items():
         other = theirs.get(key)
         if other is not None and tuple(other.shape) != tuple(t.shape):

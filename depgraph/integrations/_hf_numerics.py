@@ -40,7 +40,7 @@ import torch.nn as nn
 from ._hf_layers import AttentionLayer
 from ._undo import UndoLog
 
-__all__ = ["ScaleFolder", "rotary_modules", "fresh_inv_freq", "retheta", "rescale_embeddings"]
+__all__ = ["ScaleFolder", "rotary_modules", "freq_prefixes", "fresh_inv_freq", "retheta", "rescale_embeddings"]
 
 _SCALE_ATTRS = ("scaling", "scale")
 
@@ -62,6 +62,13 @@ class ScaleFolder:
         if attr is None or id(a.module) in self._follows:
             return
         scale = vars(a.module)[attr]
+        # Gemma 2/3 take the scale from their own config field, which merely defaults to the head
+        # dim: it does not move with a prune, so the scale stays (exact, and what a reload computes).
+        scalar = getattr(getattr(a.module, "config", None), "query_pre_attn_scalar", None)
+        if isinstance(scalar, (int, float)) and scalar > 0 and math.isclose(scale * math.sqrt(scalar), 1.0,
+                                                                            rel_tol=1e-6):
+            self._follows[id(a.module)] = False
+            return
         self._follows[id(a.module)] = any(
             d and math.isclose(scale * math.sqrt(d), 1.0, rel_tol=1e-6) for d in (a.head_dim, *head_dims))
 
@@ -103,22 +110,28 @@ def _scale_query(a: AttentionLayer, c: float, log: UndoLog) -> None:
             log.setdata(q_bias, q_bias.data.clone() * c)
 
 
+def freq_prefixes(rot: nn.Module) -> list[str]:
+    """The frequency buffers of a rotary module by prefix: ``""`` for ``inv_freq``, ``"sliding_attention_"``
+    for Gemma 3's per-layer-type ``sliding_attention_inv_freq`` (its parameters in ``rope_parameters[type]``)."""
+    return [n[: -len("inv_freq")] for n, b in rot._buffers.items()
+            if isinstance(b, torch.Tensor) and n.endswith("inv_freq") and not n.endswith("original_inv_freq")]
+
+
 def rotary_modules(model: nn.Module) -> list[nn.Module]:
     """Modules holding RoPE frequencies computed from the model config."""
-    return [m for m in model.modules()
-            if isinstance(getattr(m, "inv_freq", None), torch.Tensor) and hasattr(m, "config")]
+    return [m for m in model.modules() if hasattr(m, "config") and freq_prefixes(m)]
 
 
-def fresh_inv_freq(rot: nn.Module) -> torch.Tensor | None:
+def fresh_inv_freq(rot: nn.Module, prefix: str = "") -> torch.Tensor | None:
     """The frequencies transformers would compute for ``rot`` from its config now (None: unknown)."""
     try:
         with torch.device("cpu"):
-            return type(rot)(config=rot.config).inv_freq
+            return getattr(type(rot)(config=rot.config), prefix + "inv_freq")
     except Exception:  # noqa: BLE001 - a constructor we cannot call means we cannot check
         return None
 
 
-def retheta(rot: nn.Module, before: torch.Tensor | None, log: UndoLog) -> bool:
+def retheta(rot: nn.Module, before: torch.Tensor | None, log: UndoLog, prefix: str = "") -> bool:
     """Make the config describe ``rot.inv_freq`` after its pairs were pruned; True if possible.
 
     ``before`` is what the config gave before this prune (``fresh_inv_freq`` then).
@@ -126,33 +139,37 @@ def retheta(rot: nn.Module, before: torch.Tensor | None, log: UndoLog) -> bool:
     set becomes ``rope_type="longrope"`` with one factor per kept pair (see
     :func:`_longrope`). On the meta device the frequencies have no values to
     compare: nothing is re-derived (such a model holds no weights to save).
+    ``prefix`` names a per-layer-type buffer set (see :func:`freq_prefixes`).
     """
-    previous = getattr(rot, "original_inv_freq", None)  # the frequencies as of the last sync (kept by it)
+    freqs = getattr(rot, prefix + "inv_freq")
+    previous = getattr(rot, prefix + "original_inv_freq", None)  # the frequencies as of the last sync
     if isinstance(previous, torch.Tensor) and not previous.is_meta:
         # The config is no witness here: the graph may already have set bound config sizes
         # (num_attention_heads) while head_dim still waits for this sync.
         before = previous.detach().float().cpu()
-    if before is None or rot.inv_freq.numel() == before.numel() or rot.inv_freq.is_meta:
+    if before is None or freqs.numel() == before.numel() or freqs.is_meta:
         return True
-    now = rot.inv_freq.detach().float().cpu()
-    params: Any = getattr(rot.config, "rope_parameters", None)
-    if not isinstance(params, dict) or "rope_theta" not in params or getattr(rot, "attention_scaling", 1.0) != 1.0:
+    now = freqs.detach().float().cpu()
+    all_params: Any = getattr(rot.config, "rope_parameters", None)
+    params = all_params.get(prefix[:-1]) if prefix and isinstance(all_params, dict) else all_params
+    if (not isinstance(params, dict) or "rope_theta" not in params
+            or getattr(rot, prefix + "attention_scaling", 1.0) != 1.0):
         return False
     n, rope_type = now.numel(), params.get("rope_type", "default")
     if rope_type == "default" and n < before.numel() and torch.allclose(now, before[:n].float(), rtol=1e-6, atol=0):
-        theta = float(params["rope_theta"]) ** (n / before.numel())
-        log.setconfig(rot.config, "rope_parameters", {**params, "rope_theta": theta})
+        new = {**params, "rope_theta": float(params["rope_theta"]) ** (n / before.numel())}
     elif rope_type == "default" or (rope_type == "longrope" and _flat_longrope(params)):
-        log.setconfig(rot.config, "rope_parameters", _longrope(params, now, rot.config))
+        new = _longrope(params, now, rot.config)
     else:
         return False
+    log.setconfig(rot.config, "rope_parameters", {**all_params, prefix[:-1]: new} if prefix else new)
     # Adopt what from_pretrained will compute (see module docstring). In place: the graph holds
     # these tensor objects and prunes them again on the next head-dim prune.
-    reloaded = fresh_inv_freq(rot)
+    reloaded = fresh_inv_freq(rot, prefix)
     if reloaded is not None and reloaded.shape == now.shape and torch.allclose(reloaded.float(), now, rtol=1e-5):
-        log.setdata(rot.inv_freq, reloaded.to(dtype=rot.inv_freq.dtype, device=rot.inv_freq.device))
-    if isinstance(getattr(rot, "original_inv_freq", None), torch.Tensor):
-        log.setdata(rot.original_inv_freq, rot.inv_freq.detach().clone())
+        log.setdata(freqs, reloaded.to(dtype=freqs.dtype, device=freqs.device))
+    if isinstance(previous, torch.Tensor):
+        log.setdata(previous, freqs.detach().clone())
     return True
 
 

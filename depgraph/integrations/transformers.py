@@ -46,7 +46,14 @@ from ._hf_layers import (
     find_mlps,
     stage_of,
 )
-from ._hf_numerics import ScaleFolder, fresh_inv_freq, rescale_embeddings, retheta, rotary_modules
+from ._hf_numerics import (
+    ScaleFolder,
+    freq_prefixes,
+    fresh_inv_freq,
+    rescale_embeddings,
+    retheta,
+    rotary_modules,
+)
 from ._undo import UndoLog
 
 __all__ = ["is_transformers_model", "attach", "sync_config", "check_config", "ConfigSync", "attention_layers",
@@ -247,13 +254,15 @@ def _sync(model: nn.Module, log: UndoLog, folder: ScaleFolder, layout: _Layout |
         problems += _sync_scope(scope, cfg, mine, own_mlps, log)
     for r in layout.rotary:
         name = layout.names.get(id(r), type(r).__name__)
-        if not retheta(r, before[id(r)], log):
-            problems.append(_rope_problem(name, r))
-            continue
-        fresh = fresh_inv_freq(r)  # None: its constructor cannot be called alone, nothing to compare
-        if fresh is not None and not r.inv_freq.is_meta and (fresh.shape != r.inv_freq.shape or
-                                  not torch.allclose(fresh.float(), r.inv_freq.float().cpu(), rtol=1e-5)):
-            problems.append(_rope_problem(name, r))
+        for prefix in freq_prefixes(r):  # "" (inv_freq), or one per layer type (Gemma 3)
+            if not retheta(r, before[id(r)] if not prefix else None, log, prefix):
+                problems.append(_rope_problem(name, r))
+                continue
+            fresh = fresh_inv_freq(r, prefix)  # None: its constructor cannot be called alone, nothing to compare
+            mine = getattr(r, prefix + "inv_freq")
+            if fresh is not None and not mine.is_meta and (fresh.shape != mine.shape or
+                                      not torch.allclose(fresh.float(), mine.float().cpu(), rtol=1e-5)):
+                problems.append(_rope_problem(name, r))
     return list(dict.fromkeys(problems))
 
 

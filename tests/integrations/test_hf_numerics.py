@@ -117,3 +117,35 @@ def test_other_kinds_reload_at_64_positions(family: str, kind: str, tmp_path) ->
     model.save_pretrained(tmp_path)
     reloaded = type(model).from_pretrained(tmp_path).eval()
     torch.testing.assert_close(logits(reloaded, inputs), logits(model, inputs), rtol=0, atol=1e-5)
+
+
+_GEMMA_2_3 = dict(head_dim=8, query_pre_attn_scalar=8, sliding_window=4, attn_implementation="eager")
+
+
+@pytest.mark.parametrize("model_cls,config_cls,extra", [
+    ("Gemma2ForCausalLM", "Gemma2Config", {}),
+    ("Gemma3ForCausalLM", "Gemma3TextConfig", dict(layer_types=["sliding_attention", "full_attention"])),
+])
+def test_gemma_2_3_head_dims_reload(model_cls: str, config_cls: str, extra: dict, tmp_path) -> None:
+    """The scale comes from query_pre_attn_scalar (stays); Gemma 3 keeps RoPE per layer type."""
+    from tests.integrations._hf import _LLAMA_LIKE, Family
+
+    fam = Family(model_cls, model_cls, config_cls, dict(_LLAMA_LIKE, **_GEMMA_2_3, **extra), causal_lm=True)
+    model, inputs = fam.build(), fam.example_inputs()
+    original = copy.deepcopy(model)
+    with torch.no_grad():
+        DG = tp.DependencyGraph().build_dependency(model, inputs, output_transform=output_of)
+    prune_uniformly(DG, model, "head_dims")
+    attn = model.model.layers[0].self_attn
+    assert attn.head_dim == 6 and attn.scaling == 8 ** -0.5  # not folded: the config still gives it
+    if model_cls == "Gemma2ForCausalLM":  # no q/k norms over the head dim: exact
+        result = tp.verify(original, model, inputs, output_transform=output_of)
+        assert result.applies and result.exact, str(result)
+    else:
+        rope = model.config.rope_parameters
+        assert all(rope[t]["rope_theta"] < original.config.rope_parameters[t]["rope_theta"]
+                   for t in ("sliding_attention", "full_attention"))
+    check_config(model)
+    model.save_pretrained(tmp_path)
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(logits(reloaded, inputs), logits(model, inputs), rtol=0, atol=1e-5)
