@@ -256,13 +256,13 @@ def _sync(model: nn.Module, log: UndoLog, folder: ScaleFolder, layout: _Layout |
         name = layout.names.get(id(r), type(r).__name__)
         for prefix in freq_prefixes(r):  # "" (inv_freq), or one per layer type (Gemma 3)
             if not retheta(r, before[id(r)] if not prefix else None, log, prefix):
-                problems.append(_rope_problem(name, r))
+                problems.append(_rope_problem(name, r, prefix))
                 continue
             fresh = fresh_inv_freq(r, prefix)  # None: its constructor cannot be called alone, nothing to compare
             mine = getattr(r, prefix + "inv_freq")
             if fresh is not None and not mine.is_meta and (fresh.shape != mine.shape or
                                       not torch.allclose(fresh.float(), mine.float().cpu(), rtol=1e-5)):
-                problems.append(_rope_problem(name, r))
+                problems.append(_rope_problem(name, r, prefix))
     return list(dict.fromkeys(problems))
 
 
@@ -390,8 +390,10 @@ def _sync_stages(cfg: Any, attention: list[AttentionLayer], mlps: list[MlpLayer]
     return problems
 
 
-def _rope_problem(name: str, rot: nn.Module) -> str:
+def _rope_problem(name: str, rot: nn.Module, prefix: str = "") -> str:
     params = getattr(rot.config, "rope_parameters", None)
+    if prefix and isinstance(params, dict):  # per layer type (Gemma 3)
+        params = params.get(prefix[:-1])
     kind = params.get("rope_type", "default") if isinstance(params, dict) else "unknown"
     return (f"{name} keeps RoPE frequencies its config cannot produce: after a head-dim prune depgraph rewrites "
             "'default' RoPE (a new rope_theta, or one longrope factor per kept pair) but not rope_type "
