@@ -74,16 +74,23 @@ def state_dict(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _config_fields(cfg: Any) -> dict[str, Any]:
-    """Numbers, lists of numbers and dicts of plain values (``rope_parameters``) of a config's ``to_dict()``."""
-    def keep(v: Any) -> bool:
-        if isinstance(v, dict):
-            return all(isinstance(k, str) and _plain(x) for k, x in v.items())
-        if isinstance(v, list):
-            return all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
-    return {k: v for k, v in cfg.to_dict().items() if keep(v)}
+
+def _config_value(v: Any, top: bool = True) -> bool:
+    """Numbers, lists of numbers, and (nested) dicts of those and plain values: sizes and ``rope_parameters``
+    (longrope factor lists, Gemma 3's per-layer-type dicts). Top-level strings and flags are left alone."""
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _config_value(x, top=False) for k, x in v.items())
+    if isinstance(v, list):
+        return all(_number(x) for x in v)
+    return _number(v) or (not top and _plain(v))
+
+
+def _config_fields(cfg: Any) -> dict[str, Any]:
+    """The fields of a config's ``to_dict()`` that :func:`_config_value` keeps."""
+    return {k: v for k, v in cfg.to_dict().items() if _config_value(v)}
 
 
 def _configs_by_module(model: nn.Module) -> dict[str, Any]:

@@ -129,3 +129,22 @@ def test_pruned_llm_reloads_with_equal_logits(family: str, kind: str, tmp_path) 
         assert fresh.model.rotary_emb.inv_freq.shape == (3,)
         assert torch.equal(fresh.model.rotary_emb.inv_freq, pruned.model.rotary_emb.inv_freq)
     assert torch.equal(logits(fresh, inputs), logits(pruned, inputs))
+
+
+@pytest.mark.zoo
+def test_tp_load_then_save_pretrained_keeps_the_rope_config(tmp_path) -> None:
+    """The config travels whole (longrope factor lists too), so a tp.load-ed model saves for transformers."""
+    pytest.importorskip("transformers")
+    from tests.integrations._hf import FAMILIES, logits
+
+    fam = FAMILIES["llama"]
+    pruned, inputs = fam.build(), fam.example_inputs()
+    DG = build(pruned, inputs)
+    DG.get_pruning_group(pruned.model.layers[0].self_attn.q_proj, tp.prune_linear_out_channels, [1, 5]).prune()
+    assert pruned.config.rope_parameters["rope_type"] == "longrope"  # pair 1 of 4 kept pairs went
+    tp.save(pruned, tmp_path / "pruned.pth")
+    fresh = tp.load(fam.build(), tmp_path / "pruned.pth")
+    assert fresh.config.rope_parameters == pruned.config.rope_parameters
+    fresh.save_pretrained(tmp_path / "hf")
+    reloaded = type(fresh).from_pretrained(tmp_path / "hf").eval()
+    assert torch.equal(logits(reloaded, inputs), logits(pruned, inputs))
