@@ -116,6 +116,19 @@ class Importance:
         raise NotImplementedError(f"{type(self).__name__} must implement __call__(group)")
 
 
+def _refuse_meta(criterion: Importance, group: Any) -> None:
+    """Scores read weights; a model on the meta device has shapes but no values to read."""
+    for i in range(len(group)):
+        node = group[i].dep.target
+        m = node.module
+        w = m if isinstance(m, torch.Tensor) else getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor) and w.is_meta:
+            raise DepgraphError(
+                f"{type(criterion).__name__} scores channels from weight values, but {node.name} is on the "
+                "meta device (shapes only, no values): load real weights, score with "
+                "tp.importance.RandomImportance, or prune chosen indices with DependencyGraph.get_pruning_group")
+
+
 def _root_positions(group: Any) -> tuple[int, dict[int, int]]:
     root_idxs = [int(i) for i in group[0].idxs]
     return len(root_idxs), {r: k for k, r in enumerate(root_idxs)}
@@ -169,6 +182,7 @@ class GroupImportance(Importance):
     # -- the template ----------------------------------------------------------
     @torch.no_grad()
     def __call__(self, group: Any) -> torch.Tensor | None:
+        _refuse_meta(self, group)
         n, position = _root_positions(group)
         rows: list[torch.Tensor] = []
         masks: list[torch.Tensor] = []

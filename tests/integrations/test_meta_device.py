@@ -86,3 +86,12 @@ def test_random_pruner_step_on_meta() -> None:
     assert mlp.down_proj.in_features < 11008 and model.model.norm.weight.shape[0] < 4096
     with torch.no_grad():
         assert model(**inputs).logits.shape == (1, 8, 32000)
+
+
+def test_weight_criteria_refuse_meta_with_the_way_out() -> None:
+    model, inputs = _meta_llama()
+    pruner = tp.pruner.BasePruner(model, inputs, tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=0.25,
+                                  ignored_layers=[model.lm_head])
+    with pytest.raises(tp.DepgraphError, match="GroupMagnitudeImportance .* meta device .*RandomImportance"):
+        pruner.step()
+    assert model.model.layers[0].mlp.down_proj.in_features == 11008  # nothing changed
