@@ -27,6 +27,15 @@ from .magnitude import (
     RandomImportance,
 )
 from .obdc import OBDCImportance
+from .reconstruction import (
+    InputCovariance,
+    LayerCovariance,
+    LeastSquaresCompensation,
+    ReconstructionImportance,
+    collect_input_covariance,
+    enable_lstsq_compensation,
+    refit_consumers,
+)
 from .reduce import NORMALIZERS, REDUCTIONS, normalize, reduce_stack
 from .taylor import GroupHessianImportance, GroupTaylorImportance, HessianImportance, TaylorImportance
 
@@ -64,6 +73,14 @@ __all__ = [
     "compensate_bias",
     "enable_bias_compensation",
     "BiasCompensation",
+    # least-squares reconstruction (new)
+    "ReconstructionImportance",
+    "InputCovariance",
+    "LayerCovariance",
+    "collect_input_covariance",
+    "refit_consumers",
+    "enable_lstsq_compensation",
+    "LeastSquaresCompensation",
     # building blocks
     "REDUCTIONS",
     "NORMALIZERS",

@@ -34,6 +34,7 @@ from ..dependency import DependencyGraph
 from ..errors import DepgraphError, OverPruningError
 from ..importance import Importance
 from ..importance.compensation import enable_bias_compensation
+from ..importance.reconstruction import enable_lstsq_compensation
 from . import planning
 from .heads import HeadPlanner
 from .options import PrunerOptions, check_known_modules, resolve_deprecated
@@ -87,6 +88,11 @@ class BasePruner:
             transaction; see :mod:`depgraph.importance.compensation`). Needs
             calibration statistics: ``calibration_stats`` or a calibrated importance.
         calibration_stats: **(new)** statistics from ``collect_activation_stats``.
+        lstsq_compensation: **(new)** input covariances from ``collect_input_covariance``:
+            each prune refits the kept input columns and the bias of every measured Linear
+            consumer by least squares (inside the prune's transaction), so kept channels
+            carry what correlated removed ones did; subsumes bias compensation. See
+            :mod:`depgraph.importance.reconstruction`.
         ch_sparsity, ch_sparsity_dict, channel_groups: deprecated spellings.
 
     Raises:
@@ -133,6 +139,7 @@ class BasePruner:
         soft_pruning: bool = False,
         bias_compensation: bool = False,
         calibration_stats: Any = None,
+        lstsq_compensation: Any = None,
         **extra: Any,
     ) -> None:
         kwargs = {
@@ -166,6 +173,8 @@ class BasePruner:
         )
         if self.options.bias_compensation:
             self._bias_hook = enable_bias_compensation(self.DG, self._calibration_stats(required=True))
+        if self.options.lstsq_compensation is not None:
+            self._lstsq_hook = enable_lstsq_compensation(self.DG, self.options.lstsq_compensation)
         self.current_step = 0
         self._soft_pruned: dict[Any, set[int]] = {}
         self._initial: dict[Any, int] = {}

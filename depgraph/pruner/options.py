@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..importance.calibration import CalibrationStats
+from ..importance.reconstruction import InputCovariance
 from .scheduler import Scheduler, linear_scheduler
 
 __all__ = ["PrunerOptions", "resolve_deprecated", "check_known_modules", "DEFAULT_ROOT_TYPES"]
@@ -70,6 +71,7 @@ class PrunerOptions:
     soft_pruning: bool = False  # (new) zero the chosen channels instead of removing them
     bias_compensation: bool = False  # (new) fold removed input channels' mean into consumer biases
     calibration_stats: Any = None  # (new) CalibrationStats for it (default: the importance's .stats)
+    lstsq_compensation: Any = None  # (new) InputCovariance: refit consumers of removed channels by least squares
     problems: tuple = field(default=(), repr=False, compare=False)
 
     @classmethod
@@ -146,6 +148,15 @@ class PrunerOptions:
         if self.calibration_stats is not None and not isinstance(self.calibration_stats, CalibrationStats):
             problems.append("calibration_stats must come from tp.importance.collect_activation_stats, "
                             f"got {type(self.calibration_stats).__name__}")
+        if self.lstsq_compensation is not None:
+            if not isinstance(self.lstsq_compensation, InputCovariance):
+                problems.append("lstsq_compensation must come from tp.importance.collect_input_covariance, "
+                                f"got {type(self.lstsq_compensation).__name__}")
+            if self.soft_pruning:
+                problems.append("lstsq_compensation refits the channels that remain; it cannot be combined "
+                                "with soft_pruning")
+            if self.bias_compensation:
+                problems.append("lstsq_compensation already refits the bias; drop bias_compensation=True")
         if self.bias_compensation and self.soft_pruning:
             problems.append(
                 "bias_compensation needs channels to be removed; it cannot be combined with soft_pruning"
