@@ -14,10 +14,11 @@ import torch
 import torch.nn as nn
 
 from .. import dims as _dims  # noqa: F401  (registers every dimension rule)
+from ..dims.indexmap import Identity
 from ..dims.modules import custom_module_rule
 from ..dims.propagate import propagate
 from ..dims.registry import RuleContext, get_dim_rule
-from ..dims.slots import Endpoint, SlotGraph
+from ..dims.slots import Endpoint, FactorRule, PairRule, SlotGraph
 from ..functional import ParameterPruner, prune_parameter_out_channels
 from ..functional.base import BasePruningFunc
 from ..trace.graph import OpNode, Trace
@@ -110,11 +111,33 @@ class GraphBuilder:
                 continue
             plan = propagate(self.graph, slot, torch.zeros(1, dtype=torch.long), {}, stop_at_frozen=False,
                              grouping=True, until=sources)
-            if not sources & plan.state.keys():
+            if not sources & plan.state.keys() and not self._factors_follow(slot, sources):
                 # Neither side may change alone: the size would then be computed wrong.
                 reason = f"{where}: a size is computed from another tensor's shape"
                 for s in (slot, *sources):
                     self.graph.freeze(s, reason)
+
+    def _factors_follow(self, slot: int, sources: set[int]) -> bool:
+        """A size that is a product whose every factor follows on its own: each part of the
+        reshape's factorisation reaches a source dim or is bound to an attribute.
+
+        repeat_kv's ``reshape(B, kv_heads * n_rep, ...)``: ``kv_heads`` is read from the
+        shape (a kv head goes with it), ``n_rep`` is ``self.num_key_value_groups`` (updated).
+        """
+        g = self.graph
+        merged = [slot] + [r.b if r.a == slot else r.a for r in g.rules[slot]
+                           if isinstance(r, PairRule) and isinstance(r.fwd, Identity)]
+        for m in merged:
+            for rule in g.rules[m]:
+                if isinstance(rule, FactorRule) and rule.merged == m and all(
+                        p in g.bindings or self._reaches(p, sources) for p in rule.parts):
+                    return True
+        return False
+
+    def _reaches(self, slot: int, sources: set[int]) -> bool:
+        plan = propagate(self.graph, slot, torch.zeros(1, dtype=torch.long), {}, stop_at_frozen=False,
+                         grouping=True, until=sources)
+        return bool(sources & plan.state.keys())
 
     def _apply_rule(self, op: OpNode, ctx: RuleContext) -> None:
         if op.is_module:

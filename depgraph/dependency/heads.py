@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
+from ..dims.indexmap import Identity
 from ..dims.propagate import Propagation, propagate
-from ..dims.slots import HeadAxis
+from ..dims.slots import FactorRule, HeadAxis, PairRule
 from ..errors import DepgraphError
+from ..functional.base import matches_layer_types
 from .group import Group
 from .node import Dependency, GroupItem, Node
 from .transaction import Snapshot
@@ -189,17 +191,18 @@ def _block(graph: DependencyGraph, axis: HeadAxis, blocked: dict[int, str],
     if frozen:
         reject(frozen)
         return None
+    start = _kv_axis(g, axis.k)
     plans: list[Propagation] = []
     claimed: set[int] = set()
-    for h in graph._alive(axis.k).tolist():
-        if h in claimed:  # a repeated key head (GQA after repeat_kv): already in a unit
+    for h in graph._alive(start).tolist():
+        if h in claimed:  # a repeated key head: already in a unit
             continue
-        plan = propagate(g, axis.k, torch.tensor([h]), graph._dead, blocked)
+        plan = propagate(g, start, torch.tensor([h]), graph._dead, blocked)
         if plan.violations:
             reject(plan.violations.values())
             return None
-        if axis.k in plan.state:
-            claimed.update((plan.state[axis.k] >= 0).nonzero().flatten().tolist())
+        if start in plan.state:
+            claimed.update((plan.state[start] >= 0).nonzero().flatten().tolist())
         plans.append(plan)
     if not plans:
         return None
@@ -227,6 +230,27 @@ def _block(graph: DependencyGraph, axis: HeadAxis, blocked: dict[int, str],
                           int(graph._alive(axis.q).numel()), len(units), modules, frozenset(slots))
 
 
+def _kv_axis(g: Any, slot: int) -> int:
+    """The key/value head axis behind a repeated one.
+
+    Eager GQA attention multiplies by ``repeat_kv(k)``: ``(B, Hk, R, S, D) -> (B, Hk*R, S, D)``.
+    Its head axis is the product of the KV heads and the repeat; a unit starts from the
+    outer factor, the KV head (one position of ``Hk*R`` alone would close along ``R``).
+    """
+    seen, frontier = {slot}, [slot]
+    while frontier:
+        s = frontier.pop()
+        for rule in g.rules[s]:
+            if isinstance(rule, FactorRule) and rule.merged == s and len(rule.parts) == 2:
+                return rule.parts[0]
+            if isinstance(rule, PairRule) and isinstance(rule.fwd, Identity):
+                other = rule.b if rule.a == s else rule.a
+                if other not in seen:
+                    seen.add(other)
+                    frontier.append(other)
+    return slot
+
+
 def _root_slot(graph: DependencyGraph, plan: Propagation, root_types: tuple) -> int | None:
     """The earliest-created output endpoint of a root-type layer the unit reaches (q_proj, qkv);
     else of a bare weight (GPT-2's ``Conv1D`` keeps its weight as an (in, out) parameter)."""
@@ -236,7 +260,7 @@ def _root_slot(graph: DependencyGraph, plan: Propagation, root_types: tuple) -> 
         ep = g.endpoints.get(s)
         if ep is None or not ep.is_out:
             continue
-        if isinstance(ep.node.module, root_types):
+        if matches_layer_types(ep.node.module, root_types):  # GPT-2's Conv1D acts as nn.Linear
             layers.append(s)
         elif ep.node.is_parameter:
             params.append(s)

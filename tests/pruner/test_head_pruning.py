@@ -97,6 +97,20 @@ def test_llama_gqa_removes_a_kv_head_with_exactly_its_query_heads(heads, kv_head
 
 
 @pytest.mark.zoo
+@pytest.mark.parametrize("name", ["llama", "gemma"])
+def test_eager_gqa_repeat_kv_removes_kv_heads_with_their_query_heads(name):
+    """Eager attention repeats K/V (repeat_kv's expand + reshape): the unit still starts at the KV head."""
+    fam, model, inputs = _hf(name, attn_implementation="eager", num_attention_heads=6, num_key_value_heads=3,
+                             hidden_size=24, head_dim=4)
+    original, _ = prune_heads(model, inputs, head_pruning_ratio=0.34)
+    attn, ref = model.model.layers[0].self_attn, original.model.layers[0].self_attn
+    kv = kept_heads(attn.k_proj.weight, ref.k_proj.weight, 4)
+    assert len(kv) == 2 and kept_heads(attn.q_proj.weight, ref.q_proj.weight, 4) == [2 * j + i for j in kv for i in (0, 1)]
+    assert attn.num_key_value_groups == 2 and model.config.num_key_value_heads == 2
+    assert tp.verify(original, model, inputs, output_transform=output_of).exact
+
+
+@pytest.mark.zoo
 def test_qwen2_heads_with_qkv_biases():
     fam, model, inputs = _hf("qwen2")
     original, _ = prune_heads(model, inputs, output_of, head_pruning_ratio=0.5)
