@@ -31,7 +31,6 @@ from ..dims.indexmap import Identity
 from ..dims.propagate import Propagation, propagate
 from ..dims.slots import FactorRule, HeadAxis, PairRule
 from ..errors import DepgraphError
-from ..functional.base import matches_layer_types
 from .group import Group
 from .node import Dependency, GroupItem, Node
 from .transaction import Snapshot
@@ -260,7 +259,7 @@ def _root_slot(graph: DependencyGraph, plan: Propagation, root_types: tuple) -> 
         ep = g.endpoints.get(s)
         if ep is None or not ep.is_out:
             continue
-        if matches_layer_types(ep.node.module, root_types):  # GPT-2's Conv1D acts as nn.Linear
+        if isinstance(ep.node.module, root_types):
             layers.append(s)
         elif ep.node.is_parameter:
             params.append(s)
