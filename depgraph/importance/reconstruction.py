@@ -354,31 +354,33 @@ def greedy_removal_costs(
     """
     n = wb.shape[1] - 1
     hinv = torch.linalg.inv(_damped(moment, damping))  # (n + 1, n + 1)
-    wb = wb.clone()
     energy = float(torch.einsum("oi,ij,oj->", wb, moment, wb).detach().clamp_min(1e-30))
-    alive = torch.ones(n + 1, dtype=torch.bool, device=wb.device)
-    alive[n] = False  # the constant is never removed
+    wb = wb.clone()
+    # the surviving channels, as positions in the original layer; the constant stays last and is
+    # never removed. hinv and wb shrink with them, so later rounds cost less.
+    alive = torch.arange(n + 1, device=wb.device)
     costs = torch.empty(n, dtype=torch.float64, device=wb.device)
     total = 0.0
-    while bool(alive.any()):
+    while alive.numel() > 1:
         single = wb.pow(2).sum(0) / hinv.diagonal().clamp_min(1e-30)  # cost of removing each alone
-        single = torch.where(alive, single, torch.full_like(single, float("inf")))
-        k = min(block_size, int(alive.sum()))
-        block = torch.argsort(single)[:k]
-        block = block[torch.argsort(single[block])]
+        single[-1] = float("inf")
+        k = min(block_size, alive.numel() - 1)
+        block = torch.argsort(single)[:k]  # cheapest first
         # joint removal of the block: cost tr(W_S (Hinv_SS)^-1 W_S^T), then the OBS update of both
-        h_ss = hinv[block][:, block]
-        h_ss_inv = torch.linalg.pinv(h_ss, hermitian=True)
+        h_ss = hinv[block][:, block]  # a principal block of an SPD inverse: SPD
+        chol, info = torch.linalg.cholesky_ex(h_ss)
+        h_ss_inv = torch.cholesky_inverse(chol) if int(info) == 0 else torch.linalg.pinv(h_ss, hermitian=True)
         ws = wb[:, block]  # (out, k)
         joint = float((ws @ h_ss_inv * ws).sum())
         share = single[block] / single[block].sum().clamp_min(1e-300)
-        costs[block] = (total + share.cumsum(0) * joint) / energy
+        costs[alive[block]] = (total + share.cumsum(0) * joint) / energy
         total += joint
-        coupling = h_ss_inv @ hinv[block]  # (k, n + 1)
-        wb -= ws @ coupling
-        hinv -= hinv[:, block] @ coupling
-        alive[block] = False
-        wb[:, block] = 0
+        keep = torch.ones(alive.numel(), dtype=torch.bool, device=wb.device)
+        keep[block] = False
+        coupling = h_ss_inv @ hinv[block][:, keep]  # (k, kept)
+        wb = wb[:, keep] - ws @ coupling
+        hinv = hinv[keep][:, keep] - hinv[:, block][keep] @ coupling
+        alive = alive[keep]
     return costs
 
 
@@ -393,8 +395,9 @@ class ReconstructionImportance(GroupImportance):
     more pruning to redundant layers; the default ``normalizer=None`` keeps them so. Groups with
     no measured Linear consumer fall back to :class:`~depgraph.importance.GroupMagnitudeImportance`.
 
-    Scores are cached per consumer and original channel set: the greedy pass over a layer of
-    ``n`` inputs costs ``O(n^3)`` once.
+    Scores are cached per consumer and channel set (:meth:`costs`): the greedy pass over a layer
+    of ``n`` inputs costs ``O(n^3)`` once. The cache is keyed by module, so
+    ``copy.deepcopy((model, imp))`` (one memo) gives a copy that reuses it on the copied model.
 
     Args:
         cov: from :func:`collect_input_covariance` (the consumers whose inputs are pruned).
@@ -427,23 +430,33 @@ class ReconstructionImportance(GroupImportance):
             raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
         self.block_size = block_size
         self._fallback = GroupMagnitudeImportance(2, group_reduction, normalizer)
-        self._cache: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+        # layer -> (original channels, costs); keyed by module so a deepcopy of (model, imp) follows
+        self._cache: dict[nn.Module, tuple[tuple[int, ...], torch.Tensor]] = {}
 
-    def _layer_costs(self, layer: nn.Linear) -> torch.Tensor:
-        original = _original_index(layer, int(layer.weight.shape[1]))
-        key = (id(layer), tuple(original.tolist()))
-        if key not in self._cache:
+    def costs(self, layer: nn.Linear) -> torch.Tensor:
+        """``(in_features,)`` scores of ``layer``'s current input channels (computed once per channel set).
+
+        Raises:
+            DepgraphError: ``layer`` has no covariance in ``cov``.
+        """
+        if layer not in self.cov:
+            raise DepgraphError(f"{type(layer).__name__} has no input covariance; pass it in "
+                                "collect_input_covariance(..., layers=[...])")
+        original = tuple(_original_index(layer, int(layer.weight.shape[1])).tolist())
+        cached = self._cache.get(layer)
+        if cached is None or cached[0] != original:
             moment = self.cov.lookup(layer)
             w = layer.weight.detach().to(moment.device, torch.float64)
             b = layer.bias.detach().to(w) if layer.bias is not None else w.new_zeros(w.shape[0])
-            self._cache[key] = greedy_removal_costs(torch.cat([w, b[:, None]], 1), moment, self.damping,
-                                                        self.block_size)
-        return self._cache[key]
+            wb = torch.cat([w, b[:, None]], 1)
+            cached = (original, greedy_removal_costs(wb, moment, self.damping, self.block_size))
+            self._cache[layer] = cached
+        return cached[1]
 
     def score_member(self, target: object, side: str, idxs: torch.Tensor, dep: Any) -> torch.Tensor | None:
         if side != "in" or not isinstance(target, nn.Linear) or target not in self.cov:
             return None
-        return self._layer_costs(target)[idxs.to(torch.long)].to(torch.float32)
+        return self.costs(target)[idxs.to(torch.long)].to(torch.float32)
 
     @torch.no_grad()
     def __call__(self, group: Any) -> torch.Tensor | None:

@@ -149,3 +149,14 @@ def test_options_refuse_bad_lstsq_compensation() -> None:
                              calibration_stats=cov.channel_stats())
     with pytest.raises(tp.DepgraphError, match="InputCovariance"):
         I.ReconstructionImportance({})
+
+
+def test_reconstruction_costs_are_cached_and_follow_a_deepcopy() -> None:
+    m, xs = model(), batches()
+    imp = I.ReconstructionImportance(I.collect_input_covariance(m, xs, layers=fc2s(m)))
+    first = imp.costs(m[0].fc2)
+    assert imp.costs(m[0].fc2) is first
+    m2, imp2 = copy.deepcopy((m, imp))
+    assert torch.equal(imp2.costs(m2[0].fc2), first) and m2[0].fc2 in imp2._cache
+    with pytest.raises(tp.DepgraphError, match="no input covariance"):
+        imp.costs(m[0].fc1)
