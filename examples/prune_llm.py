@@ -69,10 +69,7 @@ def _prune_lowest(DG, root, fn, width: int, n_remove: int, block: int = 1) -> No
     if n_remove <= 0:
         return
     group = DG.get_pruning_group(root, fn, list(range(width)))  # every channel: scored, never pruned
-    scores = tp.importance.GroupMagnitudeImportance()(group)
-    if scores is None:  # no layer the criterion scores (GPT-2's Conv1D is a bare weight): the root's norms
-        scores = root.detach().float().norm(dim=1)
-    scores = scores.view(-1, block).sum(1)
+    scores = tp.importance.GroupMagnitudeImportance()(group).view(-1, block).sum(1)
     worst = torch.argsort(scores)[:n_remove]
     idxs = (worst[:, None] * block + torch.arange(block)).flatten().tolist()
     DG.get_pruning_group(root, fn, idxs).prune()
@@ -84,17 +81,14 @@ def prune(model, ids: torch.Tensor, ratio: float, head_ratio: float) -> None:
     for a in attention_layers(model):
         n_remove = min(int(a.kv_heads * head_ratio), a.kv_heads - 1)
         if a.fused:  # GPT-2 style: a head is a block of the output projection's input
+            # (GPT-2's Conv1D acts as a Linear: the Linear pruning functions accept it)
             out_proj = getattr(a.module, "c_proj", None) or a.module.o_proj
-            fn = tp.prune_linear_in_channels if isinstance(out_proj, torch.nn.Linear) else tp.prune_parameter_out_channels
-            root = out_proj if isinstance(out_proj, torch.nn.Linear) else out_proj.weight
-            _prune_lowest(DG, root, fn, a.q_width, min(int(a.heads * head_ratio), a.heads - 1), a.head_dim)
+            _prune_lowest(DG, out_proj, tp.prune_linear_in_channels, a.q_width,
+                          min(int(a.heads * head_ratio), a.heads - 1), a.head_dim)
         else:  # a key head: its query heads and output columns follow
             _prune_lowest(DG, a.k, tp.prune_linear_out_channels, a.kv_width, n_remove, a.head_dim)
     for m in mlp_layers(model):
-        root, fn = m.down, tp.prune_linear_in_channels
-        if not isinstance(root, torch.nn.Linear):  # GPT-2's Conv1D: a bare (in, out) weight
-            root, fn = root.weight, tp.prune_parameter_out_channels
-        _prune_lowest(DG, root, fn, m.width, int(m.width * ratio))
+        _prune_lowest(DG, m.down, tp.prune_linear_in_channels, m.width, int(m.width * ratio))
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:

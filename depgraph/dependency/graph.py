@@ -24,7 +24,7 @@ from ..errors import (
     UnknownModuleError,
     UnsupportedOpError,
 )
-from ..functional.base import BasePruningFunc, find_handler, registered_handlers
+from ..functional.base import BasePruningFunc, find_handler, matches_layer_types, registered_handlers
 from ..trace.kept import CacheDropper
 from ..trace.recorder import call_model, record
 from .build import GraphBuilder
@@ -228,7 +228,7 @@ class DependencyGraph:
     def _slot_for(self, node: Node, fn: Callable) -> int:
         owner = getattr(fn, "__self__", None)
         if isinstance(owner, BasePruningFunc) and owner.TARGET_MODULES and not node.is_parameter:
-            if not isinstance(node.module, owner.TARGET_MODULES):
+            if not isinstance(node.module, owner.TARGET_MODULES) and owner.stand_in(node.module) is None:
                 raise HandlerMismatchError(
                     f"{fn.__name__} of {type(owner).__name__} does not fit {node.name} "
                     f"({type(node.module).__name__}); use the pruning function for {type(node.module).__name__}"
@@ -298,7 +298,11 @@ class DependencyGraph:
         ignored_layers: Iterable[nn.Module] = (),
         root_module_types: tuple = (nn.Conv2d, nn.Linear),
     ) -> Iterator[Group]:
-        """Yield every prunable group once, rooted at the first layer of ``root_module_types`` in it."""
+        """Yield every prunable group once, rooted at the first layer of ``root_module_types`` in it.
+
+        A layer whose handler ``acts_as`` one of ``root_module_types`` counts as one: naming
+        ``nn.Linear`` roots groups at GPT-2's ``Conv1D`` too.
+        """
         if self._graph is None:
             raise DepgraphError("call build_dependency(model, example_inputs) first")
         blocked: dict[int, str] = {}
@@ -307,8 +311,9 @@ class DependencyGraph:
             if node is not None and node.out_slot is not None:
                 blocked[node.out_slot] = f"{node.name} is ignored"
         visited: set[int] = set()
+        roots = tuple(root_module_types)
         for module, node in list(self.module2node.items()):
-            if not isinstance(module, nn.Module) or not isinstance(module, tuple(root_module_types)):
+            if not isinstance(module, nn.Module) or not matches_layer_types(module, roots, self._custom):
                 continue
             slot = node.out_slot
             if slot is None or slot in visited or slot in blocked or slot in self._graph.frozen:

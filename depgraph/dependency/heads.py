@@ -31,6 +31,7 @@ from ..dims.indexmap import Identity
 from ..dims.propagate import Propagation, propagate
 from ..dims.slots import FactorRule, HeadAxis, PairRule
 from ..errors import DepgraphError
+from ..functional.base import matches_layer_types
 from .group import Group
 from .node import Dependency, GroupItem, Node
 from .transaction import Snapshot
@@ -252,14 +253,14 @@ def _kv_axis(g: Any, slot: int) -> int:
 
 def _root_slot(graph: DependencyGraph, plan: Propagation, root_types: tuple) -> int | None:
     """The earliest-created output endpoint of a root-type layer the unit reaches (q_proj, qkv);
-    else of a bare weight (GPT-2's ``Conv1D`` keeps its weight as an (in, out) parameter)."""
+    else of a bare weight (one used by ``F.linear``/``addmm`` outside any layer with a handler)."""
     g = graph._graph
     layers, params = [], []
     for s in plan.state:
         ep = g.endpoints.get(s)
         if ep is None or not ep.is_out:
             continue
-        if isinstance(ep.node.module, root_types):
+        if matches_layer_types(ep.node.module, root_types):  # GPT-2's Conv1D acts as nn.Linear
             layers.append(s)
         elif ep.node.is_parameter:
             params.append(s)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 
+from .._lazy import resolve as _resolve_lazy
 from ..errors import UnknownModuleError
 from ..trace.graph import OpNode, Value
 from .indexmap import IndexMap
@@ -44,6 +45,8 @@ def register_dim_rule(*targets: object) -> Callable[[DimRule], DimRule]:
 
 def get_dim_rule(target: object) -> DimRule | None:
     """The rule for a callable (or, for modules, the nearest registered base type)."""
+    if isinstance(target, type):
+        _resolve_lazy()  # module rules of optional packages (GPT-2's Conv1D) register on first use
     rule = _RULES.get(target)
     if rule is not None or not isinstance(target, type):
         return rule

@@ -22,6 +22,7 @@ from .base import (
 from .conv import ConvPruner, DepthwiseConvPruner
 from .embedding import EmbeddingPruner
 from .groupnorm import GroupNormPruner
+from .hf_conv1d import Conv1DPruner
 from .layernorm import LayerNormPruner, LayernormPruner
 from .linear import LinearPruner
 from .norm import BatchNormPruner, BatchnormPruner, InstanceNormPruner
@@ -44,6 +45,7 @@ __all__ = [
     "ConvPruner",
     "DepthwiseConvPruner",
     "LinearPruner",
+    "Conv1DPruner",
     "BatchnormPruner",
     "BatchNormPruner",
     "LayernormPruner",
@@ -66,6 +68,8 @@ __all__ = [
     "prune_batchnorm_in_channels",
     "prune_linear_out_channels",
     "prune_linear_in_channels",
+    "prune_conv1d_out_channels",
+    "prune_conv1d_in_channels",
     "prune_prelu_out_channels",
     "prune_prelu_in_channels",
     "prune_layernorm_out_channels",
@@ -104,6 +108,8 @@ prune_batchnorm_out_channels = BatchNormPruner.INSTANCE.prune_out_channels
 prune_batchnorm_in_channels = BatchNormPruner.INSTANCE.prune_in_channels
 prune_linear_out_channels = LinearPruner.INSTANCE.prune_out_channels
 prune_linear_in_channels = LinearPruner.INSTANCE.prune_in_channels
+prune_conv1d_out_channels = Conv1DPruner.INSTANCE.prune_out_channels  # transformers' Conv1D (GPT-2)
+prune_conv1d_in_channels = Conv1DPruner.INSTANCE.prune_in_channels
 prune_prelu_out_channels = PReLUPruner.INSTANCE.prune_out_channels
 prune_prelu_in_channels = PReLUPruner.INSTANCE.prune_in_channels
 prune_layernorm_out_channels = LayerNormPruner.INSTANCE.prune_out_channels

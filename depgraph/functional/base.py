@@ -15,6 +15,8 @@ Call tree (what a subclass may override is marked *)::
     handler.get_in_channels(layer)               *  current input width  (None: none)
     handler.in_channel_dim(layer, ndim)          *  which input dim carries in-channels
     handler.out_channel_dim(layer, ndim)         *  which output dim carries out-channels
+    handler.acts_as                              *  built-in type the layer computes like (or None)
+    handler.stand_in(layer)                         the layer's own handler when it acts as ours
 
 Handlers are stateless: one instance serves every layer of its type. The
 bound methods ``prune_out_channels`` / ``prune_in_channels`` are created once
@@ -41,6 +43,7 @@ import torch
 import torch.nn as nn
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .._lazy import resolve as _resolve_lazy
 from .._types import Indices
 from ..errors import (
     DepgraphError,
@@ -59,6 +62,7 @@ __all__ = [
     "get_handler",
     "find_handler",
     "registered_handlers",
+    "matches_layer_types",
     "PrunerBox",
 ]
 
@@ -150,6 +154,12 @@ class BasePruningFunc:
     influence the kept ones (the recurrence of an LSTM, the inner head dims of
     attention): pruning through it is then valid but not exactly equal to
     zeroing those channels, and ``depgraph.verify`` says so.
+    Set ``acts_as`` to the built-in layer type the layer computes like when its
+    weights are laid out differently (GPT-2's ``Conv1D`` is an ``nn.Linear``
+    with a transposed weight): ``root_module_types`` and importance
+    ``target_types`` that name that type then include the layer (see
+    :func:`matches_layer_types`), and that type's own pruning functions hand
+    the layer on to this handler.
 
     Example:
         >>> class ScalePruner(BasePruningFunc):
@@ -166,6 +176,7 @@ class BasePruningFunc:
 
     TARGET_MODULES: tuple[type, ...] = ()
     mixes_channels: bool = False
+    acts_as: type | None = None
 
     def __init__(self, pruning_dim: int = 1) -> None:
         # ``pruning_dim`` is accepted for compatibility with custom pruners written
@@ -197,6 +208,19 @@ class BasePruningFunc:
         return 1 if ndim >= 2 else 0
 
     # -- helpers for subclasses -------------------------------------------
+    def stand_in(self, layer: nn.Module) -> BasePruningFunc | None:
+        """The handler to use instead of this one: ``layer``'s own, when it acts as one of ``TARGET_MODULES``.
+
+        ``tp.prune_linear_out_channels(gpt2_conv1d, idxs)`` then prunes the
+        ``Conv1D`` along its own layout instead of refusing it.
+        """
+        if not self.TARGET_MODULES or isinstance(layer, self.TARGET_MODULES):
+            return None
+        own = find_handler(layer)
+        if own is None or own is self or own.acts_as is None:
+            return None
+        return own if issubclass(own.acts_as, self.TARGET_MODULES) else None
+
     def check_layer(self, layer: nn.Module) -> None:
         """Raise :class:`HandlerMismatchError` when ``layer`` belongs to another handler.
 
@@ -270,6 +294,7 @@ def find_handler(module: nn.Module, extra: dict | None = None) -> BasePruningFun
     ``extra`` maps types (or module instances) to handlers and takes precedence,
     which is how ``customized_pruners`` work.
     """
+    _resolve_lazy()
     if extra:
         if module in extra:
             return extra[module]
@@ -284,6 +309,7 @@ def find_handler(module: nn.Module, extra: dict | None = None) -> BasePruningFun
 
 def get_handler(module_type: type) -> BasePruningFunc:
     """The registered handler for a module type; raise listing the known types if none."""
+    _resolve_lazy()
     for cls in module_type.__mro__:
         if cls in _HANDLERS:
             return _HANDLERS[cls]
@@ -296,7 +322,24 @@ def get_handler(module_type: type) -> BasePruningFunc:
 
 def registered_handlers() -> dict[type, BasePruningFunc]:
     """A copy of the type -> handler registry."""
+    _resolve_lazy()
     return dict(_HANDLERS)
+
+
+def matches_layer_types(module: object, types: tuple[type, ...], extra: dict | None = None) -> bool:
+    """Whether ``module`` is one of ``types``, or its handler ``acts_as`` one of them.
+
+    This is how ``root_module_types`` and importance ``target_types`` are read:
+    naming ``nn.Linear`` also names GPT-2's ``Conv1D``, which computes a linear
+    map with its weight stored transposed.
+    """
+    if isinstance(module, types):
+        return True
+    if not isinstance(module, nn.Module):
+        return False
+    handler = find_handler(module, extra)
+    role = getattr(handler, "acts_as", None)
+    return role is not None and issubclass(role, types)
 
 
 class _PrunerBoxView(MutableMapping):
@@ -318,9 +361,11 @@ class _PrunerBoxView(MutableMapping):
         del _HANDLERS[key]
 
     def __iter__(self) -> Iterator[type]:
+        _resolve_lazy()
         return iter(dict(_HANDLERS))
 
     def __len__(self) -> int:
+        _resolve_lazy()
         return len(_HANDLERS)
 
     def __repr__(self) -> str:

@@ -18,6 +18,8 @@ class LinearPruner(BasePruningFunc):
     ``out_features`` are used, so a custom layer with those attributes can reuse
     this handler (register an instance, or subclass it and set ``TARGET_MODULES``).
     Channels live in the last dim of the input and the output: ``(*, in) -> (*, out)``.
+    A layer whose own handler ``acts_as`` ``nn.Linear`` (GPT-2's ``Conv1D``) is
+    handed on to that handler, so ``prune_linear_*_channels`` work on it too.
 
     Example:
         >>> fc = nn.Linear(4, 3)
@@ -42,6 +44,9 @@ class LinearPruner(BasePruningFunc):
             OverPruningError: every output feature would be removed.
             HandlerMismatchError: ``layer`` belongs to another handler.
         """
+        other = self.stand_in(layer)  # GPT-2's Conv1D: a Linear with its weight transposed
+        if other is not None:
+            return other.prune_out_channels(layer, idxs)
         idxs = self.check_idxs(layer, idxs, "out")
         if idxs.numel():
             keep = keep_index(layer.out_features, idxs)
@@ -52,6 +57,9 @@ class LinearPruner(BasePruningFunc):
 
     def prune_in_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
         """Remove input features: weight columns. Errors as for :meth:`prune_out_channels`."""
+        other = self.stand_in(layer)
+        if other is not None:
+            return other.prune_in_channels(layer, idxs)
         idxs = self.check_idxs(layer, idxs, "in")
         if idxs.numel():
             keep = keep_index(layer.in_features, idxs)
@@ -60,10 +68,12 @@ class LinearPruner(BasePruningFunc):
         return layer
 
     def get_out_channels(self, layer: nn.Module) -> int:
-        return layer.out_features
+        other = self.stand_in(layer)
+        return other.get_out_channels(layer) if other is not None else layer.out_features
 
     def get_in_channels(self, layer: nn.Module) -> int:
-        return layer.in_features
+        other = self.stand_in(layer)
+        return other.get_in_channels(layer) if other is not None else layer.in_features
 
     def in_channel_dim(self, layer: nn.Module, ndim: int) -> int:
         return ndim - 1

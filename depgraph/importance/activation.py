@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..functional.base import matches_layer_types
 from .base import CONV_AND_LINEAR, GroupImportance, check_power, register_importance
 from .reduce import Normalizer, Reduction
 from .stats import RunningMoments, hooked
@@ -77,7 +78,7 @@ class ActivationImportance(GroupImportance):
             if inputs:
                 self._moments.add(module, "in", inputs[0])
 
-        targets = [m for m in model.modules() if isinstance(m, self.target_types)]
+        targets = [m for m in model.modules() if matches_layer_types(m, self.target_types)]
         with hooked(targets, hook):
             yield
 

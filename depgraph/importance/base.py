@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import DepgraphError
+from ..functional.base import matches_layer_types
 from .channels import handler_side
 from .reduce import Normalizer, Reduction, check_normalizer, check_reduction, normalize, reduce_stack
 
@@ -167,8 +168,11 @@ class GroupImportance(Importance):
 
     # -- to override ---------------------------------------------------------
     def accepts(self, target: object) -> bool:
-        """Whether a member's layer (or bare parameter) is scored at all."""
-        return isinstance(target, self.target_types)
+        """Whether a member's layer (or bare parameter) is scored at all.
+
+        A layer whose handler ``acts_as`` a target type counts (GPT-2's ``Conv1D`` as ``nn.Linear``).
+        """
+        return matches_layer_types(target, self.target_types)
 
     def score_member(self, target: object, side: str, idxs: torch.Tensor, dep: Any) -> torch.Tensor | None:
         """Scores ``(len(idxs),)`` of one member, or None to skip it."""

@@ -10,7 +10,7 @@ model with forward pre-hooks and keeps, per channel, in float64::
     count  (number of values: samples x positions)   sum X_c   sum X_c**2
     -> mean, variance (population), root mean square, L2 norm
 
-Channels: ``nn.Linear`` reads the last dim of its input; ``nn.Conv1d/2d/3d``
+Channels: ``nn.Linear`` (and transformers' ``Conv1D``) reads the last dim of its input; ``nn.Conv1d/2d/3d``
 dim 1 (dim 0 when unbatched), every spatial position counting as a value.
 Other layers (transposed convolutions included) are skipped.
 
@@ -32,19 +32,22 @@ import torch.nn as nn
 
 from ..dependency.records import kept_indices
 from ..errors import DepgraphError
+from ..functional.hf_conv1d import is_hf_conv1d
 from ..trace.recorder import call_model
 
 __all__ = ["ChannelStats", "CalibrationStats", "collect_activation_stats", "is_channel_consumer"]
 
 
 def is_channel_consumer(module: object) -> bool:
-    """Layers whose input channels calibration measures: Linear and (non-transposed) convolutions."""
-    if isinstance(module, nn.Linear):
+    """Layers whose input channels calibration measures: Linear (and HF Conv1D) and (non-transposed) convolutions."""
+    if isinstance(module, nn.Linear) or is_hf_conv1d(module):
         return True
     return isinstance(module, nn.modules.conv._ConvNd) and not module.transposed
 
 
 def _current_width(module: nn.Module) -> int:
+    if is_hf_conv1d(module):  # weight (in, out)
+        return int(module.weight.shape[0])
     return int(module.weight.shape[1]) * getattr(module, "groups", 1)
 
 
@@ -117,7 +120,7 @@ class CalibrationStats(Mapping):
         """Accumulate the input ``x`` of ``module`` (a Linear or a convolution)."""
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0:
             return
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) or is_hf_conv1d(module):
             d = x.dim() - 1
         else:
             d = 1 if x.dim() == len(module.kernel_size) + 2 else 0

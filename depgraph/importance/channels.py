@@ -13,6 +13,7 @@ Layouts (``g = groups``)::
     ConvNd           weight (O, I/g, *k): out = dim 0; in = dim 1 in each of g blocks
     ConvTransposeNd  weight (I, O/g, *k): the same with the sides swapped
     Linear           weight (O, I): out = dim 0, in = dim 1
+    HF Conv1D        weight (I, O): out = dim 1, in = dim 0 (registered in functional/hf_conv1d.py)
     norms, PReLU     one affine entry per channel (both sides)
     LayerNorm        the last normalised dim
     Embedding        weight (V, D): channels are D (dim 1)
@@ -29,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+
+from .._lazy import resolve as _resolve_lazy
 
 __all__ = ["ChannelSlice", "register_channel_slices", "channel_slices", "handler_side"]
 
@@ -98,6 +101,7 @@ def channel_slices(target: object, side: str, pruning_dim: int | None = None) ->
     """
     if isinstance(target, torch.Tensor):
         return [ChannelSlice(target, (pruning_dim or 0) % max(target.dim(), 1))]
+    _resolve_lazy()  # layers of optional packages (GPT-2's Conv1D) register on first use
     for cls in type(target).__mro__:
         fn = _SLICES.get(cls)
         if fn is not None:

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import DepgraphError
+from ..functional.hf_conv1d import is_hf_conv1d
 
 __all__ = ["channel_dim", "RunningMoments", "hooked"]
 
@@ -25,7 +26,7 @@ _CHANNELS_LAST = (nn.Linear, nn.LayerNorm, nn.Embedding, nn.MultiheadAttention)
 
 def channel_dim(module: nn.Module, x: torch.Tensor) -> int:
     """The dim of ``x`` (an input or output of ``module``) that holds channels."""
-    if isinstance(module, _CHANNELS_LAST) or x.dim() < 2:
+    if isinstance(module, _CHANNELS_LAST) or is_hf_conv1d(module) or x.dim() < 2:
         return x.dim() - 1
     return 1
 

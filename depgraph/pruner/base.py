@@ -79,7 +79,8 @@ class BasePruner:
             (a mismatch raises), and keeps head dims aligned across heads.
         customized_pruners, unwrapped_parameters, forward_fn, output_transform:
             passed to ``DependencyGraph.build_dependency``.
-        root_module_types: the layer types groups are rooted at.
+        root_module_types: the layer types groups are rooted at (with the layers whose handler
+            ``acts_as`` one of them: GPT-2's ``Conv1D`` for ``nn.Linear``).
         soft_pruning: **(new)** zero the chosen channels (weights, biases and
             norm affines of every member) instead of removing them; shapes stay,
             later steps keep them at zero and count them as pruned.

@@ -26,7 +26,8 @@ from .scheduler import Scheduler, linear_scheduler
 
 __all__ = ["PrunerOptions", "resolve_deprecated", "check_known_modules", "DEFAULT_ROOT_TYPES"]
 
-#: Group roots by default: convolutions, linears and LSTMs.
+#: Group roots by default: convolutions, linears and LSTMs. A layer whose handler ``acts_as`` one of
+#: them counts too (transformers' ``Conv1D`` as ``nn.Linear``: see ``functional.matches_layer_types``).
 DEFAULT_ROOT_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear, nn.LSTM)
 
 

@@ -182,10 +182,8 @@ def _down(mlp):
 def _prune_in(DG, layer, idxs) -> None:
     import depgraph as tp
 
-    if isinstance(layer, torch.nn.Linear):
-        _prune(DG, layer, tp.prune_linear_in_channels, idxs)
-    else:  # GPT-2 Conv1D: a bare (in, out) weight, its first dim is the input
-        _prune(DG, layer.weight, tp.prune_parameter_out_channels, idxs)
+    # GPT-2's Conv1D acts as a Linear: the Linear functions hand it to its own handler.
+    _prune(DG, layer, tp.prune_linear_in_channels, idxs)
 
 
 def output_of(out):
