@@ -73,3 +73,13 @@ def test_prune_num_heads_removes_whole_heads():
         assert block.attn.c_attn.nf == 3 * (HEADS // 2) * HEAD_DIM and block.attn.c_proj.nx == HEADS // 2 * HEAD_DIM
         assert block.mlp.c_fc.nf == 4 * HIDDEN // 2
     _check(original, model, inputs)
+
+
+def test_depgraph_save_and_load_rebuild_the_pruned_gpt2(tmp_path):
+    """Head dims of 4 in a 32-wide GPT-2: its config cannot say so, depgraph's own format can."""
+    _, model, inputs = _prune()
+    tp.save(model, tmp_path / "gpt2.pt")
+    fresh = tp.load(FAMILIES["gpt2"].build(), tmp_path / "gpt2.pt")
+    assert fresh.transformer.h[0].attn.c_attn.nf == model.transformer.h[0].attn.c_attn.nf
+    with torch.no_grad():
+        torch.testing.assert_close(output_of(fresh(**inputs)), output_of(model(**inputs)))
