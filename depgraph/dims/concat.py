@@ -206,7 +206,7 @@ def getitem_rule(op: OpNode, ctx: RuleContext) -> None:
         elif kind == "slice" and od is not None and od < out.ndim:
             if out.shape[od] == 0:
                 empty_tail(op, ctx, x, d, detail)
-            elif not attr_bounded_slice(op, ctx, x, d, out, od, detail):
+            elif not attr_bounded_slice(op, ctx, x, d, out, od, detail) and not _strided(op, ctx, x, d, out, od, detail):
                 _computed_piece(op, ctx, x, d, out, od, detail)
     for v in op.inputs[1:]:  # index tensors: the selected positions are data, not channels
         for d in range(v.ndim):
@@ -232,6 +232,28 @@ def _computed_piece(op: OpNode, ctx: RuleContext, x: Value, d: int, out: Value, 
     ctx.graph.freeze(pieces, f"{op.where()}: the number of pieces is fixed")
     ctx.factor(ctx.slot(x, d), [pieces, ctx.new_axis(length, f"{op.where()}.piece")])
     ctx.map(out, od, x, d, Offset(start, length, n))
+
+
+def _strided(op: OpNode, ctx: RuleContext, x: Value, d: int, out: Value, od: int, sl: slice) -> bool:
+    """``x[..., s::k]`` over the whole dim: lane ``s`` of every block of ``k`` (interleaved RoPE's
+    ``x[..., ::2]`` and ``x[..., 1::2]``).
+
+    The dim factors into (blocks, k) with the lane axis frozen: a prune removes
+    whole blocks (a rotary pair), so lane ``s`` of the blocks left is what the same
+    slice selects afterwards. Output ``j`` is block ``j``.
+    """
+    n = x.shape[d]
+    k = sl.step
+    if not isinstance(k, int) or k <= 1 or n % k or sl.stop is not None and sl.stop < n:
+        return False
+    s = 0 if sl.start is None else sl.start
+    if not isinstance(s, int) or not 0 <= s < k or out.shape[od] != n // k:
+        return False
+    lanes = ctx.new_axis(k, f"{op.where()}.lanes")
+    ctx.graph.freeze(lanes, f"{op.where()}: the stride {k} is fixed")
+    blocks = ctx.slot(out, od)
+    ctx.factor(ctx.slot(x, d), [blocks, lanes])
+    return True
 
 
 @register_dim_rule(torch.Tensor.__setitem__)

@@ -96,6 +96,19 @@ def einsum_rule(op: OpNode, ctx: RuleContext) -> None:
             ctx.identity(v, d, w, e)
 
 
+def _cover_own(ctx: RuleContext, w: Value, b: Value | None, out: Value, cdim: int) -> None:
+    """The layer's weight (and its own bias) are pruned by its handler; a bias from elsewhere
+    (EVA/BEiT's ``cat(q_bias, k_bias, v_bias)``) follows the output channels."""
+    for d in range(w.ndim):
+        ctx.cover(w, d)
+    if b is None:
+        return
+    if b.kind == "param" and b.owner is w.owner and b.attr == "bias":
+        ctx.cover(b, 0)
+    else:
+        ctx.identity(b, 0, out, cdim)
+
+
 def _param_or_endpoint(ctx: RuleContext, w: Value, module_types, is_out: bool) -> int | None:
     if w.kind == "param" and isinstance(w.owner, module_types):
         return ctx.module_endpoint(w.owner, is_out)
@@ -114,10 +127,7 @@ def linear_rule(op: OpNode, ctx: RuleContext) -> None:
     if ep_out is not None:
         ctx.graph.pair(ep_out, ctx.slot(out, -1))
         ctx.graph.pair(ctx.module_endpoint(w.owner, False), ctx.slot(x, -1))
-        for v in (w, b):
-            if v is not None:
-                for d in range(v.ndim):
-                    ctx.cover(v, d)
+        _cover_own(ctx, w, b, out, -1)
         return
     ctx.identity(x, -1, w, 1)
     ctx.identity(w, 0, out, -1)
@@ -143,10 +153,7 @@ def conv_rule(op: OpNode, ctx: RuleContext) -> None:
         ep_in = ctx.module_endpoint(w.owner, False)
         ctx.graph.pair(ep_out, ctx.slot(out, cdim))
         ctx.graph.pair(ep_in, ctx.slot(x, cdim))
-        for v in (w, b):
-            if v is not None:
-                for d in range(v.ndim):
-                    ctx.cover(v, d)
+        _cover_own(ctx, w, b, out, cdim)
         return
     if groups == 1:
         ctx.identity(x, cdim, w, 1)

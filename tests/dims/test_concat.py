@@ -338,3 +338,39 @@ def test_a_literal_split_size_freezes_the_split_dim():
     done = prune_and_verify(model, torch.randn(2, 4, 6), model.qkv, tp.prune_linear_out_channels, [0])
     assert member(done.groups[0], model.qkv, out=True) == list(range(11))
     assert (model.num_heads, model.key_dim, model.val_dim) == (1, 3, 5)
+
+
+class InterleavedRope(nn.Module):
+    """GPT-J / timm ``rot``: pairs (2i, 2i+1) rotate together, read with ``x[..., ::2]`` and ``x[..., 1::2]``."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 8)
+        self.out = nn.Linear(8, 3)
+        self.register_buffer("cos", torch.rand(8))
+
+    def forward(self, x):
+        h = self.fc(x)
+        rot = torch.stack([-h[..., 1::2], h[..., ::2]], -1).reshape(h.shape)
+        return self.out(h * self.cos + rot)
+
+
+def test_strided_slices_remove_whole_blocks():
+    model = InterleavedRope()
+    done = prune_and_verify(model, torch.randn(2, 5, 4), model.out, tp.prune_linear_in_channels, [5])
+    assert member(done.groups[0], model.fc, out=True) == [4, 5]  # the pair of position 5
+    assert model.cos.shape == (6,)
+
+
+def test_a_strided_slice_of_part_of_the_dim_freezes():
+    class Part(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.out = nn.Linear(4, 8), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.out(self.fc(x)[..., 1:7:2])
+
+    model = Part()
+    group = build(model, torch.randn(2, 4)).get_pruning_group(model.fc, tp.prune_linear_out_channels, [0])
+    assert any("Tensor.__getitem__" in r for r in group.blocked_by)

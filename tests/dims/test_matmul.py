@@ -133,3 +133,27 @@ def test_default_attention_scale_makes_head_dims_inexact():
     model = Scaled("sdpa")
     prune_and_verify(model, torch.randn(2, 3, 6), model.q, LIN_OUT, [0], exact=False)
     assert model.q.out_features == 6 and model.k.out_features == 6
+
+
+class SeparateBiases(nn.Module):
+    """EVA/BEiT: ``F.linear(x, self.qkv.weight, cat(q_bias, k_bias, v_bias))``, the Linear never called."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(6, 12, bias=False)
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(4)), nn.Parameter(torch.randn(4))
+        self.register_buffer("k_bias", torch.zeros(4), persistent=False)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, x):
+        qkv = F.linear(x, self.qkv.weight, torch.cat((self.q_bias, self.k_bias, self.v_bias)))
+        q, k, v = qkv.chunk(3, dim=-1)
+        return self.out(q * k + v)
+
+
+def test_a_bias_from_elsewhere_follows_the_functional_linear():
+    model = SeparateBiases()
+    done = prune_and_verify(model, torch.randn(2, 6), model.out, tp.prune_linear_in_channels, [1])
+    assert member(done.groups[0], model.qkv, out=True) == [1, 5, 9]
+    assert member(done.groups[0], model.k_bias) == [1]
+    assert model.q_bias.shape == model.k_bias.shape == model.v_bias.shape == (3,)
