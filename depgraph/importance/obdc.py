@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..functional.base import matches_layer_types
+from ..functional.hf_conv1d import is_hf_conv1d
 from .base import CONV_AND_LINEAR, GroupImportance, register_importance
 from .channels import channel_slices
 from .magnitude import row_sum
@@ -36,6 +38,8 @@ def _fisher(layer: nn.Module, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     w = layer.weight
     if isinstance(layer, nn.Linear):
         return g[:, None] * a[None, :]  # (O, I)
+    if is_hf_conv1d(layer):
+        return a[:, None] * g[None, :]  # transformers' Conv1D: (I, O)
     groups = layer.groups
     k_dims = (1,) * (w.dim() - 2)
     if layer.transposed:  # weight (I, O/g, *k): row i of block b meets outputs b*O/g + j
@@ -88,7 +92,7 @@ class OBDCImportance(GroupImportance):
             if isinstance(output, torch.Tensor) and output.requires_grad:
                 output.register_hook(lambda grad: self._moments.add(module, "grad", grad))
 
-        targets = [m for m in model.modules() if isinstance(m, self.target_types)]
+        targets = [m for m in model.modules() if matches_layer_types(m, self.target_types)]
         with hooked(targets, hook):
             yield
 
@@ -104,8 +108,11 @@ class OBDCImportance(GroupImportance):
     def member_scores(self, target: object, side: str, idxs: torch.Tensor, dep: Any) -> list[torch.Tensor]:
         who = type(self).__name__
         w = target.weight
-        n_in = getattr(target, "in_channels", None) or target.in_features
-        n_out = getattr(target, "out_channels", None) or target.out_features
+        if is_hf_conv1d(target):  # weight (in, out)
+            n_in, n_out = w.shape
+        else:
+            n_in = getattr(target, "in_channels", None) or target.in_features
+            n_out = getattr(target, "out_channels", None) or target.out_features
         a = self._moments.get(target, "in", n_in, who).to(w.device)
         g = self._moments.get(target, "grad", n_out, who).to(w.device)
         curvature = {w: _fisher(target, a, g)}

@@ -72,6 +72,18 @@ def test_criteria_score_conv1d_like_the_equivalent_linear(criterion):
     torch.testing.assert_close(conv_scores, linear_scores)
 
 
+def test_obdc_scores_conv1d_like_the_equivalent_linear():
+    """OBDC's Fisher is laid out like the weight: (in, out) for Conv1D."""
+    scores = []
+    for model in _pair():
+        imp = tp.importance.OBDCImportance()
+        with imp.collect(model):
+            model(_x()).pow(2).sum().backward()
+        scores.append(imp(_group(model)))
+    assert scores[0] is not None
+    torch.testing.assert_close(scores[0], scores[1])
+
+
 def test_bias_compensation_corrects_conv1d_like_the_equivalent_linear():
     outs = []
     for model in _pair():
