@@ -7,6 +7,7 @@ nothing: the greedy criterion scores it ~0 and the refit reproduces the output e
 from __future__ import annotations
 
 import copy
+from math import floor
 
 import pytest
 import torch
@@ -160,3 +161,36 @@ def test_reconstruction_costs_are_cached_and_follow_a_deepcopy() -> None:
     assert torch.equal(imp2.costs(m2[0].fc2), first) and m2[0].fc2 in imp2._cache
     with pytest.raises(tp.DepgraphError, match="no input covariance"):
         imp.costs(m[0].fc1)
+
+
+@pytest.mark.slow
+def test_tiny_llama_global_heads_and_mlp_refit_and_reload(tmp_path) -> None:
+    """Whole GQA units and MLP channels ranked over all layers, refit by least squares; per-layer
+    widths then differ, so the model goes through tp.save / tp.load (not a config)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                      tie_word_embeddings=True, max_position_embeddings=64)
+    make = lambda: transformers.LlamaForCausalLM(config).eval()  # noqa: E731
+    model = make()
+    fresh = copy.deepcopy(model)
+    calib = [{"input_ids": torch.randint(0, 64, (2, 16))} for _ in range(3)]
+    layers = model.model.layers
+    cov = I.collect_input_covariance(model, calib, layers=[m for x in layers for m in (x.mlp.down_proj, x.self_attn.o_proj)])
+    imp = I.ReconstructionImportance(cov)
+    tp.pruner.BasePruner(model, calib[0], imp, pruning_ratio=0.4, global_pruning=True, prune_num_heads=True,
+                         prune_head_dims=False, head_pruning_ratio=1 / 3, lstsq_compensation=cov,
+                         ignored_layers=[model.lm_head, model.model.embed_tokens],
+                         output_transform=lambda o: o.logits).step()
+    assert sum(x.mlp.down_proj.in_features for x in layers) == floor(3 * 64 * 0.6)  # the pool keeps 60%
+    assert sum(x.self_attn.k_proj.out_features // 8 for x in layers) == 4  # 2 of the 6 KV units go
+    for x in layers:  # a KV head always leaves with its two query heads
+        assert x.self_attn.q_proj.out_features == 2 * x.self_attn.k_proj.out_features
+        assert x.self_attn.o_proj.in_features == x.self_attn.q_proj.out_features
+    assert all(x.mlp.down_proj.bias is not None for x in layers)  # the refit bias
+    tp.save(model, tmp_path / "pruned.pth")
+    tp.load(fresh, tmp_path / "pruned.pth")
+    ids = calib[0]["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, fresh(input_ids=ids).logits, atol=1e-5)
