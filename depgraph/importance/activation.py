@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..functional.base import matches_layer_types
+from ..functional.hf_conv1d import is_hf_conv1d
 from .base import CONV_AND_LINEAR, GroupImportance, check_power, register_importance
 from .reduce import Normalizer, Reduction
 from .stats import RunningMoments, hooked
@@ -24,6 +25,8 @@ __all__ = ["ActivationImportance"]
 
 def in_width(module: nn.Module) -> int | None:
     """Number of input channels of the common layer types."""
+    if is_hf_conv1d(module):  # transformers' Conv1D: weight (in, out); older versions have no ``nx``
+        return int(module.weight.shape[0])
     for attr in ("in_channels", "in_features", "num_features"):
         n = getattr(module, attr, None)
         if n is not None:

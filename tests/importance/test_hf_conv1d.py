@@ -72,6 +72,25 @@ def test_criteria_score_conv1d_like_the_equivalent_linear(criterion):
     torch.testing.assert_close(conv_scores, linear_scores)
 
 
+def test_activation_and_hessian_criteria_score_conv1d_like_the_equivalent_linear():
+    """Input activations are read on the last dim; the Hessian proxy on the weight's own layout."""
+    scores = []
+    for model in _pair():
+        act, hess = tp.importance.ActivationImportance(), tp.importance.GroupHessianImportance()
+        with act.compute_importance(model):
+            model(_x())
+        hess.zero_grad()
+        for i in range(2):
+            model.zero_grad()
+            model(_x()[i:i + 1]).pow(2).sum().backward()
+            hess.accumulate_grad(model)
+        group = _group(model)
+        scores.append((act(group), hess(group)))
+    for conv_scores, linear_scores in zip(scores[0], scores[1], strict=True):
+        assert conv_scores is not None
+        torch.testing.assert_close(conv_scores, linear_scores)
+
+
 def test_obdc_scores_conv1d_like_the_equivalent_linear():
     """OBDC's Fisher is laid out like the weight: (in, out) for Conv1D."""
     scores = []
