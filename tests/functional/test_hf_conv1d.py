@@ -136,6 +136,19 @@ def test_pruner_roots_groups_at_conv1d_by_default():
     assert tp.verify(original, model, x).exact
 
 
+def test_soft_pruning_zeroes_conv1d_columns_like_the_hard_prune():
+    """Soft pruning finds a Conv1D's out channels in weight dim 1 (its channel slices)."""
+    x = torch.randn(2, 3, 6, dtype=torch.float64)
+    outs = []
+    for soft in (False, True):
+        model = _Mlp().double()
+        tp.pruner.BasePruner(model, x, tp.importance.GroupMagnitudeImportance(), pruning_ratio=0.5,
+                             ignored_layers=[model.c_proj], soft_pruning=soft).step()
+        outs.append(model(x).detach())
+    assert model.c_fc.weight.shape == (6, 12) and int((model.c_fc.weight == 0).all(0).sum()) == 6
+    torch.testing.assert_close(outs[0], outs[1])
+
+
 def test_state_dict_round_trip_rebuilds_the_pruned_shapes(tmp_path):
     model, x = _Mlp().double(), torch.randn(2, 3, 6, dtype=torch.float64)
     prune_and_verify(model, x, model.c_proj, tp.prune_linear_in_channels, [2, 3])
