@@ -27,6 +27,7 @@ pytestmark = pytest.mark.zoo
 
 MODELS = {
     "vit_tiny_patch16_224": dict(img_size=32, depth=2),
+    "vit_small_patch16_224": dict(img_size=32, depth=1),
     "deit_tiny_distilled_patch16_224": dict(img_size=32, depth=2),
     "swin_tiny_patch4_window7_224": dict(img_size=32, depths=(1, 1), num_heads=(2, 4), embed_dim=32, window_size=4),
     "convnext_atto": dict(depths=(1, 1, 1, 1), dims=(16, 32, 48, 64)),
@@ -36,9 +37,9 @@ MODELS = {
 # exact: True (must be exact), False (exactness does not apply), None (no such layers)
 # LeViT keeps its attention scale as a number and normalises with BatchNorm only: all exact.
 EXACT = {
-    "heads": {"vit_tiny_patch16_224": True, "deit_tiny_distilled_patch16_224": True,
+    "heads": {"vit_tiny_patch16_224": True, "vit_small_patch16_224": True, "deit_tiny_distilled_patch16_224": True,
               "swin_tiny_patch4_window7_224": True, "convnext_atto": None, "levit_128s": True},
-    "head_dims": {"vit_tiny_patch16_224": False, "deit_tiny_distilled_patch16_224": False,
+    "head_dims": {"vit_tiny_patch16_224": False, "vit_small_patch16_224": False, "deit_tiny_distilled_patch16_224": False,
                   "swin_tiny_patch4_window7_224": True, "convnext_atto": None, "levit_128s": True},
     "mlp": dict.fromkeys(MODELS, True),
     "hidden": {**dict.fromkeys(MODELS, False), "levit_128s": True},
