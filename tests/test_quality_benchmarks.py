@@ -240,3 +240,33 @@ def test_llm_heads_go_with_their_query_heads_and_reload(qb, tiny_llama) -> None:
     assert pruned.model.layers[1].mlp.down_proj.in_features == 48
     assert pruned.config.hidden_size == 32 and pruned.config.num_key_value_heads == 1
     assert llm.check_reload(pruned, example) < 1e-5
+
+
+# ----------------------------------------------------------------------------- rendering saved results
+def test_llm_render_from_saved_rows(qb, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    llm = importlib.import_module("llm")
+    rows = [llm.Row("act", t, 0.0, 0.3, t, ppl, "text", 1.0) for t, ppl in ((0.1, 30.0), (0.2, 60.0))]
+    state = {"base_ppl": 20.0, "base_params": 1000, "base_sample": "base text", "reload_note": "",
+             "settings": {"eval_tokens": 64, "context": 16, "calib_tokens": 32},
+             "rows": [llm.asdict(r) for r in rows]}
+    (tmp_path / "llm.json").write_text(llm.json.dumps(state))
+    table = llm.render(tmp_path, "llm")
+    assert "| act | 20.0% (20%) | 0% | 0.300 | 60.00 | 3.00x |" in table
+    assert "- act, 20%: 'text'" in table and (tmp_path / "llm.png").exists()
+
+
+def test_vision_render_gathers_parts(qb, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    vision = importlib.import_module("vision")
+    vision.criteria()
+    base = {"acc": 90.0, "macs": 3e7, "params": 272000, "latency": 100.0}
+    settings = {"speedup": 2.0, "ft_epochs": 0.25, "ft_lr": 0.02, "latency_batch": 64, "test_images": 10000}
+    for k, (label, mode) in enumerate((("Taylor", "local"), ("group L2", "local")), start=1):
+        row = vision.Row(label, mode, 0.28, 90.0, 15.0, 89.5, 2.07, 1.2, 130000, 1.0)
+        part = {"base": base, "settings": settings, "rows": [vision.asdict(row)]}
+        (tmp_path / f"vision-part{k}of2.json").write_text(vision.json.dumps(part))
+    lines = vision.render(tmp_path).splitlines()
+    assert lines[-2].startswith("| group L2 | local") and lines[-1].startswith("| Taylor | local")  # plan order
+    assert "| -75.00 | 89.50 | -0.50 | 2.07x | 1.20x |" in lines[-1]
+    assert (tmp_path / "vision.png").exists() and (tmp_path / "vision.md").read_text().strip() == "\n".join(lines)

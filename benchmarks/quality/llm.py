@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -216,11 +217,11 @@ def check_reload(model: nn.Module, rows: torch.Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------- report
-def markdown(rows: list[Row], base_ppl: float, base_params: int, base_sample: str, args: argparse.Namespace,
+def markdown(rows: list[Row], base_ppl: float, base_params: int, base_sample: str, settings: dict,
              reload_note: str) -> str:
     head = (f"SmolLM2-135M-Instruct (float32 from the Q4_1 gguf, {base_params / 1e6:.1f} M parameters), "
-            f"no fine-tune. Perplexity on {args.eval_tokens} held-out Wikipedia tokens in windows of "
-            f"{args.context}; calibration: {args.calib_tokens} tokens of other articles. "
+            f"no fine-tune. Perplexity on {settings['eval_tokens']} held-out Wikipedia tokens in windows of "
+            f"{settings['context']}; calibration: {settings['calib_tokens']} tokens of other articles. "
             f"Unpruned: ppl {base_ppl:.2f}.\n\n")
     cols = ["criterion", "params removed (target)", "KV heads removed", "MLP ratio", "ppl", "ppl / unpruned"]
     body = [[r.criterion, f"{r.removed:.1%} ({r.target:.0%})", f"{r.heads:.0%}", f"{r.ratio:.3f}",
@@ -256,9 +257,15 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--search-steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (more than one thread on a loaded machine spins and slows down)")
     parser.add_argument("--out-dir", type=Path, help=f"default: {RESULTS} ({QUICK_RESULTS} with --quick)")
+    parser.add_argument("--base-ppl", type=float, help="the unpruned perplexity from an earlier run with the same "
+                        "text settings (skips measuring it again)")
     parser.add_argument("--name", default="llm", help="stem of the output files (NAME.md, NAME.png)")
+    parser.add_argument("--render", action="store_true", help="only rewrite NAME.md and NAME.png from NAME.json")
     args = parser.parse_args(argv)
     args.out_dir = args.out_dir or (QUICK_RESULTS if args.quick else RESULTS)
+    if args.render:
+        print(render(args.out_dir, args.name))
+        return []
     if args.quick:
         args.context, args.eval_tokens, args.calib_tokens, args.targets, args.search_steps = 128, 512, 256, [0.2], 4
     torch.set_num_threads(args.threads)
@@ -274,7 +281,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     calib, evals = data.wikipedia_token_slices(tokenizer, args.context, args.calib_tokens, args.eval_tokens)
     sets = {"calib": calib, "eval": evals, "example": evals[:1, :16]}
     base_params = n_params(model)
-    base_ppl = perplexity(model, evals)
+    base_ppl = args.base_ppl or perplexity(model, evals)
     base_sample = generate(model, tokenizer)
     print(f"unpruned: {base_params / 1e6:.1f} M params, ppl {base_ppl:.2f}\n  {base_sample!r}", flush=True)
 
@@ -282,8 +289,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
               for h in args.heads for t in args.targets}
     print("ratios:", {f"{t:.0%}/{h:.0%} heads": round(r, 4) for (t, h), r in ratios.items()}, flush=True)
 
+    state = {"base_ppl": base_ppl, "base_params": base_params, "base_sample": base_sample, "reload_note": "",
+             "settings": {k: getattr(args, k) for k in ("eval_tokens", "context", "calib_tokens")}, "rows": []}
     rows: list[Row] = []
-    reload_note = ""
+    table = ""
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name in names:
         crit = available[name]
@@ -296,18 +305,29 @@ def main(argv: list[str] | None = None) -> list[Row]:
             rows.append(row)
             print(f"{row.criterion:34s} {row.removed:6.1%} removed (heads {head_ratio:.0%})  ppl {row.ppl:9.2f}  "
                   f"({row.seconds:.0f} s)\n  {row.sample!r}", flush=True)
-            if not reload_note and abs(target - 0.2) < 1e-9 and not crit.pruner_kwargs:
+            if not state["reload_note"] and abs(target - 0.2) < 1e-9 and not crit.pruner_kwargs:
                 diff = check_reload(pruned, evals[:1])
-                reload_note = (f"Reload check ({row.criterion}, {row.removed:.1%} removed): save_pretrained -> "
-                               f"from_pretrained gives logits within {diff:.2e} of the pruned model.")
-                print(reload_note, flush=True)
-            (args.out_dir / f"{args.name}.md").write_text(
-                markdown(rows, base_ppl, base_params, base_sample, args, reload_note) + "\n")
+                state["reload_note"] = (f"Reload check ({row.criterion}, {row.removed:.1%} removed): save_pretrained"
+                                        f" -> from_pretrained gives logits within {diff:.2e} of the pruned model.")
+                print(state["reload_note"], flush=True)
+            # Saved and rendered after every row: a run cut short keeps what it finished.
+            state["rows"] = [asdict(r) for r in rows]
+            (args.out_dir / f"{args.name}.json").write_text(json.dumps(state, indent=1))
+            table = render(args.out_dir, args.name)
         del base
-    table = markdown(rows, base_ppl, base_params, base_sample, args, reload_note)
     print(table)
-    plot(rows, base_ppl, args.out_dir / f"{args.name}.png")
     return rows
+
+
+def render(out_dir: Path, name: str) -> str:
+    """``NAME.md`` and ``NAME.png`` from ``NAME.json`` (what a run saved after each row)."""
+    state = json.loads((out_dir / f"{name}.json").read_text())
+    rows = [Row(**r) for r in state["rows"]]
+    table = markdown(rows, state["base_ppl"], state["base_params"], state["base_sample"], state["settings"],
+                     state["reload_note"])
+    (out_dir / f"{name}.md").write_text(table + "\n")
+    plot(rows, state["base_ppl"], out_dir / f"{name}.png")
+    return table
 
 
 if __name__ == "__main__":

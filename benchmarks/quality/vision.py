@@ -188,6 +188,16 @@ def run_one(name: str, crit: Criterion, mode: str, base: nn.Module, sets: dict, 
                time.perf_counter() - start)
 
 
+def reference_row(base: nn.Module, sets: dict, args: argparse.Namespace, base_stats: dict) -> Row:
+    """The unpruned model given the same fine-tune: how much of a row's change is the fine-tune alone."""
+    start = time.perf_counter()
+    model = copy.deepcopy(base)
+    train(model, *sets["train"], epochs=args.ft_epochs, lr=args.ft_lr, log_every=0)
+    ft_acc = accuracy(model, *sets["test"])
+    return Row("unpruned (reference)", "-", 0.0, base_stats["acc"], base_stats["acc"], ft_acc, 1.0, 1.0,
+               base_stats["params"], time.perf_counter() - start)
+
+
 def markdown(rows: list[Row], base_stats: dict, settings: dict) -> str:
     head = (f"ResNet-20 on Fashion-MNIST (28x28, {settings['test_images']} test images), pruned to "
             f"{settings['speedup']:g}x fewer MACs; fine-tune: {settings['ft_epochs']:g} epoch(s) of SGD at peak lr "
@@ -249,6 +259,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--latency-batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-dir", type=Path, help=f"default: {RESULTS} ({QUICK_RESULTS} with --quick)")
+    parser.add_argument("--reference", action="store_true",
+                        help="only fine-tune the unpruned model the same way (a reference row)")
     parser.add_argument("--part", default="1/1", help="K/N: run every N-th configuration from the K-th (1-based), "
                         "so N processes share the plan; the table and plot gather all parts in --out-dir")
     args = parser.parse_args(argv)
@@ -283,9 +295,12 @@ def main(argv: list[str] | None = None) -> list[Row]:
                 "latency_batch": args.latency_batch, "test_images": len(sets["test"][0])}
     rows: list[Row] = []
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    part_file = args.out_dir / f"vision-part{k}of{n}.json"
-    for name, mode in plan:
-        row = run_one(name, available[name], mode, base, sets, args, base_stats)
+    part_file = args.out_dir / ("vision-part0reference.json" if args.reference else f"vision-part{k}of{n}.json")
+    for name, mode in [("reference", "-")] if args.reference else plan:
+        if args.reference:
+            row = reference_row(base, sets, args, base_stats)
+        else:
+            row = run_one(name, available[name], mode, base, sets, args, base_stats)
         rows.append(row)
         print(f"{row.criterion:20s} {row.mode:10s} ratio {row.ratio:.3f}  pruned {row.pruned_acc:.2f}  "
               f"ft {row.ft_acc:.2f}  MACs {row.macs_speedup:.2f}x  latency {row.latency_speedup:.2f}x  "
@@ -299,8 +314,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
 
 def render(out_dir: Path) -> str:
     """``vision.md`` and ``vision.png`` from every part's rows in ``out_dir`` (in plan order)."""
-    parts = [json.loads(p.read_text()) for p in sorted(out_dir.glob("vision-part*of*.json"))]
+    parts = [json.loads(p.read_text()) for p in sorted(out_dir.glob("vision-part*.json"))]
     order = {(CRITERION_LABELS.get(c, c), m): i for i, (c, m) in enumerate(DEFAULT_PLAN)}
+    order[("unpruned (reference)", "-")] = -1
     rows = sorted((Row(**r) for p in parts for r in p["rows"]), key=lambda r: order.get((r.criterion, r.mode), 99))
     base, settings = parts[0]["base"], parts[0]["settings"]
     table = markdown(rows, base, settings)
