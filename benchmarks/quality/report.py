@@ -18,18 +18,39 @@ def _numeric(text: str) -> bool:
     return text.strip().lstrip("+-").rstrip("x%k ").replace(".", "", 1).isdigit()
 
 
-def bar_plot(labels: Sequence[str], series: dict[str, Sequence[float]], ylabel: str, title: str, path: Path,
-             reference: tuple[float, str] | None = None, ylim_bottom: float | None = None,
-             log_y: bool = False) -> None:
-    """Grouped bars, one group per label and one bar per series, with an optional horizontal reference line."""
+def figure(n_labels: int, n_series: int, rows: int = 1):
+    """A matplotlib figure (Agg backend, no display needed) wide enough for the bars, and its axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt.subplots(rows, 1, figsize=(max(6.0, 0.55 * n_labels * max(n_series, 1) + 2), 4.5 * rows),
+                        squeeze=False)
+
+
+def save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def bar_plot(labels: Sequence[str], series: dict[str, Sequence[float]], ylabel: str, title: str,
+             path: Path | None = None, reference: tuple[float, str] | None = None,
+             ylim_bottom: float | None = None, log_y: bool = False, ax=None) -> None:
+    """Grouped bars, one group per label and one bar per series, with an optional horizontal reference line.
+
+    Draws on ``ax`` when given (the caller saves the figure), else on a new figure saved to ``path``.
+    """
     n = len(series)
     width = 0.8 / max(n, 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(labels) * max(n, 1) + 2), 4.5))
+    fig = None
+    if ax is None:
+        fig, axes = figure(len(labels), n)
+        ax = axes[0][0]
     for i, (name, values) in enumerate(series.items()):
         xs = [j + (i - (n - 1) / 2) * width for j in range(len(labels))]
         ax.bar(xs, values, width, label=name)
@@ -44,7 +65,5 @@ def bar_plot(labels: Sequence[str], series: dict[str, Sequence[float]], ylabel: 
     if ylim_bottom is not None:
         ax.set_ylim(bottom=ylim_bottom)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    if fig is not None:
+        save(fig, path)

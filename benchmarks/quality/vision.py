@@ -213,11 +213,17 @@ def markdown(rows: list[Row], base_stats: dict, settings: dict) -> str:
 
 
 def plot(rows: list[Row], base_acc: float, path: Path) -> None:
+    """Accuracies on a full scale (top) and the points lost after fine-tuning, zoomed (bottom)."""
     labels = [f"{r.criterion}\n{r.mode}" for r in rows]
+    fig, axes = report.figure(len(labels), 2, rows=2)
     report.bar_plot(labels, {"pruned, no fine-tune": [r.pruned_acc for r in rows],
                              "after fine-tune": [r.ft_acc for r in rows]},
                     ylabel="test accuracy (%)", title="ResNet-20 / Fashion-MNIST at 2x fewer MACs",
-                    reference=(base_acc, "unpruned"), path=path, ylim_bottom=max(0.0, base_acc - 40))
+                    reference=(base_acc, "unpruned"), ax=axes[0][0])
+    report.bar_plot(labels, {"after fine-tune": [r.ft_acc - base_acc for r in rows]},
+                    ylabel="points vs unpruned", title="after the short fine-tune",
+                    reference=(-0.5, "target: -0.5"), ax=axes[1][0])
+    report.save(fig, path)
 
 
 def load_sets(quick: bool, calib_batches: int, latency_batch: int) -> dict:
