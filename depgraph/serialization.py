@@ -23,17 +23,77 @@ Example:
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
 
 from .errors import DepgraphError
 
-__all__ = ["state_dict", "load_state_dict", "save", "load"]
+__all__ = ["state_dict", "load_state_dict", "save", "load", "register_pruned_class"]
 
-_FORMAT = "depgraph.pruned/1"
+_FORMAT = "depgraph.pruned/2"  # /2 adds "classes"; /1 files (no class swaps) still load
+_READS = ("depgraph.pruned/1", _FORMAT)
 _RECORDS = ("_depgraph_kept", "_depgraph_kept_params", "_depgraph_inexact")
+
+
+_M = TypeVar("_M", bound=type[nn.Module])
+
+# "module.QualName" -> (class, names of the instance attributes it needs)
+_PRUNED_CLASSES: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {}
+
+
+def _class_key(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_pruned_class(*state: str) -> Callable[[_M], _M]:
+    """Register a subclass that pruning swaps a module into, so that :func:`state_dict` records the swap.
+
+    Why: a prune the original class cannot express (heads removed from
+    ``nn.MultiheadAttention``) turns the module into a depgraph subclass in
+    place (``module.__class__ = Sub``). Re-creating the model from its unpruned
+    definition must make the same swap, or the reloaded model runs the wrong
+    forward. Only registered classes are ever instantiated on load, so a file
+    cannot name arbitrary code.
+
+    Args:
+        *state: Instance attributes (in ``__dict__``; tensors, numbers, strings)
+            the subclass needs besides the parameters and public attributes
+            that :func:`state_dict` records anyway.
+
+    Returns:
+        A class decorator that returns the class unchanged.
+
+    Example:
+        >>> @register_pruned_class("_heads_kept")
+        ... class PrunedMultiheadAttention(nn.MultiheadAttention): ...
+    """
+
+    def wrap(cls: _M) -> _M:
+        key = _class_key(cls)
+        if key in _PRUNED_CLASSES and _PRUNED_CLASSES[key][0] is not cls:
+            import warnings
+
+            warnings.warn(f"depgraph: register_pruned_class replaces the class registered as {key}", stacklevel=2)
+        _PRUNED_CLASSES[key] = (cls, tuple(state))
+        return cls
+
+    return wrap
+
+
+def _swapped_classes(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """``{module name: {"class": key, "state": {attr: value}}}`` for modules of a registered class."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, m in model.named_modules():
+        entry = _PRUNED_CLASSES.get(_class_key(type(m)))
+        if entry is None or entry[0] is not type(m):
+            continue
+        state = {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v)
+                 for k in entry[1] if (v := m.__dict__.get(k)) is not None}
+        out[name] = {"class": _class_key(type(m)), "state": state}
+    return out
 
 
 def _plain(v: Any) -> bool:
@@ -49,7 +109,7 @@ def state_dict(model: nn.Module) -> dict[str, Any]:
     """The weights plus everything needed to reshape an unpruned copy of ``model`` to match.
 
     Returns:
-        ``{"format", "state_dict", "shapes", "attributes", "records", "buffers", "configs"}``;
+        ``{"format", "state_dict", "shapes", "attributes", "records", "buffers", "configs", "classes"}``;
         plain data (tensors, ints, tuples, strings), loadable with ``torch.load(weights_only=True)``.
     """
     attributes: dict[str, dict[str, Any]] = {}
@@ -71,6 +131,7 @@ def state_dict(model: nn.Module) -> dict[str, Any]:
         "records": records,
         "buffers": _pruned_non_persistent(model, records),
         "configs": _config_sizes(model),
+        "classes": _swapped_classes(model),
     }
 
 
@@ -138,45 +199,123 @@ def _pruned_non_persistent(model: nn.Module, records: dict[str, Any]) -> dict[st
 def load_state_dict(model: nn.Module, pruned_state: dict[str, Any], strict: bool = True) -> nn.Module:
     """Reshape ``model`` (an unpruned instance of the same definition) to the pruned one and load it.
 
+    Everything is checked against ``model`` before it is touched, and a failure
+    part-way restores it, so a refused load leaves ``model`` as it was.
+
+    Args:
+        model: A fresh instance of the definition the pruned model was made from.
+        pruned_state: What :func:`depgraph.state_dict` returned.
+        strict: Refuse tensors the model lacks and tensors the state lacks, as
+            ``nn.Module.load_state_dict`` does.
+
+    Returns:
+        ``model``, now the pruned model.
+
     Raises:
-        DepgraphError: the state was not made by :func:`depgraph.state_dict`, or names a
-            module or tensor that ``model`` does not have.
+        DepgraphError: the state was not made by :func:`depgraph.state_dict`, or
+            ``model`` is not an instance of the same definition (modules, module
+            classes or tensors differ); the message lists every difference.
     """
-    if not isinstance(pruned_state, dict) or pruned_state.get("format") != _FORMAT:
+    if not isinstance(pruned_state, dict) or pruned_state.get("format") not in _READS:
         raise DepgraphError("not a depgraph pruned state: make it with depgraph.state_dict(model) or depgraph.save")
     modules = dict(model.named_modules())
-    missing = [n for n in pruned_state["attributes"] if n not in modules]
+    _check_fits(model, modules, pruned_state, strict)
+    from .dependency.transaction import Snapshot  # lazy: the dependency package imports the handlers
+
+    snap = Snapshot([model, *_configs_by_module(model).values()])
+    classes = [(m, type(m)) for m in modules.values()]
+    try:
+        _apply(model, modules, pruned_state, strict)
+    except Exception as e:
+        snap.restore()
+        for m, cls in classes:
+            m.__class__ = cls
+        _refresh_rnns(model)
+        raise DepgraphError(f"loading the pruned state failed ({type(e).__name__}: {str(e)[:300]}); the model "
+                            "was restored unchanged. Load it into an instance of the unpruned definition the "
+                            "pruned model was made from") from e
+    return model
+
+
+def _check_fits(model: nn.Module, modules: dict[str, nn.Module], state: dict[str, Any], strict: bool) -> None:
+    """Every reason ``state`` cannot be loaded into ``model``, raised together before anything changes."""
+    problems = []
+    missing = [n for n in state["attributes"] if n not in modules]
     if missing:
-        raise DepgraphError(f"the pruned state names modules this model lacks: {missing[:5]}; "
-                            "load it into an instance of the same model definition")
-    for name, attrs in pruned_state["attributes"].items():
+        problems.append(f"the pruned state names modules this model lacks: {missing[:5]}")
+    for name, entry in state.get("classes", {}).items():
+        m = modules.get(name)
+        known = _PRUNED_CLASSES.get(entry["class"])
+        if known is None:
+            problems.append(f"{name}: the pruned state makes it a {entry['class']}, which is not registered "
+                            f"(known: {sorted(_PRUNED_CLASSES)}); import the module that defines it first")
+        elif m is not None and not issubclass(known[0], type(m)):
+            problems.append(f"{name} is a {type(m).__qualname__}, but the pruned module is a "
+                            f"{known[0].__qualname__}, made from a {known[0].__mro__[1].__qualname__}")
+    if strict:
+        own = set(model.state_dict().keys())
+        shapes = state["shapes"]
+        new_biases = {k for k in shapes if _bias_slot(modules, k)}
+        extra = sorted(set(shapes) - own - new_biases)
+        lacking = sorted(own - set(shapes))
+        if extra:
+            problems.append(f"the pruned state has tensors this model does not have: {extra[:5]}"
+                            + (f" and {len(extra) - 5} more" if len(extra) > 5 else ""))
+        if lacking:
+            problems.append(f"this model has tensors the pruned state lacks: {lacking[:5]}"
+                            + (f" and {len(lacking) - 5} more" if len(lacking) > 5 else ""))
+        for key in state.get("buffers", {}):
+            owner, _, attr = key.rpartition(".")
+            if modules.get(owner) is None or modules[owner]._buffers.get(attr) is None:
+                problems.append(f"the pruned state has the buffer {key!r}, which this model does not have")
+    if problems:
+        raise DepgraphError("cannot load the pruned state into this model (left unchanged): "
+                            + "; ".join(problems) + ". Load it into an instance of the unpruned definition "
+                            "the pruned model was made from")
+
+
+def _apply(model: nn.Module, modules: dict[str, nn.Module], state: dict[str, Any], strict: bool) -> None:
+    """Swap classes, set attributes, records, configs and buffers, reshape tensors, then load the weights."""
+    for name, entry in state.get("classes", {}).items():
+        m = modules[name]
+        m.__class__ = _PRUNED_CLASSES[entry["class"]][0]
+        m.__dict__.update(entry["state"])
+    for name, attrs in state["attributes"].items():
         m = modules[name]
         for k, v in attrs.items():
             if k in vars(m) and vars(m)[k] != v:
                 m.__dict__[k] = v
-    for name, rec in pruned_state.get("records", {}).items():
+    for name, rec in state.get("records", {}).items():
         for k, v in rec.items():
             modules[name].__dict__[k] = set(v) if k == "_depgraph_inexact" else v
-    _load_configs(model, pruned_state.get("configs", {}))
-    _load_buffers(modules, pruned_state.get("buffers", {}), strict)
-    _add_missing_biases(model, modules, pruned_state["shapes"])
+    _load_configs(model, state.get("configs", {}))
+    _load_buffers(modules, state.get("buffers", {}), strict)
+    _add_missing_biases(model, modules, state["shapes"])
     own = model.state_dict(keep_vars=True)
-    for key, shape in pruned_state["shapes"].items():
+    for key, shape in state["shapes"].items():
         t = own.get(key)
         if t is None:
-            if strict:
-                raise DepgraphError(f"the pruned state has {key!r}, which this model does not have")
-            continue
+            continue  # only without strict: _check_fits refused it otherwise
         if tuple(t.shape) != tuple(shape):
             with torch.no_grad():
                 t.data = torch.empty(shape, dtype=t.dtype, device=t.device)
             if getattr(t, "grad", None) is not None:
                 t.grad = None
+    _refresh_rnns(model)
+    model.load_state_dict(state["state_dict"], strict=strict)
+
+
+def _refresh_rnns(model: nn.Module) -> None:
     for m in model.modules():  # RNNs cache views of their weights
         if isinstance(m, nn.RNNBase):
             m._init_flat_weights()
-    model.load_state_dict(pruned_state["state_dict"], strict=strict)
-    return model
+
+
+def _bias_slot(modules: dict[str, nn.Module], key: str) -> bool:
+    """``key`` is the bias of a module defined without one (bias compensation added it)."""
+    owner_name, _, attr = key.rpartition(".")
+    m = modules.get(owner_name)
+    return attr == "bias" and m is not None and "bias" in m._parameters and m._parameters["bias"] is None
 
 
 def _load_buffers(modules: dict[str, nn.Module], buffers: dict[str, torch.Tensor], strict: bool) -> None:
@@ -199,9 +338,8 @@ def _add_missing_biases(model: nn.Module, modules: dict[str, nn.Module], shapes:
     and typed like the state (filled by ``load_state_dict`` right after).
     """
     for key, shape in shapes.items():
-        owner_name, _, attr = key.rpartition(".")
-        m = modules.get(owner_name)
-        if attr == "bias" and m is not None and "bias" in m._parameters and m._parameters["bias"] is None:
+        if _bias_slot(modules, key):
+            m = modules[key.rpartition(".")[0]]
             w = getattr(m, "weight", None)
             like = w if isinstance(w, torch.Tensor) else torch.empty(0)
             m.bias = nn.Parameter(torch.zeros(shape, dtype=like.dtype, device=like.device))

@@ -148,3 +148,107 @@ def test_tp_load_then_save_pretrained_keeps_the_rope_config(tmp_path) -> None:
     fresh.save_pretrained(tmp_path / "hf")
     reloaded = type(fresh).from_pretrained(tmp_path / "hf").eval()
     assert torch.equal(logits(reloaded, inputs), logits(pruned, inputs))
+
+
+# -- a module whose class pruning swaps: nn.MultiheadAttention that lost heads -------------------
+
+
+def _encoder(num_layers: int = 2) -> nn.TransformerEncoder:
+    """Weights fixed by seed; heads 0 and 2 of every layer made weakest, so they are the ones removed."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.0)
+    model = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False).eval()
+    with torch.no_grad():
+        for layer in model.layers:
+            rows = torch.cat([torch.arange(h * 8, h * 8 + 8) + j * 32 for h in (0, 2) for j in range(3)])
+            layer.self_attn.in_proj_weight[rows] *= 0.01
+    return model
+
+
+def _head_pruned_encoder(x: torch.Tensor) -> tuple[nn.TransformerEncoder, tp.pruner.BasePruner]:
+    model = _encoder()
+    pruner = tp.pruner.BasePruner(model, x, tp.importance.GroupMagnitudeImportance(), pruning_ratio=0.5,
+                                  prune_num_heads=True, head_pruning_ratio=0.5)
+    pruner.step()
+    return model, pruner
+
+
+def assert_same_pruned_model(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
+    """Same module classes, recorded attributes and state (``_heads_kept`` too), and identical outputs."""
+    sa, sb = tp.state_dict(a), tp.state_dict(b)
+    assert [type(m) for m in a.modules()] == [type(m) for m in b.modules()]
+    assert sa["attributes"] == sb["attributes"] and sa["shapes"] == sb["shapes"]
+    assert sa["classes"].keys() == sb["classes"].keys()
+    for name, entry in sa["classes"].items():
+        assert entry["class"] == sb["classes"][name]["class"]
+        assert all(torch.equal(v, sb["classes"][name]["state"][k]) for k, v in entry["state"].items())
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+        # a per-head mask (B * original heads, L, S) reaches only the kept heads: _heads_kept must agree
+        mask = torch.randn(2 * 4, x.shape[1], x.shape[1])
+        ma, mb = a.layers[0].self_attn, b.layers[0].self_attn
+        assert torch.equal(ma(x, x, x, attn_mask=mask)[0], mb(x, x, x, attn_mask=mask)[0])
+
+
+def test_head_pruned_multihead_attention_round_trips(tmp_path) -> None:
+    from depgraph.functional.pruned_mha import PrunedMultiheadAttention
+
+    torch.set_num_threads(1)
+    x = torch.randn(2, 6, 32)
+    pruned, _ = _head_pruned_encoder(x)
+    for layer in pruned.layers:
+        assert type(layer.self_attn) is PrunedMultiheadAttention
+        assert layer.self_attn._heads_kept.tolist() == [1, 3] and layer.linear1.out_features == 32
+    tp.save(pruned, tmp_path / "pruned.pth")
+    fresh = tp.load(_encoder(), tmp_path / "pruned.pth")
+    assert_same_pruned_model(fresh, pruned, x)
+    assert tp.verify(_encoder(), fresh, x).shapes_match
+
+
+def test_wrong_definition_is_refused_and_left_unchanged() -> None:
+    x = torch.randn(2, 6, 32)
+    state = tp.state_dict(_head_pruned_encoder(x)[0])
+    for wrong, match in ((_encoder(3), r"tensors the pruned state lacks: \['layers.2"),
+                         (_encoder(1), r"modules this model lacks: \['layers.1")):
+        before = {k: v.clone() for k, v in wrong.state_dict().items()}
+        with pytest.raises(tp.DepgraphError, match=match):
+            tp.load_state_dict(wrong, state)
+        assert all(type(layer.self_attn) is nn.MultiheadAttention for layer in wrong.layers)
+        assert wrong.layers[0].self_attn.num_heads == 4
+        assert all(torch.equal(before[k], v) for k, v in wrong.state_dict().items())
+    # a module of another class where the pruned state swaps one
+    wrong = _encoder()
+    wrong.layers[1].self_attn = nn.Linear(32, 32)
+    with pytest.raises(tp.DepgraphError, match=r"layers.1.self_attn is a Linear, but the pruned module is a "
+                                               r"PrunedMultiheadAttention, made from a MultiheadAttention"):
+        tp.load_state_dict(wrong, state)
+    assert type(wrong.layers[0].self_attn) is nn.MultiheadAttention
+
+
+def test_a_load_failing_part_way_restores_the_model(monkeypatch) -> None:
+    x = torch.randn(2, 6, 32)
+    state = tp.state_dict(_head_pruned_encoder(x)[0])
+    fresh = _encoder()
+    with torch.no_grad():
+        expected = fresh(x)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(nn.Module, "load_state_dict", broken)
+    with pytest.raises(tp.DepgraphError, match="disk on fire.*restored unchanged"):
+        tp.load_state_dict(fresh, state)
+    monkeypatch.undo()
+    attn = fresh.layers[0].self_attn
+    assert type(attn) is nn.MultiheadAttention and attn.num_heads == 4 and "_heads_kept" not in vars(attn)
+    assert attn.in_proj_weight.shape == (96, 32) and fresh.layers[0].linear1.out_features == 64
+    with torch.no_grad():
+        assert torch.equal(fresh(x), expected)
+
+
+def test_unregistered_class_is_refused() -> None:
+    x = torch.randn(2, 6, 32)
+    state = tp.state_dict(_head_pruned_encoder(x)[0])
+    state["classes"]["layers.0.self_attn"]["class"] = "os.system"
+    with pytest.raises(tp.DepgraphError, match=r"layers.0.self_attn: .* os.system, which is not registered"):
+        tp.load_state_dict(_encoder(), state)

@@ -29,6 +29,7 @@ from ..trace.kept import CacheDropper
 from ..trace.recorder import call_model, record
 from .build import GraphBuilder
 from .group import Group
+from .heads import ModuleHeadsGroup
 from .node import Dependency, GroupItem, Node
 from .records import update_records
 from .transaction import Snapshot
@@ -426,7 +427,7 @@ class DependencyGraph:
         self._dead = dead
         update_records(ordered, widths, group.inexact_reasons)
         if record_history:
-            self._history.append([root.dep.target.name, root.dep.is_out(), list(root.idxs)])
+            self.record_history(root.dep.target.name, root.dep.is_out(), root.idxs)
 
     def _bound_attributes(self, plan: Propagation, dead: dict[int, torch.Tensor]) -> list[tuple[Any, str, int]]:
         """``(module, attribute, new value)`` for size attributes of dims this group shrinks.
@@ -468,17 +469,45 @@ class DependencyGraph:
 
     # -- history ------------------------------------------------------------------------
     def pruning_history(self) -> list[list]:
-        """``[module_name, is_out_channel_pruning, idxs]`` per pruned group, in order."""
+        """``[module_name, is_out_channel_pruning, idxs]`` per pruned group, in order.
+
+        Whole heads removed from a layer that prunes them as one unit
+        (``nn.MultiheadAttention``) are ``[module_name, "heads", head_idxs]``: the
+        second field says which kind of prune to replay.
+        """
         return [list(h) for h in self._history]
 
+    def record_history(self, module_name: str, kind: bool | str, idxs: Indices) -> None:
+        """Append one entry to :meth:`pruning_history` (groups call this after they prune)."""
+        self._history.append([module_name, kind, [int(i) for i in idxs]])
+
     def load_pruning_history(self, pruning_history: list) -> None:
-        """Replay a history (from ``pruning_history()``) on this graph's freshly traced model."""
-        for name, is_out, idxs in pruning_history:
-            target = self._names.get(name)
-            if target is None:
-                raise UnknownModuleError(f"{name!r} from the pruning history is not a module of this model")
+        """Replay a history (from ``pruning_history()``) on this graph's freshly traced model.
+
+        Every entry's module is looked up before the first one is replayed, so a
+        history recorded on another definition is refused with the model unchanged.
+
+        Raises:
+            UnknownModuleError: entries name modules this model lacks.
+            DepgraphError: entries remove heads from modules that cannot lose heads,
+                or an entry fails to replay (the entries before it stay applied).
+        """
+        unknown = sorted({name for name, _, _ in pruning_history if name not in self._names})
+        if unknown:
+            raise UnknownModuleError(f"the pruning history names modules this model lacks: {unknown[:5]}; "
+                                     "replay it on the unpruned definition it was recorded on")
+        headless = sorted({name for name, kind, _ in pruning_history
+                           if kind == "heads" and not hasattr(self._node(self._names[name]).handler, "prune_heads")})
+        if headless:
+            raise DepgraphError(f"the pruning history removes heads of {headless[:5]}, whose handlers cannot "
+                                "remove heads; replay it on the unpruned definition it was recorded on")
+        for name, kind, idxs in pruning_history:
+            target = self._names[name]
             node = self._node(target)
-            fn = node.handler.prune_out_channels if is_out else node.handler.prune_in_channels
+            if kind == "heads":
+                ModuleHeadsGroup(self, node, list(idxs)).prune(record_history=True)
+                continue
+            fn = node.handler.prune_out_channels if kind else node.handler.prune_in_channels
             self.get_pruning_group(target, fn, idxs).prune(record_history=True)
 
     # -- legacy spellings ------------------------------------------------------------------

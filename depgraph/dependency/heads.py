@@ -357,6 +357,8 @@ class ModuleHeadsGroup(Group):
             module.__class__ = cls
             raise DepgraphError(f"removing heads {heads} of {item.dep.target.name} failed ({type(e).__name__}: "
                                 f"{e}); the model was restored unchanged") from e
+        if record_history:  # replayed by DependencyGraph.load_pruning_history
+            self._graph.record_history(item.dep.target.name, "heads", heads)
 
     exec = prune
 

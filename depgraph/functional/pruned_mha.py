@@ -23,14 +23,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..serialization import register_pruned_class
+
 __all__ = ["PrunedMultiheadAttention"]
 
 
+@register_pruned_class("_heads_kept")
 class PrunedMultiheadAttention(nn.MultiheadAttention):
     """An ``nn.MultiheadAttention`` whose inner width ``num_heads * head_dim`` may be below ``embed_dim``.
 
     ``_heads_kept`` holds the original index of every remaining head (a 3-D
-    ``attn_mask`` given per original head is narrowed to them).
+    ``attn_mask`` given per original head is narrowed to them). Registered with
+    :func:`~depgraph.serialization.register_pruned_class`, so ``tp.save`` records
+    the swap and ``_heads_kept`` and ``tp.load`` re-creates it from the unpruned model.
     """
 
     # The fused fast paths of nn.TransformerEncoderLayer / nn.TransformerEncoder read the

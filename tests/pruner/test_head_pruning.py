@@ -234,6 +234,40 @@ def test_multihead_attention_heads_with_hidden_dims():
         tp.pruner.BasePruner(fresh, x, MAG(), num_heads={fresh.encoder.layers[0].self_attn: 3})
 
 
+def test_multihead_attention_heads_replay_from_the_pruning_history():
+    from depgraph.functional.pruned_mha import PrunedMultiheadAttention
+
+    model, x = _Encoder().eval(), torch.randn(2, 6, 8)
+    with torch.no_grad():  # heads 0 and 2 weakest: the kept heads are not simply the first ones
+        for layer in model.encoder.layers:
+            rows = torch.cat([torch.arange(h * 8, h * 8 + 8) + j * 32 for h in (0, 2) for j in range(3)])
+            layer.self_attn.in_proj_weight[rows] *= 0.01
+    reference = copy.deepcopy(model)
+    _, pruner = prune_heads(model, x, head_pruning_ratio=0.5, pruning_ratio=0.5)
+    history = pruner.pruning_history()
+    assert ["encoder.layers.0.self_attn", "heads", [0, 2]] in history
+    assert any(name == "encoder.layers.1.linear1" and kind is True for name, kind, _ in history)
+
+    fresh = copy.deepcopy(reference)
+    replay = tp.pruner.BasePruner(fresh, x, MAG(), prune_num_heads=True)
+    replay.load_pruning_history(history)
+    assert replay.pruning_history() == history
+    for a, b in zip(fresh.encoder.layers, model.encoder.layers, strict=True):
+        assert type(a.self_attn) is PrunedMultiheadAttention
+        assert a.self_attn._heads_kept.tolist() == b.self_attn._heads_kept.tolist() == [1, 3]
+        assert vars(a.self_attn)["num_heads"] == 2 and a.linear1.out_features == b.linear1.out_features == 32
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))
+
+    wrong = _Encoder().eval()  # one layer: the entries of layer 0 would apply, those of layer 1 cannot
+    wrong.encoder.layers, wrong.encoder.num_layers = wrong.encoder.layers[:1], 1
+    with pytest.raises(tp.DepgraphError, match=r"modules this model lacks: \['encoder.layers.1.linear1"):
+        tp.pruner.BasePruner(wrong, x, MAG()).load_pruning_history(history)
+    layer = wrong.encoder.layers[0]
+    assert type(layer.self_attn) is nn.MultiheadAttention and layer.self_attn.num_heads == 4
+    assert layer.linear1.out_features == 64
+
+
 # -- timm -----------------------------------------------------------------------------------------
 
 
