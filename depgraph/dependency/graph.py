@@ -494,7 +494,9 @@ class DependencyGraph:
         """
         unknown = sorted({name for name, _, _ in pruning_history if name not in self._names})
         if unknown:
-            raise UnknownModuleError(f"the pruning history names modules this model lacks: {unknown[:5]}; "
+            names = ", ".join(repr(n) for n in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            verb = "is not a module" if len(unknown) == 1 else "are not modules"
+            raise UnknownModuleError(f"{names} from the pruning history {verb} of this model; "
                                      "replay it on the unpruned definition it was recorded on")
         headless = sorted({name for name, kind, _ in pruning_history
                            if kind == "heads" and not hasattr(self._node(self._names[name]).handler, "prune_heads")})

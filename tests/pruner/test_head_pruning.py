@@ -261,7 +261,7 @@ def test_multihead_attention_heads_replay_from_the_pruning_history():
 
     wrong = _Encoder().eval()  # one layer: the entries of layer 0 would apply, those of layer 1 cannot
     wrong.encoder.layers, wrong.encoder.num_layers = wrong.encoder.layers[:1], 1
-    with pytest.raises(tp.DepgraphError, match=r"modules this model lacks: \['encoder.layers.1.linear1"):
+    with pytest.raises(tp.DepgraphError, match=r"'encoder.layers.1.linear1', .* from the pruning history are not modules"):
         tp.pruner.BasePruner(wrong, x, MAG()).load_pruning_history(history)
     layer = wrong.encoder.layers[0]
     assert type(layer.self_attn) is nn.MultiheadAttention and layer.self_attn.num_heads == 4
