@@ -235,8 +235,11 @@ def check_known_modules(model: nn.Module, options: PrunerOptions) -> None:
     for key, _ in options.pruning_ratio_dict:
         for m in key if isinstance(key, tuple) else (key,):
             check(m, "pruning_ratio_dict")
-    for name in ("in_channel_groups", "out_channel_groups", "num_heads", "head_pruning_ratio_dict"):
+    for name in ("in_channel_groups", "out_channel_groups", "num_heads"):
         for m, _ in getattr(options, name):
             check(m, name)
+    for key, _ in options.head_pruning_ratio_dict:  # a tuple key is one pooled scope
+        for m in key if isinstance(key, tuple) else (key,):
+            check(m, "head_pruning_ratio_dict")
     if problems:
         raise ValueError("invalid pruner options:\n  - " + "\n  - ".join(problems))

@@ -143,6 +143,10 @@ def test_modules_must_belong_to_the_model(net):
         P.BasePruner(net, X, I.GroupMagnitudeImportance(), pruning_ratio_dict={(net[0], other): 0.2})
     with pytest.raises(ValueError, match="out_channel_groups: Conv2d is not part of the model"):
         P.BasePruner(net, X, I.GroupMagnitudeImportance(), out_channel_groups={other: 2})
+    # a tuple key of head_pruning_ratio_dict is one pooled scope: its members are checked one by one
+    P.BasePruner(net, X, I.GroupMagnitudeImportance(), head_pruning_ratio_dict={(net[0], net[3]): 0.5})
+    with pytest.raises(ValueError, match="head_pruning_ratio_dict: Conv2d is not part of the model"):
+        P.BasePruner(net, X, I.GroupMagnitudeImportance(), head_pruning_ratio_dict={(net[0], other): 0.5})
 
 
 def test_head_options_are_stored(net):
