@@ -48,13 +48,6 @@ def kept_heads(pruned: torch.Tensor, original: torch.Tensor, head_dim: int) -> l
 # -- Hugging Face ------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _hf(name: str, **overrides):
     pytest.importorskip("transformers")

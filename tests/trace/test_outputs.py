@@ -34,13 +34,6 @@ def test_model_output_keeps_the_result_only():
     del transformers
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.zoo
 def test_hf_causal_lm_without_output_transform_prunes_heads_mlp_and_hidden(tmp_path):
