@@ -3,10 +3,13 @@
     python examples/prune_llm.py --model PATH_OR_NAME --ratio 0.25 --save pruned/
 
 The same fraction of key/value heads (with the query heads that share them, under
-GQA) and of MLP channels goes from every layer, chosen by group weight magnitude,
-so the pruned model still has one head count and one MLP width for all layers:
-its config can describe it, and ``from_pretrained`` on the saved folder rebuilds it.
-Prints parameters, MACs and perplexity on a text before and after.
+GQA) and of MLP channels goes from every layer, ranked by a criterion (by default
+activation fluctuation calibrated on the text; ``--criterion magnitude`` needs no
+data), so the pruned model still has one head count and one MLP width for all
+layers: its config can describe it, and ``from_pretrained`` on the saved folder
+rebuilds it. Prints parameters, MACs and perplexity on a text before and after.
+(The text serves as calibration and evaluation here; for a fair number, calibrate
+and evaluate on different text, as benchmarks/quality/llm.py does.)
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 import torch
 
 import depgraph as tp
-from depgraph.integrations.transformers import attention_layers, check_config, mlp_layers
+from depgraph.integrations.transformers import check_config
 
 TEXT = (
     "Structural pruning removes whole channels, attention heads and hidden dimensions from a network, "
@@ -64,31 +67,38 @@ def measure(model, ids: torch.Tensor) -> dict[str, float]:
     return {"params": params, "macs": macs, "ppl": perplexity(model, ids)}
 
 
-def _prune_lowest(DG, root, fn, width: int, n_remove: int, block: int = 1) -> None:
-    """Remove the ``n_remove`` blocks of ``block`` root channels with the lowest group magnitude."""
-    if n_remove <= 0:
-        return
-    group = DG.get_pruning_group(root, fn, list(range(width)))  # every channel: scored, never pruned
-    scores = tp.importance.GroupMagnitudeImportance()(group).view(-1, block).sum(1)
-    worst = torch.argsort(scores)[:n_remove]
-    idxs = (worst[:, None] * block + torch.arange(block)).flatten().tolist()
-    DG.get_pruning_group(root, fn, idxs).prune()
+CRITERIA = {
+    "magnitude": tp.importance.GroupMagnitudeImportance,
+    "activation": tp.importance.ActivationWeightImportance,
+    "fluctuation": tp.importance.FluctuationImportance,
+}
 
 
-def prune(model, ids: torch.Tensor, ratio: float, head_ratio: float) -> None:
-    """``head_ratio`` of the key/value heads and ``ratio`` of the MLP channels of every layer."""
-    DG = tp.DependencyGraph().build_dependency(model, {"input_ids": ids}, output_transform=lambda o: o.logits)
-    for a in attention_layers(model):
-        n_remove = min(int(a.kv_heads * head_ratio), a.kv_heads - 1)
-        if a.fused:  # GPT-2 style: a head is a block of the output projection's input
-            # (GPT-2's Conv1D acts as a Linear: the Linear pruning functions accept it)
-            out_proj = getattr(a.module, "c_proj", None) or a.module.o_proj
-            _prune_lowest(DG, out_proj, tp.prune_linear_in_channels, a.q_width,
-                          min(int(a.heads * head_ratio), a.heads - 1), a.head_dim)
-        else:  # a key head: its query heads and output columns follow
-            _prune_lowest(DG, a.k, tp.prune_linear_out_channels, a.kv_width, n_remove, a.head_dim)
-    for m in mlp_layers(model):
-        _prune_lowest(DG, m.down, tp.prune_linear_in_channels, m.width, int(m.width * ratio))
+def importance(name: str, model, ids: torch.Tensor):
+    """The criterion ``name``; the data-aware ones are calibrated on ``ids`` first."""
+    imp = CRITERIA[name]()
+    return imp.calibrate(model, {"input_ids": ids}) if hasattr(imp, "calibrate") else imp
+
+
+def prune(model, ids: torch.Tensor, ratio: float, head_ratio: float, criterion: str = "fluctuation",
+          bias_compensation: bool = False) -> None:
+    """``head_ratio`` of the key/value heads and ``ratio`` of the MLP channels of every layer.
+
+    Local pruning (one ratio per layer) keeps one head count and one MLP width for all
+    layers, which is what a transformers config can describe. The embedding and the LM head
+    are ignored, so the hidden size stays; head dims stay too (a config cannot describe
+    RoPE frequencies with arbitrary pairs removed).
+    """
+    imp = importance(criterion, model, ids)
+    ignored = [model.get_input_embeddings(), model.get_output_embeddings()]
+    if head_ratio <= 0:  # leave attention alone: no head and no head dim goes
+        ignored += [m for name, m in model.named_modules() if name.endswith(("attn", "attention"))]
+    pruner = tp.pruner.BasePruner(
+        model, {"input_ids": ids[:, :32]}, imp, pruning_ratio=ratio, ignored_layers=ignored,
+        prune_num_heads=head_ratio > 0, head_pruning_ratio=head_ratio, prune_head_dims=False,
+        bias_compensation=bias_compensation,
+    )
+    pruner.step()
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
@@ -97,6 +107,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--ratio", type=float, default=0.25, help="fraction of heads and MLP channels to remove")
     parser.add_argument("--head-ratio", type=float, help="fraction of key/value heads (default: --ratio); "
                         "0 for models whose config derives the head size from the hidden size (GPT-2, OPT)")
+    parser.add_argument("--criterion", default="fluctuation", choices=sorted(CRITERIA),
+                        help="channel ranking; activation and fluctuation are calibrated on the text")
+    parser.add_argument("--bias-compensation", action="store_true",
+                        help="fold the mean of removed MLP/head inputs into the next layer's bias")
     parser.add_argument("--text-file", type=Path, help="text for perplexity (default: a built-in paragraph)")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens of the text to use")
     parser.add_argument("--save", type=Path, help="folder for save_pretrained of the pruned model")
@@ -116,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         # Layer by layer, the layers differ until the last one is pruned; check_config below
         # tells whether the end result can be saved.
         warnings.filterwarnings("ignore", message="depgraph: after this prune")
-        prune(model, ids[:, :32], args.ratio, head_ratio)
+        prune(model, ids, args.ratio, head_ratio, args.criterion, args.bias_compensation)
     seconds = time.perf_counter() - start
     after = measure(model, ids)
 

@@ -53,3 +53,16 @@ def test_prune_llm_example_mlp_only_on_gpt2(tmp_path) -> None:
 def test_prune_llm_example_rejects_bad_ratio(tmp_path) -> None:
     with pytest.raises(SystemExit):
         _example().main(["--model", str(tmp_path), "--ratio", "1.5"])
+
+
+def test_prune_llm_example_bias_compensation_reloads(tmp_path) -> None:
+    """Compensated biases are saved with the config flags that make from_pretrained build them."""
+    checkpoint, out = tmp_path / "tiny", tmp_path / "pruned"
+    FAMILIES["llama"].build(num_hidden_layers=2).save_pretrained(checkpoint)
+    example = _example()
+    example.main(["--model", str(checkpoint), "--ratio", "0.5", "--criterion", "activation",
+                  "--bias-compensation", "--seq-len", "64", "--save", str(out)])
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert reloaded.config.mlp_bias and reloaded.model.layers[0].mlp.down_proj.bias.abs().sum() > 0
+    ids = torch.randint(0, reloaded.config.vocab_size, (1, 6))
+    assert reloaded.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0).shape == (1, 9)
