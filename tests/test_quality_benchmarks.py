@@ -227,6 +227,7 @@ def test_llm_data_aware_criterion_calibrates_on_the_copy(qb, tiny_llama) -> None
     pruned = llm.pruned_copy(tiny_llama, imp, 0.25, 0.0, calib[:1], crit)
     assert pruned.model.layers[0].mlp.down_proj.in_features == 48
     assert pruned.model.layers[0].mlp.down_proj.bias is not None  # the compensation went into a bias
+    assert llm.check_reload(pruned, calib[:1]) < 1e-5  # the config says mlp_bias=True: from_pretrained keeps it
     assert tiny_llama.model.layers[0].mlp.down_proj.in_features == 64
 
 
@@ -252,7 +253,7 @@ def test_llm_render_from_saved_rows(qb, tmp_path: Path) -> None:
              "rows": [llm.asdict(r) for r in rows]}
     (tmp_path / "llm.json").write_text(llm.json.dumps(state))
     table = llm.render(tmp_path, "llm")
-    assert "| act | 20.0% (20%) | 0% | 0.300 | 60.00 | 3.00x |" in table
+    assert "| act | 20.0% (20%) | 0 of 3 | 0.300 | 60.00 | 3.00x |" in table
     assert "- act, 20%: 'text'" in table and (tmp_path / "llm.png").exists()
 
 

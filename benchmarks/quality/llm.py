@@ -43,6 +43,7 @@ from search import search_ratio  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK_RESULTS = Path(tempfile.gettempdir()) / "depgraph-quality-quick"
 PROMPT = "The history of the city of London begins"
+KV_HEADS = 3  # SmolLM2-135M's key/value heads per layer (each shared by 3 query heads)
 
 
 def load_smollm2() -> tuple[nn.Module, Any]:
@@ -223,8 +224,10 @@ def markdown(rows: list[Row], base_ppl: float, base_params: int, base_sample: st
             f"no fine-tune. Perplexity on {settings['eval_tokens']} held-out Wikipedia tokens in windows of "
             f"{settings['context']}; calibration: {settings['calib_tokens']} tokens of other articles. "
             f"Unpruned: ppl {base_ppl:.2f}.\n\n")
-    cols = ["criterion", "params removed (target)", "KV heads removed", "MLP ratio", "ppl", "ppl / unpruned"]
-    body = [[r.criterion, f"{r.removed:.1%} ({r.target:.0%})", f"{r.heads:.0%}", f"{r.ratio:.3f}",
+    cols = ["criterion", "params removed (target)", "KV heads removed per layer", "MLP ratio", "ppl",
+            "ppl / unpruned"]
+    body = [[r.criterion, f"{r.removed:.1%} ({r.target:.0%})", f"{math.floor(r.heads * KV_HEADS + 1e-9)} of {KV_HEADS}",
+             f"{r.ratio:.3f}",
              f"{r.ppl:.2f}", f"{r.ppl / base_ppl:.2f}x"] for r in rows]
     samples = [f"- unpruned: {base_sample!r}"] + [
         f"- {r.criterion}, {r.target:.0%}{' (heads too)' if r.heads else ''}: {r.sample!r}"
