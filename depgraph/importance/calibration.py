@@ -91,28 +91,34 @@ class ChannelStats:
         return ChannelStats(self.index[positions], self.count, self.sum[positions], self.sumsq[positions])
 
 
-class CalibrationStats(Mapping):
-    """``{layer: ChannelStats}`` for the consumers a calibration reached.
+class LayerTable(Mapping):
+    """Read-only ``{layer: record}`` mapping keyed by module object, so it belongs to one model.
 
-    Built by :func:`collect_activation_stats` (or a criterion's ``calibrate``).
-    Keyed by module object, so it belongs to one model instance.
+    The base of the calibration results (:class:`CalibrationStats`, ``InputCovariance``):
+    they differ in what they accumulate, not in how they are looked up.
     """
 
     def __init__(self) -> None:
-        self._stats: dict[nn.Module, ChannelStats] = {}
+        self._table: dict[nn.Module, Any] = {}
 
-    # -- Mapping -------------------------------------------------------------------
-    def __getitem__(self, module: nn.Module) -> ChannelStats:
-        return self._stats[module]
+    def __getitem__(self, module: nn.Module) -> Any:
+        return self._table[module]
 
     def __iter__(self) -> Iterator[nn.Module]:
-        return iter(self._stats)
+        return iter(self._table)
 
     def __len__(self) -> int:
-        return len(self._stats)
+        return len(self._table)
 
     def __repr__(self) -> str:
-        return f"CalibrationStats({len(self)} layers)"
+        return f"{type(self).__name__}({len(self)} layers)"
+
+
+class CalibrationStats(LayerTable):
+    """``{layer: ChannelStats}`` for the consumers a calibration reached.
+
+    Built by :func:`collect_activation_stats` (or a criterion's ``calibrate``).
+    """
 
     # -- accumulating --------------------------------------------------------------------
     @torch.no_grad()
@@ -129,17 +135,17 @@ class CalibrationStats(Mapping):
         flat = x.detach().movedim(d, -1).reshape(-1, width).to(torch.float64)
         s, sq = flat.sum(0), (flat * flat).sum(0)
         index = _original_index(module, width)
-        prev = self._stats.get(module)
+        prev = self._table.get(module)
         if prev is not None and not torch.equal(prev.index, index.to(prev.index.device)):
             raise DepgraphError(
                 f"calibration: the input channels of {type(module).__name__} changed between "
                 "batches of one calibration; do not prune while collecting statistics"
             )
         if prev is None:
-            self._stats[module] = ChannelStats(index.to(s.device), float(flat.shape[0]), s, sq)
+            self._table[module] = ChannelStats(index.to(s.device), float(flat.shape[0]), s, sq)
         else:
             dev = prev.sum.device
-            self._stats[module] = ChannelStats(
+            self._table[module] = ChannelStats(
                 prev.index, prev.count + flat.shape[0], prev.sum + s.to(dev), prev.sumsq + sq.to(dev)
             )
 
@@ -153,7 +159,7 @@ class CalibrationStats(Mapping):
             DepgraphError: some channel has no statistics (the layer was changed
                 outside depgraph, or widened, since calibration).
         """
-        st = self._stats.get(module)
+        st = self._table.get(module)
         if st is None:
             return None
         width = _current_width(module)

@@ -115,7 +115,33 @@ def compensate_bias(group: Iterable[Any], stats: CalibrationStats) -> list[nn.Mo
     return list(changes)
 
 
-class BiasCompensation:
+class BeforePruneHook:
+    """A change to the model made inside every group prune's transaction, before channels go.
+
+    The graph calls ``hook(graph, items)`` with the group's members after validating and
+    snapshotting them, so a prune that fails afterwards restores what the hook changed too.
+    Subclasses implement ``__call__``; detaching keeps what earlier prunes changed.
+    """
+
+    _graph: Any = None
+
+    def __call__(self, graph: Any, items: list) -> None:
+        raise NotImplementedError
+
+    def attach(self, graph: Any) -> BeforePruneHook:
+        if self not in graph._before_prune_hooks:
+            graph._before_prune_hooks.append(self)
+        self._graph = graph
+        return self
+
+    def detach(self) -> None:
+        """Stop running on later prunes."""
+        if self._graph is not None and self in self._graph._before_prune_hooks:
+            self._graph._before_prune_hooks.remove(self)
+        self._graph = None
+
+
+class BiasCompensation(BeforePruneHook):
     """A graph hook that compensates biases inside every group prune's transaction.
 
     Registered on ``DG._before_prune_hooks`` by :func:`enable_bias_compensation`;
@@ -129,7 +155,6 @@ class BiasCompensation:
 
     def __init__(self, stats: CalibrationStats | Callable[[], CalibrationStats | None]) -> None:
         self._stats = stats
-        self._graph: Any = None
 
     def stats(self) -> CalibrationStats:
         given = self._stats
@@ -144,17 +169,6 @@ class BiasCompensation:
     def __call__(self, graph: Any, items: list) -> None:
         compensate_bias(items, self.stats())
 
-    def attach(self, graph: Any) -> BiasCompensation:
-        if self not in graph._before_prune_hooks:
-            graph._before_prune_hooks.append(self)
-        self._graph = graph
-        return self
-
-    def detach(self) -> None:
-        """Stop compensating (already compensated biases stay)."""
-        if self._graph is not None and self in self._graph._before_prune_hooks:
-            self._graph._before_prune_hooks.remove(self)
-        self._graph = None
 
 
 def enable_bias_compensation(

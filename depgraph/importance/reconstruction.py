@@ -34,7 +34,7 @@ the covariance of whole kernel windows).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +44,9 @@ import torch.nn as nn
 from ..errors import DepgraphError
 from ..trace.recorder import call_model
 from .base import GroupImportance, register_importance
-from .calibration import CalibrationStats, ChannelStats, _batches, _original_index
+from .calibration import CalibrationStats, ChannelStats, LayerTable, _batches, _original_index
 from .channels import handler_side
+from .compensation import BeforePruneHook
 from .magnitude import GroupMagnitudeImportance
 from .reduce import Normalizer, Reduction
 
@@ -80,23 +81,8 @@ class LayerCovariance:
         return self.gram / self.count
 
 
-class InputCovariance(Mapping):
+class InputCovariance(LayerTable):
     """``{linear: LayerCovariance}`` from :func:`collect_input_covariance`, keyed by module object."""
-
-    def __init__(self) -> None:
-        self._cov: dict[nn.Module, LayerCovariance] = {}
-
-    def __getitem__(self, module: nn.Module) -> LayerCovariance:
-        return self._cov[module]
-
-    def __iter__(self) -> Iterator[nn.Module]:
-        return iter(self._cov)
-
-    def __len__(self) -> int:
-        return len(self._cov)
-
-    def __repr__(self) -> str:
-        return f"InputCovariance({len(self)} layers)"
 
     @torch.no_grad()
     def add(self, module: nn.Linear, x: torch.Tensor) -> None:
@@ -108,16 +94,16 @@ class InputCovariance(Mapping):
         # float32 products per batch (the expensive part), float64 accumulation across batches
         gram = (z.T @ z).to(torch.float64)
         index = _original_index(module, x.shape[-1])
-        prev = self._cov.get(module)
+        prev = self._table.get(module)
         if prev is None:
-            self._cov[module] = LayerCovariance(index.to(gram.device), float(flat.shape[0]), gram)
+            self._table[module] = LayerCovariance(index.to(gram.device), float(flat.shape[0]), gram)
             return
         if not torch.equal(prev.index, index.to(prev.index.device)):
             raise DepgraphError(
                 f"covariance: the input channels of {type(module).__name__} changed between batches "
                 "of one calibration; do not prune while collecting statistics"
             )
-        self._cov[module] = LayerCovariance(prev.index, prev.count + flat.shape[0], prev.gram + gram.to(prev.gram.device))
+        self._table[module] = LayerCovariance(prev.index, prev.count + flat.shape[0], prev.gram + gram.to(prev.gram.device))
 
     def lookup(self, module: nn.Module) -> torch.Tensor | None:
         """``E[z z^T]`` over ``module``'s *current* input channels (plus the constant), or None.
@@ -125,7 +111,7 @@ class InputCovariance(Mapping):
         Raises:
             DepgraphError: a current channel has no statistics (the layer changed outside depgraph).
         """
-        cov = self._cov.get(module)
+        cov = self._table.get(module)
         if cov is None:
             return None
         original = _original_index(module, int(module.weight.shape[1])).to(cov.index.device)
@@ -142,16 +128,16 @@ class InputCovariance(Mapping):
         """Per-channel mean and variance read off the second moments (one calibration pass serves
         :class:`~depgraph.importance.FluctuationImportance` and bias compensation too)."""
         out = CalibrationStats()
-        for module, cov in self._cov.items():
+        for module, cov in self._table.items():
             n = cov.index.numel()
-            out._stats[module] = ChannelStats(cov.index, cov.count, cov.gram[:n, n].clone(),
+            out._table[module] = ChannelStats(cov.index, cov.count, cov.gram[:n, n].clone(),
                                               cov.gram.diagonal()[:n].clone())
         return out
 
     def named(self, model: nn.Module) -> dict[str, LayerCovariance]:
         """``{qualified name: LayerCovariance}`` for ``torch.save`` (modules are not picklable keys)."""
         names = {m: n for n, m in model.named_modules()}
-        return {names[m]: cov for m, cov in self._cov.items() if m in names}
+        return {names[m]: cov for m, cov in self._table.items() if m in names}
 
     @classmethod
     def from_named(cls, model: nn.Module, named: Mapping[str, LayerCovariance]) -> InputCovariance:
@@ -165,7 +151,7 @@ class InputCovariance(Mapping):
         for name, cov in named.items():
             if not isinstance(modules.get(name), nn.Linear):
                 raise DepgraphError(f"{name!r} is not an nn.Linear of {type(model).__name__}")
-            out._cov[modules[name]] = cov
+            out._table[modules[name]] = cov
         return out
 
 
@@ -289,7 +275,7 @@ def refit_consumers(group: Iterable[Any], cov: InputCovariance, damping: float =
     return list(removed)
 
 
-class LeastSquaresCompensation:
+class LeastSquaresCompensation(BeforePruneHook):
     """A graph hook refitting consumers inside every group prune's transaction (rolled back with it).
 
     Registered by :func:`enable_lstsq_compensation` (``BasePruner(lstsq_compensation=cov)``).
@@ -298,22 +284,10 @@ class LeastSquaresCompensation:
     def __init__(self, cov: InputCovariance, damping: float = 1e-4) -> None:
         self.cov = cov
         self.damping = damping
-        self._graph: Any = None
 
     def __call__(self, graph: Any, items: list) -> None:
         refit_consumers(items, self.cov, self.damping)
 
-    def attach(self, graph: Any) -> LeastSquaresCompensation:
-        if self not in graph._before_prune_hooks:
-            graph._before_prune_hooks.append(self)
-        self._graph = graph
-        return self
-
-    def detach(self) -> None:
-        """Stop refitting (layers already refit stay)."""
-        if self._graph is not None and self in self._graph._before_prune_hooks:
-            self._graph._before_prune_hooks.remove(self)
-        self._graph = None
 
 
 def enable_lstsq_compensation(graph: Any, cov: InputCovariance, damping: float = 1e-4) -> LeastSquaresCompensation:
