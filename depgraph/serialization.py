@@ -100,7 +100,7 @@ def _plain(v: Any) -> bool:
     """Attributes worth recording: sizes (ints, tuples of ints), flags and scales."""
     if isinstance(v, bool) or v is None:
         return True
-    if isinstance(v, (int, float, str)):
+    if type(v) in (int, float, str):  # exact: a str Enum (HF's QuantizationMethod) would not load weights_only
         return True
     return isinstance(v, tuple) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
 

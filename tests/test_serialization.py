@@ -252,3 +252,19 @@ def test_unregistered_class_is_refused() -> None:
     state["classes"]["layers.0.self_attn"]["class"] = "os.system"
     with pytest.raises(tp.DepgraphError, match=r"layers.0.self_attn: .* os.system, which is not registered"):
         tp.load_state_dict(_encoder(), state)
+
+
+def test_str_enum_attributes_are_not_recorded(tmp_path) -> None:
+    """A str Enum on a module (HF sets one after a quantized load) must not make tp.load's
+    ``weights_only`` unpickling fail: only plain ints, floats and strings are recorded."""
+    import enum
+
+    class Method(str, enum.Enum):
+        GGUF = "gguf"
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    model.quantization_method = Method.GGUF
+    tp.save(model, tmp_path / "m.pth")
+    fresh = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    tp.load(fresh, tmp_path / "m.pth")
+    assert torch.equal(fresh[0].weight, model[0].weight)
