@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from ._hf_layers import find_attention, find_mlps
+from ._hooks import attach_once
 
 __all__ = ["BiasFlagSync", "attach_bias_flags"]
 
@@ -88,12 +89,4 @@ def attach_bias_flags(graph: Any) -> BiasFlagSync | None:
     """Register :class:`BiasFlagSync` on a graph of a transformers model (once); None for other models."""
     from .transformers import is_transformers_model
 
-    model = graph.model
-    if model is None or not is_transformers_model(model):
-        return None
-    for hook in graph._after_prune_hooks:
-        if isinstance(hook, BiasFlagSync) and hook._model() is model:
-            return hook
-    hook = BiasFlagSync(model)
-    graph._after_prune_hooks.append(hook)
-    return hook
+    return attach_once(graph, BiasFlagSync, is_transformers_model)

@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from ._hf_layers import HEAD_DIM_ATTRS, AttentionLayer, LayerIndex
 from ._hf_numerics import ScaleFolder
+from ._hooks import attach_once
 from ._undo import UndoLog
 
 __all__ = ["uses_timm", "attach", "AttentionSync"]
@@ -104,14 +105,4 @@ def _is_int(v: Any) -> bool:
 
 def attach(graph: Any) -> AttentionSync | None:
     """Register :class:`AttentionSync` on a built graph of a model holding timm attention (once)."""
-    model = graph.model
-    if model is None or not uses_timm(model):
-        return None
-    for hook in graph._after_prune_hooks:
-        if isinstance(hook, AttentionSync) and hook._model() is model:
-            return hook
-    hook = AttentionSync(model)
-    if not hook._attention():
-        return None
-    graph._after_prune_hooks.append(hook)
-    return hook
+    return attach_once(graph, AttentionSync, uses_timm, wanted=lambda hook: bool(hook._attention()))

@@ -54,6 +54,7 @@ from ._hf_numerics import (
     retheta,
     rotary_modules,
 )
+from ._hooks import attach_once
 from ._undo import UndoLog
 
 __all__ = ["is_transformers_model", "attach", "sync_config", "check_config", "ConfigSync", "attention_layers",
@@ -154,15 +155,7 @@ class ConfigSync:
 
 def attach(graph: Any) -> ConfigSync | None:
     """Register the config sync on a built ``DependencyGraph`` of a transformers model (once)."""
-    model = graph.model
-    if model is None or not is_transformers_model(model):
-        return None
-    for hook in graph._after_prune_hooks:
-        if isinstance(hook, ConfigSync) and hook._model() is model:
-            return hook
-    hook = ConfigSync(model)
-    graph._after_prune_hooks.append(hook)
-    return hook
+    return attach_once(graph, ConfigSync, is_transformers_model)
 
 
 def sync_config(model: nn.Module) -> list[str]:
