@@ -206,6 +206,42 @@ def _batches(data: Any) -> Iterator[Any]:
 
 
 @torch.no_grad()
+def record_inputs(
+    model: nn.Module,
+    layers: Iterable[nn.Module],
+    add: Callable[[nn.Module, Any], None],
+    data: Any,
+    forward_fn: Callable[[nn.Module, Any], Any] | None = None,
+    max_batches: int | None = None,
+) -> None:
+    """Run calibration batches through ``model`` in eval mode, passing each layer's input to ``add``.
+
+    Hooks are removed and every module's train/eval mode restored even when the model
+    fails, so a calibration never leaves the model changed.
+    """
+    if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
+        raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        add(module, args[0] if args else kwargs.get("input"))
+
+    modes = [(m, m.training) for m in model.modules()]
+    handles = []
+    try:
+        for m in layers:
+            handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
+        model.eval()
+        for k, batch in enumerate(_batches(data)):
+            if max_batches is not None and k >= max_batches:
+                break
+            call_model(model, batch, forward_fn)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes:
+            m.training = training
+
+
 def collect_activation_stats(
     model: nn.Module,
     data: Any,
@@ -244,30 +280,9 @@ def collect_activation_stats(
         >>> stats[model.fc].mean.shape
         torch.Size([512])
     """
-    if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
-        raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
     stats = CalibrationStats() if stats is None else stats
-
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        x = args[0] if args else kwargs.get("input")
-        stats.add(module, x)
-
     consumers = [m for m in model.modules() if is_channel_consumer(m)]
-    modes = [(m, m.training) for m in model.modules()]
-    handles = []
-    try:
-        for m in consumers:
-            handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
-        model.eval()
-        for k, batch in enumerate(_batches(data)):
-            if max_batches is not None and k >= max_batches:
-                break
-            call_model(model, batch, forward_fn)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, training in modes:
-            m.training = training
+    record_inputs(model, consumers, stats.add, data, forward_fn, max_batches)
     if not stats:
         raise DepgraphError(
             f"calibration of {type(model).__name__} saw no Linear or convolution input: "

@@ -42,9 +42,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import DepgraphError
-from ..trace.recorder import call_model
 from .base import GroupImportance, register_importance
-from .calibration import CalibrationStats, ChannelStats, LayerTable, _batches, _original_index
+from .calibration import CalibrationStats, ChannelStats, LayerTable, _original_index, record_inputs
 from .channels import handler_side
 from .compensation import BeforePruneHook
 from .magnitude import GroupMagnitudeImportance
@@ -184,33 +183,13 @@ def collect_input_covariance(
         >>> cov = collect_input_covariance(model, batches, layers=downs)
         >>> pruner = tp.pruner.BasePruner(model, example, imp, pruning_ratio=0.3, lstsq_compensation=cov)
     """
-    if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
-        raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
     targets = list(layers) if layers is not None else [m for m in model.modules() if isinstance(m, nn.Linear)]
     wrong = [type(m).__name__ for m in targets if not isinstance(m, nn.Linear)]
     if wrong:
         raise DepgraphError(f"collect_input_covariance measures nn.Linear inputs only, got {wrong}; "
                             "convolutions are not supported")
     cov = InputCovariance()
-
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        cov.add(module, args[0] if args else kwargs.get("input"))
-
-    modes = [(m, m.training) for m in model.modules()]
-    handles = []
-    try:
-        for m in targets:
-            handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
-        model.eval()
-        for k, batch in enumerate(_batches(data)):
-            if max_batches is not None and k >= max_batches:
-                break
-            call_model(model, batch, forward_fn)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, training in modes:
-            m.training = training
+    record_inputs(model, targets, cov.add, data, forward_fn, max_batches)
     if not cov:
         raise DepgraphError(f"calibration of {type(model).__name__} reached none of the {len(targets)} layers")
     return cov
