@@ -28,6 +28,7 @@ import argparse
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -74,17 +75,22 @@ class TinyGPT(nn.Module):
         return self.head(self.ln(self.blocks(x)))
 
 
+def build_and_group(model: nn.Module, inputs: Any) -> tuple[tp.DependencyGraph, list, float, float]:
+    """The graph, its groups, and the seconds spent building it and collecting them."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        dg = tp.DependencyGraph().build_dependency(model, inputs, verbose=False)
+    t1 = time.perf_counter()
+    found = list(dg.get_all_groups(root_module_types=DEFAULT_ROOT_TYPES))
+    return dg, found, t1 - t0, time.perf_counter() - t1
+
+
 def time_graph(model: nn.Module, inputs: torch.Tensor, repeat: int) -> tuple[float, float, int, int]:
     """Best-of-``repeat`` seconds for build and for collecting groups, plus node and group counts."""
     build = groups = float("inf")
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            dg = tp.DependencyGraph().build_dependency(model, inputs, verbose=False)
-        t1 = time.perf_counter()
-        found = list(dg.get_all_groups(root_module_types=DEFAULT_ROOT_TYPES))
-        t2 = time.perf_counter()
-        build, groups = min(build, t1 - t0), min(groups, t2 - t1)
+        dg, found, b, g = build_and_group(model, inputs)
+        build, groups = min(build, b), min(groups, g)
     return build, groups, len(dg.module2node), len(found)
 
 
@@ -120,11 +126,7 @@ def meta_llama(depth: int, **sizes: int) -> tuple[nn.Module, dict[str, torch.Ten
 def time_llama_prune(depth: int) -> tuple[int, int, float, float, float, float]:
     """Nodes, groups, and seconds for build, groups, one MLP prune and one key/value-head prune."""
     model, inputs = meta_llama(depth)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        dg = tp.DependencyGraph().build_dependency(model, inputs, verbose=False)
-    t1 = time.perf_counter()
-    found = list(dg.get_all_groups(root_module_types=DEFAULT_ROOT_TYPES))
+    dg, found, build, groups = build_and_group(model, inputs)
     t2 = time.perf_counter()
     layer = model.model.layers[depth // 2]
     with warnings.catch_warnings():  # one layer pruned: the config-sync warning (sizes differ per layer)
@@ -134,7 +136,7 @@ def time_llama_prune(depth: int) -> tuple[int, int, float, float, float, float]:
         head_dim = layer.self_attn.head_dim  # key/value head 0 and the 4 query heads that share it
         dg.get_pruning_group(layer.self_attn.k_proj, tp.prune_linear_out_channels, list(range(head_dim))).prune()
         t4 = time.perf_counter()
-    return len(dg.module2node), len(found), t1 - t0, t2 - t1, t3 - t2, t4 - t3
+    return len(dg.module2node), len(found), build, groups, t3 - t2, t4 - t3
 
 
 def llama_rows(repeat: int) -> list[tuple[str, ...]]:
