@@ -16,8 +16,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 
-from .._lazy import resolve as _resolve_lazy
-from ..errors import UnknownModuleError
+from ..layers.spec import find_layer_part, registered_layers, set_layer_part
 from ..trace.graph import OpNode, Value
 from .indexmap import IndexMap
 from .slots import SlotGraph
@@ -29,11 +28,19 @@ _RULES: dict[object, DimRule] = {}
 
 
 def register_dim_rule(*targets: object) -> Callable[[DimRule], DimRule]:
-    """Register ``rule`` for each torch callable / module type in ``targets``."""
+    """Register ``rule`` for each torch callable / module type in ``targets``; returns ``rule``.
+
+    A module type's rule is the ``dim_rule`` part of its layer spec
+    (:mod:`depgraph.layers`); ``None`` targets (a type missing from this torch) are skipped.
+    Warns (``stacklevel=2``) when a registration is replaced.
+    """
 
     def deco(rule: DimRule) -> DimRule:
         for t in targets:
             if t is None:
+                continue
+            if isinstance(t, type):
+                set_layer_part(t, "dim_rule", rule, "dimension rule")
                 continue
             if t in _RULES and _RULES[t] is not rule:
                 warnings.warn(f"replacing the dimension rule for {t!r}", stacklevel=2)
@@ -44,27 +51,17 @@ def register_dim_rule(*targets: object) -> Callable[[DimRule], DimRule]:
 
 
 def get_dim_rule(target: object) -> DimRule | None:
-    """The rule for a callable (or, for modules, the nearest registered base type)."""
+    """The rule for a callable, or for a module type the nearest ``dim_rule`` along its MRO."""
     if isinstance(target, type):
-        _resolve_lazy()  # module rules of optional packages (GPT-2's Conv1D) register on first use
-    rule = _RULES.get(target)
-    if rule is not None or not isinstance(target, type):
-        return rule
-    for cls in target.__mro__:
-        if cls in _RULES:
-            return _RULES[cls]
-    return None
-
-
-def require_dim_rule(target: object) -> DimRule:
-    rule = get_dim_rule(target)
-    if rule is None:
-        raise UnknownModuleError(f"no dimension rule for {target!r}; {len(_RULES)} rules are registered")
-    return rule
+        return find_layer_part(target, "dim_rule")
+    return _RULES.get(target)
 
 
 def registered_dim_rules() -> dict[object, DimRule]:
-    return dict(_RULES)
+    """A copy of the registry: torch callables and module types -> rule."""
+    rules: dict[object, DimRule] = dict(_RULES)
+    rules.update({t: s.dim_rule for t, s in registered_layers().items() if s.dim_rule is not None})
+    return rules
 
 
 class RuleContext:

@@ -15,6 +15,7 @@ Call tree (what a subclass may override is marked *)::
     handler.get_in_channels(layer)               *  current input width  (None: none)
     handler.in_channel_dim(layer, ndim)          *  which input dim carries in-channels
     handler.out_channel_dim(layer, ndim)         *  which output dim carries out-channels
+    handler.weight_layout(layer)                 *  (out_dim, in_dim) of a linear map's weight, or None
     handler.acts_as                              *  built-in type the layer computes like (or None)
     handler.stand_in(layer)                         the layer's own handler when it acts as ours
 
@@ -43,7 +44,6 @@ import torch
 import torch.nn as nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .._lazy import resolve as _resolve_lazy
 from .._types import Indices
 from ..errors import (
     DepgraphError,
@@ -52,6 +52,7 @@ from ..errors import (
     OverPruningError,
     UnknownModuleError,
 )
+from ..layers.spec import find_layer_part, registered_layers, set_layer_part
 
 __all__ = [
     "BasePruningFunc",
@@ -207,6 +208,15 @@ class BasePruningFunc:
         """The dim of the layer's (first) output that holds its out-channels."""
         return 1 if ndim >= 2 else 0
 
+    def weight_layout(self, layer: nn.Module) -> tuple[int, int] | None:
+        """``(out_dim, in_dim)`` of ``layer.weight`` when the layer maps input channels to output channels.
+
+        Calibration (bias compensation, activation statistics, OBDC) measures the
+        inputs of exactly these layers and reads their weight through this
+        layout. ``None`` (the default): the layer is not such a consumer.
+        """
+        return None
+
     # -- helpers for subclasses -------------------------------------------
     def stand_in(self, layer: nn.Module) -> BasePruningFunc | None:
         """The handler to use instead of this one: ``layer``'s own, when it acts as one of ``TARGET_MODULES``.
@@ -262,26 +272,25 @@ class BasePruningFunc:
         return f"{type(self).__name__}()"
 
 
-_HANDLERS: dict[type, BasePruningFunc] = {}
 H = TypeVar("H", bound=type)
 
 
 def register_handler(*module_types: type) -> Callable[[H], H]:
-    """Class decorator: instantiate the handler and register it for ``module_types``.
+    """Class decorator: instantiate the handler and make it the ``handler`` part of ``module_types``' specs.
 
+    The handler is stored in the one layer registry (:mod:`depgraph.layers`);
+    ``register_layer`` is the way to give a new layer every part at once.
     Warns (``stacklevel=2``) when it replaces an existing registration.
+
+    Example:
+        >>> @register_handler(MyScale)
+        ... class ScalePruner(BasePruningFunc): ...
     """
 
     def deco(cls: H) -> H:
         instance = cls()
         for t in module_types or cls.TARGET_MODULES:
-            if t in _HANDLERS:
-                warnings.warn(
-                    f"replacing the pruning handler for {t.__name__}: "
-                    f"{type(_HANDLERS[t]).__name__} -> {cls.__name__}",
-                    stacklevel=2,
-                )
-            _HANDLERS[t] = instance
+            set_layer_part(t, "handler", instance, "pruning handler")
         cls.INSTANCE = instance  # type: ignore[attr-defined]
         return cls
 
@@ -294,26 +303,25 @@ def find_handler(module: nn.Module, extra: dict | None = None) -> BasePruningFun
     ``extra`` maps types (or module instances) to handlers and takes precedence,
     which is how ``customized_pruners`` work.
     """
-    _resolve_lazy()
     if extra:
         if module in extra:
             return extra[module]
         for cls in type(module).__mro__:
             if cls in extra:
                 return extra[cls]
-    for cls in type(module).__mro__:
-        if cls in _HANDLERS:
-            return _HANDLERS[cls]
-    return None
+    return find_layer_part(module, "handler")
 
 
 def get_handler(module_type: type) -> BasePruningFunc:
-    """The registered handler for a module type; raise listing the known types if none."""
-    _resolve_lazy()
-    for cls in module_type.__mro__:
-        if cls in _HANDLERS:
-            return _HANDLERS[cls]
-    known = ", ".join(sorted(t.__name__ for t in _HANDLERS))
+    """The registered handler for a module type.
+
+    Raises:
+        UnknownModuleError: no handler is registered for it; the message lists the known types.
+    """
+    handler = find_layer_part(module_type, "handler")
+    if handler is not None:
+        return handler
+    known = ", ".join(sorted(t.__name__ for t in registered_handlers()))
     raise UnknownModuleError(
         f"no pruning handler is registered for {module_type.__name__}; known types: {known}. "
         "Register one with DependencyGraph.register_customized_layer or customized_pruners="
@@ -321,9 +329,8 @@ def get_handler(module_type: type) -> BasePruningFunc:
 
 
 def registered_handlers() -> dict[type, BasePruningFunc]:
-    """A copy of the type -> handler registry."""
-    _resolve_lazy()
-    return dict(_HANDLERS)
+    """A copy of the type -> handler registry (the ``handler`` parts of the layer specs)."""
+    return {t: spec.handler for t, spec in registered_layers().items() if spec.handler is not None}
 
 
 def matches_layer_types(module: object, types: tuple[type, ...], extra: dict | None = None) -> bool:
@@ -355,21 +362,23 @@ class _PrunerBoxView(MutableMapping):
         return get_handler(key)
 
     def __setitem__(self, key: type, value: BasePruningFunc) -> None:
-        _HANDLERS[key] = value
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a plain dict assignment does not warn either
+            set_layer_part(key, "handler", value, "pruning handler")
 
     def __delitem__(self, key: type) -> None:
-        del _HANDLERS[key]
+        if key not in registered_handlers():
+            raise KeyError(key)
+        set_layer_part(key, "handler", None, "pruning handler")
 
     def __iter__(self) -> Iterator[type]:
-        _resolve_lazy()
-        return iter(dict(_HANDLERS))
+        return iter(registered_handlers())
 
     def __len__(self) -> int:
-        _resolve_lazy()
-        return len(_HANDLERS)
+        return len(registered_handlers())
 
     def __repr__(self) -> str:
-        items = ", ".join(f"{t.__name__}: {h!r}" for t, h in _HANDLERS.items())
+        items = ", ".join(f"{t.__name__}: {h!r}" for t, h in registered_handlers().items())
         return f"PrunerBox({{{items}}})"
 
 

@@ -176,6 +176,10 @@ class ConvPruner(BasePruningFunc):
         # Unbatched input (C, *spatial) has one dim more than the kernel.
         return 0 if ndim == len(layer.kernel_size) + 1 else 1
 
+    def weight_layout(self, layer: nn.Module) -> tuple[int, int] | None:
+        # weight (O, I/g, *k); a transposed conv scatters its inputs instead: not measured
+        return None if layer.transposed else (0, 1)
+
     out_channel_dim = in_channel_dim
 
 

@@ -22,7 +22,8 @@ import torch.nn as nn
 
 from .._lazy import when_imported
 from .._types import Indices
-from .base import BasePruningFunc, PrunerBox, keep_index, prune_tensor, register_handler
+from ..layers.spec import LayerSpec, register_layer
+from .base import BasePruningFunc, keep_index, prune_tensor, register_handler
 
 __all__ = ["Conv1DPruner", "hf_conv1d_type", "is_hf_conv1d"]
 
@@ -104,29 +105,35 @@ class Conv1DPruner(BasePruningFunc):
     def out_channel_dim(self, layer: nn.Module, ndim: int) -> int:
         return ndim - 1
 
+    def weight_layout(self, layer: nn.Module) -> tuple[int, int]:
+        return (1, 0)  # weight (in, out)
+
 
 def _register(mod: ModuleType) -> bool:
     cls = getattr(mod, "Conv1D", None)
     if cls is None:  # the module is still being initialised: try at the next lookup
         return False
     Conv1DPruner.TARGET_MODULES = (cls,)
-    PrunerBox[cls] = Conv1DPruner.INSTANCE
-    # The other per-type registries: imported here, at lookup time, when depgraph is fully loaded.
-    from ..dims.modules import linear_module_rule
-    from ..dims.registry import register_dim_rule
-    from ..importance.channels import register_channel_slices
-
-    register_dim_rule(cls)(linear_module_rule)
-    register_channel_slices(cls)(_conv1d_slices)
+    register_layer(cls)(Conv1DSpec)
     return True
 
 
-def _conv1d_slices(layer: nn.Module, side: str) -> list:
-    from ..importance.channels import ChannelSlice
+class Conv1DSpec(LayerSpec):
+    """transformers' ``Conv1D``: pruned by :class:`Conv1DPruner`, coupled and counted like ``nn.Linear``."""
 
-    if side == "in":
-        return [ChannelSlice(layer.weight, 0)]
-    return [ChannelSlice(layer.weight, 1), ChannelSlice(getattr(layer, "bias", None), 0, is_bias=True)]
+    handler = Conv1DPruner.INSTANCE
+
+    def dim_rule(self, op, ctx) -> None:  # noqa: ANN001 - see depgraph.dims.registry.DimRule
+        from ..dims.modules import linear_module_rule  # imported at lookup time: dims imports functional
+
+        linear_module_rule(op, ctx)
+
+    def channel_slices(self, layer: nn.Module, side: str) -> list:
+        from ..importance.channels import ChannelSlice
+
+        if side == "in":
+            return [ChannelSlice(layer.weight, 0)]
+        return [ChannelSlice(layer.weight, 1), ChannelSlice(getattr(layer, "bias", None), 0, is_bias=True)]
 
 
 when_imported(_MODULE, _register)

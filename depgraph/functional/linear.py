@@ -80,3 +80,7 @@ class LinearPruner(BasePruningFunc):
 
     def out_channel_dim(self, layer: nn.Module, ndim: int) -> int:
         return ndim - 1
+
+    def weight_layout(self, layer: nn.Module) -> tuple[int, int] | None:
+        other = self.stand_in(layer)
+        return other.weight_layout(layer) if other is not None else (0, 1)

@@ -14,8 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..functional.base import matches_layer_types
-from ..functional.hf_conv1d import is_hf_conv1d
+from ..functional.base import find_handler, matches_layer_types
 from .base import CONV_AND_LINEAR, GroupImportance, check_power, register_importance
 from .reduce import Normalizer, Reduction
 from .stats import RunningMoments, hooked
@@ -24,15 +23,10 @@ __all__ = ["ActivationImportance"]
 
 
 def in_width(module: nn.Module) -> int | None:
-    """Number of input channels of the common layer types."""
-    if is_hf_conv1d(module):  # transformers' Conv1D: weight (in, out); older versions have no ``nx``
-        return int(module.weight.shape[0])
-    for attr in ("in_channels", "in_features", "num_features"):
-        n = getattr(module, attr, None)
-        if n is not None:
-            return int(n)
-    shape = getattr(module, "normalized_shape", None)
-    return int(shape[-1]) if shape else None
+    """Number of input channels of a layer, as its handler reads them (None without a handler)."""
+    handler = find_handler(module)
+    n = handler.get_in_channels(module) if handler is not None else None
+    return None if n is None else int(n)
 
 
 @register_importance("activation")

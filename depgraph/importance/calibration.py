@@ -32,23 +32,25 @@ import torch.nn as nn
 
 from ..dependency.records import kept_indices
 from ..errors import DepgraphError
-from ..functional.hf_conv1d import is_hf_conv1d
+from ..functional.base import find_handler
 from ..trace.recorder import call_model
 
 __all__ = ["ChannelStats", "CalibrationStats", "collect_activation_stats", "is_channel_consumer"]
 
 
 def is_channel_consumer(module: object) -> bool:
-    """Layers whose input channels calibration measures: Linear (and HF Conv1D) and (non-transposed) convolutions."""
-    if isinstance(module, nn.Linear) or is_hf_conv1d(module):
-        return True
-    return isinstance(module, nn.modules.conv._ConvNd) and not module.transposed
+    """Layers whose input channels calibration measures: those whose handler has a ``weight_layout``.
+
+    Built in: Linear, transformers' Conv1D and (non-transposed) convolutions.
+    """
+    if not isinstance(module, nn.Module):
+        return False
+    handler = find_handler(module)
+    return handler is not None and handler.weight_layout(module) is not None
 
 
 def _current_width(module: nn.Module) -> int:
-    if is_hf_conv1d(module):  # weight (in, out)
-        return int(module.weight.shape[0])
-    return int(module.weight.shape[1]) * getattr(module, "groups", 1)
+    return int(find_handler(module).get_in_channels(module))
 
 
 @dataclass(frozen=True)
@@ -126,10 +128,7 @@ class CalibrationStats(LayerTable):
         """Accumulate the input ``x`` of ``module`` (a Linear or a convolution)."""
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0:
             return
-        if isinstance(module, nn.Linear) or is_hf_conv1d(module):
-            d = x.dim() - 1
-        else:
-            d = 1 if x.dim() == len(module.kernel_size) + 2 else 0
+        d = find_handler(module).in_channel_dim(module, x.dim()) % x.dim()
         width = x.shape[d]
         # (..., C, ...) -> (values, C), in float64 so long calibrations do not lose precision
         flat = x.detach().movedim(d, -1).reshape(-1, width).to(torch.float64)

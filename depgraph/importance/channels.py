@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .._lazy import resolve as _resolve_lazy
+from ..layers.spec import find_layer_part, set_layer_part
 
 __all__ = ["ChannelSlice", "register_channel_slices", "channel_slices", "handler_side"]
 
@@ -79,15 +79,18 @@ class ChannelSlice:
 
 
 SliceFn = Callable[[nn.Module, str], list[ChannelSlice]]
-_SLICES: dict[type, SliceFn] = {}
 
 
 def register_channel_slices(*types: type) -> Callable[[SliceFn], SliceFn]:
-    """Decorator: ``fn(layer, side) -> list[ChannelSlice]`` for ``types``; returns ``fn``."""
+    """Decorator: ``fn(layer, side) -> list[ChannelSlice]`` for ``types``; returns ``fn``.
+
+    The layout is the ``channel_slices`` part of each type's layer spec
+    (:mod:`depgraph.layers`). Warns (``stacklevel=2``) when one is replaced.
+    """
 
     def deco(fn: SliceFn) -> SliceFn:
         for t in types:
-            _SLICES[t] = fn
+            set_layer_part(t, "channel_slices", fn, "channel layout")
         return fn
 
     return deco
@@ -101,12 +104,8 @@ def channel_slices(target: object, side: str, pruning_dim: int | None = None) ->
     """
     if isinstance(target, torch.Tensor):
         return [ChannelSlice(target, (pruning_dim or 0) % max(target.dim(), 1))]
-    _resolve_lazy()  # layers of optional packages (GPT-2's Conv1D) register on first use
-    for cls in type(target).__mro__:
-        fn = _SLICES.get(cls)
-        if fn is not None:
-            return [s for s in fn(target, side) if s.param is not None]
-    return []
+    fn = find_layer_part(target, "channel_slices")
+    return [] if fn is None else [s for s in fn(target, side) if s.param is not None]
 
 
 def handler_side(fn: object) -> str | None:

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import DepgraphError
-from ..functional.hf_conv1d import is_hf_conv1d
+from ..functional.base import find_handler
 from .calibration import CalibrationStats, is_channel_consumer
 from .channels import handler_side
 
@@ -38,9 +38,8 @@ __all__ = ["compensate_bias", "enable_bias_compensation", "BiasCompensation"]
 
 def _bias_delta(layer: nn.Module, idxs: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     """``sum_c W[:, c] * mean_c`` over input channels ``idxs`` of ``layer``, in float64: ``(out,)``."""
-    w = layer.weight.detach()
-    if is_hf_conv1d(layer):
-        w = w.t()  # transformers' Conv1D stores (in, out); read it as a Linear's (out, in)
+    # read the weight as (out, in/g, *k) whatever the layer stores (transformers' Conv1D: (in, out))
+    w = layer.weight.detach().movedim(find_handler(layer).weight_layout(layer), (0, 1))
     out_ch, per_block = w.shape[0], w.shape[1]
     g = getattr(layer, "groups", 1)
     # channel c = block * (I/g) + j feeds rows block * (O/g) ... (block + 1) * (O/g) - 1

@@ -22,8 +22,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..functional.base import matches_layer_types
-from ..functional.hf_conv1d import is_hf_conv1d
+from ..functional.base import find_handler, matches_layer_types
 from .base import CONV_AND_LINEAR, GroupImportance, register_importance
 from .channels import channel_slices
 from .magnitude import row_sum
@@ -36,10 +35,10 @@ __all__ = ["OBDCImportance"]
 def _fisher(layer: nn.Module, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Diagonal K-FAC Fisher shaped like ``layer.weight`` from input/output moments."""
     w = layer.weight
-    if isinstance(layer, nn.Linear):
-        return g[:, None] * a[None, :]  # (O, I)
-    if is_hf_conv1d(layer):
-        return a[:, None] * g[None, :]  # transformers' Conv1D: (I, O)
+    handler = find_handler(layer)
+    layout = handler.weight_layout(layer) if handler is not None else None
+    if layout is not None and w.dim() == 2:  # a linear map: (O, I), moved to how the layer stores it
+        return (g[:, None] * a[None, :]).movedim((0, 1), layout)
     groups = layer.groups
     k_dims = (1,) * (w.dim() - 2)
     if layer.transposed:  # weight (I, O/g, *k): row i of block b meets outputs b*O/g + j
@@ -108,11 +107,8 @@ class OBDCImportance(GroupImportance):
     def member_scores(self, target: object, side: str, idxs: torch.Tensor, dep: Any) -> list[torch.Tensor]:
         who = type(self).__name__
         w = target.weight
-        if is_hf_conv1d(target):  # weight (in, out)
-            n_in, n_out = w.shape
-        else:
-            n_in = getattr(target, "in_channels", None) or target.in_features
-            n_out = getattr(target, "out_channels", None) or target.out_features
+        handler = find_handler(target)
+        n_in, n_out = handler.get_in_channels(target), handler.get_out_channels(target)
         a = self._moments.get(target, "in", n_in, who).to(w.device)
         g = self._moments.get(target, "grad", n_out, who).to(w.device)
         curvature = {w: _fisher(target, a, g)}

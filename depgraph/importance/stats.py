@@ -16,19 +16,23 @@ import torch
 import torch.nn as nn
 
 from ..errors import DepgraphError
-from ..functional.hf_conv1d import is_hf_conv1d
+from ..functional.base import find_handler
 
 __all__ = ["channel_dim", "RunningMoments", "hooked"]
 
-#: Layers whose channels are the last dim of their inputs and outputs.
-_CHANNELS_LAST = (nn.Linear, nn.LayerNorm, nn.Embedding, nn.MultiheadAttention)
+def channel_dim(module: nn.Module, x: torch.Tensor, kind: str = "in") -> int:
+    """The dim of ``x`` (an input if ``kind == "in"``, else an output) of ``module`` that holds channels.
 
-
-def channel_dim(module: nn.Module, x: torch.Tensor) -> int:
-    """The dim of ``x`` (an input or output of ``module``) that holds channels."""
-    if isinstance(module, _CHANNELS_LAST) or is_hf_conv1d(module) or x.dim() < 2:
+    The layer's handler says (``in_channel_dim`` / ``out_channel_dim``); a layer
+    without one is taken as channels-first.
+    """
+    if x.dim() < 2:
         return x.dim() - 1
-    return 1
+    handler = find_handler(module)
+    if handler is None:
+        return 1
+    d = handler.in_channel_dim(module, x.dim()) if kind == "in" else handler.out_channel_dim(module, x.dim())
+    return d % x.dim()
 
 
 class RunningMoments:
@@ -43,7 +47,7 @@ class RunningMoments:
     def add(self, module: nn.Module, kind: str, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0:
             return
-        d = channel_dim(module, x)
+        d = channel_dim(module, x, kind)
         # (..., C, ...) -> (C, rest): mean over everything but the channel dim
         flat = x.detach().movedim(d, 0).reshape(x.shape[d], -1).float()
         moment = flat.abs().pow(self.p).mean(1)

@@ -27,19 +27,19 @@ output position.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from ..layers.spec import find_layer_part, registered_layers, set_layer_part
+
 __all__ = ["OpRule", "register_op_rule", "find_op_rule", "registered_op_rules"]
 
 #: ``rule(module, positional_inputs, output) -> MACs`` for one forward call.
 OpRule = Callable[[nn.Module, tuple, Any], int]
 
-_RULES: dict[type, OpRule] = {}
 
 
 def register_op_rule(*module_types: type) -> Callable[[OpRule], OpRule]:
@@ -56,9 +56,7 @@ def register_op_rule(*module_types: type) -> Callable[[OpRule], OpRule]:
 
     def deco(rule: OpRule) -> OpRule:
         for t in module_types:
-            if t in _RULES and _RULES[t] is not rule:
-                warnings.warn(f"replacing the MAC rule for {t.__name__}", stacklevel=2)
-            _RULES[t] = rule
+            set_layer_part(t, "count_macs", rule, "MAC rule")
         return rule
 
     return deco
@@ -66,16 +64,12 @@ def register_op_rule(*module_types: type) -> Callable[[OpRule], OpRule]:
 
 def find_op_rule(module: nn.Module) -> OpRule | None:
     """The rule for ``module``'s type or its nearest registered base class, else None."""
-    for cls in type(module).__mro__:
-        rule = _RULES.get(cls)
-        if rule is not None:
-            return rule
-    return None
+    return find_layer_part(module, "count_macs")
 
 
 def registered_op_rules() -> dict[type, OpRule]:
-    """A copy of the type -> rule registry."""
-    return dict(_RULES)
+    """A copy of the type -> rule registry (the ``count_macs`` parts of the layer specs)."""
+    return {t: s.count_macs for t, s in registered_layers().items() if s.count_macs is not None}
 
 
 def _first_tensor(inputs: tuple) -> torch.Tensor | None:

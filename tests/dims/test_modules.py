@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import depgraph as tp
 from depgraph.functional import BasePruningFunc, keep_index, prune_tensor, register_handler
-from depgraph.functional import base as handler_base
+from depgraph.layers import restoring_layers
 
 from .._checks import assert_refused_unchanged, build, member, names_in, prune_all_groups, prune_and_verify
 
@@ -231,12 +231,13 @@ class WithScale(nn.Module):
         return self.head(self.scale(self.conv(x)))
 
 
-def test_custom_layer_registered_globally(monkeypatch):
-    monkeypatch.setattr(handler_base, "_HANDLERS", dict(handler_base._HANDLERS))
-    register_handler(Scale)(ScalePruner)
-    model = WithScale()
-    done = prune_and_verify(model, torch.randn(1, 3, 2, 2), model.head, IN, [5])
-    assert member(done.groups[0], model.scale, out=True) == [5] and model.scale.weight.shape == (5,)
+def test_custom_layer_registered_globally():
+    with restoring_layers():
+        register_handler(Scale)(ScalePruner)
+        model = WithScale()
+        done = prune_and_verify(model, torch.randn(1, 3, 2, 2), model.head, IN, [5])
+        assert member(done.groups[0], model.scale, out=True) == [5] and model.scale.weight.shape == (5,)
+    assert tp.functional.find_handler(Scale(2)) is None
 
 
 def test_custom_layer_with_one_channel_set_passes_channels_through():
