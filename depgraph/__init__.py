@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-# Subpackages: tp.functional, tp.importance, tp.pruner, tp.utils, tp.dims (new: dimension rules)
-from . import dims, functional, importance, pruner, utils
+# Subpackages: tp.functional, tp.importance, tp.pruner, tp.utils; new: tp.dims (dimension rules), tp.layers (layer specs)
+from . import dims, functional, importance, layers, pruner, utils
 
 # Dependency graph
 from .dependency import Dependency, DependencyGraph, Group, GroupItem, Node
@@ -45,6 +45,8 @@ from .functional import (
     prune_embedding_out_channels,
     prune_groupnorm_in_channels,
     prune_groupnorm_out_channels,
+    prune_gru_in_channels,
+    prune_gru_out_channels,
     prune_instancenorm_in_channels,
     prune_instancenorm_out_channels,
     prune_layernorm_in_channels,
@@ -62,10 +64,17 @@ from .functional import (
     prune_prelu_out_channels,
     prune_related_conv,
     prune_related_linear,
+    prune_rmsnorm_in_channels,
+    prune_rmsnorm_out_channels,
+    prune_rnn_in_channels,
+    prune_rnn_out_channels,
 )
 
 # Bias compensation with calibration statistics (new)
 from .importance.compensation import compensate_bias
+
+# The original's module path of the handlers: tp.function (= tp.pruner.function)
+from .pruner import function
 
 # Saving pruned models as data
 from .serialization import load, load_state_dict, save, state_dict
@@ -87,8 +96,14 @@ __all__ = [
     "Node",
     # low-level pruning functions
     "functional",
+    "function",
     "BasePruningFunc",
     "PrunerBox",
+    "prune_conv",
+    "prune_related_conv",
+    "prune_batchnorm",
+    "prune_linear",
+    "prune_related_linear",
     "prune_conv_out_channels",
     "prune_conv_in_channels",
     "prune_depthwise_conv_out_channels",
@@ -103,6 +118,8 @@ __all__ = [
     "prune_prelu_in_channels",
     "prune_layernorm_out_channels",
     "prune_layernorm_in_channels",
+    "prune_rmsnorm_out_channels",
+    "prune_rmsnorm_in_channels",
     "prune_embedding_out_channels",
     "prune_embedding_in_channels",
     "prune_parameter_out_channels",
@@ -115,18 +132,18 @@ __all__ = [
     "prune_instancenorm_in_channels",
     "prune_lstm_out_channels",
     "prune_lstm_in_channels",
-    "prune_conv",
-    "prune_related_conv",
-    "prune_batchnorm",
-    "prune_linear",
-    "prune_related_linear",
+    "prune_gru_out_channels",
+    "prune_gru_in_channels",
+    "prune_rnn_out_channels",
+    "prune_rnn_in_channels",
     # importance criteria, pruners, utilities
     "importance",
     "pruner",
     "utils",
     "compensate_bias",
-    # dimension rules (new)
+    # dimension rules and layer specs (new)
     "dims",
+    "layers",
     # proof (new)
     "verify",
     "VerifyResult",

@@ -19,6 +19,7 @@ from ..dims.modules import custom_module_rule
 from ..dims.propagate import propagate
 from ..dims.registry import RuleContext, get_dim_rule
 from ..dims.slots import Endpoint, FactorRule, PairRule, SlotGraph
+from ..errors import HandlerMismatchError
 from ..functional import ParameterPruner, prune_parameter_out_channels
 from ..functional.base import BasePruningFunc
 from ..trace.graph import OpNode, Trace
@@ -55,7 +56,7 @@ class GraphBuilder:
             node = self.module2node[module] = Node(module, name, handler)
         return node
 
-    def endpoint(self, module: nn.Module, is_out: bool) -> int | None:
+    def endpoint(self, module: nn.Module, is_out: bool, width: int | None = None) -> int | None:
         node = self.node_of(module)
         if node is None:
             return None
@@ -63,7 +64,7 @@ class GraphBuilder:
         if slot is not None:
             return slot
         h = node.handler
-        n = h.get_out_channels(module) if is_out else h.get_in_channels(module)
+        n = handler_width(h, module, is_out, width, node.name)
         if n is None:
             return None
         slot = self.graph.new_slot(int(n), f"{node.name}.{'out' if is_out else 'in'}")
@@ -235,3 +236,30 @@ _WEIGHT_SIDES: tuple[tuple[type, dict[int, bool]], ...] = (
     (nn.Embedding, {1: True}),
     (nn.Linear, {0: True, 1: False}),
 )
+
+
+def handler_width(handler: Any, module: nn.Module, is_out: bool, traced: int | None, name: str) -> int | None:
+    """``handler.get_{out,in}_channels(module)``; the ``traced`` width when a user's getter fails.
+
+    Handlers written for the original library may have a getter that is never
+    called there (its custom-layer example reads ``self.in_dim`` on the handler).
+    The traced tensor says the width as well; a warning names the broken getter.
+
+    Raises:
+        HandlerMismatchError: the getter failed and no traced width is known.
+    """
+    side = "out" if is_out else "in"
+    try:
+        return handler.get_out_channels(module) if is_out else handler.get_in_channels(module)
+    except Exception as e:  # noqa: BLE001 - a user's handler: report it, do not crash the build
+        if traced is None or type(handler).__module__.split(".")[0] == "depgraph":
+            raise HandlerMismatchError(
+                f"{type(handler).__name__}.get_{side}_channels failed on {name} ({type(module).__name__}): "
+                f"{type(e).__name__}: {e}"
+            ) from e
+        warnings.warn(
+            f"{type(handler).__name__}.get_{side}_channels({name}) raised {type(e).__name__}: {e}; "
+            f"using the traced width {traced}. Fix the handler so pruners can read the layer's width",
+            stacklevel=2,
+        )
+        return int(traced)

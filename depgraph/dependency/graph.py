@@ -27,7 +27,7 @@ from ..errors import (
 from ..functional.base import BasePruningFunc, find_handler, matches_layer_types, registered_handlers
 from ..trace.kept import CacheDropper
 from ..trace.recorder import call_model, record
-from .build import GraphBuilder
+from .build import GraphBuilder, handler_width
 from .group import Group
 from .heads import ModuleHeadsGroup
 from .node import Dependency, GroupItem, Node
@@ -74,9 +74,19 @@ class DependencyGraph:
         self._before_prune_hooks: list[Callable] = []
 
     # -- building ------------------------------------------------------------------
-    def register_customized_layer(self, layer_type: type | nn.Module, layer_pruner: BasePruningFunc) -> None:
-        """Use ``layer_pruner`` for ``layer_type`` (a class or one module instance); call before building."""
-        self._custom[layer_type] = layer_pruner
+    def register_customized_layer(
+        self, layer_type_or_instance: type | nn.Module, layer_pruner: BasePruningFunc
+    ) -> None:
+        """Use ``layer_pruner`` for a layer class or one module instance; call before building.
+
+        The layer becomes one node (a leaf): the ops inside its forward are not
+        traced, so the handler alone decides how its channels are removed.
+
+        Args:
+            layer_type_or_instance: a module class (subclasses included) or one module.
+            layer_pruner: a :class:`~depgraph.functional.BasePruningFunc` (instance).
+        """
+        self._custom[layer_type_or_instance] = layer_pruner
 
     def build_dependency(
         self,
@@ -356,8 +366,9 @@ class DependencyGraph:
         node = dep.target
         if node.is_parameter:
             return int(node.module.shape[node.pruning_dim])
-        h = node.handler
-        return h.get_out_channels(node.module) if dep.is_out() else h.get_in_channels(node.module)
+        slot = node.out_slot if dep.is_out() else node.in_slot
+        alive = None if slot is None else int(self._alive(slot).numel())
+        return handler_width(node.handler, node.module, dep.is_out(), alive, node.name)
 
     # -- applying -----------------------------------------------------------------------
     def apply_group(self, group: Group, record_history: bool = True) -> None:

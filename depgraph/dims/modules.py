@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from ..functional.base import BasePruningFunc
 from ..trace.graph import OpNode, Value
 from .registry import RuleContext, register_dim_rule
 
@@ -190,6 +191,27 @@ def _one_channel_set(handler) -> bool:
     return fn is not None and getattr(cls, "prune_in_channels", None) is fn
 
 
+def _channel_dim(handler, m: object, v: Value, is_out: bool) -> int:
+    """The dim of ``v`` that holds ``m``'s out (``is_out``) or in channels, as the handler says.
+
+    A handler that does not override ``out_channel_dim`` / ``in_channel_dim`` (one
+    written for the original library, which has no such methods) is read from the
+    traced shape instead: the dim whose size is the width the handler reports,
+    the conventional dim 1 first, else the last such dim (channels-last layers,
+    e.g. Swin's patch merging on ``(B, L, C)``).
+    """
+    name = "out_channel_dim" if is_out else "in_channel_dim"
+    declared = getattr(handler, name)(m, v.ndim) % v.ndim
+    if getattr(type(handler), name, None) is not getattr(BasePruningFunc, name):
+        return declared
+    try:
+        width = handler.get_out_channels(m) if is_out else handler.get_in_channels(m)
+    except Exception:  # noqa: BLE001 - a user's getter; the endpoint reports it
+        return declared
+    fits = [d for d in range(v.ndim) if v.shape[d] == width]
+    return declared if declared in fits or not fits else fits[-1]
+
+
 def custom_module_rule(op: OpNode, ctx: RuleContext, handler) -> None:
     """Layers with a user-registered handler: the handler names the channel dims.
 
@@ -197,24 +219,27 @@ def custom_module_rule(op: OpNode, ctx: RuleContext, handler) -> None:
     input channel ``i`` *is* output channel ``i`` (a per-channel scale, a norm):
     like a BatchNorm, the layer then has one endpoint and passes channels through.
     Otherwise, like a conv, its input and output channels are separate endpoints.
+    Where the channels lie: see :func:`_channel_dim`.
     """
     m = op.target
     x, out = _first(op), op.outputs[0] if op.outputs else None
     if x is not None and out is not None and x.shape == out.shape and _one_channel_set(handler):
         for d in range(x.ndim):
             ctx.identity(x, d, out, d)
-        ep = ctx.module_endpoint(m, True)
+        cdim = _channel_dim(handler, m, out, True)
+        ep = ctx.module_endpoint(m, True, out.shape[cdim])
         if ep is not None:
-            ctx.graph.pair(ep, ctx.slot(out, handler.out_channel_dim(m, out.ndim)))
+            ctx.graph.pair(ep, ctx.slot(out, cdim))
         return
-    ep_in, ep_out = ctx.module_endpoint(m, False), ctx.module_endpoint(m, True)
+    cin = _channel_dim(handler, m, x, False) if x is not None else None
+    cout = _channel_dim(handler, m, out, True) if out is not None else None
+    ep_in = ctx.module_endpoint(m, False, x.shape[cin]) if x is not None else None
+    ep_out = ctx.module_endpoint(m, True, out.shape[cout]) if out is not None else None
     if x is not None and ep_in is not None:
-        ctx.graph.pair(ep_in, ctx.slot(x, handler.in_channel_dim(m, x.ndim)))
+        ctx.graph.pair(ep_in, ctx.slot(x, cin))
     if out is not None and ep_out is not None:
-        ctx.graph.pair(ep_out, ctx.slot(out, handler.out_channel_dim(m, out.ndim)))
+        ctx.graph.pair(ep_out, ctx.slot(out, cout))
     if x is not None and out is not None and x.ndim == out.ndim:
-        cin = handler.in_channel_dim(m, x.ndim) % x.ndim
-        cout = handler.out_channel_dim(m, out.ndim) % out.ndim
         for d in range(x.ndim):
             if d not in (cin, cout) and x.shape[d] == out.shape[d]:
                 ctx.identity(x, d, out, d)

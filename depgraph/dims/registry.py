@@ -71,16 +71,20 @@ class RuleContext:
         self,
         graph: SlotGraph,
         value_slots: dict[tuple[int, int], int],
-        endpoint_of: Callable[[object, bool], int | None],
+        endpoint_of: Callable[[object, bool, int | None], int | None],
     ):
         self.graph = graph
         self.value_slots = value_slots
         self.covered: set[tuple[int, int]] = set()
         self._endpoint_of = endpoint_of
 
-    def module_endpoint(self, module: object, is_out: bool) -> int | None:
-        """The slot of a module's output (``is_out``) or input channels, if it has a handler."""
-        return self._endpoint_of(module, is_out)
+    def module_endpoint(self, module: object, is_out: bool, width: int | None = None) -> int | None:
+        """The slot of a module's output (``is_out``) or input channels, if it has a handler.
+
+        ``width`` is the traced size of that dim: used when a user's handler cannot
+        report it (its ``get_out_channels`` raises).
+        """
+        return self._endpoint_of(module, is_out, width)
 
     # -- slots --------------------------------------------------------------
     def slot(self, v: Value, dim: int) -> int:

@@ -1,8 +1,10 @@
 """Per-module pruning handlers and the ``tp.prune_*_channels`` functions.
 
-Each function below is the bound method of one stateless handler instance,
-created once, so ``prune_conv_out_channels is ConvPruner.INSTANCE.prune_out_channels``
-holds and the dependency graph can compare a member's handler with ``is``.
+Each ``prune_*`` function is the bound method of one stateless handler
+instance, created once, so ``prune_conv_out_channels is
+ConvPruner.INSTANCE.prune_out_channels`` holds and the dependency graph can
+compare a member's handler with ``is``. They are generated from the handler
+classes' ``names`` (see below).
 """
 
 from __future__ import annotations
@@ -59,83 +61,43 @@ __all__ = [
     "GRUPruner",
     "RNNPruner",
     "ParameterPruner",
-    # pruning functions
-    "prune_conv_out_channels",
-    "prune_conv_in_channels",
-    "prune_depthwise_conv_out_channels",
-    "prune_depthwise_conv_in_channels",
-    "prune_batchnorm_out_channels",
-    "prune_batchnorm_in_channels",
-    "prune_linear_out_channels",
-    "prune_linear_in_channels",
-    "prune_conv1d_out_channels",
-    "prune_conv1d_in_channels",
-    "prune_prelu_out_channels",
-    "prune_prelu_in_channels",
-    "prune_layernorm_out_channels",
-    "prune_layernorm_in_channels",
-    "prune_rmsnorm_out_channels",
-    "prune_rmsnorm_in_channels",
-    "prune_embedding_out_channels",
-    "prune_embedding_in_channels",
-    "prune_parameter_out_channels",
-    "prune_parameter_in_channels",
-    "prune_multihead_attention_out_channels",
-    "prune_multihead_attention_in_channels",
-    "prune_groupnorm_out_channels",
-    "prune_groupnorm_in_channels",
-    "prune_instancenorm_out_channels",
-    "prune_instancenorm_in_channels",
-    "prune_lstm_out_channels",
-    "prune_lstm_in_channels",
-    "prune_gru_out_channels",
-    "prune_gru_in_channels",
-    "prune_rnn_out_channels",
-    "prune_rnn_in_channels",
-    # legacy names of the first release
-    "prune_conv",
-    "prune_related_conv",
-    "prune_batchnorm",
-    "prune_linear",
-    "prune_related_linear",
-]
+]  # + the generated prune_*_channels, then the first release's names (below)
 
-prune_conv_out_channels = ConvPruner.INSTANCE.prune_out_channels
-prune_conv_in_channels = ConvPruner.INSTANCE.prune_in_channels
-prune_depthwise_conv_out_channels = DepthwiseConvPruner.INSTANCE.prune_out_channels
-prune_depthwise_conv_in_channels = DepthwiseConvPruner.INSTANCE.prune_in_channels
-prune_batchnorm_out_channels = BatchNormPruner.INSTANCE.prune_out_channels
-prune_batchnorm_in_channels = BatchNormPruner.INSTANCE.prune_in_channels
-prune_linear_out_channels = LinearPruner.INSTANCE.prune_out_channels
-prune_linear_in_channels = LinearPruner.INSTANCE.prune_in_channels
-prune_conv1d_out_channels = Conv1DPruner.INSTANCE.prune_out_channels  # transformers' Conv1D (GPT-2)
-prune_conv1d_in_channels = Conv1DPruner.INSTANCE.prune_in_channels
-prune_prelu_out_channels = PReLUPruner.INSTANCE.prune_out_channels
-prune_prelu_in_channels = PReLUPruner.INSTANCE.prune_in_channels
-prune_layernorm_out_channels = LayerNormPruner.INSTANCE.prune_out_channels
-prune_layernorm_in_channels = LayerNormPruner.INSTANCE.prune_in_channels
-prune_rmsnorm_out_channels = prune_layernorm_out_channels
-prune_rmsnorm_in_channels = prune_layernorm_in_channels
-prune_embedding_out_channels = EmbeddingPruner.INSTANCE.prune_out_channels
-prune_embedding_in_channels = EmbeddingPruner.INSTANCE.prune_in_channels
-prune_parameter_out_channels = ParameterPruner.INSTANCE.prune_out_channels
-prune_parameter_in_channels = ParameterPruner.INSTANCE.prune_in_channels
-prune_multihead_attention_out_channels = MultiheadAttentionPruner.INSTANCE.prune_out_channels
-prune_multihead_attention_in_channels = MultiheadAttentionPruner.INSTANCE.prune_in_channels
-prune_groupnorm_out_channels = GroupNormPruner.INSTANCE.prune_out_channels
-prune_groupnorm_in_channels = GroupNormPruner.INSTANCE.prune_in_channels
-prune_instancenorm_out_channels = InstanceNormPruner.INSTANCE.prune_out_channels
-prune_instancenorm_in_channels = InstanceNormPruner.INSTANCE.prune_in_channels
-prune_lstm_out_channels = LSTMPruner.INSTANCE.prune_out_channels
-prune_lstm_in_channels = LSTMPruner.INSTANCE.prune_in_channels
-prune_gru_out_channels = prune_lstm_out_channels
-prune_gru_in_channels = prune_lstm_in_channels
-prune_rnn_out_channels = prune_lstm_out_channels
-prune_rnn_in_channels = prune_lstm_in_channels
+# The prune_* functions are generated from the handler classes: each name in a class's
+# ``names`` becomes ``prune_{name}_out_channels`` / ``prune_{name}_in_channels``, the
+# bound methods of its one instance (so ``dep.handler is tp.prune_conv_out_channels``).
+# Generated rather than written out so that a handler's names and its exports cannot
+# drift apart; depgraph/__init__.py and depgraph/pruner/__init__.py re-export them
+# explicitly (STYLE.md: an explicit public surface) and tests/functional/test_exports.py
+# checks that every list agrees.
+EXPORTED_HANDLERS: tuple[type[BasePruningFunc], ...] = (
+    ConvPruner,
+    DepthwiseConvPruner,
+    BatchNormPruner,
+    LinearPruner,
+    Conv1DPruner,  # transformers' Conv1D (GPT-2)
+    PReLUPruner,
+    LayerNormPruner,  # also RMSNorm
+    EmbeddingPruner,
+    ParameterPruner,
+    MultiheadAttentionPruner,
+    GroupNormPruner,
+    InstanceNormPruner,
+    LSTMPruner,  # also GRU and RNN
+)
+for _cls in EXPORTED_HANDLERS:
+    for _name in _cls.names:
+        for _side in ("out", "in"):
+            _fn = f"prune_{_name}_{_side}_channels"
+            globals()[_fn] = getattr(_cls.INSTANCE, f"prune_{_side}_channels")
+            __all__.append(_fn)
+del _cls, _name, _side, _fn
 
 # The first release's names.
-prune_conv = prune_conv_out_channels
-prune_related_conv = prune_conv_in_channels
-prune_batchnorm = prune_batchnorm_out_channels
-prune_linear = prune_linear_out_channels
-prune_related_linear = prune_linear_in_channels
+prune_conv = ConvPruner.INSTANCE.prune_out_channels
+prune_related_conv = ConvPruner.INSTANCE.prune_in_channels
+prune_batchnorm = BatchNormPruner.INSTANCE.prune_out_channels
+prune_linear = LinearPruner.INSTANCE.prune_out_channels
+prune_related_linear = LinearPruner.INSTANCE.prune_in_channels
+# Listed last: a handler's public name (in group tables) is its first name here.
+__all__ += ["prune_conv", "prune_related_conv", "prune_batchnorm", "prune_linear", "prune_related_linear"]

@@ -47,6 +47,8 @@ class MultiheadAttentionPruner(BasePruningFunc):
         3
     """
 
+    names = ("multihead_attention",)
+
     TARGET_MODULES = (nn.MultiheadAttention,)
     mixes_channels = True  # scores and 1/sqrt(d) change: not the same as zeroing the dims
 

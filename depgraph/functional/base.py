@@ -36,6 +36,7 @@ Rules every handler keeps:
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import TypeVar
@@ -178,6 +179,9 @@ class BasePruningFunc:
     TARGET_MODULES: tuple[type, ...] = ()
     mixes_channels: bool = False
     acts_as: type | None = None
+    #: Public names: ``depgraph.functional`` exports ``prune_{name}_out_channels`` and
+    #: ``prune_{name}_in_channels`` (this handler's bound methods) for each.
+    names: tuple[str, ...] = ()
 
     def __init__(self, pruning_dim: int = 1) -> None:
         # ``pruning_dim`` is accepted for compatibility with custom pruners written
@@ -265,8 +269,82 @@ class BasePruningFunc:
             raise HandlerMismatchError(f"{_describe(layer)} has no {side} channels to prune")
         return normalize_idxs(idxs, int(n), layer, side)
 
-    def __call__(self, layer: nn.Module, idxs: Indices) -> nn.Module:
-        return self.prune_out_channels(layer, idxs)
+    def get_in_channel_groups(self, layer: nn.Module) -> int:
+        """How many equal groups the input channels form (a grouped conv's ``groups``; 1 otherwise)."""
+        return 1
+
+    def get_out_channel_groups(self, layer: nn.Module) -> int:
+        """How many equal groups the output channels form (a grouped conv's ``groups``; 1 otherwise)."""
+        return 1
+
+    def check(self, layer: nn.Module, idxs: Indices, to_output: bool) -> None:
+        """Validate a prune of ``layer`` without changing it (the original handler protocol).
+
+        Args:
+            layer: the module to prune.
+            idxs: channel indices to remove.
+            to_output: output channels if True, else input channels.
+
+        Raises:
+            HandlerMismatchError: ``layer`` belongs to another handler, or has no such channels.
+            InvalidIndicesError: an index is negative, not an integer or out of range.
+            OverPruningError: every channel would be removed.
+        """
+        self.check_idxs(layer, idxs, "out" if to_output else "in")
+
+    def __call__(
+        self,
+        layer: nn.Module,
+        idxs: Indices,
+        to_output: bool = True,
+        inplace: bool = True,
+        dry_run: bool = False,
+    ) -> nn.Module:
+        """Prune ``layer``'s output (``to_output``) or input channels ``idxs``; return the pruned layer.
+
+        Everything is checked first (:meth:`check`), so a refused call changes nothing.
+
+        Args:
+            layer: the module to prune.
+            idxs: channel indices to remove, in any order.
+            to_output: prune output channels (default, as in the original) or input channels.
+            inplace: prune ``layer`` itself; ``False`` prunes and returns a deep copy.
+            dry_run: only check; return ``layer`` unchanged (the original accepted the flag
+                and pruned anyway).
+
+        Returns:
+            The pruned module (``layer`` itself unless ``inplace=False``).
+
+        Raises:
+            HandlerMismatchError, InvalidIndicesError, OverPruningError: see :meth:`check`.
+
+        Example:
+            >>> tp.function.LinearPruner()(nn.Linear(4, 3), [0], to_output=True).out_features
+            2
+        """
+        self.check(layer, idxs, to_output)
+        if dry_run:
+            return layer
+        if not inplace:
+            layer = copy.deepcopy(layer)
+        fn = self.prune_out_channels if to_output else self.prune_in_channels
+        return fn(layer, idxs)
+
+    def _prune_parameter_and_grad(
+        self, weight: nn.Parameter, keep_idxs: Indices, pruning_dim: int
+    ) -> nn.Parameter:
+        """A new Parameter holding ``weight`` (and its ``.grad``) at ``keep_idxs`` along ``pruning_dim``.
+
+        The original's helper, kept because handlers written for it call it. Its
+        result is a *new* Parameter; depgraph's own handlers use
+        :func:`prune_tensor`, which keeps the Parameter object.
+        """
+        keep = torch.as_tensor(list(keep_idxs) if not isinstance(keep_idxs, torch.Tensor) else keep_idxs,
+                               dtype=torch.long, device=weight.device)
+        pruned = nn.Parameter(torch.index_select(weight.data, pruning_dim, keep), requires_grad=weight.requires_grad)
+        if weight.grad is not None:
+            pruned.grad = torch.index_select(weight.grad, pruning_dim, keep)
+        return pruned
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -136,6 +136,8 @@ class ConvPruner(BasePruningFunc):
         Conv2d(6, 9, kernel_size=(3, 3), stride=(1, 1), groups=3)
     """
 
+    names = ("conv",)
+
     TARGET_MODULES = _CONV_TYPES
 
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
@@ -172,6 +174,12 @@ class ConvPruner(BasePruningFunc):
     def get_in_channels(self, layer: nn.Module) -> int:
         return layer.in_channels
 
+    def get_in_channel_groups(self, layer: nn.Module) -> int:
+        return layer.groups
+
+    def get_out_channel_groups(self, layer: nn.Module) -> int:
+        return layer.groups
+
     def in_channel_dim(self, layer: nn.Module, ndim: int) -> int:
         # Unbatched input (C, *spatial) has one dim more than the kernel.
         return 0 if ndim == len(layer.kernel_size) + 1 else 1
@@ -192,6 +200,8 @@ class DepthwiseConvPruner(ConvPruner):
     and, from the other groups, equal numbers of outputs. This is for standalone
     use; the dependency graph uses :class:`ConvPruner` and calls each side itself.
     """
+
+    names = ("depthwise_conv",)
 
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
         """Remove output channels, and the input channels (groups) left with no output.

@@ -26,6 +26,8 @@ class EmbeddingPruner(BasePruningFunc):
         Embedding(10, 3)
     """
 
+    names = ("embedding",)
+
     TARGET_MODULES = (nn.Embedding, nn.EmbeddingBag)
 
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:

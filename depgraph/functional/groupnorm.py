@@ -29,6 +29,8 @@ class GroupNormPruner(BasePruningFunc):
         (2, 4)
     """
 
+    names = ("groupnorm",)
+
     TARGET_MODULES = (nn.GroupNorm,)
     mixes_channels = True
 
@@ -70,3 +72,9 @@ class GroupNormPruner(BasePruningFunc):
 
     def get_in_channels(self, layer: nn.Module) -> int:
         return layer.num_channels
+
+    def get_in_channel_groups(self, layer: nn.Module) -> int:
+        return layer.num_groups
+
+    def get_out_channel_groups(self, layer: nn.Module) -> int:
+        return layer.num_groups

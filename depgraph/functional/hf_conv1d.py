@@ -57,6 +57,8 @@ class Conv1DPruner(BasePruningFunc):
         Conv1D(nf=4, nx=4)
     """
 
+    names = ("conv1d",)
+
     TARGET_MODULES: tuple[type, ...] = ()  # set to (Conv1D,) when transformers is imported
     acts_as = nn.Linear
 

@@ -30,6 +30,8 @@ class LayerNormPruner(BasePruningFunc):
         (4,)
     """
 
+    names = ("layernorm", "rmsnorm",)
+
     TARGET_MODULES = _TYPES
     mixes_channels = True
 

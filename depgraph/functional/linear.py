@@ -27,6 +27,8 @@ class LinearPruner(BasePruningFunc):
         Linear(in_features=4, out_features=2, bias=True)
     """
 
+    names = ("linear",)
+
     TARGET_MODULES = (nn.Linear,)
 
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:

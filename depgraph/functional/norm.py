@@ -69,6 +69,8 @@ class BatchNormPruner(_PerChannelNormPruner):
         torch.Size([2])
     """
 
+    names = ("batchnorm",)
+
     TARGET_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
@@ -81,6 +83,8 @@ class InstanceNormPruner(_PerChannelNormPruner):
         >>> InstanceNormPruner.INSTANCE.prune_out_channels(norm, [0]).weight.shape
         torch.Size([2])
     """
+
+    names = ("instancenorm",)
 
     TARGET_MODULES = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 

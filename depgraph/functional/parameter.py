@@ -28,6 +28,8 @@ class ParameterPruner(BasePruningFunc):
         torch.Size([1, 5, 6])
     """
 
+    names = ("parameter",)
+
     TARGET_MODULES = (torch.Tensor,)
 
     def prune_out_channels(self, tensor: torch.Tensor, idxs: Indices, dim: int = 0) -> torch.Tensor:

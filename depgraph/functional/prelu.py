@@ -28,6 +28,8 @@ class PReLUPruner(BasePruningFunc):
         3
     """
 
+    names = ("prelu",)
+
     TARGET_MODULES = (nn.PReLU,)
 
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:

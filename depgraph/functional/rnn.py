@@ -54,6 +54,8 @@ class LSTMPruner(BasePruningFunc):
         LSTM(4, 4, num_layers=2, bidirectional=True)
     """
 
+    names = ("lstm", "gru", "rnn")
+
     TARGET_MODULES = (nn.LSTM, nn.GRU, nn.RNN)
     # A removed unit also fed the others through the recurrence, so pruning it is
     # not the same as zeroing its output downstream.
