@@ -39,9 +39,11 @@ class ActivationImportance(GroupImportance):
 
     Args:
         p: the power of the activation magnitude.
-        group_reduction, normalizer, target_types: see
+        group_reduction: see
             :class:`~depgraph.importance.GroupImportance` (default targets:
             convolutions and linears).
+        normalizer: as ``group_reduction``.
+        target_types: as ``group_reduction``.
 
     Example:
         >>> imp = ActivationImportance()

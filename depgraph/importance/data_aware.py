@@ -57,7 +57,8 @@ class CalibratedImportance(GroupImportance):
         p: the norm of a weight column (and the fallback magnitude's power).
         group_reduction: how consumers' scores combine (default ``sum``: the
             total contribution of the channel).
-        normalizer, target_types: see :class:`~depgraph.importance.GroupImportance`.
+        normalizer: see :class:`~depgraph.importance.GroupImportance`.
+        target_types: as ``normalizer``.
         stats: statistics collected before (instead of calling :meth:`calibrate`).
 
     Raises:

@@ -27,8 +27,10 @@ class FPGMImportance(SliceImportance):
 
     Args:
         p: the norm of the distance.
-        group_reduction, normalizer, target_types: see
+        group_reduction: see
             :class:`~depgraph.importance.GroupImportance`.
+        normalizer: as ``group_reduction``.
+        target_types: as ``group_reduction``.
 
     Raises:
         ValueError: ``p <= 0`` or an unknown reduction/normaliser.

@@ -69,8 +69,11 @@ class GroupMagnitudeImportance(SliceImportance):
 
     Args:
         p: the power of the magnitude (1: L1, 2: L2).
-        group_reduction, normalizer, bias, target_types: see
+        group_reduction: see
             :class:`~depgraph.importance.GroupImportance`.
+        normalizer: as ``group_reduction``.
+        bias: as ``group_reduction``.
+        target_types: as ``group_reduction``.
 
     Raises:
         ValueError: ``p <= 0``, or an unknown reduction/normaliser.

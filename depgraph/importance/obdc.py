@@ -55,9 +55,12 @@ class OBDCImportance(GroupImportance):
     """Channel score from OBD with a diagonal K-FAC Fisher (see the module docstring).
 
     Args:
-        group_reduction, normalizer, bias, target_types: see
+        group_reduction: see
             :class:`~depgraph.importance.GroupImportance` (default targets:
             convolutions and linears).
+        normalizer: as ``group_reduction``.
+        bias: as ``group_reduction``.
+        target_types: as ``group_reduction``.
         num_classes: when given, linear layers with that many outputs (the
             classifier) are not scored, as in the original.
 

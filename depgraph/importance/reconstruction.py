@@ -169,7 +169,9 @@ def collect_input_covariance(
 
     Args:
         model: the model (pruned or not: rows follow original channel indices).
-        data, forward_fn, max_batches: as in :func:`~depgraph.importance.collect_activation_stats`.
+        data: as in :func:`~depgraph.importance.collect_activation_stats`.
+        forward_fn: as ``data``.
+        max_batches: as ``data``.
         layers: the ``nn.Linear`` modules to measure (default: every Linear of ``model``).
 
     Returns:
@@ -356,7 +358,8 @@ class ReconstructionImportance(GroupImportance):
         cov: from :func:`collect_input_covariance` (the consumers whose inputs are pruned).
         damping: ridge term, relative to the mean input energy.
         block_size: channels the greedy pass removes per round (1: exact greedy, slow on wide layers).
-        group_reduction, normalizer: see :class:`~depgraph.importance.GroupImportance`.
+        group_reduction: see :class:`~depgraph.importance.GroupImportance`.
+        normalizer: as ``group_reduction``.
 
     Example:
         >>> cov = tp.importance.collect_input_covariance(model, batches, layers=downs)

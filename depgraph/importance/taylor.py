@@ -37,8 +37,11 @@ class GroupTaylorImportance(SliceImportance):
     Args:
         multivariable: score a channel by ``|sum(w * g)|`` (the first-order
             change when the whole channel goes) instead of ``sum(|w * g|)``.
-        group_reduction, normalizer, bias, target_types: see
+        group_reduction: see
             :class:`~depgraph.importance.GroupImportance`.
+        normalizer: as ``group_reduction``.
+        bias: as ``group_reduction``.
+        target_types: as ``group_reduction``.
 
     Raises:
         DepgraphError (when called): a scored parameter has no gradient; run

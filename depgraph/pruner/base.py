@@ -65,9 +65,10 @@ class BasePruner:
             stay, or parameters that keep their shape.
         round_to: channel counts kept as multiples of this.
         isomorphic: with global pruning, rank only among groups of identical structure.
-        in_channel_groups / out_channel_groups: ``{module: n}``: the module's
+        in_channel_groups: ``{module: n}``: the module's
             channels form ``n`` blocks that must lose the same local positions
             (grouped convolutions are detected from the graph).
+        out_channel_groups: as ``in_channel_groups``.
         prune_num_heads: remove whole attention heads, ``head_pruning_ratio`` of
             each block's heads (``head_pruning_ratio_dict``: per module or tuple
             scope). Heads are found from the trace; under GQA a key/value head goes
@@ -77,8 +78,10 @@ class BasePruner:
             (the same dims in every head); both may be combined in one step.
         num_heads: ``{module: n}``, optional: checked against the traced heads
             (a mismatch raises), and keeps head dims aligned across heads.
-        customized_pruners, unwrapped_parameters, forward_fn, output_transform:
-            passed to ``DependencyGraph.build_dependency``.
+        customized_pruners: passed to ``DependencyGraph.build_dependency``.
+        unwrapped_parameters: as ``customized_pruners``.
+        forward_fn: as ``customized_pruners``.
+        output_transform: as ``customized_pruners``.
         root_module_types: the layer types groups are rooted at (with the layers whose handler
             ``acts_as`` one of them: GPT-2's ``Conv1D`` for ``nn.Linear``).
         soft_pruning: **(new)** zero the chosen channels (weights, biases and
@@ -94,7 +97,9 @@ class BasePruner:
             consumer by least squares (inside the prune's transaction), so kept channels
             carry what correlated removed ones did; subsumes bias compensation. See
             :mod:`depgraph.importance.reconstruction`.
-        ch_sparsity, ch_sparsity_dict, channel_groups: deprecated spellings.
+        ch_sparsity: deprecated spellings.
+        ch_sparsity_dict: as ``ch_sparsity``.
+        channel_groups: as ``ch_sparsity``.
 
     Raises:
         ValueError: invalid options (all problems listed at once).
