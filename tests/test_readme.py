@@ -53,7 +53,8 @@ def test_opening_commands_match_ci() -> None:
         "pip install -e '.[test]' && python -m pytest -m \"not slow\"",
     ]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert "python -m pip install -e '.[test]'" in ci
+    assert "python -m pip install -e '.[test,docs]'" in ci
+    assert "mkdocs build --strict" in ci  # the API reference is built from the docstrings
     assert 'python -m pytest -m "not slow"' in ci
 
 

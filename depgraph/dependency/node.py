@@ -37,6 +37,7 @@ class Node:
 
     @property
     def is_parameter(self) -> bool:
+        """Whether the node is a bare parameter/buffer (pruned along ``pruning_dim``) rather than a module."""
         return self.pruning_dim is not None
 
     def __repr__(self) -> str:
@@ -56,13 +57,16 @@ class Dependency:
 
     @property
     def layer(self) -> Any:
+        """The pruned module (or tensor): the original's name for ``dep.target.module``."""
         return self.target.module
 
     @property
     def pruning_dim(self) -> int | None:
+        """For a bare parameter target, the dim its channels lie along; None for a module."""
         return self.target.pruning_dim
 
     def is_out(self) -> bool:
+        """Whether the dependency removes output channels of its target (else input channels)."""
         return getattr(self.handler, "__name__", "") == "prune_out_channels"
 
     def __call__(self, idxs) -> Any:

@@ -23,6 +23,7 @@ from .registry import RuleContext, register_dim_rule
 
 @register_dim_rule(*_lookup("cat concat concatenate", torch))
 def cat_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``torch.cat``: each input's cat dim maps to its offset range of the output; other dims are identical."""
     out = op.outputs[0]
     dim = arg(op, 1, "dim", 0) % out.ndim
     parts = [v for v in op.inputs if v.ndim == out.ndim or v.shape != (0,)]
@@ -68,6 +69,7 @@ def _pieces(op: OpNode, ctx: RuleContext, dim: int, equalize: bool) -> None:
 
 @register_dim_rule(torch.chunk, torch.Tensor.chunk)
 def chunk_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``chunk``: each piece is an offset range of the input; unequal pieces fix the chunked dim."""
     dim = arg(op, 2, "dim", 0)
     sizes = {o.shape[dim] for o in op.outputs}
     _pieces(op, ctx, dim, equalize=True)
@@ -196,6 +198,7 @@ def index_layout(x: Value, index) -> list[tuple[str, int | None, object]] | None
 
 @register_dim_rule(torch.Tensor.__getitem__)
 def getitem_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``x[...]``: kept dims are identical, sliced dims map through the slice (see :func:`index_layout`)."""
     x, out = op.inputs[0], op.outputs[0]
     layout = index_layout(x, op.args[1])
     if layout is None:

@@ -75,6 +75,7 @@ def elementwise_rule(op: OpNode, ctx: RuleContext) -> None:
 
 @register_dim_rule(torch.Tensor.data, getattr(torch.Tensor, "real", None))
 def alias_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``.data`` / ``.real``: the same tensor under another name; every dim is identical."""
     if op.inputs and op.outputs and op.inputs[0].shape == op.outputs[0].shape:
         for d in range(op.inputs[0].ndim):
             ctx.identity(op.inputs[0], d, op.outputs[0], d)

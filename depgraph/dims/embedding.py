@@ -38,6 +38,7 @@ def _layer_endpoint(ctx: RuleContext, weight: Value) -> int | None:
 
 @register_dim_rule(F.embedding)
 def embedding_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``F.embedding``: the table's width (dim 1) is the output's last dim; index dims pass through."""
     idx, weight = arg(op, 0, "input"), arg(op, 1, "weight")
     out = op.outputs[0]
     if not isinstance(idx, Value) or not isinstance(weight, Value) or weight.ndim != 2:

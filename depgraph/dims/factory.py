@@ -39,6 +39,7 @@ def _sizes(op: OpNode, first: int) -> list | None:
 
 @register_dim_rule(*_CONSTRUCTORS, *_METHODS)
 def factory_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``zeros`` / ``ones`` / ``full`` / ``new_*``: a size read from an attribute follows a prune of that dim."""
     if not op.outputs:
         return
     out = op.outputs[0]

@@ -33,12 +33,15 @@ class IndexMap:
     n_dst: int
 
     def apply(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Map source positions ``idx`` to ``(destination positions, which entries of idx they came from)``."""
         raise NotImplementedError
 
     def inverse(self) -> IndexMap:
+        """The map from destination positions back to source positions."""
         raise NotImplementedError
 
     def then(self, other: IndexMap) -> IndexMap:
+        """This map followed by ``other``."""
         return Compose(self, other)
 
     def __call__(self, idx) -> torch.Tensor:

@@ -30,6 +30,7 @@ def _couple_batch(ctx: RuleContext, operands: list[tuple[Value, int]], out: Valu
 
 @register_dim_rule(*_lookup("matmul mm bmm __matmul__ __rmatmul__", torch, torch.Tensor))
 def matmul_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``a @ b``: batch dims broadcast, the contracted dims of ``a`` and ``b`` must lose the same positions."""
     a, b = op.inputs[0], op.inputs[1]
     if getattr(op.target, "__name__", "") == "__rmatmul__":
         a, b = b, a

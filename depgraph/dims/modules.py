@@ -34,6 +34,7 @@ def _batch(ctx: RuleContext, x: Value, out: Value, n: int) -> None:
 
 @register_dim_rule(nn.modules.conv._ConvNd)
 def conv_module_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``nn.Conv*d`` / ``nn.ConvTranspose*d``: dim 1 (0 unbatched) is the in / out endpoint; groups factor both."""
     m = op.target
     x, out = _first(op, "input"), op.outputs[0]
     cdim = x.ndim - len(m.kernel_size) - 1
@@ -50,6 +51,7 @@ def conv_module_rule(op: OpNode, ctx: RuleContext) -> None:
 
 @register_dim_rule(nn.Linear)
 def linear_module_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``nn.Linear``: the last dim of the input / output is the in / out endpoint; other dims pass through."""
     m = op.target
     x, out = _first(op, "input"), op.outputs[0]
     _batch(ctx, x, out, x.ndim - 1)
@@ -74,11 +76,13 @@ def _channelwise(op: OpNode, ctx: RuleContext, cdim_from_end: int | None, inexac
 
 @register_dim_rule(nn.modules.batchnorm._BatchNorm)
 def batchnorm_module_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``nn.BatchNorm*d``: one endpoint on the channel dim, which passes through."""
     _channelwise(op, ctx, None)
 
 
 @register_dim_rule(nn.modules.instancenorm._InstanceNorm)
 def instancenorm_module_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``nn.InstanceNorm*d``: one endpoint on the channel dim, counted from the spatial dims."""
     m = op.target
     spatial = {nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2, nn.InstanceNorm3d: 3}
     k = next((v for t, v in spatial.items() if isinstance(m, t)), 2)
@@ -87,6 +91,7 @@ def instancenorm_module_rule(op: OpNode, ctx: RuleContext) -> None:
 
 @register_dim_rule(nn.PReLU)
 def prelu_module_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``nn.PReLU``: per-channel slopes make the channel dim an endpoint; one shared slope couples nothing."""
     x = _first(op, "input")
     if op.target.num_parameters > 1:
         _channelwise(op, ctx, None)
@@ -112,6 +117,7 @@ register_dim_rule(nn.LayerNorm, getattr(nn, "RMSNorm", None))(_layernorm_like)
 
 @register_dim_rule(nn.GroupNorm)
 def groupnorm_module_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``nn.GroupNorm``: one endpoint on the channels, factored into (groups, per group); inexact."""
     m = op.target
     ep = _channelwise(op, ctx, None, inexact="normalises over channel groups")
     g = m.num_groups
@@ -120,6 +126,7 @@ def groupnorm_module_rule(op: OpNode, ctx: RuleContext) -> None:
 
 @register_dim_rule(nn.Embedding, nn.EmbeddingBag)
 def embedding_module_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``nn.Embedding``: the output's last dim is the endpoint; the index dims pass through."""
     idx, out = _first(op, "input"), op.outputs[0]
     if idx.ndim == out.ndim - 1:
         for d in range(idx.ndim):

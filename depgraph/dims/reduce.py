@@ -36,6 +36,7 @@ def _reduced_dims(op: OpNode, ndim: int) -> tuple[set[int], bool]:
 
 @register_dim_rule(*_EXACT, *_INEXACT, *_POSITIONAL)
 def reduce_rule(op: OpNode, ctx: RuleContext) -> None:
+    """Reductions (``sum``, ``mean``, ``amax``...): kept dims pass through; a reduced channel dim is covered (inexact where it is not a sum)."""
     x = op.inputs[0]
     name = getattr(op.target, "__name__", "")
     if name in ("max", "min") and len(op.inputs) > 1:  # binary max/min is elementwise
@@ -128,6 +129,7 @@ def batch_norm_rule(op: OpNode, ctx: RuleContext) -> None:
 
 @register_dim_rule(F.group_norm, torch.group_norm)
 def group_norm_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``F.group_norm``: every dim passes through; the channels factor into (groups, per group) and are normalised together."""
     x, out = op.inputs[0], op.outputs[0]
     for d in range(x.ndim):
         ctx.identity(x, d, out, d)

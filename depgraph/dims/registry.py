@@ -88,6 +88,7 @@ class RuleContext:
 
     # -- slots --------------------------------------------------------------
     def slot(self, v: Value, dim: int) -> int:
+        """The slot of dim ``dim`` of ``v`` (created on first use); marks the dim as covered."""
         d = dim % v.ndim
         key = (v.id, d)
         s = self.value_slots.get(key)
@@ -97,6 +98,7 @@ class RuleContext:
         return s
 
     def new_axis(self, size: int, label: str) -> int:
+        """A fresh slot not tied to any value: a factor of a reshaped dim (heads, groups)."""
         return self.graph.new_slot(size, label)
 
     # -- couplings ------------------------------------------------------------
@@ -114,6 +116,7 @@ class RuleContext:
         self.graph.pair(sa, sb)
 
     def map(self, a: Value, da: int, b: Value, db: int, fwd: IndexMap) -> None:
+        """Couple dim ``da`` of ``a`` to dim ``db`` of ``b`` through ``fwd`` (a position of a -> positions of b)."""
         self.graph.pair(self.slot(a, da), self.slot(b, db), fwd)
 
     def factor(self, merged: int, parts: list[int]) -> None:
@@ -133,9 +136,11 @@ class RuleContext:
         self.graph.mark_heads(self.slot(q, dq), self.slot(k, dk), where)
 
     def freeze(self, v: Value, dim: int, reason: str) -> None:
+        """Forbid pruning dim ``dim`` of ``v``; ``reason`` is shown to the user."""
         self.graph.freeze(self.slot(v, dim), reason)
 
     def inexact(self, v: Value, dim: int, reason: str) -> None:
+        """Pruning dim ``dim`` of ``v`` is valid but not equal to zeroing it (``verify`` reports ``reason``)."""
         self.graph.mark_inexact(self.slot(v, dim), reason)
 
     # -- common patterns ------------------------------------------------------

@@ -119,6 +119,7 @@ def freeze_written_sizes(op: OpNode, ctx: RuleContext, out, sizes: list) -> None
 
 @register_dim_rule(*_RESHAPES)
 def reshape_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``view`` / ``reshape`` / ``flatten`` ...: dims couple through the row-major factorisation of the shapes."""
     couple_reshape(ctx, op.inputs[0], op.outputs[0])
     name = getattr(op.target, "__name__", "")
     if name in ("view", "reshape"):

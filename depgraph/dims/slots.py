@@ -54,10 +54,13 @@ class HeadAxis:
 
 
 class PairRule:
+    """Slots ``a`` and ``b`` coupled position by position through ``fwd`` (and its inverse back)."""
+
     def __init__(self, a: int, b: int, fwd: IndexMap):
         self.a, self.b, self.fwd, self.bwd = a, b, fwd, fwd.inverse()
 
     def push(self, slot: int, idx: torch.Tensor, state: dict, dead: dict, grouping: bool = False):
+        """Positions ``idx`` removed from ``slot``: the ``(slot, positions, root positions)`` they remove across."""
         src_root = state[slot][idx]
         if slot == self.a:
             dst, pos = self.fwd.apply(idx)
@@ -75,6 +78,7 @@ class FactorRule:
         self.frozen = frozen  # the graph's frozen slots: never widen along those
 
     def push(self, slot: int, idx: torch.Tensor, state: dict, dead: dict, grouping: bool = False):
+        """Positions ``idx`` removed from ``slot`` (the merged dim or a part): what they remove in the others."""
         if slot == self.merged:
             return self._from_merged(state, dead, grouping)
         return self._from_part(self.parts.index(slot), idx, state)
@@ -186,12 +190,14 @@ class SlotGraph:
         self.shape_sensitive.add(slot)
 
     def new_slot(self, size: int, label: str) -> int:
+        """A new slot of ``size`` positions; ``label`` names it in messages."""
         self.sizes.append(int(size))
         self.labels.append(label)
         self.rules.append([])
         return len(self.sizes) - 1
 
     def pair(self, a: int, b: int, fwd: IndexMap | None = None) -> None:
+        """Couple slots ``a`` and ``b`` (``fwd`` maps positions of a to b; identity when None)."""
         if a == b:
             return
         fwd = fwd or Identity(self.sizes[a])
@@ -202,6 +208,7 @@ class SlotGraph:
         self.rules[b].append(rule)
 
     def factor(self, merged: int, parts: list[int]) -> None:
+        """``merged`` is the row-major product of ``parts`` (a reshape of H*D into H and D)."""
         sizes = [self.sizes[p] for p in parts]
         if math.prod(sizes) != self.sizes[merged]:
             raise ValueError(f"factor sizes {sizes} do not multiply to {self.sizes[merged]}")
@@ -217,7 +224,9 @@ class SlotGraph:
             self.head_axes.append(HeadAxis(q, k, where))
 
     def freeze(self, slot: int, reason: str) -> None:
+        """Forbid pruning ``slot``; the first reason is kept for messages."""
         self.frozen.setdefault(slot, reason)
 
     def mark_inexact(self, slot: int, reason: str) -> None:
+        """Pruning ``slot`` is valid but not equal to zeroing it (for ``verify``)."""
         self.inexact.setdefault(slot, reason)

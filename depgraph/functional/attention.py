@@ -212,9 +212,6 @@ class MultiheadAttentionPruner(BasePruningFunc):
     def out_channel_dim(self, layer: nn.Module, ndim: int) -> int:
         return ndim - 1
 
-    def get_num_heads(self, layer: nn.Module) -> int:
-        return layer.num_heads
-
     @staticmethod
     def _check_heads(layer: nn.Module, idxs: torch.Tensor) -> None:
         owner, e, h = _describe(layer), layer.embed_dim, layer.num_heads

@@ -193,15 +193,36 @@ class BasePruningFunc:
 
     # -- to override -------------------------------------------------------
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
+        """Remove output channels ``idxs`` of ``layer`` in place and return it.
+
+        Args:
+            layer: the module to prune.
+            idxs: channel indices to remove, in any order; duplicates are ignored.
+
+        Returns:
+            ``layer`` itself.
+
+        Raises:
+            InvalidIndicesError: an index is out of range (see :meth:`check_idxs`).
+            OverPruningError: every output channel would be removed.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not implement prune_out_channels")
 
     def prune_in_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
+        """Remove input channels ``idxs`` of ``layer`` in place and return it (as :meth:`prune_out_channels`).
+
+        A handler whose layer has one set of channels (a norm, a per-channel scale)
+        writes ``prune_in_channels = prune_out_channels``; the graph then passes
+        channels through the layer.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not implement prune_in_channels")
 
     def get_out_channels(self, layer: nn.Module) -> int | None:
+        """The current number of output channels of ``layer`` (None: it has none to prune)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement get_out_channels")
 
     def get_in_channels(self, layer: nn.Module) -> int | None:
+        """The current number of input channels of ``layer`` (None: it has none to prune)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement get_in_channels")
 
     def in_channel_dim(self, layer: nn.Module, ndim: int) -> int:

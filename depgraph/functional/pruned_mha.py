@@ -50,6 +50,7 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
 
     @property
     def inner_dim(self) -> int:
+        """Width of q/k/v inside the attention: ``num_heads * head_dim``."""
         return self.num_heads * self.head_dim
 
     def _weights(self) -> tuple[torch.Tensor, ...]:

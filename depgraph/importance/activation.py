@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -18,6 +18,10 @@ from ..functional.base import find_handler, matches_layer_types
 from .base import CONV_AND_LINEAR, GroupImportance, check_power, register_importance
 from .reduce import Normalizer, Reduction
 from .stats import RunningMoments, hooked
+
+if TYPE_CHECKING:  # the graph imports criteria and pruners; only the types are needed here
+    from ..dependency.node import Dependency
+
 
 __all__ = ["ActivationImportance"]
 
@@ -87,7 +91,7 @@ class ActivationImportance(GroupImportance):
         """Forget the collected statistics."""
         self._moments.clear()
 
-    def score_member(self, target: object, side: str, idxs: torch.Tensor, dep: Any) -> torch.Tensor | None:
+    def score_member(self, target: object, side: str, idxs: torch.Tensor, dep: Dependency) -> torch.Tensor | None:
         if side != "in" or not isinstance(target, nn.Module):
             return None
         width = in_width(target)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.nn as nn
@@ -35,6 +35,11 @@ from ..errors import DepgraphError
 from ..functional.base import matches_layer_types
 from .channels import handler_side
 from .reduce import Normalizer, Reduction, check_normalizer, check_reduction, normalize, reduce_stack
+
+if TYPE_CHECKING:  # the graph imports criteria and pruners; only the types are needed here
+    from ..dependency.group import Group
+    from ..dependency.node import Dependency
+
 
 __all__ = [
     "Importance",
@@ -113,11 +118,11 @@ class Importance:
     reduction and normalisation.
     """
 
-    def __call__(self, group: Any) -> torch.Tensor | None:
+    def __call__(self, group: Group) -> torch.Tensor | None:
         raise NotImplementedError(f"{type(self).__name__} must implement __call__(group)")
 
 
-def _refuse_meta(criterion: Importance, group: Any) -> None:
+def _refuse_meta(criterion: Importance, group: Group) -> None:
     """Scores read weights; a model on the meta device has shapes but no values to read."""
     for i in range(len(group)):
         node = group[i].dep.target
@@ -130,7 +135,7 @@ def _refuse_meta(criterion: Importance, group: Any) -> None:
                 "tp.importance.RandomImportance, or prune chosen indices with DependencyGraph.get_pruning_group")
 
 
-def _root_positions(group: Any) -> tuple[int, dict[int, int]]:
+def _root_positions(group: Group) -> tuple[int, dict[int, int]]:
     root_idxs = [int(i) for i in group[0].idxs]
     return len(root_idxs), {r: k for k, r in enumerate(root_idxs)}
 
@@ -174,18 +179,18 @@ class GroupImportance(Importance):
         """
         return matches_layer_types(target, self.target_types)
 
-    def score_member(self, target: object, side: str, idxs: torch.Tensor, dep: Any) -> torch.Tensor | None:
+    def score_member(self, target: object, side: str, idxs: torch.Tensor, dep: Dependency) -> torch.Tensor | None:
         """Scores ``(len(idxs),)`` of one member, or None to skip it."""
         raise NotImplementedError(f"{type(self).__name__} must implement score_member")
 
-    def member_scores(self, target: object, side: str, idxs: torch.Tensor, dep: Any) -> list[torch.Tensor]:
+    def member_scores(self, target: object, side: str, idxs: torch.Tensor, dep: Dependency) -> list[torch.Tensor]:
         """All score rows one member adds (one, or more, e.g. with ``bias=True``)."""
         s = self.score_member(target, side, idxs, dep)
         return [] if s is None else [s]
 
     # -- the template ----------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, group: Any) -> torch.Tensor | None:
+    def __call__(self, group: Group) -> torch.Tensor | None:
         _refuse_meta(self, group)
         n, position = _root_positions(group)
         rows: list[torch.Tensor] = []

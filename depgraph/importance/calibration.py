@@ -71,6 +71,7 @@ class ChannelStats:
 
     @property
     def mean(self) -> torch.Tensor:
+        """Mean value per channel."""
         return self.sum / self.count
 
     @property
@@ -89,6 +90,7 @@ class ChannelStats:
         return self.sumsq.sqrt()
 
     def take(self, positions: torch.Tensor) -> ChannelStats:
+        """The statistics of the channels at ``positions`` only."""
         positions = positions.to(self.sum.device)
         return ChannelStats(self.index[positions], self.count, self.sum[positions], self.sumsq[positions])
 

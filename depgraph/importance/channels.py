@@ -55,6 +55,7 @@ class ChannelSlice:
 
     @property
     def num_channels(self) -> int:
+        """How many channels the slice covers (``blocks`` times the channel dim on a grouped block side)."""
         return self.param.shape[self.channel_dim] * self.blocks
 
     def select(self, t: torch.Tensor, idxs: torch.Tensor) -> torch.Tensor:

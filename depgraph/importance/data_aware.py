@@ -26,7 +26,7 @@ carries a near-constant term that the consumer's bias can absorb
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -37,6 +37,11 @@ from .calibration import CalibrationStats, ChannelStats, collect_activation_stat
 from .channels import channel_slices
 from .magnitude import GroupMagnitudeImportance
 from .reduce import Normalizer, Reduction
+
+if TYPE_CHECKING:  # the graph imports criteria and pruners; only the types are needed here
+    from ..dependency.group import Group
+    from ..dependency.node import Dependency
+
 
 __all__ = ["CalibratedImportance", "ActivationWeightImportance", "FluctuationImportance"]
 
@@ -98,7 +103,7 @@ class CalibratedImportance(GroupImportance):
         """Scores from the weight columns ``(n, fan_out)`` and statistics of ``n`` channels."""
         raise NotImplementedError
 
-    def score_member(self, target: object, side: str, idxs: torch.Tensor, dep: Any) -> torch.Tensor | None:
+    def score_member(self, target: object, side: str, idxs: torch.Tensor, dep: Dependency) -> torch.Tensor | None:
         if side != "in" or not is_channel_consumer(target):
             return None
         st = self.stats.lookup(target, idxs)
@@ -110,7 +115,7 @@ class CalibratedImportance(GroupImportance):
         return self.score_channels(cols, st).to(cols.device, out_dtype)  # computed in float64
 
     @torch.no_grad()
-    def __call__(self, group: Any) -> torch.Tensor | None:
+    def __call__(self, group: Group) -> torch.Tensor | None:
         if self.stats is None:
             raise DepgraphError(
                 f"{type(self).__name__} has no calibration statistics; call "

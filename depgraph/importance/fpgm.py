@@ -9,7 +9,7 @@ so other members do not contribute.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,6 +17,10 @@ from .base import CONV_AND_LINEAR, check_power, register_importance
 from .channels import ChannelSlice
 from .magnitude import SliceImportance
 from .reduce import Normalizer, Reduction
+
+if TYPE_CHECKING:  # the graph imports criteria and pruners; only the types are needed here
+    from ..dependency.node import Dependency
+
 
 __all__ = ["FPGMImportance"]
 
@@ -47,7 +51,8 @@ class FPGMImportance(SliceImportance):
         super().__init__(group_reduction, normalizer, bias=False, target_types=types)
         self.p = check_power(p)
 
-    def member_scores(self, target: object, side: str, idxs: torch.Tensor, dep: Any) -> list[torch.Tensor]:
+    def member_scores(self, target: object, side: str, idxs: torch.Tensor, dep: Dependency) -> list[torch.Tensor]:
+        """Geometric-median distances of the output filters only (input sides add nothing)."""
         if side != "out":
             return []
         return super().member_scores(target, side, idxs, dep)

@@ -8,7 +8,7 @@ group, norms would not).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -16,6 +16,11 @@ import torch.nn as nn
 from .base import GroupImportance, Importance, check_power, register_importance
 from .channels import ChannelSlice, channel_slices
 from .reduce import Normalizer, Reduction
+
+if TYPE_CHECKING:  # the graph imports criteria and pruners; only the types are needed here
+    from ..dependency.group import Group
+    from ..dependency.node import Dependency
+
 
 __all__ = [
     "GroupMagnitudeImportance",
@@ -51,7 +56,7 @@ class SliceImportance(GroupImportance):
         """Scores ``(len(idxs),)`` from one parameter view; None to skip it."""
         raise NotImplementedError
 
-    def member_scores(self, target: object, side: str, idxs: torch.Tensor, dep: Any) -> list[torch.Tensor]:
+    def member_scores(self, target: object, side: str, idxs: torch.Tensor, dep: Dependency) -> list[torch.Tensor]:
         out = []
         dim = getattr(dep.target, "pruning_dim", None)
         for sl in channel_slices(target, side, dim):
@@ -164,7 +169,7 @@ class RandomImportance(Importance):
         self.generator = generator
 
     @torch.no_grad()
-    def __call__(self, group: Any) -> torch.Tensor:
+    def __call__(self, group: Group) -> torch.Tensor:
         return torch.rand(len(group[0].idxs), generator=self.generator)
 
     def __repr__(self) -> str:

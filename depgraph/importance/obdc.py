@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -28,6 +28,10 @@ from .channels import channel_slices
 from .magnitude import row_sum
 from .reduce import Normalizer, Reduction
 from .stats import RunningMoments, hooked
+
+if TYPE_CHECKING:  # the graph imports criteria and pruners; only the types are needed here
+    from ..dependency.node import Dependency
+
 
 __all__ = ["OBDCImportance"]
 
@@ -107,7 +111,7 @@ class OBDCImportance(GroupImportance):
             return False
         return not (isinstance(target, nn.Linear) and target.out_features == self.num_classes)
 
-    def member_scores(self, target: object, side: str, idxs: torch.Tensor, dep: Any) -> list[torch.Tensor]:
+    def member_scores(self, target: object, side: str, idxs: torch.Tensor, dep: Dependency) -> list[torch.Tensor]:
         who = type(self).__name__
         w = target.weight
         handler = find_handler(target)

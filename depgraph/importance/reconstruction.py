@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -48,6 +48,11 @@ from .channels import handler_side
 from .compensation import BeforePruneHook
 from .magnitude import GroupMagnitudeImportance
 from .reduce import Normalizer, Reduction
+
+if TYPE_CHECKING:  # the graph imports criteria and pruners; only the types are needed here
+    from ..dependency.group import Group
+    from ..dependency.node import Dependency
+
 
 __all__ = [
     "InputCovariance",
@@ -409,12 +414,12 @@ class ReconstructionImportance(GroupImportance):
             self._cache[layer] = cached
         return cached[1]
 
-    def score_member(self, target: object, side: str, idxs: torch.Tensor, dep: Any) -> torch.Tensor | None:
+    def score_member(self, target: object, side: str, idxs: torch.Tensor, dep: Dependency) -> torch.Tensor | None:
         if side != "in" or not isinstance(target, nn.Linear) or target not in self.cov:
             return None
         return self.costs(target)[idxs.to(torch.long)].to(torch.float32)
 
     @torch.no_grad()
-    def __call__(self, group: Any) -> torch.Tensor | None:
+    def __call__(self, group: Group) -> torch.Tensor | None:
         scores = super().__call__(group)
         return self._fallback(group) if scores is None else scores

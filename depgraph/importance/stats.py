@@ -45,6 +45,7 @@ class RunningMoments:
 
     @torch.no_grad()
     def add(self, module: nn.Module, kind: str, x: torch.Tensor) -> None:
+        """Accumulate ``x`` (an input, output or gradient of ``module``, by ``kind``); a changed width restarts."""
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0:
             return
         d = channel_dim(module, x, kind)
@@ -76,6 +77,7 @@ class RunningMoments:
         return mean
 
     def clear(self) -> None:
+        """Forget every accumulated moment."""
         self._sum.clear()
         self._count.clear()
 

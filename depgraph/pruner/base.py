@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -42,6 +42,10 @@ from .scheduler import Scheduler, linear_scheduler
 from .scope import ScopeTable
 from .selection import pick_lowest
 from .soft import zero_group
+
+if TYPE_CHECKING:  # the graph imports criteria and pruners; only the types are needed here
+    from ..dependency.group import Group
+
 
 __all__ = ["BasePruner", "MetaPruner", "MagnitudePruner"]
 
@@ -239,7 +243,7 @@ class BasePruner:
         return current
 
     # -- scoring ------------------------------------------------------------------------------
-    def estimate_importance(self, group: Any) -> torch.Tensor | None:
+    def estimate_importance(self, group: Group) -> torch.Tensor | None:
         """One score per root channel of ``group`` (None: leave the group alone)."""
         return self.importance(group)
 
@@ -308,7 +312,7 @@ class BasePruner:
         if self.DG.check_pruning_group(group):
             yield group
 
-    def _soft_prune(self, group: Any) -> None:
+    def _soft_prune(self, group: Group) -> None:
         root = group[0].dep.target.module
         zero = getattr(group, "zero", None)  # heads inside one layer zero themselves
         zero() if zero is not None else zero_group(group)

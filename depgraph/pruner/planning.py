@@ -29,6 +29,10 @@ from .options import floor_fraction
 from .scope import Scope
 from .selection import ChannelClasses, count_to_prune, fit_count, pick_lowest
 
+if TYPE_CHECKING:  # the graph imports criteria and pruners; only the types are needed here
+    from ..dependency.group import Group
+
+
 if TYPE_CHECKING:
     from .base import BasePruner
 
@@ -39,7 +43,7 @@ __all__ = ["Candidate", "candidates", "refresh", "plan_local", "plan_pooled"]
 class Candidate:
     """A prunable group and what the pruner knows about its root."""
 
-    group: Any
+    group: Group
     root: Any
     fn: Callable
     alive: int  # root channels present now

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -37,13 +37,17 @@ from ..importance.magnitude import power_sum
 from .base import BasePruner
 from .options import PrunerOptions
 
+if TYPE_CHECKING:  # the graph imports criteria and pruners; only the types are needed here
+    from ..dependency.group import Group
+
+
 __all__ = ["BNScalePruner", "GroupNormPruner", "GrowingRegPruner"]
 
 _EPS = 1e-12
 
 
 def _member_slices(
-    group: Any, types: tuple = ()
+    group: Group, types: tuple = ()
 ) -> Iterator[tuple[ChannelSlice, torch.Tensor, torch.Tensor]]:
     """``(slice, member idxs, root positions)`` for every weight slice of every member."""
     position = {int(r): k for k, r in enumerate(group[0].idxs)}
@@ -60,7 +64,7 @@ def _member_slices(
                 yield sl, idxs[keep], pos[keep]
 
 
-def _group_sq_norm(group: Any, types: tuple = ()) -> torch.Tensor:
+def _group_sq_norm(group: Group, types: tuple = ()) -> torch.Tensor:
     """Squared L2 norm of all weights of each root channel, summed over the group."""
     total = torch.zeros(len(group[0].idxs))
     for sl, idxs, pos in _member_slices(group, types):
@@ -69,7 +73,7 @@ def _group_sq_norm(group: Any, types: tuple = ()) -> torch.Tensor:
     return total
 
 
-def _add_scaled_weight(group: Any, scale: torch.Tensor, types: tuple = ()) -> None:
+def _add_scaled_weight(group: Group, scale: torch.Tensor, types: tuple = ()) -> None:
     """``grad += scale[root(k)] * w`` on every weight entry of the group's channels."""
     for sl, idxs, pos in _member_slices(group, types):
         grad = sl.param.grad

@@ -9,18 +9,22 @@ the zeroed channels, exactly as the hard-pruned model differs there.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import UnsupportedOpError
 from ..importance.channels import channel_slices, handler_side
 
+if TYPE_CHECKING:  # the graph imports criteria and pruners; only the types are needed here
+    from ..dependency.group import Group
+
+
 __all__ = ["zero_group"]
 
 
 @torch.no_grad()
-def zero_group(group: Any) -> None:
+def zero_group(group: Group) -> None:
     """Set to zero every parameter entry owned by the group's channels.
 
     Raises:

@@ -33,6 +33,7 @@ class Value:
 
     @property
     def ndim(self) -> int:
+        """Number of dims of the recorded tensor."""
         return len(self.shape)
 
     def __repr__(self) -> str:
@@ -86,16 +87,19 @@ class OpNode:
 
     @property
     def is_module(self) -> bool:
+        """Whether the op is a leaf module call (else a torch function or Tensor method)."""
         return isinstance(self.target, nn.Module)
 
     @property
     def name(self) -> str:
+        """The op as the user wrote it: the module class or the function name."""
         t = self.target
         if isinstance(t, nn.Module):
             return type(t).__name__
         return op_name(t)
 
     def where(self) -> str:
+        """``"<op> in <module scope>"``, for warnings and errors."""
         return f"{self.name} in {self.scope or '<model>'}"
 
     def __repr__(self) -> str:
