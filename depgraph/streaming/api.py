@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import DepgraphError
+from ..errors import DepgraphError, OptionError
 from .memory import available_memory, parse_size, peak_rss
 from .options import PruneOptions
 from .plan import (
@@ -128,7 +128,7 @@ def prune_checkpoint(
         A :class:`StreamReport` (sizes, bytes read and written, peak memory, times).
 
     Raises:
-        ValueError: bad options or ``max_memory``.
+        OptionError: bad options or ``max_memory``.
         CheckpointError: ``src_dir`` is not a safetensors checkpoint of a model the config builds.
         MemoryBudgetError: ``max_memory`` cannot hold a decoder layer (raised before any read).
         DepgraphError: the pruned model cannot be described by its config, or ``calib`` given.
@@ -142,14 +142,14 @@ def prune_checkpoint(
     src, out = Path(src_dir), Path(out_dir)
     budget = parse_size(max_memory) if max_memory is not None else None
     if mode not in ("auto", "stream", "memory"):
-        raise ValueError(f"mode must be 'auto', 'stream' or 'memory', got {mode!r}")
+        raise OptionError(f"mode must be 'auto', 'stream' or 'memory', got {mode!r}")
     if calib is not None:
         raise DepgraphError("calibration data (calib=...) is not supported by prune_checkpoint yet: "
                             "the streamed path scores with data-free criteria (magnitude, l1, lamp, fpgm, random)")
     if not (src / "config.json").is_file():
         raise CheckpointError(f"{src} has no config.json: give a folder written by save_pretrained")
     if out.resolve() == src.resolve():
-        raise ValueError(f"out_dir must differ from src_dir ({src}): the source shards are read while writing")
+        raise OptionError(f"out_dir must differ from src_dir ({src}): the source shards are read while writing")
     checkpoint = Checkpoint(src, MemoryLedger(budget))
     if mode == "auto":
         mode = "stream" if budget is not None or checkpoint.total_bytes > available_memory() else "memory"

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace, out: Any) -> int:
     """Prune the checkpoint folder ``args.model`` into ``args.output``; 0 on success.
 
     Raises:
-        ValueError: bad values (``--importance`` the streamed path cannot compute,
+        OptionError: bad values (``--importance`` the streamed path cannot compute,
             a malformed ``--max-memory``).
         DepgraphError: the prune failed (nothing is written before the plan passes its checks).
     """

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from ..errors import OptionError
+
 __all__ = ["parse_size", "available_memory", "peak_rss"]
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
@@ -14,7 +16,7 @@ def parse_size(size: int | str) -> int:
     """Bytes of ``size``: an int, or a string such as ``"600MB"``, ``"1.5 GiB"``, ``"4096"``.
 
     Raises:
-        ValueError: not a positive size with a known unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB).
+        OptionError: not a positive size with a known unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB).
     """
     if isinstance(size, int) and not isinstance(size, bool):
         value = size
@@ -22,10 +24,10 @@ def parse_size(size: int | str) -> int:
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(size))
         unit = m.group(2).lower() if m else None
         if m is None or unit not in _UNITS:
-            raise ValueError(f"{size!r} is not a memory size; write e.g. 600MB, 1.5GiB or a number of bytes")
+            raise OptionError(f"{size!r} is not a memory size; write e.g. 600MB, 1.5GiB or a number of bytes")
         value = int(float(m.group(1)) * _UNITS[unit])
     if value <= 0:
-        raise ValueError(f"a memory size must be positive, got {size!r}")
+        raise OptionError(f"a memory size must be positive, got {size!r}")
     return value
 
 

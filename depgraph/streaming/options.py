@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import UnknownModuleError
+from ..errors import OptionError, UnknownModuleError
 
 __all__ = ["PruneOptions", "IMPORTANCES"]
 
@@ -39,7 +39,7 @@ class PruneOptions:
         seed: seed of the ``random`` criterion's generator.
 
     Raises:
-        ValueError: a ratio outside [0, 1), an unknown criterion, a bad ``round_to``.
+        OptionError: a ratio outside [0, 1), an unknown criterion, a bad ``round_to``.
     """
 
     ratio: float = 0.2
@@ -62,7 +62,7 @@ class PruneOptions:
         if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
             problems.append(f"round_to must be a positive integer, got {self.round_to!r}")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise OptionError("; ".join(problems))
         object.__setattr__(self, "ignore", tuple(self.ignore))
 
     @property

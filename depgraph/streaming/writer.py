@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import DepgraphError
+
 __all__ = ["Entry", "write_shard", "Manifest", "MANIFEST_NAME", "file_digest"]
 
 MANIFEST_NAME = "depgraph-stream.json"
@@ -50,7 +52,7 @@ def write_shard(path: Path, entries: list[Entry], metadata: dict[str, str]) -> t
     """Write one safetensors file from ``entries``; returns ``(size, sha256)`` of the file.
 
     Raises:
-        ValueError: a tensor produced a different number of bytes than its header says
+        DepgraphError: a tensor produced a different number of bytes than its header says
             (the partial file is removed).
     """
     partial = path.with_name(path.name + ".partial")
@@ -70,7 +72,7 @@ def write_shard(path: Path, entries: list[Entry], metadata: dict[str, str]) -> t
                     digest.update(piece)
                     written += len(piece) if isinstance(piece, bytes) else piece.nbytes
                 if written != e.nbytes:
-                    raise ValueError(f"{e.name}: {written} bytes produced, the header says {e.nbytes}")
+                    raise DepgraphError(f"{e.name}: {written} bytes produced, the header says {e.nbytes}")
                 size += written
             f.flush()
             os.fsync(f.fileno())

@@ -276,10 +276,10 @@ def test_cli_prunes_a_checkpoint_folder(llama_src, tmp_path, capsys) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        (dict(ratio=1.0), ValueError, r"ratio must be in \[0, 1\), got 1.0"),
-        (dict(importance="taylor"), ValueError, "importance must be one of .*data-aware"),
-        (dict(max_memory="12 parsecs"), ValueError, "not a memory size"),
-        (dict(mode="fast"), ValueError, "mode must be"),
+        (dict(ratio=1.0), tp.errors.OptionError, r"ratio must be in \[0, 1\), got 1.0"),
+        (dict(importance="taylor"), tp.errors.OptionError, "importance must be one of .*data-aware"),
+        (dict(max_memory="12 parsecs"), tp.errors.OptionError, "not a memory size"),
+        (dict(mode="fast"), tp.errors.OptionError, "mode must be"),
         (dict(calib=torch.zeros(1, 4, dtype=torch.long)), tp.DepgraphError, "calibration data .* not supported"),
         (dict(ignore=("model.layers.9",)), tp.DepgraphError, r"ignore names no module .*model\.layers\.9"),
     ],
@@ -297,5 +297,5 @@ def test_not_a_checkpoint_is_refused(tmp_path) -> None:
     transformers.LlamaConfig(**_SIZES).save_pretrained(tmp_path / "cfg_only")
     with pytest.raises(CheckpointError, match="neither model.safetensors.index.json nor model.safetensors"):
         prune_checkpoint(tmp_path / "cfg_only", tmp_path / "out")
-    with pytest.raises(ValueError, match="out_dir must differ from src_dir"):
+    with pytest.raises(tp.errors.OptionError, match="out_dir must differ from src_dir"):
         prune_checkpoint(tmp_path / "cfg_only", tmp_path / "cfg_only")
