@@ -58,6 +58,16 @@ NOT_YET_DOCUMENTED = frozenset(
         "depgraph.pruner.scope.ScopeTable.scope_of",
         "depgraph.pruner.selection.ChannelClasses.trivial",
         "depgraph.trace.kept.Kept.is_cache",
+        "depgraph.streaming.api.StreamReport.as_dict",
+        "depgraph.streaming.options.PruneOptions.heads",
+        "depgraph.streaming.options.PruneOptions.describe",
+        "depgraph.streaming.plan.Step.apply",
+        "depgraph.streaming.plan.Step.describe",
+        "depgraph.streaming.shards.TensorInfo.nbytes",
+        "depgraph.streaming.shards.TensorInfo.torch_dtype",
+        "depgraph.streaming.shards.Checkpoint.total_bytes",
+        "depgraph.streaming.shards.MemoryLedger.release",
+        "depgraph.streaming.shards.format_bytes",
     ]
 )
 
