@@ -27,13 +27,16 @@ import json
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 
 from ..errors import DepgraphError
 from .shards import Checkpoint, CheckpointError
+
+if TYPE_CHECKING:
+    from ..dependency.group import Group
 
 __all__ = ["Step", "PruneLog", "Materializer", "StreamedImportance", "build_meta_model", "example_inputs"]
 
@@ -62,7 +65,7 @@ class PruneLog:
 
     steps: dict[str, list[Step]] = field(default_factory=dict)
 
-    def record(self, group: Any) -> None:
+    def record(self, group: Group) -> None:
         """Log ``group``'s members as it is about to prune them (current indices, out members first)."""
         items = [(dep, idxs) for dep, idxs in group if len(idxs)]
         items = [it for it in items if it[0].is_out()] + [it for it in items if not it[0].is_out()]
