@@ -22,6 +22,8 @@ from .errors import (
     HandlerMismatchError,
     InvalidIndicesError,
     OverPruningError,
+    PruneFailedError,
+    StaleGroupError,
     TraceError,
     UnknownModuleError,
     UnsupportedOpError,
@@ -143,5 +145,7 @@ __all__ = [
     "OverPruningError",
     "UnknownModuleError",
     "HandlerMismatchError",
+    "PruneFailedError",
+    "StaleGroupError",
     "__version__",
 ]

@@ -36,3 +36,14 @@ class UnknownModuleError(DepgraphError, KeyError):
 
 class HandlerMismatchError(DepgraphError, TypeError):
     """A pruning function was applied to a module it does not handle."""
+
+
+class PruneFailedError(DepgraphError):
+    """A pruning function or hook failed with an error outside this family; the model was restored.
+
+    The original error is chained (``__cause__``).
+    """
+
+
+class StaleGroupError(DepgraphError):
+    """A group was planned on an earlier version of the model; plan it again from the graph."""
