@@ -190,7 +190,7 @@ def test_sides_are_read_by_identity_not_by_name():
 def test_indices_that_are_no_sequence_are_refused(idxs):
     model, x = _two_convs()
     DG = build(model, x)
-    with pytest.raises(tp.InvalidIndicesError, match="must be a sequence of integers"):
+    with pytest.raises(tp.InvalidIndicesError, match="must be a list, tuple, range or tensor of integers"):
         DG.get_pruning_group(model[0], tp.prune_conv_out_channels, idxs)
 
 
