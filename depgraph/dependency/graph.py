@@ -3,7 +3,9 @@
 All coupling is computed in the *original* index space of the traced model.
 Each prune marks positions dead instead of rebuilding the graph, so the graph
 stays valid across any number of prunes and every member's indices are
-translated to its current width on the way out.
+translated to its current width on the way out. Each committed prune bumps
+``version``; a group planned before a commit that changed one of its slots is
+stale and refused (see :class:`~depgraph.errors.StaleGroupError`).
 """
 
 from __future__ import annotations
@@ -47,9 +49,18 @@ class DependencyGraph:
     Call tree::
 
         build_dependency(model, example_inputs)      trace + slot graph
-        get_pruning_group(module, fn, idxs)          plan (pure)
-            group.prune()  -> apply_group(group)     validate all, snapshot, mutate, restore on error
+        get_pruning_group(module, fn, idxs)          plan (pure), stamped with DG.version
+            group.prune()  -> apply_group(group)     one Transaction: refuse stale plans, validate all,
+                                                     snapshot, before-hooks, handlers, after-hooks,
+                                                     forward check, commit; restore on any BaseException
         get_all_groups(ignored_layers, root_types)   every prunable group once
+        prune_groups(groups)                         a pruner step: all commit or none, one forward
+                                                     check, bisection drops the groups that break it
+        load_pruning_history(history)                one transaction
+
+    Public queries (slots and original positions): ``slot_of``, ``coupled``, ``alive_positions``,
+    ``current_width``, ``original_width``, ``to_current``, ``to_original``, ``plan_group``,
+    ``propagate``, ``is_stale``; hooks: ``register_prune_hook`` (see :mod:`depgraph.dependency.hooks`).
 
     Example:
         >>> DG = DependencyGraph().build_dependency(model, torch.randn(1, 3, 224, 224))
