@@ -196,7 +196,7 @@ def _pruned_non_persistent(model: nn.Module, records: dict[str, Any]) -> dict[st
     return out
 
 
-def load_state_dict(model: nn.Module, pruned_state: dict[str, Any], strict: bool = True) -> nn.Module:
+def load_state_dict(model: nn.Module, state_dict: dict[str, Any], *, strict: bool = True) -> nn.Module:
     """Reshape ``model`` (an unpruned instance of the same definition) to the pruned one and load it.
 
     Everything is checked against ``model`` before it is touched, and a failure
@@ -204,7 +204,7 @@ def load_state_dict(model: nn.Module, pruned_state: dict[str, Any], strict: bool
 
     Args:
         model: A fresh instance of the definition the pruned model was made from.
-        pruned_state: What :func:`depgraph.state_dict` returned.
+        state_dict: What :func:`depgraph.state_dict` returned (the name Torch-Pruning gives it).
         strict: Refuse tensors the model lacks and tensors the state lacks, as
             ``nn.Module.load_state_dict`` does.
 
@@ -216,16 +216,16 @@ def load_state_dict(model: nn.Module, pruned_state: dict[str, Any], strict: bool
             ``model`` is not an instance of the same definition (modules, module
             classes or tensors differ); the message lists every difference.
     """
-    if not isinstance(pruned_state, dict) or pruned_state.get("format") not in _READS:
+    if not isinstance(state_dict, dict) or state_dict.get("format") not in _READS:
         raise DepgraphError("not a depgraph pruned state: make it with depgraph.state_dict(model) or depgraph.save")
     modules = dict(model.named_modules())
-    _check_fits(model, modules, pruned_state, strict)
+    _check_fits(model, modules, state_dict, strict)
     from .dependency.transaction import Snapshot  # lazy: the dependency package imports the handlers
 
     snap = Snapshot([model, *_configs_by_module(model).values()])
     classes = [(m, type(m)) for m in modules.values()]
     try:
-        _apply(model, modules, pruned_state, strict)
+        _apply(model, modules, state_dict, strict)
     except Exception as e:
         snap.restore()
         for m, cls in classes:
