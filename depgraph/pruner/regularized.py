@@ -39,6 +39,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..errors import OptionTypeError
 from ..importance.channels import ChannelSlice, channel_slices, handler_side
 from ..importance.magnitude import power_sum
 from .base import BasePruner
@@ -100,7 +101,7 @@ def _spread(norm: torch.Tensor, eps: float = _EPS) -> torch.Tensor:
 def _check_strength(name: str, value: Any) -> None:
     """The second argument of ``regularize`` is a strength, as in Torch-Pruning, never the loss."""
     if isinstance(value, torch.Tensor) or isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
+        raise OptionTypeError(
             f"regularize(model, {name}): {name} is the penalty strength (a number), got "
             f"{type(value).__name__}; call regularize(model) after loss.backward() - it does not need the loss"
         )
@@ -173,7 +174,7 @@ class BNScalePruner(BasePruner):
                 group-lasso term with ``group_lasso=True``).
 
         Raises:
-            TypeError: ``reg`` is not a number (e.g. the loss, passed where Torch-Pruning takes the strength).
+            OptionTypeError (a TypeError): ``reg`` is not a number (e.g. the loss, passed where Torch-Pruning takes the strength).
         """
         reg = self.options.reg if reg is None else reg
         _check_strength("reg", reg)
@@ -242,7 +243,7 @@ class GroupNormPruner(BasePruner):
             bias: also penalise the biases of the channels' producers and norms.
 
         Raises:
-            TypeError: ``alpha`` is not a number (e.g. the loss).
+            OptionTypeError (a TypeError): ``alpha`` is not a number (e.g. the loss).
         """
         _check_strength("alpha", alpha)
         for group in self._groups:
@@ -307,7 +308,7 @@ class GrowingRegPruner(BasePruner):
     def regularize(self, model: nn.Module, bias: bool = False) -> None:
         """Add ``r_k * w`` to every weight gradient of each group's channel ``k`` (``bias``: biases too)."""
         if not isinstance(bias, bool):
-            raise TypeError(
+            raise OptionTypeError(
                 f"regularize(model, bias): bias must be True or False, got {type(bias).__name__}; "
                 "call regularize(model) after loss.backward() - it does not need the loss"
             )

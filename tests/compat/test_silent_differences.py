@@ -87,7 +87,7 @@ def test_bn_scale_regularize_refuses_the_loss_as_strength():
     model = Small()
     pruner = tp.BNScalePruner(model, X32, tp.importance.BNScaleImportance(), ignored_layers=[model.fc])
     loss = model(X32).sum()
-    with pytest.raises(TypeError, match=r"regularize\(model, reg\): reg is the penalty strength"):
+    with pytest.raises(tp.errors.OptionTypeError, match=r"regularize\(model, reg\): reg is the penalty strength"):
         pruner.regularize(model, loss)
 
 
