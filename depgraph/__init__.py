@@ -72,6 +72,16 @@ from .functional import (
 # Bias compensation with calibration statistics (new)
 from .importance.compensation import compensate_bias
 
+# Pruners, also at the top level as in the original
+from .pruner import (
+    BasePruner,
+    BNScalePruner,
+    GroupNormPruner,
+    GrowingRegPruner,
+    MagnitudePruner,
+    MetaPruner,
+)
+
 # Saving pruned models as data
 from .serialization import load, load_state_dict, save, state_dict
 
@@ -129,6 +139,12 @@ __all__ = [
     "importance",
     "pruner",
     "utils",
+    "BasePruner",
+    "MetaPruner",
+    "MagnitudePruner",
+    "BNScalePruner",
+    "GroupNormPruner",
+    "GrowingRegPruner",
     "compensate_bias",
     # dimension rules (new)
     "dims",

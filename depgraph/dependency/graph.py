@@ -100,6 +100,7 @@ class DependencyGraph:
         ignored_layers: Iterable[nn.Module] | None = None,
         ignored_params: Iterable[torch.Tensor] | None = None,
         verbose: bool = True,
+        *,
         frozen_layers: Iterable[nn.Module] | None = None,
         check_forward: bool = True,
     ) -> DependencyGraph:
@@ -453,7 +454,7 @@ class DependencyGraph:
     def get_all_groups(
         self,
         ignored_layers: Iterable[nn.Module] = (),
-        root_module_types: tuple = (nn.Conv2d, nn.Linear),
+        root_module_types: tuple = (nn.modules.conv._ConvNd, nn.Linear),
     ) -> Iterator[Group]:
         """Yield every prunable group once, rooted at the first layer of ``root_module_types`` in it.
 

@@ -203,10 +203,9 @@ def plan_local(pruner: BasePruner, cand: Candidate) -> list[int]:
 
 
 def _signature(cand: Candidate) -> Hashable:
-    return tuple(
-        (type(it.dep.target.module).__name__, handler_side(it.dep.handler), len(it.idxs))
-        for it in cand.group.items
-    )
+    """Isomorphic classes: the members' layer types and sides in group order, not their widths
+    (as Torch-Pruning classes them: the blocks of every ResNet stage rank together)."""
+    return tuple((type(it.dep.target.module).__name__, handler_side(it.dep.handler)) for it in cand.group.items)
 
 
 def plan_pooled(pruner: BasePruner, cands: list[Candidate]) -> list[tuple[Candidate, int]]:
