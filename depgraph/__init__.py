@@ -25,6 +25,8 @@ from .errors import (
     OptionTypeError,
     OverPruningError,
     PrunedStateError,
+    PruneFailedError,
+    StaleGroupError,
     TraceError,
     UnknownModuleError,
     UnsupportedOpError,
@@ -76,8 +78,17 @@ from .functional import (
 # Bias compensation with calibration statistics (new)
 from .importance.compensation import compensate_bias
 
+# Pruners, also at the top level as in the original
 # The original's module path of the handlers: tp.function (= tp.pruner.function)
-from .pruner import function
+from .pruner import (
+    BasePruner,
+    BNScalePruner,
+    GroupNormPruner,
+    GrowingRegPruner,
+    MagnitudePruner,
+    MetaPruner,
+    function,
+)
 
 # Saving pruned models as data
 from .serialization import load, load_state_dict, save, state_dict
@@ -143,6 +154,12 @@ __all__ = [
     "importance",
     "pruner",
     "utils",
+    "BasePruner",
+    "MetaPruner",
+    "MagnitudePruner",
+    "BNScalePruner",
+    "GroupNormPruner",
+    "GrowingRegPruner",
     "compensate_bias",
     # dimension rules and layer specs (new)
     "dims",
@@ -166,5 +183,7 @@ __all__ = [
     "OptionError",
     "OptionTypeError",
     "PrunedStateError",
+    "PruneFailedError",
+    "StaleGroupError",
     "__version__",
 ]

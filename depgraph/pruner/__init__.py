@@ -6,7 +6,7 @@ original package layout.
 """
 
 from .. import importance
-from . import function
+from . import algorithms, function
 from .base import BasePruner, MagnitudePruner, MetaPruner
 from .function import (
     BasePruningFunc,
@@ -122,4 +122,5 @@ __all__ = [
     # sub-modules under their original names
     "importance",
     "function",
+    "algorithms",
 ]

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
-from ..errors import DepgraphError
 from .shards import Checkpoint, CheckpointError
 
 if TYPE_CHECKING:
@@ -248,10 +247,3 @@ def run_pruner(pruner: Any, log: PruneLog, on_group: Callable[[Any], None] | Non
             if on_group is not None:
                 on_group(group)
 
-
-def refuse_data_aware(importance: Any) -> None:
-    """Criteria that need calibration data cannot be streamed yet: say so before any work."""
-    if hasattr(importance, "calibrate") or hasattr(importance, "accumulate_grad"):
-        raise DepgraphError(
-            f"{type(importance).__name__} needs calibration data or gradients, which the streamed path "
-            "does not compute yet; use magnitude, l1, lamp, fpgm or random")
