@@ -340,7 +340,7 @@ class DependencyGraph:
     def coupled(self, module: Any, pruning_fn: Callable) -> list[tuple[Node, str]]:
         """Every ``(node, side)`` whose channels move with one channel of ``module`` under ``pruning_fn``.
 
-        Example:
+        Examples:
             >>> [(n.name, side) for n, side in DG.coupled(model.conv1, tp.prune_conv_out_channels)]
             [('conv1', 'out'), ('bn1', 'out'), ('layer1.0.conv1', 'in'), ...]
         """
