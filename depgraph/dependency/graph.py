@@ -525,7 +525,7 @@ class DependencyGraph:
         if dep.side == "heads":
             return int(node.module.num_heads)
         slot = node.out_slot if dep.is_out() else node.in_slot
-        alive = None if slot is None else int(self._alive(slot).numel())
+        alive = None if slot is None else self.current_width(slot)
         return handler_width(node.handler, node.module, dep.is_out(), alive, node.name)
 
     # -- applying -----------------------------------------------------------------------
