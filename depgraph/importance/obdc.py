@@ -30,6 +30,7 @@ from .reduce import Normalizer, Reduction
 from .stats import RunningMoments, hooked
 
 if TYPE_CHECKING:  # the graph imports criteria and pruners; only the types are needed here
+    from ..dependency.group import Group
     from ..dependency.node import Dependency
 
 
@@ -114,7 +115,7 @@ class OBDCImportance(GroupImportance):
         backward inside it, so there is nothing left to fold in per batch.
         """
 
-    def adjust_fisher(self, group: Any, idxs: Any) -> None:
+    def adjust_fisher(self, group: Group, idxs: Any) -> None:
         """Torch-Pruning's hook for pruned channels: a no-op here.
 
         The pruner scores every group before it removes anything, and the
