@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..trace.graph import OpNode, Value
+from ..trace.shape_int import AttrInt, ShapeInt, is_computed
 from ._args import arg
 from .elementwise import _lookup
 from .indexmap import Gather
@@ -159,6 +160,21 @@ def _couple_bias(ctx: RuleContext, b: Value | None, weight: Value, out: Value, c
         ctx.identity(b, 0, out, cdim)
 
 
+def _size_follows(ctx: RuleContext, slot: int, size: object, where: str, what: str) -> None:
+    """A call argument that is the size of ``slot`` must change with it.
+
+    Read from an attribute (timm's ``BlurPool2d`` passes ``groups=self.channels``): the
+    attribute is updated after a prune. Read from a tensor's shape (``x.shape[1]``): the call
+    recomputes it, if that dim shrinks with ``slot``. Written into the code: ``slot`` is frozen.
+    """
+    if isinstance(size, AttrInt):
+        ctx.graph.bind(slot, size.owner, size.attr)
+    elif isinstance(size, ShapeInt) and size.src:
+        ctx.graph.derived.append((slot, size.src, where))
+    elif not is_computed(size):
+        ctx.graph.freeze(slot, f"{where}: {what}={int(size)} is written into the code")
+
+
 @register_dim_rule(F.linear)
 def linear_rule(op: OpNode, ctx: RuleContext) -> None:
     """``linear(x, W, b)``: ``x[..., i] * W[o, i] (+ b[o]) -> out[..., o]``."""
@@ -219,6 +235,7 @@ def conv_rule(op: OpNode, ctx: RuleContext) -> None:
             ctx.identity(b, 0, out, cdim)
     else:
         ga = ctx.new_axis(groups, f"{op.where()}.groups")
+        _size_follows(ctx, ga, arg(op, 6, "groups"), op.where(), "groups")
         ctx.factor(ctx.slot(x, cdim), [ga, ctx.slot(w, 1)])
         ctx.identity(w, 0, out, cdim)
         ctx.factor(ctx.slot(out, cdim), [ga, ctx.new_axis(out.shape[cdim] // groups, "conv.per_group_out")])

@@ -12,6 +12,8 @@ normalisation mixes a pruned dim (the reason is checked).
 Mechanisms:
     same-padding conv   ``Conv2dSame`` pads, then runs ``F.conv2d`` on its own weight
                         (TF EfficientNet / MobileNetV3 ports).
+    blur pooling        ``BlurPool2d``: a depthwise ``F.conv2d`` with a buffer filter and
+                        ``groups=self.channels`` (resnetblur, densenetblur, TResNet).
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ class Case:
 CASES = [
     Case("tf_efficientnet_b0"),
     Case("tf_mobilenetv3_small_100"),
+    Case("resnetblur18"),
+    Case("densenetblur121d", slow=True),
+    Case("tresnet_m", slow=True),
 ]
 
 
