@@ -91,6 +91,8 @@ def test_fault_at_every_member_of_a_group(monkeypatch, fault, big):
     model, x = _resnet(big)
     original, shapes = copy.deepcopy(model), output_shapes(model, x)
     DG = build(model, x)
+    model(x).square().sum().backward()  # handlers prune .grad too: the restore must bring it back
+    assert model.conv1.weight.grad is not None
     fn, idxs = tp.prune_conv_out_channels, [0, 5, 9]
     n = len(DG.get_pruning_group(model.conv1, fn, idxs))
     assert n >= (10 if big else 6)  # conv1, bn1 and every block on the residual stream
@@ -104,6 +106,7 @@ def test_fault_at_every_member_of_a_group(monkeypatch, fault, big):
     monkeypatch.setattr(Dependency, "__call__", _ORIGINAL_CALL)
     DG.get_pruning_group(model.conv1, fn, idxs).prune()
     assert model.conv1.out_channels == (61 if big else 13)
+    assert model.conv1.weight.grad.shape == model.conv1.weight.shape
     check_result(original, model, x, shapes)
 
 
