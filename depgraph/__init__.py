@@ -25,6 +25,8 @@ from .errors import (
     OptionTypeError,
     OverPruningError,
     PrunedStateError,
+    PruneFailedError,
+    StaleGroupError,
     TraceError,
     UnknownModuleError,
     UnsupportedOpError,
@@ -165,5 +167,7 @@ __all__ = [
     "OptionError",
     "OptionTypeError",
     "PrunedStateError",
+    "PruneFailedError",
+    "StaleGroupError",
     "__version__",
 ]

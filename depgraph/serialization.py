@@ -183,8 +183,10 @@ def _pruned_non_persistent(model: nn.Module, records: dict[str, Any]) -> dict[st
 def load_state_dict(model: nn.Module, state_dict: dict[str, Any], *, strict: bool = True) -> nn.Module:
     """Reshape ``model`` (an unpruned instance of the same definition) to the pruned one and load it.
 
-    Everything is checked against ``model`` before it is touched, and a failure
-    part-way restores it, so a refused load leaves ``model`` as it was.
+    Everything is checked against ``model`` before it is touched, and the load runs as one
+    :class:`~depgraph.dependency.transaction.Transaction`: a failure part-way (or Ctrl-C)
+    restores tensors, attributes, module classes and configs, so a refused load leaves
+    ``model`` as it was.
 
     Args:
         model: A fresh instance of the definition the pruned model was made from.
@@ -212,20 +214,13 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, Any], *, strict: boo
                                + ". Save it again with depgraph.save(model, path)")
     modules = dict(model.named_modules())
     _check_fits(model, modules, state_dict, strict)
-    from .dependency.transaction import Snapshot  # lazy: the dependency package imports the handlers
+    from .dependency.transaction import Transaction  # lazy: the dependency package imports the handlers
 
-    snap = Snapshot([model, *_configs_by_module(model).values()])
-    classes = [(m, type(m)) for m in modules.values()]
-    try:
+    # One transaction: any failure or interrupt restores tensors, attributes, classes and configs.
+    what = ("loading the pruned state (load it into an instance of the unpruned definition the pruned model "
+            "was made from)")
+    with Transaction(what, [model, *_configs_by_module(model).values()]):
         _apply(model, modules, state_dict, strict)
-    except Exception as e:
-        snap.restore()
-        for m, cls in classes:
-            m.__class__ = cls
-        _refresh_rnns(model)
-        raise DepgraphError(f"loading the pruned state failed ({type(e).__name__}: {str(e)[:300]}); the model "
-                            "was restored unchanged. Load it into an instance of the unpruned definition the "
-                            "pruned model was made from") from e
     return model
 
 

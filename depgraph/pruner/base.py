@@ -268,8 +268,19 @@ class BasePruner:
     def step(self, interactive: bool = False) -> Iterator[Any] | None:
         """Advance one iterative step: prune, or with ``interactive=True`` yield the groups to prune.
 
+        A step is one transaction: its groups all commit, or (a handler or hook error, Ctrl-C)
+        the model, the graph and the pruner's schedule are exactly as before the call and the
+        error is re-raised. The pruned model is run once on the example inputs at the end of the
+        step; when it fails, the groups that break it are found (bisection), left unpruned,
+        frozen for later steps and named in a warning, and the rest stay pruned.
+
+        With ``interactive=True`` the caller prunes each yielded group itself
+        (``group.prune()``); each group is its own transaction with its own forward check, so
+        stopping the loop early leaves the groups pruned so far pruned and the model runnable.
+
         Raises:
-            DepgraphError: the importance returned unusable scores.
+            DepgraphError: the importance returned unusable scores, or a group failed to prune
+                (the step is rolled back).
         """
         self.current_step += 1
         if self.current_step > self.options.iterative_steps:
@@ -282,15 +293,28 @@ class BasePruner:
         groups = self._prune()
         if interactive:
             return groups
-        with contextlib.ExitStack() as stack:
-            for hook in self.DG._after_prune_hooks:  # e.g. HF config sync: judge the step's end state
-                if hasattr(hook, "deferred"):
-                    stack.enter_context(hook.deferred())
+        if self.options.soft_pruning:
             for group in groups:
-                if self.options.soft_pruning:
-                    self._soft_prune(group)
-                else:
-                    group.prune()
+                self._soft_prune(group)
+            return None
+        before = (self.current_step - 1, dict(self._initial))
+        try:
+            with contextlib.ExitStack() as stack:
+                for hook in self.DG.prune_hooks("after"):  # e.g. HF config sync: judge the step's end state
+                    if hasattr(hook, "deferred"):
+                        stack.enter_context(hook.deferred())
+                skipped = self.DG.prune_groups(groups, what=f"step {self.current_step} of {type(self).__name__}")
+        except BaseException:
+            self.current_step, self._initial = before[0], before[1]
+            raise
+        for group, why in skipped:
+            root = group[0]
+            warnings.warn(
+                f"depgraph: {type(self).__name__} step {self.current_step} left the group rooted at "
+                f"{root.dep.target.name} (removing {len(root.idxs)} channels) unpruned: the model's forward pass "
+                f"fails with it ({why}); the other groups of the step were pruned",
+                stacklevel=2,
+            )
         return None
 
     def _prune(self) -> Iterator[Any]:

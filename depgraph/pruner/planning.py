@@ -130,11 +130,11 @@ def _closures(pruner: BasePruner, cand: Candidate) -> list[list[int]]:
     cached class minus the removed positions is still closed: reused on later steps.
     """
     DG = pruner.DG
-    slot = DG._slot_for(DG.module2node[cand.root], cand.fn)
-    alive = DG._alive(slot)
+    slot = DG.slot_of(cand.root, cand.fn)
+    alive = DG.alive_positions(slot)
     labels = pruner._closure_cache.get(slot)
     if labels is None or bool((labels[alive] < 0).any()):
-        labels = torch.full((DG._graph.sizes[slot],), -1, dtype=torch.long)
+        labels = torch.full((DG.original_width(slot),), -1, dtype=torch.long)
         probe = DG.get_pruning_group(cand.root, cand.fn, [0])
         strided = _strided_classes(pruner, cand, list(probe[0].idxs))
         if strided is not None:
