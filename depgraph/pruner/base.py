@@ -273,8 +273,9 @@ class BasePruner:
         # group is scored half-way through another group's prune.
         heads = self._heads.plan() if self._heads is not None and self.options.prune_num_heads else []
         skip = self._head_dim_slots()
-        local = [(c, planning.plan_local(self, c)) for c in planning.candidates(self, pooled=False, skip=skip)]
-        pooled = list(planning.candidates(self, pooled=True, skip=skip))
+        cands = list(planning.candidates(self, pooled=None, skip=skip))  # one walk over the groups
+        local = [(c, planning.plan_local(self, c)) for c in cands if not c.scope.pooled]
+        pooled = [c for c in cands if c.scope.pooled]
         decided = [(c, idxs) for c, idxs in local if idxs]
         decided += [(c, planning.pick(self, c, n)) for c, n in planning.plan_pooled(self, pooled)]
         for cand, idxs in decided:
