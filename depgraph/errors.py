@@ -36,3 +36,22 @@ class UnknownModuleError(DepgraphError, KeyError):
 
 class HandlerMismatchError(DepgraphError, TypeError):
     """A pruning function was applied to a module it does not handle."""
+
+
+class OptionError(DepgraphError, ValueError):
+    """An option or argument has a value depgraph refuses (a ratio outside [0, 1], an unknown name).
+
+    Also a ``ValueError``, so ``except ValueError`` written for the original keeps working.
+    """
+
+
+class OptionTypeError(DepgraphError, TypeError):
+    """An option or argument has the wrong type (a string where indices go, a non-callable importance).
+
+    Also a ``TypeError``, so ``except TypeError`` written for the original keeps working.
+    """
+
+
+class PrunedStateError(DepgraphError, ValueError):
+    """A saved pruned state cannot be read or is refused: truncated, malformed, or naming
+    attributes, classes or values that loading does not allow. Raised before the model changes."""

@@ -31,13 +31,14 @@ from typing import IO, Any, TypeVar
 import torch
 import torch.nn as nn
 
-from .errors import DepgraphError
+from .errors import DepgraphError, PrunedStateError
+from .state_schema import RECORD_NAMES, check_against_model, check_layout, config_value, plain
 
 __all__ = ["state_dict", "load_state_dict", "save", "load", "register_pruned_class"]
 
 _FORMAT = "depgraph.pruned/2"  # /2 adds "classes"; /1 files (no class swaps) still load
 _READS = ("depgraph.pruned/1", _FORMAT)
-_RECORDS = ("_depgraph_kept", "_depgraph_kept_params", "_depgraph_inexact")
+_RECORDS = RECORD_NAMES
 
 
 _M = TypeVar("_M", bound=type[nn.Module])
@@ -98,13 +99,7 @@ def _swapped_classes(model: nn.Module) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _plain(v: Any) -> bool:
-    """Attributes worth recording: sizes (ints, tuples of ints), flags and scales."""
-    if isinstance(v, bool) or v is None:
-        return True
-    if type(v) in (int, float, str):  # exact: a str Enum (HF's QuantizationMethod) would not load weights_only
-        return True
-    return isinstance(v, tuple) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+_plain = plain
 
 
 def state_dict(model: nn.Module) -> dict[str, Any]:
@@ -137,18 +132,7 @@ def state_dict(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _config_value(v: Any, top: bool = True) -> bool:
-    """Numbers, lists of numbers, and (nested) dicts of those and plain values: sizes and ``rope_parameters``
-    (longrope factor lists, Gemma 3's per-layer-type dicts). Top-level strings and flags are left alone."""
-    if isinstance(v, dict):
-        return all(isinstance(k, str) and _config_value(x, top=False) for k, x in v.items())
-    if isinstance(v, list):
-        return all(_number(x) for x in v)
-    return _number(v) or (not top and _plain(v))
+_config_value = config_value
 
 
 def _config_fields(cfg: Any) -> dict[str, Any]:
@@ -214,12 +198,20 @@ def load_state_dict(model: nn.Module, pruned_state: dict[str, Any], strict: bool
         ``model``, now the pruned model.
 
     Raises:
-        DepgraphError: the state was not made by :func:`depgraph.state_dict`, or
-            ``model`` is not an instance of the same definition (modules, module
-            classes or tensors differ); the message lists every difference.
+        PrunedStateError: the state was not made by :func:`depgraph.state_dict`, is
+            malformed, would set what loading does not allow (a private or unknown
+            attribute, a method, a sub-module, state a swapped-in class did not
+            register), or ``model`` is not an instance of the same definition
+            (modules, module classes or tensors differ); the message lists every
+            problem, and the model is unchanged.
+        DepgraphError: applying the checked state failed part-way (the model is restored).
     """
     if not isinstance(pruned_state, dict) or pruned_state.get("format") not in _READS:
-        raise DepgraphError("not a depgraph pruned state: make it with depgraph.state_dict(model) or depgraph.save")
+        raise PrunedStateError("not a depgraph pruned state: make it with depgraph.state_dict(model) or depgraph.save")
+    layout = check_layout(pruned_state)
+    if layout:
+        raise PrunedStateError("malformed pruned state (the model is unchanged): " + "; ".join(layout[:8])
+                               + ". Save it again with depgraph.save(model, path)")
     modules = dict(model.named_modules())
     _check_fits(model, modules, pruned_state, strict)
     from .dependency.transaction import Snapshot  # lazy: the dependency package imports the handlers
@@ -241,7 +233,7 @@ def load_state_dict(model: nn.Module, pruned_state: dict[str, Any], strict: bool
 
 def _check_fits(model: nn.Module, modules: dict[str, nn.Module], state: dict[str, Any], strict: bool) -> None:
     """Every reason ``state`` cannot be loaded into ``model``, raised together before anything changes."""
-    problems = []
+    problems = check_against_model(modules, state, _PRUNED_CLASSES, _configs_by_module(model))
     missing = [n for n in state["attributes"] if n not in modules]
     if missing:
         problems.append(f"the pruned state names modules this model lacks: {missing[:5]}")
@@ -271,7 +263,7 @@ def _check_fits(model: nn.Module, modules: dict[str, nn.Module], state: dict[str
             if modules.get(owner) is None or modules[owner]._buffers.get(attr) is None:
                 problems.append(f"the pruned state has the buffer {key!r}, which this model does not have")
     if problems:
-        raise DepgraphError("cannot load the pruned state into this model (left unchanged): "
+        raise PrunedStateError("cannot load the pruned state into this model (left unchanged): "
                             + "; ".join(problems) + ". Load it into an instance of the unpruned definition "
                             "the pruned model was made from")
 
@@ -371,10 +363,30 @@ def load(model: nn.Module | str | os.PathLike | IO[bytes], path: Any = None, map
     Example:
         >>> pruned = tp.load("pruned_by_torch_pruning.pth")   # warns: runs pickle
         >>> model = tp.load(torchvision.models.resnet18(), "pruned.pth")
+
+    Raises:
+        PrunedStateError: (with a model) the file cannot be read as weights-only data
+            (truncated, not a torch file, or a whole pickled model), or its state is
+            refused (see :func:`load_state_dict`). The model is unchanged.
+        OSError: the file cannot be opened.
     """
-    if isinstance(model, nn.Module):
-        return load_state_dict(model, torch.load(path, map_location=map_location, weights_only=True))
-    f, map_location = model, map_location if path is None else path
+    if not isinstance(model, nn.Module):
+        return _load_any(model, map_location if path is None else path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError ...
+        raise PrunedStateError(
+            f"cannot read {os.fspath(path)!r} as a depgraph pruned state ({type(e).__name__}: {str(e)[:200]}); "
+            "it may be truncated, or a whole pickled model: such a file loads with "
+            "depgraph.load(path) or torch.load(path, weights_only=False), which run its pickled code"
+        ) from None
+    return load_state_dict(model, state)
+
+
+def _load_any(f: Any, map_location: Any) -> Any:
+    """Torch-Pruning's ``tp.load(f)``: weights-only when the file allows, else pickle with a warning."""
     try:
         return torch.load(f, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -383,5 +395,5 @@ def load(model: nn.Module | str | os.PathLike | IO[bytes], path: Any = None, map
     warnings.warn(f"depgraph.load({f!r}): the file is not weights-only (a whole pickled model, as "
                   "Torch-Pruning's tp.save writes); loading it runs pickle, which can execute code from the "
                   "file - load only files you trust. depgraph.save(model, path) writes weights only: "
-                  "depgraph.load(unpruned_model, path) reads them back", UserWarning, stacklevel=2)
+                  "depgraph.load(unpruned_model, path) reads them back", UserWarning, stacklevel=3)
     return torch.load(f, map_location=map_location, weights_only=False)

@@ -253,7 +253,7 @@ class DependencyGraph:
         node = self._node(module)
         slot = self._slot_for(node, pruning_fn)
         alive = self._alive(slot)
-        raw = torch.as_tensor(idxs if not isinstance(idxs, torch.Tensor) else idxs.cpu())
+        raw = _index_tensor(idxs, node.name)
         if raw.numel() and (raw.dtype.is_floating_point or raw.dtype.is_complex or raw.dtype == torch.bool):
             raise InvalidIndicesError(f"pruning indices for {node.name} must be integers, got dtype {raw.dtype}")
         cur = raw.to(torch.long).flatten()
@@ -521,3 +521,18 @@ def _expand(layers: Iterable[Any] | None) -> list[Any]:
     for m in layers or ():
         out.extend(m.modules() if isinstance(m, nn.Module) else [m])
     return out
+
+
+def _index_tensor(idxs: Any, where: str) -> torch.Tensor:
+    """``idxs`` as a tensor, refusing what is not a collection of integers (None, a string, a float)."""
+    if isinstance(idxs, torch.Tensor):
+        return idxs.detach().cpu()
+    if idxs is None or isinstance(idxs, (str, bytes, float, bool)) or not isinstance(idxs, (Iterable, int)):
+        raise InvalidIndicesError(
+            f"pruning indices for {where} must be a list, tuple, range or tensor of integers, "
+            f"got {type(idxs).__name__} {idxs!r:.60}"
+        )
+    try:
+        return torch.as_tensor(list(idxs) if not isinstance(idxs, int) else [idxs])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise InvalidIndicesError(f"pruning indices for {where} must be integers, got {idxs!r:.60} ({e})") from None

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import DepgraphError
+
 __all__ = ["IndexMap", "Identity", "Offset", "Gather", "Lookup", "Compose"]
 
 
@@ -133,7 +135,7 @@ class Compose(IndexMap):
 
     def __init__(self, first: IndexMap, second: IndexMap):
         if first.n_dst != second.n_src:
-            raise ValueError(f"cannot compose {first} with {second}: sizes {first.n_dst} != {second.n_src}")
+            raise DepgraphError(f"cannot compose {first} with {second}: sizes {first.n_dst} != {second.n_src}")
         self.first, self.second = first, second
         self.n_src, self.n_dst = first.n_src, second.n_dst
 

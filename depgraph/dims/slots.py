@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import DepgraphError
 from .indexmap import Identity, IndexMap
 
 __all__ = ["SlotGraph", "PairRule", "FactorRule", "Endpoint", "HeadAxis"]
@@ -196,7 +197,7 @@ class SlotGraph:
             return
         fwd = fwd or Identity(self.sizes[a])
         if fwd.n_src != self.sizes[a] or fwd.n_dst != self.sizes[b]:
-            raise ValueError(f"map {fwd} does not fit slots {self.labels[a]} -> {self.labels[b]}")
+            raise DepgraphError(f"map {fwd} does not fit slots {self.labels[a]} -> {self.labels[b]}")
         rule = PairRule(a, b, fwd)
         self.rules[a].append(rule)
         self.rules[b].append(rule)
@@ -204,7 +205,7 @@ class SlotGraph:
     def factor(self, merged: int, parts: list[int]) -> None:
         sizes = [self.sizes[p] for p in parts]
         if math.prod(sizes) != self.sizes[merged]:
-            raise ValueError(f"factor sizes {sizes} do not multiply to {self.sizes[merged]}")
+            raise DepgraphError(f"factor sizes {sizes} do not multiply to {self.sizes[merged]}")
         rule = FactorRule(merged, parts, sizes, self.frozen)
         self.shape_sensitive.update([merged, *parts])
         self.rules[merged].append(rule)

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import torch
 import torch.nn as nn
 
-from ..errors import DepgraphError
+from ..errors import DepgraphError, OptionError
 from ..functional.base import matches_layer_types
 from .channels import handler_side
 from .reduce import Normalizer, Reduction, check_normalizer, check_reduction, normalize, reduce_stack
@@ -63,10 +63,10 @@ def check_power(p: float) -> float:
     """``p`` of a norm or power, refused at construction when it is not positive.
 
     Raises:
-        ValueError: ``p <= 0`` (or not a number).
+        OptionError (a ValueError): ``p <= 0`` (or not a number).
     """
     if not isinstance(p, (int, float)) or isinstance(p, bool) or not p > 0:
-        raise ValueError(f"p must be positive (1 for L1, 2 for L2), got {p!r}")
+        raise OptionError(f"p must be positive (1 for L1, 2 for L2), got {p!r}")
     return p
 
 
@@ -151,7 +151,7 @@ class GroupImportance(Importance):
             are scored (``nn.Parameter`` may be added for bare parameters).
 
     Raises:
-        ValueError: an unknown reduction or normaliser name (at construction).
+        OptionError (a ValueError): an unknown reduction or normaliser name (at construction).
     """
 
     def __init__(

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from ..dependency.records import kept_indices
-from ..errors import DepgraphError
+from ..errors import DepgraphError, OptionError
 from ..functional.hf_conv1d import is_hf_conv1d
 from ..trace.recorder import call_model
 
@@ -220,7 +220,7 @@ def record_inputs(
     fails, so a calibration never leaves the model changed.
     """
     if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
-        raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
+        raise OptionError(f"max_batches must be a positive integer or None, got {max_batches!r}")
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
         add(module, args[0] if args else kwargs.get("input"))

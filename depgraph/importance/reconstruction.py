@@ -41,7 +41,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import DepgraphError
+from ..errors import DepgraphError, OptionError
 from .base import GroupImportance, register_importance
 from .calibration import CalibrationStats, ChannelStats, LayerTable, _original_index, record_inputs
 from .channels import handler_side
@@ -380,7 +380,7 @@ class ReconstructionImportance(GroupImportance):
         self.cov = cov
         self.damping = float(damping)
         if not isinstance(block_size, int) or block_size < 1:
-            raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+            raise OptionError(f"block_size must be a positive integer, got {block_size!r}")
         self.block_size = block_size
         self._fallback = GroupMagnitudeImportance(2, group_reduction, normalizer)
         # layer -> (original channels, costs); keyed by module so a deepcopy of (model, imp) follows

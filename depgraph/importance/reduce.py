@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..errors import OptionError
+
 __all__ = [
     "REDUCTIONS",
     "NORMALIZERS",
@@ -48,7 +50,7 @@ def check_reduction(value: Reduction) -> Reduction:
     """Return ``value`` if it is a known reduction or a callable; raise ValueError listing the valid ones."""
     if callable(value) or value in REDUCTIONS:
         return value
-    raise ValueError(
+    raise OptionError(
         f"unknown group_reduction {value!r}; choose one of {_choices(REDUCTIONS)} "
         "or pass a callable (stack, mask) -> scores"
     )
@@ -61,7 +63,7 @@ def check_normalizer(value: Normalizer) -> Normalizer:
     value = _NORMALIZER_ALIASES.get(value, value) if isinstance(value, str) else value
     if value in NORMALIZERS:
         return value
-    raise ValueError(
+    raise OptionError(
         f"unknown normalizer {value!r}; choose one of {_choices(NORMALIZERS)} "
         "or pass a callable scores -> scores"
     )

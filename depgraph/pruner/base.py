@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from .._types import ExampleInputs, Indices
 from ..dependency import DependencyGraph
-from ..errors import DepgraphError, OverPruningError
+from ..errors import DepgraphError, OptionError, OptionTypeError, OverPruningError
 from ..importance import Importance
 from ..importance.compensation import enable_bias_compensation
 from ..importance.reconstruction import enable_lstsq_compensation
@@ -97,7 +97,7 @@ class BasePruner:
         ch_sparsity, ch_sparsity_dict, channel_groups: deprecated spellings.
 
     Raises:
-        ValueError: invalid options (all problems listed at once).
+        OptionError (a ValueError): invalid options (all problems listed at once).
 
     Example:
         >>> imp = tp.importance.GroupMagnitudeImportance(p=2)
@@ -153,9 +153,9 @@ class BasePruner:
         try:
             self.options = self.options_class.from_kwargs(**kwargs)
         except TypeError as e:
-            raise TypeError(f"{type(self).__name__}: {e}") from None
+            raise OptionTypeError(f"{type(self).__name__}: {e}") from None
         if not callable(importance):
-            raise TypeError(f"importance must be callable (group -> scores), got {type(importance).__name__}")
+            raise OptionTypeError(f"importance must be callable (group -> scores), got {type(importance).__name__}")
         check_known_modules(model, self.options)
         self.model = model
         self.importance = importance
@@ -228,7 +228,7 @@ class BasePruner:
             return given if given is not None else getattr(self.importance, "stats", None)
 
         if required and current() is None:
-            raise ValueError(
+            raise OptionError(
                 "bias_compensation=True needs calibration statistics: calibrate the importance first "
                 "(imp.calibrate(model, data)) or pass calibration_stats="
                 "tp.importance.collect_activation_stats(model, data)"
@@ -321,7 +321,7 @@ class BasePruner:
         """
         if isinstance(pruning_ratio_or_idxs, float):
             if not 0.0 <= pruning_ratio_or_idxs <= 1.0:
-                raise ValueError(f"pruning ratio must be in [0, 1], got {pruning_ratio_or_idxs}")
+                raise OptionError(f"pruning ratio must be in [0, 1], got {pruning_ratio_or_idxs}")
             out = self.DG.is_out_channel_pruning_fn(pruning_fn)
             width = self.DG.get_out_channels(layer) if out else self.DG.get_in_channels(layer)
             full = self.DG.get_pruning_group(layer, pruning_fn, list(range(width)))

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..errors import OptionError
 from ..importance.calibration import CalibrationStats
 from ..importance.reconstruction import InputCovariance
 from .scheduler import Scheduler, linear_scheduler
@@ -102,7 +103,7 @@ class PrunerOptions:
         problems = list(self.problems)
         self.validate(problems)
         if problems:
-            raise ValueError("invalid pruner options:\n  - " + "\n  - ".join(problems))
+            raise OptionError("invalid pruner options:\n  - " + "\n  - ".join(problems))
 
     def validate(self, problems: list[str]) -> None:
         """Append one line per invalid value; subclasses extend it (and call super)."""
@@ -194,7 +195,7 @@ def resolve_deprecated(kwargs: dict[str, Any], stacklevel: int = 4) -> dict[str,
     """Map deprecated argument names (``ch_sparsity`` ...) to the current ones, with a warning.
 
     Raises:
-        ValueError: both spellings were given with different values.
+        OptionError (a ValueError): both spellings were given with different values.
     """
     for old, new in _DEPRECATED.items():
         if kwargs.get(old) is None:
@@ -204,7 +205,7 @@ def resolve_deprecated(kwargs: dict[str, Any], stacklevel: int = 4) -> dict[str,
         warnings.warn(f"{old} is deprecated; use {new}= instead", DeprecationWarning, stacklevel=stacklevel)
         current = kwargs.get(new)
         if current is not None and current != value and not (new == "pruning_ratio" and current == 0.5):
-            raise ValueError(f"both {old}={value!r} and {new}={current!r} were given; pass only {new}=")
+            raise OptionError(f"both {old}={value!r} and {new}={current!r} were given; pass only {new}=")
         kwargs[new] = value
     return kwargs
 
@@ -218,7 +219,7 @@ def check_known_modules(model: nn.Module, options: PrunerOptions) -> None:
     """Every module or parameter named in the options must belong to ``model``.
 
     Raises:
-        ValueError: listing each foreign module (a common slip: passing the
+        OptionError (a ValueError): listing each foreign module (a common slip: passing the
             layers of another copy of the model).
     """
     modules = {id(m) for m in model.modules()}
@@ -242,4 +243,4 @@ def check_known_modules(model: nn.Module, options: PrunerOptions) -> None:
         for m in key if isinstance(key, tuple) else (key,):
             check(m, "head_pruning_ratio_dict")
     if problems:
-        raise ValueError("invalid pruner options:\n  - " + "\n  - ".join(problems))
+        raise OptionError("invalid pruner options:\n  - " + "\n  - ".join(problems))

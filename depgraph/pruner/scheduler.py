@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..errors import OptionError
+
 __all__ = ["linear_scheduler", "Scheduler", "check_schedule"]
 
 Scheduler = Callable[[float, int], list]
@@ -28,7 +30,7 @@ def check_schedule(schedule: list, pruning_ratio: float, steps: int, who: str = 
     """Validate a scheduler's output; the last entry is forced to the exact target.
 
     Raises:
-        ValueError: wrong length, a ratio outside [0, 1], or a decreasing ratio.
+        OptionError (a ValueError): wrong length, a ratio outside [0, 1], or a decreasing ratio.
     """
     ratios = [float(r) for r in schedule]
     problems = []
@@ -41,6 +43,6 @@ def check_schedule(schedule: list, pruning_ratio: float, steps: int, who: str = 
     if any(b < a - 1e-12 for a, b in zip(ratios, ratios[1:], strict=False)):
         problems.append(f"returned decreasing ratios {ratios}; pruning cannot grow channels back")
     if problems:
-        raise ValueError(f"{who}(pruning_ratio={pruning_ratio}, steps={steps}) " + "; ".join(problems))
+        raise OptionError(f"{who}(pruning_ratio={pruning_ratio}, steps={steps}) " + "; ".join(problems))
     ratios[-1] = float(pruning_ratio)  # the target is reached exactly at the last step
     return ratios

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from .._types import ExampleInputs
+from ..errors import OptionError
 from ._inputs import batch_size, call_model, eval_no_grad
 
 __all__ = ["measure_latency", "measure_memory", "measure_fps", "measure_throughput"]
@@ -33,7 +34,7 @@ def _device_of(model: nn.Module, example_inputs: ExampleInputs) -> torch.device:
 
 def _check_counts(repeat: int, warmup: int) -> None:
     if repeat < 1 or warmup < 0:
-        raise ValueError(f"need repeat >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
+        raise OptionError(f"need repeat >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
 
 
 def measure_latency(
@@ -56,7 +57,7 @@ def measure_latency(
         ``(mean_ms, std_ms)``.
 
     Raises:
-        ValueError: ``repeat < 1`` or ``warmup < 0``.
+        OptionError (a ValueError): ``repeat < 1`` or ``warmup < 0``.
     """
     _check_counts(repeat, warmup)
     run = run_fn or call_model

@@ -234,3 +234,26 @@ def test_legacy_names(resnet18, x):
     plan.exec()
     assert resnet18.conv1.out_channels == 61
     check_result(original, resnet18, x, shapes)
+
+
+@pytest.mark.parametrize(
+    ("idxs", "match"),
+    [
+        (None, r"pruning indices for conv1 must be a list, tuple, range or tensor of integers, got NoneType"),
+        ("0, 1", r"pruning indices for conv1 must be a list, .* got str '0, 1'"),
+        (0.5, r"got float 0.5"),
+        (["a", "b"], r"pruning indices for conv1 must be integers, got \['a', 'b'\]"),
+        ([0.5, 1.5], r"must be integers, got dtype torch.float"),
+    ],
+)
+def test_indices_that_are_not_integers_are_refused(resnet18, x, idxs, match):
+    DG = build(resnet18, x)
+    with pytest.raises(tp.InvalidIndicesError, match=match):
+        DG.get_pruning_group(resnet18.conv1, tp.prune_conv_out_channels, idxs)
+    group = DG.get_pruning_group(resnet18.conv1, tp.prune_conv_out_channels, [1])
+    with pytest.raises(tp.InvalidIndicesError, match="got str"):
+        group.prune(idxs="1")
+    assert resnet18.conv1.out_channels == 64
+    # one integer and integer tensors still work
+    assert DG.get_pruning_group(resnet18.conv1, tp.prune_conv_out_channels, 3)[0].idxs == [3]
+    assert DG.get_pruning_group(resnet18.conv1, tp.prune_conv_out_channels, torch.tensor([4, 2]))[0].idxs == [2, 4]

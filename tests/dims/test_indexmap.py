@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from depgraph.dims import Compose, Gather, Identity, IndexMap, Lookup, Offset
+from depgraph.errors import DepgraphError
 
 MAX = 12  # axis sizes drawn by hypothesis
 
@@ -170,9 +171,9 @@ def test_empty_indices_reach_nothing():
 
 
 def test_compose_refuses_mismatched_sizes():
-    with pytest.raises(ValueError, match=r"cannot compose .* sizes 4 != 5"):
+    with pytest.raises(DepgraphError, match=r"cannot compose .* sizes 4 != 5"):
         Compose(Identity(4), Identity(5))
-    with pytest.raises(ValueError, match="cannot compose"):
+    with pytest.raises(DepgraphError, match="cannot compose"):
         Offset(0, 3, 4).then(Lookup([0, 1, 2], 3))
 
 

@@ -6,6 +6,7 @@ import torch.nn as nn
 
 import depgraph.importance as I
 import depgraph.pruner as P
+from depgraph.errors import DepgraphError, OptionError, OptionTypeError
 from depgraph.pruner.options import PrunerOptions
 from depgraph.pruner.scheduler import check_schedule
 from depgraph.pruner.selection import ChannelClasses, count_to_prune, fit_count, pick_lowest
@@ -38,8 +39,9 @@ X = torch.randn(1, 3, 8, 8)
     ],
 )
 def test_invalid_options_raise(net, kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(OptionError, match=match) as info:
         P.BasePruner(net, X, I.GroupMagnitudeImportance(), **kwargs)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, DepgraphError)  # old clauses still catch
 
 
 def test_all_problems_reported_at_once(net):
@@ -60,8 +62,12 @@ def test_subclass_options_validated(net):
         P.GroupNormPruner(net, X, I.GroupMagnitudeImportance(), alpha=0.5)
     with pytest.raises(ValueError, match="reg must be a non-negative number"):
         P.BNScalePruner(net, X, I.BNScaleImportance(), reg=-1)
-    with pytest.raises(TypeError, match="BasePruner: .*unexpected keyword argument 'no_such_option'"):
+    with pytest.raises(OptionTypeError, match="BasePruner: .*unexpected keyword argument 'no_such_option'"):
         P.BasePruner(net, X, I.GroupMagnitudeImportance(), no_such_option=1)
+    with pytest.raises(OptionTypeError, match="importance must be callable"):
+        P.BasePruner(net, X, "l2")
+    with pytest.raises(OptionError, match="unknown normalizer 'median'"):
+        I.GroupMagnitudeImportance(normalizer="median")
 
 
 def test_deprecated_spellings_warn_and_map(net):
