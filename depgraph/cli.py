@@ -225,6 +225,14 @@ def _setup(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, list[nn.M
 
 
 def _prune(args: argparse.Namespace, out: Printer) -> int:
+    from .streaming.cli import is_checkpoint_dir
+    from .streaming.cli import run as run_checkpoint
+
+    if is_checkpoint_dir(args.model):  # a HF checkpoint folder: pruned from its files (depgraph.streaming)
+        try:
+            return run_checkpoint(args, out)
+        except ValueError as e:
+            raise _ArgumentError(str(e)) from None
     from . import verify
     from .pruner import BasePruner
 
@@ -341,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, metavar="PATH",
                    help="where to torch.save the pruned model (default: ./<model>_pruned.pth; '-' to not save)")
     p.set_defaults(run=_prune)
+    from .streaming.cli import MAX_MEMORY_HELP
+
+    p.add_argument("--max-memory", default=None, metavar="SIZE", help=MAX_MEMORY_HELP)
 
     g = sub.add_parser("groups", help="list the prunable groups of a model")
     _add_model_arguments(g)
