@@ -8,6 +8,7 @@ translated to its current width on the way out.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -126,6 +127,10 @@ class DependencyGraph:
         builder = GraphBuilder(trace, self._handler_of, custom_types, verbose)
         self._graph = builder.build()
         self._trace = trace
+        # Output dims frozen only for being outputs: an explicit get_pruning_group may prune them.
+        self._outputs = {slot: (i, d) for i, v in enumerate(trace.outputs) for d in range(v.ndim)
+                         if (slot := builder.value_slots.get((v.id, d))) is not None
+                         and self._graph.frozen.get(slot) == "model output"}
         if any(k.is_cache for k in trace.kept):
             self._after_prune_hooks.append(CacheDropper(trace.kept))
         self.module2node = {}
@@ -265,10 +270,13 @@ class DependencyGraph:
                     f"index {bad} is out of range for the {alive.numel()} "
                     f"{'output' if slot == node.out_slot else 'input'} channels of {node.name}"
                 )
-        return self._plan(slot, alive[cur])
+        # An explicit request may change the model's outputs, as in Torch-Pruning (models that
+        # return intermediate activations); pruners and get_all_groups keep them (apply_group warns).
+        return self._plan(slot, alive[cur], unfrozen=set(self._outputs))
 
-    def _plan(self, slot: int, orig: torch.Tensor, blocked: dict[int, str] | None = None) -> Group:
-        plan = propagate(self._graph, slot, orig, self._dead, blocked)
+    def _plan(self, slot: int, orig: torch.Tensor, blocked: dict[int, str] | None = None,
+              unfrozen: set[int] | None = None) -> Group:
+        plan = propagate(self._graph, slot, orig, self._dead, blocked, unfrozen=unfrozen)
         return Group(self, self._items(plan), plan)
 
     def _to_current(self, slot: int, pos: torch.Tensor) -> torch.Tensor:
@@ -382,6 +390,7 @@ class DependencyGraph:
                 problems.append(f"{it.dep.target.name}: index {it.idxs[-1]} out of range for {n} channels")
         if problems:
             raise OverPruningError(f"cannot prune the {where}: " + "; ".join(problems))
+        self._warn_outputs(plan, where)
         ordered = [it for it in items if it.dep.is_out()] + [it for it in items if not it.dep.is_out()]
         dead = dict(self._dead)
         for slot, st in plan.state.items():
@@ -428,6 +437,19 @@ class DependencyGraph:
         update_records(ordered, widths, group.inexact_reasons)
         if record_history:
             self.record_history(root.dep.target.name, root.dep.is_out(), root.idxs)
+
+    def _width_of(self, slot: int) -> int:
+        d = self._dead.get(slot)
+        return self._graph.sizes[slot] - (int(d.sum()) if d is not None else 0)
+
+    def _warn_outputs(self, plan: Propagation, where: str) -> None:
+        changed = sorted((*self._outputs[s], int((st >= 0).sum()), self._width_of(s))
+                         for s, st in plan.state.items() if s in self._outputs and bool((st >= 0).any()))
+        if changed:
+            what = ", ".join(f"output {i} dim {d} ({n} -> {n - k})" for i, d, k, n in changed)
+            warnings.warn(f"pruning the {where} changes the shape of the model's outputs: {what}. Only an "
+                          "explicit get_pruning_group does this; pruners and get_all_groups keep the outputs",
+                          UserWarning, stacklevel=4)
 
     def _bound_attributes(self, plan: Propagation, dead: dict[int, torch.Tensor]) -> list[tuple[Any, str, int]]:
         """``(module, attribute, new value)`` for size attributes of dims this group shrinks.

@@ -264,3 +264,36 @@ def test_iterative_taylor_loop_with_lstm_attention_norms_and_parameters() -> Non
     model = _Seq().train()
     _taylor_loop(model, torch.randint(0, 20, (2, 5)), [model.out], steps=2)
     assert model.scale.shape == (model.fc.out_features,) and model.scale.grad.shape == model.scale.shape
+
+
+# -- an explicit request may change an output (the original's issue 21) --------------------------
+
+
+class _Activations(nn.Module):
+    """Returns its logits and an intermediate activation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(8, 16), nn.Linear(16, 12), nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = torch.relu(self.fc2(torch.relu(self.fc1(x))))
+        return self.fc3(hidden), hidden
+
+
+def test_explicit_request_prunes_an_output_with_a_warning() -> None:
+    model = _Activations().eval()
+    x = torch.randn(2, 8)
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    assert [g[0].dep.target.name for g in DG.get_all_groups()] == ["fc1"]  # fc2 feeds an output
+    group = DG.get_pruning_group(model.fc3, tp.prune_linear_in_channels, [0, 1])
+    assert DG.check_pruning_group(group) and {dep.target.name for dep, _ in group} == {"fc2", "fc3"}
+    with pytest.warns(UserWarning, match=r"changes the shape of the model's outputs: output 1 dim 1 \(12 -> 10\)"):
+        group.prune()
+    logits, hidden = model(x)
+    assert logits.shape == (2, 4) and hidden.shape == (2, 10)
+    with pytest.warns(UserWarning, match=r"output 1 dim 1 \(10 -> 9\)"):
+        DG.get_pruning_group(model.fc2, tp.prune_linear_out_channels, [3]).prune()
+    pruner = tp.pruner.MetaPruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.5)
+    pruner.step()
+    assert model.fc2.out_features == 9 and model.fc3.out_features == 4 and model.fc1.out_features == 8
