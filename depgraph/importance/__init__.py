@@ -26,6 +26,7 @@ from .magnitude import (
     MagnitudeImportance,
     RandomImportance,
 )
+from .matgrad import ComputeMatGrad
 from .obdc import OBDCImportance
 from .reconstruction import (
     InputCovariance,
@@ -62,6 +63,7 @@ __all__ = [
     "GroupHessianImportance",
     "HessianImportance",
     "OBDCImportance",
+    "ComputeMatGrad",
     "ActivationImportance",
     # calibrated on real inputs, bias compensation (new)
     "ActivationWeightImportance",
