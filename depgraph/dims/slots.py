@@ -57,9 +57,12 @@ class HeadAxis:
 class PairRule:
     def __init__(self, a: int, b: int, fwd: IndexMap):
         self.a, self.b, self.fwd, self.bwd = a, b, fwd, fwd.inverse()
+        self.identity = isinstance(fwd, Identity)
 
     def push(self, slot: int, idx: torch.Tensor, state: dict, dead: dict, grouping: bool = False):
         src_root = state[slot][idx]
+        if self.identity:  # the common case (elementwise ops, a module's channels): no index work
+            return [(self.b if slot == self.a else self.a, idx, src_root)]
         if slot == self.a:
             dst, pos = self.fwd.apply(idx)
             return [(self.b, dst, src_root[pos])]
@@ -168,6 +171,9 @@ class SlotGraph:
         # (slot, {(value id, dim)}, where): a size argument computed from those dims;
         # valid only if pruning the slot also prunes one of them (see GraphBuilder).
         self.derived: list[tuple[int, frozenset, str]] = []
+        # Ids of parameter values a rule tied to their own layer's endpoints (see
+        # ``RuleContext.own_param``): the layer's handler prunes them.
+        self.layer_params: set[int] = set()
         # Head axes of attention ops, in trace order: where whole heads can be removed.
         self.head_axes: list[HeadAxis] = []
 
