@@ -9,9 +9,11 @@ widened to the same local positions in every group.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch.nn as nn
 
-from ..functional.base import BasePruningFunc
 from ..trace.graph import OpNode, Value
 from .registry import RuleContext, register_dim_rule
 
@@ -216,25 +218,25 @@ def _one_channel_set(handler) -> bool:
     return fn is not None and getattr(cls, "prune_in_channels", None) is fn
 
 
-def _channel_dim(handler, m: object, v: Value, is_out: bool) -> int:
-    """The dim of ``v`` that holds ``m``'s out (``is_out``) or in channels, as the handler says.
+def _channel_dim(v: Value, declared: int, get_channels: Callable[[nn.Module], Any], m: nn.Module) -> int:
+    """The dim of ``v`` holding a custom layer's ``channels``: the handler's, else the one of that size.
 
-    A handler that does not override ``out_channel_dim`` / ``in_channel_dim`` (one
-    written for the original library, which has no such methods) is read from the
-    traced shape instead: the dim whose size is the width the handler reports,
-    the conventional dim 1 first, else the last such dim (channels-last layers,
-    e.g. Swin's patch merging on ``(B, L, C)``).
+    A handler written for Torch-Pruning only says how many channels a layer has, not
+    where they are: a token layer (HF Swin's patch merging, (B, L, C)) keeps them
+    last, where the default dim 1 holds the sequence. The declared dim wins when its
+    size fits; otherwise the last dim of that size.
     """
-    name = "out_channel_dim" if is_out else "in_channel_dim"
-    declared = getattr(handler, name)(m, v.ndim) % v.ndim
-    if getattr(type(handler), name, None) is not getattr(BasePruningFunc, name):
+    declared %= max(v.ndim, 1)
+    if v.ndim == 0:
         return declared
     try:
-        width = handler.get_out_channels(m) if is_out else handler.get_in_channels(m)
-    except Exception:  # noqa: BLE001 - a user's getter; the endpoint reports it
+        channels = get_channels(m)
+    except Exception:  # noqa: BLE001 - a user's getter that fails here leaves the declared dim
         return declared
-    fits = [d for d in range(v.ndim) if v.shape[d] == width]
-    return declared if declared in fits or not fits else fits[-1]
+    if not isinstance(channels, int) or v.shape[declared] == channels:
+        return declared
+    fits = [d for d in range(v.ndim) if v.shape[d] == channels]
+    return fits[-1] if fits else declared
 
 
 def custom_module_rule(op: OpNode, ctx: RuleContext, handler) -> None:
@@ -251,13 +253,13 @@ def custom_module_rule(op: OpNode, ctx: RuleContext, handler) -> None:
     if x is not None and out is not None and x.shape == out.shape and _one_channel_set(handler):
         for d in range(x.ndim):
             ctx.identity(x, d, out, d)
-        cdim = _channel_dim(handler, m, out, True)
+        cdim = _channel_dim(out, handler.out_channel_dim(m, out.ndim), handler.get_out_channels, m)
         ep = ctx.module_endpoint(m, True, out.shape[cdim])
         if ep is not None:
             ctx.graph.pair(ep, ctx.slot(out, cdim))
         return
-    cin = _channel_dim(handler, m, x, False) if x is not None else None
-    cout = _channel_dim(handler, m, out, True) if out is not None else None
+    cin = _channel_dim(x, handler.in_channel_dim(m, x.ndim), handler.get_in_channels, m) if x is not None else 0
+    cout = _channel_dim(out, handler.out_channel_dim(m, out.ndim), handler.get_out_channels, m) if out is not None else 0
     ep_in = ctx.module_endpoint(m, False, x.shape[cin]) if x is not None else None
     ep_out = ctx.module_endpoint(m, True, out.shape[cout]) if out is not None else None
     if x is not None and ep_in is not None:

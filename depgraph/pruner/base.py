@@ -172,7 +172,9 @@ class BasePruner:
         self.scopes = ScopeTable(self.options)
         layers = [x for x in self.options.ignored_layers if isinstance(x, nn.Module)]
         params = [x for x in self.options.ignored_layers if isinstance(x, torch.Tensor)]
-        self.ignored_layers = layers
+        # As in Torch-Pruning: each ignored module with all of its sub-modules, in order.
+        self.ignored_layers = [sub for layer in layers for sub in layer.modules()]
+        self.ignored_params = params
         self.DG = DependencyGraph().build_dependency(
             model,
             example_inputs,
