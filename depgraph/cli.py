@@ -269,8 +269,8 @@ def _prune(args: argparse.Namespace, out: Printer) -> int:
 
 
 def _groups(args: argparse.Namespace, out: Printer) -> int:
+    from .defaults import DEFAULT_ROOT_TYPES
     from .dependency import DependencyGraph
-    from .pruner.options import DEFAULT_ROOT_TYPES
 
     model, x, ignored, ignored_names = _setup(args)
     dg = DependencyGraph().build_dependency(model, x, ignored_layers=ignored)
