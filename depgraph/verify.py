@@ -42,6 +42,9 @@ class VerifyResult:
         max_diff: largest absolute output difference.
         shapes_match: every output kept its shape.
         reasons: why exactness does not apply, if it does not.
+        unrecorded: modules whose shapes changed without depgraph's kept-channel records
+            (a model pruned by another tool, or records lost): which channels they kept
+            cannot be known, so exactness cannot be judged (``exact`` is None).
     """
 
     exact: bool | None
@@ -50,6 +53,12 @@ class VerifyResult:
     tol: float
     shapes_match: bool
     reasons: list[str] = field(default_factory=list)
+    unrecorded: list[str] = field(default_factory=list)
+
+    @property
+    def kept_known(self) -> bool:
+        """Whether every changed module says which channels it kept."""
+        return not self.unrecorded
 
     @property
     def ok(self) -> bool:
@@ -62,6 +71,11 @@ class VerifyResult:
     def __str__(self) -> str:
         if not self.shapes_match:
             return "verify: output shapes differ"
+        if self.unrecorded:
+            shown = ", ".join(self.unrecorded[:3]) + (f" and {len(self.unrecorded) - 3} more"
+                                                       if len(self.unrecorded) > 3 else "")
+            return (f"verify: cannot know which channels were kept ({shown} changed shape without depgraph "
+                    "records: pruned by another tool?); exactness not judged, shapes match")
         if not self.applies:
             return (f"verify: exactness does not apply ({'; '.join(self.reasons)}); "
                     f"shapes match, max diff {self.max_diff:.3g}")
@@ -163,6 +177,9 @@ def verify(
     Args:
         original: the model before pruning.
         pruned: the same model after pruning with depgraph (it carries records of what was removed).
+            A model pruned by another tool has no such records: the result then says that
+            which channels were kept cannot be known (``result.unrecorded``, ``exact`` None)
+            instead of calling the prune inexact.
         example_inputs: inputs as for ``build_dependency``.
         tol: allowed max difference, relative to the largest output magnitude.
 
@@ -200,13 +217,34 @@ def verify(
                 scale = max(scale, float(a.abs().max()))
             elif a.numel() and not torch.equal(a, b):
                 diff = float("inf")
+    unrecorded = _unrecorded(original, pruned)
     reasons = _inexact_reasons(pruned)
+    if unrecorded:
+        reasons.append(f"{len(unrecorded)} module(s) changed shape without kept-channel records "
+                       f"({', '.join(unrecorded[:3])}): which channels were kept cannot be known")
     applies = not reasons
     # Relative to the output's magnitude, so a model whose outputs are tiny is not
     # "exact" by default; an all-zero output must match exactly.
     bound = tol * scale
     exact = (diff <= bound) if (applies and shapes) else None
-    return VerifyResult(exact, applies, diff, bound, shapes, reasons)
+    return VerifyResult(exact, applies, diff, bound, shapes, reasons, unrecorded)
+
+
+def _unrecorded(original: nn.Module, pruned: nn.Module) -> list[str]:
+    """Names of modules whose own parameters changed shape while no depgraph record says how."""
+    originals = dict(original.named_modules())
+    out = []
+    for name, pm in pruned.named_modules():
+        om = originals.get(name)
+        if om is None:
+            continue
+        kept = pm.__dict__.get("_depgraph_kept") or pm.__dict__.get("_depgraph_kept_params")
+        if kept:
+            continue
+        mine = dict(om.named_parameters(recurse=False))
+        if any(n in mine and tuple(mine[n].shape) != tuple(p.shape) for n, p in pm.named_parameters(recurse=False)):
+            out.append(name or type(pm).__name__)
+    return out
 
 
 def _to_double(x: Any) -> Any:
