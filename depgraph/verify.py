@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .dependency.records import has_records, inexact_reasons, kept_indices, kept_params, recorded_handler
 from .errors import DepgraphError
 from .functional.base import find_handler, keep_index
 from .trace.kept import pop_cached, restore_cached
@@ -101,8 +102,8 @@ def _relative(kept: dict, base: dict) -> dict:
 
 
 def _zero_module(orig: nn.Module, pruned: nn.Module) -> None:
-    kept = _relative(pruned.__dict__.get("_depgraph_kept", {}), orig.__dict__.get("_depgraph_kept", {}))
-    handler = (pruned.__dict__.get("_depgraph_handler") or find_handler(orig)) if kept else None
+    kept = _relative(kept_indices(pruned), kept_indices(orig))
+    handler = (recorded_handler(pruned) or find_handler(orig)) if kept else None
     if kept and handler is None:
         raise DepgraphError(f"no pruning handler for {type(orig).__name__}; cannot verify it")
     if kept and hasattr(handler, "zero_removed"):  # a layer whose records replaying cannot express (MHA heads)
@@ -127,8 +128,8 @@ def _zero_module(orig: nn.Module, pruned: nn.Module) -> None:
                 mask = torch.ones(p.numel(), dtype=torch.bool)
                 mask[survivors[name].data.flatten().long()] = False
                 p.data = p.data.flatten().masked_fill(mask.to(p.device), 0).view(p.shape)
-    orig_params = orig.__dict__.get("_depgraph_kept_params", {})
-    for attr, dims in pruned.__dict__.get("_depgraph_kept_params", {}).items():
+    orig_params = kept_params(orig)
+    for attr, dims in kept_params(pruned).items():
         dims = _relative(dims, orig_params.get(attr, {}))
         t = getattr(orig, attr)
         with torch.no_grad():
@@ -146,7 +147,7 @@ def zero_removed_channels(original: nn.Module, pruned: nn.Module) -> nn.Module:
     pruned_modules = dict(pruned.named_modules())
     for name, m in zeroed.named_modules():
         pm = pruned_modules.get(name)
-        if pm is not None and ("_depgraph_kept" in pm.__dict__ or "_depgraph_kept_params" in pm.__dict__):
+        if pm is not None and has_records(pm):
             _zero_module(m, pm)
     return zeroed
 
@@ -154,10 +155,9 @@ def zero_removed_channels(original: nn.Module, pruned: nn.Module) -> nn.Module:
 def _inexact_reasons(pruned: nn.Module) -> list[str]:
     reasons: set[str] = set()
     for m in pruned.modules():
-        reasons |= set(m.__dict__.get("_depgraph_inexact", ()))
+        reasons |= inexact_reasons(m)
         # only channel prunes mix (removing whole heads, recorded as "inner" alone, is exact)
-        if getattr(find_handler(m), "mixes_channels", False) and {"out", "in"} & set(m.__dict__.get(
-                "_depgraph_kept", {})):
+        if getattr(find_handler(m), "mixes_channels", False) and {"out", "in"} & set(kept_indices(m)):
             reasons.add(f"{type(m).__name__} normalises over its pruned channels")
     return sorted(reasons)
 
@@ -238,8 +238,7 @@ def _unrecorded(original: nn.Module, pruned: nn.Module) -> list[str]:
         om = originals.get(name)
         if om is None:
             continue
-        kept = pm.__dict__.get("_depgraph_kept") or pm.__dict__.get("_depgraph_kept_params")
-        if kept:
+        if has_records(pm):
             continue
         mine = dict(om.named_parameters(recurse=False))
         if any(n in mine and tuple(mine[n].shape) != tuple(p.shape) for n, p in pm.named_parameters(recurse=False)):

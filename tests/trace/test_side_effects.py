@@ -124,3 +124,30 @@ def test_count_ops_on_a_torchvision_segmentation_model_changes_no_attribute(name
     assert before.keys() == after.keys()
     for n in before:
         assert before[n].keys() == after[n].keys(), n
+
+
+def test_kept_channel_records_follow_deepcopy_but_not_a_whole_model_save(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    import copy
+
+    model = torchvision.models.resnet18(weights=None).eval()
+    original, x = copy.deepcopy(model), torch.randn(1, 3, 32, 32)
+    tp.pruner.BasePruner(model, x, tp.importance.GroupMagnitudeImportance(), pruning_ratio=0.5,
+                         ignored_layers=[model.fc]).step()
+    assert model.conv1.__dict__["_depgraph_kept"]["out"].numel() == 32
+    # a copy of the model without any record, for the size a pickle of the model alone has
+    bare = copy.deepcopy(model)
+    for m in bare.modules():
+        for k in [k for k in vars(m) if k.startswith("_depgraph_")]:
+            del m.__dict__[k]
+    assert abs(_saved_size(model) - _saved_size(bare)) < 16 * sum(1 for _ in model.modules())  # bytes, not records
+    torch.save(model, tmp_path / "whole.pth")
+    loaded = torch.load(tmp_path / "whole.pth", weights_only=False)
+    assert loaded.conv1.__dict__["_depgraph_kept"] == {} and type(loaded.conv1.__dict__["_depgraph_kept"]) is dict
+    result = tp.verify(original, loaded, x)
+    assert result.exact is None and "conv1" in result.unrecorded  # honest: the records were not saved
+    # deepcopy keeps them (a snapshot between iterative steps is a valid original), so does tp.save
+    assert tp.verify(original, copy.deepcopy(model), x).exact
+    tp.save(model, tmp_path / "pruned.pth")
+    fresh = tp.load(torchvision.models.resnet18(weights=None), tmp_path / "pruned.pth").eval()
+    assert tp.verify(original, fresh, x).exact
