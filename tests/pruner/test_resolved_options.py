@@ -6,6 +6,7 @@ options given without their mode warn or are refused, compensation is one typed 
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -200,3 +201,19 @@ def test_prune_head_dims_default_still_prunes_head_dims_on_llama():
     tp.pruner.BasePruner(model, x, MAG(), pruning_ratio=0.25, ignored_layers=[model.lm_head]).step()
     assert model.model.layers[0].self_attn.head_dim < 16
     assert original.model.layers[0].self_attn.head_dim == 16
+
+
+@pytest.mark.zoo
+@pytest.mark.filterwarnings("ignore:depgraph. after this prune")  # layers differ on purpose
+def test_head_pruning_keeps_the_heads_of_an_ignored_layer():
+    model, x = _tiny_llama()
+    kept, pruned = model.model.layers[0].self_attn, model.model.layers[1].self_attn
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an ignored layer's heads are kept on purpose: no warning
+        pruner = tp.pruner.BasePruner(model, x, MAG(), pruning_ratio=0.0, prune_num_heads=True,
+                                      head_pruning_ratio=0.5, ignored_layers=[kept.q_proj, model.lm_head])
+    pruner.step()
+    assert kept.q_proj.out_features == 64 and kept.k_proj.out_features == 32
+    assert pruned.q_proj.out_features == 32 and pruned.k_proj.out_features == 16
+    group = pruner.DG.get_pruning_group(kept.q_proj, tp.prune_linear_out_channels, list(range(16)))
+    assert not pruner.DG.check_pruning_group(group)
