@@ -272,6 +272,14 @@ def _save(model: nn.Module, args: argparse.Namespace, path: str, out: Printer) -
 
 
 def _prune(args: argparse.Namespace, out: Printer) -> int:
+    from .streaming.cli import is_checkpoint_dir
+    from .streaming.cli import run as run_checkpoint
+
+    if is_checkpoint_dir(args.model):  # a HF checkpoint folder: pruned from its files (depgraph.streaming)
+        try:
+            return run_checkpoint(args, out)
+        except ValueError as e:
+            raise _ArgumentError(str(e)) from None
     from . import verify
     from .pruner import BasePruner
 
@@ -397,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="depgraph (default): weights-only, loaded with depgraph.load(<unpruned model>, PATH); "
                         "pickle: the whole model, loaded with torch.load(PATH, weights_only=False)")
     p.set_defaults(run=_prune)
+    from .streaming.cli import MAX_MEMORY_HELP
+
+    p.add_argument("--max-memory", default=None, metavar="SIZE", help=MAX_MEMORY_HELP)
 
     g = sub.add_parser("groups", help="list the prunable groups of a model")
     _add_model_arguments(g)

@@ -1,0 +1,377 @@
+"""``prune_checkpoint``: prune a Hugging Face checkpoint folder into a new one, within a memory budget.
+
+Stages of the streamed path (nothing is read before the plan checks pass)::
+
+    plan    config -> model on meta -> graph and groups (no weight memory)
+    score   per group: member layers rebuilt from the shards, scored, freed
+    check   the pruned meta model's config describes it (check_config)
+    write   per output shard: header from the meta shapes, then each tensor:
+            unchanged -> its bytes copied from the source file
+            pruned    -> its layer rebuilt, the logged prunes replayed, bytes written
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import DepgraphError, OptionError
+from .memory import available_memory, parse_size, peak_rss
+from .options import PruneOptions
+from .plan import (
+    Materializer,
+    PruneLog,
+    StreamedImportance,
+    build_meta_model,
+    example_inputs,
+    run_pruner,
+)
+from .shards import INDEX_NAME, Checkpoint, CheckpointError, MemoryBudgetError, MemoryLedger, format_bytes
+from .writer import MANIFEST_NAME, Entry, Manifest, write_shard
+
+__all__ = ["prune_checkpoint", "StreamReport"]
+
+_COPY_CHUNK = 1 << 24  # raw bytes copied per read for tensors that keep their shape
+
+
+@dataclass
+class StreamReport:
+    """What a :func:`prune_checkpoint` run did and what it cost."""
+
+    output: str
+    mode: str  # "stream" or "memory"
+    params_before: int = 0
+    params_after: int = 0
+    groups_pruned: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    checkpoint_bytes: int = 0
+    budget: int | None = None
+    peak_materialized: int = 0
+    peak_rss: int | None = None
+    shards_written: list[str] = field(default_factory=list)
+    shards_reused: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    plan_hash: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        kept = self.params_after / self.params_before if self.params_before else float("nan")
+        times = ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
+        return "\n".join([
+            f"pruned checkpoint written to {self.output} ({self.mode})",
+            f"parameters: {self.params_before:,} -> {self.params_after:,} ({kept:.1%} kept), "
+            f"{self.groups_pruned} groups pruned",
+            f"read {format_bytes(self.bytes_read)}, wrote {format_bytes(self.bytes_written)} "
+            f"(checkpoint {format_bytes(self.checkpoint_bytes)})",
+            f"peak weights held {format_bytes(self.peak_materialized)}"
+            + (f" of a {format_bytes(self.budget)} budget" if self.budget else "")
+            + (f"; peak RSS {format_bytes(self.peak_rss)}" if self.peak_rss else ""),
+            f"shards: {len(self.shards_written)} written, {len(self.shards_reused)} kept from an earlier run",
+            f"time: {times}",
+        ])
+
+
+def prune_checkpoint(
+    src_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    ratio: float = 0.2,
+    head_ratio: float | None = None,
+    importance: str = "magnitude",
+    global_pruning: bool = False,
+    round_to: int | None = None,
+    ignore: tuple[str, ...] = (),
+    seed: int = 0,
+    max_memory: int | str | None = None,
+    mode: str = "auto",
+    calib: Any = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> StreamReport:
+    """Prune the causal LM saved in ``src_dir`` and save the result to ``out_dir``.
+
+    The same fraction of MLP channels and key/value heads goes from every layer (see
+    :class:`~depgraph.streaming.options.PruneOptions`), decided exactly as an in-memory
+    ``BasePruner`` step would decide it. The output folder loads with ``from_pretrained``
+    and needs no depgraph.
+
+    Args:
+        src_dir: a ``save_pretrained`` folder with safetensors weights (one file or shards + index).
+        out_dir: where the pruned checkpoint goes (created; must differ from ``src_dir``).
+        ratio, head_ratio, importance, global_pruning, round_to, ignore, seed: the recipe,
+            see :class:`~depgraph.streaming.options.PruneOptions`.
+        max_memory: the most weight bytes held at once, e.g. ``"600MB"``; it must hold the
+            biggest decoder layer. With a budget the checkpoint is always streamed.
+        mode: ``"stream"``, ``"memory"`` (load it whole, prune, ``save_pretrained``) or
+            ``"auto"``: stream when ``max_memory`` is given or the checkpoint is larger than
+            the free memory.
+        calib: calibration data for data-aware criteria: not supported yet, must be None.
+        resume: keep the shards an interrupted run of the same plan already wrote (checked
+            against their recorded sha256).
+        progress: progress bars on stderr (needs ``tqdm``).
+
+    Returns:
+        A :class:`StreamReport` (sizes, bytes read and written, peak memory, times).
+
+    Raises:
+        OptionError: bad options or ``max_memory``.
+        CheckpointError: ``src_dir`` is not a safetensors checkpoint of a model the config builds.
+        MemoryBudgetError: ``max_memory`` cannot hold a decoder layer (raised before any read).
+        DepgraphError: the pruned model cannot be described by its config, or ``calib`` given.
+
+    Example:
+        >>> report = prune_checkpoint("llama-7b", "llama-7b-pruned", ratio=0.2, max_memory="2GB")
+        >>> print(report)
+    """
+    options = PruneOptions(ratio=ratio, head_ratio=head_ratio, importance=importance,
+                           global_pruning=global_pruning, round_to=round_to, ignore=tuple(ignore), seed=seed)
+    src, out = Path(src_dir), Path(out_dir)
+    budget = parse_size(max_memory) if max_memory is not None else None
+    if mode not in ("auto", "stream", "memory"):
+        raise OptionError(f"mode must be 'auto', 'stream' or 'memory', got {mode!r}")
+    if calib is not None:
+        raise DepgraphError("calibration data (calib=...) is not supported by prune_checkpoint yet: "
+                            "the streamed path scores with data-free criteria (magnitude, l1, lamp, fpgm, random)")
+    if not (src / "config.json").is_file():
+        raise CheckpointError(f"{src} has no config.json: give a folder written by save_pretrained")
+    if out.resolve() == src.resolve():
+        raise OptionError(f"out_dir must differ from src_dir ({src}): the source shards are read while writing")
+    checkpoint = Checkpoint(src, MemoryLedger(budget))
+    if mode == "auto":
+        mode = "stream" if budget is not None or checkpoint.total_bytes > available_memory() else "memory"
+    if mode == "memory":
+        return _prune_in_memory(src, out, options, checkpoint.total_bytes)
+    return _prune_streamed(checkpoint, out, options, resume, progress)
+
+
+# -- streamed ---------------------------------------------------------------------------------------
+def _prune_streamed(checkpoint: Checkpoint, out: Path, options: PruneOptions, resume: bool,
+                    progress: bool) -> StreamReport:
+    from transformers import AutoConfig
+
+    from ..integrations.transformers import check_config
+
+    report = StreamReport(output=str(out), mode="stream", budget=checkpoint.ledger.budget,
+                          checkpoint_bytes=checkpoint.total_bytes)
+    t0 = time.perf_counter()
+    config = AutoConfig.from_pretrained(checkpoint.folder)
+    model = build_meta_model(config)
+    pristine = copy.deepcopy(model)
+    log = PruneLog()
+    materializer = Materializer(checkpoint, pristine, log)
+    _check_budget(pristine, materializer, checkpoint.ledger)
+    report.params_before = sum(t.numel() for t in _stored(pristine, materializer).values())
+
+    criterion = options.make_importance()
+    with _bar(progress, "score groups", None, "group") as bar:
+        wrapped = StreamedImportance(criterion, materializer, needs_weights=options.importance != "random",
+                                     on_group=lambda: bar.update(1) if bar is not None else None)
+        pruner = options.make_pruner(model, example_inputs("meta"), wrapped)
+        report.seconds["plan"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        groups = []
+        run_pruner(pruner, log, on_group=groups.append)
+    report.groups_pruned = len(groups)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_config(model)
+    report.seconds["score"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    layout = _layout(checkpoint, model, materializer, log)
+    report.params_after = sum(_numel(e.shape) for entries in layout.values() for e in entries)
+    report.plan_hash = _plan_hash(checkpoint, layout, log, options, model.config)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(out, report.plan_hash, resume)
+    total = sum(e.nbytes for entries in layout.values() for e in entries)
+    with _bar(progress, "write shards", total, "B") as bar:
+        for file, entries in layout.items():
+            if manifest.is_done(file):
+                report.shards_reused.append(file)
+                if bar is not None:
+                    bar.update(sum(e.nbytes for e in entries))
+                continue
+            size, sha = write_shard(out / file, _counted(entries, bar), checkpoint.file_metadata.get(file, {}))
+            manifest.add(file, size, sha)
+            report.shards_written.append(file)
+            report.bytes_written += size
+    _write_metadata(checkpoint, out, model, layout)
+    report.seconds["write"] = time.perf_counter() - t2
+    report.bytes_read = checkpoint.bytes_read
+    report.peak_materialized = checkpoint.ledger.peak
+    report.peak_rss = peak_rss()
+    return report
+
+
+def _stored(model: nn.Module, materializer: Materializer) -> dict[str, torch.Tensor]:
+    """The model's tensors under the names the checkpoint stores them (each stored tensor once)."""
+    state = model.state_dict(keep_vars=True)
+    return {c: state[n] for n, c in materializer.aliases.items() if n == c}
+
+
+def _check_budget(pristine: nn.Module, materializer: Materializer, ledger: MemoryLedger) -> None:
+    """Refuse before any read when the budget cannot hold the biggest repeated block (a decoder layer)."""
+    if ledger.budget is None:
+        return
+    blocks = [(f"{name}.{i}", sum(p.numel() * p.element_size() for p in child.parameters()))
+              for name, m in pristine.named_modules() if isinstance(m, nn.ModuleList)
+              for i, child in enumerate(m)]
+    if not blocks:
+        return
+    name, _ = max(blocks, key=lambda b: b[1])
+    need = materializer.nbytes([name])
+    if need > ledger.budget:
+        raise MemoryBudgetError(
+            f"max_memory={format_bytes(ledger.budget)} cannot hold one decoder layer ({name} is {format_bytes(need)} in the "
+            "checkpoint); streaming materialises up to one layer at a time: raise max_memory")
+
+
+def _owner(name: str, materializer: Materializer, log: PruneLog) -> tuple[str, str] | None:
+    """``(member, local key)`` whose logged prunes shape checkpoint tensor ``name``; None if none do."""
+    for state_name, stored in materializer.aliases.items():
+        if stored != name:
+            continue
+        if state_name in log.steps:
+            return state_name, ""
+        module, _, local = state_name.rpartition(".")
+        if module in log.steps:
+            return module, local
+    return None
+
+
+def _layout(checkpoint: Checkpoint, model: nn.Module, materializer: Materializer,
+            log: PruneLog) -> dict[str, list[Entry]]:
+    """Every output shard's entries, in the source's files and order, shaped as the pruned meta model."""
+    state = model.state_dict(keep_vars=True)
+    layout: dict[str, list[Entry]] = {}
+    for file in checkpoint.files:
+        entries = []
+        for name in checkpoint.names_in(file):
+            info = checkpoint.tensors[name]
+            shape = tuple(state[name].shape)
+            owner = _owner(name, materializer, log)
+            nbytes = _numel(shape) * info.torch_dtype.itemsize
+            if owner is None:
+                if shape != info.shape:
+                    raise DepgraphError(f"{name} changed shape {info.shape} -> {shape} without a logged prune")
+                entries.append(Entry(name, info.dtype, shape, nbytes,
+                                     lambda n=name: checkpoint.raw_chunks(n, _COPY_CHUNK)))
+            else:
+                entries.append(Entry(name, info.dtype, shape, nbytes,
+                                     lambda o=owner, n=name: _pruned_bytes(materializer, o, n)))
+        layout[file] = entries
+    return layout
+
+
+def _pruned_bytes(materializer: Materializer, owner: tuple[str, str], name: str) -> Iterator[memoryview]:
+    member, local = owner
+    with materializer.materialized([member], f"writing {name}") as real:
+        target = real[member]
+        t = target if local == "" else target.state_dict()[local]
+        yield memoryview(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+def _counted(entries: list[Entry], bar: Any) -> list[Entry]:
+    if bar is None:
+        return entries
+
+    def wrap(e: Entry) -> Entry:
+        def chunks() -> Iterator[Any]:
+            for piece in e.chunks():
+                yield piece
+                bar.update(len(piece) if isinstance(piece, bytes) else piece.nbytes)
+        return Entry(e.name, e.dtype, e.shape, e.nbytes, chunks)
+
+    return [wrap(e) for e in entries]
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _plan_hash(checkpoint: Checkpoint, layout: dict[str, list[Entry]], log: PruneLog,
+               options: PruneOptions, config: Any) -> str:
+    """Hash of everything the output bytes depend on: source headers, prunes, layout, config."""
+    data = {
+        "source": {n: [t.file, t.dtype, list(t.shape), t.begin, t.end] for n, t in sorted(checkpoint.tensors.items())},
+        "source_files": {f: (checkpoint.folder / f).stat().st_size for f in checkpoint.files},
+        "prunes": log.digest(),
+        "layout": {f: [[e.name, e.dtype, list(e.shape)] for e in es] for f, es in layout.items()},
+        "options": options.describe(),
+        "config": config.to_json_string(use_diff=False),
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _write_metadata(checkpoint: Checkpoint, out: Path, model: nn.Module, layout: dict[str, list[Entry]]) -> None:
+    """config.json (synced to the pruned sizes), the shard index, and the source's other files."""
+    model.config.save_pretrained(out)
+    if checkpoint.sharded:
+        total = sum(e.nbytes for es in layout.values() for e in es)
+        index = {"metadata": {**checkpoint.index_metadata, "total_size": total},
+                 "weight_map": {e.name: f for f, es in layout.items() for e in es}}
+        (out / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    for path in checkpoint.folder.iterdir():
+        if path.is_file() and path.name not in ("config.json", INDEX_NAME, MANIFEST_NAME) \
+                and not path.name.endswith((".safetensors", ".partial")):
+            shutil.copy2(path, out / path.name)
+
+
+# -- in memory --------------------------------------------------------------------------------------
+def _prune_in_memory(src: Path, out: Path, options: PruneOptions, total: int) -> StreamReport:
+    from transformers import AutoModelForCausalLM
+
+    from ..integrations.transformers import check_config
+
+    report = StreamReport(output=str(out), mode="memory", checkpoint_bytes=total, bytes_read=total)
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(src, dtype="auto").eval()
+    report.params_before = sum(p.numel() for p in model.parameters())
+    pruner = options.make_pruner(model, example_inputs("cpu"), options.make_importance())
+    report.seconds["plan"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner.step()
+        check_config(model)
+    report.groups_pruned = len(pruner.pruning_history())
+    report.seconds["score"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    model.save_pretrained(out)
+    report.params_after = sum(p.numel() for p in model.parameters())
+    report.bytes_written = sum(p.stat().st_size for p in out.glob("*.safetensors"))
+    report.peak_materialized = total
+    report.peak_rss = peak_rss()
+    report.seconds["write"] = time.perf_counter() - t2
+    return report
+
+
+def _bar(enabled: bool, desc: str, total: int | None, unit: str) -> Any:
+    """A tqdm bar as a context manager, or a do-nothing one (progress off, or tqdm not installed)."""
+    import contextlib
+
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+
+            return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", leave=False)
+        except ImportError:
+            pass
+    return contextlib.nullcontext(None)

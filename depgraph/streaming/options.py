@@ -1,0 +1,113 @@
+"""What to prune in a causal LM checkpoint: one options object shared by the streamed and in-memory paths.
+
+The recipe is the one a transformers config can describe after pruning: the
+same fraction of MLP channels and of key/value heads (with the query heads that
+read them) goes from every layer, the embedding and LM head are kept (so the
+hidden size stays) and head dims stay (RoPE frequencies). Both paths build their
+:class:`~depgraph.pruner.BasePruner` through :meth:`PruneOptions.make_pruner`,
+which is why they decide the same channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import OptionError, UnknownModuleError
+
+__all__ = ["PruneOptions", "IMPORTANCES"]
+
+#: Criteria the streamed path computes from the checkpoint (they read weights only, or nothing).
+IMPORTANCES = ("magnitude", "l2", "l1", "lamp", "fpgm", "random")
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """Ratios and criterion of a checkpoint prune.
+
+    Attributes:
+        ratio: fraction of MLP channels removed from every layer, in [0, 1).
+        head_ratio: fraction of key/value heads removed from every layer (default: ``ratio``);
+            0 leaves attention alone.
+        importance: one of :data:`IMPORTANCES` (``magnitude`` = ``l2``: group L2 magnitude).
+        global_pruning: rank channels across layers (the config must still describe the result).
+        round_to: keep channel counts multiples of this.
+        ignore: qualified names of more layers to keep.
+        seed: seed of the ``random`` criterion's generator.
+
+    Raises:
+        OptionError: a ratio outside [0, 1), an unknown criterion, a bad ``round_to``.
+    """
+
+    ratio: float = 0.2
+    head_ratio: float | None = None
+    importance: str = "magnitude"
+    global_pruning: bool = False
+    round_to: int | None = None
+    ignore: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("ratio", "head_ratio"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and 0.0 <= v < 1.0):
+                problems.append(f"{name} must be in [0, 1), got {v!r}")
+        if self.importance not in IMPORTANCES:
+            problems.append(f"importance must be one of {', '.join(IMPORTANCES)}, got {self.importance!r} "
+                            "(data-aware criteria are not streamed yet)")
+        if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
+            problems.append(f"round_to must be a positive integer, got {self.round_to!r}")
+        if problems:
+            raise OptionError("; ".join(problems))
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+
+    @property
+    def heads(self) -> float:
+        return self.ratio if self.head_ratio is None else self.head_ratio
+
+    def make_importance(self) -> Any:
+        """A fresh criterion (a fresh seeded generator for ``random``: two runs draw the same scores)."""
+        from .. import importance as imp
+
+        if self.importance in ("magnitude", "l2", "l1"):
+            return imp.GroupMagnitudeImportance(p=1 if self.importance == "l1" else 2)
+        if self.importance == "random":
+            return imp.RandomImportance(generator=torch.Generator().manual_seed(self.seed))
+        return imp.create_importance(self.importance)
+
+    def ignored_layers(self, model: nn.Module) -> list[nn.Module]:
+        """Embedding, LM head, the ``ignore`` names and, with ``heads == 0``, the attention blocks.
+
+        Raises:
+            UnknownModuleError: an ``ignore`` name is not a module of the model.
+        """
+        modules = dict(model.named_modules())
+        missing = [n for n in self.ignore if n not in modules]
+        if missing:
+            raise UnknownModuleError(f"ignore names no module of {type(model).__name__}: {missing[:5]}")
+        ignored = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+        ignored += [modules[n] for n in self.ignore]
+        if self.heads <= 0:
+            ignored += [m for n, m in modules.items() if n.endswith(("attn", "attention"))]
+        return ignored
+
+    def make_pruner(self, model: nn.Module, example_inputs: Any, importance: Any) -> Any:
+        """The :class:`~depgraph.pruner.BasePruner` of this recipe for ``model``."""
+        from ..pruner import BasePruner
+
+        return BasePruner(
+            model, example_inputs, importance,
+            pruning_ratio=self.ratio, global_pruning=self.global_pruning, round_to=self.round_to,
+            ignored_layers=self.ignored_layers(model),
+            prune_num_heads=self.heads > 0, head_pruning_ratio=self.heads, prune_head_dims=False,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {"ratio": self.ratio, "head_ratio": self.heads, "importance": self.importance,
+                "global_pruning": self.global_pruning, "round_to": self.round_to,
+                "ignore": list(self.ignore), "seed": self.seed}
+

@@ -1,0 +1,254 @@
+"""Plan a prune on the meta device and replay it on real tensors, one layer at a time.
+
+The model is built from the checkpoint's config on ``meta`` (no weight memory)
+and pruned there by an ordinary :class:`~depgraph.pruner.BasePruner` step: the
+graph, the groups, the ratios, the head planner and the HF config sync are the
+in-memory ones. Two things differ:
+
+- every member a group prunes is logged as ``(handler, idxs, dim)`` under the
+  member's name (:class:`PruneLog`), in the order the group applies them
+  (out-channel members first, as ``Group.prune`` does);
+- the criterion sees real weights: before a group is scored, each member layer
+  is rebuilt on the CPU from the checkpoint (:class:`Materializer`: original
+  tensors from the shards, then the logged prunes replayed with the same
+  handlers) and swapped into the meta layer for the duration of the call.
+
+Since scores come from the same tensors through the same code, and the pruned
+tensors of the output come from the same handlers replayed on the same values,
+the streamed result equals the in-memory one bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import DepgraphError
+from .shards import Checkpoint, CheckpointError
+
+__all__ = ["Step", "PruneLog", "Materializer", "StreamedImportance", "build_meta_model", "example_inputs"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One logged prune of one member: ``handler(target, idxs)`` (``dim=`` for a bare tensor)."""
+
+    handler: Callable
+    idxs: tuple[int, ...]
+    dim: int | None = None
+
+    def apply(self, target: Any) -> None:
+        if self.dim is None:
+            self.handler(target, list(self.idxs))
+        else:
+            self.handler(target, list(self.idxs), dim=self.dim)
+
+    def describe(self) -> list:
+        return [getattr(self.handler, "__name__", repr(self.handler)), self.dim, list(self.idxs)]
+
+
+@dataclass
+class PruneLog:
+    """Every prune applied to every member, by member name (module or bare tensor qualname)."""
+
+    steps: dict[str, list[Step]] = field(default_factory=dict)
+
+    def record(self, group: Any) -> None:
+        """Log ``group``'s members as it is about to prune them (current indices, out members first)."""
+        items = [(dep, idxs) for dep, idxs in group if len(idxs)]
+        items = [it for it in items if it[0].is_out()] + [it for it in items if not it[0].is_out()]
+        for dep, idxs in items:
+            self.steps.setdefault(dep.target.name, []).append(
+                Step(dep.handler, tuple(int(i) for i in idxs), dep.target.pruning_dim))
+
+    def digest(self) -> str:
+        """A hash of every logged step: two runs that prune the same positions share it."""
+        data = {name: [s.describe() for s in steps] for name, steps in sorted(self.steps.items())}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def build_meta_model(config: Any) -> nn.Module:
+    """The causal LM of ``config`` on the meta device, in eval mode (no weight memory)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return model.eval()
+
+
+def example_inputs(device: str | torch.device = "meta", length: int = 8) -> dict[str, torch.Tensor]:
+    """The token batch the graph is traced on (values unused: shapes only)."""
+    return {"input_ids": torch.zeros(1, length, dtype=torch.long, device=device)}
+
+
+class Materializer:
+    """Rebuild members of the meta model on the CPU, from the checkpoint, as pruned so far.
+
+    Args:
+        checkpoint: the source checkpoint (its ledger is charged for every tensor read).
+        pristine: an unpruned meta copy of the model (original shapes, names and tied weights).
+        log: the prunes applied so far.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, pristine: nn.Module, log: PruneLog) -> None:
+        self.checkpoint = checkpoint
+        self.pristine = pristine
+        self.log = log
+        self.modules = dict(pristine.named_modules())
+        self.aliases = _checkpoint_names(pristine, checkpoint)
+
+    def keys(self, name: str) -> dict[str, str]:
+        """``{local key: checkpoint name}`` of the tensors member ``name`` is made of."""
+        if name in self.modules:
+            local = self.modules[name].state_dict(keep_vars=True)
+            return {k: self.aliases[f"{name}.{k}" if name else k] for k in local}
+        if name in self.aliases:
+            return {"": self.aliases[name]}
+        raise CheckpointError(f"{name} is neither a module nor a tensor of the checkpoint's model")
+
+    def nbytes(self, names: list[str]) -> int:
+        """Bytes of the checkpoint tensors behind ``names`` (original sizes: what is read)."""
+        keys = {c for n in names for c in self.keys(n).values()}
+        return sum(self.checkpoint.tensors[k].nbytes for k in keys)
+
+    @contextlib.contextmanager
+    def materialized(self, names: list[str], what: str) -> Iterator[dict[str, Any]]:
+        """``{name: CPU module or tensor}`` in its current pruned state; freed on exit.
+
+        Raises:
+            MemoryBudgetError: they do not fit into the budget together (nothing is read).
+        """
+        wanted = {n: self.keys(n) for n in dict.fromkeys(names)}
+        ckpt_names = list(dict.fromkeys(c for keys in wanted.values() for c in keys.values()))
+        tensors = self.checkpoint.load(ckpt_names, what)
+        try:
+            out: dict[str, Any] = {}
+            for name, keys in wanted.items():
+                if name in self.modules:
+                    layer = copy.deepcopy(self.modules[name])
+                    layer.load_state_dict({k: tensors[c] for k, c in keys.items()}, strict=True, assign=True)
+                    target: Any = layer
+                else:
+                    target = nn.Parameter(tensors[keys[""]], requires_grad=False)
+                for step in self.log.steps.get(name, ()):
+                    step.apply(target)
+                out[name] = target
+            yield out
+        finally:
+            tensors.clear()
+            self.checkpoint.release(ckpt_names)
+
+
+def _checkpoint_names(model: nn.Module, checkpoint: Checkpoint) -> dict[str, str]:
+    """``{state-dict name: checkpoint name}``; a tied tensor saved once maps to its stored name."""
+    by_tensor: dict[int, list[str]] = {}
+    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(
+            model.named_buffers(remove_duplicate=False)):
+        by_tensor.setdefault(id(t), []).append(name)
+    out: dict[str, str] = {}
+    for names in by_tensor.values():
+        stored = [n for n in names if n in checkpoint.tensors]
+        for n in names:
+            if stored:
+                out[n] = n if n in stored else stored[0]
+    extra = sorted(set(checkpoint.tensors) - set(out.values()))
+    if extra:
+        raise CheckpointError(
+            f"{checkpoint.folder} holds {len(extra)} tensor(s) the model built from its config lacks, "
+            f"e.g. {extra[:3]}: the checkpoint and config.json do not describe the same model")
+    return out
+
+
+class StreamedImportance:
+    """Wrap a criterion so that it scores meta-device groups from checkpoint tensors.
+
+    For each call every member layer is materialised (:class:`Materializer`), its
+    tensors are put into the meta layer in place of the meta ones, the wrapped
+    criterion is called unchanged, and the meta tensors are put back.
+
+    Args:
+        inner: the criterion (any :class:`~depgraph.importance.Importance`).
+        materializer: where the member tensors come from.
+        needs_weights: False for criteria that read no tensor (random scores).
+        on_group: called after each scored group (progress).
+    """
+
+    def __init__(self, inner: Any, materializer: Materializer, needs_weights: bool = True,
+                 on_group: Callable[[], None] | None = None) -> None:
+        self.inner = inner
+        self.materializer = materializer
+        self.needs_weights = needs_weights
+        self.on_group = on_group
+        self.groups_scored = 0
+
+    def __getattr__(self, name: str) -> Any:  # options the pruner reads from its criterion
+        return getattr(self.inner, name)
+
+    @torch.no_grad()
+    def __call__(self, group: Any) -> torch.Tensor | None:
+        self.groups_scored += 1
+        try:
+            if not self.needs_weights:
+                return self.inner(group)
+            targets = {dep.target.name: dep.target.module for dep, _ in group}
+            root = group[0][0].target.name
+            with self.materializer.materialized(list(targets), f"scoring the group rooted at {root}") as real, \
+                    _swapped(targets, real):
+                return self.inner(group)
+        finally:
+            if self.on_group is not None:
+                self.on_group()
+
+
+@contextlib.contextmanager
+def _swapped(meta: dict[str, Any], real: dict[str, Any]) -> Iterator[None]:
+    """Put the real tensors into the meta layers (same module objects), restore on exit."""
+    saved: list[tuple[nn.Module, str, torch.Tensor]] = []
+    swapped: list[tuple[torch.Tensor, torch.Tensor]] = []
+    try:
+        for name, m in meta.items():
+            r = real[name]
+            if isinstance(m, torch.Tensor):  # a bare parameter member: swap the tensor objects' contents
+                torch.utils.swap_tensors(m, r)
+                swapped.append((m, r))
+                continue
+            for key, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
+                if key in dict(r.named_parameters(recurse=False)) or key in dict(r.named_buffers(recurse=False)):
+                    saved.append((m, key, t))
+                    setattr(m, key, getattr(r, key))
+        yield
+    finally:
+        for m, key, t in reversed(saved):
+            setattr(m, key, t)
+        for a, b in reversed(swapped):
+            torch.utils.swap_tensors(a, b)
+
+
+def run_pruner(pruner: Any, log: PruneLog, on_group: Callable[[Any], None] | None = None) -> None:
+    """One pruner step on the meta model, logging each group before it is applied."""
+    with warnings.catch_warnings():
+        # Layer by layer the widths differ until the last layer is pruned; the config
+        # is checked once at the end (check_config), not after every group.
+        warnings.filterwarnings("ignore", message="depgraph: after this prune")
+        for group in pruner.step(interactive=True):
+            log.record(group)
+            group.prune()
+            if on_group is not None:
+                on_group(group)
+
+
+def refuse_data_aware(importance: Any) -> None:
+    """Criteria that need calibration data cannot be streamed yet: say so before any work."""
+    if hasattr(importance, "calibrate") or hasattr(importance, "accumulate_grad"):
+        raise DepgraphError(
+            f"{type(importance).__name__} needs calibration data or gradients, which the streamed path "
+            "does not compute yet; use magnitude, l1, lamp, fpgm or random")
