@@ -181,7 +181,7 @@ class BasePruner:
         for group in self.DG.get_all_groups(self.ignored_layers, self.options.root_module_types):
             self._initial[group[0].dep.target.module] = len(group[0].idxs)
         opts = self.options
-        _warn_unused_head_options(opts)
+        _warn_unused_options(opts)
         needs_heads = opts.prune_num_heads or opts.num_heads or not opts.prune_head_dims
         self._heads = HeadPlanner(self) if needs_heads else None
         self._closure_cache: dict[int, torch.Tensor] = {}  # root slot -> class label per original channel
@@ -354,14 +354,19 @@ class BasePruner:
         """
 
 
-def _warn_unused_head_options(opts: PrunerOptions) -> None:
-    """The original reads the head ratios only with ``prune_num_heads=True`` and ignores them silently."""
+def _warn_unused_options(opts: PrunerOptions) -> None:
+    """Options the original reads only in another mode and ignores silently otherwise: warn by name."""
     unused = [name for name, given in (("head_pruning_ratio", opts.head_pruning_ratio > 0),
                                        ("head_pruning_ratio_dict", bool(opts.head_pruning_ratio_dict)))
               if given]
     if unused and not opts.prune_num_heads:
         warnings.warn(f"{' and '.join(unused)} given without prune_num_heads=True: no head is removed "
                       "(pass prune_num_heads=True to remove whole heads)", stacklevel=3)
+    pooled = any(isinstance(key, tuple) for key, _ in opts.pruning_ratio_dict)
+    if opts.isomorphic and not opts.global_pruning and not pooled:
+        warnings.warn("isomorphic=True given without global_pruning=True (or a tuple scope in "
+                      "pruning_ratio_dict): it only splits a ranking shared by several groups, so it changes "
+                      "nothing here", stacklevel=3)
 
 
 class MetaPruner(BasePruner):

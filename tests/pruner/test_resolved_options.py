@@ -109,6 +109,15 @@ def test_head_ratios_without_prune_num_heads_warn_by_name():
         tp.pruner.BasePruner(model, torch.randn(1, 4), MAG(), head_pruning_ratio_dict={model[0]: 0.5})
 
 
+def test_isomorphic_without_a_shared_ranking_warns():
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
+    with pytest.warns(UserWarning, match=r"isomorphic=True given without global_pruning=True"):
+        tp.pruner.BasePruner(model, torch.randn(1, 4), MAG(), isomorphic=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tp.pruner.BasePruner(model, torch.randn(1, 4), MAG(), isomorphic=True, global_pruning=True)
+
+
 def _mlp():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
