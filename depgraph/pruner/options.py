@@ -28,7 +28,6 @@ from .scheduler import Scheduler, linear_scheduler
 __all__ = ["PrunerOptions", "resolve_deprecated", "check_known_modules", "DEFAULT_ROOT_TYPES"]
 
 
-
 def _pairs(mapping: Mapping | None, what: str, problems: list[str]) -> tuple:
     if mapping is None:
         return ()
