@@ -233,12 +233,13 @@ def verify(
 def _unrecorded(original: nn.Module, pruned: nn.Module) -> list[str]:
     """Names of modules whose own parameters changed shape while no depgraph record says how."""
     originals = dict(original.named_modules())
+    # a layer's own record covers its sub-modules (MultiheadAttention's out_proj)
+    recorded = {name for name, pm in pruned.named_modules() if kept_indices(pm)}
     out = []
     for name, pm in pruned.named_modules():
         om = originals.get(name)
-        if om is None:
-            continue
-        if has_records(pm):
+        parts = name.split(".") if name else []
+        if om is None or has_records(pm) or any(".".join(parts[:i]) in recorded for i in range(len(parts))):
             continue
         mine = dict(om.named_parameters(recurse=False))
         if any(n in mine and tuple(mine[n].shape) != tuple(p.shape) for n, p in pm.named_parameters(recurse=False)):
