@@ -25,6 +25,8 @@ from .errors import (
     OptionTypeError,
     OverPruningError,
     PrunedStateError,
+    PruneFailedError,
+    StaleGroupError,
     TraceError,
     UnknownModuleError,
     UnsupportedOpError,
@@ -69,6 +71,16 @@ from .functional import (
 
 # Bias compensation with calibration statistics (new)
 from .importance.compensation import compensate_bias
+
+# Pruners, also at the top level as in the original
+from .pruner import (
+    BasePruner,
+    BNScalePruner,
+    GroupNormPruner,
+    GrowingRegPruner,
+    MagnitudePruner,
+    MetaPruner,
+)
 
 # Saving pruned models as data
 from .serialization import load, load_state_dict, save, state_dict
@@ -127,6 +139,12 @@ __all__ = [
     "importance",
     "pruner",
     "utils",
+    "BasePruner",
+    "MetaPruner",
+    "MagnitudePruner",
+    "BNScalePruner",
+    "GroupNormPruner",
+    "GrowingRegPruner",
     "compensate_bias",
     # dimension rules (new)
     "dims",
@@ -149,5 +167,7 @@ __all__ = [
     "OptionError",
     "OptionTypeError",
     "PrunedStateError",
+    "PruneFailedError",
+    "StaleGroupError",
     "__version__",
 ]

@@ -55,3 +55,14 @@ class OptionTypeError(DepgraphError, TypeError):
 class PrunedStateError(DepgraphError, ValueError):
     """A saved pruned state cannot be read or is refused: truncated, malformed, or naming
     attributes, classes or values that loading does not allow. Raised before the model changes."""
+
+
+class PruneFailedError(DepgraphError):
+    """A pruning function or hook failed with an error outside this family; the model was restored.
+
+    The original error is chained (``__cause__``).
+    """
+
+
+class StaleGroupError(DepgraphError):
+    """A group was planned on an earlier version of the model; plan it again from the graph."""

@@ -181,15 +181,17 @@ def _pruned_non_persistent(model: nn.Module, records: dict[str, Any]) -> dict[st
     return out
 
 
-def load_state_dict(model: nn.Module, pruned_state: dict[str, Any], strict: bool = True) -> nn.Module:
+def load_state_dict(model: nn.Module, state_dict: dict[str, Any], *, strict: bool = True) -> nn.Module:
     """Reshape ``model`` (an unpruned instance of the same definition) to the pruned one and load it.
 
-    Everything is checked against ``model`` before it is touched, and a failure
-    part-way restores it, so a refused load leaves ``model`` as it was.
+    Everything is checked against ``model`` before it is touched, and the load runs as one
+    :class:`~depgraph.dependency.transaction.Transaction`: a failure part-way (or Ctrl-C)
+    restores tensors, attributes, module classes and configs, so a refused load leaves
+    ``model`` as it was.
 
     Args:
         model: A fresh instance of the definition the pruned model was made from.
-        pruned_state: What :func:`depgraph.state_dict` returned.
+        state_dict: What :func:`depgraph.state_dict` returned (the name Torch-Pruning gives it).
         strict: Refuse tensors the model lacks and tensors the state lacks, as
             ``nn.Module.load_state_dict`` does.
 
@@ -205,28 +207,21 @@ def load_state_dict(model: nn.Module, pruned_state: dict[str, Any], strict: bool
             problem, and the model is unchanged.
         DepgraphError: applying the checked state failed part-way (the model is restored).
     """
-    if not isinstance(pruned_state, dict) or pruned_state.get("format") not in _READS:
+    if not isinstance(state_dict, dict) or state_dict.get("format") not in _READS:
         raise PrunedStateError("not a depgraph pruned state: make it with depgraph.state_dict(model) or depgraph.save")
-    layout = check_layout(pruned_state)
+    layout = check_layout(state_dict)
     if layout:
         raise PrunedStateError("malformed pruned state (the model is unchanged): " + "; ".join(layout[:8])
                                + ". Save it again with depgraph.save(model, path)")
     modules = dict(model.named_modules())
-    _check_fits(model, modules, pruned_state, strict)
-    from .dependency.transaction import Snapshot  # lazy: the dependency package imports the handlers
+    _check_fits(model, modules, state_dict, strict)
+    from .dependency.transaction import Transaction  # lazy: the dependency package imports the handlers
 
-    snap = Snapshot([model, *_configs_by_module(model).values()])
-    classes = [(m, type(m)) for m in modules.values()]
-    try:
-        _apply(model, modules, pruned_state, strict)
-    except Exception as e:
-        snap.restore()
-        for m, cls in classes:
-            m.__class__ = cls
-        _refresh_rnns(model)
-        raise DepgraphError(f"loading the pruned state failed ({type(e).__name__}: {str(e)[:300]}); the model "
-                            "was restored unchanged. Load it into an instance of the unpruned definition the "
-                            "pruned model was made from") from e
+    # One transaction: any failure or interrupt restores tensors, attributes, classes and configs.
+    what = ("loading the pruned state (load it into an instance of the unpruned definition the pruned model "
+            "was made from)")
+    with Transaction(what, [model, *_configs_by_module(model).values()]):
+        _apply(model, modules, state_dict, strict)
     return model
 
 

@@ -18,7 +18,7 @@ The loop is an ordinary training loop plus one line::
 
 * ``GroupNormPruner`` (DepGraph's group lasso): ``grad(w_k) += reg * a_k * w_k``
   on *every* weight of channel ``k`` in every coupled layer (convs, norms, the
-  layers that read it), with ``a_k`` growing up to ``alpha`` for the weakest
+  layers that read it), with ``a_k`` growing up to ``alpha`` (``regularize(model, alpha=2**4)``) for the weakest
   channels: weak groups fade as a unit, across residual additions too.
 * ``BNScalePruner`` (network slimming): an L1 penalty on BatchNorm scales only.
 

@@ -3,11 +3,14 @@
 All coupling is computed in the *original* index space of the traced model.
 Each prune marks positions dead instead of rebuilding the graph, so the graph
 stays valid across any number of prunes and every member's indices are
-translated to its current width on the way out.
+translated to its current width on the way out. Each committed prune bumps
+``version``; a group planned before a commit that changed one of its slots is
+stale and refused (see :class:`~depgraph.errors.StaleGroupError`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -15,13 +18,15 @@ import torch
 import torch.nn as nn
 
 from .._types import ExampleInputs, Indices
-from ..defaults import DEFAULT_ROOT_TYPES
+from ..defaults import CONV_AND_LINEAR
 from ..dims.propagate import Propagation, propagate
 from ..errors import (
     DepgraphError,
     HandlerMismatchError,
     InvalidIndicesError,
     OverPruningError,
+    PruneFailedError,
+    StaleGroupError,
     UnknownModuleError,
     UnsupportedOpError,
 )
@@ -31,9 +36,10 @@ from ..trace.recorder import call_model, record
 from .build import GraphBuilder
 from .group import Group
 from .heads import ModuleHeadsGroup
-from .node import Dependency, GroupItem, Node
+from .hooks import PruneHooks, RemovableHandle
+from .node import Dependency, GroupItem, Node, fn_name, pruning_side
 from .records import update_records
-from .transaction import Snapshot
+from .transaction import Transaction, _note
 
 __all__ = ["DependencyGraph"]
 
@@ -44,9 +50,18 @@ class DependencyGraph:
     Call tree::
 
         build_dependency(model, example_inputs)      trace + slot graph
-        get_pruning_group(module, fn, idxs)          plan (pure)
-            group.prune()  -> apply_group(group)     validate all, snapshot, mutate, restore on error
+        get_pruning_group(module, fn, idxs)          plan (pure), stamped with DG.version
+            group.prune()  -> apply_group(group)     one Transaction: refuse stale plans, validate all,
+                                                     snapshot, before-hooks, handlers, after-hooks,
+                                                     forward check, commit; restore on any BaseException
         get_all_groups(ignored_layers, root_types)   every prunable group once
+        prune_groups(groups)                         a pruner step: all commit or none, one forward
+                                                     check, bisection drops the groups that break it
+        load_pruning_history(history)                one transaction
+
+    Public queries (slots and original positions): ``slot_of``, ``coupled``, ``alive_positions``,
+    ``current_width``, ``original_width``, ``to_current``, ``to_original``, ``plan_group``,
+    ``propagate``, ``is_stale``; hooks: ``register_prune_hook`` (see :mod:`depgraph.dependency.hooks`).
 
     Example:
         >>> DG = DependencyGraph().build_dependency(model, torch.randn(1, 3, 224, 224))
@@ -67,14 +82,10 @@ class DependencyGraph:
         self._trace = None
         self._names: dict[str, Any] = {}
         self._call: tuple | None = None
-        # Called as hook(graph, plan) after the handlers ran and before the forward check,
-        # e.g. to update size attributes (num_heads, head_dim) that the forward reads; and as
-        # hook(graph, None) when that prune is rolled back, to undo what the hook changed.
-        self._after_prune_hooks: list[Callable] = []
-        # Called as hook(graph, items) inside the transaction: after validation and the snapshot,
-        # before any handler runs (items carry current indices). What it changes on the members'
-        # modules is restored with them if the prune fails (bias compensation uses it).
-        self._before_prune_hooks: list[Callable] = []
+        self._hooks = PruneHooks()
+        self._version = 0  # commits so far; a group remembers the version it was planned on
+        self._changed_at: dict[int, int] = {}  # slot -> version of the last commit that removed positions of it
+        self._atomic_depth = 0  # > 0 inside a step / replay: one forward check at its end, not per group
 
     # -- building ------------------------------------------------------------------
     def register_customized_layer(self, layer_type: type | nn.Module, layer_pruner: BasePruningFunc) -> None:
@@ -92,6 +103,7 @@ class DependencyGraph:
         ignored_layers: Iterable[nn.Module] | None = None,
         ignored_params: Iterable[torch.Tensor] | None = None,
         verbose: bool = True,
+        *,
         frozen_layers: Iterable[nn.Module] | None = None,
         check_forward: bool = True,
     ) -> DependencyGraph:
@@ -133,7 +145,7 @@ class DependencyGraph:
         self._graph = builder.build()
         self._trace = trace
         if any(k.is_cache for k in trace.kept):
-            self._after_prune_hooks.append(CacheDropper(trace.kept))
+            self.register_prune_hook(CacheDropper(trace.kept), when="after")
         self.module2node = {}
         for m in model.modules():  # model order, for deterministic get_all_groups
             if m in builder.module2node:
@@ -141,6 +153,7 @@ class DependencyGraph:
         self.module2node.update({k: v for k, v in builder.module2node.items() if k not in self.module2node})
         self._param_nodes = builder.param_nodes
         self._dead = {}
+        self._version, self._changed_at = 0, {}
         self._names = {n: m for n, m in model.named_modules()}
         self._names.update({n: p for n, p in model.named_parameters()})
         self._names.update({n: b for n, b in model.named_buffers()})
@@ -222,26 +235,180 @@ class DependencyGraph:
 
     @staticmethod
     def is_out_channel_pruning_fn(fn: Callable) -> bool:
-        return getattr(fn, "__name__", "") == "prune_out_channels"
+        """Whether ``fn`` is a handler's ``prune_out_channels`` (by identity, never by name)."""
+        return pruning_side(fn) == "out"
 
     @staticmethod
     def is_in_channel_pruning_fn(fn: Callable) -> bool:
-        return getattr(fn, "__name__", "") == "prune_in_channels"
+        """Whether ``fn`` is a handler's ``prune_in_channels`` (by identity, never by name).
 
-    def _alive(self, slot: int) -> torch.Tensor:
+        A handler with one set of channels (``prune_in_channels = prune_out_channels``,
+        a BatchNorm-like layer) counts as an out-channel function.
+        """
+        fn_side = pruning_side(fn)
+        return fn_side == "in" or (fn_side == "out" and fn == getattr(fn.__self__, "prune_in_channels", None))
+
+    # -- public graph API: slots, alive positions, widths, planning ---------------------------------
+    # A *slot* is one prunable axis (an int): a layer's output or input channels (``node.out_slot``,
+    # ``node.in_slot``), a dim of a traced value or of a bare parameter. Positions are *original*
+    # indices of the traced model; a prune marks them dead, so they never shift.
+
+    @property
+    def version(self) -> int:
+        """How many prunes this graph has committed; a :class:`Group` remembers the one it was planned on."""
+        return self._version
+
+    @property
+    def slot_graph(self):
+        """The :class:`~depgraph.dims.slots.SlotGraph`: sizes, rules, endpoints, frozen slots (read-only use)."""
+        self._require_built()
+        return self._graph
+
+    @property
+    def dead_positions(self) -> dict[int, torch.Tensor]:
+        """``{slot: bool mask of original positions removed}``, for :func:`~depgraph.dims.propagate.propagate`
+        (a copy: changing it changes nothing)."""
+        return dict(self._dead)
+
+    def slot_of(self, module: Any, pruning_fn: Callable) -> int:
+        """The slot ``pruning_fn`` removes positions from on ``module``.
+
+        Raises:
+            UnknownModuleError: ``module`` is not in the graph.
+            HandlerMismatchError: ``pruning_fn`` is not a pruning function, or not one for this module.
+            UnsupportedOpError: the module has no prunable channels.
+        """
+        return self._slot_for(self._node(module), pruning_fn)
+
+    def alive_positions(self, slot: int) -> torch.Tensor:
+        """Original positions of ``slot`` still present, ascending (int64)."""
+        self._require_built()
         d = self._dead.get(slot)
         n = self._graph.sizes[slot]
         return torch.arange(n) if d is None else (~d).nonzero().flatten()
 
+    def is_alive(self, slot: int, positions: torch.Tensor) -> torch.Tensor:
+        """A bool mask: which of ``positions`` (original) of ``slot`` are still present."""
+        d = self._dead.get(slot)
+        positions = torch.as_tensor(positions, dtype=torch.long)
+        return torch.ones(positions.shape, dtype=torch.bool) if d is None else ~d[positions]
+
+    def current_width(self, slot: int) -> int:
+        """How many positions ``slot`` has now (its original size minus the removed ones)."""
+        self._require_built()
+        d = self._dead.get(slot)
+        return self._graph.sizes[slot] - (int(d.sum()) if d is not None else 0)
+
+    def original_width(self, slot: int) -> int:
+        """The size ``slot`` had in the traced model."""
+        self._require_built()
+        return self._graph.sizes[slot]
+
+    def to_current(self, slot: int, positions: torch.Tensor) -> torch.Tensor:
+        """Current indices of original ``positions`` of ``slot`` (which must all be alive).
+
+        Raises:
+            InvalidIndicesError: some positions were already removed (they have no current index).
+        """
+        positions = torch.as_tensor(positions, dtype=torch.long)
+        d = self._dead.get(slot)
+        if d is None:
+            return positions
+        if positions.numel() and bool(d[positions].any()):
+            gone = positions[d[positions]].tolist()[:8]
+            raise InvalidIndicesError(f"positions {gone} of {self._graph.labels[slot]} were already pruned")
+        return positions - torch.cumsum(d.long(), 0)[positions]
+
+    def to_original(self, slot: int, current: torch.Tensor) -> torch.Tensor:
+        """Original positions of ``current`` indices of ``slot`` (the inverse of :meth:`to_current`)."""
+        return self.alive_positions(slot)[torch.as_tensor(current, dtype=torch.long)]
+
+    def propagate(self, slot: int, positions: torch.Tensor, blocked: dict[int, str] | None = None,
+                  **options: Any) -> Propagation:
+        """Everything coupled to removing original ``positions`` of ``slot`` from the model as it is now.
+
+        ``blocked``: more slots that must not change, for this query only (``{slot: reason}``);
+        ``options`` go to :func:`~depgraph.dims.propagate.propagate` (``grouping``, ``until`` ...).
+        """
+        self._require_built()
+        return propagate(self._graph, slot, torch.as_tensor(positions, dtype=torch.long), self._dead,
+                         blocked, **options)
+
+    def coupled(self, module: Any, pruning_fn: Callable) -> list[tuple[Node, str]]:
+        """Every ``(node, side)`` whose channels move with one channel of ``module`` under ``pruning_fn``.
+
+        Example:
+            >>> [(n.name, side) for n, side in DG.coupled(model.conv1, tp.prune_conv_out_channels)]
+            [('conv1', 'out'), ('bn1', 'out'), ('layer1.0.conv1', 'in'), ...]
+        """
+        slot = self.slot_of(module, pruning_fn)
+        plan = self.propagate(slot, self.alive_positions(slot)[:1], stop_at_frozen=False)
+        eps = self._graph.endpoints
+        return [(eps[s].node, "out" if eps[s].is_out else "in") for s in plan.order if s in eps]
+
+    def plan_group(self, slot: int, positions: torch.Tensor, blocked: dict[int, str] | None = None) -> Group:
+        """The group removing original ``positions`` of ``slot``, as the graph is now; changes nothing.
+
+        Positions already removed are left out (planning in original indices is safe after any prune).
+        """
+        positions = torch.as_tensor(positions, dtype=torch.long).unique()
+        if positions.numel():
+            positions = positions[self.is_alive(slot, positions)]
+        plan = self.propagate(slot, positions, blocked)
+        return Group(self, self._items(plan), plan, version=self._version, root=(slot, positions))
+
+    def is_stale(self, group: Group) -> bool:
+        """Whether a prune committed after ``group`` was planned changed a slot the group reaches."""
+        v = group.version
+        if v is None or v == self._version:
+            return False
+        return any(self._changed_at.get(s, -1) > v for s in group.propagation.state)
+
+    def _require_built(self) -> None:
+        if self._graph is None:
+            raise DepgraphError("call build_dependency(model, example_inputs) first")
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def register_prune_hook(self, hook: Callable[..., Any], *, when: str = "after") -> RemovableHandle:
+        """Call ``hook`` on every prune of this graph; ``handle.remove()`` detaches it.
+
+        ``when="before"``: ``hook(graph, items)`` inside the transaction, before any handler runs.
+        ``when="after"``: ``hook(graph, plan)`` after the handlers, before the forward check; called
+        again as ``hook(graph, None)`` when that prune is rolled back. A hook that raises fails the
+        prune (the model is restored). See :mod:`depgraph.dependency.hooks`.
+
+        Returns:
+            A :class:`torch.utils.hooks.RemovableHandle`.
+
+        Raises:
+            DepgraphError: ``when`` is not "before" or "after", or ``hook`` is not callable.
+
+        Example:
+            >>> handle = DG.register_prune_hook(lambda graph, plan: print("pruned"), when="after")
+            >>> handle.remove()
+        """
+        return self._hooks.register(hook, when)
+
+    def prune_hooks(self, when: str) -> tuple[Callable[..., Any], ...]:
+        """The hooks registered for ``when`` ("before" or "after"), in call order."""
+        return self._hooks.of(when)
+
     def _slot_for(self, node: Node, fn: Callable) -> int:
-        owner = getattr(fn, "__self__", None)
-        if isinstance(owner, BasePruningFunc) and owner.TARGET_MODULES and not node.is_parameter:
+        if pruning_side(fn) is None:
+            what = getattr(fn, "__qualname__", None) or type(fn).__name__
+            raise HandlerMismatchError(
+                f"{what} is not a pruning function: pass a handler's prune_out_channels/prune_in_channels "
+                f"for {node.name} ({type(node.module).__name__}), e.g. tp.prune_conv_out_channels or "
+                "DG.get_pruner_of_module(module).prune_out_channels"
+            )
+        owner = fn.__self__
+        if owner.TARGET_MODULES and not node.is_parameter:
             if not isinstance(node.module, owner.TARGET_MODULES) and owner.stand_in(node.module) is None:
                 raise HandlerMismatchError(
                     f"{fn.__name__} of {type(owner).__name__} does not fit {node.name} "
                     f"({type(node.module).__name__}); use the pruning function for {type(node.module).__name__}"
                 )
-        if self.is_in_channel_pruning_fn(fn) and node.in_slot is not None:
+        if pruning_side(fn) == "in" and node.in_slot is not None:
             return node.in_slot
         if node.out_slot is not None:
             return node.out_slot
@@ -259,7 +426,7 @@ class DependencyGraph:
         """
         node = self._node(module)
         slot = self._slot_for(node, pruning_fn)
-        alive = self._alive(slot)
+        alive = self.alive_positions(slot)
         raw = _index_tensor(idxs, node.name)
         if raw.numel() and (raw.dtype.is_floating_point or raw.dtype.is_complex or raw.dtype == torch.bool):
             raise InvalidIndicesError(f"pruning indices for {node.name} must be integers, got dtype {raw.dtype}")
@@ -272,17 +439,7 @@ class DependencyGraph:
                     f"index {bad} is out of range for the {alive.numel()} "
                     f"{'output' if slot == node.out_slot else 'input'} channels of {node.name}"
                 )
-        return self._plan(slot, alive[cur])
-
-    def _plan(self, slot: int, orig: torch.Tensor, blocked: dict[int, str] | None = None) -> Group:
-        plan = propagate(self._graph, slot, orig, self._dead, blocked)
-        return Group(self, self._items(plan), plan)
-
-    def _to_current(self, slot: int, pos: torch.Tensor) -> torch.Tensor:
-        d = self._dead.get(slot)
-        if d is None:
-            return pos
-        return pos - torch.cumsum(d.long(), 0)[pos]
+        return self.plan_group(slot, alive[cur])
 
     def _items(self, plan: Propagation) -> list[GroupItem]:
         eps = self._graph.endpoints
@@ -293,9 +450,9 @@ class DependencyGraph:
             if ep is None:
                 continue
             pos, roots = plan.removed(slot)
-            pos, roots = self._to_current(slot, pos), self._to_current(root_slot, roots)
+            pos, roots = self.to_current(slot, pos), self.to_current(root_slot, roots)
             src = eps.get(plan.source.get(slot, slot), ep)
-            dep = Dependency(src.handler, ep.handler, src.node, ep.node)
+            dep = Dependency(src.handler, ep.handler, src.node, ep.node, "out" if ep.is_out else "in")
             items.append(GroupItem(dep, pos.tolist(), roots.tolist()))
         if items and root_slot not in eps:
             raise DepgraphError("the root of a group must be a prunable layer")
@@ -304,15 +461,14 @@ class DependencyGraph:
     def get_all_groups(
         self,
         ignored_layers: Iterable[nn.Module] = (),
-        root_module_types: tuple = DEFAULT_ROOT_TYPES,
+        root_module_types: tuple = CONV_AND_LINEAR,
     ) -> Iterator[Group]:
         """Yield every prunable group once, rooted at the first layer of ``root_module_types`` in it.
 
         A layer whose handler ``acts_as`` one of ``root_module_types`` counts as one: naming
         ``nn.Linear`` roots groups at GPT-2's ``Conv1D`` too.
         """
-        if self._graph is None:
-            raise DepgraphError("call build_dependency(model, example_inputs) first")
+        self._require_built()
         blocked: dict[int, str] = {}
         for m in _expand(ignored_layers):
             node = self.module2node.get(m)
@@ -326,12 +482,12 @@ class DependencyGraph:
             slot = node.out_slot
             if slot is None or slot in visited or slot in blocked or slot in self._graph.frozen:
                 continue
-            alive = self._alive(slot)
+            alive = self.alive_positions(slot)
             plan = propagate(self._graph, slot, alive, self._dead, blocked, grouping=True)
             visited.update(s for s in plan.state if s in self._graph.endpoints)
             if plan.violations or alive.numel() < 2 or not self._single_channel_prunable(slot, alive, blocked):
                 continue
-            yield Group(self, self._items(plan), plan)
+            yield Group(self, self._items(plan), plan, version=self._version, root=(slot, alive))
 
     def _single_channel_prunable(self, slot: int, alive: torch.Tensor, blocked: dict[int, str]) -> bool:
         """Whether removing one root channel leaves every member non-empty.
@@ -363,78 +519,217 @@ class DependencyGraph:
         node = dep.target
         if node.is_parameter:
             return int(node.module.shape[node.pruning_dim])
+        if dep.side == "heads":
+            return int(node.module.num_heads)
         h = node.handler
         return h.get_out_channels(node.module) if dep.is_out() else h.get_in_channels(node.module)
 
     # -- applying -----------------------------------------------------------------------
     def apply_group(self, group: Group, record_history: bool = True) -> None:
-        """Prune every member of ``group`` as one transaction (see module docstring)."""
-        plan: Propagation = group._plan
-        items = self._items(plan)  # re-read: earlier prunes may have shifted current indices
+        """Prune every member of ``group`` as one :class:`~depgraph.dependency.transaction.Transaction`.
+
+        validate (stale plan, frozen dims, emptied layers) -> snapshot the members -> before-hooks ->
+        handlers -> size attributes -> after-hooks -> forward check (when the group reaches a run-time
+        size; inside a pruner step one check for the whole step instead) -> commit (dead positions,
+        version, kept-channel records, history). Any ``BaseException`` restores the snapshot.
+
+        Raises:
+            StaleGroupError: a prune committed after the group was planned changed a layer it reaches.
+            UnsupportedOpError: the group reaches a frozen dim, or pruning it breaks the forward pass.
+            OverPruningError: a member would lose all its channels.
+            DepgraphError: whatever a handler or hook raised (typed errors as themselves, others as
+                :class:`~depgraph.errors.PruneFailedError`), after the restore.
+        """
+        plan: Propagation = group.propagation
+        items = list(group.items)
         if not items:
             return
         root = items[0]
-        where = f"group rooted at {root.dep.target.name} ({len(root.idxs)} channels)"
+        where = f"the group rooted at {root.dep.target.name} ({len(root.idxs)} channels)"
+        if self.is_stale(group):
+            raise StaleGroupError(
+                f"{where} was planned on version {group.version} of the model, but a later prune changed "
+                f"layers it reaches (now version {self._version}); pruning it would remove other channels. "
+                "Plan it again (DG.get_pruning_group / group.prune(idxs=...)) on the model as it is now"
+            )
         if plan.violations:
             reasons = "; ".join(sorted(set(plan.violations.values())))
-            raise UnsupportedOpError(f"cannot prune the {where}: it reaches dimensions that must not change: {reasons}")
+            raise UnsupportedOpError(f"cannot prune {where}: it reaches dimensions that must not change: {reasons}")
         problems = []
         for it in items:
             n = self._width(it.dep)
             if n is None:
                 continue
-            if len(it.idxs) >= n:
+            if len(set(it.idxs)) >= n:
                 problems.append(f"{it.dep.target.name} would lose all {n} channels")
-            elif it.idxs and (it.idxs[0] < 0 or it.idxs[-1] >= n):
-                problems.append(f"{it.dep.target.name}: index {it.idxs[-1]} out of range for {n} channels")
+            elif it.idxs and (min(it.idxs) < 0 or max(it.idxs) >= n):
+                problems.append(f"{it.dep.target.name}: index {max(it.idxs)} out of range for {n} channels")
         if problems:
-            raise OverPruningError(f"cannot prune the {where}: " + "; ".join(problems))
-        ordered = [it for it in items if it.dep.is_out()] + [it for it in items if not it.dep.is_out()]
+            raise OverPruningError(f"cannot prune {where}: " + "; ".join(problems))
+        ordered = [it for it in items if it.dep.side != "in"] + [it for it in items if it.dep.side == "in"]
         dead = dict(self._dead)
+        changed = []
         for slot, st in plan.state.items():
             gone = st >= 0
+            if bool(gone.any()):
+                changed.append(slot)
             dead[slot] = gone if slot not in dead else dead[slot] | gone
         attrs = self._bound_attributes(plan, dead)
-        snap = Snapshot([it.dep.target.module for it in ordered] + [owner for owner, _, _ in attrs])
+        owners = [getattr(it.dep.target, "owner", None) for it in ordered if it.dep.target.is_parameter]
+        targets = [it.dep.target.module for it in ordered] + [o for o in owners if o is not None]
         widths = {id(it): self._width(it.dep) for it in ordered}
-        it = root
-        try:
-            for hook in self._before_prune_hooks:
+        with Transaction(f"pruning {where}", targets + [owner for owner, _, _ in attrs]) as tx:
+            state = self._state()
+            tx.on_rollback(lambda: self._restore_state(state))
+            for hook in self._hooks.of("before"):
                 hook(self, ordered)
             for it in ordered:
                 if it.idxs:
-                    it.dep(it.idxs)
-        except Exception as e:
-            snap.restore()
-            raise DepgraphError(
-                f"pruning the {where} failed at {it.dep.target.name} ({type(e).__name__}: {e}); "
-                "the model was restored unchanged"
-            ) from e
-        for owner, attr, value in attrs:
-            owner.__dict__[attr] = value
-        ran: list[Callable] = []
-        try:
-            for hook in self._after_prune_hooks:
-                ran.append(hook)
+                    try:
+                        it.dep(it.idxs)
+                    except DepgraphError as e:  # typed: re-raised as itself, with where it happened
+                        _note(e, f"depgraph: raised by {fn_name(it.dep.handler)} on {it.dep.target.name}")
+                        raise
+                    except Exception as e:
+                        raise PruneFailedError(
+                            f"pruning {where} failed at {it.dep.target.name} ({type(e).__name__}: {e}); "
+                            "the model was restored unchanged") from e
+            for owner, attr, value in attrs:
+                owner.__dict__[attr] = value
+            for hook in self._hooks.of("after"):
+                tx.on_rollback(lambda hook=hook: hook(self, None))
                 hook(self, plan)
-            failure = self._forward_failure() if self._needs_forward_check(plan) else None
-        except Exception as e:  # noqa: BLE001 - a failing hook rolls back like a failing forward
-            failure = f"an after-prune hook failed ({type(e).__name__}: {e})"
-        if failure is not None:
-            for hook in reversed(ran):
-                hook(self, None)
-            snap.restore()
-            self._graph.freeze(plan.order[0], f"pruning it breaks the forward pass ({failure})")
-            raise UnsupportedOpError(
-                f"pruning the {where} breaks the model's forward pass ({failure}); the model was "
-                "restored unchanged and this group will not be offered again. Usually a size is written "
-                "into the code (e.g. x.view(-1, 400) or a head count); keep these layers with "
-                "ignored_layers/frozen_layers, or register a dimension rule for the op"
-            )
+            if not self._atomic_depth and self._needs_forward_check(plan):
+                failure = self._forward_failure()
+                if failure is not None:
+                    self._graph.freeze(plan.order[0], f"pruning it breaks the forward pass ({failure})")
+                    raise UnsupportedOpError(
+                        f"pruning {where} breaks the model's forward pass ({failure}); the model was "
+                        "restored unchanged and this group will not be offered again. Usually a size is written "
+                        "into the code (e.g. x.view(-1, 400) or a head count); keep these layers with "
+                        "ignored_layers/frozen_layers, or register a dimension rule for the op"
+                    )
+            self._commit(dead, changed)
+            update_records([it for it in ordered if it.dep.side != "heads"], widths, group.inexact_reasons)
+            if record_history:
+                kind = "heads" if root.dep.side == "heads" else root.dep.is_out()
+                self.record_history(root.dep.target.name, kind, root.idxs)
+
+    def _state(self) -> tuple:
+        return self._dead, len(self._history), dict(self._changed_at), self._version
+
+    def _restore_state(self, state: tuple) -> None:
+        self._dead, n, self._changed_at, self._version = state[0], state[1], dict(state[2]), state[3]
+        del self._history[n:]
+
+    def _commit(self, dead: dict[int, torch.Tensor], changed: list[int]) -> None:
+        self._version += 1
         self._dead = dead
-        update_records(ordered, widths, group.inexact_reasons)
-        if record_history:
-            self.record_history(root.dep.target.name, root.dep.is_out(), root.idxs)
+        for slot in changed:
+            self._changed_at[slot] = self._version
+
+    # -- atomic sequences: a pruner step, a history replay ----------------------------------------
+    def _model_targets(self) -> list[Any]:
+        """What a whole-model transaction snapshots: the model, the configs its modules hold, hook state."""
+        out: list[Any] = [self.model]
+        seen: set[int] = set()
+        for m in self.model.modules():
+            cfg = vars(m).get("config")
+            if cfg is not None and not isinstance(cfg, (nn.Module, torch.Tensor)) and hasattr(cfg, "__dict__") \
+                    and id(cfg) not in seen:
+                seen.add(id(cfg))
+                out.append(cfg)
+        out.extend(h for h in self._hooks.all() if hasattr(h, "__dict__"))
+        return out
+
+    @contextlib.contextmanager
+    def atomic(self, what: str) -> Iterator[Transaction]:
+        """Run several prunes as one transaction: all of them commit, or the model is restored.
+
+        Inside the block, groups skip their own forward check; call :meth:`forward_failure`
+        once at the end (``prune_groups`` does, and finds the group that broke it).
+
+        Example:
+            >>> with DG.atomic("my two prunes"):
+            ...     g1.prune(); g2.prune()
+        """
+        self._require_built()
+        tx = Transaction(what, self._model_targets())
+        state = self._state()
+        tx.on_rollback(lambda: self._restore_state(state))
+        self._atomic_depth += 1
+        try:
+            with tx:
+                yield tx
+        finally:
+            self._atomic_depth -= 1
+
+    def forward_failure(self) -> str | None:
+        """Run the model once on the example inputs (eval, no grad): the error text if it fails, else None.
+
+        None as well when the graph was built with ``check_forward=False``.
+        """
+        return self._forward_failure()
+
+    def prune_groups(self, groups: Iterable[Group], what: str = "a pruner step",
+                     record_history: bool = True) -> list[tuple[Group, str]]:
+        """Prune ``groups`` (planned lazily is fine) as one transaction with one forward check at the end.
+
+        When the pruned model no longer runs, the groups that break it are found by bisection
+        (prefixes of the groups in order, replanned from their original positions), rolled back and
+        frozen (never offered again); the rest stay pruned. A group failing to prune (a handler or
+        hook error, an interrupt) restores the model as it was before the first group and re-raises.
+
+        Returns:
+            ``(group, why)`` for every group left unpruned because the forward pass failed with it.
+        """
+        skipped: list[tuple[Group, str]] = []
+        with self.atomic(what) as tx:
+            applied = []
+            for g in groups:
+                g.prune(record_history=record_history)
+                applied.append(g)
+            failure = self._forward_failure() if applied else None
+            if failure is not None:
+                skipped = self._bisect(tx, applied, failure, record_history)
+        return skipped
+
+    def _bisect(self, tx: Transaction, applied: list[Group], failure: str,
+                record_history: bool) -> list[tuple[Group, str]]:
+        """Keep the longest runnable selection of ``applied`` in order: each failing prefix's last group goes."""
+        tx.rollback()
+        remaining, skipped = list(applied), []
+        while remaining:
+            save = Transaction("a bisection step", self._model_targets())
+            state = self._state()
+            save.on_rollback(lambda state=state: self._restore_state(state))
+
+            def attempt(k: int, save: Transaction = save, remaining: list[Group] = remaining) -> str | None:
+                save.rollback()
+                for g in remaining[:k]:
+                    fresh = g.replan()
+                    if fresh is not None:
+                        fresh.prune(record_history=record_history)
+                return self._forward_failure()
+
+            why = attempt(len(remaining))
+            if why is None:
+                return skipped
+            lo, hi = 1, len(remaining)  # prefix hi fails; find the shortest failing prefix
+            while lo < hi:
+                mid = (lo + hi) // 2
+                got = attempt(mid)
+                if got is None:
+                    lo = mid + 1
+                else:
+                    hi, why = mid, got
+            bad = remaining[lo - 1]
+            skipped.append((bad, why))
+            attempt(lo - 1)  # the runnable prefix stays applied
+            if bad.propagation.order:
+                self._graph.freeze(bad.propagation.order[0], f"pruning it breaks the forward pass ({why})")
+            remaining = remaining[lo:]
+        return skipped
 
     def _bound_attributes(self, plan: Propagation, dead: dict[int, torch.Tensor]) -> list[tuple[Any, str, int]]:
         """``(module, attribute, new value)`` for size attributes of dims this group shrinks.
@@ -497,7 +792,9 @@ class DependencyGraph:
         Raises:
             UnknownModuleError: entries name modules this model lacks.
             DepgraphError: entries remove heads from modules that cannot lose heads,
-                or an entry fails to replay (the entries before it stay applied).
+                an entry fails to replay, or the replayed model fails its forward pass.
+                The replay is one transaction: on any failure (or an interrupt) the model and
+                the graph are exactly as they were before the call.
         """
         unknown = sorted({name for name, _, _ in pruning_history if name not in self._names})
         if unknown:
@@ -510,14 +807,26 @@ class DependencyGraph:
         if headless:
             raise DepgraphError(f"the pruning history removes heads of {headless[:5]}, whose handlers cannot "
                                 "remove heads; replay it on the unpruned definition it was recorded on")
-        for name, kind, idxs in pruning_history:
-            target = self._names[name]
-            node = self._node(target)
-            if kind == "heads":
-                ModuleHeadsGroup(self, node, list(idxs)).prune(record_history=True)
-                continue
-            fn = node.handler.prune_out_channels if kind else node.handler.prune_in_channels
-            self.get_pruning_group(target, fn, idxs).prune(record_history=True)
+        with self.atomic("replaying the pruning history"):
+            for i, (name, kind, idxs) in enumerate(pruning_history):
+                target = self._names[name]
+                node = self._node(target)
+                try:
+                    if kind == "heads":
+                        ModuleHeadsGroup(self, node, list(idxs)).prune(record_history=True)
+                        continue
+                    fn = node.handler.prune_out_channels if kind else node.handler.prune_in_channels
+                    self.get_pruning_group(target, fn, idxs).prune(record_history=True)
+                except DepgraphError as e:
+                    _note(e, f"depgraph: at entry {i} of the pruning history ({name!r})")
+                    raise
+                except Exception as e:
+                    raise PruneFailedError(f"replaying entry {i} of the pruning history ({name!r}) failed "
+                                           f"({type(e).__name__}: {str(e)[:300]})") from e
+            failure = self._forward_failure() if pruning_history else None
+            if failure is not None:
+                raise UnsupportedOpError(f"the replayed model fails its forward pass ({failure}); replay the "
+                                         "history on the unpruned definition it was recorded on")
 
     # -- legacy spellings ------------------------------------------------------------------
     get_pruning_plan = get_pruning_group

@@ -29,13 +29,12 @@ import torch.nn as nn
 
 from ..defaults import DEFAULT_ROOT_TYPES
 from ..dims.indexmap import Identity
-from ..dims.propagate import Propagation, propagate
+from ..dims.propagate import Propagation
 from ..dims.slots import FactorRule, HeadAxis, PairRule
-from ..errors import DepgraphError
+from ..errors import StaleGroupError
 from ..functional.base import matches_layer_types
 from .group import Group
 from .node import Dependency, GroupItem, Node
-from .transaction import Snapshot
 
 if TYPE_CHECKING:
     from .graph import DependencyGraph
@@ -89,7 +88,7 @@ class AttentionHeads:
 
     def group(self, units: Sequence[int]) -> Group:
         """The group that removes ``units``; a plan, nothing changes until ``group.prune()``."""
-        return self.graph._plan(self.root_slot, self._alive([self.units[u] for u in units]))
+        return self.graph.plan_group(self.root_slot, self._alive([self.units[u] for u in units]))
 
     def group_of(self, orig: Sequence[torch.Tensor]) -> Group | None:
         """The group removing the units with these original root positions, as the graph is now.
@@ -98,17 +97,16 @@ class AttentionHeads:
         Planned from the root slot itself: a bare weight has one slot per dim.
         """
         pos = self._alive(orig)
-        return self.graph._plan(self.root_slot, pos) if pos.numel() else None
+        return self.graph.plan_group(self.root_slot, pos) if pos.numel() else None
 
     def _alive(self, orig: Sequence[torch.Tensor]) -> torch.Tensor:
         if not orig:
             return torch.zeros(0, dtype=torch.long)
         pos = torch.cat(list(orig)).unique()
-        dead = self.graph._dead.get(self.root_slot)
-        return pos[~dead[pos]] if dead is not None else pos
+        return pos[self.graph.is_alive(self.root_slot, pos)]
 
     def _current(self, orig: Sequence[torch.Tensor]) -> list[int]:
-        return sorted(self.graph._to_current(self.root_slot, self._alive(orig)).tolist())
+        return sorted(self.graph.to_current(self.root_slot, self._alive(orig)).tolist())
 
     def scoring_group(self) -> Group:
         """All units in one group (root = :attr:`root`), to score with an importance criterion.
@@ -120,14 +118,14 @@ class AttentionHeads:
         merged: dict[tuple[int, str], GroupItem] = {}
         for u in range(len(self.units)):
             for it in self.group([u]).items:
-                key = (id(it.dep.target), it.dep.handler.__name__)
+                key = (id(it.dep.target), it.dep.side)
                 have = merged.get(key)
                 if have is None:
                     merged[key] = GroupItem(it.dep, list(it.idxs), list(it.root_idxs))
                 else:
-                    have.idxs += it.idxs
-                    have.root_idxs += it.root_idxs
-        return Group(self.graph, list(merged.values()), Propagation())
+                    have.idxs.extend(it.idxs)
+                    have.root_idxs.extend(it.root_idxs)
+        return Group(self.graph, list(merged.values()))
 
 
 def find_attention_heads(
@@ -157,7 +155,7 @@ def find_attention_heads(
         >>> block = find_attention_heads(DG)[0]        # blocks.0.attn.qkv, 3 heads
         >>> block.group([1]).prune()                   # head 1 of q, k and v, and its proj columns
     """
-    g = graph._graph
+    g = graph.slot_graph
     blocked: dict[int, str] = {}
     for m in ignored_layers:
         for sub in m.modules() if isinstance(m, nn.Module) else (m,):
@@ -179,7 +177,7 @@ def find_attention_heads(
 
 def _block(graph: DependencyGraph, axis: HeadAxis, blocked: dict[int, str],
            root_types: tuple, rejected: list[str] | None = None) -> AttentionHeads | None:
-    g = graph._graph
+    g = graph.slot_graph
 
     def reject(reasons: Iterable[str]) -> None:
         reasons = set(reasons)
@@ -195,10 +193,10 @@ def _block(graph: DependencyGraph, axis: HeadAxis, blocked: dict[int, str],
     start = _kv_axis(g, axis.k)
     plans: list[Propagation] = []
     claimed: set[int] = set()
-    for h in graph._alive(start).tolist():
+    for h in graph.alive_positions(start).tolist():
         if h in claimed:  # a repeated key head: already in a unit
             continue
-        plan = propagate(g, start, torch.tensor([h]), graph._dead, blocked)
+        plan = graph.propagate(start, torch.tensor([h]), blocked)
         if plan.violations:
             reject(plan.violations.values())
             return None
@@ -228,7 +226,7 @@ def _block(graph: DependencyGraph, axis: HeadAxis, blocked: dict[int, str],
         if isinstance(e.node.module, nn.Module) and e.node.module not in modules:
             modules.append(e.node.module)
     return AttentionHeads(graph, axis, root_slot, ep.node.module, ep.handler, units,
-                          int(graph._alive(axis.q).numel()), len(units), modules, frozenset(slots))
+                          graph.current_width(axis.q), len(units), modules, frozenset(slots))
 
 
 def _kv_axis(g: Any, slot: int) -> int:
@@ -255,7 +253,7 @@ def _kv_axis(g: Any, slot: int) -> int:
 def _root_slot(graph: DependencyGraph, plan: Propagation, root_types: tuple) -> int | None:
     """The earliest-created output endpoint of a root-type layer the unit reaches (q_proj, qkv);
     else of a bare weight (one used by ``F.linear``/``addmm`` outside any layer with a handler)."""
-    g = graph._graph
+    g = graph.slot_graph
     layers, params = [], []
     for s in plan.state:
         ep = g.endpoints.get(s)
@@ -339,29 +337,43 @@ class ModuleHeads:
 
 
 class ModuleHeadsGroup(Group):
-    """Whole heads of one ``nn.MultiheadAttention``; ``prune()`` is a transaction like any group's."""
+    """Whole heads of one ``nn.MultiheadAttention``, pruned through the graph like any group.
+
+    ``prune()`` runs :meth:`DependencyGraph.apply_group`: the same transaction, before/after
+    hooks (bias compensation, config sync), history and forward check as a channel group. The
+    heads it was planned on are remembered by their original index: once another prune removed
+    heads of the layer, pruning this group raises :class:`~depgraph.errors.StaleGroupError`.
+    """
 
     def __init__(self, graph: DependencyGraph, node: Node, heads: list[int]) -> None:
         fn = node.handler.prune_heads
-        super().__init__(graph, [GroupItem(Dependency(fn, fn, node, node), list(heads), list(heads))],
-                         Propagation())
+        super().__init__(graph, [GroupItem(Dependency(fn, fn, node, node, "heads"), list(heads), list(heads))],
+                         version=graph.version)
+        self._node = node
+        self._kept = _heads_kept(node.module).tolist()  # original head ids present when planned
+
+    def _check_fresh(self) -> None:
+        if _heads_kept(self._node.module).tolist() != self._kept:
+            raise StaleGroupError(
+                f"this head group of {self._node.name} was planned when it had heads {self._kept}, but "
+                f"another prune removed heads since (now {_heads_kept(self._node.module).tolist()}); plan "
+                "it again on the model as it is now"
+            )
 
     def prune(self, idxs=None, record_history: bool = True) -> None:
-        item = self.items[0]
-        module = item.dep.target.module
-        heads = list(idxs) if idxs is not None else item.idxs
-        cls, snap = type(module), Snapshot([module])
-        try:
-            item.dep.handler(module, heads)
-        except Exception as e:
-            snap.restore()
-            module.__class__ = cls
-            raise DepgraphError(f"removing heads {heads} of {item.dep.target.name} failed ({type(e).__name__}: "
-                                f"{e}); the model was restored unchanged") from e
-        if record_history:  # replayed by DependencyGraph.load_pruning_history
-            self._graph.record_history(item.dep.target.name, "heads", heads)
+        if idxs is not None:
+            ModuleHeadsGroup(self.graph, self._node, sorted(int(i) for i in idxs)).prune(record_history=record_history)
+            return
+        self._check_fresh()
+        self.graph.apply_group(self, record_history=record_history)
 
     exec = prune
+
+    def replan(self) -> ModuleHeadsGroup | None:
+        kept_now = _heads_kept(self._node.module).tolist()
+        orig = [self._kept[h] for h in self.items[0].idxs]
+        now = sorted(kept_now.index(h) for h in orig if h in kept_now)
+        return ModuleHeadsGroup(self.graph, self._node, now) if now else None
 
     def zero(self) -> None:
         """Soft pruning: zero the heads' q/k/v rows and output columns, shapes unchanged."""

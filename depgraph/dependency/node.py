@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-__all__ = ["Node", "Dependency", "GroupItem", "fn_name"]
+__all__ = ["Node", "Dependency", "GroupItem", "fn_name", "pruning_side"]
 
 
 def fn_name(fn: Callable | None) -> str:
@@ -45,30 +46,87 @@ class Node:
         return f"<Node: {self.name} ({self.module})>"
 
 
-class Dependency:
-    """``trigger`` applied to ``source`` requires ``handler`` applied to ``target``."""
+def pruning_side(fn: Callable | None) -> str | None:
+    """``"out"`` or ``"in"`` when ``fn`` is a handler's pruning method, else None.
 
-    def __init__(self, trigger: Callable, handler: Callable, source: Node, target: Node):
+    Decided by identity, never by name: ``fn`` must be bound to a
+    :class:`~depgraph.functional.BasePruningFunc` and *be* (``==``) that handler's
+    ``prune_out_channels`` or ``prune_in_channels`` (the ``tp.prune_*`` functions are
+    such bound methods). A handler whose methods carry other names
+    (``prune_out_channels = shrink_rows``) is recognised; a lambda is not. A handler
+    with one set of channels (``prune_in_channels = prune_out_channels``) counts as "out".
+    """
+    from ..functional.base import BasePruningFunc
+
+    owner = getattr(fn, "__self__", None)
+    if not isinstance(owner, BasePruningFunc):
+        return None
+    if fn == getattr(owner, "prune_out_channels", None):
+        return "out"
+    if fn == getattr(owner, "prune_in_channels", None):
+        return "in"
+    return None
+
+
+class Dependency:
+    """``trigger`` applied to ``source`` requires ``handler`` applied to ``target``.
+
+    The side the handler prunes (``"out"``, ``"in"``, or ``"heads"`` for whole heads of a
+    layer that computes attention inside itself) is fixed when the dependency is built,
+    from the graph endpoint it was read from; nothing looks at method names.
+
+    Attributes:
+        trigger: the pruning function applied to ``source``.
+        handler: the pruning function applied to ``target`` (alias :attr:`pruning_fn`).
+        source, target: :class:`Node` objects (``.module``, ``.name``).
+        side: ``"out"``, ``"in"`` or ``"heads"``.
+        index_mapping: kept for Torch-Pruning compatibility; depgraph maps indices in the
+            graph, so it is ``[None, None]``.
+    """
+
+    def __init__(self, trigger: Callable, handler: Callable, source: Node, target: Node,
+                 side: str | None = None):
         self.trigger = trigger
         self.handler = handler
         self.source = source
         self.target = target
+        self.side = side if side is not None else (pruning_side(handler) or "out")
+        self.index_mapping = [None, None]
 
     @property
     def layer(self) -> Any:
         return self.target.module
 
     @property
+    def pruning_fn(self) -> Callable:
+        """Alias of :attr:`handler` (the original's name)."""
+        return self.handler
+
+    @property
     def pruning_dim(self) -> int | None:
         return self.target.pruning_dim
 
     def is_out(self) -> bool:
-        return getattr(self.handler, "__name__", "") == "prune_out_channels"
+        """Whether the handler removes output channels of its target (stored when built)."""
+        return self.side == "out"
+
+    def is_triggered_by(self, pruning_fn: Callable) -> bool:
+        """Whether ``pruning_fn`` is this dependency's trigger."""
+        return pruning_fn == self.trigger
 
     def __call__(self, idxs) -> Any:
         if self.target.is_parameter:
             return self.handler(self.target.module, idxs, dim=self.target.pruning_dim)
         return self.handler(self.target.module, idxs)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Dependency):
+            return NotImplemented
+        return (self.source is other.source and self.target is other.target
+                and self.trigger == other.trigger and self.handler == other.handler)
+
+    def __hash__(self) -> int:
+        return hash((id(self.source), id(self.target), self.trigger, self.handler))
 
     def __repr__(self) -> str:
         return (
@@ -77,27 +135,25 @@ class Dependency:
         )
 
 
-class GroupItem:
+class GroupItem(namedtuple("GroupItem", ["dep", "idxs"])):
     """One member of a group: a dependency and the indices it removes from its target.
 
-    Unpacks as ``dep, idxs``. ``root_idxs[i]`` is the root channel that
-    ``idxs[i]`` goes with, which is how importance scores of all members are
-    gathered onto the root's channels.
+    A named tuple ``(dep, idxs)`` as in Torch-Pruning: ``for dep, idxs in group``,
+    ``item.dep``, ``item._asdict()`` all work. ``item.root_idxs[i]`` (an attribute, not
+    a field, so unpacking stays two-wide) is the root channel that ``idxs[i]`` goes with,
+    which is how importance scores of all members are gathered onto the root's channels;
+    it defaults to ``idxs``.
     """
 
-    __slots__ = ("dep", "idxs", "root_idxs")
+    def __new__(cls, dep: Dependency, idxs: list[int], root_idxs: list[int] | None = None) -> GroupItem:
+        self = super().__new__(cls, dep, idxs)
+        if root_idxs is not None:
+            self.__dict__["root_idxs"] = root_idxs
+        return self
 
-    def __init__(self, dep: Dependency, idxs: list[int], root_idxs: list[int]):
-        self.dep, self.idxs, self.root_idxs = dep, idxs, root_idxs
-
-    def __iter__(self):
-        return iter((self.dep, self.idxs))
-
-    def __getitem__(self, i: int):
-        return (self.dep, self.idxs)[i]
-
-    def __len__(self) -> int:
-        return 2
+    @property
+    def root_idxs(self) -> list[int]:
+        return self.__dict__.get("root_idxs", self.idxs)
 
     def __repr__(self) -> str:
         return f"GroupItem({self.dep!r}, idxs={_short(self.idxs)})"

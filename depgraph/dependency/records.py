@@ -57,10 +57,9 @@ class Transient(dict):
 
 
 def _store(module: Any, name: str) -> Transient:
-    d = module.__dict__
-    store = d.get(name)
-    if not isinstance(store, Transient):
-        store = d[name] = Transient(store or {})
+    """A fresh copy of the record, installed on ``module``: copy-on-write, so a transaction's
+    snapshot (a shallow copy of ``__dict__``) still holds the old record if it rolls back."""
+    store = module.__dict__[name] = Transient(module.__dict__.get(name) or {})
     return store
 
 
@@ -81,7 +80,8 @@ def update_records(items: list, widths: dict[int, int | None], inexact: list[str
         if node.is_parameter:
             holder = node.owner
             params = _store(holder, KEPT_PARAMS)
-            _advance(params.setdefault(node.attr, {}), node.pruning_dim, width, it.idxs)
+            params[node.attr] = dict(params.get(node.attr, {}))
+            _advance(params[node.attr], node.pruning_dim, width, it.idxs)
         else:
             holder = node.module
             if find_handler(holder) is not node.handler:  # a customized_pruners handler: verify needs it

@@ -1,25 +1,57 @@
-"""Snapshot and restore the layers a group touches, so a failed prune changes nothing.
+"""One change to a model, all or nothing: the transaction every pruning path runs in.
+
+Protocol (the caller validates before opening; the transaction does the rest)::
+
+    validate      refuse bad input with a typed error, nothing changed yet
+    snapshot      Transaction(what, targets) / tx.cover(more_targets)
+    mutate        handlers, hooks, attribute writes
+    check         e.g. one forward pass
+    commit        leaving the ``with`` block normally
+
+Leaving the block by *any* ``BaseException`` (an error, ``KeyboardInterrupt``,
+``SystemExit``) runs the rollback callbacks (hook undo, graph bookkeeping),
+newest first, then restores every snapshot, and lets the exception through:
+
+* a :class:`~depgraph.errors.DepgraphError` (e.g. ``InvalidIndicesError``) is
+  re-raised as itself, with a note (``e.add_note``) naming what was restored, so
+  ``except InvalidIndicesError`` keeps working;
+* any other ``Exception`` becomes a :class:`~depgraph.errors.PruneFailedError`
+  (a ``DepgraphError``) chained to the original (``raise ... from e``);
+* ``KeyboardInterrupt`` / ``SystemExit`` and other non-``Exception`` classes
+  are re-raised unchanged, after the restore.
 
 Handlers replace ``.data``/``.grad`` of parameters and reassign attributes;
-they never write into an existing tensor. Keeping the old tensor objects and
-the old ``__dict__`` entries is therefore enough to restore bit-identically.
+they never write into an existing tensor. Keeping the old tensor objects, the
+old ``__dict__``/``_parameters``/``_buffers`` entries and each module's class is
+therefore enough to restore bit-identically, without copying any weight.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from types import TracebackType
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-__all__ = ["Snapshot"]
+from ..errors import DepgraphError, PruneFailedError
+
+__all__ = ["Snapshot", "Transaction"]
 
 
 class Snapshot:
-    def __init__(self, targets: list[Any]):
-        self.modules: list[tuple[nn.Module, dict, dict, dict]] = []
+    """References to everything a mutation may replace on ``targets`` (no tensor is copied).
+
+    Args:
+        targets: modules (with their sub-modules), bare tensors, or other objects with a
+            ``__dict__`` (a config a size is read from, a hook with internal state).
+    """
+
+    def __init__(self, targets: Iterable[Any]):
+        self.modules: list[tuple[nn.Module, type, dict, dict, dict]] = []
         self.tensors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
-        self.objects: list[tuple[Any, dict]] = []  # other attribute owners (a config a size was read from)
+        self.objects: list[tuple[Any, dict]] = []
         seen: set[int] = set()
         for t in targets:
             if isinstance(t, nn.Module):
@@ -27,7 +59,7 @@ class Snapshot:
                     if id(m) in seen:
                         continue
                     seen.add(id(m))
-                    self.modules.append((m, dict(m.__dict__), dict(m._parameters), dict(m._buffers)))
+                    self.modules.append((m, type(m), dict(m.__dict__), dict(m._parameters), dict(m._buffers)))
                     for p in list(m._parameters.values()) + list(m._buffers.values()):
                         self._keep_tensor(p, seen)
             elif isinstance(t, torch.Tensor):
@@ -43,7 +75,10 @@ class Snapshot:
         self.tensors.append((t, t.data, t.grad))
 
     def restore(self) -> None:
-        for m, d, params, buffers in self.modules:
+        """Put every recorded reference back (classes, attributes, parameters, buffers, data, grads)."""
+        for m, cls, d, params, buffers in self.modules:
+            if type(m) is not cls:
+                m.__class__ = cls
             m.__dict__.clear()
             m.__dict__.update(d)
             m._parameters.clear()
@@ -55,5 +90,77 @@ class Snapshot:
             obj.__dict__.update(d)
         with torch.no_grad():
             for t, data, grad in self.tensors:
-                t.data = data
-                t.grad = grad
+                if t.data is not data:
+                    t.data = data
+                if t.grad is not grad:
+                    t.grad = grad
+        for m, *_ in self.modules:
+            if isinstance(m, nn.RNNBase):  # RNNs cache views of their weights
+                m._init_flat_weights()
+
+
+class Transaction:
+    """A context manager that commits a model change entirely or restores it entirely.
+
+    Args:
+        what: what the change is, for the note on a re-raised error
+            (``"pruning the group rooted at conv1 (3 channels)"``).
+        targets: what the change may touch, snapshotted now (see :class:`Snapshot`).
+
+    Example:
+        >>> with Transaction("replacing the head", [model.fc]) as tx:
+        ...     model.fc.weight.data = new_weight
+        ...     tx.on_rollback(lambda: print("rolled back"))
+        ...     check(model)                     # raising here restores model.fc
+    """
+
+    def __init__(self, what: str, targets: Iterable[Any] = ()) -> None:
+        self.what = what
+        self._snapshots: list[Snapshot] = []
+        self._undo: list[Callable[[], None]] = []
+        self.committed = False
+        self.cover(targets)
+
+    def cover(self, targets: Iterable[Any]) -> None:
+        """Snapshot more targets; call before they change. Restores run newest first, so the
+        oldest snapshot of an object wins."""
+        targets = list(targets)
+        if targets:
+            self._snapshots.append(Snapshot(targets))
+
+    def on_rollback(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` when the transaction rolls back: newest first, *before* the snapshots are
+        restored (an undo log replays its own old values; the snapshots then settle everything on
+        the state at the start)."""
+        self._undo.append(fn)
+
+    def rollback(self) -> None:
+        """Run the rollback callbacks, then restore every snapshot; the transaction can be reused."""
+        for fn in reversed(self._undo):
+            fn()
+        for snap in reversed(self._snapshots):
+            snap.restore()
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        if exc is None:
+            self.committed = True
+            return False
+        self.rollback()
+        if isinstance(exc, DepgraphError):
+            _note(exc, f"depgraph: {self.what} failed; the model was restored unchanged")
+            return False
+        if isinstance(exc, Exception):
+            raise PruneFailedError(
+                f"{self.what} failed ({type(exc).__name__}: {str(exc)[:300]}); the model was restored unchanged"
+            ) from exc
+        return False  # KeyboardInterrupt, SystemExit: restored, re-raised as they are
+
+
+def _note(exc: BaseException, text: str) -> None:
+    notes = getattr(exc, "__notes__", ())
+    if text not in notes:
+        exc.add_note(text)

@@ -27,6 +27,7 @@ from .magnitude import (
     MagnitudeImportance,
     RandomImportance,
 )
+from .matgrad import ComputeMatGrad
 from .obdc import OBDCImportance
 from .reconstruction import (
     InputCovariance,
@@ -63,6 +64,7 @@ __all__ = [
     "GroupHessianImportance",
     "HessianImportance",
     "OBDCImportance",
+    "ComputeMatGrad",
     "ActivationImportance",
     # calibrated on real inputs, bias compensation (new)
     "ActivationWeightImportance",

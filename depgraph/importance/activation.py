@@ -1,8 +1,11 @@
 """Activation-based importance: channels that carry little signal are pruned first.
 
 The score of a channel is the mean ``|x|**p`` of the activation that enters
-each scored layer through that channel, averaged over every position and
-every forward pass run inside :meth:`ActivationImportance.compute_importance`.
+each scored convolution or linear through that channel, averaged over every
+position and every forward pass run inside
+:meth:`ActivationImportance.compute_importance`. (Torch-Pruning accepts ``p``
+but scores ``|x|`` of the last forward pass only; ``p=1`` and one batch give
+its ranking.)
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch.nn as nn
 
 from ..functional.base import matches_layer_types
 from ..functional.hf_conv1d import is_hf_conv1d
-from .base import CONV_AND_LINEAR, GroupImportance, check_power, register_importance
+from .base import CONV_AND_LINEAR, DEFAULT_TARGET_TYPES, GroupImportance, check_power, register_importance
 from .reduce import Normalizer, Reduction
 from .stats import RunningMoments, hooked
 
@@ -46,8 +49,9 @@ class ActivationImportance(GroupImportance):
     Args:
         p: the power of the activation magnitude.
         group_reduction, normalizer, target_types: see
-            :class:`~depgraph.importance.GroupImportance` (default targets:
-            convolutions and linears).
+            :class:`~depgraph.importance.GroupImportance`; only convolutions
+            and linears among ``target_types`` have activation statistics.
+        bias: accepted for Torch-Pruning compatibility (activations have no bias).
 
     Example:
         >>> imp = ActivationImportance()
@@ -63,12 +67,13 @@ class ActivationImportance(GroupImportance):
 
     def __init__(
         self,
-        p: float = 1,
+        p: float = 2,
         group_reduction: Reduction = "mean",
         normalizer: Normalizer = "mean",
-        target_types: Sequence[type] | None = None,
+        bias: bool = False,
+        target_types: Sequence[type] | None = DEFAULT_TARGET_TYPES,
     ) -> None:
-        types = target_types if target_types is not None else CONV_AND_LINEAR
+        types = tuple(target_types) if target_types is not None else CONV_AND_LINEAR
         super().__init__(group_reduction, normalizer, bias=False, target_types=types)
         self.p = check_power(p)
         self._moments = RunningMoments(p)
@@ -81,7 +86,7 @@ class ActivationImportance(GroupImportance):
             if inputs:
                 self._moments.add(module, "in", inputs[0])
 
-        targets = [m for m in model.modules() if matches_layer_types(m, self.target_types)]
+        targets = [m for m in model.modules() if self._has_stats(m)]
         with hooked(targets, hook):
             yield
 
@@ -91,8 +96,11 @@ class ActivationImportance(GroupImportance):
         """Forget the collected statistics."""
         self._moments.clear()
 
+    def _has_stats(self, module: nn.Module) -> bool:
+        return matches_layer_types(module, self.target_types) and matches_layer_types(module, CONV_AND_LINEAR)
+
     def score_member(self, target: object, side: str, idxs: torch.Tensor, dep: Any) -> torch.Tensor | None:
-        if side != "in" or not isinstance(target, nn.Module):
+        if side != "in" or not isinstance(target, nn.Module) or not self._has_stats(target):
             return None
         width = in_width(target)
         if width is None:

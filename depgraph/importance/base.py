@@ -147,7 +147,7 @@ class GroupImportance(Importance):
         group_reduction: Reduction = "mean",
         normalizer: Normalizer = "mean",
         bias: bool = False,
-        target_types: Sequence[type] | None = None,
+        target_types: Sequence[type] | None = DEFAULT_TARGET_TYPES,
     ) -> None:
         self.group_reduction = check_reduction(group_reduction)
         self.normalizer = check_normalizer(normalizer)

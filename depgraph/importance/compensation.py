@@ -118,33 +118,33 @@ def compensate_bias(group: Iterable[Any], stats: CalibrationStats) -> list[nn.Mo
 class BeforePruneHook:
     """A change to the model made inside every group prune's transaction, before channels go.
 
-    The graph calls ``hook(graph, items)`` with the group's members after validating and
-    snapshotting them, so a prune that fails afterwards restores what the hook changed too.
-    Subclasses implement ``__call__``; detaching keeps what earlier prunes changed.
+    Registered with ``graph.register_prune_hook(hook, when="before")``: the graph calls
+    ``hook(graph, items)`` with the group's members after validating and snapshotting them,
+    so a prune that fails afterwards restores what the hook changed too. Subclasses implement
+    ``__call__``; detaching keeps what earlier prunes changed.
     """
 
-    _graph: Any = None
+    _handle: Any = None
 
     def __call__(self, graph: Any, items: list) -> None:
         raise NotImplementedError
 
     def attach(self, graph: Any) -> BeforePruneHook:
-        if self not in graph._before_prune_hooks:
-            graph._before_prune_hooks.append(self)
-        self._graph = graph
+        if self not in graph.prune_hooks("before"):
+            self._handle = graph.register_prune_hook(self, when="before")
         return self
 
     def detach(self) -> None:
         """Stop running on later prunes."""
-        if self._graph is not None and self in self._graph._before_prune_hooks:
-            self._graph._before_prune_hooks.remove(self)
-        self._graph = None
+        if self._handle is not None:
+            self._handle.remove()
+        self._handle = None
 
 
 class BiasCompensation(BeforePruneHook):
     """A graph hook that compensates biases inside every group prune's transaction.
 
-    Registered on ``DG._before_prune_hooks`` by :func:`enable_bias_compensation`;
+    Registered as a ``when="before"`` prune hook by :func:`enable_bias_compensation`;
     the graph calls it with the group's members after validating them and
     after snapshotting every member, before any channel is removed.
 

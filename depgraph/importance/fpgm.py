@@ -2,8 +2,10 @@
 
 A filter close to all the others can be replaced by them, so its score is
 its summed distance to the other filters of the same member; small totals
-are pruned first. Only the out side of convolutions and linears has filters,
-so other members do not contribute.
+are pruned first. As in Torch-Pruning, a channel's "filter" is its weights
+raised to ``|w|**p`` and distances are Euclidean; the out side of a
+convolution or linear contributes its rows, the in side its columns; norms
+and biases do not contribute.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ __all__ = ["FPGMImportance"]
 
 @register_importance("fpgm")
 class FPGMImportance(SliceImportance):
-    """Channel score = sum of ``p``-norm distances of its filter to the member's other filters.
+    """Channel score = sum of Euclidean distances of its ``|w|**p`` filter to the member's other filters.
 
     Args:
-        p: the norm of the distance.
+        p: the power applied to the weights' magnitudes before measuring distances.
         group_reduction, normalizer, target_types: see
             :class:`~depgraph.importance.GroupImportance`.
+        bias: accepted for Torch-Pruning compatibility; biases are not filters
+            and are never scored (the original ignores it too).
 
     Raises:
         ValueError: ``p <= 0`` or an unknown reduction/normaliser.
@@ -39,17 +43,18 @@ class FPGMImportance(SliceImportance):
         p: float = 2,
         group_reduction: Reduction = "mean",
         normalizer: Normalizer = "mean",
+        bias: bool = False,
+        *,
         target_types: Sequence[type] | None = None,
     ) -> None:
         types = target_types if target_types is not None else CONV_AND_LINEAR
         super().__init__(group_reduction, normalizer, bias=False, target_types=types)
         self.p = check_power(p)
 
-    def member_scores(self, target: object, side: str, idxs: torch.Tensor, dep: Any) -> list[torch.Tensor]:
-        if side != "out":
-            return []
-        return super().member_scores(target, side, idxs, dep)
+    def __call__(self, group: Any, **kwargs: Any) -> torch.Tensor | None:
+        return super().__call__(group)
 
     def score_slice(self, sl: ChannelSlice, idxs: torch.Tensor) -> torch.Tensor:
         w = sl.select(sl.param.detach(), idxs).reshape(idxs.numel(), -1).float()  # one filter per row
-        return torch.cdist(w[None], w[None], p=self.p)[0].sum(1)
+        w = w.abs().pow(self.p)
+        return torch.cdist(w[None], w[None], p=2)[0].sum(1)

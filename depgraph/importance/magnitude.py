@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .base import GroupImportance, Importance, check_power, register_importance
+from .base import DEFAULT_TARGET_TYPES, GroupImportance, Importance, check_power, register_importance
 from .channels import ChannelSlice, channel_slices
 from .reduce import Normalizer, Reduction
 
@@ -88,7 +88,7 @@ class GroupMagnitudeImportance(SliceImportance):
         group_reduction: Reduction = "mean",
         normalizer: Normalizer = "mean",
         bias: bool = False,
-        target_types: Sequence[type] | None = None,
+        target_types: Sequence[type] | None = DEFAULT_TARGET_TYPES,
     ) -> None:
         super().__init__(group_reduction, normalizer, bias, target_types)
         self.p = check_power(p)
@@ -120,6 +120,7 @@ class BNScaleImportance(GroupMagnitudeImportance):
         self,
         group_reduction: Reduction = "mean",
         normalizer: Normalizer = "mean",
+        *,
         bias: bool = False,
         target_types: Sequence[type] | None = None,
     ) -> None:
@@ -144,6 +145,7 @@ class LAMPImportance(GroupMagnitudeImportance):
         group_reduction: Reduction = "mean",
         normalizer: Normalizer = "lamp",
         bias: bool = False,
+        *,
         target_types: Sequence[type] | None = None,
     ) -> None:
         super().__init__(p, group_reduction, normalizer, bias, target_types)
@@ -154,14 +156,14 @@ class RandomImportance(Importance):
     """Uniform random scores: the baseline every criterion should beat.
 
     Args:
-        generator: an optional ``torch.Generator`` for reproducible choices.
+        generator: **(new)** an optional ``torch.Generator`` for reproducible choices.
     """
 
-    def __init__(self, generator: torch.Generator | None = None) -> None:
+    def __init__(self, *, generator: torch.Generator | None = None) -> None:
         self.generator = generator
 
     @torch.no_grad()
-    def __call__(self, group: Any) -> torch.Tensor:
+    def __call__(self, group: Any, **kwargs: Any) -> torch.Tensor:
         return torch.rand(len(group[0].idxs), generator=self.generator)
 
     def __repr__(self) -> str:

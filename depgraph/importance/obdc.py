@@ -59,8 +59,9 @@ class OBDCImportance(GroupImportance):
         group_reduction, normalizer, bias, target_types: see
             :class:`~depgraph.importance.GroupImportance` (default targets:
             convolutions and linears).
-        num_classes: when given, linear layers with that many outputs (the
-            classifier) are not scored, as in the original.
+        num_classes: linear layers with that many outputs (the classifier)
+            are not scored, as in the original (default 100, as there; ``None``
+            scores every linear).
 
     Example:
         >>> imp = OBDCImportance()
@@ -74,8 +75,8 @@ class OBDCImportance(GroupImportance):
         group_reduction: Reduction = "mean",
         normalizer: Normalizer = "mean",
         bias: bool = False,
-        target_types: Sequence[type] | None = None,
-        num_classes: int | None = None,
+        target_types: Sequence[type] | None = CONV_AND_LINEAR,
+        num_classes: int | None = 100,
     ) -> None:
         types = target_types if target_types is not None else CONV_AND_LINEAR
         super().__init__(group_reduction, normalizer, bias=bias, target_types=types)
@@ -99,6 +100,21 @@ class OBDCImportance(GroupImportance):
     def reset(self) -> None:
         """Forget the collected moments."""
         self._moments.clear()
+
+    def step(self) -> None:
+        """Torch-Pruning's per-batch accumulation call: a no-op here.
+
+        Moments are added by the hooks of :meth:`collect` at every forward and
+        backward inside it, so there is nothing left to fold in per batch.
+        """
+
+    def adjust_fisher(self, group: Any, idxs: Any) -> None:
+        """Torch-Pruning's hook for pruned channels: a no-op here.
+
+        The pruner scores every group before it removes anything, and the
+        moments refuse (with a ``DepgraphError``) to score a layer pruned after
+        they were collected; collect again to score the pruned model.
+        """
 
     def accepts(self, target: object) -> bool:
         if not super().accepts(target) or getattr(target, "weight", None) is None:

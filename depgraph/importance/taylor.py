@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import DepgraphError
-from .base import register_importance
+from .base import DEFAULT_TARGET_TYPES, register_importance
 from .channels import ChannelSlice
 from .magnitude import SliceImportance, row_sum
 from .reduce import Normalizer, Reduction
@@ -55,7 +55,7 @@ class GroupTaylorImportance(SliceImportance):
         normalizer: Normalizer = "mean",
         multivariable: bool = False,
         bias: bool = False,
-        target_types: Sequence[type] | None = None,
+        target_types: Sequence[type] | None = DEFAULT_TARGET_TYPES,
     ) -> None:
         super().__init__(group_reduction, normalizer, bias, target_types)
         self.multivariable = bool(multivariable)
@@ -107,7 +107,7 @@ class GroupHessianImportance(SliceImportance):
         group_reduction: Reduction = "mean",
         normalizer: Normalizer = "mean",
         bias: bool = False,
-        target_types: Sequence[type] | None = None,
+        target_types: Sequence[type] | None = DEFAULT_TARGET_TYPES,
     ) -> None:
         super().__init__(group_reduction, normalizer, bias, target_types)
         self._sq_grad: dict[torch.Tensor, torch.Tensor] = {}

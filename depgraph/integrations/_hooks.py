@@ -14,7 +14,7 @@ def attach_once(
     applies: Callable[[Any], bool],
     wanted: Callable[[Any], bool] = lambda hook: True,
 ) -> Any | None:
-    """The ``hook_type(model)`` on ``graph._after_prune_hooks``, added unless one is there already.
+    """The ``hook_type(model)`` among ``graph.prune_hooks("after")``, registered unless one is there already.
 
     Integrations attach lazily from several places (graph build, the pruner's options), so a
     second call must return the hook in place rather than sync the model twice after a prune.
@@ -31,11 +31,11 @@ def attach_once(
     model = graph.model
     if model is None or not applies(model):
         return None
-    for hook in graph._after_prune_hooks:
+    for hook in graph.prune_hooks("after"):
         if isinstance(hook, hook_type) and hook._model() is model:
             return hook
     hook = hook_type(model)
     if not wanted(hook):
         return None
-    graph._after_prune_hooks.append(hook)
+    hook.handle = graph.register_prune_hook(hook, when="after")
     return hook

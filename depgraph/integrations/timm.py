@@ -67,7 +67,7 @@ class AttentionSync:
 
 def _bound_attributes(graph: Any) -> set[tuple[int, str]]:
     """``(id(module), attr)`` of the size attributes the graph keeps current (the forward read them)."""
-    bindings = getattr(getattr(graph, "_graph", None), "bindings", {})
+    bindings = graph.slot_graph.bindings
     return {(id(owner), attr) for pairs in bindings.values() for owner, attr in pairs}
 
 

@@ -6,7 +6,7 @@ original package layout.
 """
 
 from .. import importance
-from . import function
+from . import algorithms, function
 from .base import BasePruner, MagnitudePruner, MetaPruner
 from .options import PrunerOptions
 from .random_pruner import RandomPruner
@@ -41,4 +41,5 @@ __all__ = [
     # sub-modules under their original names
     "importance",
     "function",
+    "algorithms",
 ]

@@ -35,7 +35,7 @@ from ..errors import DepgraphError, OptionError, OptionTypeError, OverPruningErr
 from ..importance import Importance
 from . import planning
 from .heads import HeadPlanner
-from .options import PrunerOptions, check_known_modules, resolve_deprecated
+from .options import DEFAULT_ROOT_TYPES, PrunerOptions, check_known_modules, resolve_deprecated
 from .scheduler import Scheduler, linear_scheduler
 from .scope import ScopeTable
 from .selection import pick_lowest
@@ -129,12 +129,13 @@ class BasePruner:
         head_pruning_ratio_dict: dict | None = None,
         customized_pruners: dict | None = None,
         unwrapped_parameters: Any = None,
-        root_module_types: Sequence[type] | None = None,
+        root_module_types: Sequence[type] = DEFAULT_ROOT_TYPES,
         forward_fn: Callable | None = None,
         output_transform: Callable | None = None,
+        channel_groups: dict | None = None,
         ch_sparsity: float | None = None,
         ch_sparsity_dict: dict | None = None,
-        channel_groups: dict | None = None,
+        *,
         soft_pruning: bool = False,
         bias_compensation: bool = False,
         calibration_stats: Any = None,
@@ -216,9 +217,34 @@ class BasePruner:
             out.update({(m, "out"): n for m, n in self.options.num_heads if (m, "out") not in out})
         return out
 
-    def get_target_pruning_ratio(self, module: nn.Module) -> float:
-        """The ratio ``module``'s groups reach after the current step."""
-        return self.scopes.ratio(module, self.current_step)
+    def get_target_pruning_ratio(self, module: nn.Module, step: int = -1) -> float:
+        """The ratio ``module``'s groups reach after ``step`` steps (``-1``: the current step).
+
+        Capped at ``max_pruning_ratio``, as the planner caps it.
+        """
+        step = self.current_step if step < 0 else step
+        return min(self.scopes.ratio(module, step), self.options.max_pruning_ratio)
+
+    def get_target_head_pruning_ratio(self, module: nn.Module) -> float:
+        """The fraction of ``module``'s attention heads removed once the current step is done."""
+        if self._heads is not None:
+            return min(self._heads.scopes.ratio(module, self.current_step), 1.0)
+        heads = ScopeTable(self.options.replace(
+            pruning_ratio=self.options.head_pruning_ratio,
+            pruning_ratio_dict=self.options.head_pruning_ratio_dict))
+        return min(heads.ratio(module, self.current_step), 1.0)
+
+    @property
+    def num_heads(self) -> dict[nn.Module, int]:
+        """``{module: heads now}`` for each module given in ``num_heads=``, updated by every step.
+
+        Keyed as the caller keyed ``num_heads`` (e.g. ``q_proj`` for the query
+        heads, ``k_proj`` for the key/value heads under GQA), so scripts that copy
+        the counts back after ``step()`` read the pruned ones.
+        """
+        if self._heads is None:
+            return {}
+        return self._heads.current_counts()
 
     # -- scoring ------------------------------------------------------------------------------
     def estimate_importance(self, group: Any) -> torch.Tensor | None:
@@ -229,8 +255,19 @@ class BasePruner:
     def step(self, interactive: bool = False) -> Iterator[Any] | None:
         """Advance one iterative step: prune, or with ``interactive=True`` yield the groups to prune.
 
+        A step is one transaction: its groups all commit, or (a handler or hook error, Ctrl-C)
+        the model, the graph and the pruner's schedule are exactly as before the call and the
+        error is re-raised. The pruned model is run once on the example inputs at the end of the
+        step; when it fails, the groups that break it are found (bisection), left unpruned,
+        frozen for later steps and named in a warning, and the rest stay pruned.
+
+        With ``interactive=True`` the caller prunes each yielded group itself
+        (``group.prune()``); each group is its own transaction with its own forward check, so
+        stopping the loop early leaves the groups pruned so far pruned and the model runnable.
+
         Raises:
-            DepgraphError: the importance returned unusable scores.
+            DepgraphError: the importance returned unusable scores, or a group failed to prune
+                (the step is rolled back).
         """
         self.current_step += 1
         if self.current_step > self.options.iterative_steps:
@@ -243,15 +280,28 @@ class BasePruner:
         groups = self._prune()
         if interactive:
             return groups
-        with contextlib.ExitStack() as stack:
-            for hook in self.DG._after_prune_hooks:  # e.g. HF config sync: judge the step's end state
-                if hasattr(hook, "deferred"):
-                    stack.enter_context(hook.deferred())
+        if self.options.soft_pruning:
             for group in groups:
-                if self.options.soft_pruning:
-                    self._soft_prune(group)
-                else:
-                    group.prune()
+                self._soft_prune(group)
+            return None
+        before = (self.current_step - 1, dict(self._initial))
+        try:
+            with contextlib.ExitStack() as stack:
+                for hook in self.DG.prune_hooks("after"):  # e.g. HF config sync: judge the step's end state
+                    if hasattr(hook, "deferred"):
+                        stack.enter_context(hook.deferred())
+                skipped = self.DG.prune_groups(groups, what=f"step {self.current_step} of {type(self).__name__}")
+        except BaseException:
+            self.current_step, self._initial = before[0], before[1]
+            raise
+        for group, why in skipped:
+            root = group[0]
+            warnings.warn(
+                f"depgraph: {type(self).__name__} step {self.current_step} left the group rooted at "
+                f"{root.dep.target.name} (removing {len(root.idxs)} channels) unpruned: the model's forward pass "
+                f"fails with it ({why}); the other groups of the step were pruned",
+                stacklevel=2,
+            )
         return None
 
     def _prune(self) -> Iterator[Any]:
@@ -297,7 +347,7 @@ class BasePruner:
         self._soft_pruned.setdefault(root, set()).update(int(i) for i in group[0].idxs)
 
     def manual_prune_width(
-        self, layer: nn.Module, pruning_fn: Callable, pruning_ratio_or_idxs: float | Indices
+        self, layer: nn.Module, pruning_fn: Callable, pruning_ratios_or_idxs: float | Indices
     ) -> None:
         """Prune ``layer`` (and its group) by a ratio (lowest importance first) or by exact indices.
 
@@ -306,18 +356,18 @@ class BasePruner:
                 width never changes, here as in ``step``) or another frozen dimension.
             OverPruningError: the group would leave some layer without channels.
         """
-        if isinstance(pruning_ratio_or_idxs, float):
-            if not 0.0 <= pruning_ratio_or_idxs <= 1.0:
-                raise OptionError(f"pruning ratio must be in [0, 1], got {pruning_ratio_or_idxs}")
+        if isinstance(pruning_ratios_or_idxs, float):
+            if not 0.0 <= pruning_ratios_or_idxs <= 1.0:
+                raise OptionError(f"pruning ratio must be in [0, 1], got {pruning_ratios_or_idxs}")
             out = self.DG.is_out_channel_pruning_fn(pruning_fn)
             width = self.DG.get_out_channels(layer) if out else self.DG.get_in_channels(layer)
             full = self.DG.get_pruning_group(layer, pruning_fn, list(range(width)))
             scores = self.estimate_importance(full)
             if scores is None:
                 raise DepgraphError(f"the importance cannot score the group of {type(layer).__name__}")
-            idxs = pick_lowest(scores, min(int(width * pruning_ratio_or_idxs), width - 1))
+            idxs = pick_lowest(scores, min(int(width * pruning_ratios_or_idxs), width - 1))
         else:
-            idxs = pruning_ratio_or_idxs
+            idxs = pruning_ratios_or_idxs
         group = self.DG.get_pruning_group(layer, pruning_fn, idxs)
         if group.blocked_by:
             raise UnsupportedOpError(

@@ -66,6 +66,8 @@ class HeadPlanner:
         for b in blocks:
             self.initial[b.key] = len(b.units)
         check_num_heads(pruner, blocks)
+        self._roles = _head_roles(opts.num_heads, blocks)
+        self._counts: tuple[int, dict[nn.Module, int]] | None = None
         if opts.prune_num_heads and (rejected or not blocks):
             why = "".join(f"\n  - {r}" for r in list(dict.fromkeys(rejected))[:5])
             warnings.warn(
@@ -80,6 +82,23 @@ class HeadPlanner:
         p = self.pruner
         return (find_attention_heads(p.DG, p.ignored_layers, p.options.root_module_types, rejected)
                 + find_module_heads(p.DG, p.ignored_layers))
+
+    def current_counts(self) -> dict[nn.Module, int]:
+        """``{module: heads now}`` for each ``num_heads`` key (query or key/value count, as given)."""
+        done = len(self.pruner.DG.pruning_history())
+        if self._counts is not None and self._counts[0] == done:
+            return dict(self._counts[1])
+        blocks = {b.key: b for b in self.blocks()}
+        counts = {}
+        for module, n in self.pruner.options.num_heads:
+            if isinstance(module, nn.MultiheadAttention):
+                counts[module] = int(module.num_heads)
+                continue
+            key, role = self._roles.get(module, (None, "q"))
+            b = blocks.get(key)
+            counts[module] = n if b is None else int(b.kv_heads if role == "kv" else b.query_heads)
+        self._counts = (done, counts)
+        return dict(counts)
 
     def attention_slots(self) -> set[int]:
         """Endpoint slots of every head-prunable block (their groups hold head dims)."""
@@ -206,6 +225,17 @@ class HeadPlanner:
             node = self.pruner.DG.module2node.get(module)
             if node is not None and node.out_slot in b.slots and before:
                 self.pruner._initial[module] = round(width * (before - n_removed) / before)
+
+
+def _head_roles(num_heads: tuple, blocks: list) -> dict[nn.Module, tuple[Hashable, str]]:
+    """``module -> (block key, "q" | "kv")``: which count of its block a ``num_heads`` entry gave."""
+    roles = {}
+    for module, n in num_heads:
+        for b in blocks:
+            if module in b.modules:
+                roles[module] = (b.key, "kv" if n == b.kv_heads != b.query_heads else "q")
+                break
+    return roles
 
 
 def _ratio(scope: Scope, step: int) -> float:

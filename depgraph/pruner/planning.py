@@ -130,11 +130,11 @@ def _closures(pruner: BasePruner, cand: Candidate) -> list[list[int]]:
     cached class minus the removed positions is still closed: reused on later steps.
     """
     DG = pruner.DG
-    slot = DG._slot_for(DG.module2node[cand.root], cand.fn)
-    alive = DG._alive(slot)
+    slot = DG.slot_of(cand.root, cand.fn)
+    alive = DG.alive_positions(slot)
     labels = pruner._closure_cache.get(slot)
     if labels is None or bool((labels[alive] < 0).any()):
-        labels = torch.full((DG._graph.sizes[slot],), -1, dtype=torch.long)
+        labels = torch.full((DG.original_width(slot),), -1, dtype=torch.long)
         probe = DG.get_pruning_group(cand.root, cand.fn, [0])
         strided = _strided_classes(pruner, cand, list(probe[0].idxs))
         if strided is not None:
@@ -203,10 +203,9 @@ def plan_local(pruner: BasePruner, cand: Candidate) -> list[int]:
 
 
 def _signature(cand: Candidate) -> Hashable:
-    return tuple(
-        (type(it.dep.target.module).__name__, handler_side(it.dep.handler), len(it.idxs))
-        for it in cand.group.items
-    )
+    """Isomorphic classes: the members' layer types and sides in group order, not their widths
+    (as Torch-Pruning classes them: the blocks of every ResNet stage rank together)."""
+    return tuple((type(it.dep.target.module).__name__, handler_side(it.dep.handler)) for it in cand.group.items)
 
 
 def plan_pooled(pruner: BasePruner, cands: list[Candidate]) -> list[tuple[Candidate, int]]:

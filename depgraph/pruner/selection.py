@@ -8,9 +8,11 @@ Two constraints shape every choice:
   ``in/out_channel_groups`` do the same for layers the graph cannot see
   through. A class is scored by the mean of its channels and removed whole.
 * **Counts.** The number kept is ``floor(initial * (1 - ratio))``, never below
-  ``initial * (1 - max_pruning_ratio)`` or 1, rounded *up* to a multiple of
-  ``round_to`` (so a pruner never removes more than asked), and the number
-  removed is a whole number of classes.
+  ``initial * (1 - max_pruning_ratio)`` or 1, rounded *down* to a multiple of
+  ``round_to`` as Torch-Pruning rounds it (widths 8 and 16 at ratio 0.3 with
+  ``round_to=4`` keep 4 and 8) - *up* instead where rounding down would keep
+  nothing or cross ``max_pruning_ratio`` - and the number removed is a whole
+  number of classes.
 """
 
 from __future__ import annotations
@@ -84,10 +86,10 @@ def count_to_prune(
         32
     """
     keep = floor_fraction(initial, 1.0 - ratio)
-    floor_keep = math.ceil(initial * (1.0 - max_ratio) - 1e-9)
-    keep = max(keep, floor_keep, 1)
+    floor_keep = max(math.ceil(initial * (1.0 - max_ratio) - 1e-9), 1)
+    keep = max(keep, floor_keep)
     if round_to:
-        keep = min(current, math.ceil(keep / round_to) * round_to)
+        keep = _round_keep(keep, current, round_to, floor_keep)
     n = max(current - keep, 0)
     # whole classes only, and the result must still respect round_to
     n -= n % unit
@@ -96,12 +98,19 @@ def count_to_prune(
     return max(n, 0)
 
 
+def _round_keep(keep: int, current: int, round_to: int, floor_keep: int) -> int:
+    """``keep`` rounded down to a multiple of ``round_to``; up where down would go below ``floor_keep``."""
+    down = keep - keep % round_to
+    if down >= floor_keep:
+        return down
+    return min(current, math.ceil(keep / round_to) * round_to)
+
+
 def fit_count(n: int, current: int, cap: int, round_to: int | None = None, unit: int = 1) -> int:
     """Trim a requested removal count ``n`` to ``cap``, whole classes and ``round_to``."""
     n = max(min(n, cap), 0)
     if round_to and n:
-        keep = min(current, math.ceil((current - n) / round_to) * round_to)
-        n = current - keep
+        n = current - _round_keep(current - n, current, round_to, max(current - cap, 1))
     n -= n % unit
     while n > 0 and round_to and (current - n) % round_to:
         n -= unit

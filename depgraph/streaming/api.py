@@ -27,8 +27,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import DepgraphError, OptionError
+from .calibrate import calibrate_streamed
 from .memory import available_memory, parse_size, peak_rss
-from .options import PruneOptions
+from .options import DATA_AWARE, PruneOptions
 from .plan import (
     Materializer,
     PruneLog,
@@ -119,7 +120,8 @@ def prune_checkpoint(
         mode: ``"stream"``, ``"memory"`` (load it whole, prune, ``save_pretrained``) or
             ``"auto"``: stream when ``max_memory`` is given or the checkpoint is larger than
             the free memory.
-        calib: calibration data for data-aware criteria: not supported yet, must be None.
+        calib: calibration batches for the data-aware criteria (token ids ``(B, T)``, a dict batch
+            or a list of them); the streamed pass holds one layer's weights at a time.
         resume: keep the shards an interrupted run of the same plan already wrote (checked
             against their recorded sha256).
         progress: progress bars on stderr (needs ``tqdm``).
@@ -128,10 +130,11 @@ def prune_checkpoint(
         A :class:`StreamReport` (sizes, bytes read and written, peak memory, times).
 
     Raises:
-        OptionError: bad options or ``max_memory``.
+        OptionError: bad options or ``max_memory``; ``calib`` missing for a data-aware
+            criterion or given to a data-free one.
         CheckpointError: ``src_dir`` is not a safetensors checkpoint of a model the config builds.
         MemoryBudgetError: ``max_memory`` cannot hold a decoder layer (raised before any read).
-        DepgraphError: the pruned model cannot be described by its config, or ``calib`` given.
+        DepgraphError: the pruned model cannot be described by its config.
 
     Example:
         >>> report = prune_checkpoint("llama-7b", "llama-7b-pruned", ratio=0.2, max_memory="2GB")
@@ -143,9 +146,14 @@ def prune_checkpoint(
     budget = parse_size(max_memory) if max_memory is not None else None
     if mode not in ("auto", "stream", "memory"):
         raise OptionError(f"mode must be 'auto', 'stream' or 'memory', got {mode!r}")
+    if options.data_aware and calib is None:
+        raise OptionError(f"importance={importance!r} is calibrated on data: pass calib= (token ids, a dict "
+                          "batch or a list of batches), or use a data-free criterion such as 'magnitude'")
+    if calib is not None and not options.data_aware:
+        raise OptionError(f"calib= is only read by the data-aware criteria ({', '.join(DATA_AWARE)}); "
+                          f"importance={importance!r} would ignore it")
     if calib is not None:
-        raise DepgraphError("calibration data (calib=...) is not supported by prune_checkpoint yet: "
-                            "the streamed path scores with data-free criteria (magnitude, l1, lamp, fpgm, random)")
+        _check_token_ids(calib, src)
     if not (src / "config.json").is_file():
         raise CheckpointError(f"{src} has no config.json: give a folder written by save_pretrained")
     if out.resolve() == src.resolve():
@@ -154,13 +162,26 @@ def prune_checkpoint(
     if mode == "auto":
         mode = "stream" if budget is not None or checkpoint.total_bytes > available_memory() else "memory"
     if mode == "memory":
-        return _prune_in_memory(src, out, options, checkpoint.total_bytes)
-    return _prune_streamed(checkpoint, out, options, resume, progress)
+        return _prune_in_memory(src, out, options, checkpoint.total_bytes, calib)
+    return _prune_streamed(checkpoint, out, options, resume, progress, calib)
+
+
+def _check_token_ids(calib: Any, src: Path) -> None:
+    """Token ids outside the vocabulary would fail deep inside the calibration pass: refuse them first."""
+    config = src / "config.json"
+    vocab = json.loads(config.read_text()).get("vocab_size") if config.is_file() else None
+    batches = calib if isinstance(calib, (list, tuple)) else [calib]
+    for b in batches:
+        ids = b.get("input_ids") if isinstance(b, dict) else b
+        if isinstance(ids, torch.Tensor) and ids.numel() and vocab is not None \
+                and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise OptionError(f"calib holds token ids in [{int(ids.min())}, {int(ids.max())}], outside the "
+                              f"vocabulary of {src} (0 to {vocab - 1})")
 
 
 # -- streamed ---------------------------------------------------------------------------------------
 def _prune_streamed(checkpoint: Checkpoint, out: Path, options: PruneOptions, resume: bool,
-                    progress: bool) -> StreamReport:
+                    progress: bool, calib: Any) -> StreamReport:
     from transformers import AutoConfig
 
     from ..integrations.transformers import check_config
@@ -177,6 +198,11 @@ def _prune_streamed(checkpoint: Checkpoint, out: Path, options: PruneOptions, re
     report.params_before = sum(t.numel() for t in _stored(pristine, materializer).values())
 
     criterion = options.make_importance()
+    if calib is not None:  # one forward over the meta model, each layer real only while it runs
+        tc = time.perf_counter()
+        calibrate_streamed(criterion, model, materializer, calib)
+        report.seconds["calibrate"] = time.perf_counter() - tc
+        t0 += report.seconds["calibrate"]  # "plan" counts the graph and the pruner only
     with _bar(progress, "score groups", None, "group") as bar:
         wrapped = StreamedImportance(criterion, materializer, needs_weights=options.importance != "random",
                                      on_group=lambda: bar.update(1) if bar is not None else None)
@@ -335,7 +361,7 @@ def _write_metadata(checkpoint: Checkpoint, out: Path, model: nn.Module, layout:
 
 
 # -- in memory --------------------------------------------------------------------------------------
-def _prune_in_memory(src: Path, out: Path, options: PruneOptions, total: int) -> StreamReport:
+def _prune_in_memory(src: Path, out: Path, options: PruneOptions, total: int, calib: Any) -> StreamReport:
     from transformers import AutoModelForCausalLM
 
     from ..integrations.transformers import check_config
@@ -344,7 +370,11 @@ def _prune_in_memory(src: Path, out: Path, options: PruneOptions, total: int) ->
     t0 = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(src, dtype="auto").eval()
     report.params_before = sum(p.numel() for p in model.parameters())
-    pruner = options.make_pruner(model, example_inputs("cpu"), options.make_importance())
+    criterion = options.make_importance()
+    if calib is not None:
+        with torch.no_grad():
+            criterion.calibrate(model, calib)
+    pruner = options.make_pruner(model, example_inputs("cpu"), criterion)
     report.seconds["plan"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     with torch.no_grad(), warnings.catch_warnings():

@@ -18,10 +18,14 @@ import torch.nn as nn
 
 from ..errors import OptionError, UnknownModuleError
 
-__all__ = ["PruneOptions", "IMPORTANCES"]
+__all__ = ["PruneOptions", "IMPORTANCES", "DATA_FREE", "DATA_AWARE"]
 
-#: Criteria the streamed path computes from the checkpoint (they read weights only, or nothing).
-IMPORTANCES = ("magnitude", "l2", "l1", "lamp", "fpgm", "random")
+#: Criteria that read weights only (or nothing).
+DATA_FREE = ("magnitude", "l2", "l1", "lamp", "fpgm", "random")
+#: Criteria calibrated on data (``calib=``): the calibration pass runs one layer's weights at a time.
+DATA_AWARE = ("activation_weight", "fluctuation")
+#: Every criterion the checkpoint paths compute.
+IMPORTANCES = DATA_FREE + DATA_AWARE
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,8 @@ class PruneOptions:
         ratio: fraction of MLP channels removed from every layer, in [0, 1).
         head_ratio: fraction of key/value heads removed from every layer (default: ``ratio``);
             0 leaves attention alone.
-        importance: one of :data:`IMPORTANCES` (``magnitude`` = ``l2``: group L2 magnitude).
+        importance: one of :data:`IMPORTANCES` (``magnitude`` = ``l2``: group L2 magnitude);
+            those of :data:`DATA_AWARE` need calibration data.
         global_pruning: rank channels across layers (the config must still describe the result).
         round_to: keep channel counts multiples of this.
         ignore: qualified names of more layers to keep.
@@ -58,12 +63,16 @@ class PruneOptions:
                 problems.append(f"{name} must be in [0, 1), got {v!r}")
         if self.importance not in IMPORTANCES:
             problems.append(f"importance must be one of {', '.join(IMPORTANCES)}, got {self.importance!r} "
-                            "(data-aware criteria are not streamed yet)")
+                            "(other data-aware criteria, gradients and Hessians are not streamed)")
         if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
             problems.append(f"round_to must be a positive integer, got {self.round_to!r}")
         if problems:
             raise OptionError("; ".join(problems))
         object.__setattr__(self, "ignore", tuple(self.ignore))
+
+    @property
+    def data_aware(self) -> bool:
+        return self.importance in DATA_AWARE
 
     @property
     def heads(self) -> float:

@@ -32,7 +32,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import DepgraphError
 from .shards import Checkpoint, CheckpointError
 
 __all__ = ["Step", "PruneLog", "Materializer", "StreamedImportance", "build_meta_model", "example_inputs"]
@@ -245,10 +244,3 @@ def run_pruner(pruner: Any, log: PruneLog, on_group: Callable[[Any], None] | Non
             if on_group is not None:
                 on_group(group)
 
-
-def refuse_data_aware(importance: Any) -> None:
-    """Criteria that need calibration data cannot be streamed yet: say so before any work."""
-    if hasattr(importance, "calibrate") or hasattr(importance, "accumulate_grad"):
-        raise DepgraphError(
-            f"{type(importance).__name__} needs calibration data or gradients, which the streamed path "
-            "does not compute yet; use magnitude, l1, lamp, fpgm or random")

@@ -5,6 +5,7 @@
 
 from . import benchmark, print_tool
 from .benchmark import measure_fps, measure_latency, measure_memory, measure_throughput
+from .compat import TORCH_BATCHNORM, TORCH_CONV, TORCH_LINEAR, TORCH_PRELU, flatten_as_list, module2type
 from .draw import draw_computational_graph, draw_dependency_graph, draw_groups
 from .op_counter import count_ops_and_params, count_params
 from .op_rules import register_op_rule
@@ -22,6 +23,13 @@ __all__ = [
     "measure_memory",
     "measure_fps",
     "measure_throughput",
+    # Torch-Pruning helpers
+    "flatten_as_list",
+    "module2type",
+    "TORCH_CONV",
+    "TORCH_BATCHNORM",
+    "TORCH_LINEAR",
+    "TORCH_PRELU",
     # pictures
     "draw_dependency_graph",
     "draw_groups",

@@ -127,7 +127,7 @@ def _pruners(DG: Any, module: Any) -> list:  # noqa: N803
 def draw_dependency_graph(
     DG: Any,  # noqa: N803
     save_as: str,
-    title: str | None = "Dependency Graph",
+    title: str | None = "Group",
     figsize: tuple = (16, 16),
     dpi: int = 200,
     cmap: Any = None,
@@ -154,7 +154,7 @@ def draw_dependency_graph(
 def draw_groups(
     DG: Any,  # noqa: N803
     save_as: str,
-    title: str | None = "Groups",
+    title: str | None = "Group",
     figsize: tuple = (16, 16),
     dpi: int = 200,
     cmap: Any = None,

@@ -44,14 +44,17 @@ class PrintTool:
         """Record the tree of ``model`` to compare against later."""
         self._before[id(model)] = _snapshot(model)
 
-    def after_pruning(self, model: nn.Module, show_identical: bool = True, print_fn=print) -> str:  # noqa: ANN001
+    def after_pruning(
+        self, model: nn.Module, do_print: bool = True, *, show_identical: bool = True, print_fn=print  # noqa: ANN001
+    ) -> str:
         """Print (and return) the tree of ``model`` with ``old => new`` on changed lines.
 
         Args:
             model: the model given to :meth:`before_pruning`, now pruned.
-            show_identical: also print the unchanged modules (indented tree);
+            do_print: False to only return the text (Torch-Pruning's spelling of ``print_fn=None``).
+            show_identical: **(new)** also print the unchanged modules (indented tree);
                 with False only the changed ones are listed.
-            print_fn: where to write the text; ``None`` to only return it.
+            print_fn: **(new)** where to write the text; ``None`` to only return it.
 
         Raises:
             DepgraphError: :meth:`before_pruning` was not called on this model.
@@ -79,7 +82,7 @@ class PrintTool:
         for name in before.keys() - {n for n, _ in model.named_modules()}:
             lines.append(f"({name}): {before[name]}  [removed]")
         report = "\n".join(lines)
-        if print_fn is not None:
+        if do_print and print_fn is not None:
             print_fn(report)
         return report
 

@@ -84,7 +84,7 @@ def test_table_rows_and_index_dims_are_frozen():
     """Rows are addressed by the ids (data); the ids' dims are the model input's."""
     model = BareTable()
     DG = build(model, IDS)
-    frozen = DG._graph.frozen
+    frozen = DG.slot_graph.frozen
     nodes = {n.pruning_dim: n for n in DG._param_nodes[model.table]}
     assert nodes[0].out_slot in frozen and nodes[1].out_slot not in frozen
     assert DG.module2node[model.fc].in_slot not in frozen

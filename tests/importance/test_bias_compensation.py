@@ -161,7 +161,7 @@ def test_failed_prune_rolls_the_bias_back(bias):
         if plan is not None:
             raise RuntimeError("refused after the handlers ran")
 
-    DG._after_prune_hooks.append(fail)
+    DG.register_prune_hook(fail, when="after")
     with pytest.raises(tp.DepgraphError, match="refused after the handlers ran"):
         DG.get_pruning_group(model[0], tp.prune_linear_out_channels, [0, 1]).prune()
     assert (model[2].bias is None) == (not bias)
@@ -170,7 +170,7 @@ def test_failed_prune_rolls_the_bias_back(bias):
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 
     hook.detach()
-    assert hook not in DG._before_prune_hooks
+    assert hook not in DG.prune_hooks("before")
 
 
 def test_compensation_that_cannot_run_refuses_the_prune_unchanged():
@@ -183,7 +183,8 @@ def test_compensation_that_cannot_run_refuses_the_prune_unchanged():
         group.prune()
     assert model[2].bias is None and model[0].out_features == 8
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
-    DG._before_prune_hooks.clear()
+    for h in DG.prune_hooks("before"):
+        h.detach()
     group.prune()  # refused by the hook only: nothing was frozen
     assert model[0].out_features == 6
 

@@ -61,14 +61,16 @@ def test_fpgm_scores_distance_to_other_filters(make_group):
     conv = nn.Conv2d(2, 5, 3)
     w = conv.weight.detach().flatten(1)
     got = I.FPGMImportance(normalizer=None)(make_group((conv, "out", [0, 2, 3])))
-    sub = w[[0, 2, 3]]
+    sub = w[[0, 2, 3]].abs().pow(2)  # filters are |w|**p, distances Euclidean (as in Torch-Pruning)
     want = torch.stack([(sub[i] - sub).norm(dim=1).sum() for i in range(3)])
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    assert I.FPGMImportance()(make_group((conv, "in", [0, 1]))) is None
+    cols = conv.weight.detach().transpose(0, 1).flatten(1).abs()  # the in side: one column per channel
+    got = I.FPGMImportance(p=1, normalizer=None)(make_group((conv, "in", [0, 1])))
+    torch.testing.assert_close(got, (cols[0] - cols[1]).norm().expand(2), rtol=1e-4, atol=1e-5)
 
 
 def test_activation_importance_collects_over_passes(mlp, make_group):
-    imp = I.ActivationImportance(normalizer=None)
+    imp = I.ActivationImportance(p=1, normalizer=None)
     xs = [torch.randn(4, 5) for _ in range(3)]
     with imp.compute_importance(mlp):
         hidden = [mlp[1](mlp[0](x)).detach().clone() for x in xs]  # input of mlp[2]

@@ -55,7 +55,7 @@ def test_rolled_back_prune_restores_flag_and_biases():
         if plan is not None:
             raise RuntimeError("refused")
 
-    DG._after_prune_hooks.append(fail)  # runs after the bias-flag sync, so it rolls it back
+    DG.register_prune_hook(fail, when="after")  # runs after the bias-flag sync, so it rolls it back
     mlp = model.model.layers[0].mlp
     with pytest.raises(tp.DepgraphError, match="refused"):
         DG.get_pruning_group(mlp.down_proj, tp.prune_linear_in_channels, [0, 1]).prune()

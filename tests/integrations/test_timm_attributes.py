@@ -79,7 +79,8 @@ def test_head_prune_and_rollback_keep_sizes_consistent() -> None:
     # A prune that fails rolls the sync back with the weights.
     other = _attentions(model)[1]
     scale, weight = other.scale, other.qkv.weight.clone()
-    DG._after_prune_hooks.append(lambda graph, plan: (_ for _ in ()).throw(RuntimeError("boom")) if plan else None)
+    DG.register_prune_hook(lambda graph, plan: (_ for _ in ()).throw(RuntimeError("boom")) if plan else None,
+                          when="after")
     with pytest.raises(tp.DepgraphError, match="boom"):
         DG.get_pruning_group(other.proj, tp.prune_linear_in_channels, [5]).prune()
     assert (other.scale, other.head_dim) == (scale, 64) and torch.equal(other.qkv.weight, weight)

@@ -41,10 +41,10 @@ def _reload(model, tmp_path):
 def test_attached_to_transformers_models_only() -> None:
     model, _, DG = _build()
     assert hf.is_transformers_model(model)
-    assert sum(isinstance(h, hf.ConfigSync) for h in DG._after_prune_hooks) == 1
-    assert hf.attach(DG) is DG._after_prune_hooks[0]  # attaching again adds nothing
+    assert sum(isinstance(h, hf.ConfigSync) for h in DG.prune_hooks("after")) == 1
+    assert hf.attach(DG) is DG.prune_hooks("after")[0]  # attaching again adds nothing
     plain = tp.DependencyGraph().build_dependency(nn.Sequential(nn.Linear(4, 4)), torch.randn(1, 4))
-    assert not plain._after_prune_hooks
+    assert not plain.prune_hooks("after")
     with pytest.raises(tp.DepgraphError, match="not a transformers model"):
         hf.check_config(nn.Linear(2, 2))
 

@@ -122,12 +122,15 @@ def test_count_to_prune():
     assert count_to_prune(10, 10, 0.7) == 7  # 10 * 0.3 is 3 despite float noise
     assert count_to_prune(10, 10, 1.0) == 9  # at ratio 1 one channel stays
     assert count_to_prune(10, 10, 0.9, max_ratio=0.5) == 5
-    assert count_to_prune(64, 64, 0.3, round_to=8) == 16  # keep 44.8 -> 44 -> rounded up to 48
+    assert count_to_prune(64, 64, 0.3, round_to=8) == 24  # keep 44.8 -> 44 -> rounded down to 40 (as the original)
+    assert count_to_prune(8, 8, 0.3, round_to=16) == 0  # rounding down would keep nothing: up instead
+    assert count_to_prune(64, 64, 0.3, max_ratio=0.3, round_to=8) == 16  # down would cross max_ratio
     assert count_to_prune(60, 64, 0.5, round_to=8) == 28  # iterative: relative to the initial width
     assert count_to_prune(128, 128, 0.3, unit=32) == 32  # whole classes only
     assert count_to_prune(3, 64, 0.5) == 0
     assert fit_count(20, 64, cap=16, round_to=8) == 16
-    assert fit_count(13, 64, cap=64, round_to=8) == 8
+    assert fit_count(13, 64, cap=64, round_to=8) == 16  # keep 51 -> 48
+    assert fit_count(13, 64, cap=14, round_to=8) == 8  # keep 48 would cross the cap: 56
 
 
 def test_classes_and_pick_lowest():

@@ -84,7 +84,7 @@ def test_group_norm_pruner_formula():
         model, X, I.GroupMagnitudeImportance(), reg=1e-2, alpha=4, ignored_layers=[model.fc, model.conv2]
     )
     before = _backward(model)
-    pruner.regularize(model)
+    pruner.regularize(model, alpha=4)  # the scale is regularize's alpha (default 2**4), as in the original
     d = _delta(model, before)
     n = _conv1_group_norm(model)
     a = 1e-2 * 4 ** ((n.max() - n) / (n.max() - n.min()))
@@ -109,7 +109,7 @@ def test_growing_reg_grows_on_weak_channels():
     pruner.regularize(model)
     torch.testing.assert_close(_delta(model, before)["conv1.weight"], 1e-3 * model.conv1.weight.detach())
     pruner.update_reg()
-    n = _conv1_group_norm(model)
+    n = _conv1_group_norm(model) ** 2  # weakness measured on the squared norm, as the original does
     r = 1e-3 + 1e-2 * (n.max() - n) / (n.max() - n.min())
     before = _backward(model)
     pruner.regularize(model)

@@ -54,9 +54,9 @@ def llama_src(tmp_path_factory) -> Path:
     return _save(tmp_path_factory.mktemp("llama") / "src", "llama", tie_word_embeddings=False)
 
 
-def _in_memory(src: Path, importance: tp.importance.Importance) -> torch.nn.Module:
+def _in_memory(src: Path, importance: tp.importance.Importance, model: torch.nn.Module | None = None) -> torch.nn.Module:
     """The reference: the whole model loaded and pruned by a plain BasePruner step."""
-    model = transformers.AutoModelForCausalLM.from_pretrained(src).eval()
+    model = model if model is not None else transformers.AutoModelForCausalLM.from_pretrained(src).eval()
     inputs = {"input_ids": torch.zeros(1, 8, dtype=torch.long)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -114,6 +114,51 @@ def test_streamed_equals_in_memory(arch, criterion, tmp_path) -> None:
     assert (got.config.num_key_value_heads, got.config.num_attention_heads, got.config.intermediate_size) == (3, 6, 96)
     assert report.mode == "stream" and report.groups_pruned == 6
     assert report.params_after == sum(p.numel() for p in got.parameters()) < report.params_before
+
+
+@pytest.mark.parametrize(
+    ("arch", "criterion"),
+    [("llama", "activation_weight"), pytest.param("qwen2", "fluctuation", marks=_SLOW)],
+)
+def test_data_aware_streamed_equals_in_memory(arch, criterion, tmp_path) -> None:
+    """Calibration runs through the meta model one layer's weights at a time, and changes nothing else."""
+    src = _save(tmp_path / "src", arch, tie_word_embeddings=False)
+    calib = [torch.randint(0, 100, (2, 16)), {"input_ids": torch.randint(0, 100, (1, 24))}]
+    report = prune_checkpoint(src, tmp_path / "out", ratio=RATIO, importance=criterion, calib=calib,
+                              max_memory="1MB", progress=False)
+    ref_imp = tp.importance.create_importance(criterion)
+    model = transformers.AutoModelForCausalLM.from_pretrained(src).eval()
+    with torch.no_grad():
+        ref_imp.calibrate(model, calib)
+    ref = _in_memory(src, ref_imp, model)
+    got = _load(tmp_path / "out")
+    _assert_same(ref, got)
+    assert report.seconds["calibrate"] > 0 and report.peak_materialized <= 1_000_000
+    # the data decided: magnitude alone keeps other MLP channels
+    by_magnitude = _in_memory(src, tp.importance.GroupMagnitudeImportance(p=2))
+    assert not torch.equal(by_magnitude.model.layers[0].mlp.down_proj.weight, got.model.layers[0].mlp.down_proj.weight)
+
+
+def test_a_failing_calibration_pass_leaves_the_meta_model_as_it_was(llama_src) -> None:
+    from depgraph.streaming.calibrate import materialize_on_use
+    from depgraph.streaming.plan import Materializer, PruneLog, build_meta_model
+    from depgraph.streaming.shards import Checkpoint
+
+    model = build_meta_model(transformers.AutoConfig.from_pretrained(llama_src))
+    checkpoint = Checkpoint(llama_src)
+    materializer = Materializer(checkpoint, model, PruneLog())
+
+    def boom(module, args):
+        raise RuntimeError("boom")
+
+    handle = model.model.layers[1].mlp.register_forward_pre_hook(boom)
+    with pytest.raises(RuntimeError, match="boom"), materialize_on_use(model, materializer), torch.no_grad():
+        model(input_ids=torch.tensor([[1, 2, 3]]))
+    assert all(t.is_meta for t in [*model.parameters(), *model.buffers()])  # RoPE's inv_freq too
+    assert checkpoint.ledger.current == 0 and checkpoint.ledger.peak > 0
+    with torch.no_grad():  # no hook is left behind: a plain meta forward works
+        handle.remove()
+        assert model(input_ids=torch.zeros(1, 3, dtype=torch.long, device="meta")).logits.is_meta
 
 
 def test_scores_are_those_of_the_in_memory_criterion(llama_src, monkeypatch, tmp_path) -> None:
@@ -280,7 +325,10 @@ def test_cli_prunes_a_checkpoint_folder(llama_src, tmp_path, capsys) -> None:
         (dict(importance="taylor"), tp.errors.OptionError, "importance must be one of .*data-aware"),
         (dict(max_memory="12 parsecs"), tp.errors.OptionError, "not a memory size"),
         (dict(mode="fast"), tp.errors.OptionError, "mode must be"),
-        (dict(calib=torch.zeros(1, 4, dtype=torch.long)), tp.DepgraphError, "calibration data .* not supported"),
+        (dict(calib=torch.zeros(1, 4, dtype=torch.long)), tp.errors.OptionError, "calib= is only read by"),
+        (dict(importance="fluctuation"), tp.errors.OptionError, "calibrated on data: pass calib="),
+        (dict(importance="fluctuation", calib=torch.full((1, 4), 100)), tp.errors.OptionError,
+         r"token ids in \[100, 100\], outside the vocabulary .*0 to 99"),
         (dict(ignore=("model.layers.9",)), tp.DepgraphError, r"ignore names no module .*model\.layers\.9"),
     ],
 )
