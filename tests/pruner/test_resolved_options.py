@@ -73,15 +73,16 @@ def test_one_default_root_type_list():
     from depgraph.dependency.heads import find_attention_heads
     from depgraph.pruner.options import PrunerOptions
 
+    # the graph keeps the original's default (conv + linear); both come from depgraph.defaults
     assert inspect.signature(tp.DependencyGraph.get_all_groups).parameters["root_module_types"].default \
-        is DEFAULT_ROOT_TYPES
+        is CONV_AND_LINEAR
     assert PrunerOptions().root_module_types is DEFAULT_ROOT_TYPES
     assert inspect.signature(find_attention_heads).parameters["root_module_types"].default is DEFAULT_ROOT_TYPES
     assert MAG().target_types == DEFAULT_TARGET_TYPES and DEFAULT_TARGET_TYPES[:2] == CONV_AND_LINEAR
     assert I.FPGMImportance().target_types == CONV_AND_LINEAR
 
 
-def test_graph_and_pruner_offer_the_same_groups_by_default():
+def test_graph_and_pruner_offer_the_same_groups_for_the_same_root_types():
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
@@ -95,9 +96,10 @@ def test_graph_and_pruner_offer_the_same_groups_by_default():
     model, x = Net().eval(), torch.randn(2, 4, 5)
     DG = tp.DependencyGraph().build_dependency(model, x)
     pruner = tp.pruner.BasePruner(model, x, MAG(), ignored_layers=[model.fc])
-    graph_roots = [g[0].dep.target.name for g in DG.get_all_groups(ignored_layers=[model.fc])]
-    pruner_roots = [g[0].dep.target.name for g in pruner.DG.get_all_groups()]
-    assert graph_roots == pruner_roots == ["conv", "lstm"]  # Conv1d and LSTM root groups by default
+    graph_roots = [g[0].dep.target.name for g in DG.get_all_groups([model.fc], DEFAULT_ROOT_TYPES)]
+    pruner_roots = [g[0].dep.target.name for g in pruner.DG.get_all_groups(root_module_types=DEFAULT_ROOT_TYPES)]
+    assert graph_roots == pruner_roots == ["conv", "lstm"]  # Conv1d and LSTM root the pruner's groups
+    assert [g[0].dep.target.name for g in DG.get_all_groups([model.fc])] == ["conv"]  # the original's default
 
 
 # -- options without their mode --------------------------------------------------------------------
