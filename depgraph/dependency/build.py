@@ -191,7 +191,9 @@ class GraphBuilder:
     def _param_endpoints(self) -> None:
         """Bare parameters (not owned by a layer with a handler) become prunable per dim."""
         for v in self.trace.params.values():
-            owned = v.owner is not None and self.handler_of(v.owner) is not None
+            if v.id in self.graph.layer_params:
+                continue  # a rule tied it to its layer's endpoints; the layer's handler prunes it
+            owned = v.owner is not None and self.handler_of(v.owner) is not None and self._handler_prunes(v)
             for d in range(v.ndim):
                 slot = self.value_slots.get((v.id, d))
                 if slot is None:
@@ -206,6 +208,16 @@ class GraphBuilder:
                 self.module2node.setdefault(v.tensor_ref, node)
                 self.param_nodes.setdefault(v.tensor_ref, []).append(node)
                 self.graph.endpoints[slot] = Endpoint(node, prune_parameter_out_channels, True, d)
+
+    def _handler_prunes(self, v) -> bool:
+        """Whether the handler of ``v``'s owner prunes ``v``.
+
+        A leaf layer's tensors are all its handler's. A layer whose overridden ``forward``
+        was traced may hold tensors of its own besides the layer's (the ``gain`` of timm's
+        ``ScaledStdConv2d``): the handler knows nothing of them, so they are bare
+        parameters, pruned along whatever dims the rules couple them to.
+        """
+        return v.owner in self.trace.module_calls or v.attr in _LAYER_TENSORS
 
     def _tie_shared_weights(self) -> None:
         """Layers holding one weight Parameter (tied embedding and lm_head) lose the same positions.
@@ -236,3 +248,5 @@ _WEIGHT_SIDES: tuple[tuple[type, dict[int, bool]], ...] = (
     (nn.Embedding, {1: True}),
     (nn.Linear, {0: True, 1: False}),
 )
+# What a handler of a built-in layer prunes: its weight, bias and running statistics.
+_LAYER_TENSORS = frozenset({"weight", "bias", "running_mean", "running_var", "num_batches_tracked"})

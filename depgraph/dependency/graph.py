@@ -61,7 +61,8 @@ class DependencyGraph:
 
     Public queries (slots and original positions): ``slot_of``, ``coupled``, ``alive_positions``,
     ``current_width``, ``original_width``, ``to_current``, ``to_original``, ``plan_group``,
-    ``propagate``, ``is_stale``; hooks: ``register_prune_hook`` (see :mod:`depgraph.dependency.hooks`).
+    ``propagate``, ``is_stale``, ``param_nodes``; hooks: ``register_prune_hook``
+    (see :mod:`depgraph.dependency.hooks`).
 
     Example:
         >>> DG = DependencyGraph().build_dependency(model, torch.randn(1, 3, 224, 224))
@@ -269,6 +270,11 @@ class DependencyGraph:
         """``{slot: bool mask of original positions removed}``, for :func:`~depgraph.dims.propagate.propagate`
         (a copy: changing it changes nothing)."""
         return dict(self._dead)
+
+    def param_nodes(self, tensor: torch.Tensor) -> list[Node]:
+        """The nodes of a bare parameter or buffer, one per prunable dim (``node.pruning_dim``)."""
+        self._require_built()
+        return list(self._param_nodes.get(tensor, []))
 
     def slot_of(self, module: Any, pruning_fn: Callable) -> int:
         """The slot ``pruning_fn`` removes positions from on ``module``.

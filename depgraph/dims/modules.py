@@ -31,20 +31,38 @@ def _batch(ctx: RuleContext, x: Value, out: Value, n: int) -> None:
         ctx.identity(x, d, out, d)
 
 
+def couple_conv(ctx: RuleContext, m: nn.Module, x: Value, out: Value, cdim: int, where: str) -> int | None:
+    """Tie ``x`` and ``out`` to conv ``m``'s channel endpoints, groups included.
+
+    Shared by the module call and by a functional ``F.conv*`` on the module's own
+    weight (a subclass that overrides ``forward``, like timm's ``Conv2dSame``): the
+    coupling is the layer's, whatever code runs around the convolution. A grouped
+    conv factors both sides into (groups, per-group), so a group removed on one side
+    is removed on the other. Returns the per-group input axis (``in_channels //
+    groups`` positions: what weight dim 1 indexes), or ``None`` without endpoints.
+    """
+    ep_in, ep_out = ctx.module_endpoint(m, False), ctx.module_endpoint(m, True)
+    if ep_in is None or ep_out is None:
+        return None
+    ctx.graph.pair(ep_in, ctx.slot(x, cdim))
+    ctx.graph.pair(ep_out, ctx.slot(out, cdim))
+    if m.groups == 1:
+        return ep_in
+    g = m.groups
+    ga = ctx.new_axis(g, f"{where}.groups")
+    local_in = ctx.new_axis(m.in_channels // g, f"{where}.per_group_in")
+    ctx.factor(ep_in, [ga, local_in])
+    ctx.factor(ep_out, [ga, ctx.new_axis(m.out_channels // g, f"{where}.per_group_out")])
+    return local_in
+
+
 @register_dim_rule(nn.modules.conv._ConvNd)
 def conv_module_rule(op: OpNode, ctx: RuleContext) -> None:
     m = op.target
     x, out = _first(op, "input"), op.outputs[0]
     cdim = x.ndim - len(m.kernel_size) - 1
     _batch(ctx, x, out, cdim)
-    ep_in, ep_out = ctx.module_endpoint(m, False), ctx.module_endpoint(m, True)
-    ctx.graph.pair(ep_in, ctx.slot(x, cdim))
-    ctx.graph.pair(ep_out, ctx.slot(out, cdim))
-    if m.groups > 1:
-        g = m.groups
-        ga = ctx.new_axis(g, f"{op.scope}.groups")
-        ctx.factor(ep_in, [ga, ctx.new_axis(m.in_channels // g, f"{op.scope}.per_group_in")])
-        ctx.factor(ep_out, [ga, ctx.new_axis(m.out_channels // g, f"{op.scope}.per_group_out")])
+    couple_conv(ctx, m, x, out, cdim, op.scope)
 
 
 @register_dim_rule(nn.Linear)

@@ -131,6 +131,11 @@ class RuleContext:
         """Dim ``dq`` of ``q`` and ``dk`` of ``k`` are the head axes of an attention op (see ``HeadAxis``)."""
         self.graph.mark_heads(self.slot(q, dq), self.slot(k, dk), where)
 
+    def own_param(self, v: Value) -> None:
+        """Parameter ``v`` is pruned by its layer's handler, and the rule tied its dims to the
+        layer's endpoints (a weight standardised before use): it is no bare parameter."""
+        self.graph.layer_params.add(v.id)
+
     def freeze(self, v: Value, dim: int, reason: str) -> None:
         self.graph.freeze(self.slot(v, dim), reason)
 

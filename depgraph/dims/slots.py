@@ -168,6 +168,9 @@ class SlotGraph:
         # (slot, {(value id, dim)}, where): a size argument computed from those dims;
         # valid only if pruning the slot also prunes one of them (see GraphBuilder).
         self.derived: list[tuple[int, frozenset, str]] = []
+        # Ids of parameter values a rule tied to their own layer's endpoints (see
+        # ``RuleContext.own_param``): the layer's handler prunes them.
+        self.layer_params: set[int] = set()
         # Head axes of attention ops, in trace order: where whole heads can be removed.
         self.head_axes: list[HeadAxis] = []
 

@@ -1,6 +1,6 @@
 """Fault injection: every path that changes a model is one transaction (dependency/transaction.py).
 
-An error *and* a ``KeyboardInterrupt`` are raised at every member of a group, at
+An error, a ``KeyboardInterrupt`` and a ``SystemExit`` are raised at every member of a group, at
 every group of a pruner step, at every entry of a history replay and at every
 record of a load. Each time the model must come back bit-identical
 (``state_dict``, parameter objects, ``.grad``, every module attribute and class:
@@ -25,7 +25,8 @@ from .._checks import assert_same_state, build, check_result, model_state, outpu
 
 torchvision = pytest.importorskip("torchvision")
 
-FAULTS = [RuntimeError, KeyboardInterrupt]
+FAULTS = [RuntimeError, KeyboardInterrupt, SystemExit]
+IDS = ["error", "interrupt", "exit"]
 _ORIGINAL_CALL = Dependency.__call__
 
 
@@ -82,15 +83,17 @@ class _FailAt:
 
 
 def _expect(fault: type[BaseException]):
-    return pytest.raises(tp.DepgraphError if fault is RuntimeError else KeyboardInterrupt, match="injected")
+    return pytest.raises(tp.DepgraphError if fault is RuntimeError else fault, match="injected")
 
 
 @pytest.mark.parametrize("big", BIG)
-@pytest.mark.parametrize("fault", FAULTS, ids=["error", "interrupt"])
+@pytest.mark.parametrize("fault", FAULTS, ids=IDS)
 def test_fault_at_every_member_of_a_group(monkeypatch, fault, big):
     model, x = _resnet(big)
     original, shapes = copy.deepcopy(model), output_shapes(model, x)
     DG = build(model, x)
+    model(x).square().sum().backward()  # handlers prune .grad too: the restore must bring it back
+    assert model.conv1.weight.grad is not None
     fn, idxs = tp.prune_conv_out_channels, [0, 5, 9]
     n = len(DG.get_pruning_group(model.conv1, fn, idxs))
     assert n >= (10 if big else 6)  # conv1, bn1 and every block on the residual stream
@@ -104,12 +107,13 @@ def test_fault_at_every_member_of_a_group(monkeypatch, fault, big):
     monkeypatch.setattr(Dependency, "__call__", _ORIGINAL_CALL)
     DG.get_pruning_group(model.conv1, fn, idxs).prune()
     assert model.conv1.out_channels == (61 if big else 13)
+    assert model.conv1.weight.grad.shape == model.conv1.weight.shape
     check_result(original, model, x, shapes)
 
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
-@pytest.mark.parametrize("fault", FAULTS, ids=["error", "interrupt"])
+@pytest.mark.parametrize("fault", FAULTS, ids=IDS)
 def test_fault_in_a_prune_hook(fault, when):
     model, x = _resnet()
     DG = build(model, x)
@@ -180,7 +184,7 @@ def _pruner(model: nn.Module, x: torch.Tensor) -> tp.pruner.BasePruner:
 
 
 @pytest.mark.parametrize("big", BIG)
-@pytest.mark.parametrize("fault", FAULTS, ids=["error", "interrupt"])
+@pytest.mark.parametrize("fault", FAULTS, ids=IDS)
 def test_fault_at_every_group_of_a_step(monkeypatch, fault, big):
     model, x = _resnet(big)
     original, shapes = copy.deepcopy(model), output_shapes(model, x)
@@ -210,7 +214,7 @@ def test_fault_at_every_group_of_a_step(monkeypatch, fault, big):
 
 
 @pytest.mark.parametrize("big", BIG)
-@pytest.mark.parametrize("fault", FAULTS, ids=["error", "interrupt"])
+@pytest.mark.parametrize("fault", FAULTS, ids=IDS)
 def test_fault_at_every_entry_of_a_history_replay(monkeypatch, fault, big):
     model, x = _resnet(big)
     pruner = _pruner(model, x)
@@ -254,7 +258,7 @@ class _FaultyItems(dict):
 
 
 @pytest.mark.parametrize("section", ["attributes", "shapes", "classes"])
-@pytest.mark.parametrize("fault", FAULTS, ids=["error", "interrupt"])
+@pytest.mark.parametrize("fault", FAULTS, ids=IDS)
 def test_fault_at_every_record_of_a_load(monkeypatch, fault, section):
     apply = ser._apply  # validation reads the records too: fail only once they are being applied
 

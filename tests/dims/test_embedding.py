@@ -85,7 +85,7 @@ def test_table_rows_and_index_dims_are_frozen():
     model = BareTable()
     DG = build(model, IDS)
     frozen = DG.slot_graph.frozen
-    nodes = {n.pruning_dim: n for n in DG._param_nodes[model.table]}
+    nodes = {n.pruning_dim: n for n in DG.param_nodes(model.table)}
     assert nodes[0].out_slot in frozen and nodes[1].out_slot not in frozen
     assert DG.module2node[model.fc].in_slot not in frozen
 

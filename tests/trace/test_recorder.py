@@ -220,7 +220,7 @@ def test_module_called_several_times_is_one_node():
     model = Shared()
     x = torch.randn(2, 3, 4, 4)
     DG = build(model, x)
-    assert model.block[0] in DG.module2node and DG._trace.module_calls[model.block[0]].__len__() == 3
+    assert model.block[0] in DG.module2node and DG.trace.module_calls[model.block[0]].__len__() == 3
     assert sum(1 for m in DG.module2node if m is model.block[0]) == 1
     done = prune_and_verify(model, x, model.stem, OUT, [4])
     group = done.groups[0]
