@@ -2,7 +2,7 @@
 
     python benchmarks/out_of_core.py                       # ~2.2 GB bf16 (TinyLlama-1.1B shape)
     python benchmarks/out_of_core.py --size 13b            # ~26 GB bf16 (Llama-2-13B shape), needs the disk
-    python benchmarks/out_of_core.py --size tiny --no-plan # a smoke run (seconds)
+    python benchmarks/out_of_core.py --size tiny --plan      # a smoke run, no plan timings
 
 Steps, each timed:
 
@@ -14,7 +14,7 @@ Steps, each timed:
 3. ``depgraph.streaming.prune_checkpoint`` in a child process (its own peak
    RSS), 20% of the MLP channels and 20% of the key/value heads of every layer
    by L2 magnitude, with ``--max-memory`` (default 600 MB), cache evicted first;
-4. with ``--plan``, the plan alone (graph, groups, head planner, random scores)
+4. the plan alone (graph, groups, head planner, random scores)
    of 13B- and 70B-shaped models on the meta device: what scoring costs on top
    of it is reading the weights.
 
@@ -117,12 +117,13 @@ def raw_read_speed(folder: Path) -> float:
     return total / (time.perf_counter() - t0)
 
 
-def prune_in_child(src: Path, out: Path, ratio: float, max_memory: str) -> dict:
+def prune_in_child(src: Path, out: Path, ratio: float, head_ratio: float | None, max_memory: str) -> dict:
     """Run prune_checkpoint in a fresh process: its peak RSS is the prune's alone."""
     code = (
         "import json, sys\n"
         "from depgraph.streaming import prune_checkpoint\n"
-        f"r = prune_checkpoint({str(src)!r}, {str(out)!r}, ratio={ratio}, max_memory={max_memory!r}, "
+        f"r = prune_checkpoint({str(src)!r}, {str(out)!r}, ratio={ratio}, head_ratio={head_ratio!r}, "
+        f"max_memory={max_memory!r}, "
         "progress=False)\n"
         "print(json.dumps(r.as_dict()))\n"
     )
@@ -164,18 +165,22 @@ def plan_time(size: str, layers: int | None = None) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SHAPES), default="1b")
-    parser.add_argument("--ratio", type=float, default=0.2)
+    parser.add_argument("--ratio", type=float, default=0.2, help="fraction of MLP channels removed per layer")
+    parser.add_argument("--head-ratio", type=float, default=None,
+                        help="fraction of key/value heads removed per layer (default: --ratio; the 1b shape "
+                             "has 4, so 0.2 removes none: use 0.5)")
     parser.add_argument("--max-memory", default="600MB")
     parser.add_argument("--shard-size", type=int, default=1 << 30, help="bytes per source shard")
     parser.add_argument("--workdir", type=Path, default=None, help="where the checkpoints go (default: a temp dir)")
-    parser.add_argument("--no-plan", action="store_true", help="skip the 13B/70B plan timings")
+    parser.add_argument("--plan", nargs="*", default=["13b", "70b"], choices=sorted(SHAPES),
+                        help="shapes whose plan alone is timed on meta (default: 13b 70b; none: --plan)")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoints")
     parser.add_argument("--save", action="store_true", help=f"write the results to {RESULTS}/")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="ooc-", dir=args.workdir))
     src, out = work / "src", work / "out"
-    result: dict = {"size": args.size, "shape": SHAPES[args.size], "ratio": args.ratio,
+    result: dict = {"size": args.size, "shape": SHAPES[args.size], "ratio": args.ratio, "head_ratio": args.head_ratio,
                     "max_memory": args.max_memory, "torch": torch.__version__, "cpus": os.cpu_count()}
     try:
         t0 = time.perf_counter()
@@ -183,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["generate_s"] = time.perf_counter() - t0
         result["checkpoint_bytes"] = total
         result["raw_read_Bps"] = raw_read_speed(src)
-        report = prune_in_child(src, out, args.ratio, args.max_memory)
+        report = prune_in_child(src, out, args.ratio, args.head_ratio, args.max_memory)
         result["prune"] = report
         read_s = report["seconds"]["plan"] + report["seconds"]["score"] + report["seconds"]["write"]
         result["prune_read_Bps"] = report["bytes_read"] / read_s
@@ -191,13 +196,18 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    if not args.no_plan:
-        result["plan"] = [plan_time("13b"), plan_time("70b")]
+    save(result, args)  # before the plan timings, which can take long on a busy machine
+    for size in args.plan:
+        result.setdefault("plan", []).append(plan_time(size))
+        save(result, args)
     print(render(result))
+    return result
+
+
+def save(result: dict, args: argparse.Namespace) -> None:
     if args.save:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / f"out_of_core_{args.size}.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
 
 
 def render(r: dict) -> str:
@@ -207,6 +217,8 @@ def render(r: dict) -> str:
         f"| checkpoint | {r['size']} Llama shape, bf16, {r['checkpoint_bytes'] / gb:.2f} GB |",
         "|---|---|",
         f"| max_memory | {r['max_memory']} |",
+        f"| pruned | {r['ratio']:.0%} of MLP channels, {r.get('head_ratio') or r['ratio']:.0%} of KV heads per layer "
+        f"({p['groups_pruned']} groups) |",
         f"| parameters | {p['params_before'] / 1e9:.3f} G -> {p['params_after'] / 1e9:.3f} G |",
         f"| time (plan / score / write) | {p['seconds']['plan']:.1f} s / {p['seconds']['score']:.1f} s / "
         f"{p['seconds']['write']:.1f} s (process {p['wall_seconds']:.1f} s) |",

@@ -11,6 +11,7 @@ stale and refused (see :class:`~depgraph.errors.StaleGroupError`).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -145,6 +146,10 @@ class DependencyGraph:
         builder = GraphBuilder(trace, self._handler_of, custom_types, verbose)
         self._graph = builder.build()
         self._trace = trace
+        # Output dims frozen only for being outputs: an explicit get_pruning_group may prune them.
+        self._outputs = {slot: (i, d) for i, v in enumerate(trace.outputs) for d in range(v.ndim)
+                         if (slot := builder.value_slots.get((v.id, d))) is not None
+                         and self._graph.frozen.get(slot) == "model output"}
         if any(k.is_cache for k in trace.kept):
             self.register_prune_hook(CacheDropper(trace.kept), when="after")
         self.module2node = {}
@@ -352,15 +357,17 @@ class DependencyGraph:
         eps = self._graph.endpoints
         return [(eps[s].node, "out" if eps[s].is_out else "in") for s in plan.order if s in eps]
 
-    def plan_group(self, slot: int, positions: torch.Tensor, blocked: dict[int, str] | None = None) -> Group:
+    def plan_group(self, slot: int, positions: torch.Tensor, blocked: dict[int, str] | None = None,
+                   unfrozen: set[int] | None = None) -> Group:
         """The group removing original ``positions`` of ``slot``, as the graph is now; changes nothing.
 
         Positions already removed are left out (planning in original indices is safe after any prune).
+        ``unfrozen``: frozen slots this group may change after all (model outputs, for an explicit request).
         """
         positions = torch.as_tensor(positions, dtype=torch.long).unique()
         if positions.numel():
             positions = positions[self.is_alive(slot, positions)]
-        plan = self.propagate(slot, positions, blocked)
+        plan = self.propagate(slot, positions, blocked, unfrozen=unfrozen)
         return Group(self, self._items(plan), plan, version=self._version, root=(slot, positions))
 
     def is_stale(self, group: Group) -> bool:
@@ -445,7 +452,9 @@ class DependencyGraph:
                     f"index {bad} is out of range for the {alive.numel()} "
                     f"{'output' if slot == node.out_slot else 'input'} channels of {node.name}"
                 )
-        return self.plan_group(slot, alive[cur])
+        # An explicit request may change the model's outputs, as in Torch-Pruning (models that
+        # return intermediate activations); pruners and get_all_groups keep them (apply_group warns).
+        return self.plan_group(slot, alive[cur], unfrozen=set(self._outputs))
 
     def _items(self, plan: Propagation) -> list[GroupItem]:
         eps = self._graph.endpoints
@@ -572,6 +581,7 @@ class DependencyGraph:
                 problems.append(f"{it.dep.target.name}: index {max(it.idxs)} out of range for {n} channels")
         if problems:
             raise OverPruningError(f"cannot prune {where}: " + "; ".join(problems))
+        self._warn_outputs(plan, where)
         ordered = [it for it in items if it.dep.side != "in"] + [it for it in items if it.dep.side == "in"]
         dead = dict(self._dead)
         changed = []
@@ -736,6 +746,19 @@ class DependencyGraph:
                 self._graph.freeze(bad.propagation.order[0], f"pruning it breaks the forward pass ({why})")
             remaining = remaining[lo:]
         return skipped
+
+    def _width_of(self, slot: int) -> int:
+        d = self._dead.get(slot)
+        return self._graph.sizes[slot] - (int(d.sum()) if d is not None else 0)
+
+    def _warn_outputs(self, plan: Propagation, where: str) -> None:
+        changed = sorted((*self._outputs[s], int((st >= 0).sum()), self._width_of(s))
+                         for s, st in plan.state.items() if s in self._outputs and bool((st >= 0).any()))
+        if changed:
+            what = ", ".join(f"output {i} dim {d} ({n} -> {n - k})" for i, d, k, n in changed)
+            warnings.warn(f"pruning {where} changes the shape of the model's outputs: {what}. Only an "
+                          "explicit get_pruning_group does this; pruners and get_all_groups keep the outputs",
+                          UserWarning, stacklevel=4)
 
     def _bound_attributes(self, plan: Propagation, dead: dict[int, torch.Tensor]) -> list[tuple[Any, str, int]]:
         """``(module, attribute, new value)`` for size attributes of dims this group shrinks.

@@ -42,29 +42,38 @@ def propagate(
     stop_at_frozen: bool = True,
     grouping: bool = False,
     until: set[int] | None = None,
+    unfrozen: set[int] | None = None,
 ) -> Propagation:
     """Everything coupled to removing ``idxs`` (original positions) from slot ``root``.
 
     ``blocked`` adds frozen slots for this query only (``get_all_groups(ignored_layers=...)``).
     ``grouping`` closes every position on its own (see ``FactorRule``), for listing groups.
+    ``unfrozen`` lifts the graph's freeze of these slots for this query only.
     """
     p = Propagation()
     frozen = graph.frozen if not blocked else {**blocked, **graph.frozen}
+    if unfrozen:  # slots this query may change after all (model outputs, for an explicit request)
+        frozen = {s: r for s, r in frozen.items() if s not in unfrozen or (blocked and s in blocked)}
     queue: deque = deque()
 
     def merge(slot: int, pos: torch.Tensor, roots: torch.Tensor, origin: int) -> None:
+        # Runs once per (rule, reached slot): kept to a handful of tensor ops, since on a
+        # deep model the per-call overhead, not the index count, is what adds up.
         if pos.numel() == 0:
             return
         st = p.state.get(slot)
-        if st is None:
-            st = p.state[slot] = torch.full((graph.sizes[slot],), -1, dtype=torch.long)
-        fresh = st[pos] < 0
         d = dead.get(slot)
-        if d is not None:
-            fresh &= ~d[pos]
-        pos, roots = pos[fresh], roots[fresh]
-        if pos.numel() == 0:
-            return
+        if st is None:  # first visit: every position is new unless already pruned
+            st = p.state[slot] = torch.full((graph.sizes[slot],), -1, dtype=torch.long)
+            fresh = ~d[pos] if d is not None else None
+        else:
+            fresh = st[pos] < 0
+            if d is not None:
+                fresh &= ~d[pos]
+        if fresh is not None:
+            pos, roots = pos[fresh], roots[fresh]
+            if pos.numel() == 0:
+                return
         if slot == root:  # a closure that widens the root itself: each root channel is its own root
             roots = pos
         if slot not in p.source:
@@ -78,7 +87,9 @@ def propagate(
             if stop_at_frozen:
                 return
         nxt = slot if slot in graph.endpoints else origin
-        queue.append((slot, torch.unique(pos), nxt))
+        if pos.numel() > 1 and not bool((pos.diff() > 0).all()):
+            pos = torch.unique(pos)  # rules expect each position once; most arrive sorted already
+        queue.append((slot, pos, nxt))
 
     merge(root, idxs, idxs.clone(), root)
     while queue:

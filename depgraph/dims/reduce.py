@@ -109,10 +109,21 @@ def layer_norm_rule(op: OpNode, ctx: RuleContext) -> None:
 
 @register_dim_rule(F.batch_norm, torch.batch_norm, F.instance_norm, torch.instance_norm)
 def batch_norm_rule(op: OpNode, ctx: RuleContext) -> None:
-    """Per-channel normalisation on dim 1: exact, the stats and affine tensors follow the channel."""
+    """Per-channel normalisation on dim 1: exact, the stats and affine tensors follow the channel.
+
+    With statistics of the input itself (``training=True``, ``instance_norm``) every other
+    dim is averaged over: removing positions there changes the statistics (inexact). That is
+    how weight standardisation (timm's ``StdConv2d``: ``batch_norm(w.reshape(1, out, -1),
+    training=True)``) normalises each output channel over its fan-in.
+    """
     x, out = op.inputs[0], op.outputs[0]
     for d in range(x.ndim):
         ctx.identity(x, d, out, d)
+    instance = op.target in (F.instance_norm, torch.instance_norm)
+    if arg(op, 5, "use_input_stats" if instance else "training", instance):
+        for d in range(x.ndim):
+            if d != 1 and x.shape[d] > 1:
+                ctx.inexact(x, d, f"{op.where()} normalises with statistics over dim {d}")
     tensors = [v for v in op.inputs[1:] if v.ndim == 1]
     owner = next((v for v in tensors if v.kind == "param" and v.owner is not None), None)
     norms = (torch.nn.modules.batchnorm._NormBase,)

@@ -57,9 +57,12 @@ class HeadAxis:
 class PairRule:
     def __init__(self, a: int, b: int, fwd: IndexMap):
         self.a, self.b, self.fwd, self.bwd = a, b, fwd, fwd.inverse()
+        self.identity = isinstance(fwd, Identity)
 
     def push(self, slot: int, idx: torch.Tensor, state: dict, dead: dict, grouping: bool = False):
         src_root = state[slot][idx]
+        if self.identity:  # the common case (elementwise ops, a module's channels): no index work
+            return [(self.b if slot == self.a else self.a, idx, src_root)]
         if slot == self.a:
             dst, pos = self.fwd.apply(idx)
             return [(self.b, dst, src_root[pos])]

@@ -162,7 +162,9 @@ class BasePruner:
         self.scopes = ScopeTable(self.options)
         layers = [x for x in self.options.ignored_layers if isinstance(x, nn.Module)]
         params = [x for x in self.options.ignored_layers if isinstance(x, torch.Tensor)]
-        self.ignored_layers = layers
+        # As in Torch-Pruning: each ignored module with all of its sub-modules, in order.
+        self.ignored_layers = [sub for layer in layers for sub in layer.modules()]
+        self.ignored_params = params
         self.DG = DependencyGraph().build_dependency(
             model,
             example_inputs,
@@ -179,8 +181,10 @@ class BasePruner:
         self.current_step = 0
         self._soft_pruned: dict[Any, set[int]] = {}
         self._initial: dict[Any, int] = {}
-        for group in self.DG.get_all_groups(self.ignored_layers, self.options.root_module_types):
+        groups = list(self.DG.get_all_groups(self.ignored_layers, self.options.root_module_types))
+        for group in groups:
             self._initial[group[0].dep.target.module] = len(group[0].idxs)
+        self._fresh_groups: list | None = groups  # the graph is unchanged until update_regularizer reads them
         opts = self.options
         _warn_unused_options(opts)
         needs_heads = opts.prune_num_heads or opts.num_heads or not opts.prune_head_dims
@@ -308,10 +312,12 @@ class BasePruner:
         # Decide everything on the model as it is now, then apply: criteria whose
         # statistics follow parameter shapes (Hessian, OBDC) stay valid, and no
         # group is scored half-way through another group's prune.
-        heads = self._heads.plan() if self._heads is not None and self.options.prune_num_heads else []
-        skip = self._head_dim_slots()
-        local = [(c, planning.plan_local(self, c)) for c in planning.candidates(self, pooled=False, skip=skip)]
-        pooled = list(planning.candidates(self, pooled=True, skip=skip))
+        blocks = self._heads.blocks() if self._heads is not None and self.options.prune_num_heads else None
+        heads = self._heads.plan(blocks) if blocks is not None else []
+        skip = self._head_dim_slots(blocks)
+        cands = list(planning.candidates(self, pooled=None, skip=skip))  # one walk over the groups
+        local = [(c, planning.plan_local(self, c)) for c in cands if not c.scope.pooled]
+        pooled = [c for c in cands if c.scope.pooled]
         decided = [(c, idxs) for c, idxs in local if idxs]
         decided += [(c, planning.pick(self, c, n)) for c, n in planning.plan_pooled(self, pooled)]
         for cand, idxs in decided:
@@ -324,12 +330,12 @@ class BasePruner:
         if heads:  # last: decisions hold original positions, valid after the head-dim prunes
             yield from self._heads.groups(heads)
 
-    def _head_dim_slots(self) -> set[int]:
+    def _head_dim_slots(self, blocks: list | None = None) -> set[int]:
         """Root slots of attention groups left alone: with ``prune_head_dims=False`` every head keeps
         its size, whether or not whole heads go (``prune_num_heads``)."""
         if self._heads is None or self.options.prune_head_dims:
             return set()
-        return self._heads.attention_slots()
+        return self._heads.attention_slots(blocks)
 
     def _width_now(self, cand: planning.Candidate) -> int | None:
         out = self.DG.is_out_channel_pruning_fn(cand.fn)
@@ -395,7 +401,9 @@ class BasePruner:
     # -- sparse training -----------------------------------------------------------------------------
     def update_regularizer(self) -> None:
         """Refresh the groups ``regularize`` works on (call after pruning the model)."""
-        self._groups = list(self.DG.get_all_groups(self.ignored_layers, self.options.root_module_types))
+        fresh, self._fresh_groups = getattr(self, "_fresh_groups", None), None
+        self._groups = fresh if fresh is not None else list(
+            self.DG.get_all_groups(self.ignored_layers, self.options.root_module_types))
 
     def regularize(self, model: nn.Module, loss: torch.Tensor | None = None) -> None:
         """Add sparsity gradients; call between ``loss.backward()`` and ``optimizer.step()``.

@@ -100,18 +100,21 @@ class HeadPlanner:
         self._counts = (done, counts)
         return dict(counts)
 
-    def attention_slots(self) -> set[int]:
-        """Endpoint slots of every head-prunable block (their groups hold head dims)."""
-        return {s for b in self.blocks() for s in b.slots}
+    def attention_slots(self, blocks: list[AttentionHeads | ModuleHeads] | None = None) -> set[int]:
+        """Endpoint slots of every head-prunable block (their groups hold head dims).
+
+        ``blocks``: this step's ``blocks()`` when the caller has them (finding them walks the graph).
+        """
+        return {s for b in (self.blocks() if blocks is None else blocks) for s in b.slots}
 
     # -- deciding ---------------------------------------------------------------------------
-    def plan(self) -> list[HeadDecision]:
-        """This step's decisions (empty when no block loses a head)."""
+    def plan(self, blocks: list[AttentionHeads | ModuleHeads] | None = None) -> list[HeadDecision]:
+        """This step's decisions (empty when no block loses a head); ``blocks`` as in ``attention_slots``."""
         p = self.pruner
         step = p.current_step
         pools: dict[Hashable, list[tuple[AttentionHeads | ModuleHeads, Scope]]] = defaultdict(list)
         local: list[tuple[AttentionHeads | ModuleHeads, Scope]] = []
-        for b in self.blocks():
+        for b in self.blocks() if blocks is None else blocks:
             scope = self.scopes.scope_of_any(b.modules)
             if _ratio(scope, step) <= 0 and b.key in self.initial:
                 continue

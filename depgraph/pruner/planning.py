@@ -54,8 +54,8 @@ class Candidate:
         return self.alive - len(self.soft)
 
 
-def candidates(pruner: BasePruner, pooled: bool, skip: set[int] | None = None) -> Iterator[Candidate]:
-    """The groups of the local (``pooled=False``) or pooled scopes, as the model is now.
+def candidates(pruner: BasePruner, pooled: bool | None, skip: set[int] | None = None) -> Iterator[Candidate]:
+    """The groups of the local (``pooled=False``) or pooled scopes (``None``: both), as the model is now.
 
     ``skip``: root slots whose groups are left alone (attention head dims when only heads go).
     """
@@ -66,7 +66,7 @@ def candidates(pruner: BasePruner, pooled: bool, skip: set[int] | None = None) -
         if skip and getattr(pruner.DG.module2node.get(root), "out_slot", None) in skip:
             continue
         scope = pruner.scopes.scope_of(root)
-        if scope.pooled != pooled:
+        if pooled is not None and scope.pooled != pooled:
             continue
         alive = len(root_item.idxs)
         soft = sorted(pruner._soft_pruned.get(root, ()))
@@ -99,10 +99,10 @@ def _scores(pruner: BasePruner, cand: Candidate) -> torch.Tensor | None:
 
 def channel_classes(pruner: BasePruner, cand: Candidate) -> ChannelClasses:
     """Root channels that must go together: graph closures plus user-declared channel groups."""
-    classes = ChannelClasses(cand.alive)
-    for members in _closures(pruner, cand):
-        classes.merge(members)
+    classes = ChannelClasses.from_labels(_closure_labels(pruner, cand))
     declared = pruner.declared_channel_groups()
+    if not declared:
+        return classes
     for item in cand.group.items:
         module = item.dep.target.module
         n_groups = declared.get((module, handler_side(item.dep.handler)))
@@ -111,18 +111,19 @@ def channel_classes(pruner: BasePruner, cand: Candidate) -> ChannelClasses:
         side = handler_side(item.dep.handler)
         width = pruner.DG.get_out_channels(module) if side == "out" else pruner.DG.get_in_channels(module)
         block = width // n_groups if width and width % n_groups == 0 else 0
-        if not block:
+        if not block or not item.idxs:
             continue
-        by_local: dict[int, list[int]] = defaultdict(list)
-        for j, r in zip(item.idxs, item.root_idxs, strict=True):
-            by_local[j % block].append(r)
-        for roots in by_local.values():
-            classes.merge(roots)
+        # roots at the same position within a channel group go together: link each to the
+        # smallest root sharing its local position
+        local = torch.as_tensor(item.idxs, dtype=torch.long) % block
+        roots = torch.as_tensor(item.root_idxs, dtype=torch.long)
+        first = torch.full((block,), cand.alive, dtype=torch.long).scatter_reduce(0, local, roots, "amin")
+        classes.link(roots, first[local])
     return classes
 
 
-def _closures(pruner: BasePruner, cand: Candidate) -> list[list[int]]:
-    """The graph's closed couplings of the root's channels (grouped conv, shuffle, MHA head dims).
+def _closure_labels(pruner: BasePruner, cand: Candidate) -> torch.Tensor:
+    """A class label per root channel now: the graph's closed couplings (grouped conv, shuffle, MHA head dims).
 
     Each class costs one propagation over the whole group (a ViT's residual stream: 64
     of them), so the partition is cached per root slot in original positions. Removing
@@ -136,10 +137,9 @@ def _closures(pruner: BasePruner, cand: Candidate) -> list[list[int]]:
     if labels is None or bool((labels[alive] < 0).any()):
         labels = torch.full((DG.original_width(slot),), -1, dtype=torch.long)
         probe = DG.get_pruning_group(cand.root, cand.fn, [0])
-        strided = _strided_classes(pruner, cand, list(probe[0].idxs))
-        if strided is not None:
-            for members in strided:
-                labels[alive[members]] = int(alive[members[0]])
+        step = _stride(pruner, cand, list(probe[0].idxs))
+        if step is not None:  # class of channel c: {c % step, c % step + step, ...}
+            labels[alive] = alive[torch.arange(cand.alive) % step]
         elif len(probe[0].idxs) > 1:  # closed coupling: probe each class once
             for c in range(cand.alive):
                 if labels[alive[c]] >= 0:
@@ -149,15 +149,13 @@ def _closures(pruner: BasePruner, cand: Candidate) -> list[list[int]]:
         else:
             labels[alive] = alive
         pruner._closure_cache[slot] = labels
-    by_label: dict[int, list[int]] = defaultdict(list)
-    for c, lab in enumerate(labels[alive].tolist()):
-        by_label[lab].append(c)
-    return [m for m in by_label.values() if len(m) > 1]
+    return labels[alive]
 
 
-def _strided_classes(pruner: BasePruner, cand: Candidate, first: list[int]) -> list[list[int]] | None:
-    """Classes ``{j, j + s, j + 2s, ...}`` when channel 0's closure is ``{0, s, 2s, ...}`` over the
-    whole root (the same position in every head or conv group) and two more probes agree.
+def _stride(pruner: BasePruner, cand: Candidate, first: list[int]) -> int | None:
+    """``s`` when the classes are ``{j, j + s, j + 2s, ...}``: channel 0's closure is
+    ``{0, s, 2s, ...}`` over the whole root (the same position in every head or conv
+    group) and two more probes agree.
 
     Three propagations instead of one per class. A class guessed wrong would still be
     closed by the final group, so a wrong guess can only change how many channels go.
@@ -170,7 +168,7 @@ def _strided_classes(pruner: BasePruner, cand: Candidate, first: list[int]) -> l
         got = pruner.DG.get_pruning_group(cand.root, cand.fn, [c])[0].idxs
         if list(got) != [c + i * step for i in range(k)]:
             return None
-    return [[j + i * step for i in range(k)] for j in range(step)]
+    return step
 
 
 def _check_scores(cand: Candidate, s: torch.Tensor) -> None:

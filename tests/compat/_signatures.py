@@ -95,8 +95,8 @@ def _default_key(value: Any) -> Any:
     ``None`` both mean "nothing given"; functions and classes compare by name,
     as the two libraries define their own ``linear_scheduler`` and type tuples.
     """
-    if value is None or (isinstance(value, (dict, list, set, tuple)) and not value):
-        return None
+    if value is None or isinstance(value, dict) or (isinstance(value, (list, set, tuple)) and not value):
+        return None  # any dict: the original's ``dict()`` defaults are shared and it writes into them
     if isinstance(value, (list, tuple)):
         return tuple(_default_key(v) for v in value)
     if isinstance(value, type) or inspect.isfunction(value) or inspect.ismethod(value):

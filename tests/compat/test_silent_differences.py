@@ -234,8 +234,12 @@ def test_load_state_dict_keyword():
 # -- importance -------------------------------------------------------------------------------------
 
 
-def _compare_scores(imp_o, imp_d, mo, md, x, rtol=1e-4):
-    """Score every depgraph group and the original's group of the same root layer and function."""
+def _compare_scores(imp_o, imp_d, mo, md, x, rtol=1e-4, atol=1e-6, max_mismatch=0.0):
+    """Score every depgraph group and the original's group of the same root layer and function.
+
+    ``max_mismatch``: fraction of channels allowed outside the tolerance (LAMP divides by the sum
+    of the scores above each one, so two near-equal scores that round in the other order differ).
+    """
     DGo = T.DependencyGraph().build_dependency(mo, x)
     DGd = tp.DependencyGraph().build_dependency(md, x)
     orig = dict(mo.named_modules())
@@ -249,7 +253,12 @@ def _compare_scores(imp_o, imp_d, mo, md, x, rtol=1e-4):
         if so is None:
             assert sd is None, root.name
             continue
-        torch.testing.assert_close(sd.float(), so.float(), rtol=rtol, atol=1e-6, msg=root.name)
+        if max_mismatch:
+            off = ~torch.isclose(sd.float(), so.float(), rtol=rtol, atol=atol)
+            assert off.float().mean() <= max_mismatch, (root.name, int(off.sum()))
+        else:
+            torch.testing.assert_close(sd.float(), so.float(), rtol=rtol, atol=atol,
+                                       msg=lambda m, name=root.name: f"{name}: {m}")
         compared += 1
     return compared
 

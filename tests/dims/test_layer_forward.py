@@ -20,7 +20,15 @@ import torch.nn.functional as F
 import depgraph as tp
 from depgraph.errors import UnsupportedOpError
 
-from .._checks import assert_refused_unchanged, build, check_result, member, output_shapes, prune_all_groups
+from .._checks import (
+    assert_refused_unchanged,
+    build,
+    check_result,
+    member,
+    output_shapes,
+    prune_all_groups,
+    prune_and_verify,
+)
 from ..zoo._zoo import randomize_norms
 
 CONV_OUT, CONV_IN = tp.prune_conv_out_channels, tp.prune_conv_in_channels
@@ -170,3 +178,61 @@ def test_a_group_whose_model_fails_is_rolled_back_and_not_offered_again():
                              r"breaks the model's forward pass .*restored unchanged", DG)
     assert model(torch.randn(1, 3, 4, 4)).shape == (1, 4, 4, 4)
     assert all(g[0].dep.target.module is not model[0] for g in DG.get_all_groups())
+
+
+# -- weight standardisation: the layer's weight transformed before the convolution -----------------
+
+
+class WSConv(nn.Conv2d):
+    """Weight standardisation (timm's ``StdConv2d``; ``scaled``: ``ScaledStdConv2d`` with a per-channel gain)."""
+
+    def __init__(self, *args, scaled: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scaled = scaled
+        self.scale = self.weight[0].numel() ** -0.5
+        if scaled:
+            self.gain = nn.Parameter(torch.rand(self.out_channels, 1, 1, 1) + 0.5)
+
+    def forward(self, x):
+        gain = (self.gain * self.scale).view(-1) if self.scaled else None
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, weight=gain,
+                         training=True, momentum=0.0, eps=1e-6).reshape_as(self.weight)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class WSNet(nn.Module):
+    def __init__(self, scaled: bool, groups: int = 1):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.ws = WSConv(8, 8, 3, padding=1, groups=groups, scaled=scaled)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.ws(torch.relu(self.stem(x)))))
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("groups", [1, 2, 8])
+def test_standardised_outputs_prune_exactly(scaled, groups):
+    """Standardisation is per output channel: removing output channels is exact (the gain follows)."""
+    model = WSNet(scaled, groups)
+    idxs = {1: [1, 6], 2: [1, 5], 8: [3]}[groups]  # depthwise: one channel is one whole group
+    done = prune_and_verify(model, torch.randn(1, 3, 6, 6), model.ws, CONV_OUT, idxs)
+    assert model.ws.weight.shape[0] == model.ws.out_channels == model.head.in_channels == 8 - len(idxs)
+    if scaled:
+        assert member(done.groups[0], model.ws.gain) == idxs
+        assert model.ws.gain.shape[0] == model.ws.out_channels
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_standardised_inputs_prune_but_not_exactly(scaled):
+    """The statistics run over in_channels*k*k: removing inputs is valid but changes them (like a LayerNorm)."""
+    model = WSNet(scaled)
+    done = prune_and_verify(model, torch.randn(1, 3, 6, 6), model.stem, CONV_OUT, [0, 2], exact=False)
+    assert model.ws.in_channels == 6 and model.ws.weight.shape == (8, 6, 3, 3)
+    assert any("ws normalises with statistics over dim 2" in r for r in done.result.reasons), done.result.reasons
+
+
+def test_standardised_every_group_over_rounds():
+    model = WSNet(True, 2)
+    prune_all_groups(model, torch.randn(1, 3, 6, 6), n_per_group=2, rounds=2, exact=False, min_groups=2)

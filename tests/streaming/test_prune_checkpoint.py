@@ -38,6 +38,10 @@ _SIZES = dict(hidden_size=96, intermediate_size=128, num_attention_heads=8, num_
 CONFIGS = {
     "llama": lambda **kw: transformers.LlamaConfig(**_SIZES, **kw),
     "qwen2": lambda **kw: transformers.Qwen2Config(**_SIZES, **kw),  # q/k/v have biases
+    "mistral": lambda **kw: transformers.MistralConfig(**_SIZES, **kw),
+    "gemma": lambda **kw: transformers.GemmaConfig(**_SIZES, head_dim=12, **kw),  # (1 + w) norms
+    "phi3": lambda **kw: transformers.Phi3Config(**_SIZES, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                                 **kw),  # fused qkv_proj and gate_up_proj
 }
 RATIO = 0.25
 
@@ -137,6 +141,17 @@ def test_data_aware_streamed_equals_in_memory(arch, criterion, tmp_path) -> None
     # the data decided: magnitude alone keeps other MLP channels
     by_magnitude = _in_memory(src, tp.importance.GroupMagnitudeImportance(p=2))
     assert not torch.equal(by_magnitude.model.layers[0].mlp.down_proj.weight, got.model.layers[0].mlp.down_proj.weight)
+
+
+@_SLOW
+@pytest.mark.parametrize("arch", ["mistral", "gemma", "phi3"])
+def test_more_decoders_stream_like_in_memory(arch, tmp_path) -> None:
+    """Gemma ties its embeddings; Phi-3 fuses q/k/v and gate/up into one Linear each."""
+    src = _save(tmp_path / "src", arch)
+    prune_checkpoint(src, tmp_path / "out", ratio=RATIO, max_memory="1MB", progress=False)
+    got = _load(tmp_path / "out")
+    _assert_same(_in_memory(src, tp.importance.GroupMagnitudeImportance(p=2)), got)
+    assert (got.config.num_key_value_heads, got.config.intermediate_size) == (3, 96)
 
 
 def test_a_failing_calibration_pass_leaves_the_meta_model_as_it_was(llama_src) -> None:

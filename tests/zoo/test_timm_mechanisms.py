@@ -14,6 +14,9 @@ Mechanisms:
                         (TF EfficientNet / MobileNetV3 ports).
     blur pooling        ``BlurPool2d``: a depthwise ``F.conv2d`` with a buffer filter and
                         ``groups=self.channels`` (resnetblur, densenetblur, TResNet).
+    weight standardisation  ``StdConv2d`` / ``ScaledStdConv2d`` standardise the weight per output
+                        channel over its fan-in before ``F.conv2d`` (NF-ResNets, BiT ResNetV2):
+                        output channels go exactly, input channels change the statistics.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ CASES = [
     Case("resnetblur18"),
     Case("densenetblur121d", slow=True),
     Case("tresnet_m", slow=True),
+    Case("nf_resnet26", size=32, exact=False, inexact="normalises with statistics over dim 2"),
+    Case("resnetv2_50x1_bit", size=32, exact=False, inexact="normalises with statistics over dim 2", slow=True),
 ]
 
 
