@@ -32,13 +32,12 @@ import torch
 import torch.nn as nn
 
 from .errors import DepgraphError, PrunedStateError
-from .state_schema import RECORD_NAMES, check_against_model, check_layout, config_value, plain
+from .state_schema import check_against_model, check_layout, config_value, plain
 
 __all__ = ["state_dict", "load_state_dict", "save", "load", "register_pruned_class"]
 
 _FORMAT = "depgraph.pruned/2"  # /2 adds "classes"; /1 files (no class swaps) still load
 _READS = ("depgraph.pruned/1", _FORMAT)
-_RECORDS = RECORD_NAMES
 
 
 _M = TypeVar("_M", bound=type[nn.Module])
@@ -109,6 +108,8 @@ def state_dict(model: nn.Module) -> dict[str, Any]:
         ``{"format", "state_dict", "shapes", "attributes", "records", "buffers", "configs", "classes"}``;
         plain data (tensors, ints, tuples, strings), loadable with ``torch.load(weights_only=True)``.
     """
+    from .dependency import records as _records  # lazy: the dependency package imports the handlers
+
     attributes: dict[str, dict[str, Any]] = {}
     records: dict[str, dict[str, Any]] = {}
     for name, m in model.named_modules():
@@ -116,9 +117,9 @@ def state_dict(model: nn.Module) -> dict[str, Any]:
                  for k, v in vars(m).items() if not k.startswith("_") and _plain(v)}
         if attrs:
             attributes[name] = attrs
-        rec = {k: m.__dict__[k] for k in _RECORDS if k in m.__dict__}
+        rec = _records.export_records(m)
         if rec:
-            records[name] = {k: (sorted(v) if isinstance(v, set) else v) for k, v in rec.items()}
+            records[name] = rec
     sd = model.state_dict()
     return {
         "format": _FORMAT,
@@ -265,6 +266,8 @@ def _check_fits(model: nn.Module, modules: dict[str, nn.Module], state: dict[str
 
 def _apply(model: nn.Module, modules: dict[str, nn.Module], state: dict[str, Any], strict: bool) -> None:
     """Swap classes, set attributes, records, configs and buffers, reshape tensors, then load the weights."""
+    from .dependency import records as _records  # lazy: the dependency package imports the handlers
+
     for name, entry in state.get("classes", {}).items():
         m = modules[name]
         m.__class__ = _PRUNED_CLASSES[entry["class"]][0]
@@ -275,8 +278,7 @@ def _apply(model: nn.Module, modules: dict[str, nn.Module], state: dict[str, Any
             if k in vars(m) and vars(m)[k] != v:
                 m.__dict__[k] = v
     for name, rec in state.get("records", {}).items():
-        for k, v in rec.items():
-            modules[name].__dict__[k] = set(v) if k == "_depgraph_inexact" else v
+        _records.set_records(modules[name], rec)
     _load_configs(model, state.get("configs", {}))
     _load_buffers(modules, state.get("buffers", {}), strict)
     _add_missing_biases(model, modules, state["shapes"])

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from .._types import ExampleInputs, Indices
+from ..defaults import CONV_AND_LINEAR
 from ..dims.propagate import Propagation, propagate
 from ..errors import (
     DepgraphError,
@@ -75,6 +76,8 @@ class DependencyGraph:
         self.model: nn.Module | None = None
         self.module2node: dict[Any, Node] = {}
         self._custom: dict[Any, BasePruningFunc] = {}
+        #: modules (sub-modules included) whose output width never changes, on every path
+        self.ignored_layers: list[Any] = []
         self._history: list[list] = []
         self._dead: dict[int, torch.Tensor] = {}
         self._graph = None
@@ -128,8 +131,11 @@ class DependencyGraph:
                 (``logits`` first; see :mod:`depgraph.trace.outputs`).
             unwrapped_parameters: accepted for compatibility; bare parameters are found by the trace.
             customized_pruners: ``{layer type or module: handler}`` for custom layers.
-            ignored_layers: layers (with all their sub-layers) whose *output* width never changes.
-                Their input width still follows the layer feeding them.
+            ignored_layers: layers (with all their sub-layers) whose *output* width never changes,
+                on every path: ``get_all_groups`` never offers a group that changes it, and
+                ``get_pruning_group`` plans reaching it are refused (``check_pruning_group`` is
+                False, ``group.prune()`` raises). Their input width still follows the layer
+                feeding them.
             ignored_params: parameters/buffers that must keep their shape.
             verbose: warn about ops without a dimension rule.
             frozen_layers: **(new)** layers whose input *and* output widths never change.
@@ -167,7 +173,8 @@ class DependencyGraph:
         self._names = {n: m for n, m in model.named_modules()}
         self._names.update({n: p for n, p in model.named_parameters()})
         self._names.update({n: b for n, b in model.named_buffers()})
-        for m in _expand(ignored_layers):
+        self.ignored_layers = _expand(ignored_layers)
+        for m in self.ignored_layers:
             node = self.module2node.get(m)
             if node is not None and node.out_slot is not None:
                 self._graph.freeze(node.out_slot, f"{node.name} is in ignored_layers")
@@ -479,7 +486,7 @@ class DependencyGraph:
     def get_all_groups(
         self,
         ignored_layers: Iterable[nn.Module] = (),
-        root_module_types: tuple = (nn.modules.conv._ConvNd, nn.Linear),
+        root_module_types: tuple = CONV_AND_LINEAR,
     ) -> Iterator[Group]:
         """Yield every prunable group once, rooted at the first layer of ``root_module_types`` in it.
 

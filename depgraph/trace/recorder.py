@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import TraceError
 from .graph import OpNode, Trace, Value
-from .kept import find_kept, pop_cached, restore_cached
+from .kept import find_kept, mark_rewritten, pop_cached, restore_cached
 from .outputs import primary_outputs
 from .shape_int import attributes_tagged, tag_shape
 
@@ -338,9 +338,22 @@ def record(
             "arguments, a tuple/list as positional arguments or else as one argument) or pass forward_fn="
         ) from e
     trace.kept = find_kept(model, rec.live)
+    mark_rewritten(trace.kept, lambda: _call_eval(model, example_inputs, forward_fn))
     out = output_transform(out) if output_transform is not None else primary_outputs(model, out)
     outs = flatten_tensors(out)
     if not outs:
         raise TraceError("the model returned no tensor; pass output_transform= to select outputs")
     trace.outputs = [rec.value_of(t) for t in outs]
     return trace
+
+
+def _call_eval(model: nn.Module, example_inputs: Any, forward_fn: Callable | None) -> Any:
+    """One call in eval mode without gradients; every module's mode is restored."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            return call_model(model, example_inputs, forward_fn)
+    finally:
+        for m, training in modes:
+            m.training = training
