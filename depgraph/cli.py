@@ -1,6 +1,6 @@
 """The ``depgraph`` command line: prune a torchvision or timm model, or list its groups.
 
-    depgraph prune resnet50 --ratio 0.5            # prune, verify, save ./resnet50_pruned.pth
+    depgraph prune resnet50 --ratio 0.5            # prune, verify, save ./resnet50_pruned.pth (weights-only)
     depgraph groups resnet18 --input-size 64       # the prunable groups, one row each
     python -m depgraph --version
 
@@ -23,6 +23,7 @@ import copy
 import difflib
 import importlib.util
 import inspect
+import os
 import re
 import sys
 import time
@@ -224,6 +225,52 @@ def _setup(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, list[nn.M
     return model.to(device), x, ignored, [names[m] for m in ignored]
 
 
+def _output_path(args: argparse.Namespace) -> str | None:
+    """Where the pruned model goes (None: not saved), checked before anything runs.
+
+    Raises:
+        _ArgumentError: the folder is missing or not writable, or the path is a folder.
+    """
+    if args.output == "-":
+        return None
+    path = args.output or f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.model)}_pruned.pth"
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise _ArgumentError(f"--output {path!r} is a folder; give a file path such as {os.path.join(path, 'm.pth')!r}")
+    if not os.path.isdir(folder):
+        raise _ArgumentError(f"--output {path!r}: the folder {folder!r} does not exist; create it first")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise _ArgumentError(f"--output {path!r} is not writable")
+    return path
+
+
+def _builder_code(name: str) -> str:
+    """Python that builds the unpruned ``name`` (what ``depgraph.load`` needs), as :func:`load_model` does."""
+    if importlib.util.find_spec("torchvision") is not None:
+        import torchvision
+
+        if name in torchvision.models.list_models():
+            builder = torchvision.models.get_model_builder(name)
+            extra = ", weights_backbone=None" if "weights_backbone" in inspect.signature(builder).parameters else ""
+            return f"torchvision.models.get_model({name!r}, weights=None{extra})"
+    return f"timm.create_model({name!r}, pretrained=False)"
+
+
+def _save(model: nn.Module, args: argparse.Namespace, path: str, out: Printer) -> None:
+    from .serialization import save
+
+    if args.save_format == "pickle":
+        torch.save(model, path)
+        out.line(f"saved the whole pickled model to {path} (load it with torch.load({path!r}, "
+                 "weights_only=False), which runs pickled code: only for files you trust)")
+        return
+    save(model, path)
+    module = "torchvision" if _builder_code(args.model).startswith("torchvision") else "timm"
+    out.line(f"saved the pruned model to {path} (weights-only; load it into the unpruned definition with:\n"
+             f"  import depgraph, {module}\n"
+             f"  model = depgraph.load({_builder_code(args.model)}, {path!r}))")
+
+
 def _prune(args: argparse.Namespace, out: Printer) -> int:
     from .streaming.cli import is_checkpoint_dir
     from .streaming.cli import run as run_checkpoint
@@ -236,6 +283,7 @@ def _prune(args: argparse.Namespace, out: Printer) -> int:
     from . import verify
     from .pruner import BasePruner
 
+    path = _output_path(args)  # before the model is built and pruned: a bad path fails in a second
     model, x, ignored, ignored_names = _setup(args)
     importance = _make_importance(args.importance)
     original = copy.deepcopy(model)
@@ -269,16 +317,14 @@ def _prune(args: argparse.Namespace, out: Printer) -> int:
     out.line(f"input: {tuple(x.shape)} on {x.device}")
     out.line(_verify_line(result))
     out.line(f"time: build graph {t1 - t0:.2f} s, prune {t2 - t1:.2f} s, verify {t3 - t2:.2f} s")
-    if args.output != "-":
-        path = args.output or f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.model)}_pruned.pth"
-        torch.save(model, path)
-        out.line(f"saved the pruned model to {path} (load it with torch.load({path!r}, weights_only=False))")
+    if path is not None:
+        _save(model, args, path, out)
     return 0 if result.ok else 1
 
 
 def _groups(args: argparse.Namespace, out: Printer) -> int:
+    from .defaults import DEFAULT_ROOT_TYPES
     from .dependency import DependencyGraph
-    from .pruner.options import DEFAULT_ROOT_TYPES
 
     model, x, ignored, ignored_names = _setup(args)
     dg = DependencyGraph().build_dependency(model, x, ignored_layers=ignored)
@@ -300,14 +346,20 @@ def _groups(args: argparse.Namespace, out: Printer) -> int:
 
 # -- parser and entry point -----------------------------------------------------------------------
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
 
 
 def _ratio(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1] (e.g. 0.5), got {text!r}") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
@@ -347,7 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--importance", choices=IMPORTANCES, default="l2",
                    help="channel criterion (default: l2, the group magnitude with p=2)")
     p.add_argument("--output", default=None, metavar="PATH",
-                   help="where to torch.save the pruned model (default: ./<model>_pruned.pth; '-' to not save)")
+                   help="where to save the pruned model (default: ./<model>_pruned.pth; '-' to not save); "
+                        "checked before pruning")
+    p.add_argument("--save-format", choices=("depgraph", "pickle"), default="depgraph",
+                   help="depgraph (default): weights-only, loaded with depgraph.load(<unpruned model>, PATH); "
+                        "pickle: the whole model, loaded with torch.load(PATH, weights_only=False)")
     p.set_defaults(run=_prune)
     from .streaming.cli import MAX_MEMORY_HELP
 

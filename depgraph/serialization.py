@@ -23,20 +23,21 @@ Example:
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import torch
 import torch.nn as nn
 
 from .errors import DepgraphError, PrunedStateError
-from .state_schema import RECORD_NAMES, check_against_model, check_layout, config_value, plain
+from .state_schema import check_against_model, check_layout, config_value, plain
 
 __all__ = ["state_dict", "load_state_dict", "save", "load", "register_pruned_class"]
 
 _FORMAT = "depgraph.pruned/2"  # /2 adds "classes"; /1 files (no class swaps) still load
 _READS = ("depgraph.pruned/1", _FORMAT)
-_RECORDS = RECORD_NAMES
 
 
 _M = TypeVar("_M", bound=type[nn.Module])
@@ -107,6 +108,8 @@ def state_dict(model: nn.Module) -> dict[str, Any]:
         ``{"format", "state_dict", "shapes", "attributes", "records", "buffers", "configs", "classes"}``;
         plain data (tensors, ints, tuples, strings), loadable with ``torch.load(weights_only=True)``.
     """
+    from .dependency import records as _records  # lazy: the dependency package imports the handlers
+
     attributes: dict[str, dict[str, Any]] = {}
     records: dict[str, dict[str, Any]] = {}
     for name, m in model.named_modules():
@@ -114,9 +117,9 @@ def state_dict(model: nn.Module) -> dict[str, Any]:
                  for k, v in vars(m).items() if not k.startswith("_") and _plain(v)}
         if attrs:
             attributes[name] = attrs
-        rec = {k: m.__dict__[k] for k in _RECORDS if k in m.__dict__}
+        rec = _records.export_records(m)
         if rec:
-            records[name] = {k: (sorted(v) if isinstance(v, set) else v) for k, v in rec.items()}
+            records[name] = rec
     sd = model.state_dict()
     return {
         "format": _FORMAT,
@@ -263,6 +266,8 @@ def _check_fits(model: nn.Module, modules: dict[str, nn.Module], state: dict[str
 
 def _apply(model: nn.Module, modules: dict[str, nn.Module], state: dict[str, Any], strict: bool) -> None:
     """Swap classes, set attributes, records, configs and buffers, reshape tensors, then load the weights."""
+    from .dependency import records as _records  # lazy: the dependency package imports the handlers
+
     for name, entry in state.get("classes", {}).items():
         m = modules[name]
         m.__class__ = _PRUNED_CLASSES[entry["class"]][0]
@@ -273,8 +278,7 @@ def _apply(model: nn.Module, modules: dict[str, nn.Module], state: dict[str, Any
             if k in vars(m) and vars(m)[k] != v:
                 m.__dict__[k] = v
     for name, rec in state.get("records", {}).items():
-        for k, v in rec.items():
-            modules[name].__dict__[k] = set(v) if k == "_depgraph_inexact" else v
+        _records.set_records(modules[name], rec)
     _load_configs(model, state.get("configs", {}))
     _load_buffers(modules, state.get("buffers", {}), strict)
     _add_missing_biases(model, modules, state["shapes"])
@@ -332,20 +336,39 @@ def _add_missing_biases(model: nn.Module, modules: dict[str, nn.Module], shapes:
             m.bias = nn.Parameter(torch.zeros(shape, dtype=like.dtype, device=like.device))
 
 
-def save(model: nn.Module, path: str | os.PathLike) -> None:
-    """``torch.save(depgraph.state_dict(model), path)``."""
-    torch.save(state_dict(model), path)
+def save(model: nn.Module, path: str | os.PathLike | IO[bytes]) -> None:
+    """Write ``model``'s weights and pruned shapes to ``path``, without pickling code.
+
+    ``torch.save(depgraph.state_dict(model), path)``: read it back with
+    ``depgraph.load(unpruned_model, path)``. In Torch-Pruning ``tp.save`` is
+    ``torch.save``, so anything that is not a module (a state dict, a checkpoint
+    dict) is written by ``torch.save`` as it is.
+    """
+    torch.save(state_dict(model) if isinstance(model, nn.Module) else model, path)
 
 
-def load(model: nn.Module, path: str | os.PathLike, map_location: Any = None) -> nn.Module:
-    """Load a file written by :func:`save` into an unpruned ``model``.
+def load(model: nn.Module | str | os.PathLike | IO[bytes], path: Any = None, map_location: Any = None) -> Any:
+    """Load a file written by :func:`save` into an unpruned ``model``; or, with one argument, any file.
+
+    ``load(model, path)`` re-creates the pruned model in ``model`` (weights only,
+    no pickle). ``load(path)`` / ``load(path, map_location)`` is Torch-Pruning's
+    ``tp.load`` (``torch.load``): it returns what the file holds. A whole pickled
+    model (what Torch-Pruning's ``tp.save(model, path)`` writes) can only be read
+    by unpickling, which runs code from the file: depgraph then warns and does it,
+    so load only files you trust.
+
+    Example:
+        >>> pruned = tp.load("pruned_by_torch_pruning.pth")   # warns: runs pickle
+        >>> model = tp.load(torchvision.models.resnet18(), "pruned.pth")
 
     Raises:
-        PrunedStateError: the file cannot be read as weights-only data (truncated,
-            not a torch file, or a whole pickled model), or its state is refused
-            (see :func:`load_state_dict`). The model is unchanged.
+        PrunedStateError: (with a model) the file cannot be read as weights-only data
+            (truncated, not a torch file, or a whole pickled model), or its state is
+            refused (see :func:`load_state_dict`). The model is unchanged.
         OSError: the file cannot be opened.
     """
+    if not isinstance(model, nn.Module):
+        return _load_any(model, map_location if path is None else path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except OSError:
@@ -354,6 +377,20 @@ def load(model: nn.Module, path: str | os.PathLike, map_location: Any = None) ->
         raise PrunedStateError(
             f"cannot read {os.fspath(path)!r} as a depgraph pruned state ({type(e).__name__}: {str(e)[:200]}); "
             "it may be truncated, or a whole pickled model: such a file loads with "
-            "torch.load(path, weights_only=False), which runs its pickled code"
+            "depgraph.load(path) or torch.load(path, weights_only=False), which run its pickled code"
         ) from None
     return load_state_dict(model, state)
+
+
+def _load_any(f: Any, map_location: Any) -> Any:
+    """Torch-Pruning's ``tp.load(f)``: weights-only when the file allows, else pickle with a warning."""
+    try:
+        return torch.load(f, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        if hasattr(f, "seek"):
+            f.seek(0)
+    warnings.warn(f"depgraph.load({f!r}): the file is not weights-only (a whole pickled model, as "
+                  "Torch-Pruning's tp.save writes); loading it runs pickle, which can execute code from the "
+                  "file - load only files you trust. depgraph.save(model, path) writes weights only: "
+                  "depgraph.load(unpruned_model, path) reads them back", UserWarning, stacklevel=3)
+    return torch.load(f, map_location=map_location, weights_only=False)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .dependency.records import has_records, inexact_reasons, kept_indices, kept_params, recorded_handler
 from .errors import DepgraphError
 from .functional.base import find_handler, keep_index
 from .trace.kept import pop_cached, restore_cached
@@ -42,6 +43,9 @@ class VerifyResult:
         max_diff: largest absolute output difference.
         shapes_match: every output kept its shape.
         reasons: why exactness does not apply, if it does not.
+        unrecorded: modules whose shapes changed without depgraph's kept-channel records
+            (a model pruned by another tool, or records lost): which channels they kept
+            cannot be known, so exactness cannot be judged (``exact`` is None).
     """
 
     exact: bool | None
@@ -50,6 +54,12 @@ class VerifyResult:
     tol: float
     shapes_match: bool
     reasons: list[str] = field(default_factory=list)
+    unrecorded: list[str] = field(default_factory=list)
+
+    @property
+    def kept_known(self) -> bool:
+        """Whether every changed module says which channels it kept."""
+        return not self.unrecorded
 
     @property
     def ok(self) -> bool:
@@ -62,6 +72,11 @@ class VerifyResult:
     def __str__(self) -> str:
         if not self.shapes_match:
             return "verify: output shapes differ"
+        if self.unrecorded:
+            shown = ", ".join(self.unrecorded[:3]) + (f" and {len(self.unrecorded) - 3} more"
+                                                       if len(self.unrecorded) > 3 else "")
+            return (f"verify: cannot know which channels were kept ({shown} changed shape without depgraph "
+                    "records: pruned by another tool?); exactness not judged, shapes match")
         if not self.applies:
             return (f"verify: exactness does not apply ({'; '.join(self.reasons)}); "
                     f"shapes match, max diff {self.max_diff:.3g}")
@@ -87,8 +102,8 @@ def _relative(kept: dict, base: dict) -> dict:
 
 
 def _zero_module(orig: nn.Module, pruned: nn.Module) -> None:
-    kept = _relative(pruned.__dict__.get("_depgraph_kept", {}), orig.__dict__.get("_depgraph_kept", {}))
-    handler = (pruned.__dict__.get("_depgraph_handler") or find_handler(orig)) if kept else None
+    kept = _relative(kept_indices(pruned), kept_indices(orig))
+    handler = (recorded_handler(pruned) or find_handler(orig)) if kept else None
     if kept and handler is None:
         raise DepgraphError(f"no pruning handler for {type(orig).__name__}; cannot verify it")
     if kept and hasattr(handler, "zero_removed"):  # a layer whose records replaying cannot express (MHA heads)
@@ -113,8 +128,8 @@ def _zero_module(orig: nn.Module, pruned: nn.Module) -> None:
                 mask = torch.ones(p.numel(), dtype=torch.bool)
                 mask[survivors[name].data.flatten().long()] = False
                 p.data = p.data.flatten().masked_fill(mask.to(p.device), 0).view(p.shape)
-    orig_params = orig.__dict__.get("_depgraph_kept_params", {})
-    for attr, dims in pruned.__dict__.get("_depgraph_kept_params", {}).items():
+    orig_params = kept_params(orig)
+    for attr, dims in kept_params(pruned).items():
         dims = _relative(dims, orig_params.get(attr, {}))
         t = getattr(orig, attr)
         with torch.no_grad():
@@ -132,7 +147,7 @@ def zero_removed_channels(original: nn.Module, pruned: nn.Module) -> nn.Module:
     pruned_modules = dict(pruned.named_modules())
     for name, m in zeroed.named_modules():
         pm = pruned_modules.get(name)
-        if pm is not None and ("_depgraph_kept" in pm.__dict__ or "_depgraph_kept_params" in pm.__dict__):
+        if pm is not None and has_records(pm):
             _zero_module(m, pm)
     return zeroed
 
@@ -140,10 +155,9 @@ def zero_removed_channels(original: nn.Module, pruned: nn.Module) -> nn.Module:
 def _inexact_reasons(pruned: nn.Module) -> list[str]:
     reasons: set[str] = set()
     for m in pruned.modules():
-        reasons |= set(m.__dict__.get("_depgraph_inexact", ()))
+        reasons |= inexact_reasons(m)
         # only channel prunes mix (removing whole heads, recorded as "inner" alone, is exact)
-        if getattr(find_handler(m), "mixes_channels", False) and {"out", "in"} & set(m.__dict__.get(
-                "_depgraph_kept", {})):
+        if getattr(find_handler(m), "mixes_channels", False) and {"out", "in"} & set(kept_indices(m)):
             reasons.add(f"{type(m).__name__} normalises over its pruned channels")
     return sorted(reasons)
 
@@ -163,6 +177,9 @@ def verify(
     Args:
         original: the model before pruning.
         pruned: the same model after pruning with depgraph (it carries records of what was removed).
+            A model pruned by another tool has no such records: the result then says that
+            which channels were kept cannot be known (``result.unrecorded``, ``exact`` None)
+            instead of calling the prune inexact.
         example_inputs: inputs as for ``build_dependency``.
         tol: allowed max difference, relative to the largest output magnitude.
 
@@ -200,13 +217,34 @@ def verify(
                 scale = max(scale, float(a.abs().max()))
             elif a.numel() and not torch.equal(a, b):
                 diff = float("inf")
+    unrecorded = _unrecorded(original, pruned)
     reasons = _inexact_reasons(pruned)
+    if unrecorded:
+        reasons.append(f"{len(unrecorded)} module(s) changed shape without kept-channel records "
+                       f"({', '.join(unrecorded[:3])}): which channels were kept cannot be known")
     applies = not reasons
     # Relative to the output's magnitude, so a model whose outputs are tiny is not
     # "exact" by default; an all-zero output must match exactly.
     bound = tol * scale
     exact = (diff <= bound) if (applies and shapes) else None
-    return VerifyResult(exact, applies, diff, bound, shapes, reasons)
+    return VerifyResult(exact, applies, diff, bound, shapes, reasons, unrecorded)
+
+
+def _unrecorded(original: nn.Module, pruned: nn.Module) -> list[str]:
+    """Names of modules whose own parameters changed shape while no depgraph record says how."""
+    originals = dict(original.named_modules())
+    # a layer's own record covers its sub-modules (MultiheadAttention's out_proj)
+    recorded = {name for name, pm in pruned.named_modules() if kept_indices(pm)}
+    out = []
+    for name, pm in pruned.named_modules():
+        om = originals.get(name)
+        parts = name.split(".") if name else []
+        if om is None or has_records(pm) or any(".".join(parts[:i]) in recorded for i in range(len(parts))):
+            continue
+        mine = dict(om.named_parameters(recurse=False))
+        if any(n in mine and tuple(mine[n].shape) != tuple(p.shape) for n, p in pm.named_parameters(recurse=False)):
+            out.append(name or type(pm).__name__)
+    return out
 
 
 def _to_double(x: Any) -> Any:

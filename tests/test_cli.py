@@ -22,8 +22,13 @@ torchvision = pytest.importorskip("torchvision")
 SMALL = ["--input-size", "64", "--plain"]
 
 
+def _load(path, name: str = "resnet18") -> torch.nn.Module:
+    """The CLI's default file is depgraph's weights-only format: loaded into the unpruned definition."""
+    return depgraph.load(torchvision.models.get_model(name, weights=None), path)
+
+
 def _load_and_run(path) -> torch.Tensor:
-    model = torch.load(path, weights_only=False)
+    model = _load(path)
     with torch.no_grad():
         return model.eval()(torch.randn(2, 3, 64, 64))
 
@@ -42,10 +47,12 @@ def test_prune_prints_table_verifies_and_saves(tmp_path, monkeypatch, capsys) ->
     assert "verify: exact" in out
     assert "time: build graph" in out
     saved = tmp_path / "resnet18_pruned.pth"
-    assert f"saved the pruned model to {saved.name}" in out
+    assert f"saved the pruned model to {saved.name} (weights-only" in out
+    assert f"model = depgraph.load(torchvision.models.get_model('resnet18', weights=None), '{saved.name}')" in out
 
     assert _load_and_run(saved).shape == (2, 1000)
-    pruned = torch.load(saved, weights_only=False)
+    torch.load(saved, weights_only=True)  # plain data: no pickled code
+    pruned = _load(saved)
     assert sum(p.numel() for p in pruned.parameters()) == 3_055_880
     assert pruned.fc.out_features == 1000  # the classifier is always kept
 
@@ -67,7 +74,7 @@ def test_global_pruning_and_extra_ignored_layer(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "(global, importance l2)" in out
     assert "ignored layers: fc, layer4.1.conv1" in out
-    model = torch.load(path, weights_only=False)
+    model = _load(path)
     assert model.layer4[1].conv1.out_channels == 512
     assert _load_and_run(path).shape == (2, 1000)
 
@@ -115,6 +122,8 @@ def test_unknown_ignored_layer_exits_2(capsys) -> None:
     ("argv", "message"),
     [
         (["prune", "resnet18", "--ratio", "1.5"], "must be in [0, 1], got 1.5"),
+        (["prune", "resnet18", "--ratio", "abc"], "argument --ratio: must be a number in [0, 1] (e.g. 0.5), got 'abc'"),
+        (["prune", "resnet18", "--ratio", "0.5", "--batch-size", "two"], "must be a positive integer, got 'two'"),
         (["prune", "resnet18"], "the following arguments are required: --ratio"),
         (["prune", "resnet18", "--ratio", "0.5", "--round-to", "0"], "must be a positive integer"),
         (["prune", "resnet18", "--ratio", "0.5", "--importance", "taylor"], "invalid choice: 'taylor'"),
@@ -161,3 +170,31 @@ def test_python_m_depgraph(tmp_path) -> None:
     assert run.returncode == 0, run.stderr
     assert "verify: exact" in run.stdout
     assert _load_and_run(path).shape == (2, 1000)
+
+
+def test_pickle_format_on_request(tmp_path, capsys) -> None:
+    path = tmp_path / "whole.pth"
+    argv = ["prune", "resnet18", "--ratio", "0.25", "--output", str(path), "--save-format", "pickle", *SMALL]
+    assert main(argv) == 0
+    assert "weights_only=False), which runs pickled code" in capsys.readouterr().out
+    model = torch.load(path, weights_only=False)
+    assert model.layer1[0].conv1.out_channels == 48
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("missing/dir/m.pth", "the folder .*missing/dir' does not exist; create it first"),
+        (".", "is a folder; give a file path"),
+    ],
+)
+def test_output_is_checked_before_pruning(tmp_path, monkeypatch, capsys, output, message) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was pruned before --output was checked")
+
+    monkeypatch.setattr(depgraph.pruner, "BasePruner", never)
+    monkeypatch.setattr("depgraph.cli.load_model", never)
+    assert main(["prune", "resnet18", "--ratio", "0.5", "--output", output, *SMALL]) == 2
+    assert re.search(message, capsys.readouterr().err)

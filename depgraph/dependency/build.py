@@ -90,7 +90,8 @@ class GraphBuilder:
             self._freeze_value(v, "model output")
         for k in self.trace.kept:  # a tensor the model keeps between calls: check the forward after a prune
             k.slots = frozenset(s for d in range(k.value.ndim) if (s := self.value_slots.get((k.value.id, d))) is not None)
-            self.graph.shape_sensitive.update(k.slots)
+            if k.may_be_stale:  # an attribute every call overwrites is never read stale
+                self.graph.shape_sensitive.update(k.slots)
         for v in self.trace.values:
             if v.kind == "const":
                 self._freeze_value(v, f"a tensor created outside the model or by a constant (shape {list(v.shape)})")

@@ -11,6 +11,7 @@ stale and refused (see :class:`~depgraph.errors.StaleGroupError`).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from .._types import ExampleInputs, Indices
+from ..defaults import CONV_AND_LINEAR
 from ..dims.propagate import Propagation, propagate
 from ..errors import (
     DepgraphError,
@@ -74,6 +76,8 @@ class DependencyGraph:
         self.model: nn.Module | None = None
         self.module2node: dict[Any, Node] = {}
         self._custom: dict[Any, BasePruningFunc] = {}
+        #: modules (sub-modules included) whose output width never changes, on every path
+        self.ignored_layers: list[Any] = []
         self._history: list[list] = []
         self._dead: dict[int, torch.Tensor] = {}
         self._graph = None
@@ -117,8 +121,11 @@ class DependencyGraph:
                 (``logits`` first; see :mod:`depgraph.trace.outputs`).
             unwrapped_parameters: accepted for compatibility; bare parameters are found by the trace.
             customized_pruners: ``{layer type or module: handler}`` for custom layers.
-            ignored_layers: layers (with all their sub-layers) whose *output* width never changes.
-                Their input width still follows the layer feeding them.
+            ignored_layers: layers (with all their sub-layers) whose *output* width never changes,
+                on every path: ``get_all_groups`` never offers a group that changes it, and
+                ``get_pruning_group`` plans reaching it are refused (``check_pruning_group`` is
+                False, ``group.prune()`` raises). Their input width still follows the layer
+                feeding them.
             ignored_params: parameters/buffers that must keep their shape.
             verbose: warn about ops without a dimension rule.
             frozen_layers: **(new)** layers whose input *and* output widths never change.
@@ -139,6 +146,10 @@ class DependencyGraph:
         builder = GraphBuilder(trace, self._handler_of, custom_types, verbose)
         self._graph = builder.build()
         self._trace = trace
+        # Output dims frozen only for being outputs: an explicit get_pruning_group may prune them.
+        self._outputs = {slot: (i, d) for i, v in enumerate(trace.outputs) for d in range(v.ndim)
+                         if (slot := builder.value_slots.get((v.id, d))) is not None
+                         and self._graph.frozen.get(slot) == "model output"}
         if any(k.is_cache for k in trace.kept):
             self.register_prune_hook(CacheDropper(trace.kept), when="after")
         self.module2node = {}
@@ -152,7 +163,8 @@ class DependencyGraph:
         self._names = {n: m for n, m in model.named_modules()}
         self._names.update({n: p for n, p in model.named_parameters()})
         self._names.update({n: b for n, b in model.named_buffers()})
-        for m in _expand(ignored_layers):
+        self.ignored_layers = _expand(ignored_layers)
+        for m in self.ignored_layers:
             node = self.module2node.get(m)
             if node is not None and node.out_slot is not None:
                 self._graph.freeze(node.out_slot, f"{node.name} is in ignored_layers")
@@ -345,15 +357,17 @@ class DependencyGraph:
         eps = self._graph.endpoints
         return [(eps[s].node, "out" if eps[s].is_out else "in") for s in plan.order if s in eps]
 
-    def plan_group(self, slot: int, positions: torch.Tensor, blocked: dict[int, str] | None = None) -> Group:
+    def plan_group(self, slot: int, positions: torch.Tensor, blocked: dict[int, str] | None = None,
+                   unfrozen: set[int] | None = None) -> Group:
         """The group removing original ``positions`` of ``slot``, as the graph is now; changes nothing.
 
         Positions already removed are left out (planning in original indices is safe after any prune).
+        ``unfrozen``: frozen slots this group may change after all (model outputs, for an explicit request).
         """
         positions = torch.as_tensor(positions, dtype=torch.long).unique()
         if positions.numel():
             positions = positions[self.is_alive(slot, positions)]
-        plan = self.propagate(slot, positions, blocked)
+        plan = self.propagate(slot, positions, blocked, unfrozen=unfrozen)
         return Group(self, self._items(plan), plan, version=self._version, root=(slot, positions))
 
     def is_stale(self, group: Group) -> bool:
@@ -438,7 +452,9 @@ class DependencyGraph:
                     f"index {bad} is out of range for the {alive.numel()} "
                     f"{'output' if slot == node.out_slot else 'input'} channels of {node.name}"
                 )
-        return self.plan_group(slot, alive[cur])
+        # An explicit request may change the model's outputs, as in Torch-Pruning (models that
+        # return intermediate activations); pruners and get_all_groups keep them (apply_group warns).
+        return self.plan_group(slot, alive[cur], unfrozen=set(self._outputs))
 
     def _items(self, plan: Propagation) -> list[GroupItem]:
         eps = self._graph.endpoints
@@ -460,7 +476,7 @@ class DependencyGraph:
     def get_all_groups(
         self,
         ignored_layers: Iterable[nn.Module] = (),
-        root_module_types: tuple = (nn.modules.conv._ConvNd, nn.Linear),
+        root_module_types: tuple = CONV_AND_LINEAR,
     ) -> Iterator[Group]:
         """Yield every prunable group once, rooted at the first layer of ``root_module_types`` in it.
 
@@ -565,6 +581,7 @@ class DependencyGraph:
                 problems.append(f"{it.dep.target.name}: index {max(it.idxs)} out of range for {n} channels")
         if problems:
             raise OverPruningError(f"cannot prune {where}: " + "; ".join(problems))
+        self._warn_outputs(plan, where)
         ordered = [it for it in items if it.dep.side != "in"] + [it for it in items if it.dep.side == "in"]
         dead = dict(self._dead)
         changed = []
@@ -729,6 +746,19 @@ class DependencyGraph:
                 self._graph.freeze(bad.propagation.order[0], f"pruning it breaks the forward pass ({why})")
             remaining = remaining[lo:]
         return skipped
+
+    def _width_of(self, slot: int) -> int:
+        d = self._dead.get(slot)
+        return self._graph.sizes[slot] - (int(d.sum()) if d is not None else 0)
+
+    def _warn_outputs(self, plan: Propagation, where: str) -> None:
+        changed = sorted((*self._outputs[s], int((st >= 0).sum()), self._width_of(s))
+                         for s, st in plan.state.items() if s in self._outputs and bool((st >= 0).any()))
+        if changed:
+            what = ", ".join(f"output {i} dim {d} ({n} -> {n - k})" for i, d, k, n in changed)
+            warnings.warn(f"pruning {where} changes the shape of the model's outputs: {what}. Only an "
+                          "explicit get_pruning_group does this; pruners and get_all_groups keep the outputs",
+                          UserWarning, stacklevel=4)
 
     def _bound_attributes(self, plan: Propagation, dead: dict[int, torch.Tensor]) -> list[tuple[Any, str, int]]:
         """``(module, attribute, new value)`` for size attributes of dims this group shrinks.

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
+from ..defaults import DEFAULT_ROOT_TYPES
 from ..dims.indexmap import Identity
 from ..dims.propagate import Propagation
 from ..dims.slots import FactorRule, HeadAxis, PairRule
@@ -130,7 +131,7 @@ class AttentionHeads:
 def find_attention_heads(
     graph: DependencyGraph,
     ignored_layers: Iterable[nn.Module] = (),
-    root_module_types: tuple = (nn.Linear,),
+    root_module_types: tuple = DEFAULT_ROOT_TYPES,
     rejected: list[str] | None = None,
 ) -> list[AttentionHeads]:
     """Every attention block whose whole heads can be removed, in trace order.
@@ -180,7 +181,7 @@ def _block(graph: DependencyGraph, axis: HeadAxis, blocked: dict[int, str],
 
     def reject(reasons: Iterable[str]) -> None:
         reasons = set(reasons)
-        if "model input" in reasons or all(r.endswith(" is ignored") for r in reasons):
+        if "model input" in reasons or all(r.endswith((" is ignored", " is in ignored_layers")) for r in reasons):
             return  # the batch dim of a matmul, or heads the user keeps on purpose
         if rejected is not None:
             rejected.append(f"{axis.where}: {'; '.join(sorted(reasons))}")

@@ -1,21 +1,66 @@
-"""Where each pruned layer's surviving channels came from, kept on the pruned model itself.
+"""Where each pruned layer's surviving channels came from: records that never travel in a pickle.
 
 ``module._depgraph_kept = {"out": idx, "in": idx}`` holds, per side, the
 original channel index of every channel still present. Bare tensors are
-recorded on their owner as ``_depgraph_kept_params[attr][dim]``. The records
-are plain attributes: they survive ``deepcopy`` and ``torch.save`` but stay out
-of ``state_dict``. ``depgraph.verify`` and ``depgraph.state_dict`` read them.
+recorded on their owner as ``_depgraph_kept_params[attr][dim]``;
+``_depgraph_inexact`` holds why exactness does not apply, and
+``_depgraph_handler`` a ``customized_pruners`` handler ``verify`` must reuse.
+``depgraph.verify``, ``depgraph.state_dict`` and calibrated criteria read them.
+
+Why the containers are :class:`Transient`: the records must follow
+``copy.deepcopy`` (a snapshot taken between iterative steps is a valid
+``original`` for ``verify``), but a whole-model ``torch.save`` must not carry
+them - they are depgraph's bookkeeping, not part of the user's model (on a
+segmentation model they added 4% to the file) - and a pickle holding depgraph
+objects would need depgraph to load. A :class:`Transient` deep-copies with its
+contents and pickles as an empty builtin ``dict``: a whole-model file holds a
+few bytes per pruned module and loads without depgraph. :func:`depgraph.save`
+writes the records as plain data instead.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 
 from ..functional.base import find_handler, keep_index
 
-__all__ = ["update_records", "kept_indices"]
+__all__ = [
+    "Transient",
+    "update_records",
+    "kept_indices",
+    "kept_params",
+    "inexact_reasons",
+    "recorded_handler",
+    "has_records",
+    "set_records",
+    "export_records",
+]
+
+KEPT, KEPT_PARAMS, INEXACT, HANDLER = "_depgraph_kept", "_depgraph_kept_params", "_depgraph_inexact", "_depgraph_handler"
+
+
+class Transient(dict):
+    """A dict that ``copy.deepcopy`` copies with its contents and pickling writes as an empty ``dict``."""
+
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        return (dict, ())
+
+    def __deepcopy__(self, memo: dict) -> Transient:
+        out = type(self)()
+        memo[id(self)] = out
+        for k, v in self.items():
+            out[copy.deepcopy(k, memo)] = copy.deepcopy(v, memo)
+        return out
+
+
+def _store(module: Any, name: str) -> Transient:
+    """A fresh copy of the record, installed on ``module``: copy-on-write, so a transaction's
+    snapshot (a shallow copy of ``__dict__``) still holds the old record if it rolls back."""
+    store = module.__dict__[name] = Transient(module.__dict__.get(name) or {})
+    return store
 
 
 def _advance(store: dict, key: Any, width: int, idxs: list[int]) -> None:
@@ -26,26 +71,68 @@ def _advance(store: dict, key: Any, width: int, idxs: list[int]) -> None:
 
 
 def update_records(items: list, widths: dict[int, int | None], inexact: list[str]) -> None:
+    """Advance the kept-channel records of every member a committed prune changed."""
     for it in items:
         node = it.dep.target
         width = widths[id(it)]
         if width is None or not it.idxs:
             continue
         if node.is_parameter:
-            owner = node.owner
-            params = owner.__dict__.setdefault("_depgraph_kept_params", {})
-            _advance(params.setdefault(node.attr, {}), node.pruning_dim, width, it.idxs)
-            holder = owner
+            holder = node.owner
+            params = _store(holder, KEPT_PARAMS)
+            params[node.attr] = dict(params.get(node.attr, {}))
+            _advance(params[node.attr], node.pruning_dim, width, it.idxs)
         else:
             holder = node.module
             if find_handler(holder) is not node.handler:  # a customized_pruners handler: verify needs it
-                holder.__dict__["_depgraph_handler"] = node.handler
-            _advance(holder.__dict__.setdefault("_depgraph_kept", {}), "out" if it.dep.is_out() else "in",
-                     width, it.idxs)
+                _store(holder, HANDLER)["handler"] = node.handler
+            _advance(_store(holder, KEPT), "out" if it.dep.is_out() else "in", width, it.idxs)
         if inexact:
-            holder.__dict__.setdefault("_depgraph_inexact", set()).update(inexact)
+            reasons = _store(holder, INEXACT)
+            reasons.update(dict.fromkeys(inexact))
 
 
 def kept_indices(module: Any) -> dict:
-    """The ``{"out": ..., "in": ...}`` record of a pruned module (empty if never pruned)."""
-    return dict(module.__dict__.get("_depgraph_kept", {}))
+    """The ``{"out": ..., "in": ..., "inner": ...}`` record of a pruned module (empty if never pruned)."""
+    return dict(module.__dict__.get(KEPT) or {})
+
+
+def kept_params(module: Any) -> dict:
+    """``{attr: {dim: kept}}`` of the bare tensors ``module`` owns (empty if none was pruned)."""
+    return dict(module.__dict__.get(KEPT_PARAMS) or {})
+
+
+def inexact_reasons(module: Any) -> set[str]:
+    """Why exactness does not apply to prunes that went through ``module``."""
+    return set(module.__dict__.get(INEXACT) or ())
+
+
+def recorded_handler(module: Any) -> Any:
+    """The ``customized_pruners`` handler that pruned ``module`` (None: the registered one)."""
+    return (module.__dict__.get(HANDLER) or {}).get("handler")
+
+
+def has_records(module: Any) -> bool:
+    """Whether depgraph recorded which channels ``module`` (or a tensor it owns) kept."""
+    return bool(module.__dict__.get(KEPT) or module.__dict__.get(KEPT_PARAMS))
+
+
+def set_records(module: Any, records: dict[str, Any]) -> None:
+    """Install records read from a saved state (``export_records`` layout)."""
+    for name in (KEPT, KEPT_PARAMS):
+        if name in records:
+            module.__dict__[name] = Transient(records[name])
+    if INEXACT in records:
+        module.__dict__[INEXACT] = Transient(dict.fromkeys(records[INEXACT]))
+
+
+def export_records(module: Any) -> dict[str, Any]:
+    """The records of ``module`` as plain data (dicts, tensors, a sorted list of reasons) for a save file."""
+    out: dict[str, Any] = {}
+    if module.__dict__.get(KEPT):
+        out[KEPT] = dict(module.__dict__[KEPT])
+    if module.__dict__.get(KEPT_PARAMS):
+        out[KEPT_PARAMS] = {k: dict(v) for k, v in module.__dict__[KEPT_PARAMS].items()}
+    if module.__dict__.get(INEXACT):
+        out[INEXACT] = sorted(module.__dict__[INEXACT])
+    return out

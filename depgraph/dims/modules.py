@@ -9,6 +9,9 @@ widened to the same local positions in every group.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch.nn as nn
 
 from ..trace.graph import OpNode, Value
@@ -208,6 +211,27 @@ def _one_channel_set(handler) -> bool:
     return fn is not None and getattr(cls, "prune_in_channels", None) is fn
 
 
+def _channel_dim(v: Value, declared: int, get_channels: Callable[[nn.Module], Any], m: nn.Module) -> int:
+    """The dim of ``v`` holding a custom layer's ``channels``: the handler's, else the one of that size.
+
+    A handler written for Torch-Pruning only says how many channels a layer has, not
+    where they are: a token layer (HF Swin's patch merging, (B, L, C)) keeps them
+    last, where the default dim 1 holds the sequence. The declared dim wins when its
+    size fits; otherwise the last dim of that size.
+    """
+    declared %= max(v.ndim, 1)
+    if v.ndim == 0:
+        return declared
+    try:
+        channels = get_channels(m)
+    except Exception:  # noqa: BLE001 - a user's getter that fails here leaves the declared dim
+        return declared
+    if not isinstance(channels, int) or v.shape[declared] == channels:
+        return declared
+    fits = [d for d in range(v.ndim) if v.shape[d] == channels]
+    return fits[-1] if fits else declared
+
+
 def custom_module_rule(op: OpNode, ctx: RuleContext, handler) -> None:
     """Layers with a user-registered handler: the handler names the channel dims.
 
@@ -226,13 +250,13 @@ def custom_module_rule(op: OpNode, ctx: RuleContext, handler) -> None:
             ctx.graph.pair(ep, ctx.slot(out, handler.out_channel_dim(m, out.ndim)))
         return
     ep_in, ep_out = ctx.module_endpoint(m, False), ctx.module_endpoint(m, True)
+    cin = _channel_dim(x, handler.in_channel_dim(m, x.ndim), handler.get_in_channels, m) if x is not None else 0
+    cout = _channel_dim(out, handler.out_channel_dim(m, out.ndim), handler.get_out_channels, m) if out is not None else 0
     if x is not None and ep_in is not None:
-        ctx.graph.pair(ep_in, ctx.slot(x, handler.in_channel_dim(m, x.ndim)))
+        ctx.graph.pair(ep_in, ctx.slot(x, cin))
     if out is not None and ep_out is not None:
-        ctx.graph.pair(ep_out, ctx.slot(out, handler.out_channel_dim(m, out.ndim)))
+        ctx.graph.pair(ep_out, ctx.slot(out, cout))
     if x is not None and out is not None and x.ndim == out.ndim:
-        cin = handler.in_channel_dim(m, x.ndim) % x.ndim
-        cout = handler.out_channel_dim(m, out.ndim) % out.ndim
         for d in range(x.ndim):
             if d not in (cin, cout) and x.shape[d] == out.shape[d]:
                 ctx.identity(x, d, out, d)

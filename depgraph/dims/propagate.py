@@ -42,14 +42,18 @@ def propagate(
     stop_at_frozen: bool = True,
     grouping: bool = False,
     until: set[int] | None = None,
+    unfrozen: set[int] | None = None,
 ) -> Propagation:
     """Everything coupled to removing ``idxs`` (original positions) from slot ``root``.
 
     ``blocked`` adds frozen slots for this query only (``get_all_groups(ignored_layers=...)``).
     ``grouping`` closes every position on its own (see ``FactorRule``), for listing groups.
+    ``unfrozen`` lifts the graph's freeze of these slots for this query only.
     """
     p = Propagation()
     frozen = graph.frozen if not blocked else {**blocked, **graph.frozen}
+    if unfrozen:  # slots this query may change after all (model outputs, for an explicit request)
+        frozen = {s: r for s, r in frozen.items() if s not in unfrozen or (blocked and s in blocked)}
     queue: deque = deque()
 
     def merge(slot: int, pos: torch.Tensor, roots: torch.Tensor, origin: int) -> None:

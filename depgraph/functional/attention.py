@@ -230,5 +230,8 @@ def _record_inner(layer: nn.Module, width: int, keep: torch.Tensor) -> None:
     base = kept.get("inner")
     if base is None or base.numel() != width:
         base = torch.arange(width)
-    # a new dict: a prune rolled back restores the old one (snapshots copy __dict__ shallowly)
-    layer.__dict__["_depgraph_kept"] = {**kept, "inner": base[keep.cpu()]}
+    # a new dict: a prune rolled back restores the old one (snapshots copy __dict__ shallowly);
+    # Transient: deep-copied with the layer, never pickled with it (see dependency/records.py)
+    from ..dependency.records import Transient  # lazy: the dependency package imports the handlers
+
+    layer.__dict__["_depgraph_kept"] = Transient({**kept, "inner": base[keep.cpu()]})

@@ -16,6 +16,7 @@ from .base import (
 from .calibration import CalibrationStats, ChannelStats, collect_activation_stats
 from .channels import ChannelSlice, channel_slices, handler_side, register_channel_slices
 from .compensation import BiasCompensation, compensate_bias, enable_bias_compensation
+from .compensation_modes import BiasMean, CompensationMode, LeastSquares
 from .data_aware import ActivationWeightImportance, CalibratedImportance, FluctuationImportance
 from .fpgm import FPGMImportance
 from .magnitude import (
@@ -83,6 +84,10 @@ __all__ = [
     "refit_consumers",
     "enable_lstsq_compensation",
     "LeastSquaresCompensation",
+    # compensation modes for BasePruner(compensation=...) (new)
+    "CompensationMode",
+    "BiasMean",
+    "LeastSquares",
     # building blocks
     "REDUCTIONS",
     "NORMALIZERS",

@@ -29,8 +29,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch
-import torch.nn as nn
 
+from ..defaults import CONV_AND_LINEAR, DEFAULT_TARGET_TYPES
 from ..errors import DepgraphError, OptionError
 from ..functional.base import matches_layer_types
 from .channels import handler_side
@@ -46,18 +46,6 @@ __all__ = [
     "CONV_AND_LINEAR",
     "check_power",
 ]
-
-#: Layers scored by default: convolutions, linears, batch norms and layer norms.
-DEFAULT_TARGET_TYPES: tuple[type, ...] = (
-    nn.modules.conv._ConvNd,
-    nn.Linear,
-    nn.modules.batchnorm._BatchNorm,
-    nn.LayerNorm,
-)
-
-#: Layers with filters and input columns: the default of criteria that skip norms.
-CONV_AND_LINEAR: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
-
 
 def check_power(p: float) -> float:
     """``p`` of a norm or power, refused at construction when it is not positive.

@@ -31,10 +31,8 @@ import torch.nn as nn
 
 from .._types import ExampleInputs, Indices
 from ..dependency import DependencyGraph
-from ..errors import DepgraphError, OptionError, OptionTypeError, OverPruningError
+from ..errors import DepgraphError, OptionError, OptionTypeError, OverPruningError, UnsupportedOpError
 from ..importance import Importance
-from ..importance.compensation import enable_bias_compensation
-from ..importance.reconstruction import enable_lstsq_compensation
 from . import planning
 from .heads import HeadPlanner
 from .options import DEFAULT_ROOT_TYPES, PrunerOptions, check_known_modules, resolve_deprecated
@@ -84,16 +82,16 @@ class BasePruner:
         soft_pruning: **(new)** zero the chosen channels (weights, biases and
             norm affines of every member) instead of removing them; shapes stay,
             later steps keep them at zero and count them as pruned.
-        bias_compensation: **(new)** each prune adds the mean contribution of the
-            removed input channels to the consumers' biases (inside the prune's
-            transaction; see :mod:`depgraph.importance.compensation`). Needs
-            calibration statistics: ``calibration_stats`` or a calibrated importance.
-        calibration_stats: **(new)** statistics from ``collect_activation_stats``.
-        lstsq_compensation: **(new)** input covariances from ``collect_input_covariance``:
-            each prune refits the kept input columns and the bias of every measured Linear
-            consumer by least squares (inside the prune's transaction), so kept channels
-            carry what correlated removed ones did; subsumes bias compensation. See
-            :mod:`depgraph.importance.reconstruction`.
+        compensation: **(new)** what each prune does to the consumers of removed
+            channels, inside the prune's transaction: ``tp.importance.BiasMean(stats)``
+            adds the mean contribution of the removed input channels to their biases
+            (``stats`` from ``collect_activation_stats``; None: the calibrated importance's
+            ``.stats``), ``tp.importance.LeastSquares(cov)`` refits the kept input columns
+            and the bias of every measured Linear consumer by least squares (``cov`` from
+            ``collect_input_covariance``). See :mod:`depgraph.importance.compensation_modes`.
+        bias_compensation, calibration_stats: **(new)** the flag spelling of
+            ``compensation=BiasMean(calibration_stats)``; ``calibration_stats`` alone is refused.
+        lstsq_compensation: **(new)** the flag spelling of ``compensation=LeastSquares(cov)``.
         ch_sparsity, ch_sparsity_dict, channel_groups: deprecated spellings.
 
     Raises:
@@ -142,6 +140,7 @@ class BasePruner:
         bias_compensation: bool = False,
         calibration_stats: Any = None,
         lstsq_compensation: Any = None,
+        compensation: Any = None,
         **extra: Any,
     ) -> None:
         kwargs = {
@@ -163,7 +162,9 @@ class BasePruner:
         self.scopes = ScopeTable(self.options)
         layers = [x for x in self.options.ignored_layers if isinstance(x, nn.Module)]
         params = [x for x in self.options.ignored_layers if isinstance(x, torch.Tensor)]
-        self.ignored_layers = layers
+        # As in Torch-Pruning: each ignored module with all of its sub-modules, in order.
+        self.ignored_layers = [sub for layer in layers for sub in layer.modules()]
+        self.ignored_params = params
         self.DG = DependencyGraph().build_dependency(
             model,
             example_inputs,
@@ -171,12 +172,12 @@ class BasePruner:
             output_transform=output_transform,
             unwrapped_parameters=unwrapped_parameters,
             customized_pruners=dict(self.options.customized_pruners) or None,
+            ignored_layers=layers or None,
             ignored_params=params or None,
         )
-        if self.options.bias_compensation:
-            self._bias_hook = enable_bias_compensation(self.DG, self._calibration_stats(required=True))
-        if self.options.lstsq_compensation is not None:
-            self._lstsq_hook = enable_lstsq_compensation(self.DG, self.options.lstsq_compensation)
+        if self.options.compensation is not None:
+            self._compensation_hook = self.options.compensation.enable(
+                self.DG, lambda: getattr(self.importance, "stats", None))
         self.current_step = 0
         self._soft_pruned: dict[Any, set[int]] = {}
         self._initial: dict[Any, int] = {}
@@ -185,7 +186,9 @@ class BasePruner:
             self._initial[group[0].dep.target.module] = len(group[0].idxs)
         self._fresh_groups: list | None = groups  # the graph is unchanged until update_regularizer reads them
         opts = self.options
-        self._heads = HeadPlanner(self) if opts.prune_num_heads or opts.num_heads else None
+        _warn_unused_options(opts)
+        needs_heads = opts.prune_num_heads or opts.num_heads or not opts.prune_head_dims
+        self._heads = HeadPlanner(self) if needs_heads else None
         self._closure_cache: dict[int, torch.Tensor] = {}  # root slot -> class label per original channel
         self.update_regularizer()
 
@@ -246,20 +249,6 @@ class BasePruner:
         if self._heads is None:
             return {}
         return self._heads.current_counts()
-
-    def _calibration_stats(self, required: bool = False) -> Callable[[], Any]:
-        """Reads ``calibration_stats`` or the importance's current ``.stats`` at each prune."""
-        def current() -> Any:
-            given = self.options.calibration_stats
-            return given if given is not None else getattr(self.importance, "stats", None)
-
-        if required and current() is None:
-            raise OptionError(
-                "bias_compensation=True needs calibration statistics: calibrate the importance first "
-                "(imp.calibrate(model, data)) or pass calibration_stats="
-                "tp.importance.collect_activation_stats(model, data)"
-            )
-        return current
 
     # -- scoring ------------------------------------------------------------------------------
     def estimate_importance(self, group: Any) -> torch.Tensor | None:
@@ -342,9 +331,9 @@ class BasePruner:
             yield from self._heads.groups(heads)
 
     def _head_dim_slots(self, blocks: list | None = None) -> set[int]:
-        """Root slots of attention groups left alone (``prune_num_heads`` without ``prune_head_dims``)."""
-        opts = self.options
-        if self._heads is None or not opts.prune_num_heads or opts.prune_head_dims:
+        """Root slots of attention groups left alone: with ``prune_head_dims=False`` every head keeps
+        its size, whether or not whole heads go (``prune_num_heads``)."""
+        if self._heads is None or self.options.prune_head_dims:
             return set()
         return self._heads.attention_slots(blocks)
 
@@ -369,6 +358,8 @@ class BasePruner:
         """Prune ``layer`` (and its group) by a ratio (lowest importance first) or by exact indices.
 
         Raises:
+            UnsupportedOpError: the group reaches a layer in ``ignored_layers`` (its output
+                width never changes, here as in ``step``) or another frozen dimension.
             OverPruningError: the group would leave some layer without channels.
         """
         if isinstance(pruning_ratios_or_idxs, float):
@@ -384,6 +375,11 @@ class BasePruner:
         else:
             idxs = pruning_ratios_or_idxs
         group = self.DG.get_pruning_group(layer, pruning_fn, idxs)
+        if group.blocked_by:
+            raise UnsupportedOpError(
+                f"manual_prune_width: the group of {type(layer).__name__} reaches widths that must not change "
+                f"({'; '.join(group.blocked_by)}); nothing was pruned"
+            )
         if not self.DG.check_pruning_group(group):
             raise OverPruningError(
                 f"manual_prune_width: pruning {len(group[0].idxs)} channels of "
@@ -414,6 +410,21 @@ class BasePruner:
 
         ``BasePruner`` adds none; see the regularising subclasses.
         """
+
+
+def _warn_unused_options(opts: PrunerOptions) -> None:
+    """Options the original reads only in another mode and ignores silently otherwise: warn by name."""
+    unused = [name for name, given in (("head_pruning_ratio", opts.head_pruning_ratio > 0),
+                                       ("head_pruning_ratio_dict", bool(opts.head_pruning_ratio_dict)))
+              if given]
+    if unused and not opts.prune_num_heads:
+        warnings.warn(f"{' and '.join(unused)} given without prune_num_heads=True: no head is removed "
+                      "(pass prune_num_heads=True to remove whole heads)", stacklevel=3)
+    pooled = any(isinstance(key, tuple) for key, _ in opts.pruning_ratio_dict)
+    if opts.isomorphic and not opts.global_pruning and not pooled:
+        warnings.warn("isomorphic=True given without global_pruning=True (or a tuple scope in "
+                      "pruning_ratio_dict): it only splits a ranking shared by several groups, so it changes "
+                      "nothing here", stacklevel=3)
 
 
 class MetaPruner(BasePruner):

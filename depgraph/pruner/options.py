@@ -20,16 +20,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..defaults import DEFAULT_ROOT_TYPES
 from ..errors import OptionError
-from ..importance.calibration import CalibrationStats
-from ..importance.reconstruction import InputCovariance
+from ..importance.compensation_modes import BiasMean, CompensationMode, LeastSquares
 from .scheduler import Scheduler, linear_scheduler
 
 __all__ = ["PrunerOptions", "resolve_deprecated", "check_known_modules", "DEFAULT_ROOT_TYPES"]
-
-#: Group roots by default: convolutions, linears and LSTMs. A layer whose handler ``acts_as`` one of
-#: them counts too (transformers' ``Conv1D`` as ``nn.Linear``: see ``functional.matches_layer_types``).
-DEFAULT_ROOT_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear, nn.LSTM)
 
 
 def _pairs(mapping: Mapping | None, what: str, problems: list[str]) -> tuple:
@@ -71,10 +67,21 @@ class PrunerOptions:
     forward_fn: Callable | None = None
     output_transform: Callable | None = None
     soft_pruning: bool = False  # (new) zero the chosen channels instead of removing them
-    bias_compensation: bool = False  # (new) fold removed input channels' mean into consumer biases
-    calibration_stats: Any = None  # (new) CalibrationStats for it (default: the importance's .stats)
-    lstsq_compensation: Any = None  # (new) InputCovariance: refit consumers of removed channels by least squares
+    compensation: Any = None  # (new) a CompensationMode: BiasMean(stats) or LeastSquares(cov)
     problems: tuple = field(default=(), repr=False, compare=False)
+
+    # the flag spellings of ``compensation``, read back from the mode
+    @property
+    def bias_compensation(self) -> bool:
+        return isinstance(self.compensation, BiasMean)
+
+    @property
+    def calibration_stats(self) -> Any:
+        return self.compensation.stats if isinstance(self.compensation, BiasMean) else None
+
+    @property
+    def lstsq_compensation(self) -> Any:
+        return self.compensation.cov if isinstance(self.compensation, LeastSquares) else None
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> PrunerOptions:
@@ -93,6 +100,7 @@ class PrunerOptions:
         if "ignored_layers" in kwargs:
             layers = kwargs["ignored_layers"]
             kwargs["ignored_layers"] = tuple(layers) if layers is not None else ()
+        _compensation_mode(kwargs, problems)
         if kwargs.get("root_module_types") is not None:
             kwargs["root_module_types"] = tuple(kwargs["root_module_types"])
         else:
@@ -147,22 +155,13 @@ class PrunerOptions:
         for layer in self.ignored_layers:
             if not isinstance(layer, (nn.Module, torch.Tensor)):
                 problems.append(f"ignored_layers must hold modules or parameters, got {type(layer).__name__}")
-        if self.calibration_stats is not None and not isinstance(self.calibration_stats, CalibrationStats):
-            problems.append("calibration_stats must come from tp.importance.collect_activation_stats, "
-                            f"got {type(self.calibration_stats).__name__}")
-        if self.lstsq_compensation is not None:
-            if not isinstance(self.lstsq_compensation, InputCovariance):
-                problems.append("lstsq_compensation must come from tp.importance.collect_input_covariance, "
-                                f"got {type(self.lstsq_compensation).__name__}")
-            if self.soft_pruning:
-                problems.append("lstsq_compensation refits the channels that remain; it cannot be combined "
-                                "with soft_pruning")
-            if self.bias_compensation:
-                problems.append("lstsq_compensation already refits the bias; drop bias_compensation=True")
-        if self.bias_compensation and self.soft_pruning:
-            problems.append(
-                "bias_compensation needs channels to be removed; it cannot be combined with soft_pruning"
-            )
+        if self.compensation is not None:
+            if not isinstance(self.compensation, CompensationMode):
+                problems.append("compensation must be tp.importance.BiasMean(stats) or "
+                                f"tp.importance.LeastSquares(cov), got {type(self.compensation).__name__}")
+            elif self.soft_pruning and not self.compensation.works_with_soft_pruning:
+                problems.append(f"compensation={type(self.compensation).__name__}(...) changes the consumers of "
+                                "removed channels; it cannot be combined with soft_pruning, which removes none")
         bad_types = [
             t for t in self.root_module_types if not (isinstance(t, type) and issubclass(t, nn.Module))
         ]
@@ -174,6 +173,35 @@ class PrunerOptions:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "problems"}
         values.update(changes)
         return type(self)(**values)
+
+
+def _compensation_mode(kwargs: dict[str, Any], problems: list[str]) -> None:
+    """Map the flag spellings (``bias_compensation``, ``calibration_stats``, ``lstsq_compensation``)
+    onto ``compensation``, refusing combinations that would ignore one of them."""
+    bias = kwargs.pop("bias_compensation", False)
+    stats = kwargs.pop("calibration_stats", None)
+    cov = kwargs.pop("lstsq_compensation", None)
+    given = kwargs.get("compensation")
+    flags = [n for n, v in (("bias_compensation", bias), ("lstsq_compensation", cov is not None)) if v]
+    if given is not None and flags:
+        problems.append(f"compensation= and {' and '.join(flags)}= both given; pass only compensation=")
+        return
+    if len(flags) == 2:
+        problems.append("lstsq_compensation already refits the bias; drop bias_compensation=True "
+                        "(or pass compensation=tp.importance.LeastSquares(cov))")
+        return
+    if stats is not None and not bias:
+        problems.append("calibration_stats is only read by bias compensation: pass "
+                        "compensation=tp.importance.BiasMean(stats) (or bias_compensation=True too)")
+        return
+    try:
+        if bias:
+            kwargs["compensation"] = BiasMean(stats)
+        elif cov is not None:
+            kwargs["compensation"] = LeastSquares(cov)
+    except (TypeError, ValueError) as e:
+        name = "calibration_stats" if bias else "lstsq_compensation"
+        problems.append(f"{name}: {e}")
 
 
 def _short(obj: Any) -> str:

@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import TraceError
 from .graph import OpNode, Trace, Value
-from .kept import find_kept, pop_cached, restore_cached
+from .kept import find_kept, mark_rewritten, pop_cached, restore_cached
 from .outputs import primary_outputs
 from .shape_int import attributes_tagged, tag_shape
 
@@ -77,15 +77,47 @@ def _has_channels(obj: Any) -> bool:
     return any(isinstance(t, torch.Tensor) and any(n > 1 for n in t.shape) for t in leaves)
 
 
-def call_model(model: nn.Module, example_inputs: Any, forward_fn: Callable | None = None) -> Any:
-    """Call ``model`` the documented way: dict -> kwargs, tuple/list -> positional, else one arg."""
+def call_model(model: nn.Module, example_inputs: Any, forward_fn: Callable | None = None, *,
+               as_one: bool | None = None) -> Any:
+    """Call ``model`` the documented way: dict -> kwargs, tuple/list -> positional, else one arg.
+
+    A tuple/list the model refuses as positional arguments is then passed as one
+    argument, as Torch-Pruning does (torchvision's detection models take a list of
+    images). ``as_one`` picks one form and skips the other: a traced call must not
+    record a failed first attempt.
+    """
     if forward_fn is not None:
         return forward_fn(model, example_inputs)
     if isinstance(example_inputs, dict):
         return model(**example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
+    if not isinstance(example_inputs, (tuple, list)):
+        return model(example_inputs)
+    if as_one is not None:
+        return model(example_inputs) if as_one else model(*example_inputs)
+    try:
         return model(*example_inputs)
-    return model(example_inputs)
+    except Exception as positional:  # noqa: BLE001 - the one-argument form decides
+        try:
+            return model(example_inputs)
+        except Exception:  # noqa: BLE001 - report the documented (positional) form's failure
+            raise positional from None
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the block; every module's own training flag is restored after.
+
+    Torch-Pruning traces in eval mode, so a model left in training mode traces
+    with a batch of one (BatchNorm refuses a single value per channel in training),
+    and dropout does not make the recorded call random.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for m, was_training in flags:
+            m.training = was_training
 
 
 class _Recorder(TorchFunctionMode):
@@ -241,14 +273,30 @@ def _buffers_restored(model: nn.Module) -> Iterator[None]:
 
 
 def _trace_once(model: nn.Module, example_inputs: Any, is_leaf: Callable[[nn.Module], bool],
-                forward_fn: Callable | None, param_index: dict) -> tuple[Trace, _Recorder, Any]:
+                forward_fn: Callable | None, param_index: dict,
+                as_one: bool | None = None) -> tuple[Trace, _Recorder, Any]:
     trace = Trace()
     rec = _Recorder(trace, param_index)
     for t in flatten_tensors(example_inputs):
         trace.inputs.append(rec.new_value(t, "input"))
     with _hooks(model, rec, is_leaf), _buffers_restored(model), attributes_tagged(model.modules()), rec:
-        out = call_model(model, example_inputs, forward_fn)
+        out = call_model(model, example_inputs, forward_fn, as_one=as_one)
     return trace, rec, out
+
+
+def _trace_call(model: nn.Module, example_inputs: Any, is_leaf: Callable[[nn.Module], bool],
+                forward_fn: Callable | None, param_index: dict) -> tuple[Trace, _Recorder, Any]:
+    """One clean trace: a tuple/list refused as positional arguments is traced afresh as one argument."""
+    several = forward_fn is None and isinstance(example_inputs, (tuple, list))
+    try:
+        return _trace_once(model, example_inputs, is_leaf, forward_fn, param_index, False if several else None)
+    except Exception as positional:
+        if not several:
+            raise
+        try:
+            return _trace_once(model, example_inputs, is_leaf, forward_fn, param_index, True)
+        except Exception:  # noqa: BLE001 - report the documented (positional) form's failure
+            raise positional from None
 
 
 def record(
@@ -274,24 +322,38 @@ def record(
     # them; if the model cannot do without, put them back and trace once more.
     cached = pop_cached(model)
     try:
-        try:
-            trace, rec, out = _trace_once(model, example_inputs, is_leaf, forward_fn, param_index)
-        except Exception:
-            if not cached:
-                raise
-            restore_cached(cached)
-            cached = []
-            trace, rec, out = _trace_once(model, example_inputs, is_leaf, forward_fn, param_index)
+        with eval_mode(model):
+            try:
+                trace, rec, out = _trace_call(model, example_inputs, is_leaf, forward_fn, param_index)
+            except Exception:
+                if not cached:
+                    raise
+                restore_cached(cached)
+                cached = []
+                trace, rec, out = _trace_call(model, example_inputs, is_leaf, forward_fn, param_index)
     except Exception as e:  # noqa: BLE001 - re-raised with context
         raise TraceError(
             f"the model failed on the example inputs ({type(e).__name__}: {e}); "
             "check that example_inputs match model.forward (a dict is passed as keyword "
-            "arguments, a tuple/list as positional arguments) or pass forward_fn="
+            "arguments, a tuple/list as positional arguments or else as one argument) or pass forward_fn="
         ) from e
     trace.kept = find_kept(model, rec.live)
+    mark_rewritten(trace.kept, lambda: _call_eval(model, example_inputs, forward_fn))
     out = output_transform(out) if output_transform is not None else primary_outputs(model, out)
     outs = flatten_tensors(out)
     if not outs:
         raise TraceError("the model returned no tensor; pass output_transform= to select outputs")
     trace.outputs = [rec.value_of(t) for t in outs]
     return trace
+
+
+def _call_eval(model: nn.Module, example_inputs: Any, forward_fn: Callable | None) -> Any:
+    """One call in eval mode without gradients; every module's mode is restored."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            return call_model(model, example_inputs, forward_fn)
+    finally:
+        for m, training in modes:
+            m.training = training

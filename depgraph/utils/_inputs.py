@@ -10,17 +10,14 @@ import torch
 import torch.nn as nn
 
 from .._types import ExampleInputs
+from ..trace.recorder import call_model as trace_call_model
 
 __all__ = ["call_model", "batch_size", "eval_no_grad"]
 
 
 def call_model(model: nn.Module, example_inputs: ExampleInputs) -> Any:
-    """``model(**d)`` for a dict, ``model(*xs)`` for a tuple/list, else ``model(x)``."""
-    if isinstance(example_inputs, dict):
-        return model(**example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return model(*example_inputs)
-    return model(example_inputs)
+    """``model(**d)`` for a dict, ``model(*xs)`` for a tuple/list (else ``model(xs)``), else ``model(x)``."""
+    return trace_call_model(model, example_inputs)
 
 
 def batch_size(example_inputs: ExampleInputs) -> int:

@@ -22,6 +22,7 @@ from torch.overrides import TorchFunctionMode
 
 from .._types import ExampleInputs
 from ..errors import TraceError
+from ..trace.kept import attributes_as_found
 from . import op_rules_seq  # noqa: F401  (registers the sequence-layer rules)
 from ._inputs import batch_size, call_model, eval_no_grad
 from .op_rules import find_op_rule
@@ -102,7 +103,8 @@ def count_ops_and_params(model: nn.Module, example_inputs: ExampleInputs, layer_
     """MACs of one forward pass (per example) and the number of parameters.
 
     The model runs once in eval mode under ``torch.no_grad()``; its training
-    flags are restored afterwards and nothing else is changed (no copy is made,
+    flags are restored afterwards, tensors the forward keeps on its modules (an
+    activation cache) are put back as they were, and nothing else is changed (no copy is made,
     so the layer-wise dicts are keyed by the caller's own modules). MACs are
     divided by the batch size, taken as the leading dim of the first tensor
     input, because pruning tables quote MACs per image.
@@ -130,7 +132,7 @@ def count_ops_and_params(model: nn.Module, example_inputs: ExampleInputs, layer_
     """
     tally = _Tally(model)
     try:
-        with eval_no_grad(model), _counting(model, tally):
+        with attributes_as_found(model), eval_no_grad(model), _counting(model, tally):
             call_model(model, example_inputs)
     except Exception as e:  # the boundary: say which model and inputs failed
         raise TraceError(

@@ -102,9 +102,9 @@ def test_details_format(net, x):
 
 
 def test_details_says_why_a_group_is_refused(net, x):
-    DG = build(net, x)
-    group = DG.get_pruning_group(net.head, OUT, [0])
-    assert "not prunable: model output" in group.details()
+    DG = build(net, x, frozen_layers=[net.head])
+    group = DG.get_pruning_group(net.head, IN, [0])
+    assert "not prunable: head is in frozen_layers" in group.details()
 
 
 def test_prune_with_new_root_idxs(net, x):

@@ -99,3 +99,21 @@ def test_verify_a_custom_layer_from_customized_pruners():
     model = WithScale()
     prune_and_verify(model, torch.randn(1, 3, 2, 2), model.conv, tp.prune_conv_out_channels, [0, 3],
                      customized_pruners={Scale: ScalePruner()})
+
+
+def test_a_model_pruned_by_another_tool_is_not_called_inexact():
+    """Torch-Pruning leaves no kept-channel records: verify says it cannot know, not "NOT exact"."""
+    torch_pruning = pytest.importorskip("torch_pruning")
+    model = torchvision.models.resnet18(weights=None).eval()
+    original, x = copy.deepcopy(model), torch.randn(1, 3, 32, 32)
+    DG = torch_pruning.DependencyGraph().build_dependency(model, example_inputs=x)
+    DG.get_pruning_group(model.conv1, torch_pruning.prune_conv_out_channels, idxs=[2, 6, 9]).prune()
+    result = tp.verify(original, model, x)
+    assert result.shapes_match and result.exact is None and not result.applies and not result.kept_known
+    assert "conv1" in result.unrecorded and "bn1" in result.unrecorded
+    assert "cannot know which channels were kept (conv1, bn1" in str(result)
+    assert "NOT exact" not in str(result)
+    # the same prune by depgraph is judged
+    mine = copy.deepcopy(original)
+    build(mine, x).get_pruning_group(mine.conv1, tp.prune_conv_out_channels, [2, 6, 9]).prune()
+    assert tp.verify(original, mine, x).exact and tp.verify(original, mine, x).kept_known

@@ -199,8 +199,13 @@ def test_refusals_name_the_problem():
     with pytest.raises(ValueError, match="cannot be combined with soft_pruning"):
         tp.pruner.BasePruner(model, xs[0], I.GroupMagnitudeImportance(), bias_compensation=True,
                              calibration_stats=stats, soft_pruning=True)
-    with pytest.raises(ValueError, match="calibration_stats must come from"):
-        tp.pruner.BasePruner(model, xs[0], I.GroupMagnitudeImportance(), calibration_stats={})
+    with pytest.raises(tp.OptionError, match="calibration_stats is only read by bias compensation"):
+        tp.pruner.BasePruner(model, xs[0], I.GroupMagnitudeImportance(), calibration_stats=stats)
+    with pytest.raises(tp.OptionError, match="calibration_stats: BiasMean.stats. needs statistics from"):
+        tp.pruner.BasePruner(model, xs[0], I.GroupMagnitudeImportance(), bias_compensation=True,
+                             calibration_stats={})
+    with pytest.raises(tp.OptionTypeError, match=r"BiasMean\(stats\) needs statistics"):
+        I.BiasMean({})
     DG = tp.DependencyGraph().build_dependency(model, xs[0])
     group = DG.get_pruning_group(model[0], tp.prune_linear_out_channels, [0])
     with pytest.raises(tp.DepgraphError, match="compensate_bias needs CalibrationStats"):
