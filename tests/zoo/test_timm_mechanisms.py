@@ -17,6 +17,8 @@ Mechanisms:
     weight standardisation  ``StdConv2d`` / ``ScaledStdConv2d`` standardise the weight per output
                         channel over its fan-in before ``F.conv2d`` (NF-ResNets, BiT ResNetV2):
                         output channels go exactly, input channels change the statistics.
+    NASNet cells        separable branches of same-padded depthwise convs (``Conv2dSame``),
+                        summed and concatenated (pnasnet5large; fixed with the first mechanism).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ CASES = [
     Case("tresnet_m", slow=True),
     Case("nf_resnet26", size=32, exact=False, inexact="normalises with statistics over dim 2"),
     Case("resnetv2_50x1_bit", size=32, exact=False, inexact="normalises with statistics over dim 2", slow=True),
+    Case("pnasnet5large", slow=True),
 ]
 
 
