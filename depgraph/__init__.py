@@ -78,6 +78,9 @@ from .functional import (
 # Bias compensation with calibration statistics (new)
 from .importance.compensation import compensate_bias
 
+# The built-in layer specs (registered on import)
+from .layers import builtin as _builtin_layers  # noqa: F401
+
 # Pruners, also at the top level as in the original
 # The original's module path of the handlers: tp.function (= tp.pruner.function)
 from .pruner import (

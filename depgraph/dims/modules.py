@@ -1,6 +1,8 @@
 """How a leaf module's call ties its inputs and outputs to its channel endpoints.
 
-``module_endpoint(m, True)`` is the slot of the module's output channels (what
+These are the ``dim_rule`` parts of the built-in layer specs
+(:mod:`depgraph.layers.builtin` registers them). ``module_endpoint(m, True)`` is
+the slot of the module's output channels (what
 ``prune_*_out_channels`` removes), ``module_endpoint(m, False)`` its input
 channels. Grouped convolutions factor both into (groups, per-group): removing a
 whole group removes its input and output block together, and any other set is
@@ -15,7 +17,7 @@ from typing import Any
 import torch.nn as nn
 
 from ..trace.graph import OpNode, Value
-from .registry import RuleContext, register_dim_rule
+from .registry import RuleContext
 
 
 def _first(op: OpNode, *names: str) -> Value | None:
@@ -59,7 +61,6 @@ def couple_conv(ctx: RuleContext, m: nn.Module, x: Value, out: Value, cdim: int,
     return local_in
 
 
-@register_dim_rule(nn.modules.conv._ConvNd)
 def conv_module_rule(op: OpNode, ctx: RuleContext) -> None:
     """``nn.Conv*d`` / ``nn.ConvTranspose*d``: dim 1 (0 unbatched) is the in / out endpoint; groups factor both."""
     m = op.target
@@ -69,7 +70,6 @@ def conv_module_rule(op: OpNode, ctx: RuleContext) -> None:
     couple_conv(ctx, m, x, out, cdim, op.scope)
 
 
-@register_dim_rule(nn.Linear)
 def linear_module_rule(op: OpNode, ctx: RuleContext) -> None:
     """``nn.Linear``: the last dim of the input / output is the in / out endpoint; other dims pass through."""
     m = op.target
@@ -94,13 +94,11 @@ def _channelwise(op: OpNode, ctx: RuleContext, cdim_from_end: int | None, inexac
     return ep
 
 
-@register_dim_rule(nn.modules.batchnorm._BatchNorm)
 def batchnorm_module_rule(op: OpNode, ctx: RuleContext) -> None:
     """``nn.BatchNorm*d``: one endpoint on the channel dim, which passes through."""
     _channelwise(op, ctx, None)
 
 
-@register_dim_rule(nn.modules.instancenorm._InstanceNorm)
 def instancenorm_module_rule(op: OpNode, ctx: RuleContext) -> None:
     """``nn.InstanceNorm*d``: one endpoint on the channel dim, counted from the spatial dims."""
     m = op.target
@@ -109,7 +107,6 @@ def instancenorm_module_rule(op: OpNode, ctx: RuleContext) -> None:
     _channelwise(op, ctx, k + 1)
 
 
-@register_dim_rule(nn.PReLU)
 def prelu_module_rule(op: OpNode, ctx: RuleContext) -> None:
     """``nn.PReLU``: per-channel slopes make the channel dim an endpoint; one shared slope couples nothing."""
     x = _first(op, "input")
@@ -120,7 +117,8 @@ def prelu_module_rule(op: OpNode, ctx: RuleContext) -> None:
             ctx.identity(x, d, op.outputs[0], d)
 
 
-def _layernorm_like(op: OpNode, ctx: RuleContext) -> None:
+def layernorm_module_rule(op: OpNode, ctx: RuleContext) -> None:
+    """``nn.LayerNorm`` / ``nn.RMSNorm`` over one dim: the last dim is the endpoint; inexact."""
     m = op.target
     x, out = _first(op, "input"), op.outputs[0]
     shape = tuple(getattr(m, "normalized_shape", (x.shape[-1],)))
@@ -132,10 +130,7 @@ def _layernorm_like(op: OpNode, ctx: RuleContext) -> None:
         ctx.inexact(x, -1, f"{type(m).__name__} at {op.scope} normalises over it")
 
 
-register_dim_rule(nn.LayerNorm, getattr(nn, "RMSNorm", None))(_layernorm_like)
 
-
-@register_dim_rule(nn.GroupNorm)
 def groupnorm_module_rule(op: OpNode, ctx: RuleContext) -> None:
     """``nn.GroupNorm``: one endpoint on the channels, factored into (groups, per group); inexact."""
     m = op.target
@@ -144,7 +139,6 @@ def groupnorm_module_rule(op: OpNode, ctx: RuleContext) -> None:
     ctx.factor(ep, [ctx.new_axis(g, f"{op.scope}.groups"), ctx.new_axis(m.num_channels // g, f"{op.scope}.per_group")])
 
 
-@register_dim_rule(nn.Embedding, nn.EmbeddingBag)
 def embedding_module_rule(op: OpNode, ctx: RuleContext) -> None:
     """``nn.Embedding``: the output's last dim is the endpoint; the index dims pass through."""
     idx, out = _first(op, "input"), op.outputs[0]
@@ -157,7 +151,6 @@ def embedding_module_rule(op: OpNode, ctx: RuleContext) -> None:
             ctx.cover(v, d)
 
 
-@register_dim_rule(nn.MultiheadAttention)
 def mha_module_rule(op: OpNode, ctx: RuleContext) -> None:
     """The embed dim of query/key/value/output is one endpoint.
 
@@ -189,7 +182,6 @@ def mha_module_rule(op: OpNode, ctx: RuleContext) -> None:
     ctx.inexact(q, -1, f"MultiheadAttention at {op.scope}: the 1/sqrt(head_dim) scale changes")
 
 
-@register_dim_rule(nn.RNNBase)
 def rnn_module_rule(op: OpNode, ctx: RuleContext) -> None:
     """Input features -> ``in``; hidden units -> ``out``, on the output (per direction) and the states."""
     m = op.target

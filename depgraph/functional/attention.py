@@ -26,13 +26,12 @@ import torch.nn as nn
 from .._types import Indices
 from ..errors import InvalidIndicesError
 from ._blocks import split_blocks
-from .base import BasePruningFunc, _describe, keep_index, normalize_idxs, prune_tensor, register_handler
+from .base import BasePruningFunc, _describe, keep_index, normalize_idxs, prune_tensor
 from .pruned_mha import PrunedMultiheadAttention
 
 __all__ = ["MultiheadAttentionPruner"]
 
 
-@register_handler(nn.MultiheadAttention)
 class MultiheadAttentionPruner(BasePruningFunc):
     """Prunes ``embed_dim`` of ``nn.MultiheadAttention`` (and its ``out_proj``).
 
@@ -234,3 +233,6 @@ def _record_inner(layer: nn.Module, width: int, keep: torch.Tensor) -> None:
     from ..dependency.records import Transient  # lazy: the dependency package imports the handlers
 
     layer.__dict__["_depgraph_kept"] = Transient({**kept, "inner": base[keep.cpu()]})
+
+
+MultiheadAttentionPruner.INSTANCE = MultiheadAttentionPruner()  # one stateless instance; its spec is in depgraph/layers/builtin.py

@@ -33,7 +33,7 @@ import torch.nn as nn
 from .._types import Indices
 from ..errors import HandlerMismatchError, InvalidIndicesError
 from ._blocks import split_blocks
-from .base import BasePruningFunc, _describe, keep_index, prune_tensor, register_handler
+from .base import BasePruningFunc, _describe, keep_index, prune_tensor
 
 __all__ = ["ConvPruner", "DepthwiseConvPruner"]
 
@@ -124,7 +124,6 @@ def _apply(layer: nn.Module, edit: _ConvEdit) -> None:
     setattr(layer, f"{edit.side}_channels", edit.channels)
 
 
-@register_handler(*_CONV_TYPES)
 class ConvPruner(BasePruningFunc):
     """Prunes ``nn.Conv{1,2,3}d`` and ``nn.ConvTranspose{1,2,3}d`` (see the module docstring).
 
@@ -240,3 +239,5 @@ class DepthwiseConvPruner(ConvPruner):
 
 
 DepthwiseConvPruner.INSTANCE = DepthwiseConvPruner()  # not registered: ConvPruner owns the types
+
+ConvPruner.INSTANCE = ConvPruner()  # one stateless instance; its spec is in depgraph/layers/builtin.py

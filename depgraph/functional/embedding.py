@@ -11,12 +11,11 @@ from __future__ import annotations
 import torch.nn as nn
 
 from .._types import Indices
-from .base import BasePruningFunc, keep_index, prune_tensor, register_handler
+from .base import BasePruningFunc, keep_index, prune_tensor
 
 __all__ = ["EmbeddingPruner"]
 
 
-@register_handler(nn.Embedding, nn.EmbeddingBag)
 class EmbeddingPruner(BasePruningFunc):
     """Prunes embedding dims of ``nn.Embedding`` / ``nn.EmbeddingBag``.
 
@@ -67,3 +66,5 @@ class EmbeddingPruner(BasePruningFunc):
 
     def out_channel_dim(self, layer: nn.Module, ndim: int) -> int:
         return ndim - 1
+
+EmbeddingPruner.INSTANCE = EmbeddingPruner()  # one stateless instance; its spec is in depgraph/layers/builtin.py

@@ -13,12 +13,11 @@ import torch.nn as nn
 
 from .._types import Indices
 from ._blocks import split_blocks
-from .base import BasePruningFunc, _describe, keep_index, prune_tensor, register_handler
+from .base import BasePruningFunc, _describe, keep_index, prune_tensor
 
 __all__ = ["GroupNormPruner"]
 
 
-@register_handler(nn.GroupNorm)
 class GroupNormPruner(BasePruningFunc):
     """Prunes ``nn.GroupNorm``: whole groups, or the same positions in every group.
 
@@ -78,3 +77,5 @@ class GroupNormPruner(BasePruningFunc):
 
     def get_out_channel_groups(self, layer: nn.Module) -> int:
         return layer.num_groups
+
+GroupNormPruner.INSTANCE = GroupNormPruner()  # one stateless instance; its spec is in depgraph/layers/builtin.py

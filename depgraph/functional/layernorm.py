@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from .._types import Indices
-from .base import BasePruningFunc, keep_index, prune_tensor, register_handler
+from .base import BasePruningFunc, keep_index, prune_tensor
 
 __all__ = ["LayerNormPruner", "LayernormPruner"]
 
@@ -20,7 +20,6 @@ if hasattr(nn, "RMSNorm"):  # torch >= 2.4
     _TYPES += (nn.RMSNorm,)
 
 
-@register_handler(*_TYPES)
 class LayerNormPruner(BasePruningFunc):
     """Prunes the last dim of ``normalized_shape``, with weight/bias when present.
 
@@ -78,3 +77,5 @@ class LayerNormPruner(BasePruningFunc):
 
 
 LayernormPruner = LayerNormPruner  # spelling of the original API
+
+LayerNormPruner.INSTANCE = LayerNormPruner()  # one stateless instance; its spec is in depgraph/layers/builtin.py

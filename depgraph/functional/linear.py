@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch.nn as nn
 
 from .._types import Indices
-from .base import BasePruningFunc, keep_index, prune_tensor, register_handler
+from .base import BasePruningFunc, keep_index, prune_tensor
 
 __all__ = ["LinearPruner"]
 
 
-@register_handler(nn.Linear)
 class LinearPruner(BasePruningFunc):
     """Prunes ``nn.Linear`` and any layer laid out like it.
 
@@ -86,3 +85,5 @@ class LinearPruner(BasePruningFunc):
     def weight_layout(self, layer: nn.Module) -> tuple[int, int] | None:
         other = self.stand_in(layer)
         return other.weight_layout(layer) if other is not None else (0, 1)
+
+LinearPruner.INSTANCE = LinearPruner()  # one stateless instance; its spec is in depgraph/layers/builtin.py

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from .._types import Indices
-from .base import BasePruningFunc, keep_index, prune_tensor, register_handler
+from .base import BasePruningFunc, keep_index, prune_tensor
 
 __all__ = ["BatchNormPruner", "BatchnormPruner", "InstanceNormPruner"]
 
@@ -59,7 +59,6 @@ class _PerChannelNormPruner(BasePruningFunc):
         return self.get_out_channels(layer)
 
 
-@register_handler(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 class BatchNormPruner(_PerChannelNormPruner):
     """Prunes BatchNorm{1,2,3}d and SyncBatchNorm; channels are dim 1 of ``(N, C, *)``.
 
@@ -74,7 +73,6 @@ class BatchNormPruner(_PerChannelNormPruner):
     TARGET_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
-@register_handler(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 class InstanceNormPruner(_PerChannelNormPruner):
     """Prunes InstanceNorm{1,2,3}d; ``num_features`` changes even without affine params.
 
@@ -96,3 +94,6 @@ class InstanceNormPruner(_PerChannelNormPruner):
 
 
 BatchnormPruner = BatchNormPruner  # spelling of the original API
+
+BatchNormPruner.INSTANCE = BatchNormPruner()  # one stateless instance; its spec is in depgraph/layers/builtin.py
+InstanceNormPruner.INSTANCE = InstanceNormPruner()  # one stateless instance; its spec is in depgraph/layers/builtin.py

@@ -13,12 +13,11 @@ import sys
 import torch.nn as nn
 
 from .._types import Indices
-from .base import BasePruningFunc, keep_index, normalize_idxs, prune_tensor, register_handler
+from .base import BasePruningFunc, keep_index, normalize_idxs, prune_tensor
 
 __all__ = ["PReLUPruner"]
 
 
-@register_handler(nn.PReLU)
 class PReLUPruner(BasePruningFunc):
     """Prunes the per-channel slopes of ``nn.PReLU``.
 
@@ -69,3 +68,5 @@ class PReLUPruner(BasePruningFunc):
 
     def get_in_channels(self, layer: nn.Module) -> int | None:
         return self.get_out_channels(layer)
+
+PReLUPruner.INSTANCE = PReLUPruner()  # one stateless instance; its spec is in depgraph/layers/builtin.py

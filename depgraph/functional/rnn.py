@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from .._types import Indices
 from ..errors import UnsupportedOpError
-from .base import BasePruningFunc, _describe, keep_index, prune_tensor, register_handler
+from .base import BasePruningFunc, _describe, keep_index, prune_tensor
 
 __all__ = ["LSTMPruner", "GRUPruner", "RNNPruner"]
 
@@ -44,7 +44,6 @@ def _refresh(layer: nn.RNNBase) -> None:
         layer.flatten_parameters()
 
 
-@register_handler(nn.LSTM, nn.GRU, nn.RNN)
 class LSTMPruner(BasePruningFunc):
     """Prunes hidden units (out) or input features (in) of LSTM / GRU / RNN.
 
@@ -143,3 +142,5 @@ class LSTMPruner(BasePruningFunc):
 
 
 GRUPruner = RNNPruner = LSTMPruner  # one handler serves all three
+
+LSTMPruner.INSTANCE = LSTMPruner()  # one stateless instance; its spec is in depgraph/layers/builtin.py

@@ -13,14 +13,16 @@ Layouts (``g = groups``)::
     ConvNd           weight (O, I/g, *k): out = dim 0; in = dim 1 in each of g blocks
     ConvTransposeNd  weight (I, O/g, *k): the same with the sides swapped
     Linear           weight (O, I): out = dim 0, in = dim 1
-    HF Conv1D        weight (I, O): out = dim 1, in = dim 0 (registered in functional/hf_conv1d.py)
+    HF Conv1D        weight (I, O): out = dim 1, in = dim 0 (its spec is in functional/hf_conv1d.py)
     norms, PReLU     one affine entry per channel (both sides)
     LayerNorm        the last normalised dim
     Embedding        weight (V, D): channels are D (dim 1)
 
 On the block side of a grouped convolution channel ``c = b * (I/g) + j`` owns
-``weight[b*O/g:(b+1)*O/g, j]``. Register a layout for a custom layer with
-:func:`register_channel_slices`.
+``weight[b*O/g:(b+1)*O/g, j]``. The built-in layouts below are the
+``channel_slices`` parts of the layer specs in :mod:`depgraph.layers.builtin`; a
+custom layer gives its own in its :class:`~depgraph.layers.LayerSpec` (or with
+:func:`register_channel_slices`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,17 @@ import torch.nn as nn
 
 from ..layers.spec import find_layer_part, set_layer_part
 
-__all__ = ["ChannelSlice", "register_channel_slices", "channel_slices", "handler_side"]
+__all__ = [
+    "ChannelSlice",
+    "register_channel_slices",
+    "channel_slices",
+    "handler_side",
+    "conv_slices",
+    "linear_slices",
+    "per_channel_slices",
+    "layer_norm_slices",
+    "embedding_slices",
+]
 
 
 @dataclass(frozen=True)
@@ -125,10 +137,8 @@ def handler_side(fn: object) -> str | None:
     return None
 
 
-@register_channel_slices(
-    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d
-)
-def _conv_slices(layer: nn.Module, side: str) -> list[ChannelSlice]:
+def conv_slices(layer: nn.Module, side: str) -> list[ChannelSlice]:
+    """Convolutions: the row side is weight dim 0, the other dim 1 in ``groups`` blocks; bias on out."""
     row_side = "in" if layer.transposed else "out"  # the side indexing weight dim 0
     if side == row_side:
         out = [ChannelSlice(layer.weight, 0)]
@@ -139,28 +149,28 @@ def _conv_slices(layer: nn.Module, side: str) -> list[ChannelSlice]:
     return out
 
 
-@register_channel_slices(nn.Linear)
-def _linear_slices(layer: nn.Linear, side: str) -> list[ChannelSlice]:
+def linear_slices(layer: nn.Linear, side: str) -> list[ChannelSlice]:
+    """``nn.Linear``: weight rows (and bias) on out, weight columns on in."""
     if side == "in":
         return [ChannelSlice(layer.weight, 1)]
     return [ChannelSlice(layer.weight, 0), ChannelSlice(layer.bias, 0, is_bias=True)]
 
 
-@register_channel_slices(nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.PReLU)
-def _per_channel_slices(layer: nn.Module, side: str) -> list[ChannelSlice]:
+def per_channel_slices(layer: nn.Module, side: str) -> list[ChannelSlice]:
+    """Norms and PReLU: one affine entry per channel, the same on both sides."""
     weight = getattr(layer, "weight", None)
     if isinstance(layer, nn.PReLU) and weight is not None and weight.numel() == 1:
         return []  # one shared slope: not per channel
     return [ChannelSlice(weight, 0), ChannelSlice(getattr(layer, "bias", None), 0, is_bias=True)]
 
 
-@register_channel_slices(nn.LayerNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
-def _layer_norm_slices(layer: nn.Module, side: str) -> list[ChannelSlice]:
+def layer_norm_slices(layer: nn.Module, side: str) -> list[ChannelSlice]:
+    """LayerNorm / RMSNorm: the last normalised dim of the affine weight and bias."""
     weight, bias = getattr(layer, "weight", None), getattr(layer, "bias", None)
     dim = weight.dim() - 1 if weight is not None else 0  # channels: the last normalised dim
     return [ChannelSlice(weight, dim), ChannelSlice(bias, dim, is_bias=True)]
 
 
-@register_channel_slices(nn.Embedding)
-def _embedding_slices(layer: nn.Embedding, side: str) -> list[ChannelSlice]:
+def embedding_slices(layer: nn.Embedding, side: str) -> list[ChannelSlice]:
+    """Embedding tables ``(V, D)``: channels are the columns."""
     return [ChannelSlice(layer.weight, 1)]

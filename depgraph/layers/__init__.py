@@ -1,4 +1,7 @@
-"""Layer specs: one registry of everything depgraph knows about each layer type (see :mod:`.spec`)."""
+"""Layer specs: one registry of everything depgraph knows about each layer type (see :mod:`.spec`).
+
+``import depgraph`` registers the built-in specs (:mod:`.builtin`).
+"""
 
 from .spec import (
     LayerSpec,

@@ -35,7 +35,19 @@ import torch.nn as nn
 
 from ..layers.spec import find_layer_part, registered_layers, set_layer_part
 
-__all__ = ["OpRule", "register_op_rule", "find_op_rule", "registered_op_rules"]
+__all__ = [
+    "OpRule",
+    "register_op_rule",
+    "find_op_rule",
+    "registered_op_rules",
+    "count_conv",
+    "count_conv_transpose",
+    "count_linear",
+    "count_affine_norm",
+    "count_layer_norm",
+    "count_activation",
+    "count_free",
+]
 
 #: ``rule(module, positional_inputs, output) -> MACs`` for one forward call.
 OpRule = Callable[[nn.Module, tuple, Any], int]
@@ -90,8 +102,8 @@ def _first_output(output: Any) -> torch.Tensor | None:
 # -- convolutions --------------------------------------------------------------
 
 
-@register_op_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
-def _count_conv(module: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> int:
+def count_conv(module: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> int:
+    """Convolutions: ``(C_in / groups) * prod(kernel)`` per output element, plus the bias."""
     # every output element is a dot product over (C_in / groups) * prod(kernel) taps
     taps = (module.in_channels // module.groups) * math.prod(module.kernel_size)
     macs = output.numel() * taps
@@ -100,8 +112,8 @@ def _count_conv(module: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> int:
     return int(macs)
 
 
-@register_op_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-def _count_conv_transpose(module: nn.ConvTranspose2d, inputs: tuple, output: torch.Tensor) -> int:
+def count_conv_transpose(module: nn.ConvTranspose2d, inputs: tuple, output: torch.Tensor) -> int:
+    """Transposed convolutions: charged per input element (what they compute), plus the bias."""
     # every *input* element is scattered into (C_out / groups) * prod(kernel) outputs
     x = _first_tensor(inputs)
     taps = (module.out_channels // module.groups) * math.prod(module.kernel_size)
@@ -114,8 +126,8 @@ def _count_conv_transpose(module: nn.ConvTranspose2d, inputs: tuple, output: tor
 # -- dense layers --------------------------------------------------------------
 
 
-@register_op_rule(nn.Linear)
-def _count_linear(module: nn.Linear, inputs: tuple, output: torch.Tensor) -> int:
+def count_linear(module: nn.Linear, inputs: tuple, output: torch.Tensor) -> int:
+    """``nn.Linear``: ``out_features`` per input element, plus one bias add per output element."""
     x = _first_tensor(inputs)
     macs = (x.numel() if x is not None else 0) * module.out_features
     if module.bias is not None:
@@ -136,31 +148,23 @@ def _count_bilinear(module: nn.Bilinear, inputs: tuple, output: torch.Tensor) ->
 # -- normalisation, activations, pooling ---------------------------------------
 
 
-@register_op_rule(
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.SyncBatchNorm,
-    nn.InstanceNorm1d,
-    nn.InstanceNorm2d,
-    nn.InstanceNorm3d,
-    nn.GroupNorm,
-)
-def _count_affine_norm(module: nn.Module, inputs: tuple, output: Any) -> int:
+def count_affine_norm(module: nn.Module, inputs: tuple, output: Any) -> int:
+    """Batch / instance / group norm: one op per input element, two when affine."""
     x = _first_tensor(inputs)
     n = x.numel() if x is not None else 0
     return int(n * (2 if getattr(module, "affine", False) else 1))
 
 
-@register_op_rule(nn.LayerNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
-def _count_layer_norm(module: nn.Module, inputs: tuple, output: Any) -> int:
+def count_layer_norm(module: nn.Module, inputs: tuple, output: Any) -> int:
+    """LayerNorm / RMSNorm: one op per input element, two with an elementwise affine."""
     x = _first_tensor(inputs)
     n = x.numel() if x is not None else 0
     return int(n * (2 if getattr(module, "elementwise_affine", False) else 1))
 
 
-@register_op_rule(nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.GELU)
-def _count_activation(module: nn.Module, inputs: tuple, output: Any) -> int:
+@register_op_rule(nn.ReLU, nn.ReLU6, nn.ELU, nn.LeakyReLU, nn.GELU)
+def count_activation(module: nn.Module, inputs: tuple, output: Any) -> int:
+    """ReLU-like activations (and PReLU): one op per output element."""
     out = _first_output(output)
     return int(out.numel()) if out is not None else 0
 
@@ -190,7 +194,8 @@ def _count_upsample(module: nn.Module, inputs: tuple, output: Any) -> int:
     return int(out.numel()) if out is not None else 0
 
 
-@register_op_rule(nn.Embedding, nn.EmbeddingBag, nn.Identity, nn.Dropout, nn.Flatten)
-def _count_free(module: nn.Module, inputs: tuple, output: Any) -> int:
+@register_op_rule(nn.Identity, nn.Dropout, nn.Flatten)
+def count_free(module: nn.Module, inputs: tuple, output: Any) -> int:
+    """Table look-ups, identities and reshapes: no arithmetic."""
     # table look-ups and reshapes move data but do no arithmetic
     return 0

@@ -15,7 +15,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .op_rules import register_op_rule
 
-__all__: list[str] = []
+__all__ = ["count_rnn", "count_mha"]
 
 # Element-wise work per hidden unit and time step, besides the two mat-vecs:
 # RNN adds the two projections; GRU gates the candidate with r, then mixes
@@ -41,8 +41,8 @@ def _steps(module: nn.RNNBase, x: Any) -> int:
     return int(x.shape[0] * x.shape[1])  # (B, L, H) or (L, B, H)
 
 
-@register_op_rule(nn.RNN, nn.GRU, nn.LSTM)
-def _count_rnn(module: nn.RNNBase, inputs: tuple, output: Any) -> int:
+def count_rnn(module: nn.RNNBase, inputs: tuple, output: Any) -> int:
+    """RNN / GRU / LSTM: the gate matmuls of every layer and direction, per time step."""
     per_step = 0
     suffixes = ["", "_reverse"] if module.bidirectional else [""]
     for layer in range(module.num_layers):
@@ -70,8 +70,8 @@ def _count_rnn_cell(module: nn.RNNCellBase, inputs: tuple, output: Any) -> int:
     return int(per_step * rows)
 
 
-@register_op_rule(nn.MultiheadAttention)
-def _count_mha(module: nn.MultiheadAttention, inputs: tuple, output: Any) -> int:
+def count_mha(module: nn.MultiheadAttention, inputs: tuple, output: Any) -> int:
+    """``nn.MultiheadAttention``: the q/k/v/out projections and the two attention matmuls."""
     q, k, v = (list(inputs[:3]) + [None, None, None])[:3]
     k = q if k is None else k
     v = k if v is None else v
