@@ -16,12 +16,12 @@ from ..trace.graph import OpNode, Value
 from ..trace.shape_int import AttrExpr, AttrInt, ShapeInt, is_computed
 from ._args import arg
 from .bounds import attr_bounded_slice, cut_prefix, empty_tail, valid_terms
-from .elementwise import _lookup
+from .elementwise import lookup
 from .indexmap import Offset
 from .registry import RuleContext, register_dim_rule
 
 
-@register_dim_rule(*_lookup("cat concat concatenate", torch))
+@register_dim_rule(*lookup("cat concat concatenate", torch))
 def cat_rule(op: OpNode, ctx: RuleContext) -> None:
     """``torch.cat``: each input's cat dim maps to its offset range of the output; other dims are identical."""
     out = op.outputs[0]
@@ -39,7 +39,7 @@ def cat_rule(op: OpNode, ctx: RuleContext) -> None:
         offset += v.shape[dim]
 
 
-@register_dim_rule(*_lookup("stack hstack_dummy", torch))
+@register_dim_rule(*lookup("stack hstack_dummy", torch))
 def stack_rule(op: OpNode, ctx: RuleContext) -> None:
     """Inputs keep their dims; the new stacked dim is not prunable (it counts inputs)."""
     out = op.outputs[0]
@@ -77,7 +77,7 @@ def chunk_rule(op: OpNode, ctx: RuleContext) -> None:
         ctx.freeze(op.inputs[0], dim, f"{op.where()}: uneven chunks")
 
 
-@register_dim_rule(*_lookup("split split_with_sizes unsafe_split unsafe_split_with_sizes", torch, torch.Tensor))
+@register_dim_rule(*lookup("split split_with_sizes unsafe_split unsafe_split_with_sizes", torch, torch.Tensor))
 def split_rule(op: OpNode, ctx: RuleContext) -> None:
     """``split`` with sizes written in the code fixes every piece, so the split dim cannot shrink.
 
@@ -284,7 +284,7 @@ def setitem_rule(op: OpNode, ctx: RuleContext) -> None:
                 ctx.cover(y, yd)
 
 
-@register_dim_rule(*_lookup("narrow select index_select gather take_along_dim roll flip", torch, torch.Tensor))
+@register_dim_rule(*lookup("narrow select index_select gather take_along_dim roll flip", torch, torch.Tensor))
 def select_rule(op: OpNode, ctx: RuleContext) -> None:
     """Positions chosen by arguments baked into the code: the chosen dim freezes, others follow."""
     x, out = op.inputs[0], op.outputs[0]

@@ -16,7 +16,12 @@ from ._args import arg
 from .registry import RuleContext, register_dim_rule
 
 
-def _lookup(names: str, *spaces) -> list:
+def lookup(names: str, *spaces) -> list:
+    """The callables named in ``names`` (space-separated) that exist in any of ``spaces``, each once.
+
+    Shared by every dimension-rule module so a rule registers for ``torch.x``,
+    ``torch.Tensor.x`` and ``F.x`` alike, and a name this torch build lacks is skipped.
+    """
     found = []
     for name in names.split():
         for space in spaces:
@@ -60,7 +65,7 @@ def _with_inplace(fs: list) -> list:
 
 
 _ELEMENTWISE = _with_inplace(
-    _lookup(_BINARY, torch, torch.Tensor, F) + _lookup(_UNARY, torch, torch.Tensor, F, torch.special)
+    lookup(_BINARY, torch, torch.Tensor, F) + lookup(_UNARY, torch, torch.Tensor, F, torch.special)
 )
 
 
@@ -95,12 +100,12 @@ def functional_prelu_rule(op: OpNode, ctx: RuleContext) -> None:
 
 
 _SPATIAL = {
-    **{f: 1 for f in _lookup("avg_pool1d max_pool1d adaptive_avg_pool1d adaptive_max_pool1d lp_pool1d "
+    **{f: 1 for f in lookup("avg_pool1d max_pool1d adaptive_avg_pool1d adaptive_max_pool1d lp_pool1d "
                              "max_pool1d_with_indices adaptive_max_pool1d_with_indices", F, torch)},
-    **{f: 2 for f in _lookup("avg_pool2d max_pool2d adaptive_avg_pool2d adaptive_max_pool2d lp_pool2d "
+    **{f: 2 for f in lookup("avg_pool2d max_pool2d adaptive_avg_pool2d adaptive_max_pool2d lp_pool2d "
                              "max_pool2d_with_indices adaptive_max_pool2d_with_indices "
                              "fractional_max_pool2d", F, torch)},
-    **{f: 3 for f in _lookup("avg_pool3d max_pool3d adaptive_avg_pool3d adaptive_max_pool3d lp_pool3d "
+    **{f: 3 for f in lookup("avg_pool3d max_pool3d adaptive_avg_pool3d adaptive_max_pool3d lp_pool3d "
                              "max_pool3d_with_indices adaptive_max_pool3d_with_indices", F, torch)},
 }
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 import torch
 
 from ..trace.graph import OpNode, Value
-from .elementwise import _lookup
+from .elementwise import lookup
 from .registry import RuleContext, register_dim_rule
 from .reshape import freeze_written_sizes
 
-_CONSTRUCTORS = _lookup("zeros ones empty full", torch)
-_METHODS = _lookup("new_zeros new_ones new_empty new_full", torch.Tensor)
+_CONSTRUCTORS = lookup("zeros ones empty full", torch)
+_METHODS = lookup("new_zeros new_ones new_empty new_full", torch.Tensor)
 
 
 def _sizes(op: OpNode, first: int) -> list | None:

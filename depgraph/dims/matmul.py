@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ..trace.graph import OpNode, Value
 from ..trace.shape_int import AttrInt, ShapeInt, is_computed
 from ._args import arg
-from .elementwise import _lookup
+from .elementwise import lookup
 from .indexmap import Gather
 from .modules import couple_conv
 from .registry import RuleContext, register_dim_rule
@@ -30,7 +30,7 @@ def _couple_batch(ctx: RuleContext, operands: list[tuple[Value, int]], out: Valu
                 ctx.cover(v, d)
 
 
-@register_dim_rule(*_lookup("matmul mm bmm __matmul__ __rmatmul__", torch, torch.Tensor))
+@register_dim_rule(*lookup("matmul mm bmm __matmul__ __rmatmul__", torch, torch.Tensor))
 def matmul_rule(op: OpNode, ctx: RuleContext) -> None:
     """``a @ b``: batch dims broadcast, the contracted dims of ``a`` and ``b`` must lose the same positions."""
     a, b = op.inputs[0], op.inputs[1]

@@ -14,16 +14,16 @@ import torch.nn.functional as F
 
 from ..trace.graph import OpNode
 from ._args import arg, int_list
-from .elementwise import _lookup
+from .elementwise import lookup
 from .registry import RuleContext, register_dim_rule
 
-_EXACT = _lookup("sum nansum", torch, torch.Tensor)
-_INEXACT = _lookup(
+_EXACT = lookup("sum nansum", torch, torch.Tensor)
+_INEXACT = lookup(
     "mean nanmean amax amin max min std var norm logsumexp prod median nanmedian all any "
     "var_mean std_mean count_nonzero",
     torch, torch.Tensor,
 )
-_POSITIONAL = _lookup("argmax argmin", torch, torch.Tensor)
+_POSITIONAL = lookup("argmax argmin", torch, torch.Tensor)
 
 
 def _reduced_dims(op: OpNode, ndim: int) -> tuple[set[int], bool]:
@@ -64,7 +64,7 @@ def reduce_rule(op: OpNode, ctx: RuleContext) -> None:
             ctx.cover(x, d)
 
 
-@register_dim_rule(*_lookup("softmax log_softmax softmin cumsum cumprod logcumsumexp normalize", F, torch, torch.Tensor))
+@register_dim_rule(*lookup("softmax log_softmax softmin cumsum cumprod logcumsumexp normalize", F, torch, torch.Tensor))
 def along_dim_rule(op: OpNode, ctx: RuleContext) -> None:
     """Same-shape ops that mix positions along one dim: every dim follows, that dim is inexact."""
     x, out = op.inputs[0], op.outputs[0]

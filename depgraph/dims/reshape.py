@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from ..trace.graph import OpNode
 from ..trace.shape_int import AttrInt, ShapeInt, is_computed
 from ._args import arg, int_list
-from .elementwise import _lookup
+from .elementwise import lookup
 from .indexmap import Gather
 from .registry import RuleContext, register_dim_rule
 
-_RESHAPES = _lookup(
+_RESHAPES = lookup(
     "view reshape flatten unflatten squeeze unsqueeze view_as reshape_as ravel atleast_1d atleast_2d "
     "atleast_3d squeeze_ unsqueeze_ flatten_dummy",
     torch.Tensor, torch,
@@ -169,7 +169,7 @@ def _perm(op: OpNode, ndim: int) -> list[int] | None:
     return None
 
 
-_PERMUTES = _lookup("permute transpose swapaxes swapdims t movedim moveaxis adjoint transpose_ t_", torch.Tensor, torch)
+_PERMUTES = lookup("permute transpose swapaxes swapdims t movedim moveaxis adjoint transpose_ t_", torch.Tensor, torch)
 # Properties: the recorder reports them by their descriptor (``torch.Tensor.T``).
 _PERMUTES += [getattr(torch.Tensor, n) for n in ("T", "mT", "mH", "H") if hasattr(torch.Tensor, n)]
 
@@ -185,7 +185,7 @@ def permute_rule(op: OpNode, ctx: RuleContext) -> None:
         ctx.identity(x, d, out, k)
 
 
-@register_dim_rule(*_lookup("expand expand_as broadcast_to", torch.Tensor, torch))
+@register_dim_rule(*lookup("expand expand_as broadcast_to", torch.Tensor, torch))
 def expand_rule(op: OpNode, ctx: RuleContext) -> None:
     """Expanded size-1 dims are not coupled; new leading dims and expanded dims freeze."""
     x, out = op.inputs[0], op.outputs[0]

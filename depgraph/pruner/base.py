@@ -199,7 +199,8 @@ class BasePruner:
         _warn_unused_options(opts)
         needs_heads = opts.prune_num_heads or opts.num_heads or not opts.prune_head_dims
         self._heads = HeadPlanner(self) if needs_heads else None
-        self._closure_cache: dict[int, torch.Tensor] = {}  # root slot -> class label per original channel
+        # root slot -> class label per original channel; filled and read by pruner.planning
+        self.closure_cache: dict[int, torch.Tensor] = {}
         self.update_regularizer()
 
     # -- compatibility attributes -------------------------------------------------------

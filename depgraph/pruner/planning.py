@@ -137,7 +137,7 @@ def _closure_labels(pruner: BasePruner, cand: Candidate) -> torch.Tensor:
     DG = pruner.DG
     slot = DG.slot_of(cand.root, cand.fn)
     alive = DG.alive_positions(slot)
-    labels = pruner._closure_cache.get(slot)
+    labels = pruner.closure_cache.get(slot)
     if labels is None or bool((labels[alive] < 0).any()):
         labels = torch.full((DG.original_width(slot),), -1, dtype=torch.long)
         probe = DG.get_pruning_group(cand.root, cand.fn, [0])
@@ -152,7 +152,7 @@ def _closure_labels(pruner: BasePruner, cand: Candidate) -> torch.Tensor:
                 labels[alive[members]] = int(alive[c])
         else:
             labels[alive] = alive
-        pruner._closure_cache[slot] = labels
+        pruner.closure_cache[slot] = labels
     return labels[alive]
 
 
