@@ -30,7 +30,8 @@ class SearchResult(Generic[T]):
 
 
 def search_ratio(trial: Callable[[float], tuple[T, float]], target: float, lo: float = 0.0, hi: float = 0.9,
-                 steps: int = 10, rel_tol: float = 0.01) -> SearchResult[T]:
+                 steps: int = 10, rel_tol: float = 0.01, interpolate: bool = False,
+                 lo_value: float = 0.0) -> SearchResult[T]:
     """A ratio in ``[lo, hi]`` whose ``trial(ratio)`` value reaches ``target``, with the value as close as found.
 
     Bisection keeps the smallest ratio seen that reaches the target; it stops early at a value
@@ -47,6 +48,10 @@ def search_ratio(trial: Callable[[float], tuple[T, float]], target: float, lo: f
         hi: the high end; ``trial(hi)`` must reach the target.
         steps: bisection steps after the bracket check (the bracket shrinks 2**steps times).
         rel_tol: stop early once a value within ``target * (1 + rel_tol)`` is reached.
+        interpolate: choose each next ratio by linear interpolation between the bracket ends
+            (``lo`` taken to give ``lo_value``) aiming inside the tolerance, instead of the middle:
+            on smooth costs (parameters, MACs) it needs a few trials instead of ``log2``.
+        lo_value: the value at ``lo`` (no trial is run there; 0 for "nothing removed").
 
     Returns:
         The smallest ratio found that reaches ``target``, with its value, result and trial count.
@@ -64,15 +69,26 @@ def search_ratio(trial: Callable[[float], tuple[T, float]], target: float, lo: f
         raise TargetUnreachableError(
             f"the ratio search cannot reach {target:g}: ratio {hi:g} gives only {value:g}; raise hi")
     best = SearchResult(hi, value, result, trials)
+    aim = target * (1 + rel_tol / 2)  # interpolation lands inside the tolerance, from above
+    f_lo, f_hi, side = lo_value - aim, value - aim, 0
     for _ in range(steps):
         if best.value <= target * (1 + rel_tol):
             break
         mid = (lo + best.ratio) / 2
+        if interpolate and f_hi > f_lo:  # regula falsi, Illinois variant: a stuck end's weight halves
+            width = best.ratio - lo
+            mid = lo + width * -f_lo / (f_hi - f_lo)
+            mid = min(max(mid, lo + 0.02 * width), best.ratio - 0.02 * width)  # always shrink the bracket
         result, value = trial(mid)
         trials += 1
         if value >= target:
             best = SearchResult(mid, value, result, trials)
+            f_hi = value - aim
+            f_lo = f_lo / 2 if side == 1 else f_lo
+            side = 1
         else:
-            lo = mid
+            lo, f_lo = mid, value - aim
+            f_hi = f_hi / 2 if side == -1 else f_hi
+            side = -1
     best.trials = trials
     return best

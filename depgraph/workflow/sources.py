@@ -217,6 +217,11 @@ def find_classifier(model: nn.Module) -> nn.Module | None:
 def _read_file(path: Path, trust_pickle: bool) -> Any:
     if not path.is_file():
         raise SourceError(f"weights file {os.fspath(path)!r} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # torch's zip format, or a bare pickle
+        raise SourceError(f"cannot read {os.fspath(path)!r} as a torch file (it is neither torch.save's zip "
+                          "format nor a pickle)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -319,7 +324,12 @@ def _module_file(path: Path, trust_pickle: bool, input_shape: tuple[int, ...] | 
                  input_size: int | None, seq_len: int) -> Source:
     data = _read_file(path, trust_pickle)
     if not isinstance(data, nn.Module):
-        kind = "a depgraph pruned file" if isinstance(data, dict) and "format" in data else type(data).__name__
+        if isinstance(data, dict) and "format" in data:
+            kind = "a depgraph pruned file"
+        elif isinstance(data, dict):
+            kind = "a state dict (weights without the architecture)"
+        else:
+            kind = f"a {type(data).__name__}"
         raise SourceError(f"{os.fspath(path)!r} holds {kind}, not a whole model: give the model's name and this "
                           "file as its weights (--weights), or a file written by torch.save(model, path)")
     spec = _guess_spec(data, input_shape, input_size, seq_len, path)

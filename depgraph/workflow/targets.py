@@ -153,7 +153,8 @@ def prune_to_target(model: nn.Module, scoring: Scoring, keep: Sequence[nn.Module
         m, s, _ = scoring.copy_with(model, keep)
         return m, s, TargetResult(target, 0.0, 1.0, 0, history)
     try:
-        found = search_ratio(trial, 1.0 - target.kept, lo=0.0, hi=hi, steps=steps, rel_tol=rel_tol)
+        found = search_ratio(trial, 1.0 - target.kept, lo=0.0, hi=hi, steps=steps, rel_tol=rel_tol,
+                             interpolate=True)
     except TargetUnreachableError:
         best = history[-1][1] if history else float("nan")
         raise TargetUnreachableError(
