@@ -248,7 +248,7 @@ def _print_report(rep: Any, source: Any, args: argparse.Namespace, out: Printer)
         if args.save_format == "pickle":
             out.line(f"saved the whole pickled model to {rep.output} (load it with torch.load({rep.output!r}, "
                      "weights_only=False), which runs pickled code: only for files you trust)")
-        elif source.family == "hf" and "from_pretrained" in rep.how_to_load and "depgraph" not in rep.how_to_load:
+        elif rep.how_to_load.startswith("import transformers"):
             out.line(f"saved the pruned model to {rep.output} (save_pretrained; load it without depgraph with:")
             out.line("  " + rep.how_to_load.replace("\n", "\n  ") + ")")
         else:
