@@ -70,9 +70,11 @@ class Adjust:
     label: str
 
     def apply(self, target: Any) -> None:
+        """Change ``target`` (the real layer, in the state the plan was made for)."""
         self.change.apply(target)
 
     def describe(self) -> list:
+        """What the log digest records of this step."""
         return ["adjust", self.label]
 
 
@@ -81,11 +83,13 @@ class ZeroBias:
     """A zero bias given to a layer so its config can describe a family's biases (``mlp_bias``)."""
 
     def apply(self, target: Any) -> None:
+        """Give ``target`` a zero bias unless it has one (replay created it, or the source held it)."""
         if getattr(target, "bias", None) is None:
             w = target.weight
             target.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device), requires_grad=False)
 
     def describe(self) -> list:
+        """What the log digest records of this step."""
         return ["zero_bias"]
 
 
@@ -120,6 +124,7 @@ class PruneLog:
         self._opened[name] = at + 1
 
     def append(self, name: str, step: Any) -> None:
+        """Log ``step`` for member ``name`` after all its others (changes made after the prune)."""
         self.steps.setdefault(name, []).append(step)
 
     def digest(self) -> str:
