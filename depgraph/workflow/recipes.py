@@ -51,6 +51,7 @@ class Recipe:
     why: str
 
     def describe(self) -> str:
+        """``"fluctuation + bias compensation, per group"``: the recipe in one phrase, for reports."""
         comp = "" if self.compensation == "none" else f" + {self.compensation} compensation"
         return f"{self.importance}{comp}, {'global' if self.global_pruning else 'per group'}"
 

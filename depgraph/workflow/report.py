@@ -35,6 +35,7 @@ class LayerWidth:
 
     @property
     def changed(self) -> bool:
+        """Whether the prune changed either width of this layer."""
         return (self.in_before, self.out_before) != (self.in_after, self.out_after)
 
 
@@ -113,14 +114,17 @@ class PruneReport:
         return rows
 
     def title(self) -> str:
+        """``"resnet18: macs=0.5 -> macs kept 0.495 ..."``: the target and the result."""
         return f"{self.model}: {self.target} -> {self.result}"
 
     def as_dict(self) -> dict[str, Any]:
+        """Plain data (what the JSON report holds), with the count of changed layers."""
         data = asdict(self)
         data["layers_changed"] = sum(r.changed for r in self.layers)
         return data
 
     def to_markdown(self) -> str:
+        """The report as Markdown: settings, the before/after table, every layer's widths, how to load."""
         lines = [f"# Pruning report: {self.model}", "",
                  f"- family: {self.family}" + (f" ({self.task})" if self.task else ""),
                  f"- weights: {self.weights}",
@@ -143,6 +147,11 @@ class PruneReport:
         return "\n".join(lines) + "\n"
 
     def save_png(self, path: Path) -> None:
+        """Plot every layer's output width before and after (matplotlib), the summary in the title.
+
+        Raises:
+            OutputError: matplotlib is not installed.
+        """
         try:
             import matplotlib
 

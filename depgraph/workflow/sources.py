@@ -78,6 +78,7 @@ class Source:
 
     @property
     def is_language_model(self) -> bool:
+        """Whether the model reads token ids (its default recipe and calibration data are text)."""
         return self.spec.kind == "text"
 
 
@@ -185,6 +186,7 @@ def _named(name: str, weights: Any, trust_pickle: bool, input_size: int | None, 
 
 
 def unknown_model_message(name: str) -> str:
+    """The refusal of an unknown name: the closest known names and how to list them all."""
     known: list[str] = []
     if importlib.util.find_spec("torchvision") is not None:
         import torchvision

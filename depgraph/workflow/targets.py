@@ -74,6 +74,11 @@ class Measurement:
     output_shape: str = ""  # every output tensor's shape, e.g. "(1, 1000)"
 
     def get(self, metric: str) -> float:
+        """The value of ``metric`` (``params``, ``macs`` or ``latency``).
+
+        Raises:
+            OptionError: ``latency`` was not measured.
+        """
         value = {"params": self.params, "macs": self.macs, "latency": self.latency_ms}[metric]
         if value is None:
             raise OptionError(f"{metric} was not measured")
@@ -107,6 +112,7 @@ class TargetResult:
     history: list[tuple[float, float]] = field(default_factory=list)  # (ratio, kept) per trial
 
     def describe(self) -> str:
+        """``"macs kept 0.495 (target 0.5, -0.005) at ratio 0.304 after 5 trials"``."""
         gap = self.kept - self.target.kept
         return (f"{self.target.metric} kept {self.kept:.3f} (target {self.target.kept:g}, {gap:+.3f}) "
                 f"at ratio {self.ratio:.3f} after {self.trials} trials")
