@@ -136,8 +136,9 @@ def run(args: argparse.Namespace, out: Any) -> int:
     if result.task_before is not None:
         rows.append(("task loss", f"{result.task_before:.4f}", f"{result.task_after:.4f}"))
     rows.append(("training loss (first / last step)", f"{result.losses[0]:.4f}", f"{result.losses[-1]:.4f}"))
-    out.table(f"recover {args.model}: {result.steps} steps in {result.seconds:.1f} s "
-              f"on {len(data)} samples", ("", "before", "after"), rows)
+    procs = f"{result.num_processes} process" + ("es" if result.num_processes > 1 else "")
+    out.table(f"recover {args.model}: {result.steps} steps in {result.seconds:.1f} s on {procs}, "
+              f"{len(data)} samples", ("", "before", "after"), rows)
     how = save_like(student, result.model.cpu(), args.output, result.state_dict)
     out.line(f"saved the recovered model to {args.output} (load it with {how})")
     return 0

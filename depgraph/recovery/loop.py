@@ -51,6 +51,7 @@ class RecoverResult:
             without labels).
         seconds: wall time of the training steps.
         is_main_process: whether this process should write files.
+        num_processes: how many processes trained together.
         state_dict: under FSDP / DeepSpeed, the full gathered state dict of the
             student (on the main process); None otherwise (``model`` holds it all).
     """
@@ -64,6 +65,7 @@ class RecoverResult:
     task_after: float | None = None
     seconds: float = 0.0
     is_main_process: bool = True
+    num_processes: int = 1
     state_dict: dict[str, torch.Tensor] | None = None
 
 
@@ -187,7 +189,8 @@ def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, 
     return RecoverResult(model=model, steps=opts.steps, losses=losses, kd_before=kd_before, kd_after=kd_after,
                          task_before=task_before if has_labels else None,
                          task_after=task_after if has_labels else None, seconds=seconds,
-                         is_main_process=accelerator.is_main_process, state_dict=full_state)
+                         is_main_process=accelerator.is_main_process, num_processes=accelerator.num_processes,
+                         state_dict=full_state)
 
 
 def _has_accelerator_device() -> bool:
