@@ -52,9 +52,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, out: Any) -> int:
     """Load, export each requested format, check it, report; the exit code (0 done)."""
-    import torch
-
-    from ..recovery.sources import check_output, example_inputs, is_hf_folder, load_pruned, load_source
+    from ..recovery.sources import check_output, input_spec, is_hf_folder, load_pruned, load_source
     from . import export_onnx, export_program
 
     if not args.onnx and not args.torch_export:
@@ -64,13 +62,13 @@ def run(args: argparse.Namespace, out: Any) -> int:
     for path in (args.onnx, args.torch_export):
         if path:
             check_output(path, "file")
-    torch.manual_seed(args.seed)
     import os
 
     named = not is_hf_folder(args.model) and not os.path.exists(args.model)
     source = load_source(args.model) if named else load_pruned(args.model, args.base)
     model = source.model.eval()
-    inputs = example_inputs(model, source, args.batch_size, args.seq_len, args.input_size)
+    inputs = input_spec(source, seq_len=args.seq_len, input_size=args.input_size).example(args.batch_size,
+                                                                                         seed=args.seed)
     rows = []
     jobs = []
     if args.torch_export:

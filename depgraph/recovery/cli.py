@@ -86,29 +86,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _tokenizer(*folders: str | None) -> Any:
-    from .sources import is_hf_folder
-
-    for folder in folders:
-        if folder and is_hf_folder(folder):
-            try:
-                from transformers import AutoTokenizer
-
-                return AutoTokenizer.from_pretrained(folder)
-            except (OSError, ValueError):
-                continue
-    return None
-
-
 def _dataset(args: argparse.Namespace, src: Any) -> Any:
     from .data import open_dataset
-    from .sources import in_channels
+    from .sources import input_spec
 
-    size = args.input_size or (src.input_size[1] if src.input_size else 224)
-    cfg = getattr(src.model, "pretrained_cfg", None) or {}
-    return open_dataset(args.data, tokenizer=_tokenizer(src.path, args.teacher, args.base),
-                        seq_len=args.seq_len, image_size=(size, size), channels=in_channels(src.model),
-                        mean=cfg.get("mean"), std=cfg.get("std"), max_samples=args.max_samples)
+    spec = input_spec(src, src.path, args.teacher, args.base, seq_len=args.seq_len, input_size=args.input_size)
+    return open_dataset(args.data, spec, seq_len=args.seq_len, max_samples=args.max_samples)
 
 
 def run(args: argparse.Namespace, out: Any) -> int:

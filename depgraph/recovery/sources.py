@@ -28,15 +28,18 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import DepgraphError, RecoveryError
+from ..errors import RecoveryError
 
-__all__ = ["Source", "load_source", "load_pruned", "save_like", "check_output", "example_inputs", "is_hf_folder",
-           "in_channels"]
+__all__ = ["Source", "load_source", "load_pruned", "save_like", "check_output", "is_hf_folder",
+           "in_channels", "input_spec"]
 
 #: Files of a Hugging Face folder that are neither weights nor config, copied next to a saved model.
 _SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "vocab.txt",
                "merges.txt", "tokenizer.model", "added_tokens.json", "preprocessor_config.json",
                "chat_template.jinja", "generation_config.json")
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 @dataclass
@@ -203,29 +206,32 @@ def save_like(source: Source, model: nn.Module, output: str, state_dict: dict[st
     return f"depgraph.load(<unpruned {base}>, {output!r})"
 
 
-def example_inputs(model: nn.Module, source: Source, batch_size: int = 1, seq_len: int = 16,
-                   input_size: int | None = None) -> Any:
-    """Inputs a model of this source takes: token ids for a text model, an image batch otherwise.
+def input_spec(source: Source, *folders: str | None, seq_len: int = 128, input_size: int | None = None) -> Any:
+    """The :class:`~depgraph.workflow.InputSpec` of ``source``'s model: token ids or images.
 
-    Raises:
-        DepgraphError: the input shape of a pickled or foreign model cannot be told; give --input-size.
+    ``folders`` are searched, in order, for a tokenizer (the pruned folder, then the teacher's).
     """
+    from ..workflow.inputs import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+
+    model = source.model
     config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "model_type"):
-        main = getattr(model, "main_input_name", "input_ids")
-        if main == "input_ids":
-            vocab = getattr(config, "vocab_size", None) or getattr(config.get_text_config(), "vocab_size", 2)
-            return {"input_ids": torch.randint(0, vocab, (batch_size, seq_len))}
-        if main == "pixel_values":
-            size = input_size or getattr(config, "image_size", 224)
-            channels = getattr(config, "num_channels", 3)
-            return {"pixel_values": torch.randn(batch_size, channels, size, size)}
-        raise DepgraphError(f"{type(model).__name__} takes {main!r}; depgraph builds example inputs only for "
-                            "input_ids and pixel_values models")
+    main = getattr(model, "main_input_name", None) if config is not None else None
+    if main == "input_ids":
+        tok = next((f for f in folders if f and any((Path(f) / n).is_file() for n in _TOKENIZER_FILES)), None)
+        vocab = getattr(config, "vocab_size", None)
+        return InputSpec("text", (seq_len,), key="input_ids", tokenizer=tok, vocab_size=vocab)
+    if main == "pixel_values":
+        size = input_size or getattr(config, "image_size", 224)
+        return InputSpec("image", (getattr(config, "num_channels", 3), size, size), key="pixel_values",
+                         mean=IMAGENET_MEAN, std=IMAGENET_STD)
     c, h, w = source.input_size or (in_channels(model), 224, 224)
     if input_size is not None:
         h = w = input_size
-    return torch.randn(batch_size, c, h, w)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean, std = cfg.get("mean"), cfg.get("std")
+    if mean is None or len(mean) != c:
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if c == 3 else ((0.5,) * c, (0.5,) * c)
+    return InputSpec("image", (c, h, w), mean=tuple(mean), std=tuple(std))
 
 
 def in_channels(model: nn.Module) -> int:
