@@ -29,7 +29,9 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
         model: the model, in the mode it should be exported in (usually ``eval()``).
         example_inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs.
         path: the ``.onnx`` file to write.
-        atol / rtol: refused when some output element differs by more than ``atol + rtol * |eager|``.
+        atol: absolute tolerance: refused when some output element differs by more than
+            ``atol + rtol * |eager|``.
+        rtol: relative tolerance (see ``atol``).
         dynamo: ``torch.onnx.export``'s exporter: the ``torch.export``-based one (True,
             the default of recent PyTorch) or the TorchScript-based legacy one (False).
         opset_version: ONNX opset; None: the exporter's default.

@@ -27,8 +27,9 @@ def export_program(model: nn.Module, example_inputs: Any, path: str | os.PathLik
         example_inputs: a tensor, a tuple of positional inputs or a dict of keyword
             inputs (see :func:`depgraph.export.check.split_inputs`).
         path: where ``torch.export.save`` writes the program (``.pt2``); None: not saved.
-        atol / rtol: refused when some output element differs by more than
+        atol: absolute tolerance: refused when some output element differs by more than
             ``atol + rtol * |eager|``.
+        rtol: relative tolerance (see ``atol``).
         strict: ``torch.export``'s strict (TorchDynamo) tracing.
 
     Returns:

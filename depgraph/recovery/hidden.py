@@ -83,6 +83,7 @@ class HiddenTap:
                                 "hidden_states (embeddings, then one per layer)") from None
 
     def close(self) -> None:
+        """Remove the hooks (recovery calls it in ``finally``: no hook outlives the run)."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
