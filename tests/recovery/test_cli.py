@@ -49,3 +49,45 @@ def test_data_that_does_not_fit_is_refused(tmp_path, capsys) -> None:
     assert main([*argv, "--data", str(bad)]) == 1
     assert "bad.jsonl:1 has no string field 'text' (it has ['txt'])" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_timm_teacher_and_a_pickled_student_round_trip(tmp_path, capsys) -> None:
+    """The third source form: a whole pickled module, written back pickled; a timm teacher by name."""
+    timm = pytest.importorskip("timm")
+    import copy
+
+    import torch
+
+    import depgraph as tp
+
+    torch.manual_seed(0)
+    teacher = timm.create_model("resnet10t", pretrained=False, num_classes=1000).eval()
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
+    student = copy.deepcopy(teacher)
+    tp.pruner.BasePruner(student, torch.randn(1, 3, 32, 32), tp.importance.GroupMagnitudeImportance(),
+                         pruning_ratio=0.5, ignored_layers=[student.fc]).step()
+    torch.save(student, tmp_path / "student.pth")  # Torch-Pruning's tp.save: the whole module
+    images = tmp_path / "flat"
+    images.mkdir()
+    from ._models import write_image_folder
+
+    write_image_folder(tmp_path / "classes")
+    for f in (tmp_path / "classes").rglob("*.png"):
+        f.rename(images / f"{f.parent.name}_{f.name}")  # a flat folder: no labels, distillation only
+    out = tmp_path / "recovered.pth"
+    with pytest.warns(UserWarning, match="whole pickled model"):
+        code = main(["recover", str(tmp_path / "student.pth"), "--teacher", "resnet10t", "--teacher-weights",
+                     str(tmp_path / "teacher.pth"), "--data", str(images), "--input-size", "32", "--steps", "3",
+                     "--batch-size", "4", "--output", str(out), "--no-progress", "--plain"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "distillation gap" in printed and "task loss" not in printed  # no labels in a flat folder
+    recovered = torch.load(out, weights_only=False).eval()
+    assert type(recovered) is type(student) and recovered.fc.in_features == student.fc.in_features < 512
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(recovered(x), student.eval()(x))
+    with pytest.warns(UserWarning, match="whole pickled model"):
+        assert main(["export", str(out), "--torch-export", str(tmp_path / "r.pt2"), "--input-size", "32",
+                     "--plain"]) == 0
+    assert (tmp_path / "r.pt2").is_file()
