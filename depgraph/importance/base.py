@@ -29,8 +29,9 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, ContextManager, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -58,11 +59,11 @@ __all__ = [
 ]
 
 # how GroupImportance reaches each member's tensors (None: they are in the model already)
-_OPENER: ContextVar[Callable[[Any], ContextManager[Any]] | None] = ContextVar("depgraph_member_opener", default=None)
+_OPENER: ContextVar[Callable[[Any], AbstractContextManager[Any]] | None] = ContextVar("depgraph_member_opener", default=None)
 
 
 @contextlib.contextmanager
-def member_access(opener: Callable[[Any], ContextManager[Any]]) -> Iterator[None]:
+def member_access(opener: Callable[[Any], AbstractContextManager[Any]]) -> Iterator[None]:
     """While inside, :class:`GroupImportance` scores each member within ``opener(node)``.
 
     ``node`` is the member's graph node (``.name``, ``.module``); the opener makes its

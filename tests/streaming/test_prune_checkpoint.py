@@ -387,9 +387,13 @@ def test_hidden_size_streams_one_member_at_a_time(arch, tmp_path) -> None:
     assert 0 < report.peak_materialized <= layer_bytes
 
 
-def test_hidden_size_needs_room_for_the_embedding(llama_src, tmp_path) -> None:
-    embedding = 100 * 96 * 4
-    with pytest.raises(MemoryBudgetError, match=r"cannot hold the embedding or LM head it prunes \((model\.embed_tokens|lm_head)"):
-        prune_checkpoint(llama_src, tmp_path / "out", ratio=RATIO, prune_hidden=True, max_memory=embedding - 1,
-                         progress=False)
+def test_hidden_size_needs_room_for_the_embedding(tmp_path) -> None:
+    src = tmp_path / "src"
+    config = transformers.LlamaConfig(**{**_SIZES, "vocab_size": 2000}, tie_word_embeddings=False)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(src, max_shard_size="300KB")
+    budget = 500_000  # above a decoder layer (259 KB), below the embedding (2000 x 96 x 4 = 768 KB)
+    prune_checkpoint(src, tmp_path / "ok", ratio=RATIO, max_memory=budget, progress=False)  # hidden kept: fits
+    with pytest.raises(MemoryBudgetError, match=r"cannot hold the embedding or LM head it prunes "
+                                                r"\((model\.embed_tokens|lm_head) is 768\.00 KB"):
+        prune_checkpoint(src, tmp_path / "out", ratio=RATIO, prune_hidden=True, max_memory=budget, progress=False)
     assert not (tmp_path / "out").exists()
