@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from .._types import ExampleInputs, Indices
-from ..defaults import CONV_AND_LINEAR
+from ..defaults import DEFAULT_ROOT_TYPES
 from ..dims.propagate import Propagation, propagate
 from ..errors import (
     DepgraphError,
@@ -486,9 +486,12 @@ class DependencyGraph:
     def get_all_groups(
         self,
         ignored_layers: Iterable[nn.Module] = (),
-        root_module_types: tuple = CONV_AND_LINEAR,
+        root_module_types: tuple = DEFAULT_ROOT_TYPES,
     ) -> Iterator[Group]:
         """Yield every prunable group once, rooted at the first layer of ``root_module_types`` in it.
+
+        The default is the pruners' (:data:`depgraph.defaults.DEFAULT_ROOT_TYPES`, LSTMs
+        included), so this lists exactly the groups a pruner with default options ranks.
 
         A layer whose handler ``acts_as`` one of ``root_module_types`` counts as one: naming
         ``nn.Linear`` roots groups at GPT-2's ``Conv1D`` too.

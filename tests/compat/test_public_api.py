@@ -68,6 +68,9 @@ ALLOWED: dict[str, str] = {
     "tp.Node": "nodes are built by the graph from recorded ops, not from autograd's grad_fn; "
     "node.module and node.name are there",
     "tp.dependency.Node": "see tp.Node",
+    "tp.DependencyGraph.get_all_groups": "root_module_types defaults to depgraph.defaults.DEFAULT_ROOT_TYPES "
+    "(LSTMs too), the pruners' default, so it lists the groups a pruner ranks (README, Coming from Torch-Pruning)",
+    "tp.dependency.DependencyGraph.get_all_groups": "see tp.DependencyGraph.get_all_groups",
     "tp.utils.print_tool": "an instance with the same before_pruning/after_pruning (the original's class "
     "keeps its snapshot in a class attribute); its methods are checked",
 }
