@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "or list its prunable groups.",
     )
     parser.add_argument("--version", action="version", version=f"depgraph {__version__} (torch {torch.__version__})")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,groups}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,groups,recover,export}")
 
     p = sub.add_parser("prune", help="prune a model, verify it, print before/after figures and save it")
     _add_model_arguments(p)
@@ -413,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(g)
     g.add_argument("--details", action="store_true", help="also print every member of every group")
     g.set_defaults(run=_groups)
+
+    from .export.cli import add_parser as add_export
+    from .recovery.cli import add_parser as add_recover
+
+    add_recover(sub)
+    add_export(sub)
     return parser
 
 
