@@ -122,12 +122,13 @@ def prune_tensor(t: torch.Tensor | None, dim: int, keep: torch.Tensor) -> None:
     """
     if t is None:
         return
+    given = keep  # as the caller computed it: a meta-device tensor has no index values to compare
     keep = keep.to(t.device)
     if t.shape[dim] == keep.numel():
         # A tensor shared by two layers (tied embedding and lm_head) reaches here once
         # per layer in the same group: the first call pruned it, the second must not.
         last = _LAST_KEEP.get(t)
-        if last is not None and (last[0] != dim or not torch.equal(last[1], keep)):
+        if last is not None and (last[0] != dim or not torch.equal(last[1], given.to(last[1].device))):
             raise DepgraphError(
                 f"a tensor of shape {tuple(t.shape)} shared by several layers would lose different "
                 f"positions of dim {dim} in each; tied weights must be pruned together"
@@ -136,7 +137,7 @@ def prune_tensor(t: torch.Tensor | None, dim: int, keep: torch.Tensor) -> None:
     t.data = torch.index_select(t.data, dim, keep).contiguous()
     if getattr(t, "grad", None) is not None:
         t.grad = torch.index_select(t.grad, dim, keep).contiguous()
-    _LAST_KEEP[t] = (dim, keep)
+    _LAST_KEEP[t] = (dim, given)
 
 
 def describe_layer(layer: object) -> str:
