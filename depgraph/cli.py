@@ -56,7 +56,7 @@ DATA_AWARE_IMPORTANCES = ("activation", "activation_weight", "fluctuation", "rec
 _INPUT_ERRORS = (SourceError, CalibrationDataError, OutputError, OptionError, TargetUnreachableError)
 
 
-class _ArgumentError(DepgraphError):
+class ArgumentError(DepgraphError):
     """A command-line value cannot be used; reported with exit code 2."""
 
 
@@ -73,13 +73,13 @@ def load_model(name: str) -> tuple[nn.Module, tuple[int, int, int]]:
     from .workflow.sources import build_vision_model, unknown_model_message
 
     if importlib.util.find_spec("torchvision") is None and importlib.util.find_spec("timm") is None:
-        raise _ArgumentError(
+        raise ArgumentError(
             f"cannot build {name!r}: neither torchvision nor timm is installed; "
             "install them with: pip install 'depgraph[vision]'"
         )
     built = build_vision_model(name)
     if built is None:
-        raise _ArgumentError(unknown_model_message(name))
+        raise ArgumentError(unknown_model_message(name))
     return built[0], built[3]
 
 
@@ -91,7 +91,7 @@ def _layers_by_name(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
         for n in missing:
             close = difflib.get_close_matches(n, list(modules), n=3)
             lines.append(f"  {n!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
-        raise _ArgumentError("--ignore names no layer of the model:\n" + "\n".join(lines))
+        raise ArgumentError("--ignore names no layer of the model:\n" + "\n".join(lines))
     return [modules[n] for n in names]
 
 
@@ -143,9 +143,9 @@ def _device(args: argparse.Namespace) -> torch.device:
     try:
         device = torch.device(args.device)
     except RuntimeError as e:
-        raise _ArgumentError(f"--device {args.device!r} is not a device: {e}") from None
+        raise ArgumentError(f"--device {args.device!r} is not a device: {e}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise _ArgumentError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+        raise ArgumentError(f"--device {args.device}: CUDA is not available here; use --device cpu")
     return device
 
 
@@ -195,7 +195,7 @@ def _prune(args: argparse.Namespace, out: Printer) -> int:
 
     if _stream(args):  # out of core (depgraph.streaming): by --ratio, within --max-memory
         if args.target is not None:
-            raise _ArgumentError("--target needs the model in memory; a streamed checkpoint (--max-memory, or "
+            raise ArgumentError("--target needs the model in memory; a streamed checkpoint (--max-memory, or "
                                  "larger than the free memory) is pruned by --ratio")
         from .streaming.cli import run as run_checkpoint
 
@@ -203,7 +203,7 @@ def _prune(args: argparse.Namespace, out: Printer) -> int:
         try:
             return run_checkpoint(args, out)
         except ValueError as e:
-            raise _ArgumentError(str(e)) from None
+            raise ArgumentError(str(e)) from None
     fmt = {"auto": "hf" if is_checkpoint_dir(args.model) else "depgraph"}.get(args.save_format, args.save_format)
     path = _default_output(args, fmt)
     if path is not None:  # before the model is built and pruned: a bad path fails in a second
@@ -281,7 +281,13 @@ def _groups(args: argparse.Namespace, out: Printer) -> int:
 
 
 # -- parser and entry point -----------------------------------------------------------------------
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An ``argparse`` type for counts and sizes, shared by every ``depgraph`` subcommand.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is not an integer of at least 1, so argparse
+            names the option and exits with code 2 before anything is loaded.
+    """
     try:
         value = int(text)
     except ValueError:
@@ -314,9 +320,9 @@ def _shape(text: str) -> tuple[int, ...]:
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a torchvision or timm model name (resnet50, vit_b_16, ...), a Hugging Face "
                                  "checkpoint folder or cached hub id, or a model file saved with torch.save")
-    p.add_argument("--input-size", type=_positive, default=None,
+    p.add_argument("--input-size", type=positive_int, default=None,
                    help="height and width of the random example input (default: 224, or the timm model's)")
-    p.add_argument("--batch-size", type=_positive, default=1, help="batch of the example input (default: 1)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="batch of the example input (default: 1)")
     p.add_argument("--ignore", action="append", metavar="LAYER",
                    help="qualified name of a layer whose outputs are kept (repeatable); "
                         "the final classifier is always kept")
@@ -335,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Hugging Face checkpoint, a saved module) to a ratio or a target, or list its prunable groups.",
     )
     parser.add_argument("--version", action="version", version=f"depgraph {__version__} (torch {torch.__version__})")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,groups}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,groups,recover,export}")
 
     p = sub.add_parser("prune", help="prune a model to a ratio or a target, verify it, print before/after "
                                      "figures and save it")
@@ -352,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow loading a whole model saved with torch.save (unpickling runs code from the file)")
     p.add_argument("--input-shape", type=_shape, default=None, metavar="C,H,W",
                    help="per-sample input shape of a model saved whole (default: guessed from its first layer)")
-    p.add_argument("--round-to", type=_positive, default=None, help="keep channel counts multiples of N")
+    p.add_argument("--round-to", type=positive_int, default=None, help="keep channel counts multiples of N")
     p.add_argument("--global", dest="global_pruning", action="store_true",
                    help="rank channels across all groups instead of within each group")
     p.add_argument("--importance", choices=IMPORTANCES + DATA_AWARE_IMPORTANCES, default=None,
@@ -367,9 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", default=None, metavar="DATA",
                    help="calibration data: an image folder, a text file, a .jsonl (\"text\" field), or "
                         "module:attribute naming a dataset or loader")
-    p.add_argument("--calib-samples", type=_positive, default=32, help="calibration samples read (default: 32)")
-    p.add_argument("--calib-batch-size", type=_positive, default=8, help="calibration batch size (default: 8)")
-    p.add_argument("--seq-len", type=_positive, default=32,
+    p.add_argument("--calib-samples", type=positive_int, default=32, help="calibration samples read (default: 32)")
+    p.add_argument("--calib-batch-size", type=positive_int, default=8, help="calibration batch size (default: 8)")
+    p.add_argument("--seq-len", type=positive_int, default=32,
                    help="tokens per example input and calibration window of a language model (default: 32)")
     p.add_argument("--output", default=None, metavar="PATH",
                    help="where to save the pruned model (default: ./<model>_pruned.pth, or a <name>_pruned "
@@ -391,6 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(g)
     g.add_argument("--details", action="store_true", help="also print every member of every group")
     g.set_defaults(run=_groups)
+
+    from .export.cli import add_parser as add_export
+    from .recovery.cli import add_parser as add_recover
+
+    add_recover(sub)
+    add_export(sub)
     return parser
 
 
@@ -401,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Printer(args.plain)
     try:
         return args.run(args, out)
-    except _ArgumentError as e:
+    except ArgumentError as e:
         print(f"depgraph {args.command}: error: {e}", file=sys.stderr)
         return 2
     except _INPUT_ERRORS as e:  # what the user gave cannot work; found before the long work
