@@ -3,8 +3,8 @@
 The test writes the files the walkthrough reads (a ResNet-18 ``state_dict``, an image folder, a
 tiny Llama folder with its tokenizer, a text corpus) into a temporary working folder, then runs
 each ``depgraph ...`` line of the section's ``bash`` blocks through ``depgraph.cli.main`` (exit
-code 0) and each ``py`` block with ``exec`` there. Commands added to the section later (recovery,
-export) run the same way.
+code 0) and each ``py`` block with ``exec`` there. The subsections from "Calibration data" on
+have their own tests (``Recover and export``: ``tests/recovery/test_readme_commands.py``).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding=
 
 def _section() -> str:
     start = README.index("## Prune your own model")
-    end = README.find("\n## ", start + 3)
-    return README[start:end if end > 0 else None]
+    end = README.index("### Calibration data", start)
+    return README[start:end]
 
 
 def _steps() -> list[tuple[str, str]]:
