@@ -417,8 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"depgraph {args.command}: error: {e}", file=sys.stderr)
         return 2
     except _INPUT_ERRORS as e:  # what the user gave cannot work; found before the long work
-        print(f"depgraph {args.command}: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+        code = 2 if args.command in ("prune", "groups") else 1  # recover/export document 1 for these
+        print(f"depgraph {args.command}: {'error: ' if code == 2 else ''}{type(e).__name__}: {e}", file=sys.stderr)
+        return code
     except DepgraphError as e:
         print(f"depgraph {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
