@@ -40,7 +40,7 @@ from .heads import ModuleHeadsGroup
 from .hooks import PruneHooks, RemovableHandle
 from .node import Dependency, GroupItem, Node, fn_name, pruning_side
 from .records import update_records
-from .transaction import Transaction, _note
+from .transaction import Transaction, add_note_once
 
 __all__ = ["DependencyGraph"]
 
@@ -228,10 +228,19 @@ class DependencyGraph:
         return node
 
     def get_pruner_of_module(self, module: nn.Module) -> BasePruningFunc | None:
+        """The handler that prunes ``module`` (its node's, else the registry's for its type), or None.
+
+        Use its bound ``prune_out_channels`` / ``prune_in_channels`` as the pruning function
+        of :meth:`get_pruning_group` for layers with a custom handler.
+        """
         node = self.module2node.get(module)
         return node.handler if node is not None else self._handler_of(module)
 
     def get_out_channels(self, module_or_node: Any) -> int | None:
+        """Output channels of a module (or node) as its handler counts them, None if no handler does.
+
+        The original's name; a bare parameter node reports the size of its pruned dim.
+        """
         node = module_or_node if isinstance(module_or_node, Node) else self.module2node.get(module_or_node)
         if node is None:
             h = self._handler_of(module_or_node)
@@ -241,6 +250,10 @@ class DependencyGraph:
         return node.handler.get_out_channels(node.module)
 
     def get_in_channels(self, module_or_node: Any) -> int | None:
+        """Input channels of a module (or node) as its handler counts them, None if no handler does.
+
+        The original's name; a bare parameter node reports the size of its pruned dim.
+        """
         node = module_or_node if isinstance(module_or_node, Node) else self.module2node.get(module_or_node)
         if node is None:
             h = self._handler_of(module_or_node)
@@ -618,7 +631,7 @@ class DependencyGraph:
                     try:
                         it.dep(it.idxs)
                     except DepgraphError as e:  # typed: re-raised as itself, with where it happened
-                        _note(e, f"depgraph: raised by {fn_name(it.dep.handler)} on {it.dep.target.name}")
+                        add_note_once(e, f"depgraph: raised by {fn_name(it.dep.handler)} on {it.dep.target.name}")
                         raise
                     except Exception as e:
                         raise PruneFailedError(
@@ -861,7 +874,7 @@ class DependencyGraph:
                     fn = node.handler.prune_out_channels if kind else node.handler.prune_in_channels
                     self.get_pruning_group(target, fn, idxs).prune(record_history=True)
                 except DepgraphError as e:
-                    _note(e, f"depgraph: at entry {i} of the pruning history ({name!r})")
+                    add_note_once(e, f"depgraph: at entry {i} of the pruning history ({name!r})")
                     raise
                 except Exception as e:
                     raise PruneFailedError(f"replaying entry {i} of the pruning history ({name!r}) failed "
