@@ -7,7 +7,8 @@ The walk covers the modules a user imports (``tp``, ``tp.pruner``,
 same name; for each callable, every original parameter under the same name,
 position and default, extra parameters keyword-only (see
 ``tests/compat/_signatures.py``). ``ALLOWED`` lists the deliberate exceptions,
-each with its reason ("deliberate: ..."; README "Coming from Torch-Pruning" lists them); an entry that no longer excuses anything fails
+each with its reason ("deliberate: ..."; README "Coming from Torch-Pruning"
+lists them); an entry that no longer excuses anything fails
 ``test_allow_list_is_current`` so the list stays short.
 """
 
