@@ -144,7 +144,7 @@ def prune_model(
     make_pruner = _pruner_factory(source, recipe, round_to, head_ratio)
     notes = _notes(source, recipe)
 
-    if goal is not None and recipe.importance not in ("l1", "l2") and goal.kept < 1.0:
+    if goal is not None and goal.kept < 1.0:
         with stages.stage("reach", f"can {goal} be met?"):  # before the calibration pass
             from ..importance import GroupMagnitudeImportance
 

@@ -13,6 +13,7 @@ Markers:
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -230,3 +231,25 @@ def test_latency_target_is_measured_on_the_device(tmp_path) -> None:
     kept = float(rep.result.split()[2])
     assert kept <= 0.8
     assert rep.before.latency_ms is not None and rep.after.latency_ms is not None
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--weights", "nope.pth"], r"SourceError: weights file 'nope.pth' does not exist"),
+        (["--target", "params=0.01", "--no-latency"], r"TargetUnreachableError: target params=0.01 cannot be met"),
+        (["--ratio", "0.3", "--calib", "corpus.txt"], r"CalibrationDataError: corpus.txt is text, but the model takes"),
+        (["--ratio", "0.3", "--importance", "fluctuation"], r"OptionError: importance 'fluctuation' is calibrated"),
+        (["--ratio", "0.3", "--report", "r.txt"], r"OutputError: report r.txt: the suffix says the format"),
+    ],
+)
+def test_cli_refusals_exit_2_before_the_long_work(tmp_path, monkeypatch, capsys, extra, message) -> None:
+    from depgraph.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    write_text(tmp_path / "corpus.txt")
+    monkeypatch.setattr(prune_module, "build_scoring", lambda *a, **k: pytest.fail("scoring started"))
+    goal = [] if any(a in extra for a in ("--ratio", "--target")) else ["--ratio", "0.3"]
+    argv = ["prune", "squeezenet1_1", "--input-size", "32", "--plain", "--output", "-", *goal, *extra]
+    assert main(argv) == 2
+    assert re.search(message, capsys.readouterr().err)
