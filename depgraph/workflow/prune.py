@@ -221,7 +221,7 @@ def _names(model: nn.Module, layers: Sequence[nn.Module]) -> list[str]:
 def _notes(source: Source, recipe: Recipe) -> list[str]:
     notes = []
     if source.weights == "random":
-        notes.append("random weights: the figures show the architecture, not accuracy (give weights=)")
+        notes.append("random weights: the figures show the architecture, not accuracy (give --weights / weights=)")
     if source.is_language_model and recipe.importance in ("l1", "l2", "lamp", "fpgm"):
         notes.append("weight magnitude measured far worse than data-aware criteria on language models "
                      "(benchmarks/quality: SmolLM2); give calibration text")
