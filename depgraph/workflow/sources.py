@@ -138,8 +138,14 @@ def load_source(
 
 
 # -- torchvision / timm -----------------------------------------------------------------------------
-def build_vision_model(name: str) -> tuple[nn.Module, str, str, tuple[int, int, int], Any] | None:
-    """``(model, family, builder code, (C, H, W), pretrained config)`` of a torchvision/timm name, or None."""
+def build_vision_model(name: str, num_classes: int | None = None,
+                       ) -> tuple[nn.Module, str, str, tuple[int, int, int], Any] | None:
+    """``(model, family, builder code, (C, H, W), pretrained config)`` of a torchvision/timm name, or None.
+
+    ``num_classes`` (None: the library's default) sizes the classifier, as the user trained it.
+    """
+    classes = f", num_classes={num_classes}" if num_classes is not None else ""
+    kwargs = {"num_classes": num_classes} if num_classes is not None else {}
     if importlib.util.find_spec("torchvision") is not None:
         import torchvision
 
@@ -148,16 +154,39 @@ def build_vision_model(name: str) -> tuple[nn.Module, str, str, tuple[int, int, 
             builder = torchvision.models.get_model_builder(name)
             backbone = "weights_backbone" in inspect.signature(builder).parameters
             extra = {"weights_backbone": None} if backbone else {}
-            code = f"torchvision.models.get_model({name!r}, weights=None{', weights_backbone=None' if backbone else ''})"
-            return builder(weights=None, **extra).eval(), "torchvision", code, (3, 224, 224), None
+            code = (f"torchvision.models.get_model({name!r}, weights=None"
+                    f"{', weights_backbone=None' if backbone else ''}{classes})")
+            return builder(weights=None, **extra, **kwargs).eval(), "torchvision", code, (3, 224, 224), None
     if importlib.util.find_spec("timm") is not None:
         import timm
 
         if timm.is_model(name):
-            model = timm.create_model(name, pretrained=False).eval()
+            model = timm.create_model(name, pretrained=False, **kwargs).eval()
             cfg = getattr(model, "pretrained_cfg", {}) or {}
             size = tuple(cfg.get("input_size", (3, 224, 224)))
-            return model, "timm", f"timm.create_model({name!r}, pretrained=False)", size, cfg  # type: ignore[return-value]
+            code = f"timm.create_model({name!r}, pretrained=False{classes})"
+            return model, "timm", code, size, cfg  # type: ignore[return-value]
+    return None
+
+
+def _classes_in_file(model: nn.Module, path: Path, trust_pickle: bool) -> int | None:
+    """The class count a weights file's classifier was trained for, when it differs from ``model``'s."""
+    head = find_classifier(model)
+    if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor) or not path.is_file():
+        return None
+    name = next(n for n, m in model.named_modules() if m is head)
+    data = _read_file(path, trust_pickle)
+    if isinstance(data, nn.Module):
+        data = data.state_dict()
+    if not isinstance(data, dict) or str(data.get("format", "")).startswith("depgraph.pruned/"):
+        return None
+    for key in ("state_dict", "model", "model_state_dict", "module"):
+        if isinstance(data.get(key), dict):
+            data = data[key]
+            break
+    w = data.get(f"{name}.weight", data.get(f"module.{name}.weight"))
+    if isinstance(w, torch.Tensor) and w.dim() >= 1 and w.shape[0] != head.weight.shape[0]:
+        return int(w.shape[0])
     return None
 
 
@@ -170,7 +199,11 @@ def _named(name: str, weights: Any, trust_pickle: bool, input_size: int | None, 
                 raise SourceError(f"{name} is a Hugging Face checkpoint, which holds its own weights: drop weights=")
             return _hf_folder(folder, name, seq_len, input_size)
         raise SourceError(unknown_model_message(name))
-    model, family, code, (c, h, w), cfg = built
+    if weights is not None and os.fspath(weights) != "pretrained":
+        classes = _classes_in_file(built[0], Path(weights), trust_pickle)
+        if classes is not None:  # trained for another number of classes: build the classifier that size
+            built = build_vision_model(name, num_classes=classes)
+    model, family, code, (c, h, w), cfg = built  # type: ignore[misc]
     if input_size is not None:
         h = w = input_size
     mean = tuple((cfg or {}).get("mean", IMAGENET_MEAN))

@@ -60,12 +60,24 @@ def test_vision_weights_file_forms_load_into_the_named_architecture(tmp_path, fo
         torch.testing.assert_close(model2(x), model.eval()(x), rtol=0, atol=0)
 
 
-def test_timm_name_with_weights_and_its_pretrained_cfg_normalisation(tmp_path) -> None:
+def test_weights_trained_for_other_classes_size_the_classifier(tmp_path) -> None:
     timm = pytest.importorskip("timm")
     model = timm.create_model("resnet10t", pretrained=False, num_classes=10).eval()
     torch.save(model.state_dict(), tmp_path / "w.pth")
-    with pytest.raises(SourceError, match=r"does not fit ResNet .*\n  shape differs \(2\): fc.weight: file \(10, 512\)"):
-        load_source("resnet10t", tmp_path / "w.pth")  # trained for 10 classes, built for 1000
+    source = load_source("resnet10t", tmp_path / "w.pth", input_size=32)
+    assert source.builder == "timm.create_model('resnet10t', pretrained=False, num_classes=10)"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(source.model(x), model(x), rtol=0, atol=0)
+    vision = torchvision.models.resnet18(num_classes=7)
+    torch.save({"state_dict": vision.state_dict()}, tmp_path / "r18.pth")
+    assert load_source("resnet18", tmp_path / "r18.pth").builder == \
+        "torchvision.models.get_model('resnet18', weights=None, num_classes=7)"
+    # weights of another model are still refused, every difference listed
+    sd = {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("layer4.1")}
+    torch.save(sd, tmp_path / "cut.pth")
+    with pytest.raises(SourceError, match=r"does not fit ResNet .*\n  missing \(\d+\): layer4.1.conv1.weight"):
+        load_source("resnet18", tmp_path / "cut.pth")
     with pytest.raises(SourceError, match=r"pretrained weights of resnet10t are not in the local Hugging Face cache"):
         load_source("resnet10t", "pretrained")
 
