@@ -28,7 +28,7 @@ def _tolerance(text: str) -> float:
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``export`` subcommand to the ``depgraph`` parser's subparsers."""
-    from ..cli import _positive  # the shared integer check of the command line
+    from ..cli import positive_int  # the shared integer check of the command line
 
     p = sub.add_parser("export", help="export a model to ONNX / torch.export and check it against eager")
     p.add_argument("model", help="a Hugging Face folder, a depgraph.save file (with --base), a whole model saved "
@@ -38,10 +38,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--onnx", default=None, metavar="PATH", help="write an ONNX file")
     p.add_argument("--torch-export", default=None, metavar="PATH", help="write a torch.export program (.pt2)")
     p.add_argument("--onnx-legacy", action="store_true", help="use the TorchScript-based ONNX exporter (dynamo=False)")
-    p.add_argument("--opset", type=_positive, default=None, help="ONNX opset (default: the exporter's)")
-    p.add_argument("--batch-size", type=_positive, default=1, help="batch of the example input (default: 1)")
-    p.add_argument("--input-size", type=_positive, default=None, help="image height and width (default: the model's)")
-    p.add_argument("--seq-len", type=_positive, default=16, help="tokens of a text model's example input (default: 16)")
+    p.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="batch of the example input (default: 1)")
+    p.add_argument("--input-size", type=positive_int, default=None, help="image height and width (default: the model's)")
+    p.add_argument("--seq-len", type=positive_int, default=16, help="tokens of a text model's example input (default: 16)")
     p.add_argument("--atol", type=_tolerance, default=1e-4, help="absolute tolerance (default: 1e-4)")
     p.add_argument("--rtol", type=_tolerance, default=1e-4, help="relative tolerance (default: 1e-4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the example inputs (default: 0)")
@@ -56,9 +56,9 @@ def run(args: argparse.Namespace, out: Any) -> int:
     from . import export_onnx, export_program
 
     if not args.onnx and not args.torch_export:
-        from ..cli import _ArgumentError
+        from ..cli import ArgumentError
 
-        raise _ArgumentError("give --onnx PATH and/or --torch-export PATH")
+        raise ArgumentError("give --onnx PATH and/or --torch-export PATH")
     for path in (args.onnx, args.torch_export):
         if path:
             check_output(path, "file")

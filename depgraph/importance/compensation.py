@@ -32,7 +32,6 @@ import torch.nn as nn
 from ..errors import DepgraphError
 from ..functional.base import find_handler
 from .calibration import CalibrationStats, is_channel_consumer
-from .channels import handler_side
 
 __all__ = ["compensate_bias", "plan_bias_compensation", "BiasShift", "enable_bias_compensation", "BiasCompensation"]
 
@@ -111,7 +110,7 @@ def plan_bias_compensation(group: Iterable[Any], stats: CalibrationStats) -> dic
     parts: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for dep, idxs in group:
         target = dep.target.module
-        if not idxs or handler_side(dep.handler) != "in" or not is_channel_consumer(target):
+        if not idxs or dep.side != "in" or not is_channel_consumer(target):
             continue
         i = torch.as_tensor(list(idxs), dtype=torch.long)
         st = stats.lookup(target, i)
@@ -219,7 +218,7 @@ def enable_bias_compensation(
 
     For a Hugging Face model it also registers the sync of the config's bias
     flags (``mlp_bias``, ``attention_bias``; see
-    :mod:`depgraph.integrations._hf_bias`), so ``save_pretrained`` keeps the
+    :mod:`depgraph.integrations.hf_bias`), so ``save_pretrained`` keeps the
     compensated biases.
 
     Returns:
@@ -231,7 +230,7 @@ def enable_bias_compensation(
         >>> DG.get_pruning_group(model.fc1, tp.prune_linear_out_channels, [0, 3]).prune()
     """
     hook = BiasCompensation(stats).attach(graph)
-    from ..integrations._hf_bias import attach_bias_flags  # lazy; imports no transformers
+    from ..integrations.hf_bias import attach_bias_flags  # lazy; imports no transformers
 
     attach_bias_flags(graph)
     return hook

@@ -43,8 +43,7 @@ import torch.nn as nn
 
 from ..errors import DepgraphError, OptionError
 from .base import GroupImportance, register_importance
-from .calibration import CalibrationStats, ChannelStats, LayerTable, _original_index, record_inputs
-from .channels import handler_side
+from .calibration import CalibrationStats, ChannelStats, LayerTable, original_input_index, record_inputs
 from .compensation import BeforePruneHook
 from .magnitude import GroupMagnitudeImportance
 from .reduce import Normalizer, Reduction
@@ -99,7 +98,7 @@ class InputCovariance(LayerTable):
         z = torch.cat([flat, flat.new_ones(flat.shape[0], 1)], 1)
         # float32 products per batch (the expensive part), float64 accumulation across batches
         gram = (z.T @ z).to(torch.float64)
-        index = _original_index(module, x.shape[-1])
+        index = original_input_index(module, x.shape[-1])
         prev = self._table.get(module)
         if prev is None:
             self._table[module] = LayerCovariance(index.to(gram.device), float(flat.shape[0]), gram)
@@ -129,7 +128,7 @@ class InputCovariance(LayerTable):
         cov = self._table.get(module)
         if cov is None:
             return None
-        original = _original_index(module, int(module.weight.shape[1])).to(cov.index.device)
+        original = original_input_index(module, int(module.weight.shape[1])).to(cov.index.device)
         pos = torch.searchsorted(cov.index, original).clamp(max=cov.index.numel() - 1)
         if bool((cov.index[pos] != original).any()):
             raise DepgraphError(
@@ -141,12 +140,12 @@ class InputCovariance(LayerTable):
     def channel_stats(self) -> CalibrationStats:
         """Per-channel mean and variance read off the second moments (one calibration pass serves
         :class:`~depgraph.importance.FluctuationImportance` and bias compensation too)."""
-        out = CalibrationStats()
+        records = {}
         for module, cov in self._table.items():
             n = cov.index.numel()
-            out._table[module] = ChannelStats(cov.index, cov.count, cov.gram[:n, n].clone(),
-                                              cov.gram.diagonal()[:n].clone())
-        return out
+            records[module] = ChannelStats(cov.index, cov.count, cov.gram[:n, n].clone(),
+                                           cov.gram.diagonal()[:n].clone())
+        return CalibrationStats(records)
 
     def named(self, model: nn.Module) -> dict[str, LayerCovariance]:
         """``{qualified name: LayerCovariance}`` for ``torch.save`` (modules are not picklable keys)."""
@@ -161,12 +160,10 @@ class InputCovariance(LayerTable):
             DepgraphError: a name is not a Linear of ``model``.
         """
         modules = dict(model.named_modules())
-        out = cls()
-        for name, cov in named.items():
+        for name in named:
             if not isinstance(modules.get(name), nn.Linear):
                 raise DepgraphError(f"{name!r} is not an nn.Linear of {type(model).__name__}")
-            out._table[modules[name]] = cov
-        return out
+        return cls({modules[name]: cov for name, cov in named.items()})
 
 
 @torch.no_grad()
@@ -280,7 +277,7 @@ def plan_refits(group: Iterable[Any], cov: InputCovariance, damping: float = 1e-
     removed: dict[nn.Module, set[int]] = {}
     for dep, idxs in group:
         target = dep.target.module
-        if idxs and handler_side(dep.handler) == "in" and isinstance(target, nn.Linear) and target in cov:
+        if idxs and dep.side == "in" and isinstance(target, nn.Linear) and target in cov:
             removed.setdefault(target, set()).update(int(i) for i in idxs)
     return {layer: Refit(torch.as_tensor(sorted(idxs), dtype=torch.long), cov[layer], cov.positions(layer), damping)
             for layer, idxs in removed.items()}
@@ -331,7 +328,7 @@ def enable_lstsq_compensation(graph: Any, cov: InputCovariance, damping: float =
     bias survives ``save_pretrained``.
     """
     hook = LeastSquaresCompensation(cov, damping).attach(graph)
-    from ..integrations._hf_bias import attach_bias_flags  # lazy; imports no transformers
+    from ..integrations.hf_bias import attach_bias_flags  # lazy; imports no transformers
 
     attach_bias_flags(graph)
     return hook
@@ -451,7 +448,7 @@ class ReconstructionImportance(GroupImportance):
         if layer not in self.cov:
             raise DepgraphError(f"{type(layer).__name__} has no input covariance; pass it in "
                                 "collect_input_covariance(..., layers=[...])")
-        original = tuple(_original_index(layer, int(layer.weight.shape[1])).tolist())
+        original = tuple(original_input_index(layer, int(layer.weight.shape[1])).tolist())
         cached = self._cache.get(layer)
         if cached is None or cached[0] != original:
             moment = self.cov.lookup(layer)

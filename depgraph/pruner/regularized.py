@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
+from .._types import CHANNEL_SIDES
 from ..errors import OptionTypeError
-from ..importance.channels import ChannelSlice, channel_slices, handler_side
+from ..importance.channels import ChannelSlice, channel_slices
 from ..importance.magnitude import power_sum
 from .base import BasePruner
 from .options import PrunerOptions
@@ -64,8 +65,8 @@ def _member_slices(
     position = {int(r): k for k, r in enumerate(group[0].idxs)}
     for item in group.items:
         dep = item.dep
-        side = handler_side(dep.handler)
-        if side is None or (types and not isinstance(dep.target.module, types)) or id(dep.target.module) in skip:
+        side = dep.side
+        if side not in CHANNEL_SIDES or (types and not isinstance(dep.target.module, types)) or id(dep.target.module) in skip:
             continue
         idxs = torch.as_tensor(list(item.idxs), dtype=torch.long)
         pos = torch.as_tensor([position.get(int(r), -1) for r in item.root_idxs], dtype=torch.long)

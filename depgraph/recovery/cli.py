@@ -47,7 +47,7 @@ def _layers(text: str) -> tuple[str | int, ...]:
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``recover`` subcommand to the ``depgraph`` parser's subparsers."""
-    from ..cli import _positive  # the shared integer check of the command line
+    from ..cli import positive_int  # the shared integer check of the command line
 
     p = sub.add_parser("recover", help="distil the unpruned model into a pruned one on your data, then save it")
     p.add_argument("model", help="the pruned model: a Hugging Face folder, a depgraph.save file (with --base) "
@@ -61,10 +61,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="PATH",
                    help="an image folder (one subfolder per class, or flat), a .txt file or a .jsonl file")
     p.add_argument("--output", required=True, metavar="PATH", help="where the recovered model goes (checked first)")
-    p.add_argument("--steps", type=_positive, default=100, help="optimizer steps (default: 100)")
+    p.add_argument("--steps", type=positive_int, default=100, help="optimizer steps (default: 100)")
     p.add_argument("--lr", type=_positive_float, default=1e-4, help="AdamW learning rate (default: 1e-4)")
-    p.add_argument("--batch-size", type=_positive, default=8, help="batch size per process (default: 8)")
-    p.add_argument("--grad-accum", type=_positive, default=1, help="batches per optimizer step (default: 1)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="batch size per process (default: 8)")
+    p.add_argument("--grad-accum", type=positive_int, default=1, help="batches per optimizer step (default: 1)")
     p.add_argument("--temperature", type=_positive_float, default=2.0, help="distillation temperature (default: 2)")
     p.add_argument("--kd-weight", type=_weight, default=1.0, help="weight of the logit distillation (default: 1)")
     p.add_argument("--task-weight", type=_weight, default=None,
@@ -76,9 +76,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         "(default with --hidden-weight: all hidden_states)")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None,
                    help="default: what accelerate launch / accelerate config set, else no")
-    p.add_argument("--seq-len", type=_positive, default=128, help="tokens per text sample (default: 128)")
-    p.add_argument("--input-size", type=_positive, default=None, help="image height and width (default: the model's)")
-    p.add_argument("--max-samples", type=_positive, default=None, help="use at most N samples of the data")
+    p.add_argument("--seq-len", type=positive_int, default=128, help="tokens per text sample (default: 128)")
+    p.add_argument("--input-size", type=positive_int, default=None, help="image height and width (default: the model's)")
+    p.add_argument("--max-samples", type=positive_int, default=None, help="use at most N samples of the data")
     p.add_argument("--seed", type=int, default=0, help="seed of data order and initialisation (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--plain", action="store_true", help="plain-text tables even when rich is installed")

@@ -213,7 +213,7 @@ def _prune_streamed(checkpoint: Checkpoint, out: Path, options: PruneOptions, re
                     progress: bool, calib: Any) -> StreamReport:
     from transformers import AutoConfig
 
-    from ..integrations._hf_bias import attach_bias_flags
+    from ..integrations.hf_bias import attach_bias_flags
     from ..integrations.transformers import check_config
 
     report = StreamReport(output=str(out), mode="stream", budget=checkpoint.ledger.budget,

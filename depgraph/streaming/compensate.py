@@ -17,7 +17,7 @@ later:
   the same arithmetic on the same values in the same order;
 - it gives the meta consumer the bias the real one gets, so the output layout
   and the config sync (``mlp_bias`` / ``attention_bias``, the in-memory
-  :mod:`~depgraph.integrations._hf_bias` hook, attached here too) see it.
+  :mod:`~depgraph.integrations.hf_bias` hook, attached here too) see it.
 
 The zero biases the config sync gives the rest of a family are logged after the
 prune as :class:`~depgraph.streaming.plan.ZeroBias` steps (zeros pruned or
@@ -38,7 +38,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..importance.channels import handler_side
 from ..importance.compensation import BeforePruneHook, plan_bias_compensation
 from ..importance.reconstruction import plan_refits
 from .plan import Adjust, PruneLog, ZeroBias
@@ -92,7 +91,7 @@ def lstsq_consumers(graph: Any, ignored: list[nn.Module]) -> list[nn.Linear]:
     for group in graph.get_all_groups(ignored, (nn.Linear,)):
         for dep, _ in group:
             m = dep.target.module
-            if handler_side(dep.handler) == "in" and isinstance(m, nn.Linear):
+            if dep.side == "in" and isinstance(m, nn.Linear):
                 seen.setdefault(id(m), m)
     return list(seen.values())
 
