@@ -178,12 +178,16 @@ class Printer:
             self.console = Console(highlight=False, soft_wrap=True)
 
     def line(self, text: str = "") -> None:
+        """Print one line, through rich when it is installed so colours and wrapping match the tables."""
         if self.console is not None:
             self.console.print(text, markup=False)
         else:
             print(text)
 
     def table(self, title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        """Print a titled table: a rich table when rich is installed, else aligned plain columns,
+        so the command line works on a bare install and in logs.
+        """
         if self.console is not None:
             from rich.table import Table
 

@@ -80,6 +80,7 @@ class AttentionHeads:
 
     @property
     def name(self) -> str:
+        """The qualified name of the root layer, used in plans, warnings and errors."""
         return self.graph.module2node[self.root].name
 
     def root_idxs(self, units: Iterable[int]) -> list[int]:
@@ -284,18 +285,22 @@ class ModuleHeads:
 
     @property
     def key(self) -> object:
+        """What ``num_heads=`` and head ratios are keyed by: the attention module itself."""
         return self.node.module
 
     @property
     def name(self) -> str:
+        """The layer's qualified name, used in plans, warnings and errors."""
         return self.node.name
 
     @property
     def root(self) -> nn.Module:
+        """The module whose heads are pruned; scores and soft-pruned records are keyed by it."""
         return self.node.module
 
     @property
     def modules(self) -> list[nn.Module]:
+        """The layers whose head counts change together: only this one, since its heads are internal."""
         return [self.node.module]
 
     def root_idxs(self, units: Iterable[int]) -> list[int]:
@@ -304,24 +309,34 @@ class ModuleHeads:
 
     @property
     def slots(self) -> frozenset[int]:
+        """No graph slots: the heads are inside the layer, so no channel group overlaps them."""
         return frozenset()
 
     @property
     def query_heads(self) -> int:
+        """Heads left now. ``nn.MultiheadAttention`` has no grouped key/value heads, so this is
+        also ``kv_heads``.
+        """
         return len(self.units)
 
     kv_heads = query_heads
 
     @property
     def unit_width(self) -> int:
+        """Channels per head (``head_dim``), the unit head-level ratios are counted in."""
         return int(self.node.module.head_dim)
 
     def group_of(self, orig: Sequence[torch.Tensor]) -> Group | None:
+        """The group removing the heads whose original indices are in ``orig``, in current positions.
+
+        None when all of them are gone already: a plan made before an earlier step stays valid.
+        """
         kept = _heads_kept(self.node.module).tolist()
         now = sorted(kept.index(int(h)) for t in orig for h in t.tolist() if int(h) in kept)
         return ModuleHeadsGroup(self.graph, self.node, now) if now else None
 
     def group(self, units: Sequence[int]) -> Group:
+        """The group that removes heads ``units`` (current positions) of this layer."""
         return ModuleHeadsGroup(self.graph, self.node, sorted(int(u) for u in units))
 
     def unit_weights(self, u: int) -> list[torch.Tensor]:

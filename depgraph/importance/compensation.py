@@ -197,6 +197,12 @@ class BiasCompensation(BeforePruneHook):
         self._stats = stats
 
     def stats(self) -> CalibrationStats:
+        """The calibration statistics, read when a prune needs them (a callable is called then, so
+        statistics collected after the pruner was built are used).
+
+        Raises:
+            DepgraphError: none were given and the importance has not been calibrated.
+        """
         given = self._stats
         stats = given() if callable(given) and not isinstance(given, CalibrationStats) else given
         if stats is None:

@@ -54,6 +54,7 @@ class Candidate:
 
     @property
     def current(self) -> int:
+        """Root channels still counted as present: alive ones minus those soft pruning zeroed."""
         return self.alive - len(self.soft)
 
 

@@ -162,10 +162,12 @@ class BNScalePruner(BasePruner):
 
     @property
     def reg(self) -> float:
+        """The original's attribute: the L1 penalty coefficient on the norm scales."""
         return self.options.reg
 
     @property
     def group_lasso(self) -> bool:
+        """The original's attribute: whether the penalty is a group lasso over coupled scales."""
         return self.options.group_lasso
 
     @torch.no_grad()
@@ -231,10 +233,12 @@ class GroupNormPruner(BasePruner):
 
     @property
     def reg(self) -> float:
+        """The original's attribute: the group-norm penalty coefficient."""
         return self.options.reg
 
     @property
     def alpha(self) -> float:
+        """The original's attribute: how strongly the penalty grows across a group's channels."""
         return self.options.alpha
 
     @torch.no_grad()
@@ -289,10 +293,12 @@ class GrowingRegPruner(BasePruner):
 
     @property
     def base_reg(self) -> float:
+        """The original's attribute: the penalty every channel starts with."""
         return self.options.reg
 
     @property
     def delta_reg(self) -> float:
+        """The original's attribute: how much the penalty of weak channels grows per update."""
         return self.options.delta_reg
 
     def update_regularizer(self) -> None:

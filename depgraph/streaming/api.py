@@ -69,6 +69,7 @@ class StreamReport:
     plan_hash: str = ""
 
     def as_dict(self) -> dict[str, Any]:
+        """The report as plain data, for JSON output of the command line and logs."""
         return asdict(self)
 
     def __str__(self) -> str:

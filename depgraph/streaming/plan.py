@@ -49,12 +49,14 @@ class Step:
     dim: int | None = None
 
     def apply(self, target: Any) -> None:
+        """Replay this prune on ``target`` (a materialised layer or tensor) with the logged indices."""
         if self.dim is None:
             self.handler(target, list(self.idxs))
         else:
             self.handler(target, list(self.idxs), dim=self.dim)
 
     def describe(self) -> list:
+        """``[handler name, dim, idxs]``: the step as plain data for the written plan."""
         return [getattr(self.handler, "__name__", repr(self.handler)), self.dim, list(self.idxs)]
 
 
