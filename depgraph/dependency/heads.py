@@ -33,6 +33,7 @@ from ..dims.propagate import Propagation
 from ..dims.slots import FactorRule, HeadAxis, PairRule
 from ..errors import StaleGroupError
 from ..functional.base import matches_layer_types
+from ..functional.pruned_mha import kept_heads
 from .group import Group
 from .node import Dependency, GroupItem, Node
 
@@ -331,7 +332,7 @@ class ModuleHeads:
 
         None when all of them are gone already: a plan made before an earlier step stays valid.
         """
-        kept = _heads_kept(self.node.module).tolist()
+        kept = kept_heads(self.node.module).tolist()
         now = sorted(kept.index(int(h)) for t in orig for h in t.tolist() if int(h) in kept)
         return ModuleHeadsGroup(self.graph, self.node, now) if now else None
 
@@ -365,13 +366,13 @@ class ModuleHeadsGroup(Group):
         item = GroupItem(Dependency(fn, fn, node, node, side="heads"), list(heads), list(heads))
         super().__init__(graph=graph, items=[item], version=graph.version)
         self._node = node
-        self._kept = _heads_kept(node.module).tolist()  # original head ids present when planned
+        self._kept = kept_heads(node.module).tolist()  # original head ids present when planned
 
     def _check_fresh(self) -> None:
-        if _heads_kept(self._node.module).tolist() != self._kept:
+        if kept_heads(self._node.module).tolist() != self._kept:
             raise StaleGroupError(
                 f"this head group of {self._node.name} was planned when it had heads {self._kept}, but "
-                f"another prune removed heads since (now {_heads_kept(self._node.module).tolist()}); plan "
+                f"another prune removed heads since (now {kept_heads(self._node.module).tolist()}); plan "
                 "it again on the model as it is now"
             )
 
@@ -385,7 +386,7 @@ class ModuleHeadsGroup(Group):
     exec = prune
 
     def replan(self) -> ModuleHeadsGroup | None:
-        kept_now = _heads_kept(self._node.module).tolist()
+        kept_now = kept_heads(self._node.module).tolist()
         orig = [self._kept[h] for h in self.items[0].idxs]
         now = sorted(kept_now.index(h) for h in orig if h in kept_now)
         return ModuleHeadsGroup(self.graph, self._node, now) if now else None
@@ -399,16 +400,11 @@ class ModuleHeadsGroup(Group):
         item.dep.target.handler.zero_removed(module, {"inner": [i for i in range(inner) if i not in gone]})
 
 
-def _heads_kept(module: nn.Module) -> torch.Tensor:
-    kept = module.__dict__.get("_heads_kept")
-    return kept if kept is not None else torch.arange(module.num_heads)
-
-
 def find_module_heads(graph: DependencyGraph, ignored_layers: Iterable[nn.Module] = ()) -> list[ModuleHeads]:
     """Every traced ``nn.MultiheadAttention`` with at least two heads, outside ``ignored_layers``."""
     ignored = {id(m) for layer in ignored_layers if isinstance(layer, nn.Module) for m in layer.modules()}
     out = []
     for module, node in graph.module2node.items():
         if isinstance(module, nn.MultiheadAttention) and id(module) not in ignored and module.num_heads > 1:
-            out.append(ModuleHeads(graph, node, [t.view(1) for t in _heads_kept(module)]))
+            out.append(ModuleHeads(graph, node, [t.view(1) for t in kept_heads(module)]))
     return out
