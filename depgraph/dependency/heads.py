@@ -241,7 +241,10 @@ def _kv_axis(g: Any, slot: int) -> int:
         s = frontier.pop()
         for rule in g.rules[s]:
             if isinstance(rule, FactorRule) and rule.merged == s and len(rule.parts) == 2:
-                return rule.parts[0]
+                # (KV heads, repeat) under GQA; (windows, heads) when heads share the batch dim
+                # (SAM's ``B * num_heads``): the frozen outer factor is a batch, not the heads.
+                outer, inner = rule.parts
+                return inner if outer in g.frozen and inner not in g.frozen else outer
             if isinstance(rule, PairRule) and isinstance(rule.fwd, Identity):
                 other = rule.b if rule.a == s else rule.a
                 if other not in seen:
