@@ -22,6 +22,7 @@ from ..dims.slots import Endpoint, FactorRule, PairRule, SlotGraph
 from ..errors import HandlerMismatchError
 from ..functional import ParameterPruner, prune_parameter_out_channels
 from ..functional.base import BasePruningFunc
+from ..functional.parametrized import unsupported_parametrization
 from ..trace.graph import OpNode, Trace
 from ..trace.shape_int import AttrExpr
 from .node import Node
@@ -87,6 +88,9 @@ class GraphBuilder:
             self.graph.shape_sensitive.add(slot)  # a user's handler: check the forward after pruning
         fn = h.prune_out_channels if is_out else h.prune_in_channels
         self.graph.endpoints[slot] = Endpoint(node, fn, is_out)
+        why = unsupported_parametrization(module, node.name)
+        if why is not None:  # an orthogonal or spectral-norm weight: removing rows changes it whole
+            self.graph.freeze(slot, why)
         if is_out:
             node.out_slot = slot
         else:
