@@ -29,7 +29,27 @@ from torch.nn.utils import parametrize
 
 from ..errors import UnsupportedOpError
 
-__all__ = ["is_reparametrized", "unsupported_parametrization", "plain_weights", "strip_weight_norm"]
+__all__ = ["is_reparametrized", "unsupported_parametrization", "plain_weights", "check_plain", "strip_weight_norm"]
+
+
+# ids of the modules inside :func:`plain_weights` now: their handlers may run.
+_INSIDE: set[int] = set()
+
+
+def check_plain(module: object, describe: str) -> None:
+    """Refuse a handler call on a weight-normed layer outside :func:`plain_weights`.
+
+    ``tp.prune_conv_out_channels(layer, idxs)`` on such a layer would prune a computed copy of
+    its weight and leave g and v whole (the layer would no longer run); a group prune updates them.
+
+    Raises:
+        UnsupportedOpError: ``module`` computes a weight from other tensors and is not inside.
+    """
+    if id(module) not in _INSIDE and is_reparametrized(module):
+        raise UnsupportedOpError(
+            f"{describe} computes its weight from others (weight norm); prune it through the graph "
+            "(DG.get_pruning_group(...).prune() or a pruner), which sets them from the pruned weight, "
+            "or wrap the call in depgraph.functional.parametrized.plain_weights(layer)")
 
 
 def _weight_norm_types() -> tuple[type, ...]:
@@ -81,8 +101,12 @@ def plain_weights(module: nn.Module) -> Iterator[None]:
     why = unsupported_parametrization(module)
     if why is not None:
         raise UnsupportedOpError(why)
+    if id(module) in _INSIDE:
+        yield
+        return
     cls = type(module)
     names = list(module.parametrizations.keys()) if parametrize.is_parametrized(module) else []
+    _INSIDE.add(id(module))
     values = {n: getattr(module, n).detach().clone() for n in names}
     if names:
         module.__class__ = cls.__bases__[0]  # the class parametrize derived ``Parametrized<cls>`` from
@@ -95,6 +119,8 @@ def plain_weights(module: nn.Module) -> Iterator[None]:
             module._parameters.pop(n, None)
         module.__class__ = cls
         raise
+    finally:
+        _INSIDE.discard(id(module))
     pruned = {n: module._parameters.pop(n).data for n in names}
     module.__class__ = cls
     for n, w in pruned.items():
