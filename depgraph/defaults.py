@@ -16,8 +16,8 @@ __all__ = ["CONV_AND_LINEAR", "DEFAULT_ROOT_TYPES", "DEFAULT_TARGET_TYPES"]
 #: Layers with filters and input columns: the default of criteria that skip norms.
 CONV_AND_LINEAR: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
 
-#: Group roots by default (graph, pruners, attention heads): convolutions, linears and LSTMs,
-#: as the original's pruners (its ``get_all_groups`` alone left LSTMs out).
+#: Group roots by default (``get_all_groups``, pruners, attention heads, the CLI): convolutions,
+#: linears and LSTMs, as the original's pruners (its ``get_all_groups`` alone left LSTMs out).
 DEFAULT_ROOT_TYPES: tuple[type, ...] = (*CONV_AND_LINEAR, nn.LSTM)
 
 #: Layers criteria score by default: the root layers' weights plus batch and layer norms.

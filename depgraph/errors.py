@@ -66,3 +66,21 @@ class PruneFailedError(DepgraphError):
 
 class StaleGroupError(DepgraphError):
     """A group was planned on an earlier version of the model; plan it again from the graph."""
+
+
+class SourceError(DepgraphError):
+    """A model to prune cannot be loaded: an unknown name, a missing or unreadable weights file,
+    weights that do not fit the architecture, or a pickled file loaded without trusting it."""
+
+
+class CalibrationDataError(DepgraphError):
+    """Calibration data cannot be read or does not fit the model (wrong channels, no tokenizer,
+    token ids outside the vocabulary). Raised before any calibration pass."""
+
+
+class TargetUnreachableError(DepgraphError):
+    """A size or latency target cannot be met by any pruning ratio the search may use."""
+
+
+class OutputError(DepgraphError):
+    """The pruned model cannot be written where asked (missing parent, not writable, wrong kind)."""

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from .._types import ExampleInputs, Indices
-from ..defaults import CONV_AND_LINEAR
+from ..defaults import DEFAULT_ROOT_TYPES
 from ..dims.propagate import Propagation, propagate
 from ..errors import (
     DepgraphError,
@@ -378,7 +378,7 @@ class DependencyGraph:
         if positions.numel():
             positions = positions[self.is_alive(slot, positions)]
         plan = self.propagate(slot, positions, blocked, unfrozen=unfrozen)
-        return Group(self, self._items(plan), plan, version=self._version, root=(slot, positions))
+        return Group(graph=self, items=self._items(plan), plan=plan, version=self._version, root=(slot, positions))
 
     def is_stale(self, group: Group) -> bool:
         """Whether a prune committed after ``group`` was planned changed a slot the group reaches."""
@@ -425,8 +425,8 @@ class DependencyGraph:
                 "DG.get_pruner_of_module(module).prune_out_channels"
             )
         owner = fn.__self__
-        if owner.TARGET_MODULES and not node.is_parameter:
-            if not isinstance(node.module, owner.TARGET_MODULES) and owner.stand_in(node.module) is None:
+        if not node.is_parameter:
+            if not owner.accepts(node.module) and owner.stand_in(node.module) is None:
                 raise HandlerMismatchError(
                     f"{fn.__name__} of {type(owner).__name__} does not fit {node.name} "
                     f"({type(node.module).__name__}); use the pruning function for {type(node.module).__name__}"
@@ -477,7 +477,7 @@ class DependencyGraph:
             pos, roots = plan.removed(slot)
             pos, roots = self.to_current(slot, pos), self.to_current(root_slot, roots)
             src = eps.get(plan.source.get(slot, slot), ep)
-            dep = Dependency(src.handler, ep.handler, src.node, ep.node, "out" if ep.is_out else "in")
+            dep = Dependency(src.handler, ep.handler, src.node, ep.node, side="out" if ep.is_out else "in")
             items.append(GroupItem(dep, pos.tolist(), roots.tolist()))
         if items and root_slot not in eps:
             raise DepgraphError("the root of a group must be a prunable layer")
@@ -486,9 +486,12 @@ class DependencyGraph:
     def get_all_groups(
         self,
         ignored_layers: Iterable[nn.Module] = (),
-        root_module_types: tuple = CONV_AND_LINEAR,
+        root_module_types: tuple = DEFAULT_ROOT_TYPES,
     ) -> Iterator[Group]:
         """Yield every prunable group once, rooted at the first layer of ``root_module_types`` in it.
+
+        The default is the pruners' (:data:`depgraph.defaults.DEFAULT_ROOT_TYPES`, LSTMs
+        included), so this lists exactly the groups a pruner with default options ranks.
 
         A layer whose handler ``acts_as`` one of ``root_module_types`` counts as one: naming
         ``nn.Linear`` roots groups at GPT-2's ``Conv1D`` too.
@@ -512,7 +515,7 @@ class DependencyGraph:
             visited.update(s for s in plan.state if s in self._graph.endpoints)
             if plan.violations or alive.numel() < 2 or not self._single_channel_prunable(slot, alive, blocked):
                 continue
-            yield Group(self, self._items(plan), plan, version=self._version, root=(slot, alive))
+            yield Group(graph=self, items=self._items(plan), plan=plan, version=self._version, root=(slot, alive))
 
     def _single_channel_prunable(self, slot: int, alive: torch.Tensor, blocked: dict[int, str]) -> bool:
         """Whether removing one root channel leaves every member non-empty.

@@ -7,6 +7,7 @@ on failure).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -34,8 +35,8 @@ class Group:
     Plan again with ``DG.get_pruning_group`` (or ``group.prune(idxs=...)``) to prune more.
     """
 
-    def __init__(self, graph: DependencyGraph | None = None, items: list[GroupItem] | None = None,
-                 plan: Propagation | None = None, *, version: int | None = None,
+    def __init__(self, *, graph: DependencyGraph | None = None, items: list[GroupItem] | None = None,
+                 plan: Propagation | None = None, version: int | None = None,
                  root: tuple[int, torch.Tensor] | None = None):
         self._DG = graph
         self._items = list(items or [])
@@ -127,7 +128,15 @@ class Group:
             return
         self._DG.apply_group(self, record_history=record_history)
 
-    exec = prune  # v0 spelling: ``plan.exec()``
+    def exec(self) -> None:
+        """The first release's spelling of :meth:`prune` (``plan.exec()``); warns, as the original does."""
+        warnings.warn("Group.exec() will be deprecated in the future; use Group.prune() instead",
+                      UserWarning, stacklevel=2)
+        self.prune()
+
+    def __call__(self) -> None:
+        """``group()`` is ``group.prune()``, as in the original."""
+        return self.prune()
 
     def replan(self) -> Group | None:
         """The same decision planned on the model as it is now: the original root positions still

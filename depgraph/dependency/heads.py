@@ -125,7 +125,7 @@ class AttentionHeads:
                 else:
                     have.idxs.extend(it.idxs)
                     have.root_idxs.extend(it.root_idxs)
-        return Group(self.graph, list(merged.values()))
+        return Group(graph=self.graph, items=list(merged.values()))
 
 
 def find_attention_heads(
@@ -365,8 +365,8 @@ class ModuleHeadsGroup(Group):
 
     def __init__(self, graph: DependencyGraph, node: Node, heads: list[int]) -> None:
         fn = node.handler.prune_heads
-        super().__init__(graph, [GroupItem(Dependency(fn, fn, node, node, "heads"), list(heads), list(heads))],
-                         version=graph.version)
+        item = GroupItem(Dependency(fn, fn, node, node, side="heads"), list(heads), list(heads))
+        super().__init__(graph=graph, items=[item], version=graph.version)
         self._node = node
         self._kept = _heads_kept(node.module).tolist()  # original head ids present when planned
 

@@ -88,7 +88,7 @@ class Dependency:
     """
 
     def __init__(self, trigger: Callable, handler: Callable, source: Node, target: Node,
-                 side: str | None = None):
+                 *, side: str | None = None):
         self.trigger = trigger
         self.handler = handler
         self.source = source

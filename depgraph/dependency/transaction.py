@@ -23,7 +23,10 @@ newest first, then restores every snapshot, and lets the exception through:
 Handlers replace ``.data``/``.grad`` of parameters and reassign attributes;
 they never write into an existing tensor. Keeping the old tensor objects, the
 old ``__dict__``/``_parameters``/``_buffers`` entries and each module's class is
-therefore enough to restore bit-identically, without copying any weight.
+therefore enough to restore bit-identically, without copying any weight. The
+one change that does write in place, soft pruning (zeroing entries of a weight
+an optimizer may hold), declares those tensors with :meth:`Transaction.cover_values`,
+which keeps a copy of their values.
 """
 
 from __future__ import annotations
@@ -118,6 +121,8 @@ class Transaction:
         self.what = what
         self._snapshots: list[Snapshot] = []
         self._undo: list[Callable[[], None]] = []
+        self._values: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._valued: set[int] = set()
         self.committed = False
         self.cover(targets)
 
@@ -127,6 +132,18 @@ class Transaction:
         targets = list(targets)
         if targets:
             self._snapshots.append(Snapshot(targets))
+
+    def cover_values(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Keep a copy of the values of ``tensors`` that are about to be written in place.
+
+        A snapshot keeps references only, which cannot undo an in-place write;
+        this is the price (one copy per tensor, taken once) of restoring one.
+        """
+        with torch.no_grad():
+            for t in tensors:
+                if id(t) not in self._valued:
+                    self._valued.add(id(t))
+                    self._values.append((t, t.detach().clone()))
 
     def on_rollback(self, fn: Callable[[], None]) -> None:
         """Run ``fn()`` when the transaction rolls back: newest first, *before* the snapshots are
@@ -140,6 +157,12 @@ class Transaction:
             fn()
         for snap in reversed(self._snapshots):
             snap.restore()
+        with torch.no_grad():
+            for t, value in self._values:
+                if t.shape == value.shape:
+                    t.copy_(value)
+                else:
+                    t.data = value
 
     def __enter__(self) -> Transaction:
         return self

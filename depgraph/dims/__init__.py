@@ -6,7 +6,19 @@ with :func:`register_dim_rule`.
 
 from __future__ import annotations
 
-from . import concat, elementwise, embedding, factory, matmul, modules, reduce, reshape  # noqa: F401  (register rules)
+from . import (  # noqa: F401  (register rules)
+    attention,
+    concat,
+    elementwise,
+    embedding,
+    factory,
+    indexing,
+    linear_ops,
+    modules,
+    reduce,
+    reshape,
+    spatial,
+)
 from .indexmap import Compose, Gather, Identity, IndexMap, Lookup, Offset
 from .registry import RuleContext, get_dim_rule, register_dim_rule, registered_dim_rules
 

@@ -1,10 +1,10 @@
-"""Reading an op's arguments by position or keyword, as torch would bind them."""
+"""Reading an op's arguments as torch would bind them, and finding the callables a rule covers."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..trace.graph import OpNode, Value
+from ..trace.graph import OpNode
 
 _MISSING = object()
 
@@ -18,10 +18,6 @@ def arg(op: OpNode, pos: int, name: str, default: Any = None) -> Any:
     return default
 
 
-def first_value(op: OpNode) -> Value | None:
-    return op.inputs[0] if op.inputs else None
-
-
 def int_list(x: Any) -> list[int]:
     """Normalise ``dims``-style arguments: an int, a tuple/list, or varargs packed as a tuple."""
     if x is None:
@@ -33,14 +29,16 @@ def int_list(x: Any) -> list[int]:
     return [int(v) for v in x]
 
 
-def shape_args(op: OpNode, start: int = 1) -> list[int]:
-    """Shape given as varargs (``x.view(a, b)``) or one sequence (``x.view((a, b))``)."""
-    rest = op.args[start:]
-    if not rest:
-        for key in ("size", "shape", "sizes", "dims"):
-            if key in op.kwargs:
-                return [int(v) for v in op.kwargs[key]]
-        return []
-    if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
-        return [int(v) for v in rest[0]]
-    return [int(v) for v in rest if not isinstance(v, Value)]
+def lookup(names: str, *spaces) -> list:
+    """The callables named in ``names`` (space-separated) that exist in any of ``spaces``, each once.
+
+    Shared by every dimension-rule module so a rule registers for ``torch.x``,
+    ``torch.Tensor.x`` and ``F.x`` alike, and a name this torch build lacks is skipped.
+    """
+    found = []
+    for name in names.split():
+        for space in spaces:
+            f = getattr(space, name, None)
+            if f is not None and f not in found:
+                found.append(f)
+    return found

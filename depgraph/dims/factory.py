@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..trace.graph import OpNode, Value
-from .elementwise import lookup
+from ._args import lookup
 from .registry import RuleContext, register_dim_rule
 from .reshape import freeze_written_sizes
 

@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..trace.graph import OpNode
-from ._args import arg, int_list
-from .elementwise import lookup
+from ._args import arg, int_list, lookup
 from .registry import RuleContext, register_dim_rule
 
 _EXACT = lookup("sum nansum", torch, torch.Tensor)

@@ -13,14 +13,13 @@ import torch.nn.functional as F
 
 from ..trace.graph import OpNode
 from ..trace.shape_int import AttrInt, ShapeInt, is_computed
-from ._args import arg, int_list
-from .elementwise import lookup
+from ._args import arg, int_list, lookup
 from .indexmap import Gather
 from .registry import RuleContext, register_dim_rule
 
 _RESHAPES = lookup(
     "view reshape flatten unflatten squeeze unsqueeze view_as reshape_as ravel atleast_1d atleast_2d "
-    "atleast_3d squeeze_ unsqueeze_ flatten_dummy",
+    "atleast_3d squeeze_ unsqueeze_",
     torch.Tensor, torch,
 )
 

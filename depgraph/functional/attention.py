@@ -48,7 +48,7 @@ class MultiheadAttentionPruner(BasePruningFunc):
 
     names = ("multihead_attention",)
 
-    TARGET_MODULES = (nn.MultiheadAttention,)
+    TARGET_MODULES = nn.MultiheadAttention
     mixes_channels = True  # scores and 1/sqrt(d) change: not the same as zeroing the dims
 
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:

@@ -66,6 +66,7 @@ __all__ = [
     "find_handler",
     "registered_handlers",
     "matches_layer_types",
+    "target_types",
     "PrunerBox",
 ]
 
@@ -148,10 +149,13 @@ class BasePruningFunc:
     """Base class of per-module pruning handlers; subclass it for a custom layer.
 
     Override ``prune_out_channels``, ``prune_in_channels``, ``get_out_channels``
-    and ``get_in_channels``. Set ``TARGET_MODULES`` to the module types handled;
-    a module owned by another handler is refused, while a module of a type no
-    handler is registered for is duck-typed, so ``LinearPruner()`` can serve a
-    custom layer laid out like ``nn.Linear``.
+    and ``get_in_channels``. Set ``TARGET_MODULES`` to the module type (or tuple
+    of types) handled, as in the original API (``None``: any); a module owned by
+    another handler is refused, while a module of a type no handler is
+    registered for is duck-typed, so ``LinearPruner()`` can serve a custom layer
+    laid out like ``nn.Linear``. A module whose registered handler is of this
+    handler's class is accepted too (``LayernormPruner`` also serves
+    ``nn.RMSNorm``, ``LSTMPruner`` serves ``nn.GRU`` and ``nn.RNN``).
     Set ``mixes_channels = True`` when the layer computes statistics across the
     channel dimension (LayerNorm, GroupNorm), or otherwise lets a removed channel
     influence the kept ones (the recurrence of an LSTM, the inner head dims of
@@ -177,7 +181,8 @@ class BasePruningFunc:
         ...     get_in_channels = get_out_channels
     """
 
-    TARGET_MODULES: tuple[type, ...] = ()
+    #: The module type, or tuple of types, this handler prunes; None: any (the original's default).
+    TARGET_MODULES: type | tuple[type, ...] | None = None
     mixes_channels: bool = False
     acts_as: type | None = None
     #: Public names: ``depgraph.functional`` exports ``prune_{name}_out_channels`` and
@@ -250,12 +255,22 @@ class BasePruningFunc:
         ``tp.prune_linear_out_channels(gpt2_conv1d, idxs)`` then prunes the
         ``Conv1D`` along its own layout instead of refusing it.
         """
-        if not self.TARGET_MODULES or isinstance(layer, self.TARGET_MODULES):
+        types = target_types(self)
+        if not types or isinstance(layer, types):
             return None
         own = find_handler(layer)
         if own is None or own is self or own.acts_as is None:
             return None
-        return own if issubclass(own.acts_as, self.TARGET_MODULES) else None
+        return own if issubclass(own.acts_as, types) else None
+
+    def accepts(self, layer: object) -> bool:
+        """Whether ``layer`` is one this handler prunes: one of ``TARGET_MODULES``, or a layer
+        whose registered handler is of this handler's class (or a base of it)."""
+        types = target_types(self)
+        if not types or isinstance(layer, types):
+            return True
+        own = find_handler(layer) if isinstance(layer, nn.Module) else None
+        return own is not None and isinstance(self, type(own))
 
     def check_layer(self, layer: nn.Module) -> None:
         """Raise :class:`HandlerMismatchError` when ``layer`` belongs to another handler.
@@ -267,11 +282,11 @@ class BasePruningFunc:
         ``Conv2d`` given to the linear pruner) is refused, because pruning it with the
         wrong layout would silently corrupt it.
         """
-        if not self.TARGET_MODULES or isinstance(layer, self.TARGET_MODULES):
+        if self.accepts(layer):
             return
         if find_handler(layer) is None and isinstance(layer, nn.Module):
             return
-        names = ", ".join(t.__name__ for t in self.TARGET_MODULES)
+        names = ", ".join(t.__name__ for t in target_types(self))
         raise HandlerMismatchError(
             f"{type(self).__name__} prunes {names}, not {_describe(layer)}; "
             f"use the pruning function for {type(layer).__name__} (see depgraph.functional)"
@@ -345,7 +360,7 @@ class BasePruningFunc:
             >>> tp.function.LinearPruner()(nn.Linear(4, 3), [0], to_output=True).out_features
             2
         """
-        self.check(layer, idxs, to_output)
+        self.check(layer, idxs, to_output=to_output)
         if dry_run:
             return layer
         if not inplace:
@@ -390,12 +405,20 @@ def register_handler(*module_types: type) -> Callable[[H], H]:
 
     def deco(cls: H) -> H:
         instance = cls()
-        for t in module_types or cls.TARGET_MODULES:
+        for t in module_types or target_types(cls):
             set_layer_part(t, "handler", instance, "pruning handler")
         cls.INSTANCE = instance  # type: ignore[attr-defined]
         return cls
 
     return deco
+
+
+def target_types(handler: BasePruningFunc | type[BasePruningFunc]) -> tuple[type, ...]:
+    """A handler's ``TARGET_MODULES`` as a tuple: the original API allows one type, a tuple or None."""
+    types = handler.TARGET_MODULES
+    if types is None:
+        return ()
+    return types if isinstance(types, tuple) else (types,)
 
 
 def find_handler(module: nn.Module, extra: dict | None = None) -> BasePruningFunc | None:

@@ -37,15 +37,6 @@ from .base import BasePruningFunc, _describe, keep_index, prune_tensor
 
 __all__ = ["ConvPruner", "DepthwiseConvPruner"]
 
-_CONV_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-)
-
 
 @dataclass(frozen=True)
 class _ConvEdit:
@@ -137,7 +128,9 @@ class ConvPruner(BasePruningFunc):
 
     names = ("conv",)
 
-    TARGET_MODULES = _CONV_TYPES
+    TARGET_MODULES = nn.modules.conv._ConvNd
+    #: The original's spelling on its conv handlers (where it left ``TARGET_MODULES`` unset).
+    TARGET_MODULE = nn.modules.conv._ConvNd
 
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
         """Remove output channels (and their bias entries).

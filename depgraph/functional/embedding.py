@@ -27,7 +27,7 @@ class EmbeddingPruner(BasePruningFunc):
 
     names = ("embedding",)
 
-    TARGET_MODULES = (nn.Embedding, nn.EmbeddingBag)
+    TARGET_MODULES = nn.Embedding  # nn.EmbeddingBag is registered to this handler too (see accepts)
 
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
         """Remove embedding dims (weight columns).

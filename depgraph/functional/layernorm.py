@@ -11,13 +11,10 @@ from __future__ import annotations
 import torch.nn as nn
 
 from .._types import Indices
-from .base import BasePruningFunc, keep_index, prune_tensor
+from ..errors import InvalidIndicesError
+from .base import BasePruningFunc, _describe, keep_index, prune_tensor
 
 __all__ = ["LayerNormPruner", "LayernormPruner"]
-
-_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm,)
-if hasattr(nn, "RMSNorm"):  # torch >= 2.4
-    _TYPES += (nn.RMSNorm,)
 
 
 class LayerNormPruner(BasePruningFunc):
@@ -31,11 +28,28 @@ class LayerNormPruner(BasePruningFunc):
 
     names = ("layernorm", "rmsnorm",)
 
-    TARGET_MODULES = _TYPES
+    TARGET_MODULES = nn.LayerNorm  # nn.RMSNorm is registered to this handler too (see accepts)
     mixes_channels = True
 
+    def __init__(self, metrcis: object = None, pruning_dim: int = -1) -> None:
+        # ``metrcis`` (sic) is the original's unused first parameter, kept for positional calls.
+        super().__init__(pruning_dim=pruning_dim)
+
+    def check(self, layer: nn.Module, idxs: Indices, *, to_output: bool = True) -> None:
+        """Validate a prune of ``layer`` without changing it (the original's takes no ``to_output``).
+
+        Raises:
+            HandlerMismatchError: ``layer`` belongs to another handler.
+            InvalidIndicesError: an index is out of range, or ``layer`` has no dim ``pruning_dim``.
+            OverPruningError: every channel would be removed.
+        """
+        self.check_idxs(layer, idxs, "out")
+
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
-        """Remove channels of the last normalised dim; in and out are the same.
+        """Remove channels of normalised dim ``pruning_dim`` (the last one by default); in and out are the same.
+
+        The graph always prunes the last dim, the one a following Linear reads; another
+        ``pruning_dim`` is for direct calls, as in the original.
 
         Args:
             layer: The module to prune in place.
@@ -45,18 +59,18 @@ class LayerNormPruner(BasePruningFunc):
             ``layer`` itself, so calls can be chained.
 
         Raises:
-            InvalidIndicesError: an index is negative or ``>= normalized_shape[-1]``.
+            InvalidIndicesError: an index is negative or ``>= normalized_shape[pruning_dim]``.
             OverPruningError: every channel would be removed.
             HandlerMismatchError: ``layer`` belongs to another handler.
         """
         idxs = self.check_idxs(layer, idxs, "out")
         if idxs.numel():
             shape = tuple(layer.normalized_shape)
-            keep = keep_index(shape[-1], idxs)
-            dim = len(shape) - 1  # weight / bias have shape normalized_shape
+            dim = self._norm_dim(layer)  # weight / bias have shape normalized_shape
+            keep = keep_index(shape[dim], idxs)
             prune_tensor(getattr(layer, "weight", None), dim, keep)
             prune_tensor(getattr(layer, "bias", None), dim, keep)
-            layer.normalized_shape = (*shape[:-1], len(keep))
+            layer.normalized_shape = (*shape[:dim], len(keep), *shape[dim + 1:])
         return layer
 
     def prune_in_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
@@ -64,10 +78,20 @@ class LayerNormPruner(BasePruningFunc):
         return self.prune_out_channels(layer, idxs)
 
     def get_out_channels(self, layer: nn.Module) -> int:
-        return layer.normalized_shape[-1]
+        return layer.normalized_shape[self._norm_dim(layer)]
 
     def get_in_channels(self, layer: nn.Module) -> int:
-        return layer.normalized_shape[-1]
+        return self.get_out_channels(layer)
+
+    def _norm_dim(self, layer: nn.Module) -> int:
+        """``pruning_dim`` as a non-negative index into ``normalized_shape``."""
+        n = len(layer.normalized_shape)
+        if not -n <= self.pruning_dim < n:
+            raise InvalidIndicesError(
+                f"{_describe(layer)} normalises {n} dim(s) {tuple(layer.normalized_shape)}; "
+                f"it has no dim {self.pruning_dim} to prune (pruning_dim must be in [{-n}, {n - 1}])"
+            )
+        return self.pruning_dim % n
 
     def in_channel_dim(self, layer: nn.Module, ndim: int) -> int:
         return ndim - 1

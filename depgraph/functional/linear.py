@@ -28,7 +28,7 @@ class LinearPruner(BasePruningFunc):
 
     names = ("linear",)
 
-    TARGET_MODULES = (nn.Linear,)
+    TARGET_MODULES = nn.Linear
 
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
         """Remove output features: weight rows and bias entries.

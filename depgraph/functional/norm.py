@@ -70,7 +70,7 @@ class BatchNormPruner(_PerChannelNormPruner):
 
     names = ("batchnorm",)
 
-    TARGET_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+    TARGET_MODULES = nn.modules.batchnorm._BatchNorm  # BatchNorm{1,2,3}d, SyncBatchNorm
 
 
 class InstanceNormPruner(_PerChannelNormPruner):

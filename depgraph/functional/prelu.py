@@ -29,7 +29,7 @@ class PReLUPruner(BasePruningFunc):
 
     names = ("prelu",)
 
-    TARGET_MODULES = (nn.PReLU,)
+    TARGET_MODULES = nn.PReLU
 
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
         """Remove the slopes of the given channels; a shared slope is left alone.

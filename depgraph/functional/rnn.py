@@ -55,7 +55,7 @@ class LSTMPruner(BasePruningFunc):
 
     names = ("lstm", "gru", "rnn")
 
-    TARGET_MODULES = (nn.LSTM, nn.GRU, nn.RNN)
+    TARGET_MODULES = nn.LSTM  # nn.GRU and nn.RNN are registered to this handler too (see accepts)
     # A removed unit also fed the others through the recurrence, so pruning it is
     # not the same as zeroing its output downstream.
     mixes_channels = False  # zeroed hidden units stay zero through the recurrence (h0 = 0)

@@ -23,6 +23,7 @@ Two ways to use it:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ from ..functional.base import find_handler
 from .calibration import CalibrationStats, is_channel_consumer
 from .channels import handler_side
 
-__all__ = ["compensate_bias", "enable_bias_compensation", "BiasCompensation"]
+__all__ = ["compensate_bias", "plan_bias_compensation", "BiasShift", "enable_bias_compensation", "BiasCompensation"]
 
 
 def _bias_delta(layer: nn.Module, idxs: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
@@ -64,6 +65,62 @@ def _add_to_bias(layer: nn.Module, delta: torch.Tensor) -> None:
             bias.data = (bias.data.to(torch.float64) + delta.to(bias.device)).to(bias.dtype)
 
 
+@dataclass(frozen=True)
+class BiasShift:
+    """One consumer's bias compensation, planned: which input channels go and their mean values.
+
+    Planning reads only the statistics and the layer's current channel positions, so a plan
+    made on a meta-device model applies to a real copy of that layer in the same state
+    (the streamed checkpoint path replays it; see :mod:`depgraph.streaming`).
+
+    Attributes:
+        parts: ``(positions, mean)`` per group member pruning this layer's inputs, in group order.
+    """
+
+    parts: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+    @torch.no_grad()
+    def apply(self, layer: nn.Module) -> None:
+        """Add the planned correction to ``layer``'s bias (creating one); before its channels go."""
+        delta = None
+        for idxs, mean in self.parts:
+            d = _bias_delta(layer, idxs.to(layer.weight.device), mean)
+            delta = d if delta is None else delta + d
+        if delta is not None:
+            _add_to_bias(layer, delta)
+
+
+def plan_bias_compensation(group: Iterable[Any], stats: CalibrationStats) -> dict[nn.Module, BiasShift]:
+    """The bias compensation :func:`compensate_bias` would apply to ``group``, by consumer, unapplied.
+
+    Args:
+        group: a :class:`~depgraph.Group` (or any iterable of ``(dep, idxs)`` with current indices).
+        stats: calibration statistics of the model ``group`` belongs to.
+
+    Returns:
+        ``{consumer: BiasShift}``; ``shift.apply(layer)`` changes the bias.
+
+    Raises:
+        DepgraphError: ``stats`` is not calibration statistics.
+    """
+    if not isinstance(stats, CalibrationStats):
+        raise DepgraphError(
+            f"compensate_bias needs CalibrationStats (from collect_activation_stats or a calibrated "
+            f"criterion's .stats), got {type(stats).__name__}"
+        )
+    parts: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for dep, idxs in group:
+        target = dep.target.module
+        if not idxs or handler_side(dep.handler) != "in" or not is_channel_consumer(target):
+            continue
+        i = torch.as_tensor(list(idxs), dtype=torch.long)
+        st = stats.lookup(target, i)
+        if st is None:
+            continue
+        parts.setdefault(target, []).append((i, st.mean))
+    return {layer: BiasShift(tuple(p)) for layer, p in parts.items()}
+
+
 @torch.no_grad()
 def compensate_bias(group: Iterable[Any], stats: CalibrationStats) -> list[nn.Module]:
     """Add the mean contribution of the channels ``group`` removes to each consumer's bias.
@@ -92,26 +149,11 @@ def compensate_bias(group: Iterable[Any], stats: CalibrationStats) -> list[nn.Mo
         >>> tp.compensate_bias(group, stats)
         >>> group.prune()
     """
-    if not isinstance(stats, CalibrationStats):
-        raise DepgraphError(
-            f"compensate_bias needs CalibrationStats (from collect_activation_stats or a calibrated "
-            f"criterion's .stats), got {type(stats).__name__}"
-        )
     # plan every change first (a lookup may refuse), then apply them
-    changes: dict[nn.Module, torch.Tensor] = {}
-    for dep, idxs in group:
-        target = dep.target.module
-        if not idxs or handler_side(dep.handler) != "in" or not is_channel_consumer(target):
-            continue
-        i = torch.as_tensor(list(idxs), dtype=torch.long)
-        st = stats.lookup(target, i)
-        if st is None:
-            continue
-        delta = _bias_delta(target, i.to(target.weight.device), st.mean)
-        changes[target] = delta if target not in changes else changes[target] + delta
-    for layer, delta in changes.items():
-        _add_to_bias(layer, delta)
-    return list(changes)
+    shifts = plan_bias_compensation(group, stats)
+    for layer, shift in shifts.items():
+        shift.apply(layer)
+    return list(shifts)
 
 
 class BeforePruneHook:

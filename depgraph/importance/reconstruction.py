@@ -59,6 +59,8 @@ __all__ = [
     "LayerCovariance",
     "collect_input_covariance",
     "refit_consumers",
+    "plan_refits",
+    "Refit",
     "LeastSquaresCompensation",
     "enable_lstsq_compensation",
     "ReconstructionImportance",
@@ -115,6 +117,15 @@ class InputCovariance(LayerTable):
         Raises:
             DepgraphError: a current channel has no statistics (the layer changed outside depgraph).
         """
+        pos = self.positions(module)
+        return None if pos is None else self._table[module].moment[pos][:, pos]
+
+    def positions(self, module: nn.Module) -> torch.Tensor | None:
+        """Rows of ``self[module].moment`` that :meth:`lookup` takes now (the constant's last), or None.
+
+        Raises:
+            DepgraphError: a current channel has no statistics (the layer changed outside depgraph).
+        """
         cov = self._table.get(module)
         if cov is None:
             return None
@@ -125,8 +136,7 @@ class InputCovariance(LayerTable):
                 f"the input covariance of {type(module).__name__} does not cover its current channels; "
                 "it changed since calibration: collect the covariance again"
             )
-        pos = torch.cat([pos, pos.new_tensor([cov.index.numel()])])  # the constant stays last
-        return cov.moment[pos][:, pos]
+        return torch.cat([pos, pos.new_tensor([cov.index.numel()])])  # the constant stays last
 
     def channel_stats(self) -> CalibrationStats:
         """Per-channel mean and variance read off the second moments (one calibration pass serves
@@ -230,6 +240,52 @@ def _refit(layer: nn.Linear, removed: torch.Tensor, moment: torch.Tensor, dampin
         layer.bias.data = b_new
 
 
+@dataclass(frozen=True)
+class Refit:
+    """One consumer's least-squares refit, planned: the removed inputs and where their moments are.
+
+    Planning reads only the covariance and the layer's current channel positions, so a plan
+    made on a meta-device model applies to a real copy of that layer in the same state
+    (the streamed checkpoint path replays it; see :mod:`depgraph.streaming`). The moment
+    matrix is sliced when applied, not kept.
+
+    Attributes:
+        removed: ``(r,)`` current input positions removed, ascending.
+        cov: the layer's covariance record.
+        positions: rows of ``cov.moment`` for the current inputs and the constant (last).
+        damping: ridge term, relative to the mean input energy.
+    """
+
+    removed: torch.Tensor
+    cov: LayerCovariance
+    positions: torch.Tensor
+    damping: float
+
+    @torch.no_grad()
+    def apply(self, layer: nn.Linear) -> None:
+        """Refit ``layer``'s kept columns and bias (creating one); before its inputs go."""
+        _refit(layer, self.removed, self.cov.moment[self.positions][:, self.positions], self.damping)
+
+
+def plan_refits(group: Iterable[Any], cov: InputCovariance, damping: float = 1e-4) -> dict[nn.Module, Refit]:
+    """The refits :func:`refit_consumers` would apply to ``group``, by consumer, unapplied.
+
+    Raises:
+        DepgraphError: ``cov`` is not an :class:`InputCovariance`, or a consumer's channels
+            are not covered by it.
+    """
+    if not isinstance(cov, InputCovariance):
+        raise DepgraphError(f"refit_consumers needs an InputCovariance (collect_input_covariance), "
+                            f"got {type(cov).__name__}")
+    removed: dict[nn.Module, set[int]] = {}
+    for dep, idxs in group:
+        target = dep.target.module
+        if idxs and handler_side(dep.handler) == "in" and isinstance(target, nn.Linear) and target in cov:
+            removed.setdefault(target, set()).update(int(i) for i in idxs)
+    return {layer: Refit(torch.as_tensor(sorted(idxs), dtype=torch.long), cov[layer], cov.positions(layer), damping)
+            for layer, idxs in removed.items()}
+
+
 @torch.no_grad()
 def refit_consumers(group: Iterable[Any], cov: InputCovariance, damping: float = 1e-4) -> list[nn.Module]:
     """Refit every Linear consumer that ``group`` removes input channels of; call before ``group.prune()``.
@@ -247,18 +303,10 @@ def refit_consumers(group: Iterable[Any], cov: InputCovariance, damping: float =
     Raises:
         DepgraphError: ``cov`` is not an :class:`InputCovariance`.
     """
-    if not isinstance(cov, InputCovariance):
-        raise DepgraphError(f"refit_consumers needs an InputCovariance (collect_input_covariance), "
-                            f"got {type(cov).__name__}")
-    removed: dict[nn.Module, set[int]] = {}
-    for dep, idxs in group:
-        target = dep.target.module
-        if idxs and handler_side(dep.handler) == "in" and isinstance(target, nn.Linear) and target in cov:
-            removed.setdefault(target, set()).update(int(i) for i in idxs)
-    for layer, idxs in removed.items():
-        moment = cov.lookup(layer)
-        _refit(layer, torch.as_tensor(sorted(idxs), dtype=torch.long), moment, damping)
-    return list(removed)
+    refits = plan_refits(group, cov, damping)
+    for layer, refit in refits.items():
+        refit.apply(layer)
+    return list(refits)
 
 
 class LeastSquaresCompensation(BeforePruneHook):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -31,6 +31,7 @@ import torch.nn as nn
 
 from .._types import ExampleInputs, Indices
 from ..dependency import DependencyGraph
+from ..dependency.transaction import Transaction
 from ..errors import DepgraphError, OptionError, OptionTypeError, OverPruningError, UnsupportedOpError
 from ..importance import Importance
 from . import planning
@@ -221,8 +222,33 @@ class BasePruner:
         return self.options.global_pruning
 
     def initial_width(self, root: Any, default: int) -> int:
-        """Root channels at construction (``default`` for a root first seen later)."""
+        """Root channels at construction (``default`` for a root first seen later).
+
+        Ratios are fractions of this width, not of the current one, so an
+        iterative schedule reaches its target instead of compounding.
+        """
         return self._initial.setdefault(root, default)
+
+    def initial_widths(self) -> dict[Any, int]:
+        """A copy of every ``root -> width`` the ratios of this pruner refer to (see :meth:`initial_width`)."""
+        return dict(self._initial)
+
+    def set_initial_width(self, root: Any, width: int) -> None:
+        """Change the reference width of ``root``; a step rolled back restores the old one.
+
+        Removing whole attention heads also removes their head dims: the head
+        planner lowers the reference of those head-dim groups so the removed
+        heads are not counted again as pruned dims.
+        """
+        self._initial[root] = int(width)
+
+    def soft_pruned_positions(self, root: Any) -> frozenset[int]:
+        """Root positions of ``root`` that soft pruning has zeroed so far (empty without soft pruning).
+
+        They still exist in the weights but count as removed: planning never
+        picks them again and counts them towards the ratio.
+        """
+        return frozenset(self._soft_pruned.get(root, ()))
 
     def declared_channel_groups(self) -> dict[tuple[Any, str], int]:
         """``(module, side) -> n`` from in/out_channel_groups and (for head dims) num_heads."""
@@ -296,8 +322,7 @@ class BasePruner:
         if interactive:
             return groups
         if self.options.soft_pruning:
-            for group in groups:
-                self._soft_prune(group)
+            self._soft_step(groups)
             return None
         before = (self.current_step - 1, dict(self._initial))
         try:
@@ -356,6 +381,20 @@ class BasePruner:
         group = self.DG.get_pruning_group(cand.root, cand.fn, idxs)
         if self.DG.check_pruning_group(group):
             yield group
+
+    def _soft_step(self, groups: Iterable[Group]) -> None:
+        """Zero every group of the step in one transaction: all of them, or (an error, Ctrl-C)
+        none, with the weights, the soft-pruned record and the schedule as before the call."""
+        step, soft = self.current_step - 1, {k: set(v) for k, v in self._soft_pruned.items()}
+
+        def undo() -> None:
+            self.current_step, self._soft_pruned = step, soft
+
+        with Transaction(f"soft-pruning step {self.current_step} of {type(self).__name__}") as tx:
+            tx.on_rollback(undo)
+            for group in groups:
+                tx.cover_values(p for dep, _ in group for p in _params_of(dep.target.module))
+                self._soft_prune(group)
 
     def _soft_prune(self, group: Group) -> None:
         root = group[0].dep.target.module
@@ -444,3 +483,11 @@ class MetaPruner(BasePruner):
 
 class MagnitudePruner(BasePruner):
     """Alias of :class:`BasePruner`; pair it with a magnitude importance."""
+
+
+def _params_of(target: object) -> list[torch.Tensor]:
+    """The tensors soft pruning may zero for one group member: a layer's parameters, or the
+    bare parameter itself."""
+    if isinstance(target, nn.Module):
+        return list(target.parameters())
+    return [target] if isinstance(target, torch.Tensor) else []

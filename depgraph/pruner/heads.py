@@ -134,7 +134,7 @@ class HeadPlanner:
 
     def _soft_units(self, b: AttentionHeads | ModuleHeads) -> list[int]:
         """Units ``soft_pruning`` already zeroed (their root positions all recorded as soft-pruned)."""
-        soft = self.pruner._soft_pruned.get(b.root)
+        soft = self.pruner.soft_pruned_positions(b.root)
         if not soft:
             return []
         return [u for u in range(len(b.units)) if set(b.root_idxs([u])) <= soft]
@@ -224,10 +224,10 @@ class HeadPlanner:
     def _rescale_initial_widths(self, b: AttentionHeads, n_removed: int) -> None:
         """Head-dim groups count channels: removing heads must not count as pruning their dims."""
         before = len(b.units)
-        for module, width in list(self.pruner._initial.items()):
+        for module, width in self.pruner.initial_widths().items():
             node = self.pruner.DG.module2node.get(module)
             if node is not None and node.out_slot in b.slots and before:
-                self.pruner._initial[module] = round(width * (before - n_removed) / before)
+                self.pruner.set_initial_width(module, round(width * (before - n_removed) / before))
 
 
 def _head_roles(num_heads: tuple, blocks: list) -> dict[nn.Module, tuple[Hashable, str]]:

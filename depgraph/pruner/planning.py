@@ -73,7 +73,7 @@ def candidates(pruner: BasePruner, pooled: bool | None, skip: set[int] | None = 
         if pooled is not None and scope.pooled != pooled:
             continue
         alive = len(root_item.idxs)
-        soft = sorted(pruner._soft_pruned.get(root, ()))
+        soft = sorted(pruner.soft_pruned_positions(root))
         yield Candidate(
             group, root, root_item.dep.handler, alive, pruner.initial_width(root, alive), scope, soft
         )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..dependency.transaction import Transaction
 from ..errors import UnsupportedOpError
 from ..importance.channels import channel_slices, handler_side
 
@@ -26,6 +27,10 @@ __all__ = ["zero_group"]
 @torch.no_grad()
 def zero_group(group: Group) -> None:
     """Set to zero every parameter entry owned by the group's channels.
+
+    All or nothing: every member's layout is checked before anything is
+    zeroed, and the zeroing runs in a :class:`~depgraph.dependency.transaction.Transaction`
+    that puts the old values back on any exception or interrupt.
 
     Raises:
         UnsupportedOpError: a member's layer type has no known channel layout
@@ -49,7 +54,10 @@ def zero_group(group: Group) -> None:
             + ", ".join(unknown)
             + "; register their layout with depgraph.importance.register_channel_slices"
         )
-    for slices, idxs in plans:
-        for sl in slices:
-            pos = sl.flat_positions(idxs).flatten()
-            sl.param.data.view(-1)[pos] = 0
+    root = group.items[0].dep.target.name if group.items else "?"
+    with Transaction(f"soft-pruning the group rooted at {root}") as tx:
+        tx.cover_values(sl.param for slices, _ in plans for sl in slices)
+        for slices, idxs in plans:
+            for sl in slices:
+                pos = sl.flat_positions(idxs).flatten()
+                sl.param.data.view(-1)[pos] = 0

@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import DepgraphError, OptionError
-from .calibrate import calibrate_streamed
+from .calibrate import calibrate_streamed, materialize_on_use
+from .compensate import StreamedCompensation, log_zero_biases
 from .memory import available_memory, parse_size, peak_rss
 from .options import DATA_AWARE, PruneOptions
 from .plan import (
@@ -100,6 +101,8 @@ def prune_checkpoint(
     max_memory: int | str | None = None,
     mode: str = "auto",
     calib: Any = None,
+    compensation: str | None = None,
+    damping: float = 1e-4,
     resume: bool = True,
     progress: bool = True,
 ) -> StreamReport:
@@ -120,8 +123,15 @@ def prune_checkpoint(
         mode: ``"stream"``, ``"memory"`` (load it whole, prune, ``save_pretrained``) or
             ``"auto"``: stream when ``max_memory`` is given or the checkpoint is larger than
             the free memory.
-        calib: calibration batches for the data-aware criteria (token ids ``(B, T)``, a dict batch
-            or a list of them); the streamed pass holds one layer's weights at a time.
+        calib: calibration batches for the data-aware criteria and the compensations (token ids
+            ``(B, T)``, a dict batch or a list of them); the streamed pass holds one layer's
+            weights at a time.
+        compensation: ``"bias"`` (each consumer's bias takes the mean of its removed inputs,
+            as ``compensation=BiasMean(stats)`` in memory) or ``"lstsq"`` (its kept columns and
+            bias are refit by least squares, as ``compensation=LeastSquares(cov, damping)``);
+            calibrated on ``calib``. A created bias switches on the config's ``mlp_bias`` /
+            ``attention_bias`` so ``from_pretrained`` keeps it.
+        damping: the least-squares ridge term.
         resume: keep the shards an interrupted run of the same plan already wrote (checked
             against their recorded sha256).
         progress: progress bars on stderr (needs ``tqdm``).
@@ -141,17 +151,19 @@ def prune_checkpoint(
         >>> print(report)
     """
     options = PruneOptions(ratio=ratio, head_ratio=head_ratio, importance=importance,
-                           global_pruning=global_pruning, round_to=round_to, ignore=tuple(ignore), seed=seed)
+                           global_pruning=global_pruning, round_to=round_to, ignore=tuple(ignore), seed=seed,
+                           compensation=compensation, damping=damping)
     src, out = Path(src_dir), Path(out_dir)
     budget = parse_size(max_memory) if max_memory is not None else None
     if mode not in ("auto", "stream", "memory"):
         raise OptionError(f"mode must be 'auto', 'stream' or 'memory', got {mode!r}")
-    if options.data_aware and calib is None:
-        raise OptionError(f"importance={importance!r} is calibrated on data: pass calib= (token ids, a dict "
-                          "batch or a list of batches), or use a data-free criterion such as 'magnitude'")
-    if calib is not None and not options.data_aware:
-        raise OptionError(f"calib= is only read by the data-aware criteria ({', '.join(DATA_AWARE)}); "
-                          f"importance={importance!r} would ignore it")
+    if options.needs_calib and calib is None:
+        what = f"importance={importance!r}" if options.data_aware else f"compensation={compensation!r}"
+        raise OptionError(f"{what} is calibrated on data: pass calib= (token ids, a dict batch or a list of "
+                          "batches), or use a data-free criterion such as 'magnitude' without compensation")
+    if calib is not None and not options.needs_calib:
+        raise OptionError(f"calib= is only read by the data-aware criteria ({', '.join(DATA_AWARE)}) and by "
+                          f"compensation=; importance={importance!r} without compensation would ignore it")
     if calib is not None:
         _check_token_ids(calib, src)
     if not (src / "config.json").is_file():
@@ -164,6 +176,19 @@ def prune_checkpoint(
     if mode == "memory":
         return _prune_in_memory(src, out, options, checkpoint.total_bytes, calib)
     return _prune_streamed(checkpoint, out, options, resume, progress, calib)
+
+
+def _compensation_source(options: PruneOptions, model: nn.Module, graph: Any, criterion: Any,
+                         calib: Any) -> Any:
+    """The statistics the compensation reads, collected on ``model`` (materialised layer by layer when
+    it is the meta model: the caller wraps this in ``materialize_on_use``)."""
+    from ..importance import collect_activation_stats, collect_input_covariance
+    from .compensate import lstsq_consumers
+
+    if options.compensation == "bias":
+        # a calibrated criterion's statistics serve, as BiasMean() reads them in memory
+        return criterion.stats if options.data_aware else collect_activation_stats(model, calib)
+    return collect_input_covariance(model, calib, layers=lstsq_consumers(graph, options.ignored_layers(model)))
 
 
 def _check_token_ids(calib: Any, src: Path) -> None:
@@ -184,6 +209,7 @@ def _prune_streamed(checkpoint: Checkpoint, out: Path, options: PruneOptions, re
                     progress: bool, calib: Any) -> StreamReport:
     from transformers import AutoConfig
 
+    from ..integrations._hf_bias import attach_bias_flags
     from ..integrations.transformers import check_config
 
     report = StreamReport(output=str(out), mode="stream", budget=checkpoint.ledger.budget,
@@ -198,7 +224,7 @@ def _prune_streamed(checkpoint: Checkpoint, out: Path, options: PruneOptions, re
     report.params_before = sum(t.numel() for t in _stored(pristine, materializer).values())
 
     criterion = options.make_importance()
-    if calib is not None:  # one forward over the meta model, each layer real only while it runs
+    if options.data_aware:  # one forward over the meta model, each layer real only while it runs
         tc = time.perf_counter()
         calibrate_streamed(criterion, model, materializer, calib)
         report.seconds["calibrate"] = time.perf_counter() - tc
@@ -207,10 +233,19 @@ def _prune_streamed(checkpoint: Checkpoint, out: Path, options: PruneOptions, re
         wrapped = StreamedImportance(criterion, materializer, needs_weights=options.importance != "random",
                                      on_group=lambda: bar.update(1) if bar is not None else None)
         pruner = options.make_pruner(model, example_inputs("meta"), wrapped)
+        if options.compensation is not None:
+            tc = time.perf_counter()
+            with torch.no_grad(), materialize_on_use(model, materializer):
+                source = _compensation_source(options, model, pruner.DG, criterion, calib)
+            StreamedCompensation(options.compensation, lambda: source, log, options.damping).attach(pruner.DG)
+            attach_bias_flags(pruner.DG)  # mlp_bias / attention_bias follow the new biases, as in memory
+            report.seconds["calibrate"] = report.seconds.get("calibrate", 0.0) + time.perf_counter() - tc
+            t0 += time.perf_counter() - tc
         report.seconds["plan"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         groups = []
         run_pruner(pruner, log, on_group=groups.append)
+    log_zero_biases(model, pristine, log)
     report.groups_pruned = len(groups)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -220,7 +255,7 @@ def _prune_streamed(checkpoint: Checkpoint, out: Path, options: PruneOptions, re
     t2 = time.perf_counter()
     layout = _layout(checkpoint, model, materializer, log)
     report.params_after = sum(_numel(e.shape) for entries in layout.values() for e in entries)
-    report.plan_hash = _plan_hash(checkpoint, layout, log, options, model.config)
+    report.plan_hash = _plan_hash(checkpoint, layout, log, options, model.config, calib)
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(out, report.plan_hash, resume)
     total = sum(e.nbytes for entries in layout.values() for e in entries)
@@ -281,8 +316,21 @@ def _owner(name: str, materializer: Materializer, log: PruneLog) -> tuple[str, s
 
 def _layout(checkpoint: Checkpoint, model: nn.Module, materializer: Materializer,
             log: PruneLog) -> dict[str, list[Entry]]:
-    """Every output shard's entries, in the source's files and order, shaped as the pruned meta model."""
+    """Every output shard's entries, in the source's files and order, shaped as the pruned meta model.
+
+    A tensor the source lacks (a bias compensation created) goes right after its layer's weight,
+    in the weight's file and dtype.
+    """
     state = model.state_dict(keep_vars=True)
+    created: dict[str, list[str]] = {}
+    for name in state:
+        if name not in materializer.aliases:
+            module = name.rpartition(".")[0]
+            weight = materializer.aliases.get(f"{module}.weight")
+            if module not in log.steps or weight is None:
+                raise DepgraphError(f"the pruned model has {name}, which neither the checkpoint nor a logged "
+                                    "change of its layer provides")
+            created.setdefault(weight, []).append(name)
     layout: dict[str, list[Entry]] = {}
     for file in checkpoint.files:
         entries = []
@@ -299,6 +347,11 @@ def _layout(checkpoint: Checkpoint, model: nn.Module, materializer: Materializer
             else:
                 entries.append(Entry(name, info.dtype, shape, nbytes,
                                      lambda o=owner, n=name: _pruned_bytes(materializer, o, n)))
+            for new in created.get(name, ()):
+                module, _, local = new.rpartition(".")
+                shape = tuple(state[new].shape)
+                entries.append(Entry(new, info.dtype, shape, _numel(shape) * info.torch_dtype.itemsize,
+                                     lambda o=(module, local), n=new: _pruned_bytes(materializer, o, n)))
         layout[file] = entries
     return layout
 
@@ -333,7 +386,7 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def _plan_hash(checkpoint: Checkpoint, layout: dict[str, list[Entry]], log: PruneLog,
-               options: PruneOptions, config: Any) -> str:
+               options: PruneOptions, config: Any, calib: Any = None) -> str:
     """Hash of everything the output bytes depend on: source headers, prunes, layout, config."""
     data = {
         "source": {n: [t.file, t.dtype, list(t.shape), t.begin, t.end] for n, t in sorted(checkpoint.tensors.items())},
@@ -342,8 +395,25 @@ def _plan_hash(checkpoint: Checkpoint, layout: dict[str, list[Entry]], log: Prun
         "layout": {f: [[e.name, e.dtype, list(e.shape)] for e in es] for f, es in layout.items()},
         "options": options.describe(),
         "config": config.to_json_string(use_diff=False),
+        "calib": _calib_digest(calib),  # compensated values depend on the data, not only on the positions
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _calib_digest(calib: Any) -> str | None:
+    if calib is None:
+        return None
+    digest = hashlib.sha256()
+    for batch in calib if isinstance(calib, (list, tuple)) else [calib]:
+        items = sorted(batch.items()) if isinstance(batch, dict) else [("", batch)]
+        for key, t in items:
+            digest.update(key.encode())
+            if isinstance(t, torch.Tensor):
+                digest.update(str((t.dtype, tuple(t.shape))).encode())
+                digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            else:
+                digest.update(repr(t).encode())
+    return digest.hexdigest()
 
 
 def _write_metadata(checkpoint: Checkpoint, out: Path, model: nn.Module, layout: dict[str, list[Entry]]) -> None:
@@ -371,10 +441,17 @@ def _prune_in_memory(src: Path, out: Path, options: PruneOptions, total: int, ca
     model = AutoModelForCausalLM.from_pretrained(src, dtype="auto").eval()
     report.params_before = sum(p.numel() for p in model.parameters())
     criterion = options.make_importance()
-    if calib is not None:
+    if options.data_aware:
         with torch.no_grad():
             criterion.calibrate(model, calib)
     pruner = options.make_pruner(model, example_inputs("cpu"), criterion)
+    if options.compensation is not None:
+        from ..importance import BiasMean, LeastSquares
+
+        with torch.no_grad():
+            source = _compensation_source(options, model, pruner.DG, criterion, calib)
+        mode = BiasMean(source) if options.compensation == "bias" else LeastSquares(source, options.damping)
+        mode.enable(pruner.DG, lambda: None)
     report.seconds["plan"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     with torch.no_grad(), warnings.catch_warnings():

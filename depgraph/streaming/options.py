@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ..errors import OptionError, UnknownModuleError
 
-__all__ = ["PruneOptions", "IMPORTANCES", "DATA_FREE", "DATA_AWARE"]
+__all__ = ["PruneOptions", "IMPORTANCES", "DATA_FREE", "DATA_AWARE", "COMPENSATIONS"]
 
 #: Criteria that read weights only (or nothing).
 DATA_FREE = ("magnitude", "l2", "l1", "lamp", "fpgm", "random")
@@ -26,6 +26,10 @@ DATA_FREE = ("magnitude", "l2", "l1", "lamp", "fpgm", "random")
 DATA_AWARE = ("activation_weight", "fluctuation")
 #: Every criterion the checkpoint paths compute.
 IMPORTANCES = DATA_FREE + DATA_AWARE
+#: What each prune does to the consumers of removed channels (needs calibration data):
+#: ``bias`` folds the removed inputs' mean into the bias (``BiasMean``), ``lstsq`` refits
+#: the kept columns and the bias by least squares (``LeastSquares``).
+COMPENSATIONS = ("bias", "lstsq")
 
 
 @dataclass(frozen=True)
@@ -42,9 +46,12 @@ class PruneOptions:
         round_to: keep channel counts multiples of this.
         ignore: qualified names of more layers to keep.
         seed: seed of the ``random`` criterion's generator.
+        compensation: None, or one of :data:`COMPENSATIONS` (calibrated on the same data).
+        damping: the least-squares ridge term (relative to the mean input energy).
 
     Raises:
-        OptionError: a ratio outside [0, 1), an unknown criterion, a bad ``round_to``.
+        OptionError: a ratio outside [0, 1), an unknown criterion or compensation, a bad
+            ``round_to`` or ``damping``.
     """
 
     ratio: float = 0.2
@@ -54,6 +61,8 @@ class PruneOptions:
     round_to: int | None = None
     ignore: tuple[str, ...] = ()
     seed: int = 0
+    compensation: str | None = None
+    damping: float = 1e-4
 
     def __post_init__(self) -> None:
         problems = []
@@ -66,6 +75,11 @@ class PruneOptions:
                             "(other data-aware criteria, gradients and Hessians are not streamed)")
         if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
             problems.append(f"round_to must be a positive integer, got {self.round_to!r}")
+        if self.compensation is not None and self.compensation not in COMPENSATIONS:
+            problems.append(f"compensation must be one of {', '.join(COMPENSATIONS)} or None, "
+                            f"got {self.compensation!r}")
+        if isinstance(self.damping, bool) or not isinstance(self.damping, (int, float)) or self.damping < 0:
+            problems.append(f"damping must be a non-negative number, got {self.damping!r}")
         if problems:
             raise OptionError("; ".join(problems))
         object.__setattr__(self, "ignore", tuple(self.ignore))
@@ -73,6 +87,11 @@ class PruneOptions:
     @property
     def data_aware(self) -> bool:
         return self.importance in DATA_AWARE
+
+    @property
+    def needs_calib(self) -> bool:
+        """Whether the recipe reads calibration data (a data-aware criterion or a compensation)."""
+        return self.data_aware or self.compensation is not None
 
     @property
     def heads(self) -> float:
@@ -118,5 +137,6 @@ class PruneOptions:
     def describe(self) -> dict[str, Any]:
         return {"ratio": self.ratio, "head_ratio": self.heads, "importance": self.importance,
                 "global_pruning": self.global_pruning, "round_to": self.round_to,
-                "ignore": list(self.ignore), "seed": self.seed}
+                "ignore": list(self.ignore), "seed": self.seed, "compensation": self.compensation,
+                "damping": self.damping}
 

@@ -37,7 +37,7 @@ from .shards import Checkpoint, CheckpointError
 if TYPE_CHECKING:
     from ..dependency.group import Group
 
-__all__ = ["Step", "PruneLog", "Materializer", "StreamedImportance", "build_meta_model", "example_inputs"]
+__all__ = ["Step", "Adjust", "ZeroBias", "PruneLog", "Materializer", "StreamedImportance", "build_meta_model", "example_inputs"]
 
 
 @dataclass(frozen=True)
@@ -58,19 +58,74 @@ class Step:
         return [getattr(self.handler, "__name__", repr(self.handler)), self.dim, list(self.idxs)]
 
 
+@dataclass(frozen=True)
+class Adjust:
+    """One logged change of a member's values before its channels go (a compensation).
+
+    ``change`` is a plan from the importance package (``BiasShift``, ``Refit``): made on
+    the meta layer, applied here to its real copy in the same state.
+    """
+
+    change: Any
+    label: str
+
+    def apply(self, target: Any) -> None:
+        """Change ``target`` (the real layer, in the state the plan was made for)."""
+        self.change.apply(target)
+
+    def describe(self) -> list:
+        """What the log digest records of this step."""
+        return ["adjust", self.label]
+
+
+@dataclass(frozen=True)
+class ZeroBias:
+    """A zero bias given to a layer so its config can describe a family's biases (``mlp_bias``)."""
+
+    def apply(self, target: Any) -> None:
+        """Give ``target`` a zero bias unless it has one (replay created it, or the source held it)."""
+        if getattr(target, "bias", None) is None:
+            w = target.weight
+            target.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device), requires_grad=False)
+
+    def describe(self) -> list:
+        """What the log digest records of this step."""
+        return ["zero_bias"]
+
+
 @dataclass
 class PruneLog:
-    """Every prune applied to every member, by member name (module or bare tensor qualname)."""
+    """Every change applied to every member, by member name (module or bare tensor qualname).
 
-    steps: dict[str, list[Step]] = field(default_factory=dict)
+    Steps are :class:`Step` (a handler), :class:`Adjust` (a compensation) or
+    :class:`ZeroBias`; replaying a member's steps in order on its original tensors
+    gives its tensors in the pruned model.
+    """
+
+    steps: dict[str, list[Any]] = field(default_factory=dict)
+    # where the current group's steps of each member begin: a compensation goes before them
+    _opened: dict[str, int] = field(default_factory=dict, repr=False)
 
     def record(self, group: Group) -> None:
         """Log ``group``'s members as it is about to prune them (current indices, out members first)."""
         items = [(dep, idxs) for dep, idxs in group if len(idxs)]
         items = [it for it in items if it[0].is_out()] + [it for it in items if not it[0].is_out()]
+        self._opened = {}
         for dep, idxs in items:
-            self.steps.setdefault(dep.target.name, []).append(
-                Step(dep.handler, tuple(int(i) for i in idxs), dep.target.pruning_dim))
+            steps = self.steps.setdefault(dep.target.name, [])
+            self._opened.setdefault(dep.target.name, len(steps))
+            steps.append(Step(dep.handler, tuple(int(i) for i in idxs), dep.target.pruning_dim))
+
+    def precede(self, name: str, step: Any) -> None:
+        """Log ``step`` for member ``name`` before the steps the group being pruned logged for it."""
+        steps = self.steps.setdefault(name, [])
+        at = self._opened.get(name, len(steps))
+        steps.insert(at, step)
+        self._opened[name] = at + 1
+
+    def append(self, name: str, step: Any) -> None:
+        """Log ``step`` for member ``name`` after all its others (changes made after the prune)."""
+        self.steps.setdefault(name, []).append(step)
 
     def digest(self) -> str:
         """A hash of every logged step: two runs that prune the same positions share it."""

@@ -299,55 +299,74 @@ def test_prune_hf_vit_example() -> None:
 
 
 def test_prune_hf_swin_example_with_its_customized_pruner() -> None:
+    """examples/transformers/prune_hf_swin.py with its ``SwinPatchMergingPruner`` as written.
+
+    Two adaptations to transformers 5, both outside the user's pruner: ``SwinPatchMerging`` no
+    longer stores ``dim`` (the pruner reads ``layer.dim``), so the test sets it as transformers 4
+    did; ``SwinSelfAttention`` (query/key/value) became ``SwinAttention`` (q/k/v_proj, head_dim).
+    """
     transformers = pytest.importorskip("transformers")
     from transformers.models.swin.modeling_swin import SwinAttention, SwinPatchMerging
 
     tp = depgraph
 
     class SwinPatchMergingPruner(tp.BasePruningFunc):
-        # transformers 5 dropped SwinPatchMerging.dim: the example's layer.dim is the norm's width / 4
-        def prune_out_channels(self, layer: nn.Module, idxs: list) -> nn.Module:
+
+        def prune_out_channels(self, layer: nn.Module, idxs: list):
             tp.prune_linear_out_channels(layer.reduction, idxs)
             return layer
 
         def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-            dim = layer.norm.normalized_shape[0] // 4
-            idxs_repeated = idxs + [i + dim for i in idxs] + [i + 2 * dim for i in idxs] + [i + 3 * dim for i in idxs]
+            dim = layer.dim
+            idxs_repeated = idxs + \
+                [i+dim for i in idxs] + \
+                [i+2*dim for i in idxs] + \
+                [i+3*dim for i in idxs]
             tp.prune_linear_in_channels(layer.reduction, idxs_repeated)
             tp.prune_layernorm_out_channels(layer.norm, idxs_repeated)
             return layer
 
-        def get_out_channels(self, layer: nn.Module) -> int:
+        def get_out_channels(self, layer):
             return layer.reduction.out_features
 
-        def get_in_channels(self, layer: nn.Module) -> int:
-            return layer.norm.normalized_shape[0] // 4
+        def get_in_channels(self, layer):
+            return layer.dim
 
+    torch.manual_seed(0)
     config = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4],
                                      window_size=4, num_labels=5)
     model = transformers.SwinForImageClassification(config).eval()
+    for m in model.modules():
+        if isinstance(m, SwinPatchMerging):
+            m.dim = m.norm.normalized_shape[0] // 4  # transformers 4 kept SwinPatchMerging(dim).dim
     example_inputs = torch.randn(1, 3, 32, 32)
+    imp = tp.importance.MagnitudeImportance(p=2, group_reduction="mean")
     base_macs, base_params = tp.utils.count_ops_and_params(model, example_inputs)
     num_heads = {}
+    ignored_layers = [model.classifier]
     for m in model.modules():
-        if isinstance(m, SwinAttention):  # SwinSelfAttention with query/key/value before transformers 5
+        if isinstance(m, SwinAttention):
             num_heads[m.q_proj] = num_heads[m.k_proj] = num_heads[m.v_proj] = m.num_attention_heads
     merge = model.swin.encoder.layers[0].downsample
-    pruner = tp.pruner.MetaPruner(model, example_inputs, global_pruning=False,
-                                  importance=tp.importance.MagnitudeImportance(p=2, group_reduction="mean"),
-                                  iterative_steps=1, ch_sparsity=0.5, num_heads=num_heads,
-                                  output_transform=lambda out: out.logits.sum(), ignored_layers=[model.classifier],
-                                  customized_pruners={SwinPatchMerging: SwinPatchMergingPruner()},
-                                  root_module_types=(nn.Linear, nn.LayerNorm, SwinPatchMerging))
+    pruner = tp.pruner.MetaPruner(
+        model, example_inputs, global_pruning=False, importance=imp, iterative_steps=1, ch_sparsity=0.5,
+        num_heads=num_heads, output_transform=lambda out: out.logits.sum(), ignored_layers=ignored_layers,
+        customized_pruners={SwinPatchMerging: SwinPatchMergingPruner()},
+        root_module_types=(nn.Linear, nn.LayerNorm, SwinPatchMerging),
+    )
+    assert merge in pruner.DG.module2node and merge.reduction not in pruner.DG.module2node  # a leaf
     for g in pruner.step(interactive=True):
         g.prune()
     for m in model.modules():
         if isinstance(m, SwinAttention):
             m.head_dim = m.q_proj.out_features // m.num_attention_heads
-    # the merging layer was pruned by the user's pruner on both sides, consistently
-    assert merge.norm.normalized_shape[0] == 4 * model.swin.embeddings.patch_embeddings.projection.out_channels
-    assert merge.reduction.in_features == merge.norm.normalized_shape[0] and merge.reduction.out_features == 16
-    assert model(example_inputs).logits.shape == (1, 5)
+    # every width halved; the merging layer pruned by the user's pruner on both sides, consistently
+    stage0, stage1 = model.swin.encoder.layers
+    assert model.swin.embeddings.patch_embeddings.projection.out_channels == 8
+    assert stage0.blocks[0].attention.q_proj.out_features == 8 and stage0.blocks[0].mlp.fc1.out_features == 32
+    assert merge.norm.normalized_shape == (32,) and (merge.reduction.in_features, merge.reduction.out_features) == (32, 16)
+    assert stage1.blocks[0].attention.q_proj.weight.shape == (16, 16) and stage1.blocks[0].mlp.fc1.out_features == 64
+    assert model.classifier.in_features == 16 and model(example_inputs).logits.shape == (1, 5)
     macs, params = tp.utils.count_ops_and_params(model, example_inputs)
     assert macs < base_macs and params < base_params
 

@@ -292,3 +292,68 @@ def test_fault_at_every_record_of_a_load(monkeypatch, fault, section):
     tp.load_state_dict(fresh, state)
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), model(x))
+
+
+# -- soft pruning ----------------------------------------------------------------------------------
+
+
+def _soft_pruner(model: nn.Module, x: torch.Tensor) -> tp.pruner.BasePruner:
+    return tp.pruner.BasePruner(model, x, tp.importance.GroupMagnitudeImportance(), pruning_ratio=0.25,
+                                ignored_layers=[model.fc], soft_pruning=True, iterative_steps=2)
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=IDS)
+def test_fault_at_every_group_of_a_soft_step(monkeypatch, fault):
+    """Soft pruning zeroes in place: a fault after any group's zeroing puts every value back."""
+    zero = tp.pruner.BasePruner._soft_prune
+    model, x = _resnet()
+    counter = _FailAt(zero, 0, fault)
+    monkeypatch.setattr(tp.pruner.BasePruner, "_soft_prune", counter)
+    _soft_pruner(model, x).step()
+    n = counter.calls
+    assert n >= 3
+    model, x = _resnet()
+    pruner = _soft_pruner(model, x)
+    pruner.step()  # a first step, committed: the second must come back to exactly this
+    model(x).square().sum().backward()
+    soft_of = lambda: {name: pruner.soft_pruned_positions(m) for name, m in model.named_modules()}  # noqa: E731
+    before, soft = model_state(model), soft_of()
+    assert soft["conv1"]
+    for k in range(1, n + 1):
+        monkeypatch.setattr(tp.pruner.BasePruner, "_soft_prune", _FailAt(zero, k, fault))
+        with _expect(fault):
+            pruner.step()
+        assert_same_state(before, model_state(model))
+        assert pruner.current_step == 1 and soft_of() == soft
+    monkeypatch.setattr(tp.pruner.BasePruner, "_soft_prune", zero)
+    pruner.step()
+    zeroed = (model.conv1.weight.flatten(1).abs().sum(1) == 0).sum().item()
+    assert zeroed == len(pruner.soft_pruned_positions(model.conv1)) > len(soft["conv1"])
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=IDS)
+def test_fault_at_every_slice_of_a_zero_group(monkeypatch, fault):
+    from depgraph.importance.channels import ChannelSlice
+    from depgraph.pruner import zero_group
+
+    model, x = _resnet()
+    DG = build(model, x)
+    group = DG.get_pruning_group(model.conv1, tp.prune_conv_out_channels, [0, 5, 9])
+    positions = ChannelSlice.flat_positions
+    counter = _FailAt(positions, 0, fault)
+    monkeypatch.setattr(ChannelSlice, "flat_positions", counter)
+    zero_group(group)
+    n = counter.calls
+    assert n >= 6  # weights and biases of conv1, bn1, conv2, bn2, and the inputs of conv2 and conv3
+    model, x = _resnet()
+    DG = build(model, x)
+    group = DG.get_pruning_group(model.conv1, tp.prune_conv_out_channels, [0, 5, 9])
+    before = model_state(model)
+    for k in range(2, n + 1):  # from the 2nd slice on, earlier slices were zeroed already
+        monkeypatch.setattr(ChannelSlice, "flat_positions", _FailAt(positions, k, fault))
+        with _expect(fault):
+            zero_group(group)
+        assert_same_state(before, model_state(model))
+    monkeypatch.setattr(ChannelSlice, "flat_positions", positions)
+    zero_group(group)
+    assert model.conv1.weight[[0, 5, 9]].abs().sum() == 0 and model.conv2.weight[:, [0, 5, 9]].abs().sum() == 0

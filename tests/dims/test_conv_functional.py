@@ -1,4 +1,4 @@
-"""``F.conv2d`` on a bare weight (depgraph/dims/matmul.py, ``conv_rule``): the ``groups`` argument.
+"""``F.conv2d`` on a bare weight (depgraph/dims/linear_ops.py, ``conv_rule``): the ``groups`` argument.
 
 timm's ``BlurPool2d`` (resnetblur, densenetblur, TResNet) blurs every channel with
 a fixed filter held in a *buffer*, as a depthwise ``F.conv2d`` whose ``groups`` is

@@ -1,4 +1,4 @@
-"""Layers whose subclass overrides ``forward`` (depgraph/dims/matmul.py, ``layer_weight``).
+"""Layers whose subclass overrides ``forward`` (depgraph/dims/linear_ops.py, ``layer_weight``).
 
 A ``Conv2d`` subclass that pads and then calls ``F.conv2d`` on its own weight
 (timm's ``Conv2dSame``, EfficientNet TF ports) is not one node of the trace:

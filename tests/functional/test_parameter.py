@@ -32,7 +32,8 @@ def test_plain_buffer_and_default_dim():
     assert prune_parameter_out_channels(t, [5]) is t
     torch.testing.assert_close(t, torch.arange(5.0))
     assert ParameterPruner.INSTANCE.get_out_channels(torch.zeros(2, 7), dim=1) == 7
-    assert ParameterPruner.INSTANCE.get_in_channels(torch.zeros(2, 7)) == 2
+    assert ParameterPruner.INSTANCE.get_in_channels(torch.zeros(2, 7)) == 7  # the original's default dim: -1
+    assert ParameterPruner(pruning_dim=0).get_in_channels(torch.zeros(2, 7)) == 2
 
 
 def test_parameter_pruned_inside_a_module_stays_registered():

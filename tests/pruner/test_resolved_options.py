@@ -73,16 +73,19 @@ def test_one_default_root_type_list():
     from depgraph.dependency.heads import find_attention_heads
     from depgraph.pruner.options import PrunerOptions
 
-    # the graph keeps the original's default (conv + linear); both come from depgraph.defaults
-    assert inspect.signature(tp.DependencyGraph.get_all_groups).parameters["root_module_types"].default \
-        is CONV_AND_LINEAR
+    # one definition (depgraph.defaults) for the graph, the pruners and head finding
+    default = lambda f: inspect.signature(f).parameters["root_module_types"].default  # noqa: E731
+    assert default(tp.DependencyGraph.get_all_groups) is DEFAULT_ROOT_TYPES
+    assert default(tp.pruner.BasePruner.__init__) is DEFAULT_ROOT_TYPES
     assert PrunerOptions().root_module_types is DEFAULT_ROOT_TYPES
-    assert inspect.signature(find_attention_heads).parameters["root_module_types"].default is DEFAULT_ROOT_TYPES
+    assert default(find_attention_heads) is DEFAULT_ROOT_TYPES
     assert MAG().target_types == DEFAULT_TARGET_TYPES and DEFAULT_TARGET_TYPES[:2] == CONV_AND_LINEAR
     assert I.FPGMImportance().target_types == CONV_AND_LINEAR
 
 
-def test_graph_and_pruner_offer_the_same_groups_for_the_same_root_types():
+def test_graph_and_pruner_offer_the_same_groups_by_default():
+    from depgraph.pruner import planning
+
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
@@ -96,10 +99,10 @@ def test_graph_and_pruner_offer_the_same_groups_for_the_same_root_types():
     model, x = Net().eval(), torch.randn(2, 4, 5)
     DG = tp.DependencyGraph().build_dependency(model, x)
     pruner = tp.pruner.BasePruner(model, x, MAG(), ignored_layers=[model.fc])
-    graph_roots = [g[0].dep.target.name for g in DG.get_all_groups([model.fc], DEFAULT_ROOT_TYPES)]
-    pruner_roots = [g[0].dep.target.name for g in pruner.DG.get_all_groups(root_module_types=DEFAULT_ROOT_TYPES)]
-    assert graph_roots == pruner_roots == ["conv", "lstm"]  # Conv1d and LSTM root the pruner's groups
-    assert [g[0].dep.target.name for g in DG.get_all_groups([model.fc])] == ["conv"]  # the original's default
+    graph_roots = [g[0].dep.target.name for g in DG.get_all_groups([model.fc])]
+    pruner_roots = [c.root for c in planning.candidates(pruner, pooled=None)]
+    assert graph_roots == ["conv", "lstm"]  # the defaults: Conv1d and LSTM root groups on both paths
+    assert pruner_roots == [model.conv, model.lstm]
 
 
 # -- options without their mode --------------------------------------------------------------------

@@ -1,0 +1,294 @@
+"""Calibration batches from the user's own data: an image folder, a text file, a ``.jsonl``, or Python.
+
+    load_calibration("photos/", spec)           every image, RGB/L, resized to (H, W), normalised
+    load_calibration("corpus.txt", spec)        tokenised with spec.tokenizer, cut in windows of T tokens
+    load_calibration("docs.jsonl", spec)        the "text" field of every line, as a text file
+    load_calibration("my_pkg.data:loader", spec)  an attribute of a module (called if callable)
+    load_calibration(my_loader, spec)           an iterable of batches, or a map-style Dataset
+
+Every source gives a list of batches in the form the model is called with
+(``spec.wrap``: ``{"input_ids": ids}`` for a Hugging Face LM, a bare tensor for
+a torchvision model), at most ``num_samples`` samples in all.
+:func:`check_calibration` then refuses data that cannot fit the model (wrong
+channel count, ids outside the vocabulary, a forward that fails on one sample)
+before any calibration pass runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import CalibrationDataError
+from .inputs import InputSpec
+
+__all__ = ["load_calibration", "check_calibration", "IMAGE_SUFFIXES", "TEXT_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+TEXT_SUFFIXES = (".txt", ".text", ".md")
+_PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def load_calibration(
+    data: Any,
+    spec: InputSpec,
+    *,
+    num_samples: int = 32,
+    batch_size: int = 8,
+    seq_len: int | None = None,
+    text_field: str = "text",
+) -> list[Any]:
+    """Read calibration data into batches ``spec`` says the model takes.
+
+    Args:
+        data: a folder of images, a text file (``.txt``), a ``.jsonl`` file, ``"module:attr"`` /
+            ``"path/file.py:attr"`` naming a dataset, loader or a function returning one, or such an
+            object itself (an iterable of batches, or a map-style ``torch.utils.data.Dataset`` of
+            samples). Items may be tensors, dicts of keyword inputs, or ``(inputs, labels)`` pairs.
+        spec: what the model reads (from :func:`~depgraph.workflow.load_source`).
+        num_samples: the most samples (images, token windows) kept in all.
+        batch_size: samples per batch for files and map-style datasets.
+        seq_len: tokens per text window (default: ``spec.shape[0]``).
+        text_field: the key holding the text in each ``.jsonl`` line.
+
+    Returns:
+        A list of batches, each ready for ``model(**batch)`` / ``model(batch)``.
+
+    Raises:
+        CalibrationDataError: the path does not exist, holds no usable samples, is of a kind the model
+            cannot read (images for a language model, text without a tokenizer), or a named Python
+            object cannot be imported.
+
+    Example:
+        >>> batches = load_calibration("val_images/", InputSpec("image", (3, 224, 224)), num_samples=64)
+    """
+    if num_samples < 1 or batch_size < 1:
+        raise CalibrationDataError(f"need num_samples >= 1 and batch_size >= 1, got {num_samples}, {batch_size}")
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        if path.is_dir():
+            return _image_folder(path, spec, num_samples, batch_size)
+        if path.is_file():
+            if path.suffix.lower() == ".jsonl":
+                return _text(_jsonl_texts(path, text_field), path, spec, num_samples, batch_size, seq_len)
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                return _images([path], path, spec, num_samples, batch_size)
+            return _text([_read_text(path)], path, spec, num_samples, batch_size, seq_len)
+        if isinstance(data, str) and ":" in data and not path.exists():
+            return _python(_import_object(data), spec, num_samples, batch_size)
+        raise CalibrationDataError(f"calibration data {str(data)!r} does not exist (give an image folder, a text "
+                                   "file, a .jsonl file or 'module:attribute' naming a dataset or loader)")
+    return _python(data, spec, num_samples, batch_size)
+
+
+# -- images -----------------------------------------------------------------------------------------
+def _image_folder(folder: Path, spec: InputSpec, num_samples: int, batch_size: int) -> list[Any]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        texts = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in TEXT_SUFFIXES + (".jsonl",))
+        hint = f"; it holds text ({', '.join(texts[:3])}): give the file itself" if texts else ""
+        raise CalibrationDataError(f"{folder} holds no image ({', '.join(IMAGE_SUFFIXES)}){hint}")
+    return _images(files, folder, spec, num_samples, batch_size)
+
+
+def _images(files: list[Path], where: Path, spec: InputSpec, num_samples: int, batch_size: int) -> list[Any]:
+    if spec.kind != "image":
+        raise CalibrationDataError(f"{where} holds images, but the model takes {spec.describe()}: "
+                                   "give calibration data of that kind")
+    try:
+        from PIL import Image
+    except ImportError:
+        raise CalibrationDataError("reading an image folder needs Pillow: pip install pillow") from None
+    channels, height, width = spec.shape
+    mode = _PIL_MODES.get(channels)
+    if mode is None:
+        raise CalibrationDataError(f"the model takes {channels}-channel images; an image folder gives 1, 3 or 4 "
+                                   "channels: pass a Python dataset instead")
+    samples = []
+    for f in files[:num_samples]:
+        try:
+            with Image.open(f) as im:
+                im = im.convert(mode).resize((width, height), Image.Resampling.BILINEAR)
+                raw = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+        except OSError as e:
+            raise CalibrationDataError(f"cannot read image {f}: {e}") from None
+        samples.append(raw.view(height, width, channels).permute(2, 0, 1).float() / 255.0)  # (C, H, W) in [0, 1]
+    x = torch.stack(samples)
+    if spec.mean is not None and spec.std is not None:
+        x = (x - torch.tensor(spec.mean).view(1, -1, 1, 1)) / torch.tensor(spec.std).view(1, -1, 1, 1)
+    return [spec.wrap(chunk) for chunk in x.split(batch_size)]
+
+
+# -- text -------------------------------------------------------------------------------------------
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CalibrationDataError(f"{path} is not UTF-8 text (for images give their folder)") from None
+
+
+def _jsonl_texts(path: Path, field: str) -> list[str]:
+    texts = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CalibrationDataError(f"{path}:{n} is not JSON: {e}") from None
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            keys = list(record) if isinstance(record, dict) else type(record).__name__
+            raise CalibrationDataError(f"{path}:{n} has no string field {field!r} (it has {keys}); "
+                                       "name the field holding the text")
+        texts.append(record[field])
+    return texts
+
+
+def _tokenizer(spec: InputSpec, where: Path) -> Any:
+    if spec.tokenizer is not None and not isinstance(spec.tokenizer, (str, Path)):
+        return spec.tokenizer
+    folder = spec.tokenizer
+    if folder is None:
+        raise CalibrationDataError(f"{where} is text, but no tokenizer goes with the model: save one next to "
+                                   "the checkpoint (tokenizer.save_pretrained(folder)) or pass token ids in Python")
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise CalibrationDataError(f"{where} is text, but {folder} holds no tokenizer transformers can load "
+                                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); save one with "
+                                   "tokenizer.save_pretrained(folder)") from None
+
+
+def _text(texts: list[str], where: Path, spec: InputSpec, num_samples: int, batch_size: int,
+          seq_len: int | None) -> list[Any]:
+    if spec.kind != "text":
+        raise CalibrationDataError(f"{where} is text, but the model takes {spec.describe()}: "
+                                   "give calibration data of that kind")
+    tokenizer = _tokenizer(spec, where)
+    length = seq_len or (spec.shape[0] if spec.shape else 128)
+    ids: list[int] = []
+    sep = [tokenizer.eos_token_id] if getattr(tokenizer, "eos_token_id", None) is not None else []
+    for text in texts:  # documents joined by EOS, then cut in windows: the usual LM calibration stream
+        if text.strip():
+            ids += tokenizer(text, add_special_tokens=False)["input_ids"] + sep
+        if len(ids) >= length * num_samples:
+            break
+    if len(ids) < 2:
+        raise CalibrationDataError(f"{where} holds no text to calibrate on")
+    length = min(length, len(ids))
+    windows = torch.tensor(ids[: length * min(num_samples, len(ids) // length)]).view(-1, length)
+    return [spec.wrap(chunk) for chunk in windows.split(batch_size)]
+
+
+# -- Python objects ---------------------------------------------------------------------------------
+def _import_object(ref: str) -> Any:
+    """``"pkg.mod:attr"`` or ``"path/to/file.py:attr"``: the attribute (importing runs that code)."""
+    module_name, _, attr = ref.rpartition(":")
+    try:
+        if module_name.endswith(".py"):
+            file = Path(module_name)
+            if not file.is_file():
+                raise CalibrationDataError(f"calibration data {ref!r}: {file} does not exist")
+            spec = importlib.util.spec_from_file_location(f"_depgraph_calib_{file.stem}", file)
+            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+            sys.modules[spec.name] = module  # type: ignore[union-attr]
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise CalibrationDataError(f"calibration data {ref!r}: cannot import {module_name!r} ({e})") from None
+    if not hasattr(module, attr):
+        raise CalibrationDataError(f"calibration data {ref!r}: {module_name} has no attribute {attr!r}")
+    obj = getattr(module, attr)
+    return obj() if callable(obj) and not isinstance(obj, (torch.utils.data.Dataset, Iterable)) else obj
+
+
+def _python(obj: Any, spec: InputSpec, num_samples: int, batch_size: int) -> list[Any]:
+    if isinstance(obj, torch.Tensor):
+        obj = [obj]
+    elif isinstance(obj, dict):
+        obj = [obj]
+    elif isinstance(obj, torch.utils.data.Dataset) and not isinstance(obj, torch.utils.data.IterableDataset):
+        obj = torch.utils.data.DataLoader(obj, batch_size=batch_size, shuffle=False)
+    if not isinstance(obj, Iterable):
+        raise CalibrationDataError(f"calibration data of type {type(obj).__name__} is not an iterable of batches "
+                                   "nor a Dataset")
+    batches, seen = [], 0
+    for item in obj:
+        batch = _model_form(item, spec)
+        batches.append(batch)
+        seen += _batch_len(batch, spec)
+        if seen >= num_samples:
+            break
+    if not batches:
+        raise CalibrationDataError("the calibration dataset is empty")
+    return batches
+
+
+def _model_form(item: Any, spec: InputSpec) -> Any:
+    """A loader item as the model is called with it: pairs lose their labels, tensors get the key."""
+    if isinstance(item, (tuple, list)) and item and isinstance(item[0], (torch.Tensor, dict)):
+        item = item[0]  # (inputs, labels)
+    if isinstance(item, torch.Tensor):
+        return spec.wrap(item)
+    if isinstance(item, dict):
+        return item
+    raise CalibrationDataError(f"a calibration item is a {type(item).__name__}; give tensors, dicts of keyword "
+                               "inputs or (inputs, labels) pairs")
+
+
+def _batch_len(batch: Any, spec: InputSpec) -> int:
+    x = spec.unwrap(batch)
+    return int(x.shape[0]) if x is not None and x.dim() > 0 else 1
+
+
+# -- fit --------------------------------------------------------------------------------------------
+def check_calibration(model: nn.Module, batches: list[Any], spec: InputSpec) -> None:
+    """Refuse data that cannot fit ``model`` before any long pass: shapes, ids, one sample's forward.
+
+    Raises:
+        CalibrationDataError: naming the first misfit (channels, rank, ids, or the forward's error).
+    """
+    from ..trace.recorder import call_model
+
+    for i, batch in enumerate(batches):
+        x = spec.unwrap(batch)
+        if x is None:
+            continue
+        if spec.kind == "image" and (x.dim() != 4 or x.shape[1] != spec.shape[0]):
+            got = f"{x.shape[1]} channels" if x.dim() == 4 else f"a {x.dim()}-D tensor {tuple(x.shape)}"
+            raise CalibrationDataError(f"calibration batch {i} has {got}; the model takes {spec.describe()}")
+        if spec.kind == "text":
+            if x.dtype.is_floating_point or x.dim() != 2:
+                raise CalibrationDataError(f"calibration batch {i} is {x.dtype} of shape {tuple(x.shape)}; the model "
+                                           "takes integer token ids (B, T)")
+            if spec.vocab_size is not None and x.numel() and (int(x.min()) < 0 or int(x.max()) >= spec.vocab_size):
+                raise CalibrationDataError(f"calibration batch {i} holds token ids in [{int(x.min())}, {int(x.max())}], "
+                                           f"outside the vocabulary (0 to {spec.vocab_size - 1}): another tokenizer?")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    first = _first_sample(batches[0], device)
+    try:
+        with torch.no_grad():
+            call_model(model.eval(), first)
+    except Exception as e:  # noqa: BLE001 - any failure here means the data does not fit
+        raise CalibrationDataError(f"the model cannot run on the calibration data ({type(e).__name__}: "
+                                   f"{str(e).splitlines()[0] if str(e) else ''}); it takes {spec.describe()}") from e
+
+
+def _first_sample(batch: Any, device: torch.device) -> Any:
+    def one(v: Any) -> Any:
+        return v[:1].to(device) if isinstance(v, torch.Tensor) and v.dim() > 0 else v
+
+    if isinstance(batch, dict):
+        return {k: one(v) for k, v in batch.items()}
+    return one(batch)
