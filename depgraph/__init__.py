@@ -19,6 +19,8 @@ from .dependency import Dependency, DependencyGraph, Group, GroupItem, Node
 # Errors
 from .errors import (
     DepgraphError,
+    ExportError,
+    ExportMismatchError,
     HandlerMismatchError,
     InvalidIndicesError,
     OptionError,
@@ -26,11 +28,15 @@ from .errors import (
     OverPruningError,
     PrunedStateError,
     PruneFailedError,
+    RecoveryError,
     StaleGroupError,
     TraceError,
     UnknownModuleError,
     UnsupportedOpError,
 )
+
+# Recovery and export (new)
+from .export import export_onnx, export_program
 
 # Low-level pruning functions
 from .functional import (
@@ -92,6 +98,7 @@ from .pruner import (
     MetaPruner,
     function,
 )
+from .recovery import recover
 
 # Saving pruned models as data
 from .serialization import load, load_state_dict, save, state_dict
@@ -167,6 +174,10 @@ __all__ = [
     # dimension rules and layer specs (new)
     "dims",
     "layers",
+    # recovery and export (new)
+    "recover",
+    "export_onnx",
+    "export_program",
     # proof (new)
     "verify",
     "VerifyResult",
@@ -188,5 +199,8 @@ __all__ = [
     "PrunedStateError",
     "PruneFailedError",
     "StaleGroupError",
+    "RecoveryError",
+    "ExportError",
+    "ExportMismatchError",
     "__version__",
 ]

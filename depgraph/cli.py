@@ -48,7 +48,7 @@ _FIND_NAMES = (
 )
 
 
-class _ArgumentError(DepgraphError):
+class ArgumentError(DepgraphError):
     """A command-line value cannot be used; reported with exit code 2."""
 
 
@@ -81,13 +81,13 @@ def load_model(name: str) -> tuple[nn.Module, tuple[int, int, int]]:
             return model, size  # type: ignore[return-value]
         known += timm.list_models()
     elif not known:
-        raise _ArgumentError(
+        raise ArgumentError(
             f"cannot build {name!r}: neither torchvision nor timm is installed; "
             "install them with: pip install 'depgraph[vision]'"
         )
     close = difflib.get_close_matches(name, list(dict.fromkeys(known)), n=5)
     hint = f"did you mean: {', '.join(close)}?\n" if close else ""
-    raise _ArgumentError(f"unknown model {name!r}: not a torchvision or timm model name.\n{hint}{_FIND_NAMES}")
+    raise ArgumentError(f"unknown model {name!r}: not a torchvision or timm model name.\n{hint}{_FIND_NAMES}")
 
 
 def find_classifier(model: nn.Module) -> nn.Module | None:
@@ -112,7 +112,7 @@ def _layers_by_name(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
         for n in missing:
             close = difflib.get_close_matches(n, list(modules), n=3)
             lines.append(f"  {n!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
-        raise _ArgumentError("--ignore names no layer of the model:\n" + "\n".join(lines))
+        raise ArgumentError("--ignore names no layer of the model:\n" + "\n".join(lines))
     return [modules[n] for n in names]
 
 
@@ -209,9 +209,9 @@ def _setup(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, list[nn.M
     try:
         device = torch.device(args.device)
     except RuntimeError as e:
-        raise _ArgumentError(f"--device {args.device!r} is not a device: {e}") from None
+        raise ArgumentError(f"--device {args.device!r} is not a device: {e}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise _ArgumentError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+        raise ArgumentError(f"--device {args.device}: CUDA is not available here; use --device cpu")
     torch.manual_seed(args.seed)
     model, (c, h, w) = load_model(args.model)
     if args.input_size is not None:
@@ -229,18 +229,18 @@ def _output_path(args: argparse.Namespace) -> str | None:
     """Where the pruned model goes (None: not saved), checked before anything runs.
 
     Raises:
-        _ArgumentError: the folder is missing or not writable, or the path is a folder.
+        ArgumentError: the folder is missing or not writable, or the path is a folder.
     """
     if args.output == "-":
         return None
     path = args.output or f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.model)}_pruned.pth"
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
-        raise _ArgumentError(f"--output {path!r} is a folder; give a file path such as {os.path.join(path, 'm.pth')!r}")
+        raise ArgumentError(f"--output {path!r} is a folder; give a file path such as {os.path.join(path, 'm.pth')!r}")
     if not os.path.isdir(folder):
-        raise _ArgumentError(f"--output {path!r}: the folder {folder!r} does not exist; create it first")
+        raise ArgumentError(f"--output {path!r}: the folder {folder!r} does not exist; create it first")
     if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise _ArgumentError(f"--output {path!r} is not writable")
+        raise ArgumentError(f"--output {path!r} is not writable")
     return path
 
 
@@ -279,7 +279,7 @@ def _prune(args: argparse.Namespace, out: Printer) -> int:
         try:
             return run_checkpoint(args, out)
         except ValueError as e:
-            raise _ArgumentError(str(e)) from None
+            raise ArgumentError(str(e)) from None
     from . import verify
     from .pruner import BasePruner
 
@@ -345,7 +345,13 @@ def _groups(args: argparse.Namespace, out: Printer) -> int:
 
 
 # -- parser and entry point -----------------------------------------------------------------------
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An ``argparse`` type for counts and sizes, shared by every ``depgraph`` subcommand.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is not an integer of at least 1, so argparse
+            names the option and exits with code 2 before anything is loaded.
+    """
     try:
         value = int(text)
     except ValueError:
@@ -367,9 +373,9 @@ def _ratio(text: str) -> float:
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a torchvision model name (resnet50, vit_b_16, ...) or a timm one")
-    p.add_argument("--input-size", type=_positive, default=None,
+    p.add_argument("--input-size", type=positive_int, default=None,
                    help="height and width of the random example input (default: 224, or the timm model's)")
-    p.add_argument("--batch-size", type=_positive, default=1, help="batch of the example input (default: 1)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="batch of the example input (default: 1)")
     p.add_argument("--ignore", action="append", metavar="LAYER",
                    help="qualified name of a layer whose outputs are kept (repeatable); "
                         "the final classifier is always kept")
@@ -388,12 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "or list its prunable groups.",
     )
     parser.add_argument("--version", action="version", version=f"depgraph {__version__} (torch {torch.__version__})")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,groups}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,groups,recover,export}")
 
     p = sub.add_parser("prune", help="prune a model, verify it, print before/after figures and save it")
     _add_model_arguments(p)
     p.add_argument("--ratio", type=_ratio, required=True, help="fraction of channels removed per group, in [0, 1]")
-    p.add_argument("--round-to", type=_positive, default=None, help="keep channel counts multiples of N")
+    p.add_argument("--round-to", type=positive_int, default=None, help="keep channel counts multiples of N")
     p.add_argument("--global", dest="global_pruning", action="store_true",
                    help="rank channels across all groups instead of within each group")
     p.add_argument("--importance", choices=IMPORTANCES, default="l2",
@@ -413,6 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(g)
     g.add_argument("--details", action="store_true", help="also print every member of every group")
     g.set_defaults(run=_groups)
+
+    from .export.cli import add_parser as add_export
+    from .recovery.cli import add_parser as add_recover
+
+    add_recover(sub)
+    add_export(sub)
     return parser
 
 
@@ -423,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Printer(args.plain)
     try:
         return args.run(args, out)
-    except _ArgumentError as e:
+    except ArgumentError as e:
         print(f"depgraph {args.command}: error: {e}", file=sys.stderr)
         return 2
     except DepgraphError as e:

@@ -84,3 +84,24 @@ class TargetUnreachableError(DepgraphError):
 
 class OutputError(DepgraphError):
     """The pruned model cannot be written where asked (missing parent, not writable, wrong kind)."""
+
+
+class RecoveryError(DepgraphError):
+    """Recovery (distillation / fine-tuning) refused its inputs: data that does not fit the model,
+    a student whose outputs do not match the teacher's, options that contradict each other.
+    Raised before the first training step; the student is unchanged."""
+
+
+class ExportError(DepgraphError):
+    """A model could not be exported (ONNX or ``torch.export``); nothing usable was written."""
+
+
+class ExportMismatchError(ExportError):
+    """The exported program runs, but its outputs differ from the eager model's beyond the tolerance.
+
+    ``max_abs_diff`` holds the largest difference found; the file is removed.
+    """
+
+    def __init__(self, message: str, max_abs_diff: float = float("nan")):
+        super().__init__(message)
+        self.max_abs_diff = max_abs_diff

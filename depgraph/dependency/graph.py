@@ -40,7 +40,7 @@ from .heads import ModuleHeadsGroup
 from .hooks import PruneHooks, RemovableHandle
 from .node import Dependency, GroupItem, Node, fn_name, pruning_side
 from .records import update_records
-from .transaction import Transaction, _note
+from .transaction import Transaction, add_note_once
 
 __all__ = ["DependencyGraph"]
 
@@ -618,7 +618,7 @@ class DependencyGraph:
                     try:
                         it.dep(it.idxs)
                     except DepgraphError as e:  # typed: re-raised as itself, with where it happened
-                        _note(e, f"depgraph: raised by {fn_name(it.dep.handler)} on {it.dep.target.name}")
+                        add_note_once(e, f"depgraph: raised by {fn_name(it.dep.handler)} on {it.dep.target.name}")
                         raise
                     except Exception as e:
                         raise PruneFailedError(
@@ -861,7 +861,7 @@ class DependencyGraph:
                     fn = node.handler.prune_out_channels if kind else node.handler.prune_in_channels
                     self.get_pruning_group(target, fn, idxs).prune(record_history=True)
                 except DepgraphError as e:
-                    _note(e, f"depgraph: at entry {i} of the pruning history ({name!r})")
+                    add_note_once(e, f"depgraph: at entry {i} of the pruning history ({name!r})")
                     raise
                 except Exception as e:
                     raise PruneFailedError(f"replaying entry {i} of the pruning history ({name!r}) failed "

@@ -40,7 +40,7 @@ import torch.nn as nn
 
 from ..errors import DepgraphError, PruneFailedError
 
-__all__ = ["Snapshot", "Transaction"]
+__all__ = ["Snapshot", "Transaction", "add_note_once"]
 
 
 class Snapshot:
@@ -174,7 +174,7 @@ class Transaction:
             return False
         self.rollback()
         if isinstance(exc, DepgraphError):
-            _note(exc, f"depgraph: {self.what} failed; the model was restored unchanged")
+            add_note_once(exc, f"depgraph: {self.what} failed; the model was restored unchanged")
             return False
         if isinstance(exc, Exception):
             raise PruneFailedError(
@@ -183,7 +183,10 @@ class Transaction:
         return False  # KeyboardInterrupt, SystemExit: restored, re-raised as they are
 
 
-def _note(exc: BaseException, text: str) -> None:
+def add_note_once(exc: BaseException, text: str) -> None:
+    """Add ``text`` to ``exc``'s notes unless it is there: a typed error crossing nested
+    transactions (a group inside a step inside a replay) keeps its type and says once
+    what each level restored."""
     notes = getattr(exc, "__notes__", ())
     if text not in notes:
         exc.add_note(text)

@@ -26,7 +26,7 @@ import torch.nn as nn
 from .._types import Indices
 from ..errors import InvalidIndicesError
 from ._blocks import split_blocks
-from .base import BasePruningFunc, _describe, keep_index, normalize_idxs, prune_tensor
+from .base import BasePruningFunc, describe_layer, keep_index, normalize_idxs, prune_tensor
 from .pruned_mha import PrunedMultiheadAttention
 
 __all__ = ["MultiheadAttentionPruner"]
@@ -213,7 +213,7 @@ class MultiheadAttentionPruner(BasePruningFunc):
 
     @staticmethod
     def _check_heads(layer: nn.Module, idxs: torch.Tensor) -> None:
-        owner, e, h = _describe(layer), layer.embed_dim, layer.num_heads
+        owner, e, h = describe_layer(layer), layer.embed_dim, layer.num_heads
         if idxs.numel() % h:
             raise InvalidIndicesError(
                 f"{owner}: removing {idxs.numel()} of embed_dim={e} leaves {e - idxs.numel()}, "

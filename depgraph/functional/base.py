@@ -78,7 +78,7 @@ def normalize_idxs(idxs: Indices, n: int, layer: object = None, side: str = "") 
         InvalidIndicesError: an index is negative, not an integer, or ``>= n``.
         OverPruningError: every one of the ``n`` channels would be removed.
     """
-    where = f" of {_describe(layer)}" if layer is not None else ""
+    where = f" of {describe_layer(layer)}" if layer is not None else ""
     t = idxs if isinstance(idxs, torch.Tensor) else torch.as_tensor(list(idxs), dtype=torch.long)
     if t.numel() == 0:
         return torch.empty(0, dtype=torch.long)
@@ -123,12 +123,13 @@ def prune_tensor(t: torch.Tensor | None, dim: int, keep: torch.Tensor) -> None:
     """
     if t is None:
         return
+    given = keep  # as the caller computed it: a meta-device tensor has no index values to compare
     keep = keep.to(t.device)
     if t.shape[dim] == keep.numel():
         # A tensor shared by two layers (tied embedding and lm_head) reaches here once
         # per layer in the same group: the first call pruned it, the second must not.
         last = _LAST_KEEP.get(t)
-        if last is not None and (last[0] != dim or not torch.equal(last[1], keep)):
+        if last is not None and (last[0] != dim or not torch.equal(last[1], given.to(last[1].device))):
             raise DepgraphError(
                 f"a tensor of shape {tuple(t.shape)} shared by several layers would lose different "
                 f"positions of dim {dim} in each; tied weights must be pruned together"
@@ -137,10 +138,15 @@ def prune_tensor(t: torch.Tensor | None, dim: int, keep: torch.Tensor) -> None:
     t.data = torch.index_select(t.data, dim, keep).contiguous()
     if getattr(t, "grad", None) is not None:
         t.grad = torch.index_select(t.grad, dim, keep).contiguous()
-    _LAST_KEEP[t] = (dim, keep)
+    _LAST_KEEP[t] = (dim, given)
 
 
-def _describe(layer: object) -> str:
+def describe_layer(layer: object) -> str:
+    """``"blocks.0.fc1 (Linear)"`` when the graph named the layer, else its class name.
+
+    Handlers are stateless and see only the module, so an error they raise names
+    the layer through the qualified name the graph stores on it while it plans.
+    """
     name = getattr(layer, "_depgraph_name", None)
     return f"{name} ({type(layer).__name__})" if name else type(layer).__name__
 
@@ -288,7 +294,7 @@ class BasePruningFunc:
             return
         names = ", ".join(t.__name__ for t in target_types(self))
         raise HandlerMismatchError(
-            f"{type(self).__name__} prunes {names}, not {_describe(layer)}; "
+            f"{type(self).__name__} prunes {names}, not {describe_layer(layer)}; "
             f"use the pruning function for {type(layer).__name__} (see depgraph.functional)"
         )
 
@@ -300,11 +306,11 @@ class BasePruningFunc:
             n = self.get_out_channels(layer) if side == "out" else self.get_in_channels(layer)
         except AttributeError as err:
             raise HandlerMismatchError(
-                f"{type(self).__name__} cannot prune {_describe(layer)}: {err}; "
+                f"{type(self).__name__} cannot prune {describe_layer(layer)}: {err}; "
                 "subclass a handler for this layer and register it (customized_pruners=)"
             ) from None
         if n is None:
-            raise HandlerMismatchError(f"{_describe(layer)} has no {side} channels to prune")
+            raise HandlerMismatchError(f"{describe_layer(layer)} has no {side} channels to prune")
         return normalize_idxs(idxs, int(n), layer, side)
 
     def get_in_channel_groups(self, layer: nn.Module) -> int:

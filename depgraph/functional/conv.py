@@ -33,7 +33,7 @@ import torch.nn as nn
 from .._types import Indices
 from ..errors import HandlerMismatchError, InvalidIndicesError
 from ._blocks import split_blocks
-from .base import BasePruningFunc, _describe, keep_index, prune_tensor
+from .base import BasePruningFunc, describe_layer, keep_index, prune_tensor
 
 __all__ = ["ConvPruner", "DepthwiseConvPruner"]
 
@@ -67,7 +67,7 @@ def _plan(layer: nn.Module, idxs: torch.Tensor, side: str) -> _ConvEdit:
 
 
 def _plan_rows(layer: nn.Module, idxs: torch.Tensor, side: str, n: int, bias_keep) -> _ConvEdit:
-    owner, g = _describe(layer), layer.groups
+    owner, g = describe_layer(layer), layer.groups
     if n % g:
         raise InvalidIndicesError(
             f"{owner}: its {n} {side} channels do not split into {g} groups; "
@@ -88,7 +88,7 @@ def _plan_rows(layer: nn.Module, idxs: torch.Tensor, side: str, n: int, bias_kee
 
 
 def _plan_local(layer: nn.Module, idxs: torch.Tensor, side: str, n: int, bias_keep) -> _ConvEdit:
-    owner, b = _describe(layer), layer.weight.shape[1]
+    owner, b = describe_layer(layer), layer.weight.shape[1]
     if n % b:
         raise InvalidIndicesError(
             f"{owner}: its {n} {side} channels do not split into groups of {b}; "
@@ -226,7 +226,7 @@ class DepthwiseConvPruner(ConvPruner):
     def _check_depthwise(self, layer: nn.Module) -> None:
         if layer.groups != layer.in_channels:
             raise HandlerMismatchError(
-                f"{_describe(layer)} has groups={layer.groups} and in_channels={layer.in_channels}, "
+                f"{describe_layer(layer)} has groups={layer.groups} and in_channels={layer.in_channels}, "
                 "so it is not depthwise; use prune_conv_out_channels / prune_conv_in_channels"
             )
 

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from .._types import Indices
 from ._blocks import split_blocks
-from .base import BasePruningFunc, _describe, keep_index, prune_tensor
+from .base import BasePruningFunc, describe_layer, keep_index, prune_tensor
 
 __all__ = ["GroupNormPruner"]
 
@@ -54,7 +54,7 @@ class GroupNormPruner(BasePruningFunc):
             return layer
         c, g = layer.num_channels, layer.num_groups
         split = split_blocks(idxs, c // g, g)
-        split.equal_positions(_describe(layer), "group")
+        split.equal_positions(describe_layer(layer), "group")
         keep = keep_index(c, idxs)
         prune_tensor(layer.weight, 0, keep)
         prune_tensor(layer.bias, 0, keep)

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from .._types import Indices
 from ..errors import InvalidIndicesError
-from .base import BasePruningFunc, _describe, keep_index, prune_tensor
+from .base import BasePruningFunc, describe_layer, keep_index, prune_tensor
 
 __all__ = ["LayerNormPruner", "LayernormPruner"]
 
@@ -88,7 +88,7 @@ class LayerNormPruner(BasePruningFunc):
         n = len(layer.normalized_shape)
         if not -n <= self.pruning_dim < n:
             raise InvalidIndicesError(
-                f"{_describe(layer)} normalises {n} dim(s) {tuple(layer.normalized_shape)}; "
+                f"{describe_layer(layer)} normalises {n} dim(s) {tuple(layer.normalized_shape)}; "
                 f"it has no dim {self.pruning_dim} to prune (pruning_dim must be in [{-n}, {n - 1}])"
             )
         return self.pruning_dim % n

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from .._types import Indices
 from ..errors import HandlerMismatchError, InvalidIndicesError
-from .base import BasePruningFunc, _describe, keep_index, normalize_idxs, prune_tensor
+from .base import BasePruningFunc, describe_layer, keep_index, normalize_idxs, prune_tensor
 
 __all__ = ["ParameterPruner"]
 
@@ -84,7 +84,7 @@ class ParameterPruner(BasePruningFunc):
     def _check_dim(self, tensor: torch.Tensor, dim: int | None) -> int:
         if not isinstance(tensor, torch.Tensor):
             raise HandlerMismatchError(
-                f"ParameterPruner prunes tensors, not {_describe(tensor)}; "
+                f"ParameterPruner prunes tensors, not {describe_layer(tensor)}; "
                 "use the pruning function for that module type"
             )
         dim = self.pruning_dim if dim is None else dim

@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from .._types import Indices
 from ..errors import UnsupportedOpError
-from .base import BasePruningFunc, _describe, keep_index, prune_tensor
+from .base import BasePruningFunc, describe_layer, keep_index, prune_tensor
 
 __all__ = ["LSTMPruner", "GRUPruner", "RNNPruner"]
 
@@ -136,7 +136,7 @@ class LSTMPruner(BasePruningFunc):
     def _check_supported(layer: nn.Module) -> None:
         if getattr(layer, "proj_size", 0) > 0:
             raise UnsupportedOpError(
-                f"{_describe(layer)} has proj_size={layer.proj_size}; pruning projected LSTMs is "
+                f"{describe_layer(layer)} has proj_size={layer.proj_size}; pruning projected LSTMs is "
                 "not supported, so add it to ignored_layers"
             )
 

@@ -15,7 +15,9 @@ Call tree of :class:`GroupImportance`, the base of every built-in criterion
         normalize(scores, normalizer)                 mean/max/sum/standarization/gaussian/lamp/None
 
 A criterion that does not fit this template (``RandomImportance``) overrides
-``__call__`` directly. ``None`` means "no member of this group can be scored";
+``__call__`` directly. Inside :func:`member_access`, each member is scored within
+``opener(node)``: the streamed checkpoint path puts one member's real tensors into a
+meta-device layer there, so a group spanning every layer is never held at once. ``None`` means "no member of this group can be scored";
 pruners then leave the group alone.
 
 Register a criterion under a name with ``@register_importance("name")`` and
@@ -24,8 +26,11 @@ build it with :func:`create_importance`.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
@@ -50,7 +55,27 @@ __all__ = [
     "DEFAULT_TARGET_TYPES",
     "CONV_AND_LINEAR",
     "check_power",
+    "member_access",
 ]
+
+# how GroupImportance reaches each member's tensors (None: they are in the model already)
+_OPENER: ContextVar[Callable[[Any], AbstractContextManager[Any]] | None] = ContextVar("depgraph_member_opener", default=None)
+
+
+@contextlib.contextmanager
+def member_access(opener: Callable[[Any], AbstractContextManager[Any]]) -> Iterator[None]:
+    """While inside, :class:`GroupImportance` scores each member within ``opener(node)``.
+
+    ``node`` is the member's graph node (``.name``, ``.module``); the opener makes its
+    tensors readable for the duration (e.g. materialises them from a checkpoint into a
+    meta-device layer) and restores them on exit. The order and arithmetic of scoring
+    are unchanged, so the scores equal those of a model holding every tensor.
+    """
+    token = _OPENER.set(opener)
+    try:
+        yield
+    finally:
+        _OPENER.reset(token)
 
 def check_power(p: float) -> float:
     """``p`` of a norm or power, refused at construction when it is not positive.
@@ -179,7 +204,9 @@ class GroupImportance(Importance):
     # -- the template ----------------------------------------------------------
     @torch.no_grad()
     def __call__(self, group: Group) -> torch.Tensor | None:
-        _refuse_meta(self, group)
+        opener = _OPENER.get()
+        if opener is None:
+            _refuse_meta(self, group)
         n, position = _root_positions(group)
         rows: list[torch.Tensor] = []
         masks: list[torch.Tensor] = []
@@ -192,10 +219,11 @@ class GroupImportance(Importance):
                 continue
             idxs = torch.as_tensor(list(item.idxs), dtype=torch.long)
             pos = torch.as_tensor([position.get(int(r), -1) for r in item.root_idxs], dtype=torch.long)
-            for s in self.member_scores(target, side, idxs, dep):
-                row, mask = _scatter(s, pos, n)
-                rows.append(row)
-                masks.append(mask)
+            with opener(dep.target) if opener is not None else contextlib.nullcontext():
+                for s in self.member_scores(target, side, idxs, dep):
+                    row, mask = _scatter(s, pos, n)
+                    rows.append(row)
+                    masks.append(mask)
         if not rows:
             return None
         device = rows[0].device

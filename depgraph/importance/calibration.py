@@ -102,8 +102,12 @@ class LayerTable(Mapping):
     they differ in what they accumulate, not in how they are looked up.
     """
 
-    def __init__(self) -> None:
-        self._table: dict[nn.Module, Any] = {}
+    def __init__(self, records: Mapping[nn.Module, Any] | None = None) -> None:
+        """Args:
+            records: ready records, for a table converted from another one or reloaded from
+                disk; a table filled by calibration starts empty.
+        """
+        self._table: dict[nn.Module, Any] = dict(records) if records is not None else {}
 
     def __getitem__(self, module: nn.Module) -> Any:
         return self._table[module]
@@ -135,7 +139,7 @@ class CalibrationStats(LayerTable):
         # (..., C, ...) -> (values, C), in float64 so long calibrations do not lose precision
         flat = x.detach().movedim(d, -1).reshape(-1, width).to(torch.float64)
         s, sq = flat.sum(0), (flat * flat).sum(0)
-        index = _original_index(module, width)
+        index = original_input_index(module, width)
         prev = self._table.get(module)
         if prev is not None and not torch.equal(prev.index, index.to(prev.index.device)):
             raise DepgraphError(
@@ -164,7 +168,7 @@ class CalibrationStats(LayerTable):
         if st is None:
             return None
         width = _current_width(module)
-        original = _original_index(module, width)
+        original = original_input_index(module, width)
         if positions is not None:
             original = original[positions.to(original.device)]
         original = original.to(st.index.device)
@@ -179,7 +183,7 @@ class CalibrationStats(LayerTable):
         return st.take(found)
 
 
-def _original_index(module: nn.Module, width: int) -> torch.Tensor:
+def original_input_index(module: nn.Module, width: int) -> torch.Tensor:
     """Original channel index of each of the ``width`` current input channels of ``module``."""
     kept = kept_indices(module).get("in")
     if kept is None:

@@ -219,7 +219,7 @@ def enable_bias_compensation(
 
     For a Hugging Face model it also registers the sync of the config's bias
     flags (``mlp_bias``, ``attention_bias``; see
-    :mod:`depgraph.integrations._hf_bias`), so ``save_pretrained`` keeps the
+    :mod:`depgraph.integrations.hf_bias`), so ``save_pretrained`` keeps the
     compensated biases.
 
     Returns:
@@ -231,7 +231,7 @@ def enable_bias_compensation(
         >>> DG.get_pruning_group(model.fc1, tp.prune_linear_out_channels, [0, 3]).prune()
     """
     hook = BiasCompensation(stats).attach(graph)
-    from ..integrations._hf_bias import attach_bias_flags  # lazy; imports no transformers
+    from ..integrations.hf_bias import attach_bias_flags  # lazy; imports no transformers
 
     attach_bias_flags(graph)
     return hook

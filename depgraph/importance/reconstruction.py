@@ -43,7 +43,7 @@ import torch.nn as nn
 
 from ..errors import DepgraphError, OptionError
 from .base import GroupImportance, register_importance
-from .calibration import CalibrationStats, ChannelStats, LayerTable, _original_index, record_inputs
+from .calibration import CalibrationStats, ChannelStats, LayerTable, original_input_index, record_inputs
 from .channels import handler_side
 from .compensation import BeforePruneHook
 from .magnitude import GroupMagnitudeImportance
@@ -99,7 +99,7 @@ class InputCovariance(LayerTable):
         z = torch.cat([flat, flat.new_ones(flat.shape[0], 1)], 1)
         # float32 products per batch (the expensive part), float64 accumulation across batches
         gram = (z.T @ z).to(torch.float64)
-        index = _original_index(module, x.shape[-1])
+        index = original_input_index(module, x.shape[-1])
         prev = self._table.get(module)
         if prev is None:
             self._table[module] = LayerCovariance(index.to(gram.device), float(flat.shape[0]), gram)
@@ -129,7 +129,7 @@ class InputCovariance(LayerTable):
         cov = self._table.get(module)
         if cov is None:
             return None
-        original = _original_index(module, int(module.weight.shape[1])).to(cov.index.device)
+        original = original_input_index(module, int(module.weight.shape[1])).to(cov.index.device)
         pos = torch.searchsorted(cov.index, original).clamp(max=cov.index.numel() - 1)
         if bool((cov.index[pos] != original).any()):
             raise DepgraphError(
@@ -141,12 +141,12 @@ class InputCovariance(LayerTable):
     def channel_stats(self) -> CalibrationStats:
         """Per-channel mean and variance read off the second moments (one calibration pass serves
         :class:`~depgraph.importance.FluctuationImportance` and bias compensation too)."""
-        out = CalibrationStats()
+        records = {}
         for module, cov in self._table.items():
             n = cov.index.numel()
-            out._table[module] = ChannelStats(cov.index, cov.count, cov.gram[:n, n].clone(),
-                                              cov.gram.diagonal()[:n].clone())
-        return out
+            records[module] = ChannelStats(cov.index, cov.count, cov.gram[:n, n].clone(),
+                                           cov.gram.diagonal()[:n].clone())
+        return CalibrationStats(records)
 
     def named(self, model: nn.Module) -> dict[str, LayerCovariance]:
         """``{qualified name: LayerCovariance}`` for ``torch.save`` (modules are not picklable keys)."""
@@ -161,12 +161,10 @@ class InputCovariance(LayerTable):
             DepgraphError: a name is not a Linear of ``model``.
         """
         modules = dict(model.named_modules())
-        out = cls()
-        for name, cov in named.items():
+        for name in named:
             if not isinstance(modules.get(name), nn.Linear):
                 raise DepgraphError(f"{name!r} is not an nn.Linear of {type(model).__name__}")
-            out._table[modules[name]] = cov
-        return out
+        return cls({modules[name]: cov for name, cov in named.items()})
 
 
 @torch.no_grad()
@@ -331,7 +329,7 @@ def enable_lstsq_compensation(graph: Any, cov: InputCovariance, damping: float =
     bias survives ``save_pretrained``.
     """
     hook = LeastSquaresCompensation(cov, damping).attach(graph)
-    from ..integrations._hf_bias import attach_bias_flags  # lazy; imports no transformers
+    from ..integrations.hf_bias import attach_bias_flags  # lazy; imports no transformers
 
     attach_bias_flags(graph)
     return hook
@@ -451,7 +449,7 @@ class ReconstructionImportance(GroupImportance):
         if layer not in self.cov:
             raise DepgraphError(f"{type(layer).__name__} has no input covariance; pass it in "
                                 "collect_input_covariance(..., layers=[...])")
-        original = tuple(_original_index(layer, int(layer.weight.shape[1])).tolist())
+        original = tuple(original_input_index(layer, int(layer.weight.shape[1])).tolist())
         cached = self._cache.get(layer)
         if cached is None or cached[0] != original:
             moment = self.cov.lookup(layer)

@@ -21,7 +21,7 @@ def attach_once(
 
     Args:
         graph: the built ``DependencyGraph``.
-        hook_type: a class taking the model; its instances keep a weak ``_model`` reference.
+        hook_type: a class taking the model; its instances keep a weak ``model_ref`` reference.
         applies: whether the model is one this integration serves.
         wanted: checked on a new hook before it is added (e.g. it found layers to sync).
 
@@ -32,7 +32,7 @@ def attach_once(
     if model is None or not applies(model):
         return None
     for hook in graph.prune_hooks("after"):
-        if isinstance(hook, hook_type) and hook._model() is model:
+        if isinstance(hook, hook_type) and hook.model_ref() is model:
             return hook
     hook = hook_type(model)
     if not wanted(hook):

@@ -43,14 +43,16 @@ class AttentionSync:
     """The after-prune hook: ``hook(graph, plan)`` syncs; ``hook(graph, None)`` undoes the last sync."""
 
     def __init__(self, model: nn.Module) -> None:
-        self._model = weakref.ref(model)
+        self.model_ref = weakref.ref(model)
         self._layers = LayerIndex(model)
         self._folder = ScaleFolder()
-        for a in self._attention():  # before any prune: which scales are 1/sqrt(head_dim)
+        for a in self.attention_layers():  # before any prune: which scales are 1/sqrt(head_dim)
             self._folder.prime(a)
         self._last = UndoLog()
 
-    def _attention(self) -> list[AttentionLayer]:
+    def attention_layers(self) -> list[AttentionLayer]:
+        """The model's timm attention blocks as measured now; an empty list means there is
+        nothing for this hook to keep in step, so it is not attached."""
         return [a for a in self._layers.measure()[0] if type(a.module).__module__.startswith("timm.")]
 
     def __call__(self, graph: Any, plan: Any) -> None:
@@ -59,7 +61,7 @@ class AttentionSync:
             return
         self._last = UndoLog()
         bound = _bound_attributes(graph)
-        for a in self._attention():
+        for a in self.attention_layers():
             a = _sync_sizes(a, bound, self._last)
             if a is not None:
                 self._folder.fold(a, self._last)
@@ -105,4 +107,4 @@ def _is_int(v: Any) -> bool:
 
 def attach(graph: Any) -> AttentionSync | None:
     """Register :class:`AttentionSync` on a built graph of a model holding timm attention (once)."""
-    return attach_once(graph, AttentionSync, uses_timm, wanted=lambda hook: bool(hook._attention()))
+    return attach_once(graph, AttentionSync, uses_timm, wanted=lambda hook: bool(hook.attention_layers()))

@@ -97,7 +97,7 @@ class ConfigSync:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self._model = weakref.ref(model)
+        self.model_ref = weakref.ref(model)
         self._folder = ScaleFolder()
         self._layout = _Layout(model)
         for a in self._layout.layers.measure()[0]:  # before any prune: which scales follow the head dim
@@ -113,7 +113,7 @@ class ConfigSync:
         self._problems: list[str] = []
 
     def __call__(self, graph: Any, plan: Any) -> None:
-        model = self._model()
+        model = self.model_ref()
         if model is None:
             return
         if plan is None:
@@ -140,7 +140,7 @@ class ConfigSync:
                 self._warn(self._problems, stacklevel=6)
 
     def _warn(self, problems: list[str], stacklevel: int) -> None:
-        model = self._model()
+        model = self.model_ref()
         if problems and not self._warned and model is not None:
             # Once per model: pruning layer by layer passes through uneven states on its way
             # to an even one, and check_config gives the full picture when it matters.

@@ -59,8 +59,8 @@ class BasePruner:
         global_pruning: rank all groups together instead of each group alone.
         pruning_ratio: fraction of each group's channels to remove (weights
             shrink by about ``1 - (1 - p)**2``).
-        pruning_ratio_dict: ``{module or tuple of modules: ratio}``; a tuple is
-            one scope ranked together.
+        pruning_ratio_dict: ``{module or tuple of modules: ratio}``; a tuple's
+            layers share the ratio (ranked together under ``global_pruning``).
         max_pruning_ratio: no group loses more than this fraction.
         iterative_steps: number of ``step()`` calls to reach the target.
         iterative_pruning_ratio_scheduler: ``(ratio, steps) -> [0, ..., ratio]``.
@@ -272,7 +272,7 @@ class BasePruner:
             return min(self._heads.scopes.ratio(module, self.current_step), 1.0)
         heads = ScopeTable(self.options.replace(
             pruning_ratio=self.options.head_pruning_ratio,
-            pruning_ratio_dict=self.options.head_pruning_ratio_dict))
+            pruning_ratio_dict=self.options.head_pruning_ratio_dict), pool_tuples=True)
         return min(heads.ratio(module, self.current_step), 1.0)
 
     @property
@@ -470,11 +470,9 @@ def _warn_unused_options(opts: PrunerOptions) -> None:
     if unused and not opts.prune_num_heads:
         warnings.warn(f"{' and '.join(unused)} given without prune_num_heads=True: no head is removed "
                       "(pass prune_num_heads=True to remove whole heads)", stacklevel=3)
-    pooled = any(isinstance(key, tuple) for key, _ in opts.pruning_ratio_dict)
-    if opts.isomorphic and not opts.global_pruning and not pooled:
-        warnings.warn("isomorphic=True given without global_pruning=True (or a tuple scope in "
-                      "pruning_ratio_dict): it only splits a ranking shared by several groups, so it changes "
-                      "nothing here", stacklevel=3)
+    if opts.isomorphic and not opts.global_pruning:
+        warnings.warn("isomorphic=True given without global_pruning=True: it only splits a ranking shared by "
+                      "several groups, so it changes nothing here", stacklevel=3)
 
 
 class MetaPruner(BasePruner):

@@ -59,7 +59,7 @@ class HeadPlanner:
         opts = pruner.options
         self.pruner = pruner
         self.scopes = ScopeTable(opts.replace(
-            pruning_ratio=opts.head_pruning_ratio, pruning_ratio_dict=opts.head_pruning_ratio_dict))
+            pruning_ratio=opts.head_pruning_ratio, pruning_ratio_dict=opts.head_pruning_ratio_dict), pool_tuples=True)
         self.initial: dict[Hashable, int] = {}
         rejected: list[str] = []
         blocks = self.blocks(rejected)

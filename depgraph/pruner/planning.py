@@ -8,7 +8,7 @@ Flow for one step::
 
     candidates             every prunable group: root, width now and at start, scope
     plan_local(cand)       per group: count_to_prune -> scores -> pick_lowest
-    plan_pooled(cands)     per pool (global / tuple scope / isomorphic class):
+    plan_pooled(cands)     per pool (a global_pruning scope / isomorphic class):
                            one ranking over all channels, then per-group counts;
                            returns counts so a group changed meanwhile is re-picked
 """
@@ -213,7 +213,7 @@ def _signature(cand: Candidate) -> Hashable:
 def plan_pooled(pruner: BasePruner, cands: list[Candidate]) -> list[tuple[Candidate, int]]:
     """``(candidate, channels to remove)`` from one ranking per pool.
 
-    A pool (a global scope, a tuple scope, or with ``isomorphic=True`` the
+    A pool (a scope under ``global_pruning``, or with ``isomorphic=True`` the
     groups of one structure within it) must keep ``floor(initial * (1 - ratio))``
     channels in total; the lowest scores over the whole pool decide how many
     each group gives, then each count is capped by ``max_pruning_ratio`` and

@@ -7,9 +7,12 @@ Every group root falls in exactly one *scope*:
   ``{model: 0.3, model.layer4: 0.6}`` gives ``layer4`` 0.6;
 * otherwise the default scope with ``pruning_ratio``.
 
-A tuple key is always ranked as one pool (that is what a tuple asks for);
-other scopes are ranked per group (local) or as one pool when
-``global_pruning=True``, split by group structure when ``isomorphic=True``.
+Every scope is ranked per group (local) or as one pool when
+``global_pruning=True``, split by group structure when ``isomorphic=True``. A
+tuple key shares its ratio among its layers, and its ranking only under
+``global_pruning`` (so each layer of it gets the ratio on its own otherwise), as
+in Torch-Pruning. The head table is built with ``pool_tuples=True``: a tuple of
+attention blocks is ranked as one pool (the original has no tuple keys there).
 Each scope's schedule is computed once, at construction.
 """
 
@@ -36,7 +39,7 @@ class Scope:
 class ScopeTable:
     """Resolves a root module to its :class:`Scope`."""
 
-    def __init__(self, options: PrunerOptions) -> None:
+    def __init__(self, options: PrunerOptions, *, pool_tuples: bool = False) -> None:
         steps = options.iterative_steps
         sched = options.iterative_pruning_ratio_scheduler
 
@@ -50,7 +53,7 @@ class ScopeTable:
         for i, (key, ratio) in enumerate(options.pruning_ratio_dict):
             is_tuple = isinstance(key, tuple)
             members = {m for k in (key if is_tuple else (key,)) for m in k.modules()}
-            scope = Scope(("dict", i), schedule(float(ratio)), is_tuple or options.global_pruning)
+            scope = Scope(("dict", i), schedule(float(ratio)), (is_tuple and pool_tuples) or options.global_pruning)
             for m in members:
                 prev = self._owner.get(m)
                 if prev is None or len(members) < prev[0]:

@@ -103,6 +103,7 @@ def prune_checkpoint(
     calib: Any = None,
     compensation: str | None = None,
     damping: float = 1e-4,
+    prune_hidden: bool = False,
     resume: bool = True,
     progress: bool = True,
 ) -> StreamReport:
@@ -132,6 +133,8 @@ def prune_checkpoint(
             calibrated on ``calib``. A created bias switches on the config's ``mlp_bias`` /
             ``attention_bias`` so ``from_pretrained`` keeps it.
         damping: the least-squares ridge term.
+        prune_hidden: also prune the hidden size at ``ratio`` (one group across every layer;
+            scored one member at a time, so the budget must hold the embedding).
         resume: keep the shards an interrupted run of the same plan already wrote (checked
             against their recorded sha256).
         progress: progress bars on stderr (needs ``tqdm``).
@@ -152,7 +155,7 @@ def prune_checkpoint(
     """
     options = PruneOptions(ratio=ratio, head_ratio=head_ratio, importance=importance,
                            global_pruning=global_pruning, round_to=round_to, ignore=tuple(ignore), seed=seed,
-                           compensation=compensation, damping=damping)
+                           compensation=compensation, damping=damping, prune_hidden=prune_hidden)
     src, out = Path(src_dir), Path(out_dir)
     budget = parse_size(max_memory) if max_memory is not None else None
     if mode not in ("auto", "stream", "memory"):
@@ -209,7 +212,7 @@ def _prune_streamed(checkpoint: Checkpoint, out: Path, options: PruneOptions, re
                     progress: bool, calib: Any) -> StreamReport:
     from transformers import AutoConfig
 
-    from ..integrations._hf_bias import attach_bias_flags
+    from ..integrations.hf_bias import attach_bias_flags
     from ..integrations.transformers import check_config
 
     report = StreamReport(output=str(out), mode="stream", budget=checkpoint.ledger.budget,
@@ -220,7 +223,7 @@ def _prune_streamed(checkpoint: Checkpoint, out: Path, options: PruneOptions, re
     pristine = copy.deepcopy(model)
     log = PruneLog()
     materializer = Materializer(checkpoint, pristine, log)
-    _check_budget(pristine, materializer, checkpoint.ledger)
+    _check_budget(pristine, materializer, checkpoint.ledger, options)
     report.params_before = sum(t.numel() for t in _stored(pristine, materializer).values())
 
     criterion = options.make_importance()
@@ -284,20 +287,26 @@ def _stored(model: nn.Module, materializer: Materializer) -> dict[str, torch.Ten
     return {c: state[n] for n, c in materializer.aliases.items() if n == c}
 
 
-def _check_budget(pristine: nn.Module, materializer: Materializer, ledger: MemoryLedger) -> None:
-    """Refuse before any read when the budget cannot hold the biggest repeated block (a decoder layer)."""
+def _check_budget(pristine: nn.Module, materializer: Materializer, ledger: MemoryLedger,
+                  options: PruneOptions) -> None:
+    """Refuse before any read when the budget cannot hold the biggest repeated block (a decoder layer),
+    or, when the hidden size is pruned, the embedding or LM head (each is rebuilt whole)."""
     if ledger.budget is None:
         return
-    blocks = [(f"{name}.{i}", sum(p.numel() * p.element_size() for p in child.parameters()))
-              for name, m in pristine.named_modules() if isinstance(m, nn.ModuleList)
-              for i, child in enumerate(m)]
+    blocks = [(f"{name}.{i}", "one decoder layer") for name, m in pristine.named_modules()
+              if isinstance(m, nn.ModuleList) for i, _ in enumerate(m)]
+    if options.prune_hidden:
+        names = {m: n for n, m in pristine.named_modules()}
+        blocks += [(names[m], "the embedding or LM head it prunes")
+                   for m in (pristine.get_input_embeddings(), pristine.get_output_embeddings())
+                   if m is not None and names[m] in materializer.modules and materializer.keys(names[m])]
     if not blocks:
         return
-    name, _ = max(blocks, key=lambda b: b[1])
+    name, what = max(blocks, key=lambda b: materializer.nbytes([b[0]]))
     need = materializer.nbytes([name])
     if need > ledger.budget:
         raise MemoryBudgetError(
-            f"max_memory={format_bytes(ledger.budget)} cannot hold one decoder layer ({name} is {format_bytes(need)} in the "
+            f"max_memory={format_bytes(ledger.budget)} cannot hold {what} ({name} is {format_bytes(need)} in the "
             "checkpoint); streaming materialises up to one layer at a time: raise max_memory")
 
 

@@ -17,7 +17,7 @@ later:
   the same arithmetic on the same values in the same order;
 - it gives the meta consumer the bias the real one gets, so the output layout
   and the config sync (``mlp_bias`` / ``attention_bias``, the in-memory
-  :mod:`~depgraph.integrations._hf_bias` hook, attached here too) see it.
+  :mod:`~depgraph.integrations.hf_bias` hook, attached here too) see it.
 
 The zero biases the config sync gives the rest of a family are logged after the
 prune as :class:`~depgraph.streaming.plan.ZeroBias` steps (zeros pruned or

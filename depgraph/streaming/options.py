@@ -47,6 +47,9 @@ class PruneOptions:
         ignore: qualified names of more layers to keep.
         seed: seed of the ``random`` criterion's generator.
         compensation: None, or one of :data:`COMPENSATIONS` (calibrated on the same data).
+        prune_hidden: also prune the hidden size (the residual stream: embedding, every norm,
+            every projection's input or output on it, the LM head's input) at ``ratio``, as
+            one group spanning every layer; the LM head's vocabulary is kept.
         damping: the least-squares ridge term (relative to the mean input energy).
 
     Raises:
@@ -63,6 +66,7 @@ class PruneOptions:
     seed: int = 0
     compensation: str | None = None
     damping: float = 1e-4
+    prune_hidden: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -80,6 +84,8 @@ class PruneOptions:
                             f"got {self.compensation!r}")
         if isinstance(self.damping, bool) or not isinstance(self.damping, (int, float)) or self.damping < 0:
             problems.append(f"damping must be a non-negative number, got {self.damping!r}")
+        if not isinstance(self.prune_hidden, bool):
+            problems.append(f"prune_hidden must be True or False, got {self.prune_hidden!r}")
         if problems:
             raise OptionError("; ".join(problems))
         object.__setattr__(self, "ignore", tuple(self.ignore))
@@ -108,7 +114,8 @@ class PruneOptions:
         return imp.create_importance(self.importance)
 
     def ignored_layers(self, model: nn.Module) -> list[nn.Module]:
-        """Embedding, LM head, the ``ignore`` names and, with ``heads == 0``, the attention blocks.
+        """LM head, embedding (unless ``prune_hidden``), the ``ignore`` names and, with ``heads == 0``,
+        the attention blocks.
 
         Raises:
             UnknownModuleError: an ``ignore`` name is not a module of the model.
@@ -117,7 +124,8 @@ class PruneOptions:
         missing = [n for n in self.ignore if n not in modules]
         if missing:
             raise UnknownModuleError(f"ignore names no module of {type(model).__name__}: {missing[:5]}")
-        ignored = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+        keep = (model.get_output_embeddings(),) + (() if self.prune_hidden else (model.get_input_embeddings(),))
+        ignored = [m for m in keep if m is not None]
         ignored += [modules[n] for n in self.ignore]
         if self.heads <= 0:
             ignored += [m for n, m in modules.items() if n.endswith(("attn", "attention"))]
@@ -138,5 +146,5 @@ class PruneOptions:
         return {"ratio": self.ratio, "head_ratio": self.heads, "importance": self.importance,
                 "global_pruning": self.global_pruning, "round_to": self.round_to,
                 "ignore": list(self.ignore), "seed": self.seed, "compensation": self.compensation,
-                "damping": self.damping}
+                "damping": self.damping, "prune_hidden": self.prune_hidden}
 

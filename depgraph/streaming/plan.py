@@ -228,12 +228,16 @@ def _checkpoint_names(model: nn.Module, checkpoint: Checkpoint) -> dict[str, str
 class StreamedImportance:
     """Wrap a criterion so that it scores meta-device groups from checkpoint tensors.
 
-    For each call every member layer is materialised (:class:`Materializer`), its
-    tensors are put into the meta layer in place of the meta ones, the wrapped
-    criterion is called unchanged, and the meta tensors are put back.
+    The wrapped criterion is called unchanged inside
+    :func:`~depgraph.importance.base.member_access`: as it scores each member, that
+    member alone is materialised (:class:`Materializer`), its tensors are put into the
+    meta layer in place of the meta ones, and the meta tensors are put back and the real
+    ones freed when the member is done. A group spanning every layer (the hidden size)
+    is so scored within the budget of its biggest member.
 
     Args:
-        inner: the criterion (any :class:`~depgraph.importance.Importance`).
+        inner: the criterion (any :class:`~depgraph.importance.GroupImportance`, or one
+            that reads no tensor).
         materializer: where the member tensors come from.
         needs_weights: False for criteria that read no tensor (random scores).
         on_group: called after each scored group (progress).
@@ -250,16 +254,21 @@ class StreamedImportance:
     def __getattr__(self, name: str) -> Any:  # options the pruner reads from its criterion
         return getattr(self.inner, name)
 
+    @contextlib.contextmanager
+    def _open(self, node: Any) -> Iterator[None]:
+        with self.materializer.materialized([node.name], f"scoring {node.name}") as real, \
+                _swapped({node.name: node.module}, real):
+            yield
+
     @torch.no_grad()
     def __call__(self, group: Any) -> torch.Tensor | None:
+        from ..importance.base import member_access
+
         self.groups_scored += 1
         try:
             if not self.needs_weights:
                 return self.inner(group)
-            targets = {dep.target.name: dep.target.module for dep, _ in group}
-            root = group[0][0].target.name
-            with self.materializer.materialized(list(targets), f"scoring the group rooted at {root}") as real, \
-                    _swapped(targets, real):
+            with member_access(self._open):
                 return self.inner(group)
         finally:
             if self.on_group is not None:

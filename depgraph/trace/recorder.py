@@ -227,7 +227,7 @@ def _hooks(model: nn.Module, rec: _Recorder, is_leaf: Callable[[nn.Module], bool
             return None
         if is_leaf(mod):
             # Resolve input values now: inside the leaf, ops are not recorded.
-            mod._depgraph_pending = (args, kwargs)  # type: ignore[attr-defined]
+            mod.__dict__["_depgraph_pending"] = (args, kwargs)  # popped by post(); cleared in finally
             rec.leaf_depth += 1
         else:
             rec.scope.append(names.get(mod, type(mod).__name__))

@@ -67,7 +67,7 @@ def _slot(index: dict[int, int], DG: Any, node: Any, fn: Any) -> int | None:  # 
 
 def _module_edges(DG: Any) -> set[tuple[int, int]]:  # noqa: N803
     """Forward edges between graph modules, looking through ops that are not graph nodes."""
-    trace = getattr(DG, "trace", None) or getattr(DG, "_trace", None)
+    trace = getattr(DG, "trace", None)
     if trace is None:
         return set()
     index = _index(DG)

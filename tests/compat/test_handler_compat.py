@@ -194,3 +194,65 @@ def test_layernorm_pruner_refuses_a_dim_it_does_not_normalise():
     with pytest.raises(InvalidIndicesError, match=r"LayerNorm normalises 1 dim.*no dim -2"):
         depgraph.pruner.function.LayernormPruner(pruning_dim=-2)(ln, [0])
     assert ln.normalized_shape == (6,)
+
+
+# -- the rest of the list that only the signature walk covered ------------------------------
+
+
+def _group_items(lib: ModuleType) -> list:
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 3))
+    DG = lib.DependencyGraph().build_dependency(model, torch.randn(1, 3, 8, 8))
+    group = DG.get_pruning_group(model[0], lib.prune_conv_out_channels, [4, 1])
+    names = {id(m): n for n, m in model.named_modules()}
+    seen = []
+    for item in group:  # the original's GroupItem: a named tuple (dep, idxs)
+        dep, idxs = item
+        if id(dep.target.module) not in names:
+            continue  # the original also lists its op nodes (ReLU); depgraph lists layers
+        seen.append((isinstance(item, tuple), list(item._asdict()), item.dep is dep, sorted(item.idxs) == sorted(idxs),
+                     names.get(id(dep.target.module)), sorted(int(i) for i in idxs)))
+    by_hand = lib.Group()
+    for item in group.items:
+        by_hand.add_dep(item.dep, item.idxs)
+    seen.append([names[id(it.dep.target.module)] for it in by_hand if id(it.dep.target.module) in names])
+    return sorted(seen, key=repr)
+
+
+def test_group_items_are_named_tuples_as_in_the_original():
+    ours = _group_items(depgraph)
+    assert ours == _group_items(T)
+    assert (True, ["dep", "idxs"], True, True, "1", [1, 4]) in ours
+
+
+@pytest.mark.parametrize(
+    ("name", "layer"),
+    [("ConvPruner", lambda: nn.Conv2d(8, 8, 3, groups=4)), ("GroupNormPruner", lambda: nn.GroupNorm(2, 4)),
+     ("LinearPruner", lambda: nn.Linear(3, 3)), ("BatchnormPruner", lambda: nn.BatchNorm2d(3))],
+)
+def test_channel_groups_match(name, layer):
+    m = layer()
+    ours, theirs = getattr(depgraph.pruner.function, name)(), getattr(T.pruner.function, name)()
+    assert (ours.get_in_channel_groups(m), ours.get_out_channel_groups(m)) == (
+        theirs.get_in_channel_groups(m), theirs.get_out_channel_groups(m))
+
+
+def test_module2type_and_flatten_as_list_match():
+    layers = [nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3, groups=4), nn.Linear(2, 2), nn.BatchNorm2d(3), nn.LayerNorm(3),
+              nn.ReLU(), nn.Embedding(3, 3), nn.LSTM(2, 2), nn.MultiheadAttention(4, 2), nn.GroupNorm(2, 4),
+              nn.InstanceNorm2d(3), nn.PReLU()]
+    assert [int(depgraph.utils.module2type(m)) for m in layers] == [int(T.utils.module2type(m)) for m in layers]
+    nested = [torch.ones(1), (torch.zeros(2), {"a": torch.ones(3), "b": [torch.zeros(4)]})]
+    ours, theirs = depgraph.utils.flatten_as_list(nested), T.utils.flatten_as_list(nested)
+    assert [t.shape for t in ours] == [t.shape for t in theirs] == [(1,), (2,), (3,), (4,)]
+
+
+@pytest.mark.parametrize(
+    ("layer", "shapes"),
+    [(lambda: nn.Linear(5, 3), ((4, 5), (4, 3))),
+     (lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1), ((2, 3, 8, 8), (2, 4, 4, 4))),
+     (lambda: nn.Conv2d(3, 4, 2, bias=False), ((2, 3, 5, 5), (2, 4, 4, 4)))],
+)
+def test_compute_mat_grad_matches(layer, shapes):
+    torch.manual_seed(0)
+    m, x, g = layer(), torch.randn(*shapes[0]), torch.randn(*shapes[1])
+    torch.testing.assert_close(depgraph.importance.ComputeMatGrad()(x, g, m), T.importance.ComputeMatGrad()(x, g, m))

@@ -82,18 +82,27 @@ def test_pruning_ratio_dict_module_and_tuple_keys(global_pruning):
     for lib, m in ((T, mo), (tp, md)):
         _run(lib, m, _l2(lib), pruning_ratio=0.2, global_pruning=global_pruning,
              pruning_ratio_dict={m.layer2: 0.5, (m.layer3[0].conv1, m.layer3[1].conv1): 0.6})
-    if global_pruning:
+    # a tuple key shares its ratio; its layers are ranked together only under global_pruning
+    assert _widths(md) == _widths(mo)
+    if not global_pruning:
+        assert md.layer3[0].conv1.out_channels == md.layer3[1].conv1.out_channels == 102
+
+
+@pytest.mark.parametrize("round_to", [None, 8])
+def test_tuple_key_of_blocks_in_local_mode_every_step(round_to):
+    """A tuple of whole blocks, two iterative steps, local: each layer of the tuple reaches the
+    tuple's ratio on its own, as in the original (widths compared after every step)."""
+    mo = _resnet18()
+    md = copy.deepcopy(mo)
+    pruners = [lib.pruner.BasePruner(m, X, _l2(lib), ignored_layers=[m.fc], pruning_ratio=0.25, iterative_steps=2,
+                                      round_to=round_to, pruning_ratio_dict={(m.layer3, m.layer4): 0.5})
+               for lib, m in ((T, mo), (tp, md))]
+    for _ in range(2):
+        for p in pruners:
+            p.step()
         assert _widths(md) == _widths(mo)
-        return
-    # documented difference: without global_pruning the original ranks each layer of a tuple key
-    # on its own (same ratio each); depgraph ranks the tuple as one scope, as a tuple asks
-    tuple_layers = ("layer3.0.conv1.weight", "layer3.1.conv1.weight", "layer3.0.bn1.weight", "layer3.1.bn1.weight",
-                    "layer3.0.conv2.weight", "layer3.1.conv2.weight")
-    wd, wo = _widths(md), _widths(mo)
-    assert {k: v for k, v in wd.items() if k not in tuple_layers} == {
-        k: v for k, v in wo.items() if k not in tuple_layers}
-    assert mo.layer3[0].conv1.out_channels == mo.layer3[1].conv1.out_channels == 102
-    assert md.layer3[0].conv1.out_channels + md.layer3[1].conv1.out_channels == 204
+    assert md.layer4[1].conv1.out_channels == 256 and md.layer3[0].conv1.out_channels == 128
+    assert md.conv1.out_channels == 48
 
 
 def test_iterative_steps_match_at_every_step():

@@ -1,6 +1,6 @@
 """Bias compensation on Hugging Face models: the config describes the new biases.
 
-Tests depgraph/integrations/_hf_bias.py.
+Tests depgraph/integrations/hf_bias.py.
 
 Markers:
     zoo   every test here (transformers tiny configs, random weights, offline).

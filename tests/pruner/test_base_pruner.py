@@ -132,7 +132,8 @@ def test_ratio_dict_module_and_tuple_scope():
     scoped = {
         mod for mod in before if any(mod is s for s in [*model.layer3.modules(), *model.layer4.modules()])
     }
-    assert sum(after[m] for m in scoped) == math.floor(sum(before[m] for m in scoped) * 0.4 + 1e-9)
+    # a tuple key shares its ratio; without global_pruning each layer reaches it on its own
+    assert all(after[m] == math.floor(before[m] * 0.4 + 1e-9) for m in scoped)
     assert all(after[m] == before[m] for m in before if m not in scoped)
     assert pruner.get_target_pruning_ratio(model.layer3[0].conv1) == 0.6
     assert pruner.get_target_pruning_ratio(model.conv1) == 0.0

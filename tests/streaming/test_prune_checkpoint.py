@@ -362,3 +362,38 @@ def test_not_a_checkpoint_is_refused(tmp_path) -> None:
         prune_checkpoint(tmp_path / "cfg_only", tmp_path / "out")
     with pytest.raises(tp.errors.OptionError, match="out_dir must differ from src_dir"):
         prune_checkpoint(tmp_path / "cfg_only", tmp_path / "cfg_only")
+
+
+@pytest.mark.parametrize("arch", ["llama", pytest.param("qwen2", marks=_SLOW), pytest.param("gemma", marks=_SLOW)])
+def test_hidden_size_streams_one_member_at_a_time(arch, tmp_path) -> None:
+    """The residual stream is one group across every layer: scored member by member within the budget."""
+    src = _save(tmp_path / "src", arch)  # gemma ties the LM head to the embedding
+    model = transformers.AutoModelForCausalLM.from_pretrained(src).eval()
+    layer_bytes = sum(p.numel() * p.element_size() for p in model.model.layers[0].parameters())
+    report = prune_checkpoint(src, tmp_path / "out", ratio=RATIO, prune_hidden=True, max_memory=layer_bytes,
+                              progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tp.pruner.BasePruner(
+            model, {"input_ids": torch.zeros(1, 8, dtype=torch.long)}, tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=RATIO, ignored_layers=[model.get_output_embeddings()],
+            prune_num_heads=True, head_pruning_ratio=RATIO, prune_head_dims=False,
+        ).step()
+    got = _load(tmp_path / "out")
+    _assert_same(model, got)
+    assert got.config.hidden_size == 72 and got.model.embed_tokens.weight.shape == (100, 72)
+    assert got.config.vocab_size == 100 and got.get_output_embeddings().weight.shape == (100, 72)
+    # the whole group (embedding, 7 norms, 3 x 7 projections, LM head) was never held at once
+    assert 0 < report.peak_materialized <= layer_bytes
+
+
+def test_hidden_size_needs_room_for_the_embedding(tmp_path) -> None:
+    src = tmp_path / "src"
+    config = transformers.LlamaConfig(**{**_SIZES, "vocab_size": 2000}, tie_word_embeddings=False)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(src, max_shard_size="300KB")
+    budget = 500_000  # above a decoder layer (259 KB), below the embedding (2000 x 96 x 4 = 768 KB)
+    prune_checkpoint(src, tmp_path / "ok", ratio=RATIO, max_memory=budget, progress=False)  # hidden kept: fits
+    with pytest.raises(MemoryBudgetError, match=r"cannot hold the embedding or LM head it prunes "
+                                                r"\((model\.embed_tokens|lm_head) is 768\.00 KB"):
+        prune_checkpoint(src, tmp_path / "out", ratio=RATIO, prune_hidden=True, max_memory=budget, progress=False)
+    assert not (tmp_path / "out").exists()

@@ -38,13 +38,13 @@ class BiasFlagSync:
     """After-prune hook: ``hook(graph, plan)`` syncs the bias flags; ``hook(graph, None)`` undoes that."""
 
     def __init__(self, model: nn.Module) -> None:
-        self._model = weakref.ref(model)
+        self.model_ref = weakref.ref(model)
         self._initial = {id(m) for m in model.modules() if isinstance(m, nn.Linear) and m.bias is not None}
         self._undo: list[tuple[Any, str, Any]] = []
         self._warned: set[str] = set()
 
     def __call__(self, graph: Any, plan: Any) -> None:
-        model = self._model()
+        model = self.model_ref()
         if model is None:
             return
         if plan is None:

@@ -1,0 +1,87 @@
+"""``depgraph export``: write a (pruned) model as ONNX and/or a ``torch.export`` program, checked against eager.
+
+    depgraph export resnet18_pruned.pth --base resnet18 --onnx resnet18.onnx --torch-export resnet18.pt2
+    depgraph export ./llama-pruned --torch-export llama.pt2 --seq-len 32
+
+Each program is run on the example inputs and compared with the eager model;
+a difference above ``--atol + --rtol * |eager|`` is refused (exit 1, no file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``export`` subcommand to the ``depgraph`` parser's subparsers."""
+    from ..cli import positive_int  # the shared integer check of the command line
+
+    p = sub.add_parser("export", help="export a model to ONNX / torch.export and check it against eager")
+    p.add_argument("model", help="a Hugging Face folder, a depgraph.save file (with --base), a whole model saved "
+                                 "with torch.save, or a torchvision/timm name (random weights)")
+    p.add_argument("--base", default=None, help="unpruned definition of a depgraph.save file: a torchvision/timm "
+                                                "name or a Hugging Face folder")
+    p.add_argument("--onnx", default=None, metavar="PATH", help="write an ONNX file")
+    p.add_argument("--torch-export", default=None, metavar="PATH", help="write a torch.export program (.pt2)")
+    p.add_argument("--onnx-legacy", action="store_true", help="use the TorchScript-based ONNX exporter (dynamo=False)")
+    p.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="batch of the example input (default: 1)")
+    p.add_argument("--input-size", type=positive_int, default=None, help="image height and width (default: the model's)")
+    p.add_argument("--seq-len", type=positive_int, default=16, help="tokens of a text model's example input (default: 16)")
+    p.add_argument("--atol", type=_tolerance, default=1e-4, help="absolute tolerance (default: 1e-4)")
+    p.add_argument("--rtol", type=_tolerance, default=1e-4, help="relative tolerance (default: 1e-4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the example inputs (default: 0)")
+    p.add_argument("--plain", action="store_true", help="plain-text tables even when rich is installed")
+    p.set_defaults(run=run)
+    return p
+
+
+def run(args: argparse.Namespace, out: Any) -> int:
+    """Load, export each requested format, check it, report; the exit code (0 done)."""
+    from ..recovery.sources import check_output, input_spec, is_hf_folder, load_pruned, load_source
+    from . import export_onnx, export_program
+
+    if not args.onnx and not args.torch_export:
+        from ..cli import ArgumentError
+
+        raise ArgumentError("give --onnx PATH and/or --torch-export PATH")
+    for path in (args.onnx, args.torch_export):
+        if path:
+            check_output(path, "file")
+    import os
+
+    named = not is_hf_folder(args.model) and not os.path.exists(args.model)
+    source = load_source(args.model) if named else load_pruned(args.model, args.base)
+    model = source.model.eval()
+    inputs = input_spec(source, seq_len=args.seq_len, input_size=args.input_size).example(args.batch_size,
+                                                                                         seed=args.seed)
+    rows = []
+    jobs = []
+    if args.torch_export:
+        jobs.append(("torch.export", args.torch_export,
+                     lambda: export_program(model, inputs, args.torch_export, atol=args.atol, rtol=args.rtol)))
+    if args.onnx:
+        jobs.append(("onnx", args.onnx, lambda: export_onnx(model, inputs, args.onnx, atol=args.atol, rtol=args.rtol,
+                                                           dynamo=not args.onnx_legacy, opset_version=args.opset)))
+    for fmt, path, job in jobs:
+        t0 = time.perf_counter()
+        result = job()
+        rows.append((fmt, path, f"{result.max_abs_diff:.3g}", result.checked_with, f"{time.perf_counter() - t0:.1f} s"))
+    shape = {k: tuple(v.shape) for k, v in inputs.items()} if isinstance(inputs, dict) else tuple(inputs.shape)
+    out.table(f"export {args.model} (example input {shape}; tolerance atol {args.atol:g} + rtol {args.rtol:g})",
+              ("format", "file", "max abs diff vs eager", "checked with", "time"), rows)
+    return 0

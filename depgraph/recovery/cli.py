@@ -1,0 +1,127 @@
+"""``depgraph recover``: distil the unpruned model back into a pruned one, on the user's data.
+
+    depgraph recover ./llama-pruned --teacher ./llama --data train.txt --steps 200 --output ./llama-recovered
+    depgraph recover resnet18_pruned.pth --teacher resnet18 --teacher-weights resnet18.pth \\
+        --data ./images --output resnet18_recovered.pth
+    accelerate launch --multi_gpu --num_processes 8 -m depgraph recover ...   # the same, on 8 processes
+
+The result is written in the form the pruned model came in (see
+:mod:`depgraph.recovery.sources`); the table shows the distillation gap
+(KL to the teacher) and the task loss before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def _weight(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def _layers(text: str) -> tuple[str | int, ...]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("give module names or hidden_states indices, comma-separated")
+    return tuple(int(t) if t.lstrip("-").isdigit() else t for t in items)
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``recover`` subcommand to the ``depgraph`` parser's subparsers."""
+    from ..cli import positive_int  # the shared integer check of the command line
+
+    p = sub.add_parser("recover", help="distil the unpruned model into a pruned one on your data, then save it")
+    p.add_argument("model", help="the pruned model: a Hugging Face folder, a depgraph.save file (with --base) "
+                                 "or a whole model saved with torch.save")
+    p.add_argument("--teacher", required=True,
+                   help="the unpruned model: a Hugging Face folder, a torchvision/timm name or a torch.save file")
+    p.add_argument("--teacher-weights", default=None, metavar="PATH",
+                   help="state dict of a teacher given by name (a .pth/.pt or .safetensors file)")
+    p.add_argument("--base", default=None,
+                   help="unpruned definition of a depgraph.save file (default: --teacher)")
+    p.add_argument("--data", required=True, metavar="PATH",
+                   help="an image folder (one subfolder per class, or flat), a .txt file or a .jsonl file")
+    p.add_argument("--output", required=True, metavar="PATH", help="where the recovered model goes (checked first)")
+    p.add_argument("--steps", type=positive_int, default=100, help="optimizer steps (default: 100)")
+    p.add_argument("--lr", type=_positive_float, default=1e-4, help="AdamW learning rate (default: 1e-4)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="batch size per process (default: 8)")
+    p.add_argument("--grad-accum", type=positive_int, default=1, help="batches per optimizer step (default: 1)")
+    p.add_argument("--temperature", type=_positive_float, default=2.0, help="distillation temperature (default: 2)")
+    p.add_argument("--kd-weight", type=_weight, default=1.0, help="weight of the logit distillation (default: 1)")
+    p.add_argument("--task-weight", type=_weight, default=None,
+                   help="weight of the task loss (default: 1 when the data has labels or the model is a causal LM)")
+    p.add_argument("--hidden-weight", type=_weight, default=0.0,
+                   help="weight of the hidden-state MSE (default: 0, off)")
+    p.add_argument("--hidden-layers", type=_layers, default=None, metavar="A,B",
+                   help="hidden states to match: module names, or hidden_states indices of a Hugging Face model "
+                        "(default with --hidden-weight: all hidden_states)")
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None,
+                   help="default: what accelerate launch / accelerate config set, else no")
+    p.add_argument("--seq-len", type=positive_int, default=128, help="tokens per text sample (default: 128)")
+    p.add_argument("--input-size", type=positive_int, default=None, help="image height and width (default: the model's)")
+    p.add_argument("--max-samples", type=positive_int, default=None, help="use at most N samples of the data")
+    p.add_argument("--seed", type=int, default=0, help="seed of data order and initialisation (default: 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--plain", action="store_true", help="plain-text tables even when rich is installed")
+    p.set_defaults(run=run)
+    return p
+
+
+def _dataset(args: argparse.Namespace, src: Any) -> Any:
+    from .data import open_dataset
+    from .sources import input_spec
+
+    spec = input_spec(src, src.path, args.teacher, args.base, seq_len=args.seq_len, input_size=args.input_size)
+    return open_dataset(args.data, spec, seq_len=args.seq_len, max_samples=args.max_samples)
+
+
+def run(args: argparse.Namespace, out: Any) -> int:
+    """Load, check, recover, report and save; the exit code (0 done)."""
+    from . import recover
+    from .sources import check_output, is_hf_folder, load_pruned, load_source, save_like
+
+    check_output(args.output, "hf" if is_hf_folder(args.model) else "file")
+    teacher = load_source(args.teacher, args.teacher_weights)
+    base = args.base or (args.teacher if teacher.kind in ("name", "hf") else None)
+    student = load_pruned(args.model, base)
+    if student.input_size is None and teacher.input_size is not None:
+        student.input_size = teacher.input_size
+    data = _dataset(args, student)
+    result = recover(
+        student.model, teacher.model, data,
+        steps=args.steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
+        temperature=args.temperature, kd_weight=args.kd_weight, task_weight=args.task_weight,
+        hidden_weight=args.hidden_weight, hidden_layers=args.hidden_layers, mixed_precision=args.mixed_precision,
+        seed=args.seed, progress=not args.no_progress,
+    )
+    if not result.is_main_process:
+        return 0
+    rows = [("distillation gap (KL to teacher)", f"{result.kd_before:.4f}", f"{result.kd_after:.4f}")]
+    if result.task_before is not None:
+        rows.append(("task loss", f"{result.task_before:.4f}", f"{result.task_after:.4f}"))
+    rows.append(("training loss (first / last step)", f"{result.losses[0]:.4f}", f"{result.losses[-1]:.4f}"))
+    procs = f"{result.num_processes} process" + ("es" if result.num_processes > 1 else "")
+    out.table(f"recover {args.model}: {result.steps} steps in {result.seconds:.1f} s on {procs}, "
+              f"{len(data)} samples", ("", "before", "after"), rows)
+    how = save_like(student, result.model.cpu(), args.output, result.state_dict)
+    out.line(f"saved the recovered model to {args.output} (load it with {how})")
+    return 0

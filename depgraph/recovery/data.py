@@ -1,0 +1,78 @@
+"""Training data for ``depgraph recover`` read from a path, through the calibration-data reader.
+
+Files are read by :func:`depgraph.workflow.load_calibration` (the reader
+``depgraph prune --calib`` uses), so both commands accept the same data and
+refuse the same misfits. Recovery adds one thing calibration does not need:
+labels. An image folder with one subfolder per class (``ImageFolder``
+layout, classes in sorted order) gives ``(image, class index)`` samples; a
+flat folder, a ``.txt`` or a ``.jsonl`` gives unlabelled samples (a causal LM
+is then trained on next-token prediction, any other model on distillation
+alone).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DepgraphError, RecoveryError
+
+__all__ = ["open_dataset"]
+
+_ALL = 1 << 62  # "no limit" for the reader's num_samples
+
+
+class _Samples(Dataset):
+    """Samples cut out of the reader's batches, each with its label when there is one."""
+
+    def __init__(self, batches: list[Any], label: int | None = None):
+        self.items: list[Any] = []
+        for batch in batches:
+            for sample in _unbatch(batch):
+                self.items.append(sample if label is None else (_main(sample), torch.tensor(label)))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.items[i]
+
+
+def _unbatch(batch: Any) -> list[Any]:
+    if isinstance(batch, torch.Tensor):
+        return list(batch)
+    n = len(next(iter(batch.values())))
+    return [{k: v[i] for k, v in batch.items()} for i in range(n)]
+
+
+def _main(sample: Any) -> torch.Tensor:
+    return sample if isinstance(sample, torch.Tensor) else next(iter(sample.values()))
+
+
+def open_dataset(path: str | os.PathLike, spec: Any, *, seq_len: int | None = None,
+                 max_samples: int | None = None) -> Dataset:
+    """A dataset of the samples at ``path``, in the form ``spec`` (a :class:`~depgraph.workflow.InputSpec`) says.
+
+    Raises:
+        CalibrationDataError: the reader refuses the data (missing, empty, of a kind the model cannot read).
+        RecoveryError: a class subfolder holds no image.
+    """
+    from ..workflow import load_calibration
+
+    limit = max_samples or _ALL
+    p = Path(path)
+    classes = sorted(d for d in p.iterdir() if d.is_dir()) if p.is_dir() else []
+    if not classes:
+        return _Samples(load_calibration(p, spec, num_samples=limit, batch_size=256, seq_len=seq_len))
+    per_class = -(-limit // len(classes))  # spread --max-samples over the classes
+    parts = []
+    for label, folder in enumerate(classes):
+        try:
+            parts.append(_Samples(load_calibration(folder, spec, num_samples=per_class, batch_size=256), label))
+        except DepgraphError as e:
+            raise RecoveryError(f"class folder {os.fspath(folder)!r} of {os.fspath(p)!r}: {e}") from None
+    return torch.utils.data.ConcatDataset(parts)

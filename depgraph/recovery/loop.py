@@ -1,0 +1,349 @@
+"""Recovery: train a pruned model back towards its unpruned teacher, on Hugging Face ``accelerate``.
+
+Everything that depends on where it runs (device placement, mixed precision,
+data sharding, gradient synchronisation, FSDP / DeepSpeed) is ``accelerate``'s:
+the loop only calls ``prepare``, ``backward``, ``clip_grad_norm_``, ``reduce``
+and ``gather``. The same call therefore runs on one CPU, one GPU, or many GPUs
+and nodes when the script (or ``depgraph recover``) is started with
+``accelerate launch``.
+
+Call tree::
+
+    recover(student, teacher, data, **options)
+      _probe          one batch through both models: outputs fit? labels fit? hidden widths
+      _evaluate       distillation gap (KL, T=1) and task loss before training
+      _train          steps of: student forward, teacher forward (no grad), losses, backward, step
+      _evaluate       the same measures after training
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import RecoveryError
+from .batches import Batch, is_causal_lm, logits_of, split_batch
+from .hidden import HiddenTap
+from .losses import HiddenProjection, channel_dim, distillation_kl, task_loss
+from .options import RecoverOptions
+
+__all__ = ["recover", "RecoverResult"]
+
+
+@dataclass
+class RecoverResult:
+    """What :func:`recover` did.
+
+    Attributes:
+        model: the trained student (the object passed in, unwrapped from any
+            distributed wrapper), in eval mode.
+        steps: optimizer steps run.
+        losses: the total training loss of each step, averaged over processes.
+        kd_before / kd_after: the distillation gap, ``KL(teacher || student)`` of
+            the logits at temperature 1, on the evaluation batches.
+        task_before / task_after: the task loss on the evaluation batches (None
+            without labels).
+        seconds: wall time of the training steps.
+        is_main_process: whether this process should write files.
+        num_processes: how many processes trained together.
+        state_dict: under FSDP / DeepSpeed, the full gathered state dict of the
+            student (on the main process); None otherwise (``model`` holds it all).
+    """
+
+    model: nn.Module
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    kd_before: float = math.nan
+    kd_after: float = math.nan
+    task_before: float | None = None
+    task_after: float | None = None
+    seconds: float = 0.0
+    is_main_process: bool = True
+    num_processes: int = 1
+    state_dict: dict[str, torch.Tensor] | None = None
+
+
+class _Student(nn.Module):
+    """The student plus the hidden-state projections: one module, so ``prepare`` wraps and syncs both."""
+
+    def __init__(self, model: nn.Module, projections: list[HiddenProjection]):
+        super().__init__()
+        self.model = model
+        self.projections = nn.ModuleList(projections)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+
+def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, *,
+            accelerator: Any = None, collate_fn: Any = None, **options: Any) -> RecoverResult:
+    """Distil the unpruned ``teacher`` into the pruned ``student`` on ``data``, plus the task loss.
+
+    Why distillation: a pruned model has lost capacity, not its task; matching
+    the teacher's full output distribution (and optionally its hidden states)
+    recovers much more per step than the labels alone, and works on unlabelled
+    data (text, images without classes).
+
+    The loss is ``kd_weight * T^2 * KL(teacher/T || student/T)
+    + task_weight * CE(student, labels) + hidden_weight * MSE(hidden states)``;
+    see :mod:`depgraph.recovery.losses` for exactly what is matched and
+    :mod:`depgraph.recovery.batches` for the batch forms accepted.
+
+    Args:
+        student: the pruned model; trained in place.
+        teacher: the unpruned model, with the same outputs (same classes /
+            vocabulary); never changed.
+        data: a ``Dataset`` (batched here with ``batch_size``) or a ``DataLoader``.
+        accelerator: an ``accelerate.Accelerator`` to use; default: a new one
+            (``mixed_precision``, ``grad_accum``; CPU when no accelerator device exists).
+        collate_fn: passed to the ``DataLoader`` built for a ``Dataset``.
+        **options: the fields of :class:`~depgraph.recovery.options.RecoverOptions`
+            (steps, lr, batch_size, temperature, kd_weight, task_weight,
+            hidden_weight, hidden_layers, mixed_precision, ...).
+
+    Returns:
+        A :class:`RecoverResult` with the losses and the distillation gap before / after.
+
+    Raises:
+        OptionError: an option is out of range or unknown.
+        RecoveryError: the data does not fit the models (checked on one batch
+            before training), the student's outputs differ in shape from the
+            teacher's, or a hidden layer does not exist. The student is unchanged.
+
+    Example:
+        >>> result = depgraph.recover(pruned, original, dataset, steps=200, lr=1e-4)
+        >>> result.kd_before, result.kd_after
+    """
+    unknown = sorted(set(options) - set(RecoverOptions.__dataclass_fields__))
+    if unknown:
+        from ..errors import OptionError
+
+        raise OptionError(f"recover: unknown option(s) {unknown}; known: {sorted(RecoverOptions.__dataclass_fields__)}")
+    opts = RecoverOptions(**{k: tuple(v) if k == "hidden_layers" and v is not None else v for k, v in options.items()})
+    if student is teacher:
+        raise RecoveryError("recover: student and teacher are the same object; pass the unpruned model as teacher")
+    try:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+    except ImportError:
+        raise RecoveryError("recover needs Hugging Face accelerate: pip install 'depgraph[train]'") from None
+
+    if accelerator is None:
+        accelerator = Accelerator(mixed_precision=opts.mixed_precision, gradient_accumulation_steps=opts.grad_accum,
+                                  cpu=not _has_accelerator_device())
+    set_seed(opts.seed)
+    train_loader, eval_loader = _loaders(data, opts, collate_fn)
+    causal = is_causal_lm(student)
+    teacher.requires_grad_(False).eval().to(accelerator.device)
+    student.to(accelerator.device)
+
+    s_tap = t_tap = None
+    snapshot = {k: v.detach().to("cpu", copy=True) for k, v in student.state_dict().items()} \
+        if opts.restore_on_error else None
+    try:
+        if opts.hidden_weight > 0:
+            s_tap, t_tap = HiddenTap(student, opts.hidden_layers), HiddenTap(teacher, opts.hidden_layers)
+        widths, has_labels = _probe(student, teacher, train_loader, causal, s_tap, t_tap, accelerator)
+        task_weight = opts.task_weight if opts.task_weight is not None else (1.0 if has_labels else 0.0)
+        if task_weight > 0 and not has_labels:
+            raise RecoveryError("task_weight > 0 but the data has no labels (and the model is not a causal LM); "
+                                "give (inputs, labels) batches or set task_weight=0")
+        if opts.kd_weight == 0 and opts.hidden_weight == 0 and task_weight == 0:
+            raise RecoveryError("nothing to train on: kd_weight and hidden_weight are 0 and the data has no labels")
+        wrapped = _Student(student, [HiddenProjection(s, t) for s, t in widths])
+        optimizer = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=opts.lr,
+                                      weight_decay=opts.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / opts.warmup_steps) if opts.warmup_steps else 1.0)
+        wrapped, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
+            wrapped, optimizer, train_loader, eval_loader, scheduler)
+        run = _Run(accelerator, wrapped, teacher, causal, s_tap, t_tap, opts, task_weight if has_labels else 0.0)
+
+        kd_before, task_before = run.evaluate(eval_loader)
+        t0 = time.perf_counter()
+        losses = run.train(train_loader, optimizer, scheduler)
+        seconds = time.perf_counter() - t0
+        kd_after, task_after = run.evaluate(eval_loader)
+        accelerator.wait_for_everyone()
+    except BaseException:
+        if snapshot is not None:
+            with torch.no_grad():
+                student.load_state_dict(snapshot)
+        raise
+    finally:
+        for tap in (s_tap, t_tap):
+            if tap is not None:
+                tap.close()
+
+    full_state = None
+    if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
+        full = accelerator.get_state_dict(wrapped)
+        full_state = {k[len("model."):]: v for k, v in (full or {}).items() if k.startswith("model.")}
+    model = accelerator.unwrap_model(wrapped).model.eval()
+    return RecoverResult(model=model, steps=opts.steps, losses=losses, kd_before=kd_before, kd_after=kd_after,
+                         task_before=task_before if has_labels else None,
+                         task_after=task_after if has_labels else None, seconds=seconds,
+                         is_main_process=accelerator.is_main_process, num_processes=accelerator.num_processes,
+                         state_dict=full_state)
+
+
+def _has_accelerator_device() -> bool:
+    acc = getattr(torch, "accelerator", None)
+    return bool(acc.is_available()) if acc is not None else torch.cuda.is_available()
+
+
+def _loaders(data: Any, opts: RecoverOptions, collate_fn: Any) -> tuple[DataLoader, DataLoader]:
+    if isinstance(data, DataLoader):
+        return data, data
+    if not isinstance(data, Dataset) and not hasattr(data, "__getitem__"):
+        raise RecoveryError(f"recover: data must be a torch Dataset or DataLoader, got {type(data).__name__}")
+    try:
+        n = len(data)  # type: ignore[arg-type]
+    except TypeError:
+        n = None
+    if n == 0:
+        raise RecoveryError("recover: the dataset is empty")
+    g = torch.Generator().manual_seed(opts.seed)
+    train = DataLoader(data, batch_size=opts.batch_size, shuffle=opts.shuffle, collate_fn=collate_fn,
+                       num_workers=opts.num_workers, drop_last=n is not None and n >= opts.batch_size, generator=g)
+    evaluation = DataLoader(data, batch_size=opts.batch_size, shuffle=False, collate_fn=collate_fn,
+                            num_workers=opts.num_workers)
+    return train, evaluation
+
+
+def _probe(student: nn.Module, teacher: nn.Module, loader: DataLoader, causal: bool,
+           s_tap: HiddenTap | None, t_tap: HiddenTap | None, accelerator: Any) -> tuple[list[tuple[int, int]], bool]:
+    """Run one batch through both models before training: every misfit is reported before anything changes."""
+    from accelerate.utils import send_to_device
+
+    try:
+        batch = next(iter(loader))
+    except StopIteration:
+        raise RecoveryError("recover: the data yields no batch") from None
+    b = split_batch(send_to_device(batch, accelerator.device), causal)
+    was_training = student.training
+    student.eval()
+    try:
+        with torch.no_grad():
+            s_out = _call(student, b, s_tap)
+            t_out = _call(teacher, b, t_tap)
+    except RecoveryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a model that cannot run the data: report it as such
+        raise RecoveryError(f"recover: the model cannot run a batch of the data ({type(e).__name__}: "
+                            f"{str(e)[:300]}); check that the data fits the model (input size, keys)") from None
+    finally:
+        student.train(was_training)
+    s_logits, t_logits = logits_of(s_out), logits_of(t_out)
+    if s_logits.shape != t_logits.shape:
+        raise RecoveryError(f"recover: student logits {tuple(s_logits.shape)} and teacher logits "
+                            f"{tuple(t_logits.shape)} differ: the pruned model must keep its outputs "
+                            "(classes / vocabulary); was the classifier pruned?")
+    if b.labels is not None:
+        task_loss(s_logits, b.labels, causal)  # raises when the labels do not fit
+    widths: list[tuple[int, int]] = []
+    if s_tap is not None and t_tap is not None:
+        s_states, t_states = s_tap.take(s_out), t_tap.take(t_out)
+        if len(s_states) != len(t_states):
+            raise RecoveryError(f"recover: the student returns {len(s_states)} hidden states and the teacher "
+                                f"{len(t_states)}; choose hidden_layers present in both")
+        widths = [(s.shape[channel_dim(s)], t.shape[channel_dim(t)]) for s, t in zip(s_states, t_states, strict=True)]
+    return widths, b.labels is not None
+
+
+def _call(model: nn.Module, b: Batch, tap: HiddenTap | None) -> Any:
+    extra = tap.extra_kwargs() if tap is not None else {}
+    return model(*b.args, **b.kwargs, **extra)
+
+
+class _Run:
+    """The training and evaluation steps, sharing the models, taps and weights."""
+
+    def __init__(self, accelerator: Any, wrapped: nn.Module, teacher: nn.Module, causal: bool,
+                 s_tap: HiddenTap | None, t_tap: HiddenTap | None, opts: RecoverOptions, task_weight: float):
+        self.acc, self.wrapped, self.teacher, self.causal = accelerator, wrapped, teacher, causal
+        self.s_tap, self.t_tap, self.opts, self.task_weight = s_tap, t_tap, opts, task_weight
+        self.projections = accelerator.unwrap_model(wrapped).projections
+
+    def losses(self, batch: Any, temperature: float, hidden: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(kd, task, hidden) losses of the student on ``batch``; task / hidden are 0 when unused."""
+        b = split_batch(batch, self.causal)
+        taps = hidden and self.s_tap is not None
+        s_out = _call(self.wrapped, b, self.s_tap if taps else None)
+        with torch.no_grad(), self.acc.autocast():
+            t_out = _call(self.teacher, b, self.t_tap if taps else None)
+        s_logits, t_logits = logits_of(s_out), logits_of(t_out)
+        mask = b.mask if s_logits.dim() == 3 else None
+        kd = distillation_kl(s_logits, t_logits, temperature, mask)
+        zero = kd.new_zeros(())
+        task = task_loss(s_logits, b.labels, self.causal) if b.labels is not None else zero
+        mse = zero
+        if taps:
+            pairs = zip(self.s_tap.take(s_out), self.t_tap.take(t_out), self.projections, strict=True)
+            mse = sum((proj(s, t) for s, t, proj in pairs), zero) / max(len(self.projections), 1)
+        return kd, task, mse
+
+    def train(self, loader: DataLoader, optimizer: Any, scheduler: Any) -> list[float]:
+        from tqdm.auto import tqdm
+
+        o, losses = self.opts, []
+        self.wrapped.train()
+        bar = tqdm(total=o.steps, desc="recover", disable=not (o.progress and self.acc.is_local_main_process))
+        batches = _forever(loader)
+        try:
+            for _ in range(o.steps):
+                for _ in range(o.grad_accum):
+                    with self.acc.accumulate(self.wrapped):
+                        kd, task, mse = self.losses(next(batches), o.temperature, hidden=o.hidden_weight > 0)
+                        loss = o.kd_weight * kd + self.task_weight * task + o.hidden_weight * mse
+                        self.acc.backward(loss)
+                        if self.acc.sync_gradients and o.max_grad_norm is not None:
+                            self.acc.clip_grad_norm_(self.wrapped.parameters(), o.max_grad_norm)
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad()
+                mean = self.acc.gather(loss.detach().float().reshape(1)).mean().item()
+                if not math.isfinite(mean):
+                    raise RecoveryError(f"recover: the loss became {mean} at step {len(losses) + 1}; "
+                                        "lower lr or use mixed_precision='no'")
+                losses.append(mean)
+                bar.update(1)
+                bar.set_postfix(loss=f"{mean:.4f}", kd=f"{kd.item():.4f}")
+        finally:
+            bar.close()
+        return losses
+
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader) -> tuple[float, float]:
+        """Mean distillation KL (T=1) and task loss over the first ``eval_batches`` batches, all processes."""
+        self.wrapped.eval()
+        total = torch.zeros(3, device=self.acc.device)  # kd sum, task sum, batches
+        for i, batch in enumerate(loader):
+            if i >= self.opts.eval_batches:
+                break
+            kd, task, _ = self.losses(batch, 1.0, hidden=False)
+            total += torch.stack([kd.float(), task.float(), kd.new_ones((), dtype=torch.float32)])
+        total = self.acc.reduce(total, reduction="sum")
+        n = total[2].clamp_min(1.0)
+        return (total[0] / n).item(), (total[1] / n).item()
+
+
+def _forever(loader: DataLoader):
+    """Cycle through ``loader`` (a new epoch, reshuffled, whenever it runs out)."""
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise RecoveryError("recover: the data yields no batch")
+        epoch += 1

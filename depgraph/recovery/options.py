@@ -1,0 +1,108 @@
+"""The options of :func:`depgraph.recover`, collected and validated once."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import OptionError
+
+__all__ = ["RecoverOptions"]
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class RecoverOptions:
+    """How a pruned model is trained back towards its unpruned teacher.
+
+    Attributes:
+        steps: optimizer steps (each of ``grad_accum`` batches per process).
+        lr: AdamW learning rate, constant after a linear warm-up of ``warmup_steps``.
+        batch_size: samples per batch and process.
+        temperature: softens both logit distributions in the distillation loss.
+        kd_weight: weight of the logit distillation loss (0 disables it).
+        task_weight: weight of the task loss on the labels; None: 1 when the data
+            has labels (or the model is a causal LM), else 0.
+        hidden_weight: weight of the hidden-state loss (0 disables it).
+        hidden_layers: which hidden states to match: module names (hooked in both
+            models, any model), or indices into a Hugging Face model's
+            ``hidden_states`` output; None with ``hidden_weight > 0``: every
+            ``hidden_states`` entry of a Hugging Face model.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: gradient clipping norm (None: no clipping).
+        grad_accum: batches accumulated per optimizer step.
+        warmup_steps: linear warm-up length.
+        mixed_precision: "no", "fp16" or "bf16"; None: what ``accelerate launch``
+            / ``accelerate config`` set.
+        eval_batches: batches (per process) on which the distillation gap and the
+            task loss are measured before and after training.
+        seed: seeds the data order and any random initialisation.
+        shuffle: shuffle the training data.
+        num_workers: DataLoader worker processes.
+        progress: show a progress bar on the main process.
+        restore_on_error: keep a CPU copy of the student's weights and put them
+            back when training fails or is interrupted (costs one copy of the
+            weights in host memory).
+    """
+
+    steps: int = 100
+    lr: float = 1e-4
+    batch_size: int = 8
+    temperature: float = 2.0
+    kd_weight: float = 1.0
+    task_weight: float | None = None
+    hidden_weight: float = 0.0
+    hidden_layers: tuple[str | int, ...] | None = None
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    grad_accum: int = 1
+    warmup_steps: int = 0
+    mixed_precision: str | None = None
+    eval_batches: int = 4
+    seed: int = 0
+    shuffle: bool = True
+    num_workers: int = 0
+    progress: bool = True
+    restore_on_error: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("steps", "batch_size", "grad_accum"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append(f"{name} must be a positive integer, got {value!r}")
+        for name in ("warmup_steps", "eval_batches", "num_workers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                problems.append(f"{name} must be an integer >= 0, got {value!r}")
+        for name in ("lr", "temperature"):
+            value = getattr(self, name)
+            if not _finite(value) or value <= 0:
+                problems.append(f"{name} must be a finite number > 0, got {value!r}")
+        for name in ("kd_weight", "hidden_weight", "weight_decay"):
+            value = getattr(self, name)
+            if not _finite(value) or value < 0:
+                problems.append(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.task_weight is not None and (not _finite(self.task_weight) or self.task_weight < 0):
+            problems.append(f"task_weight must be None or a finite number >= 0, got {self.task_weight!r}")
+        if self.max_grad_norm is not None and (not _finite(self.max_grad_norm) or self.max_grad_norm <= 0):
+            problems.append(f"max_grad_norm must be None or a number > 0, got {self.max_grad_norm!r}")
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
+            problems.append(f"mixed_precision must be one of {MIXED_PRECISION} or None, got {self.mixed_precision!r}")
+        if self.hidden_layers is not None:
+            if isinstance(self.hidden_layers, (str, int)) or not isinstance(self.hidden_layers, Sequence):
+                problems.append(f"hidden_layers must be a sequence of module names or indices, got {self.hidden_layers!r}")
+            elif not self.hidden_layers or not all(isinstance(h, (str, int)) for h in self.hidden_layers):
+                problems.append(f"hidden_layers must hold module names or hidden_states indices, got {self.hidden_layers!r}")
+            elif len({type(h) for h in self.hidden_layers}) > 1:
+                problems.append(f"hidden_layers mixes names and indices: {self.hidden_layers!r}")
+        if self.kd_weight == 0 and self.hidden_weight == 0 and self.task_weight == 0:
+            problems.append("kd_weight, hidden_weight and task_weight are all 0: nothing to train on")
+        if problems:
+            raise OptionError("recover: " + "; ".join(problems))
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

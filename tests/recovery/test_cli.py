@@ -1,0 +1,93 @@
+"""``depgraph recover`` refusals: typed, exit code 1, before any training or writing.
+
+The successful runs (a Hugging Face folder from text, a depgraph file from an
+image folder, two processes under ``accelerate launch``) are the README
+commands, run by ``test_readme_commands.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from depgraph.cli import main
+
+from ._models import write_llama_folders
+
+pytest.importorskip("accelerate")
+pytest.importorskip("transformers")
+pytest.importorskip("torchvision")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["recover", "missing_dir", "--teacher", "resnet18", "--data", "x.txt", "--output", "o.pth"],
+         "pruned model 'missing_dir' does not exist"),
+        (["recover", "p.pth", "--teacher", "resnet18", "--data", "x.txt", "--output", "no/such/folder/o.pth"],
+         "the folder 'no/such/folder' does not exist"),
+        (["recover", "p.pth", "--teacher", "resnet18", "--teacher-weights", "nope.pth", "--data", "x.txt",
+          "--output", "o.pth"], "the weights file 'nope.pth' does not exist"),
+    ],
+)
+def test_bad_inputs_fail_before_any_work(tmp_path, monkeypatch, capsys, argv, message) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.pth").write_bytes(b"")
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "RecoveryError" in err and message in err
+
+
+def test_data_that_does_not_fit_is_refused(tmp_path, capsys) -> None:
+    teacher, pruned = write_llama_folders(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = ["recover", str(pruned), "--teacher", str(teacher), "--output", str(tmp_path / "o"), "--no-progress"]
+    assert main([*argv, "--data", str(empty)]) == 1
+    assert "holds no image" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"txt": "the cat"}\n', encoding="utf-8")
+    assert main([*argv, "--data", str(bad)]) == 1
+    assert "bad.jsonl:1 has no string field 'text' (it has ['txt'])" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_timm_teacher_and_a_pickled_student_round_trip(tmp_path, capsys) -> None:
+    """The third source form: a whole pickled module, written back pickled; a timm teacher by name."""
+    timm = pytest.importorskip("timm")
+    import copy
+
+    import torch
+
+    import depgraph as tp
+
+    torch.manual_seed(0)
+    teacher = timm.create_model("resnet10t", pretrained=False, num_classes=1000).eval()
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
+    student = copy.deepcopy(teacher)
+    tp.pruner.BasePruner(student, torch.randn(1, 3, 32, 32), tp.importance.GroupMagnitudeImportance(),
+                         pruning_ratio=0.5, ignored_layers=[student.fc]).step()
+    torch.save(student, tmp_path / "student.pth")  # Torch-Pruning's tp.save: the whole module
+    images = tmp_path / "flat"
+    images.mkdir()
+    from ._models import write_image_folder
+
+    write_image_folder(tmp_path / "classes")
+    for f in (tmp_path / "classes").rglob("*.png"):
+        f.rename(images / f"{f.parent.name}_{f.name}")  # a flat folder: no labels, distillation only
+    out = tmp_path / "recovered.pth"
+    with pytest.warns(UserWarning, match="whole pickled model"):
+        code = main(["recover", str(tmp_path / "student.pth"), "--teacher", "resnet10t", "--teacher-weights",
+                     str(tmp_path / "teacher.pth"), "--data", str(images), "--input-size", "32", "--steps", "3",
+                     "--batch-size", "4", "--output", str(out), "--no-progress", "--plain"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "distillation gap" in printed and "task loss" not in printed  # no labels in a flat folder
+    recovered = torch.load(out, weights_only=False).eval()
+    assert type(recovered) is type(student) and recovered.fc.in_features == student.fc.in_features < 512
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(recovered(x), student.eval()(x))
+    with pytest.warns(UserWarning, match="whole pickled model"):
+        assert main(["export", str(out), "--torch-export", str(tmp_path / "r.pt2"), "--input-size", "32",
+                     "--plain"]) == 0
+    assert (tmp_path / "r.pt2").is_file()
