@@ -13,3 +13,7 @@ Indices = Sequence[int] | torch.Tensor
 #: What ``build_dependency`` accepts as example inputs: a tensor, a tuple/list of
 #: positional inputs, or a dict of keyword inputs.
 ExampleInputs = Any
+
+#: The sides of a layer that are channels (``Dependency.side``); a ``"heads"`` member
+#: removes whole attention heads, which no per-channel layout or criterion describes.
+CHANNEL_SIDES: tuple[str, ...] = ("out", "in")

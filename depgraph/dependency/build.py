@@ -63,6 +63,9 @@ class GraphBuilder:
 
     # -- endpoints --------------------------------------------------------------
     def node_of(self, module: nn.Module) -> Node | None:
+        """The graph node of ``module``, created when a handler serves its type; None otherwise,
+        so layers depgraph cannot prune never become nodes.
+        """
         node = self.module2node.get(module)
         if node is None:
             handler = self.handler_of(module)
@@ -73,6 +76,12 @@ class GraphBuilder:
         return node
 
     def endpoint(self, module: nn.Module, is_out: bool, width: int | None = None) -> int | None:
+        """The slot of ``module``'s output (``is_out``) or input channels, created on first use.
+
+        Rules call this for every layer they meet; creating slots lazily keeps layers no op
+        reaches out of the graph. A slot of a user's handler or custom layer is marked
+        shape-sensitive, since only a forward pass can confirm such a prune.
+        """
         node = self.node_of(module)
         if node is None:
             return None
@@ -99,6 +108,12 @@ class GraphBuilder:
 
     # -- build ------------------------------------------------------------------
     def build(self) -> SlotGraph:
+        """Run every op's dimension rule over the trace and return the coupled slots.
+
+        What no rule covers, the model's inputs and outputs, and tensors the model keeps
+        between calls are frozen or marked shape-sensitive here, so pruning never changes
+        them silently.
+        """
         ctx = RuleContext(self.graph, self.value_slots, self.endpoint)
         pinned: dict[tuple[int, str], str] = {}
         for op in self.trace.ops:

@@ -228,10 +228,19 @@ class DependencyGraph:
         return node
 
     def get_pruner_of_module(self, module: nn.Module) -> BasePruningFunc | None:
+        """The handler that prunes ``module`` (its node's, else the registry's for its type), or None.
+
+        Use its bound ``prune_out_channels`` / ``prune_in_channels`` as the pruning function
+        of :meth:`get_pruning_group` for layers with a custom handler.
+        """
         node = self.module2node.get(module)
         return node.handler if node is not None else self._handler_of(module)
 
     def get_out_channels(self, module_or_node: Any) -> int | None:
+        """Output channels of a module (or node) as its handler counts them, None if no handler does.
+
+        The original's name; a bare parameter node reports the size of its pruned dim.
+        """
         node = module_or_node if isinstance(module_or_node, Node) else self.module2node.get(module_or_node)
         if node is None:
             h = self._handler_of(module_or_node)
@@ -241,6 +250,10 @@ class DependencyGraph:
         return node.handler.get_out_channels(node.module)
 
     def get_in_channels(self, module_or_node: Any) -> int | None:
+        """Input channels of a module (or node) as its handler counts them, None if no handler does.
+
+        The original's name; a bare parameter node reports the size of its pruned dim.
+        """
         node = module_or_node if isinstance(module_or_node, Node) else self.module2node.get(module_or_node)
         if node is None:
             h = self._handler_of(module_or_node)

@@ -47,6 +47,7 @@ class Group:
     # -- container protocol -------------------------------------------------------
     @property
     def items(self) -> list[GroupItem]:
+        """The members in prune order, the root first (the original's ``group.items``)."""
         return self._items
 
     @property
@@ -61,6 +62,9 @@ class Group:
 
     @property
     def graph(self) -> DependencyGraph | None:
+        """The graph the group was planned on (None for a group built by hand), which
+        checks on :meth:`prune` that the model has not changed since.
+        """
         return self._DG
 
     def __iter__(self) -> Iterator[GroupItem]:
@@ -90,9 +94,13 @@ class Group:
         self.add_dep(dep, idxs)
 
     def has_dep(self, dep: Dependency) -> bool:
+        """Whether this exact dependency object is a member (identity, not equality)."""
         return any(it.dep is dep for it in self._items)
 
     def has_pruning_op(self, dep: Dependency, idxs) -> bool:
+        """Whether some member already removes ``idxs`` from ``dep``'s target with the same handler,
+        so a caller merging groups does not prune the same channels twice.
+        """
         return any(
             it.dep.target is dep.target and it.dep.handler == dep.handler and set(idxs) <= set(it.idxs)
             for it in self._items
@@ -148,6 +156,9 @@ class Group:
         return self._DG.plan_group(slot, positions) if positions.numel() else None
 
     def details(self) -> str:
+        """A readable table of the members: which function on which layer, the indices, and why
+        the group is blocked or inexact (what ``print(group)`` shows).
+        """
         lines = ["", "-" * 32, " " * 10 + "Pruning Group", "-" * 32]
         for i, it in enumerate(self._items):
             dep = it.dep

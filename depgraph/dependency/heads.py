@@ -33,6 +33,7 @@ from ..dims.propagate import Propagation, propagate
 from ..dims.slots import FactorRule, HeadAxis, PairRule
 from ..errors import StaleGroupError
 from ..functional.base import matches_layer_types
+from ..functional.pruned_mha import kept_heads
 from .group import Group
 from .node import Dependency, GroupItem, Node
 
@@ -80,6 +81,7 @@ class AttentionHeads:
 
     @property
     def name(self) -> str:
+        """The qualified name of the root layer, used in plans, warnings and errors."""
         return self.graph.module2node[self.root].name
 
     def root_idxs(self, units: Iterable[int]) -> list[int]:
@@ -302,18 +304,22 @@ class ModuleHeads:
 
     @property
     def key(self) -> object:
+        """What ``num_heads=`` and head ratios are keyed by: the attention module itself."""
         return self.node.module
 
     @property
     def name(self) -> str:
+        """The layer's qualified name, used in plans, warnings and errors."""
         return self.node.name
 
     @property
     def root(self) -> nn.Module:
+        """The module whose heads are pruned; scores and soft-pruned records are keyed by it."""
         return self.node.module
 
     @property
     def modules(self) -> list[nn.Module]:
+        """The layers whose head counts change together: only this one, since its heads are internal."""
         return [self.node.module]
 
     def root_idxs(self, units: Iterable[int]) -> list[int]:
@@ -322,24 +328,34 @@ class ModuleHeads:
 
     @property
     def slots(self) -> frozenset[int]:
+        """No graph slots: the heads are inside the layer, so no channel group overlaps them."""
         return frozenset()
 
     @property
     def query_heads(self) -> int:
+        """Heads left now. ``nn.MultiheadAttention`` has no grouped key/value heads, so this is
+        also ``kv_heads``.
+        """
         return len(self.units)
 
     kv_heads = query_heads
 
     @property
     def unit_width(self) -> int:
+        """Channels per head (``head_dim``), the unit head-level ratios are counted in."""
         return int(self.node.module.head_dim)
 
     def group_of(self, orig: Sequence[torch.Tensor]) -> Group | None:
-        kept = _heads_kept(self.node.module).tolist()
+        """The group removing the heads whose original indices are in ``orig``, in current positions.
+
+        None when all of them are gone already: a plan made before an earlier step stays valid.
+        """
+        kept = kept_heads(self.node.module).tolist()
         now = sorted(kept.index(int(h)) for t in orig for h in t.tolist() if int(h) in kept)
         return ModuleHeadsGroup(self.graph, self.node, now) if now else None
 
     def group(self, units: Sequence[int]) -> Group:
+        """The group that removes heads ``units`` (current positions) of this layer."""
         return ModuleHeadsGroup(self.graph, self.node, sorted(int(u) for u in units))
 
     def unit_weights(self, u: int) -> list[torch.Tensor]:
@@ -368,13 +384,13 @@ class ModuleHeadsGroup(Group):
         item = GroupItem(Dependency(fn, fn, node, node, side="heads"), list(heads), list(heads))
         super().__init__(graph=graph, items=[item], version=graph.version)
         self._node = node
-        self._kept = _heads_kept(node.module).tolist()  # original head ids present when planned
+        self._kept = kept_heads(node.module).tolist()  # original head ids present when planned
 
     def _check_fresh(self) -> None:
-        if _heads_kept(self._node.module).tolist() != self._kept:
+        if kept_heads(self._node.module).tolist() != self._kept:
             raise StaleGroupError(
                 f"this head group of {self._node.name} was planned when it had heads {self._kept}, but "
-                f"another prune removed heads since (now {_heads_kept(self._node.module).tolist()}); plan "
+                f"another prune removed heads since (now {kept_heads(self._node.module).tolist()}); plan "
                 "it again on the model as it is now"
             )
 
@@ -388,7 +404,7 @@ class ModuleHeadsGroup(Group):
     exec = prune
 
     def replan(self) -> ModuleHeadsGroup | None:
-        kept_now = _heads_kept(self._node.module).tolist()
+        kept_now = kept_heads(self._node.module).tolist()
         orig = [self._kept[h] for h in self.items[0].idxs]
         now = sorted(kept_now.index(h) for h in orig if h in kept_now)
         return ModuleHeadsGroup(self.graph, self._node, now) if now else None
@@ -402,16 +418,11 @@ class ModuleHeadsGroup(Group):
         item.dep.target.handler.zero_removed(module, {"inner": [i for i in range(inner) if i not in gone]})
 
 
-def _heads_kept(module: nn.Module) -> torch.Tensor:
-    kept = module.__dict__.get("_heads_kept")
-    return kept if kept is not None else torch.arange(module.num_heads)
-
-
 def find_module_heads(graph: DependencyGraph, ignored_layers: Iterable[nn.Module] = ()) -> list[ModuleHeads]:
     """Every traced ``nn.MultiheadAttention`` with at least two heads, outside ``ignored_layers``."""
     ignored = {id(m) for layer in ignored_layers if isinstance(layer, nn.Module) for m in layer.modules()}
     out = []
     for module, node in graph.module2node.items():
         if isinstance(module, nn.MultiheadAttention) and id(module) not in ignored and module.num_heads > 1:
-            out.append(ModuleHeads(graph, node, [t.view(1) for t in _heads_kept(module)]))
+            out.append(ModuleHeads(graph, node, [t.view(1) for t in kept_heads(module)]))
     return out

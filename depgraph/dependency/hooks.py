@@ -48,6 +48,12 @@ class PruneHooks:
         self._tables: dict[str, OrderedDict[int, Callable]] = {w: OrderedDict() for w in WHEN}
 
     def register(self, hook: Callable[..., Any], when: str) -> RemovableHandle:
+        """Add ``hook`` to the ``when`` table and return the handle that removes it.
+
+        Raises:
+            DepgraphError: ``when`` is not ``"before"`` or ``"after"``, or ``hook`` is not callable
+                (refused here rather than at the next prune, inside a transaction).
+        """
         if when not in self._tables:
             raise DepgraphError(f"register_prune_hook: when={when!r} is not one of {list(WHEN)}")
         if not callable(hook):
@@ -62,4 +68,5 @@ class PruneHooks:
         return tuple(self._tables[when].values())
 
     def all(self) -> tuple[Callable[..., Any], ...]:
+        """Every hook, ``before`` ones first: what a transaction must snapshot so their state rolls back."""
         return self.of("before") + self.of("after")

@@ -159,6 +159,9 @@ class GroupItem(namedtuple("GroupItem", ["dep", "idxs"])):
 
     @property
     def root_idxs(self) -> list[int]:
+        """The root's positions each of ``idxs`` follows (as ``idxs`` when none were given): criteria
+        use it to add a member's scores to the right root channel.
+        """
         return self.__dict__.get("root_idxs", self.idxs)
 
     def __repr__(self) -> str:

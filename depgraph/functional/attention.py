@@ -27,7 +27,8 @@ from .._types import Indices
 from ..errors import InvalidIndicesError
 from ._blocks import split_blocks
 from .base import BasePruningFunc, describe_layer, keep_index, normalize_idxs, prune_tensor
-from .pruned_mha import PrunedMultiheadAttention
+from .pruned_mha import PrunedMultiheadAttention, set_kept_heads
+from .pruned_mha import kept_heads as kept_heads_of
 
 __all__ = ["MultiheadAttentionPruner"]
 
@@ -136,8 +137,7 @@ class MultiheadAttentionPruner(BasePruningFunc):
         prune_tensor(layer.out_proj.weight, 1, keep)
         layer.out_proj.in_features = keep.numel()
         _record_inner(layer, inner, keep)
-        before = layer.__dict__.get("_heads_kept")
-        layer.__dict__["_heads_kept"] = (before if before is not None else torch.arange(h))[kept_heads]
+        set_kept_heads(layer, kept_heads_of(layer)[kept_heads])
         if not isinstance(layer, PrunedMultiheadAttention):
             layer.__class__ = PrunedMultiheadAttention
         layer.num_heads = int(kept_heads.numel())

@@ -25,10 +25,27 @@ import torch.nn.functional as F
 
 from ..serialization import register_pruned_class
 
-__all__ = ["PrunedMultiheadAttention"]
+__all__ = ["PrunedMultiheadAttention", "kept_heads"]
+
+HEADS_KEPT = "_heads_kept"
 
 
-@register_pruned_class("_heads_kept")
+def kept_heads(module: nn.Module) -> torch.Tensor:
+    """Original index of every head ``module`` still has (``arange(num_heads)`` if none was removed).
+
+    The record is the pruned module's own state (its forward narrows per-head masks
+    with it), so it lives on the module; this is the one place that reads it.
+    """
+    kept = module.__dict__.get(HEADS_KEPT)
+    return kept if kept is not None else torch.arange(module.num_heads)
+
+
+def set_kept_heads(module: nn.Module, kept: torch.Tensor) -> None:
+    """Record which original heads ``module`` keeps, after a head prune (see :func:`kept_heads`)."""
+    module.__dict__[HEADS_KEPT] = kept
+
+
+@register_pruned_class(HEADS_KEPT)
 class PrunedMultiheadAttention(nn.MultiheadAttention):
     """An ``nn.MultiheadAttention`` whose inner width ``num_heads * head_dim`` may be below ``embed_dim``.
 

@@ -14,7 +14,7 @@ from .base import (
     register_importance,
 )
 from .calibration import CalibrationStats, ChannelStats, collect_activation_stats
-from .channels import ChannelSlice, channel_slices, handler_side, register_channel_slices
+from .channels import ChannelSlice, channel_slices, register_channel_slices
 from .compensation import BiasCompensation, compensate_bias, enable_bias_compensation
 from .compensation_modes import BiasMean, CompensationMode, LeastSquares
 from .data_aware import ActivationWeightImportance, CalibratedImportance, FluctuationImportance
@@ -96,5 +96,4 @@ __all__ = [
     "ChannelSlice",
     "channel_slices",
     "register_channel_slices",
-    "handler_side",
 ]

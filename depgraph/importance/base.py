@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
+from .._types import CHANNEL_SIDES
 from ..defaults import CONV_AND_LINEAR, DEFAULT_TARGET_TYPES
 from ..errors import DepgraphError, OptionError
 from ..functional.base import matches_layer_types
-from .channels import handler_side
 from .reduce import Normalizer, Reduction, check_normalizer, check_reduction, normalize, reduce_stack
 
 if TYPE_CHECKING:  # the graph imports criteria and pruners; only the types are needed here
@@ -214,8 +214,8 @@ class GroupImportance(Importance):
             item = group[i]
             dep = item.dep
             target = dep.target.module
-            side = handler_side(dep.handler)
-            if side is None or not self.accepts(target) or len(item.idxs) == 0:
+            side = dep.side  # recorded when the graph built the dependency
+            if side not in CHANNEL_SIDES or not self.accepts(target) or len(item.idxs) == 0:
                 continue
             idxs = torch.as_tensor(list(item.idxs), dtype=torch.long)
             pos = torch.as_tensor([position.get(int(r), -1) for r in item.root_idxs], dtype=torch.long)

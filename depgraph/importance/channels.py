@@ -39,7 +39,6 @@ __all__ = [
     "ChannelSlice",
     "register_channel_slices",
     "channel_slices",
-    "handler_side",
     "conv_slices",
     "linear_slices",
     "per_channel_slices",
@@ -119,22 +118,6 @@ def channel_slices(target: object, side: str, pruning_dim: int | None = None) ->
         return [ChannelSlice(target, (pruning_dim or 0) % max(target.dim(), 1))]
     fn = find_layer_part(target, "channel_slices")
     return [] if fn is None else [s for s in fn(target, side) if s.param is not None]
-
-
-def handler_side(fn: object) -> str | None:
-    """``"out"`` or ``"in"`` for a handler's bound pruning method, else None.
-
-    The graph stores the handler's bound method; comparing it with the
-    owner's own methods tells the side without looking at names.
-    """
-    owner = getattr(fn, "__self__", None)
-    if owner is None:
-        return None
-    if fn == getattr(owner, "prune_out_channels", None):
-        return "out"
-    if fn == getattr(owner, "prune_in_channels", None):
-        return "in"
-    return None
 
 
 def conv_slices(layer: nn.Module, side: str) -> list[ChannelSlice]:

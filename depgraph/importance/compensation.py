@@ -32,7 +32,6 @@ import torch.nn as nn
 from ..errors import DepgraphError
 from ..functional.base import find_handler
 from .calibration import CalibrationStats, is_channel_consumer
-from .channels import handler_side
 
 __all__ = ["compensate_bias", "plan_bias_compensation", "BiasShift", "enable_bias_compensation", "BiasCompensation"]
 
@@ -111,7 +110,7 @@ def plan_bias_compensation(group: Iterable[Any], stats: CalibrationStats) -> dic
     parts: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for dep, idxs in group:
         target = dep.target.module
-        if not idxs or handler_side(dep.handler) != "in" or not is_channel_consumer(target):
+        if not idxs or dep.side != "in" or not is_channel_consumer(target):
             continue
         i = torch.as_tensor(list(idxs), dtype=torch.long)
         st = stats.lookup(target, i)
@@ -198,6 +197,12 @@ class BiasCompensation(BeforePruneHook):
         self._stats = stats
 
     def stats(self) -> CalibrationStats:
+        """The calibration statistics, read when a prune needs them (a callable is called then, so
+        statistics collected after the pruner was built are used).
+
+        Raises:
+            DepgraphError: none were given and the importance has not been calibrated.
+        """
         given = self._stats
         stats = given() if callable(given) and not isinstance(given, CalibrationStats) else given
         if stats is None:

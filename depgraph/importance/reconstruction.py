@@ -44,7 +44,6 @@ import torch.nn as nn
 from ..errors import DepgraphError, OptionError
 from .base import GroupImportance, register_importance
 from .calibration import CalibrationStats, ChannelStats, LayerTable, original_input_index, record_inputs
-from .channels import handler_side
 from .compensation import BeforePruneHook
 from .magnitude import GroupMagnitudeImportance
 from .reduce import Normalizer, Reduction
@@ -278,7 +277,7 @@ def plan_refits(group: Iterable[Any], cov: InputCovariance, damping: float = 1e-
     removed: dict[nn.Module, set[int]] = {}
     for dep, idxs in group:
         target = dep.target.module
-        if idxs and handler_side(dep.handler) == "in" and isinstance(target, nn.Linear) and target in cov:
+        if idxs and dep.side == "in" and isinstance(target, nn.Linear) and target in cov:
             removed.setdefault(target, set()).update(int(i) for i in idxs)
     return {layer: Refit(torch.as_tensor(sorted(idxs), dtype=torch.long), cov[layer], cov.positions(layer), damping)
             for layer, idxs in removed.items()}

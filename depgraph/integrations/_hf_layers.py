@@ -73,10 +73,12 @@ class AttentionLayer:
 
     @property
     def heads(self) -> int | None:
+        """Query heads implied by the measured width and head size; None when the head size is unknown."""
         return self.q_width // self.head_dim if self.head_dim else None
 
     @property
     def kv_heads(self) -> int | None:
+        """Key/value heads implied by the measured width and head size; None when the head size is unknown."""
         return self.kv_width // self.head_dim if self.head_dim else None
 
 

@@ -207,18 +207,22 @@ class BasePruner:
     # -- compatibility attributes -------------------------------------------------------
     @property
     def pruning_ratio(self) -> float:
+        """The original's attribute: the default fraction of channels removed by the last step."""
         return self.options.pruning_ratio
 
     @property
     def iterative_steps(self) -> int:
+        """The original's attribute: the number of ``step()`` calls the schedule spreads the ratio over."""
         return self.options.iterative_steps
 
     @property
     def round_to(self) -> int | None:
+        """The original's attribute: channel counts are kept multiples of this (None: any count)."""
         return self.options.round_to
 
     @property
     def global_pruning(self) -> bool:
+        """The original's attribute: whether channels are ranked across layers (read from the options)."""
         return self.options.global_pruning
 
     def initial_width(self, root: Any, default: int) -> int:
@@ -443,9 +447,16 @@ class BasePruner:
 
     # -- history -----------------------------------------------------------------------------------
     def pruning_history(self) -> list:
+        """Every prune applied through this pruner's graph, in original indices, for
+        :meth:`load_pruning_history` on a fresh copy of the model.
+        """
         return self.DG.pruning_history()
 
     def load_pruning_history(self, pruning_history: list) -> None:
+        """Replay a history from :meth:`pruning_history` on this pruner's (unpruned) model.
+
+        One transaction: if any entry fails, the model is as before and the error is re-raised.
+        """
         self.DG.load_pruning_history(pruning_history)
 
     # -- sparse training -----------------------------------------------------------------------------

@@ -79,6 +79,11 @@ class HeadPlanner:
             )
 
     def blocks(self, rejected: list[str] | None = None) -> list[AttentionHeads | ModuleHeads]:
+        """Every attention block whose heads may go, found on the graph as it is now.
+
+        Read afresh each step because earlier steps change head counts; ``rejected`` collects
+        why candidate blocks were not taken, for the warning naming them.
+        """
         p = self.pruner
         return (find_attention_heads(p.DG, p.ignored_layers, p.options.root_module_types, rejected)
                 + find_module_heads(p.DG, p.ignored_layers))

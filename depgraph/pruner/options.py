@@ -73,14 +73,17 @@ class PrunerOptions:
     # the flag spellings of ``compensation``, read back from the mode
     @property
     def bias_compensation(self) -> bool:
+        """The original's flag, derived from ``compensation`` so the two cannot disagree."""
         return isinstance(self.compensation, BiasMean)
 
     @property
     def calibration_stats(self) -> Any:
+        """The statistics of a ``BiasMean`` compensation (None for any other mode)."""
         return self.compensation.stats if isinstance(self.compensation, BiasMean) else None
 
     @property
     def lstsq_compensation(self) -> Any:
+        """The input covariance of a ``LeastSquares`` compensation (None for any other mode)."""
         return self.compensation.cov if isinstance(self.compensation, LeastSquares) else None
 
     @classmethod

@@ -24,7 +24,6 @@ import torch
 import torch.nn as nn
 
 from ..errors import DepgraphError
-from ..importance.channels import handler_side
 from .options import floor_fraction
 from .scope import Scope
 from .selection import ChannelClasses, count_to_prune, fit_count, pick_lowest
@@ -55,6 +54,7 @@ class Candidate:
 
     @property
     def current(self) -> int:
+        """Root channels still counted as present: alive ones minus those soft pruning zeroed."""
         return self.alive - len(self.soft)
 
 
@@ -109,10 +109,10 @@ def channel_classes(pruner: BasePruner, cand: Candidate) -> ChannelClasses:
         return classes
     for item in cand.group.items:
         module = item.dep.target.module
-        n_groups = declared.get((module, handler_side(item.dep.handler)))
+        n_groups = declared.get((module, item.dep.side))
         if not n_groups or n_groups < 2 or not isinstance(module, nn.Module):
             continue
-        side = handler_side(item.dep.handler)
+        side = item.dep.side
         width = pruner.DG.get_out_channels(module) if side == "out" else pruner.DG.get_in_channels(module)
         block = width // n_groups if width and width % n_groups == 0 else 0
         if not block or not item.idxs:
@@ -207,7 +207,7 @@ def plan_local(pruner: BasePruner, cand: Candidate) -> list[int]:
 def _signature(cand: Candidate) -> Hashable:
     """Isomorphic classes: the members' layer types and sides in group order, not their widths
     (as Torch-Pruning classes them: the blocks of every ResNet stage rank together)."""
-    return tuple((type(it.dep.target.module).__name__, handler_side(it.dep.handler)) for it in cand.group.items)
+    return tuple((type(it.dep.target.module).__name__, it.dep.side) for it in cand.group.items)
 
 
 def plan_pooled(pruner: BasePruner, cands: list[Candidate]) -> list[tuple[Candidate, int]]:

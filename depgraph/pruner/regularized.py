@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
+from .._types import CHANNEL_SIDES
 from ..errors import OptionTypeError
-from ..importance.channels import ChannelSlice, channel_slices, handler_side
+from ..importance.channels import ChannelSlice, channel_slices
 from ..importance.magnitude import power_sum
 from .base import BasePruner
 from .options import PrunerOptions
@@ -64,8 +65,8 @@ def _member_slices(
     position = {int(r): k for k, r in enumerate(group[0].idxs)}
     for item in group.items:
         dep = item.dep
-        side = handler_side(dep.handler)
-        if side is None or (types and not isinstance(dep.target.module, types)) or id(dep.target.module) in skip:
+        side = dep.side
+        if side not in CHANNEL_SIDES or (types and not isinstance(dep.target.module, types)) or id(dep.target.module) in skip:
             continue
         idxs = torch.as_tensor(list(item.idxs), dtype=torch.long)
         pos = torch.as_tensor([position.get(int(r), -1) for r in item.root_idxs], dtype=torch.long)
@@ -161,10 +162,12 @@ class BNScalePruner(BasePruner):
 
     @property
     def reg(self) -> float:
+        """The original's attribute: the L1 penalty coefficient on the norm scales."""
         return self.options.reg
 
     @property
     def group_lasso(self) -> bool:
+        """The original's attribute: whether the penalty is a group lasso over coupled scales."""
         return self.options.group_lasso
 
     @torch.no_grad()
@@ -230,10 +233,12 @@ class GroupNormPruner(BasePruner):
 
     @property
     def reg(self) -> float:
+        """The original's attribute: the group-norm penalty coefficient."""
         return self.options.reg
 
     @property
     def alpha(self) -> float:
+        """The original's attribute: how strongly the penalty grows across a group's channels."""
         return self.options.alpha
 
     @torch.no_grad()
@@ -288,10 +293,12 @@ class GrowingRegPruner(BasePruner):
 
     @property
     def base_reg(self) -> float:
+        """The original's attribute: the penalty every channel starts with."""
         return self.options.reg
 
     @property
     def delta_reg(self) -> float:
+        """The original's attribute: how much the penalty of weak channels grows per update."""
         return self.options.delta_reg
 
     def update_regularizer(self) -> None:

@@ -60,6 +60,9 @@ class ScopeTable:
                     self._owner[m] = (len(members), scope)
 
     def scope_of(self, module: object) -> Scope:
+        """The scope that decides ``module``'s ratio and ranking: the entry of
+        ``pruning_ratio_dict`` that owns it, else the default scope.
+        """
         hit = self._owner.get(module) if isinstance(module, nn.Module) else None
         return hit[1] if hit is not None else self.default
 

@@ -88,6 +88,7 @@ class ChannelClasses:
 
     @property
     def trivial(self) -> bool:
+        """Whether every channel is its own class, so selection can skip the class bookkeeping."""
         return bool((self.label == torch.arange(self.n)).all())
 
     def _sorted(self) -> tuple[torch.Tensor, torch.Tensor]:

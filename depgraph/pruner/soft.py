@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .._types import CHANNEL_SIDES
 from ..dependency.transaction import Transaction
 from ..errors import UnsupportedOpError
-from ..importance.channels import channel_slices, handler_side
+from ..importance.channels import channel_slices
 
 if TYPE_CHECKING:  # the graph imports criteria and pruners; only the types are needed here
     from ..dependency.group import Group
@@ -40,9 +41,10 @@ def zero_group(group: Group) -> None:
     unknown = []
     for item in group.items:
         dep = item.dep
-        side = handler_side(dep.handler)
+        side = dep.side
         slices = (
-            channel_slices(dep.target.module, side, getattr(dep.target, "pruning_dim", None)) if side else []
+            channel_slices(dep.target.module, side, getattr(dep.target, "pruning_dim", None))
+            if side in CHANNEL_SIDES else []
         )
         if not slices:
             unknown.append(f"{dep.target.name} ({type(dep.target.module).__name__})")

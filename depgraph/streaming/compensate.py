@@ -38,7 +38,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..importance.channels import handler_side
 from ..importance.compensation import BeforePruneHook, plan_bias_compensation
 from ..importance.reconstruction import plan_refits
 from .plan import Adjust, PruneLog, ZeroBias
@@ -92,7 +91,7 @@ def lstsq_consumers(graph: Any, ignored: list[nn.Module]) -> list[nn.Linear]:
     for group in graph.get_all_groups(ignored, (nn.Linear,)):
         for dep, _ in group:
             m = dep.target.module
-            if handler_side(dep.handler) == "in" and isinstance(m, nn.Linear):
+            if dep.side == "in" and isinstance(m, nn.Linear):
                 seen.setdefault(id(m), m)
     return list(seen.values())
 

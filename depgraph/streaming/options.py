@@ -92,6 +92,7 @@ class PruneOptions:
 
     @property
     def data_aware(self) -> bool:
+        """Whether the criterion needs calibration data (then inputs must be given)."""
         return self.importance in DATA_AWARE
 
     @property
@@ -101,6 +102,7 @@ class PruneOptions:
 
     @property
     def heads(self) -> float:
+        """The head ratio in force: ``head_ratio`` when given, else the channel ratio."""
         return self.ratio if self.head_ratio is None else self.head_ratio
 
     def make_importance(self) -> Any:
@@ -143,6 +145,7 @@ class PruneOptions:
         )
 
     def describe(self) -> dict[str, Any]:
+        """The options as plain data, written next to the pruned shards so a run can be reproduced."""
         return {"ratio": self.ratio, "head_ratio": self.heads, "importance": self.importance,
                 "global_pruning": self.global_pruning, "round_to": self.round_to,
                 "ignore": list(self.ignore), "seed": self.seed, "compensation": self.compensation,

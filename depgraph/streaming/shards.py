@@ -65,10 +65,12 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
+        """Bytes the tensor takes in its shard, what materialising it reserves in the budget."""
         return self.end - self.begin
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        """The torch dtype of the stored safetensors dtype name."""
         return DTYPES[self.dtype]
 
 
@@ -109,6 +111,7 @@ class MemoryLedger:
         self.peak = max(self.peak, self.current)
 
     def release(self, nbytes: int) -> None:
+        """Give back ``nbytes`` reserved earlier, once those weights have been written and dropped."""
         self.current -= nbytes
 
 
@@ -164,6 +167,7 @@ class Checkpoint:
 
     @property
     def total_bytes(self) -> int:
+        """Bytes of every tensor in the checkpoint, what a full load would need in memory."""
         return sum(t.nbytes for t in self.tensors.values())
 
     def names_in(self, file: str) -> list[str]:
@@ -213,6 +217,7 @@ class Checkpoint:
 
 
 def format_bytes(n: float) -> str:
+    """``n`` bytes in decimal units (``"1.50 GB"``), as budgets and reports print them."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.2f} {unit}"

@@ -64,6 +64,7 @@ class Kept:
 
     @property
     def is_cache(self) -> bool:
+        """Whether the tensor sits in a dict (a cache keyed e.g. by device) rather than an attribute."""
         return isinstance(self.holder, dict)
 
     @property
@@ -72,6 +73,9 @@ class Kept:
         return not self.rewritten
 
     def current(self) -> Any:
+        """The tensor the holder keeps now (None once it was removed), to check after a prune
+        whether the model would read a stale one.
+        """
         if isinstance(self.holder, (dict, list)):
             try:
                 return self.holder[self.key]

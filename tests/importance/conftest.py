@@ -36,6 +36,7 @@ class Node:
 class Dep:
     target: Node
     handler: object
+    side: str = "out"  # recorded by the graph when it builds a Dependency
     source: Node | None = None
     trigger: object = None
 
@@ -69,7 +70,7 @@ def make_group(*members):
         root = list(m[3]) if len(m) > 3 and m[3] is not None else list(idxs)
         dim = m[4] if len(m) > 4 else None
         handler = OUT if side == "out" else IN
-        items.append(Item(Dep(Node(module, pruning_dim=dim), handler), idxs, root))
+        items.append(Item(Dep(Node(module, pruning_dim=dim), handler, side), idxs, root))
     return Group(items)
 
 

@@ -182,3 +182,35 @@ def test_registry():
     assert "test_only" in I.list_importances()
     with pytest.warns(UserWarning, match="replacing the importance registered as 'test_only'"):
         I.register_importance("test_only")(I.LAMPImportance)
+
+
+def test_criteria_read_the_side_the_graph_recorded():
+    """The side of a member is ``dep.side`` (recorded at build), not guessed from its handler:
+    a custom layer whose handler names its methods differently is scored on the right side."""
+    import depgraph as tp
+
+    class Shrink(tp.BasePruningFunc):
+        TARGET_MODULES = nn.Linear
+
+        def drop_rows(self, layer, idxs):
+            return tp.prune_linear_out_channels(layer, idxs)
+
+        def drop_cols(self, layer, idxs):
+            return tp.prune_linear_in_channels(layer, idxs)
+
+        prune_out_channels, prune_in_channels = drop_rows, drop_cols
+
+        def get_out_channels(self, layer):
+            return layer.out_features
+
+        def get_in_channels(self, layer):
+            return layer.in_features
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 3))
+    DG = tp.DependencyGraph().build_dependency(model, torch.randn(2, 4), customized_pruners={nn.Linear: Shrink()})
+    group = DG.get_pruning_group(model[0], DG.get_pruner_of_module(model[0]).prune_out_channels, [0, 1, 2, 3, 4, 5])
+    assert [dep.side for dep, _ in group] == ["out", "in"]
+    stack = I.GroupMagnitudeImportance(group_reduction=None, normalizer=None, bias=False)(group)
+    torch.testing.assert_close(stack[0], model[0].weight.detach().pow(2).sum(1))
+    torch.testing.assert_close(stack[1], model[1].weight.detach().pow(2).sum(0))
