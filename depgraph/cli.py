@@ -1,16 +1,21 @@
-"""The ``depgraph`` command line: prune a torchvision or timm model, or list its groups.
+"""The ``depgraph`` command line: prune a model (to a ratio or a target), or list its groups.
 
     depgraph prune resnet50 --ratio 0.5            # prune, verify, save ./resnet50_pruned.pth (weights-only)
+    depgraph prune resnet50 --weights r50.pth --target macs=0.5 --calib val/ --report r.md
+    depgraph prune ./my-llama --target params=0.8 --calib corpus.txt --output ./my-llama-pruned
     depgraph groups resnet18 --input-size 64       # the prunable groups, one row each
     python -m depgraph --version
 
-Models are built with random weights: nothing is downloaded, so the numbers
-show what pruning does to the architecture, not to accuracy. The final
-classifier is always ignored (pruning its outputs would change the number of
-classes); ``--ignore`` names more layers to keep.
+``prune`` is a thin layer over :mod:`depgraph.workflow` (load_source, prune_model).
+Without ``--weights`` a torchvision/timm model has random weights: nothing is
+downloaded, so the numbers show what pruning does to the architecture, not to
+accuracy. The final classifier is always ignored (pruning its outputs would
+change the number of classes); ``--ignore`` names more layers to keep.
 
 Exit codes: 0 done; 1 pruning failed or ``verify`` found a difference;
-2 bad arguments or an unknown model name.
+2 bad arguments, an unknown model, a missing weights file, calibration data that
+does not fit, an unreachable target or an unwritable output (all found before
+the long work).
 
 ``rich`` (the ``cli`` extra) draws the tables when it is installed; without
 it, or with ``--plain``, they are plain text.
@@ -19,33 +24,36 @@ it, or with ``--plain``, they are plain text.
 from __future__ import annotations
 
 import argparse
-import copy
 import difflib
 import importlib.util
-import inspect
 import os
 import re
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from .errors import DepgraphError
+from .errors import (
+    CalibrationDataError,
+    DepgraphError,
+    OptionError,
+    OutputError,
+    SourceError,
+    TargetUnreachableError,
+)
+from .workflow.sources import find_classifier
 
 __all__ = ["main", "build_parser", "load_model", "find_classifier", "Printer"]
 
 #: Criteria that need no data or gradients; ``l1``/``l2`` are the group magnitude with that p.
 IMPORTANCES = ("l2", "l1", "lamp", "fpgm", "bn_scale", "random")
-
-_FIND_NAMES = (
-    "find model names with\n"
-    "  python -c \"import torchvision; print(torchvision.models.list_models())\"\n"
-    "  python -c \"import timm; print(timm.list_models('*vit*'))\""
-)
+#: Criteria calibrated on ``--calib`` data.
+DATA_AWARE_IMPORTANCES = ("activation", "activation_weight", "fluctuation", "reconstruction", "taylor")
+#: Errors in what the user gave (found before the long work): exit code 2.
+_INPUT_ERRORS = (SourceError, CalibrationDataError, OutputError, OptionError, TargetUnreachableError)
 
 
 class ArgumentError(DepgraphError):
@@ -62,46 +70,17 @@ def load_model(name: str) -> tuple[nn.Module, tuple[int, int, int]]:
     Raises:
         DepgraphError: no torchvision or timm model has that name (the message says how to list them).
     """
-    known: list[str] = []
-    if importlib.util.find_spec("torchvision") is not None:
-        import torchvision
+    from .workflow.sources import build_vision_model, unknown_model_message
 
-        known = torchvision.models.list_models()
-        if name in known:
-            # segmentation and detection builders would download ImageNet backbone weights by default
-            builder = torchvision.models.get_model_builder(name)
-            extra = {"weights_backbone": None} if "weights_backbone" in inspect.signature(builder).parameters else {}
-            return builder(weights=None, **extra).eval(), (3, 224, 224)
-    if importlib.util.find_spec("timm") is not None:
-        import timm
-
-        if timm.is_model(name):
-            model = timm.create_model(name, pretrained=False).eval()
-            size = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
-            return model, size  # type: ignore[return-value]
-        known += timm.list_models()
-    elif not known:
+    if importlib.util.find_spec("torchvision") is None and importlib.util.find_spec("timm") is None:
         raise ArgumentError(
             f"cannot build {name!r}: neither torchvision nor timm is installed; "
             "install them with: pip install 'depgraph[vision]'"
         )
-    close = difflib.get_close_matches(name, list(dict.fromkeys(known)), n=5)
-    hint = f"did you mean: {', '.join(close)}?\n" if close else ""
-    raise ArgumentError(f"unknown model {name!r}: not a torchvision or timm model name.\n{hint}{_FIND_NAMES}")
-
-
-def find_classifier(model: nn.Module) -> nn.Module | None:
-    """The layer producing the logits: timm's ``get_classifier()``, else the last Linear, else the last conv."""
-    get = getattr(model, "get_classifier", None)
-    if callable(get):
-        head = get()
-        if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
-            return head
-    for kind in (nn.Linear, nn.modules.conv._ConvNd):
-        layers = [m for m in model.modules() if isinstance(m, kind)]
-        if layers:
-            return layers[-1]
-    return None
+    built = build_vision_model(name)
+    if built is None:
+        raise ArgumentError(unknown_model_message(name))
+    return built[0], built[3]
 
 
 def _layers_by_name(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
@@ -116,51 +95,7 @@ def _layers_by_name(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
     return [modules[n] for n in names]
 
 
-def _make_importance(name: str) -> Any:
-    from .importance import GroupMagnitudeImportance, create_importance
-
-    if name in ("l1", "l2"):
-        return GroupMagnitudeImportance(p=int(name[1]))
-    return create_importance(name)
-
-
-# -- measuring and printing -----------------------------------------------------------------------
-@dataclass
-class _Stats:
-    params: int
-    macs: int
-    shape: str  # every output tensor's shape, e.g. "(1, 1000)"
-
-
-def _measure(model: nn.Module, x: torch.Tensor) -> _Stats:
-    from .trace import call_model, flatten_tensors
-    from .utils import count_ops_and_params
-
-    macs, params = count_ops_and_params(model, x)
-    with torch.no_grad():
-        outputs = flatten_tensors(call_model(model, x))
-    return _Stats(int(params), int(macs), ", ".join(str(tuple(t.shape)) for t in outputs))
-
-
-def _human(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return str(int(n))
-
-
-def _change(before: float, after: float) -> str:
-    return f"{100.0 * (after - before) / before:+.1f}%" if before else ""
-
-
-def _verify_line(result: Any) -> str:
-    if result.applies or not result.shapes_match:
-        return str(result)
-    shown = "; ".join(result.reasons[:2]) + (f"; and {len(result.reasons) - 2} more" if len(result.reasons) > 2 else "")
-    return (f"verify: exactness does not apply, the pruned channels are normalised over ({shown}); "
-            f"output shapes match, max diff {result.max_diff:.3g}")
-
-
+# -- printing -------------------------------------------------------------------------------------
 class Printer:
     """Lines and tables: through rich when it is installed and ``plain`` is False, plain aligned text otherwise.
 
@@ -208,14 +143,19 @@ class Printer:
 
 
 # -- commands -------------------------------------------------------------------------------------
-def _setup(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, list[nn.Module], list[str]]:
-    """Model on the device, example input, ignored layers and their names."""
+def _device(args: argparse.Namespace) -> torch.device:
     try:
         device = torch.device(args.device)
     except RuntimeError as e:
         raise ArgumentError(f"--device {args.device!r} is not a device: {e}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ArgumentError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    return device
+
+
+def _setup(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, list[nn.Module], list[str]]:
+    """Model on the device, example input, ignored layers and their names."""
+    device = _device(args)
     torch.manual_seed(args.seed)
     model, (c, h, w) = load_model(args.model)
     if args.input_size is not None:
@@ -229,101 +169,97 @@ def _setup(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, list[nn.M
     return model.to(device), x, ignored, [names[m] for m in ignored]
 
 
-def _output_path(args: argparse.Namespace) -> str | None:
-    """Where the pruned model goes (None: not saved), checked before anything runs.
+def _stream(args: argparse.Namespace) -> bool:
+    """A checkpoint folder is streamed with ``--max-memory`` or when it is larger than the free memory."""
+    from .streaming.cli import is_checkpoint_dir
+    from .streaming.memory import available_memory
 
-    Raises:
-        ArgumentError: the folder is missing or not writable, or the path is a folder.
-    """
+    if not is_checkpoint_dir(args.model):
+        return False
+    if args.max_memory is not None:
+        return True
+    size = sum(f.stat().st_size for f in Path(args.model).glob("*.safetensors"))
+    return size > available_memory()
+
+
+def _default_output(args: argparse.Namespace, fmt: str) -> str | None:
     if args.output == "-":
         return None
-    path = args.output or f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.model)}_pruned.pth"
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise ArgumentError(f"--output {path!r} is a folder; give a file path such as {os.path.join(path, 'm.pth')!r}")
-    if not os.path.isdir(folder):
-        raise ArgumentError(f"--output {path!r}: the folder {folder!r} does not exist; create it first")
-    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise ArgumentError(f"--output {path!r} is not writable")
-    return path
-
-
-def _builder_code(name: str) -> str:
-    """Python that builds the unpruned ``name`` (what ``depgraph.load`` needs), as :func:`load_model` does."""
-    if importlib.util.find_spec("torchvision") is not None:
-        import torchvision
-
-        if name in torchvision.models.list_models():
-            builder = torchvision.models.get_model_builder(name)
-            extra = ", weights_backbone=None" if "weights_backbone" in inspect.signature(builder).parameters else ""
-            return f"torchvision.models.get_model({name!r}, weights=None{extra})"
-    return f"timm.create_model({name!r}, pretrained=False)"
-
-
-def _save(model: nn.Module, args: argparse.Namespace, path: str, out: Printer) -> None:
-    from .serialization import save
-
-    if args.save_format == "pickle":
-        torch.save(model, path)
-        out.line(f"saved the whole pickled model to {path} (load it with torch.load({path!r}, "
-                 "weights_only=False), which runs pickled code: only for files you trust)")
-        return
-    save(model, path)
-    module = "torchvision" if _builder_code(args.model).startswith("torchvision") else "timm"
-    out.line(f"saved the pruned model to {path} (weights-only; load it into the unpruned definition with:\n"
-             f"  import depgraph, {module}\n"
-             f"  model = depgraph.load({_builder_code(args.model)}, {path!r}))")
+    if args.output:
+        return args.output
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(args.model).name if os.path.exists(args.model) else args.model)
+    return f"{stem}_pruned" if fmt == "hf" else f"{stem}_pruned.pth"
 
 
 def _prune(args: argparse.Namespace, out: Printer) -> int:
     from .streaming.cli import is_checkpoint_dir
-    from .streaming.cli import run as run_checkpoint
+    from .workflow import load_source, prune_model
+    from .workflow.report import check_report_path
+    from .workflow.save import check_output
 
-    if is_checkpoint_dir(args.model):  # a HF checkpoint folder: pruned from its files (depgraph.streaming)
+    if _stream(args):  # out of core (depgraph.streaming): by --ratio, within --max-memory
+        if args.target is not None:
+            raise ArgumentError("--target needs the model in memory; a streamed checkpoint (--max-memory, or "
+                                 "larger than the free memory) is pruned by --ratio")
+        from .streaming.cli import run as run_checkpoint
+
+        args.importance = args.importance or "l2"
         try:
             return run_checkpoint(args, out)
         except ValueError as e:
             raise ArgumentError(str(e)) from None
-    from . import verify
-    from .pruner import BasePruner
+    fmt = {"auto": "hf" if is_checkpoint_dir(args.model) else "depgraph"}.get(args.save_format, args.save_format)
+    path = _default_output(args, fmt)
+    if path is not None:  # before the model is built and pruned: a bad path fails in a second
+        check_output(path, fmt, args.model if os.path.isdir(args.model) else None)
+    if args.report is not None:
+        check_report_path(args.report)
+    device = _device(args)
+    torch.manual_seed(args.seed)
+    source = load_source(args.model, args.weights, trust_pickle=args.trust_pickle, input_size=args.input_size,
+                         input_shape=args.input_shape, batch_size=args.batch_size, seq_len=args.seq_len,
+                         device=device)
+    _layers_by_name(source.model, args.ignore or [])
+    result = prune_model(
+        source, ratio=args.ratio, target=args.target, importance=args.importance, compensation=args.compensation,
+        global_pruning=args.global_pruning, round_to=args.round_to, head_ratio=args.head_ratio,
+        ignore=args.ignore or (), calib=args.calib, num_samples=args.calib_samples,
+        calib_batch_size=args.calib_batch_size, seq_len=args.seq_len, output=path, save_format=fmt,
+        report=args.report, latency=not args.no_latency, progress=not args.plain)
+    _print_report(result.report, source, args, out)
+    return 0 if result.report.verified else 1
 
-    path = _output_path(args)  # before the model is built and pruned: a bad path fails in a second
-    model, x, ignored, ignored_names = _setup(args)
-    importance = _make_importance(args.importance)
-    original = copy.deepcopy(model)
-    before = _measure(model, x)
 
-    t0 = time.perf_counter()
-    pruner = BasePruner(
-        model, x, importance,
-        global_pruning=args.global_pruning,
-        pruning_ratio=args.ratio,
-        ignored_layers=ignored,
-        round_to=args.round_to,
-    )
-    t1 = time.perf_counter()
-    pruner.step()
-    t2 = time.perf_counter()
-    result = verify(original, model, x)
-    t3 = time.perf_counter()
-    after = _measure(model, x)
-
-    rows = [
-        ("params", f"{before.params:,}", f"{after.params:,}", _change(before.params, after.params)),
-        ("MACs", _human(before.macs), _human(after.macs), _change(before.macs, after.macs)),
-        ("output shape", before.shape, after.shape, "same" if before.shape == after.shape else "CHANGED"),
-    ]
+def _print_report(rep: Any, source: Any, args: argparse.Namespace, out: Printer) -> None:
     scope = "global" if args.global_pruning else "per group"
-    title = f"{args.model}: pruning ratio {args.ratio} ({scope}, importance {args.importance}"
+    imp = rep.criterion.rsplit(",", 1)[0].replace("+ ", "+ ").strip()
+    goal = f"pruning ratio {args.ratio}" if args.ratio is not None else f"target {rep.target}"
+    title = f"{args.model}: {goal} ({scope}, importance {imp}"
     title += f", round_to {args.round_to})" if args.round_to else ")"
-    out.table(title, ("", "before", "after", "change"), rows)
-    out.line(f"ignored layers: {', '.join(ignored_names) or 'none'}")
-    out.line(f"input: {tuple(x.shape)} on {x.device}")
-    out.line(_verify_line(result))
-    out.line(f"time: build graph {t1 - t0:.2f} s, prune {t2 - t1:.2f} s, verify {t3 - t2:.2f} s")
-    if path is not None:
-        _save(model, args, path, out)
-    return 0 if result.ok else 1
+    out.table(title, ("", "before", "after", "change"), rep.summary_rows())
+    if args.target is not None:
+        out.line(f"result: {rep.result}")
+    out.line(f"ignored layers: {', '.join(rep.kept_layers) or 'none'}")
+    x = source.spec.unwrap(source.example_inputs)
+    out.line(f"input: {tuple(x.shape) if x is not None else '?'} on {rep.device}; weights: {rep.weights}")
+    if rep.calibration != "none":
+        out.line(f"calibration: {rep.calibration}")
+    out.line(rep.verify)
+    for note in rep.notes:
+        out.line(f"note: {note}")
+    out.line("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in rep.seconds.items()))
+    if rep.output is not None:
+        if args.save_format == "pickle":
+            out.line(f"saved the whole pickled model to {rep.output} (load it with torch.load({rep.output!r}, "
+                     "weights_only=False), which runs pickled code: only for files you trust)")
+        elif rep.how_to_load.startswith("import transformers"):
+            out.line(f"saved the pruned model to {rep.output} (save_pretrained; load it without depgraph with:")
+            out.line("  " + rep.how_to_load.replace("\n", "\n  ") + ")")
+        else:
+            out.line(f"saved the pruned model to {rep.output} (weights-only; load it into the unpruned definition with:")
+            out.line("  " + rep.how_to_load.replace("\n", "\n  ") + ")")
+    if args.report is not None:
+        out.line(f"report written to {args.report}")
 
 
 def _groups(args: argparse.Namespace, out: Printer) -> int:
@@ -375,8 +311,19 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"must be positive integers separated by commas (e.g. 3,224,224), got {text!r}")
+    return shape
+
+
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a torchvision model name (resnet50, vit_b_16, ...) or a timm one")
+    p.add_argument("model", help="a torchvision or timm model name (resnet50, vit_b_16, ...), a Hugging Face "
+                                 "checkpoint folder or cached hub id, or a model file saved with torch.save")
     p.add_argument("--input-size", type=positive_int, default=None,
                    help="height and width of the random example input (default: 224, or the timm model's)")
     p.add_argument("--batch-size", type=positive_int, default=1, help="batch of the example input (default: 1)")
@@ -394,26 +341,57 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="depgraph",
-        description="Structural pruning for PyTorch: prune a torchvision/timm model with random weights, "
-                    "or list its prunable groups.",
+        description="Structural pruning for PyTorch: prune a model (torchvision/timm with its weights, a "
+                    "Hugging Face checkpoint, a saved module) to a ratio or a target, or list its prunable groups.",
     )
     parser.add_argument("--version", action="version", version=f"depgraph {__version__} (torch {torch.__version__})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,groups,recover,export}")
 
-    p = sub.add_parser("prune", help="prune a model, verify it, print before/after figures and save it")
+    p = sub.add_parser("prune", help="prune a model to a ratio or a target, verify it, print before/after "
+                                     "figures and save it")
     _add_model_arguments(p)
-    p.add_argument("--ratio", type=_ratio, required=True, help="fraction of channels removed per group, in [0, 1]")
+    goal = p.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--ratio", type=_ratio, help="fraction of channels removed per group, in [0, 1]")
+    goal.add_argument("--target", metavar="METRIC=KEPT",
+                      help="a cost to reach, as the fraction KEPT: macs=0.5, params=0.7 or latency=0.5 "
+                           "(latency measured on --device); the pruner ratio is searched")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="weights of a torchvision/timm model: a state dict, a depgraph.save file, a checkpoint "
+                        "dict, or 'pretrained' (the library's own weights, from the local cache only)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow loading a whole model saved with torch.save (unpickling runs code from the file)")
+    p.add_argument("--input-shape", type=_shape, default=None, metavar="C,H,W",
+                   help="per-sample input shape of a model saved whole (default: guessed from its first layer)")
     p.add_argument("--round-to", type=positive_int, default=None, help="keep channel counts multiples of N")
     p.add_argument("--global", dest="global_pruning", action="store_true",
                    help="rank channels across all groups instead of within each group")
-    p.add_argument("--importance", choices=IMPORTANCES, default="l2",
-                   help="channel criterion (default: l2, the group magnitude with p=2)")
+    p.add_argument("--importance", choices=IMPORTANCES + DATA_AWARE_IMPORTANCES, default=None,
+                   help="channel criterion (default: l2, the group magnitude with p=2; with --calib the best "
+                        "measured for the family: activation_weight for vision, fluctuation for language models)")
+    p.add_argument("--compensation", choices=("none", "bias", "lstsq"), default=None,
+                   help="after each prune, fold removed channels' mean into the next bias (bias) or refit the "
+                        "next Linear by least squares (lstsq); needs --calib (default: fluctuation -> bias, "
+                        "reconstruction -> lstsq, else none)")
+    p.add_argument("--head-ratio", type=_ratio, default=0.0,
+                   help="Hugging Face models: fraction of attention heads removed per layer (default: 0)")
+    p.add_argument("--calib", default=None, metavar="DATA",
+                   help="calibration data: an image folder, a text file, a .jsonl (\"text\" field), or "
+                        "module:attribute naming a dataset or loader")
+    p.add_argument("--calib-samples", type=positive_int, default=32, help="calibration samples read (default: 32)")
+    p.add_argument("--calib-batch-size", type=positive_int, default=8, help="calibration batch size (default: 8)")
+    p.add_argument("--seq-len", type=positive_int, default=32,
+                   help="tokens per example input and calibration window of a language model (default: 32)")
     p.add_argument("--output", default=None, metavar="PATH",
-                   help="where to save the pruned model (default: ./<model>_pruned.pth; '-' to not save); "
-                        "checked before pruning")
-    p.add_argument("--save-format", choices=("depgraph", "pickle"), default="depgraph",
-                   help="depgraph (default): weights-only, loaded with depgraph.load(<unpruned model>, PATH); "
+                   help="where to save the pruned model (default: ./<model>_pruned.pth, or a <name>_pruned "
+                        "folder for a Hugging Face checkpoint; '-' to not save); checked before pruning")
+    p.add_argument("--save-format", choices=("auto", "hf", "depgraph", "pickle"), default="auto",
+                   help="auto (default): save_pretrained for Hugging Face checkpoints, depgraph otherwise; "
+                        "depgraph: weights-only, loaded with depgraph.load(<unpruned model>, PATH); "
                         "pickle: the whole model, loaded with torch.load(PATH, weights_only=False)")
+    p.add_argument("--report", default=None, metavar="PATH",
+                   help="write the report (widths per layer, params/MACs/latency, criterion, target, result) "
+                        "to a .md, .json or .png file")
+    p.add_argument("--no-latency", action="store_true", help="do not measure latency before and after")
     p.set_defaults(run=_prune)
     from .streaming.cli import MAX_MEMORY_HELP
 
@@ -442,6 +420,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ArgumentError as e:
         print(f"depgraph {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except _INPUT_ERRORS as e:  # what the user gave cannot work; found before the long work
+        code = 2 if args.command in ("prune", "groups") else 1  # recover/export document 1 for these
+        print(f"depgraph {args.command}: {'error: ' if code == 2 else ''}{type(e).__name__}: {e}", file=sys.stderr)
+        return code
     except DepgraphError as e:
         print(f"depgraph {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

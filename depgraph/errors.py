@@ -78,8 +78,10 @@ class CalibrationDataError(DepgraphError):
     token ids outside the vocabulary). Raised before any calibration pass."""
 
 
-class TargetUnreachableError(DepgraphError):
-    """A size or latency target cannot be met by any pruning ratio the search may use."""
+class TargetUnreachableError(DepgraphError, ValueError):
+    """A size or latency target cannot be met by any pruning ratio the search may use.
+
+    Also a ``ValueError`` (an unreachable value was asked for)."""
 
 
 class OutputError(DepgraphError):

@@ -45,7 +45,7 @@ def test_prune_prints_table_verifies_and_saves(tmp_path, monkeypatch, capsys) ->
     assert re.search(r"output shape +\(1, 1000\) +\(1, 1000\) +same", out)
     assert "ignored layers: fc" in out
     assert "verify: exact" in out
-    assert "time: build graph" in out
+    assert "time: measure" in out and "prune" in out and "verify" in out
     saved = tmp_path / "resnet18_pruned.pth"
     assert f"saved the pruned model to {saved.name} (weights-only" in out
     assert f"model = depgraph.load(torchvision.models.get_model('resnet18', weights=None), '{saved.name}')" in out
@@ -124,9 +124,10 @@ def test_unknown_ignored_layer_exits_2(capsys) -> None:
         (["prune", "resnet18", "--ratio", "1.5"], "must be in [0, 1], got 1.5"),
         (["prune", "resnet18", "--ratio", "abc"], "argument --ratio: must be a number in [0, 1] (e.g. 0.5), got 'abc'"),
         (["prune", "resnet18", "--ratio", "0.5", "--batch-size", "two"], "must be a positive integer, got 'two'"),
-        (["prune", "resnet18"], "the following arguments are required: --ratio"),
+        (["prune", "resnet18"], "one of the arguments --ratio --target is required"),
+        (["prune", "resnet18", "--ratio", "0.5", "--target", "macs=0.5"], "not allowed with argument"),
         (["prune", "resnet18", "--ratio", "0.5", "--round-to", "0"], "must be a positive integer"),
-        (["prune", "resnet18", "--ratio", "0.5", "--importance", "taylor"], "invalid choice: 'taylor'"),
+        (["prune", "resnet18", "--ratio", "0.5", "--importance", "obd"], "invalid choice: 'obd'"),
         ([], "the following arguments are required"),
     ],
 )
@@ -196,5 +197,6 @@ def test_output_is_checked_before_pruning(tmp_path, monkeypatch, capsys, output,
 
     monkeypatch.setattr(depgraph.pruner, "BasePruner", never)
     monkeypatch.setattr("depgraph.cli.load_model", never)
+    monkeypatch.setattr("depgraph.workflow.load_source", never)
     assert main(["prune", "resnet18", "--ratio", "0.5", "--output", output, *SMALL]) == 2
     assert re.search(message, capsys.readouterr().err)

@@ -54,6 +54,7 @@ from ..errors import (
     UnknownModuleError,
 )
 from ..layers.spec import find_layer_part, registered_layers, set_layer_part
+from .parametrized import check_plain
 
 __all__ = [
     "BasePruningFunc",
@@ -300,6 +301,7 @@ class BasePruningFunc:
     def check_idxs(self, layer: nn.Module, idxs: Indices, side: str) -> torch.Tensor:
         """Check the layer type and the indices; return sorted unique int64 indices."""
         self.check_layer(layer)
+        check_plain(layer, describe_layer(layer))
         try:
             n = self.get_out_channels(layer) if side == "out" else self.get_in_channels(layer)
         except AttributeError as err:

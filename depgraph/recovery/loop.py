@@ -125,7 +125,9 @@ def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, 
         from ..errors import OptionError
 
         raise OptionError(f"recover: unknown option(s) {unknown}; known: {sorted(RecoverOptions.__dataclass_fields__)}")
-    opts = RecoverOptions(**{k: tuple(v) if k == "hidden_layers" and v is not None else v for k, v in options.items()})
+    if isinstance(options.get("hidden_layers"), list):
+        options["hidden_layers"] = tuple(options["hidden_layers"])
+    opts = RecoverOptions(**options)
     if student is teacher:
         raise RecoveryError("recover: student and teacher are the same object; pass the unpruned model as teacher")
     try:

@@ -29,6 +29,7 @@ import torch.nn as nn
 from ..errors import DepgraphError, OptionError
 from .calibrate import calibrate_streamed, materialize_on_use
 from .compensate import StreamedCompensation, log_zero_biases
+from .coverage import check_coverage
 from .memory import available_memory, parse_size, peak_rss
 from .options import DATA_AWARE, PruneOptions
 from .plan import (
@@ -228,15 +229,16 @@ def _prune_streamed(checkpoint: Checkpoint, out: Path, options: PruneOptions, re
     report.params_before = sum(t.numel() for t in _stored(pristine, materializer).values())
 
     criterion = options.make_importance()
-    if options.data_aware:  # one forward over the meta model, each layer real only while it runs
-        tc = time.perf_counter()
-        calibrate_streamed(criterion, model, materializer, calib)
-        report.seconds["calibrate"] = time.perf_counter() - tc
-        t0 += report.seconds["calibrate"]  # "plan" counts the graph and the pruner only
     with _bar(progress, "score groups", None, "group") as bar:
         wrapped = StreamedImportance(criterion, materializer, needs_weights=options.importance != "random",
                                      on_group=lambda: bar.update(1) if bar is not None else None)
         pruner = options.make_pruner(model, example_inputs("meta"), wrapped)
+        check_coverage(pruner, model, options.ratio, options.ignored_layers(model))  # before any read
+        if options.data_aware:  # one forward over the meta model, each layer real only while it runs
+            tc = time.perf_counter()
+            calibrate_streamed(criterion, model, materializer, calib)
+            report.seconds["calibrate"] = time.perf_counter() - tc
+            t0 += report.seconds["calibrate"]  # "plan" counts the graph and the pruner only
         if options.compensation is not None:
             tc = time.perf_counter()
             with torch.no_grad(), materialize_on_use(model, materializer):
@@ -455,6 +457,7 @@ def _prune_in_memory(src: Path, out: Path, options: PruneOptions, total: int, ca
         with torch.no_grad():
             criterion.calibrate(model, calib)
     pruner = options.make_pruner(model, example_inputs("cpu"), criterion)
+    check_coverage(pruner, model, options.ratio, options.ignored_layers(model))
     if options.compensation is not None:
         from ..importance import BiasMean, LeastSquares
 

@@ -220,6 +220,14 @@ def _checkpoint_names(model: nn.Module, checkpoint: Checkpoint) -> dict[str, str
             if stored:
                 out[n] = n if n in stored else stored[0]
     extra = sorted(set(checkpoint.tensors) - set(out.values()))
+    missing = sorted(set(model.state_dict(keep_vars=True)) - set(out))
+    if extra and missing:
+        raise CheckpointError(
+            f"{checkpoint.folder} stores {len(extra)} tensor(s) the model built from its config lacks "
+            f"(e.g. {extra[:3]}) and lacks {len(missing)} it has (e.g. {missing[:3]}): transformers renames "
+            f"or fuses this checkpoint's tensors when loading it ({type(model).__name__}'s conversion, e.g. "
+            "per-expert w1/w2/w3 fused into 3-D expert tensors), which the streamed path does not replay. "
+            "Prune it with mode='memory' (which needs the model to fit in memory)")
     if extra:
         raise CheckpointError(
             f"{checkpoint.folder} holds {len(extra)} tensor(s) the model built from its config lacks, "

@@ -130,6 +130,8 @@ def test_options_are_validated_all_at_once() -> None:
     teacher, student = cnn_pair()
     with pytest.raises(OptionError, match=r"steps must be a positive integer.*lr must be a finite number > 0"):
         tp.recover(student, teacher, image_data(), steps=0, lr=-1.0)
+    with pytest.raises(OptionError, match="hidden_layers must be a sequence of module names or indices"):
+        tp.recover(student, teacher, image_data(), hidden_weight=1.0, hidden_layers="layer1")
     with pytest.raises(OptionError, match=r"unknown option\(s\) \['epochs'\]"):
         tp.recover(student, teacher, image_data(), epochs=3)
     with pytest.raises(RecoveryError, match="same object"):

@@ -1,0 +1,254 @@
+"""``prune_model``: a loaded source -> calibrated criterion -> ratio or target -> verified prune -> saved file.
+
+Order of work (every check that can fail fast runs before the first long step)::
+
+    check    options, recipe, output path, report path, calibration data read and fitted to the model
+    measure  params / MACs / latency of the unpruned model
+    reach    (target) one prune at the largest ratio, magnitude-scored: an unreachable target fails here
+    score    the criterion calibrated on the data (one pass; gradients for Taylor)
+    prune    a copy at the ratio, or the ratio search over copies (the source model is never changed)
+    verify   depgraph.verify against the unpruned model
+    save     save_pretrained folder / tp.save file, and the report
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from ..errors import OptionError
+from .calibration_data import check_calibration, load_calibration
+from .progress import Stages
+from .recipes import Recipe, Scoring, build_scoring, resolve_recipe
+from .report import PruneReport, check_report_path, layer_widths
+from .save import check_output, default_format, save_pruned
+from .sources import Source
+from .targets import Target, TargetResult, measure, prune_to_target
+
+__all__ = ["prune_model", "PruneResult"]
+
+
+@dataclass
+class PruneResult:
+    """The pruned model, the report of the run, and where it was saved (None: not saved)."""
+
+    model: nn.Module
+    report: PruneReport
+    output: Path | None
+
+
+def prune_model(
+    source: Source,
+    *,
+    ratio: float | None = None,
+    target: Target | str | None = None,
+    importance: str | None = None,
+    compensation: str | None = None,
+    global_pruning: bool | None = None,
+    round_to: int | None = None,
+    head_ratio: float = 0.0,
+    ignore: Sequence[str] = (),
+    calib: Any = None,
+    num_samples: int = 32,
+    calib_batch_size: int = 8,
+    seq_len: int | None = None,
+    output: str | os.PathLike | None = None,
+    save_format: str = "auto",
+    report: str | os.PathLike | None = None,
+    latency: bool = True,
+    search_steps: int = 8,
+    progress: bool = False,
+) -> PruneResult:
+    """Prune ``source``'s model to a ratio or a target, verify it, save it in its family's form.
+
+    Args:
+        source: from :func:`~depgraph.workflow.load_source` (its model is left unchanged).
+        ratio: fraction of channels removed per group (per pruner semantics); or give ``target``.
+        target: ``"macs=0.5"`` / ``"params=0.7"`` / ``"latency=0.5"`` (fraction kept) or a :class:`Target`.
+        importance: a criterion name (:data:`~depgraph.workflow.recipes.CRITERIA`; default: the family's).
+        compensation: ``"none"``, ``"bias"`` or ``"lstsq"`` (default: the criterion's pairing).
+        global_pruning: rank across groups; refused for a ``save_pretrained`` output (per-layer widths).
+        round_to: keep channel counts multiples of it (every search trial too).
+        head_ratio: (Hugging Face) fraction of attention heads removed per layer; 0 keeps attention.
+        ignore: qualified names of more layers whose outputs are kept.
+        calib: calibration data (see :func:`~depgraph.workflow.load_calibration`).
+        num_samples: calibration samples read at most.
+        calib_batch_size: calibration batch size.
+        seq_len: tokens per calibration window (default: the example input's).
+        output: where to save (None: not saved).
+        save_format: ``auto`` (the family's), ``hf``, ``depgraph`` or ``pickle``.
+        report: ``.md`` / ``.json`` / ``.png`` path of the report (None: not written).
+        latency: measure latency before and after (always, for a latency target).
+        search_steps: bisection steps of a target search.
+        progress: show stages on stderr.
+
+    Returns:
+        A :class:`PruneResult`.
+
+    Raises:
+        OptionError: ratio and target both or neither, unknown criterion, a data-aware criterion
+            without data, global pruning into a ``save_pretrained`` folder, unknown ``ignore`` names.
+        OutputError: the output or report path cannot be written.
+        CalibrationDataError: the data cannot be read or does not fit the model.
+        TargetUnreachableError: no ratio meets the target.
+        DepgraphError: the prune failed (the source model is unchanged).
+
+    Example:
+        >>> src = load_source("resnet18", weights="resnet18.pth", input_size=64)
+        >>> result = prune_model(src, target="macs=0.5", calib="val_images/", output="r18_pruned.pth")
+        >>> print(result.report.result)
+    """
+    from .. import verify as verify_fn
+
+    stages = Stages(progress)
+    if (ratio is None) == (target is None):
+        raise OptionError("give a pruning ratio or a target (e.g. target='macs=0.5'), exactly one of them")
+    if ratio is not None and not 0.0 <= ratio < 1.0:
+        raise OptionError(f"ratio must be in [0, 1), got {ratio}")
+    goal = Target.parse(target) if isinstance(target, str) else target
+    if not 0.0 <= head_ratio < 1.0:
+        raise OptionError(f"head_ratio must be in [0, 1), got {head_ratio}")
+    if round_to is not None and round_to < 1:
+        raise OptionError(f"round_to must be a positive integer, got {round_to}")
+    recipe = resolve_recipe(importance, compensation, global_pruning,
+                            language_model=source.is_language_model, has_data=calib is not None)
+    fmt = default_format(source, save_format)
+    if fmt == "hf" and recipe.global_pruning:
+        raise OptionError("global pruning gives each layer its own width, which a Hugging Face config cannot "
+                          "describe (save_pretrained would not reload it): prune per group (drop --global), or "
+                          "save with the depgraph format (tp.save / tp.load)")
+    out = check_output(output, fmt, source.folder) if output is not None else None
+    if report is not None:
+        check_report_path(report)
+    model, example = source.model, source.example_inputs
+    keep = list(source.keep) + _named_layers(model, ignore)
+
+    batches, calibration = None, "none"
+    if calib is not None:
+        with stages.stage("calibration data"):
+            batches = load_calibration(calib, source.spec, num_samples=num_samples, batch_size=calib_batch_size,
+                                       seq_len=seq_len)
+            batches = [_to_device(b, model) for b in batches]
+            check_calibration(model, batches, source.spec)
+        calibration = f"{sum(_count(b, source) for b in batches)} samples from {calib if isinstance(calib, (str, Path)) else type(calib).__name__}"
+
+    with stages.stage("measure"):
+        want_latency = latency or (goal is not None and goal.metric == "latency")
+        before = measure(model, example, latency=want_latency)
+    make_pruner = _pruner_factory(source, recipe, round_to, head_ratio)
+    notes = _notes(source, recipe)
+
+    if goal is not None and recipe.importance not in ("l1", "l2") and goal.kept < 1.0:
+        with stages.stage("reach", f"can {goal} be met?"):  # before the calibration pass
+            from ..importance import GroupMagnitudeImportance
+
+            plain = Scoring(GroupMagnitudeImportance(p=2), None)
+            prune_to_target(model, plain, keep, make_pruner, example, goal, before, steps=0)
+    with stages.stage("score", recipe.describe()):
+        scoring = build_scoring(recipe, model, batches, example, keep)
+    found: TargetResult | None = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # frozen-op notes are summarised by verify
+        if goal is not None:
+            with stages.stage("search", str(goal)):
+                pruned, _, found = prune_to_target(
+                    model, scoring, keep, make_pruner, example, goal, before, steps=search_steps,
+                    on_trial=lambda r, k: stages.update(f"search {goal}: ratio {r:.3f} keeps {k:.3f}"))
+        else:
+            with stages.stage("prune", f"ratio {ratio}"):
+                pruned, s2, k2 = scoring.copy_with(model, keep)
+                make_pruner(pruned, s2, k2, ratio).step()
+    with stages.stage("verify"):
+        checked = verify_fn(model, pruned, example)
+        ok = bool(checked.ok) or (recipe.compensation != "none" and checked.shapes_match)
+        after = measure(pruned, example, latency=want_latency)
+    how, saved = "", None
+    if out is not None:
+        with stages.stage("save", os.fspath(out)):
+            how = save_pruned(pruned, source, out, fmt)
+            saved = out
+    result_text = found.describe() if found is not None else f"ratio {ratio}"
+    rep = PruneReport(
+        model=source.name, family=source.family, task=source.task, weights=source.weights,
+        criterion=recipe.describe(), why=recipe.why, target=str(goal) if goal is not None else f"ratio={ratio}",
+        result=result_text, ratio=found.ratio if found is not None else float(ratio),  # type: ignore[arg-type]
+        round_to=round_to, before=before, after=after, verify=_verify_line(checked, recipe), verified=ok,
+        device=str(_device(model)), calibration=calibration, kept_layers=_names(model, keep), layers=layer_widths(model, pruned),
+        seconds=stages.seconds, output=os.fspath(saved) if saved is not None else None, how_to_load=how, notes=notes)
+    if report is not None:
+        rep.save(report)
+    return PruneResult(pruned, rep, saved)
+
+
+def _pruner_factory(source: Source, recipe: Recipe, round_to: int | None, head_ratio: float) -> Any:
+    from ..pruner import BasePruner
+
+    extra: dict[str, Any] = {}
+    if source.family == "hf":  # the widths a transformers config describes: heads whole, head size kept
+        extra = dict(prune_head_dims=False, prune_num_heads=head_ratio > 0, head_pruning_ratio=head_ratio)
+
+    def make(model: nn.Module, scoring: Scoring, keep: Sequence[nn.Module], ratio: float) -> Any:
+        return BasePruner(model, source.example_inputs, scoring.importance, pruning_ratio=ratio,
+                          global_pruning=recipe.global_pruning, round_to=round_to, ignored_layers=list(keep),
+                          compensation=scoring.compensation, **extra)
+
+    return make
+
+
+def _named_layers(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
+    import difflib
+
+    modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        hints = [f"{n!r}" + (f" (did you mean {', '.join(c)}?)" if (c := difflib.get_close_matches(n, modules, 3))
+                             else "") for n in missing]
+        raise OptionError(f"ignore names no layer of the model ({type(model).__name__}): " + "; ".join(hints))
+    return [modules[n] for n in names]
+
+
+def _names(model: nn.Module, layers: Sequence[nn.Module]) -> list[str]:
+    names = {m: n for n, m in model.named_modules()}
+    return list(dict.fromkeys(names[m] for m in layers if m in names))
+
+
+def _notes(source: Source, recipe: Recipe) -> list[str]:
+    notes = []
+    if source.weights == "random":
+        notes.append("random weights: the figures show the architecture, not accuracy (give weights=)")
+    if source.is_language_model and recipe.importance in ("l1", "l2", "lamp", "fpgm"):
+        notes.append("weight magnitude measured far worse than data-aware criteria on language models "
+                     "(benchmarks/quality: SmolLM2); give calibration text")
+    return notes
+
+
+def _verify_line(result: Any, recipe: Recipe) -> str:
+    if recipe.compensation != "none" and result.shapes_match:
+        return (f"verify: {recipe.compensation} compensation changes the kept weights, so exactness is not "
+                f"expected; output shapes match, max diff {result.max_diff:.3g}")
+    if result.applies or not result.shapes_match:
+        return str(result)
+    return (f"verify: exactness does not apply ({'; '.join(result.reasons[:2])}); output shapes match, "
+            f"max diff {result.max_diff:.3g}")
+
+
+def _device(model: nn.Module) -> Any:
+    return next((p.device for p in model.parameters()), "cpu")
+
+
+def _to_device(batch: Any, model: nn.Module) -> Any:
+    device = _device(model)
+    if isinstance(batch, dict):
+        return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+    return batch.to(device) if hasattr(batch, "to") else batch
+
+
+def _count(batch: Any, source: Source) -> int:
+    x = source.spec.unwrap(batch)
+    return int(x.shape[0]) if x is not None and x.dim() > 0 else 1
