@@ -142,10 +142,13 @@ def prune_tensor(t: torch.Tensor | None, dim: int, keep: torch.Tensor) -> None:
 
 
 def describe_layer(layer: object) -> str:
-    """``"blocks.0.fc1 (Linear)"`` when the graph named the layer, else its class name.
+    """The layer as handler errors name it: ``"head.fc (Linear)"`` when the module carries a
+    ``_depgraph_name``, else its class name.
 
-    Handlers are stateless and see only the module, so an error they raise names
-    the layer through the qualified name the graph stores on it while it plans.
+    Handlers are stateless and see only the module, not its name in the model; the
+    graph adds the qualified name once, at the boundary (``Group.prune`` notes
+    "raised by ... on blocks.0.fc1"). Nothing in depgraph sets ``_depgraph_name``:
+    it lets code that calls handlers directly name its layers.
     """
     name = getattr(layer, "_depgraph_name", None)
     return f"{name} ({type(layer).__name__})" if name else type(layer).__name__
