@@ -26,6 +26,7 @@ import torch.nn as nn
 from .dependency.records import has_records, inexact_reasons, kept_indices, kept_params, recorded_handler
 from .errors import DepgraphError
 from .functional.base import find_handler, keep_index
+from .functional.parametrized import strip_weight_norm
 from .trace.kept import pop_cached, restore_cached
 from .trace.outputs import primary_outputs
 from .trace.recorder import call_model, flatten_tensors
@@ -144,6 +145,7 @@ def _zero_module(orig: nn.Module, pruned: nn.Module) -> None:
 def zero_removed_channels(original: nn.Module, pruned: nn.Module) -> nn.Module:
     """A copy of ``original`` whose parameters are zero wherever ``pruned`` lost them."""
     zeroed = copy.deepcopy(original)
+    strip_weight_norm(zeroed)  # zero the weight a weight norm computes, not its g and v
     pruned_modules = dict(pruned.named_modules())
     for name, m in zeroed.named_modules():
         pm = pruned_modules.get(name)

@@ -22,10 +22,26 @@ from ..dims.slots import Endpoint, FactorRule, PairRule, SlotGraph
 from ..errors import HandlerMismatchError
 from ..functional import ParameterPruner, prune_parameter_out_channels
 from ..functional.base import BasePruningFunc
+from ..functional.parametrized import unsupported_parametrization
 from ..trace.graph import OpNode, Trace
+from ..trace.shape_int import AttrExpr
 from .node import Node
 
 __all__ = ["GraphBuilder"]
+
+
+def _ints_in(obj: Any, depth: int = 0):
+    """The attribute expressions (:class:`AttrExpr`) among an op's arguments, nested containers included."""
+    if isinstance(obj, AttrExpr):
+        yield obj
+    elif depth < 4 and isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _ints_in(v, depth + 1)
+    elif depth < 4 and isinstance(obj, dict):
+        for v in obj.values():
+            yield from _ints_in(v, depth + 1)
+    elif isinstance(obj, slice):
+        yield from _ints_in((obj.start, obj.stop, obj.step), depth + 1)
 
 PARAMETER_HANDLER = ParameterPruner.INSTANCE
 
@@ -81,6 +97,9 @@ class GraphBuilder:
             self.graph.shape_sensitive.add(slot)  # a user's handler: check the forward after pruning
         fn = h.prune_out_channels if is_out else h.prune_in_channels
         self.graph.endpoints[slot] = Endpoint(node, fn, is_out)
+        why = unsupported_parametrization(module, node.name)
+        if why is not None:  # an orthogonal or spectral-norm weight: removing rows changes it whole
+            self.graph.freeze(slot, why)
         if is_out:
             node.out_slot = slot
         else:
@@ -96,10 +115,13 @@ class GraphBuilder:
         them silently.
         """
         ctx = RuleContext(self.graph, self.value_slots, self.endpoint)
+        pinned: dict[tuple[int, str], str] = {}
         for op in self.trace.ops:
             ctx.covered = set()
+            mark = len(self.graph.bind_log)
             self._apply_rule(op, ctx)
             self._freeze_uncovered(op, ctx)
+            self._pin_unfollowed(op, set(self.graph.bind_log[mark:]), pinned)
         for v in self.trace.inputs:
             self._freeze_value(v, "model input")
         for v in self.trace.outputs:
@@ -114,7 +136,33 @@ class GraphBuilder:
         self._param_endpoints()
         self._tie_shared_weights()
         self._check_derived_sizes()
+        self._freeze_pinned(pinned)
         return self.graph
+
+    def _pin_unfollowed(self, op: OpNode, followed: set[tuple[int, str]], pinned: dict) -> None:
+        """Attributes ``op`` reads as ints (a size, a split, a slice bound) without its rule making them follow.
+
+        Updating such an attribute after a prune would change what ``op`` computes
+        (SHViT reads ``self.pdim`` both as the size of a piece of ``qkv`` and in
+        ``split(x, [self.pdim, ...])``): every dim bound to it must then stay.
+        """
+        for value in _ints_in((op.args, op.kwargs)):
+            for _, factors in value.terms:
+                for owner, attr, v in factors:
+                    key = (id(owner), attr)
+                    if key not in followed and key not in pinned:
+                        name = self.trace.module_names.get(owner) if isinstance(owner, nn.Module) else None
+                        who = f"{name or '<model>'} ({type(owner).__name__})" if name is not None \
+                            else type(owner).__name__
+                        pinned[key] = (f"{op.where()} reads {who}.{attr} = {v} where it cannot follow a prune; "
+                                       f"pruning this dim would change {attr} under it")
+
+    def _freeze_pinned(self, pinned: dict[tuple[int, str], str]) -> None:
+        for slot, pairs in self.graph.bindings.items():
+            for owner, attr in pairs:
+                reason = pinned.get((id(owner), attr))
+                if reason is not None:
+                    self.graph.freeze(slot, reason)
 
     def _check_derived_sizes(self) -> None:
         """A reshape size read from another tensor's shape follows a prune only if that
@@ -147,8 +195,24 @@ class GraphBuilder:
         for m in merged:
             for rule in g.rules[m]:
                 if isinstance(rule, FactorRule) and rule.merged == m and all(
-                        p in g.bindings or self._reaches(p, sources) for p in rule.parts):
+                        self._bound(p) or self._reaches(p, sources) for p in rule.parts):
                     return True
+        return False
+
+    def _bound(self, slot: int) -> bool:
+        """``slot`` or a slot identical to it (a permute, an elementwise op away) is bound to an attribute."""
+        g = self.graph
+        seen, frontier = {slot}, [slot]
+        while frontier:
+            s = frontier.pop()
+            if s in g.bindings:
+                return True
+            for r in g.rules[s]:
+                if isinstance(r, PairRule) and isinstance(r.fwd, Identity):
+                    other = r.b if r.a == s else r.a
+                    if other not in seen:
+                        seen.add(other)
+                        frontier.append(other)
         return False
 
     def _reaches(self, slot: int, sources: set[int]) -> bool:

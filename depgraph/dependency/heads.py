@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from ..defaults import DEFAULT_ROOT_TYPES
 from ..dims.indexmap import Identity
-from ..dims.propagate import Propagation
+from ..dims.propagate import Propagation, propagate
 from ..dims.slots import FactorRule, HeadAxis, PairRule
 from ..errors import StaleGroupError
 from ..functional.base import matches_layer_types
@@ -166,14 +166,21 @@ def find_attention_heads(
                 blocked[node.out_slot] = f"{node.name} is ignored"
     out: list[AttentionHeads] = []
     seen: set[tuple] = set()
+    why: list[str] = []
+    accepted: set[str] = set()
     for axis in g.head_axes:
-        found = _block(graph, axis, blocked, tuple(root_module_types), rejected)
+        found = _block(graph, axis, blocked, tuple(root_module_types), why)
         if found is None:
             continue
+        accepted.add(axis.where)
         sig = tuple(tuple(u.tolist()) for u in found.units) + (found.root_slot,)
         if sig not in seen:
             seen.add(sig)
             out.append(found)
+    if rejected is not None:
+        # An op whose heads were found has other batch dims too (TNT's inner attention runs on
+        # (B * patches, heads, pixels, D)): those are batches, not heads that failed.
+        rejected.extend(line for line in why if line.split(": ", 1)[0] not in accepted)
     return out
 
 
@@ -243,13 +250,24 @@ def _kv_axis(g: Any, slot: int) -> int:
         s = frontier.pop()
         for rule in g.rules[s]:
             if isinstance(rule, FactorRule) and rule.merged == s and len(rule.parts) == 2:
-                return rule.parts[0]
+                # (KV heads, repeat) under GQA; (windows, heads) when heads share the batch dim
+                # (SAM's ``B * num_heads``): the frozen outer factor is a batch, not the heads.
+                outer, inner = rule.parts
+                return inner if _is_batch(g, outer) and not _is_batch(g, inner) else outer
             if isinstance(rule, PairRule) and isinstance(rule.fwd, Identity):
                 other = rule.b if rule.a == s else rule.a
                 if other not in seen:
                     seen.add(other)
                     frontier.append(other)
     return slot
+
+
+def _is_batch(g: Any, slot: int) -> bool:
+    """Frozen, or removing one of its positions reaches a model input: a batch axis, not heads."""
+    if slot in g.frozen:
+        return True
+    plan = propagate(g, slot, torch.zeros(1, dtype=torch.long), {})
+    return any(r == "model input" for r in plan.violations.values())
 
 
 def _root_slot(graph: DependencyGraph, plan: Propagation, root_types: tuple) -> int | None:

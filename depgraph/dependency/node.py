@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..functional.parametrized import plain_weights
+
 __all__ = ["Node", "Dependency", "GroupItem", "fn_name", "pruning_side"]
 
 
@@ -120,7 +122,8 @@ class Dependency:
     def __call__(self, idxs) -> Any:
         if self.target.is_parameter:
             return self.handler(self.target.module, idxs, dim=self.target.pruning_dim)
-        return self.handler(self.target.module, idxs)
+        with plain_weights(self.target.module):  # a weight-normed layer: g and v follow its weight
+            return self.handler(self.target.module, idxs)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Dependency):

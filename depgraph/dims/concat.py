@@ -114,11 +114,12 @@ def _sized_pieces(op: OpNode, ctx: RuleContext, dim: int, sizes: list) -> bool:
     """
     if len(sizes) != len(op.outputs) or not all(isinstance(v, (AttrExpr, ShapeInt)) for v in sizes):
         return False
-    if not all(valid_terms(v) for v in sizes if isinstance(v, AttrExpr) and not isinstance(v, AttrInt)):
+    rest = _rest_piece(op, ctx, dim, sizes)
+    if rest is None and not all(valid_terms(v) for v in sizes if isinstance(v, AttrExpr) and not isinstance(v, AttrInt)):
         return False
     _pieces(op, ctx, dim, equalize=False)
-    for out, v in zip(op.outputs, sizes, strict=True):
-        if out.shape[dim] <= 1:
+    for i, (out, v) in enumerate(zip(op.outputs, sizes, strict=True)):
+        if out.shape[dim] <= 1 or i == rest:
             continue
         if isinstance(v, AttrInt):
             ctx.bind(out, dim, v.owner, v.attr)
@@ -129,6 +130,33 @@ def _sized_pieces(op: OpNode, ctx: RuleContext, dim: int, sizes: list) -> bool:
         else:
             ctx.freeze(out, dim, f"{op.where()}: a split size is read from a shape of unknown origin")
     return True
+
+
+def _rest_piece(op: OpNode, ctx: RuleContext, dim: int, sizes: list) -> int | None:
+    """The piece written as "the whole minus the others" (SHViT's ``split(x, [self.pdim, self.dim - self.pdim])``).
+
+    Its size has a negative term, so it cannot be cut into blocks; but when the
+    sizes add up to an attribute expression equal to the split dim, that total is
+    bound to the input (``self.dim`` follows the input's width) and the piece's size
+    then follows from the total and the other pieces. Returns its index, or None.
+    """
+    bad = [i for i, v in enumerate(sizes) if isinstance(v, AttrExpr) and not valid_terms(v)]
+    if len(bad) != 1 or not all(isinstance(v, AttrExpr) for v in sizes):
+        return None
+    coefs: dict[tuple, int] = {}
+    factors: dict[tuple, tuple] = {}
+    for v in sizes:
+        for coef, fs in v.terms:
+            key = tuple((id(owner), attr) for owner, attr, _ in fs)
+            coefs[key] = coefs.get(key, 0) + coef
+            factors.setdefault(key, fs)
+    terms = tuple((c, factors[k]) for k, c in coefs.items() if c)
+    x = op.inputs[0]
+    total = AttrExpr(sum(int(v) for v in sizes), terms)
+    if int(total) != x.shape[dim % x.ndim] or not terms or not valid_terms(total):
+        return None
+    cut_prefix(op, ctx, x, dim % x.ndim, total)
+    return bad[0]
 
 
 @register_dim_rule(torch.tensor_split, torch.Tensor.tensor_split)

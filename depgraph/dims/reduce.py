@@ -154,3 +154,16 @@ def group_norm_rule(op: OpNode, ctx: RuleContext) -> None:
             ctx.cover(v, 0)
     else:
         ctx.freeze(x, 1, f"{op.where()}: num_groups is fixed in the call")
+
+
+@register_dim_rule(getattr(torch, "_weight_norm", None))
+def weight_norm_rule(op: OpNode, ctx: RuleContext) -> None:
+    """The older ``nn.utils.weight_norm`` computes a layer's weight from its ``weight_g`` and
+    ``weight_v`` in a pre-hook: the layer's handler prunes all three (functional/parametrized.py),
+    so the parameters belong to the layer and no dim of the op couples anything."""
+    for v in op.inputs:
+        if v.kind == "param":
+            ctx.own_param(v)
+    for v in [*op.inputs, *op.outputs]:
+        for d in range(v.ndim):
+            ctx.cover(v, d)

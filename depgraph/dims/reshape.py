@@ -105,6 +105,12 @@ def freeze_written_sizes(op: OpNode, ctx: RuleContext, out, sizes: list) -> None
         if out.shape[d] <= 1:
             continue
         if isinstance(v, ShapeInt) and v.src:
+            if v.shape_part == 1 and v.attrs and len(v.attrs) == 1:
+                # ``B * self.num_heads`` with a batch of one (SAM's ``reshape(3, B * heads, N, -1)``):
+                # the size is the attribute, which follows the prune as in ``view(B, self.num_heads)``.
+                owner, attr, _ = v.attrs[0]
+                ctx.bind(out, d, owner, attr)
+                continue
             # Computed, but maybe from another tensor's shape: checked once the graph is built.
             ctx.graph.derived.append((ctx.slot(out, d), v.src, op.where()))
             continue

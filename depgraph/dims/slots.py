@@ -180,6 +180,9 @@ class SlotGraph:
         self.layer_params: set[int] = set()
         # Head axes of attention ops, in trace order: where whole heads can be removed.
         self.head_axes: list[HeadAxis] = []
+        # (id(owner), attr) of every bind, in order: tells the builder which attributes an op's
+        # rule made follow a prune (see GraphBuilder._pin_unfollowed).
+        self.bind_log: list[tuple[int, str]] = []
 
     def bind(self, slot: int, owner: object, attr: str) -> None:
         """``owner.attr`` holds the size of ``slot``; every slot bound to it loses the same positions."""
@@ -195,6 +198,7 @@ class SlotGraph:
                 break
         self.bindings.setdefault(slot, []).append((owner, attr))
         self.shape_sensitive.add(slot)
+        self.bind_log.append((id(owner), attr))
 
     def new_slot(self, size: int, label: str) -> int:
         """A new slot of ``size`` positions; ``label`` names it in messages."""

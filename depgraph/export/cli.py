@@ -10,6 +10,7 @@ a difference above ``--atol + --rtol * |eager|`` is refused (exit 1, no file).
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Any
 
@@ -44,7 +45,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=positive_int, default=16, help="tokens of a text model's example input (default: 16)")
     p.add_argument("--atol", type=_tolerance, default=1e-4, help="absolute tolerance (default: 1e-4)")
     p.add_argument("--rtol", type=_tolerance, default=1e-4, help="relative tolerance (default: 1e-4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the example inputs (default: 0)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow unpickling a model saved whole with torch.save (runs code from the file)")
     p.add_argument("--plain", action="store_true", help="plain-text tables even when rich is installed")
     p.set_defaults(run=run)
     return p
@@ -52,7 +54,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, out: Any) -> int:
     """Load, export each requested format, check it, report; the exit code (0 done)."""
-    from ..recovery.sources import check_output, input_spec, is_hf_folder, load_pruned, load_source
+    from ..recovery.sources import load_pruned
+    from ..workflow import load_source
+    from ..workflow.save import check_output
     from . import export_onnx, export_program
 
     if not args.onnx and not args.torch_export:
@@ -61,14 +65,12 @@ def run(args: argparse.Namespace, out: Any) -> int:
         raise ArgumentError("give --onnx PATH and/or --torch-export PATH")
     for path in (args.onnx, args.torch_export):
         if path:
-            check_output(path, "file")
-    import os
-
-    named = not is_hf_folder(args.model) and not os.path.exists(args.model)
-    source = load_source(args.model) if named else load_pruned(args.model, args.base)
-    model = source.model.eval()
-    inputs = input_spec(source, seq_len=args.seq_len, input_size=args.input_size).example(args.batch_size,
-                                                                                         seed=args.seed)
+            check_output(path, "depgraph")
+    load = {"trust_pickle": args.trust_pickle, "input_size": args.input_size, "seq_len": args.seq_len,
+            "batch_size": args.batch_size}
+    is_path = os.path.exists(args.model) or os.sep in args.model or args.model.endswith((".pth", ".pt", ".bin"))
+    source = load_pruned(args.model, args.base, **load) if is_path else load_source(args.model, **load)
+    model, inputs = source.model.eval(), source.example_inputs
     rows = []
     jobs = []
     if args.torch_export:

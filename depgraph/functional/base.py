@@ -54,6 +54,7 @@ from ..errors import (
     UnknownModuleError,
 )
 from ..layers.spec import find_layer_part, registered_layers, set_layer_part
+from .parametrized import check_plain
 
 __all__ = [
     "BasePruningFunc",
@@ -141,10 +142,13 @@ def prune_tensor(t: torch.Tensor | None, dim: int, keep: torch.Tensor) -> None:
 
 
 def describe_layer(layer: object) -> str:
-    """``"blocks.0.fc1 (Linear)"`` when the graph named the layer, else its class name.
+    """The layer as handler errors name it: ``"head.fc (Linear)"`` when the module carries a
+    ``_depgraph_name``, else its class name.
 
-    Handlers are stateless and see only the module, so an error they raise names
-    the layer through the qualified name the graph stores on it while it plans.
+    Handlers are stateless and see only the module, not its name in the model; the
+    graph adds the qualified name once, at the boundary (``Group.prune`` notes
+    "raised by ... on blocks.0.fc1"). Nothing in depgraph sets ``_depgraph_name``:
+    it lets code that calls handlers directly name its layers.
     """
     name = getattr(layer, "_depgraph_name", None)
     return f"{name} ({type(layer).__name__})" if name else type(layer).__name__
@@ -300,6 +304,7 @@ class BasePruningFunc:
     def check_idxs(self, layer: nn.Module, idxs: Indices, side: str) -> torch.Tensor:
         """Check the layer type and the indices; return sorted unique int64 indices."""
         self.check_layer(layer)
+        check_plain(layer, describe_layer(layer))
         try:
             n = self.get_out_channels(layer) if side == "out" else self.get_in_channels(layer)
         except AttributeError as err:

@@ -108,6 +108,12 @@ def _scale_query(a: AttentionLayer, c: float, log: UndoLog) -> None:
         q_bias = getattr(a.module, "q_bias", None)  # timm BEiT/EVA: the query bias lives beside a bias-free qkv
         if a.fused and isinstance(q_bias, torch.Tensor) and q_bias.shape[0] == a.q_width:
             log.setdata(q_bias, q_bias.data.clone() * c)
+        # Decomposed relative-position tables (timm SAM-ViT, MViTv2: ``rel_pos_h``, ``rel_pos_w`` of
+        # (L, head_dim)) are contracted with the unscaled query into an attention bias: dividing
+        # them by c keeps that bias as it was.
+        for name, t in a.module.named_parameters(recurse=False):
+            if name.startswith("rel_pos") and t.ndim == 2 and t.shape[-1] == a.head_dim:
+                log.setdata(t, t.data.clone() / c)
 
 
 def freq_prefixes(rot: nn.Module) -> list[str]:

@@ -80,31 +80,40 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=positive_int, default=None, help="image height and width (default: the model's)")
     p.add_argument("--max-samples", type=positive_int, default=None, help="use at most N samples of the data")
     p.add_argument("--seed", type=int, default=0, help="seed of data order and initialisation (default: 0)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow unpickling a model saved whole with torch.save (runs code from the file)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--plain", action="store_true", help="plain-text tables even when rich is installed")
     p.set_defaults(run=run)
     return p
 
 
-def _dataset(args: argparse.Namespace, src: Any) -> Any:
+def _dataset(args: argparse.Namespace, student: Any) -> Any:
     from .data import open_dataset
-    from .sources import input_spec
+    from .sources import with_tokenizer
 
-    spec = input_spec(src, src.path, args.teacher, args.base, seq_len=args.seq_len, input_size=args.input_size)
+    spec = with_tokenizer(student.spec, args.model, args.teacher, args.base)
     return open_dataset(args.data, spec, seq_len=args.seq_len, max_samples=args.max_samples)
 
 
 def run(args: argparse.Namespace, out: Any) -> int:
     """Load, check, recover, report and save; the exit code (0 done)."""
-    from . import recover
-    from .sources import check_output, is_hf_folder, load_pruned, load_source, save_like
+    from pathlib import Path
 
-    check_output(args.output, "hf" if is_hf_folder(args.model) else "file")
-    teacher = load_source(args.teacher, args.teacher_weights)
-    base = args.base or (args.teacher if teacher.kind in ("name", "hf") else None)
-    student = load_pruned(args.model, base)
-    if student.input_size is None and teacher.input_size is not None:
-        student.input_size = teacher.input_size
+    from ..workflow import load_source
+    from ..workflow.save import check_output, save_pruned
+    from . import recover
+    from .sources import load_pruned, output_format
+
+    load = {"trust_pickle": args.trust_pickle, "input_size": args.input_size, "seq_len": args.seq_len}
+    # refuse a bad output before anything loads: a folder model gives a folder, a file model a file
+    folder = Path(args.model).is_dir()
+    check_output(args.output, "hf" if folder else "depgraph", args.model if folder else None)
+    teacher = load_source(args.teacher, args.teacher_weights, **load)
+    base = args.base or (args.teacher if teacher.family != "module" else None)
+    student = load_pruned(args.model, base, **load)
+    fmt = output_format(student)
+    check_output(args.output, fmt, student.folder if student.family == "hf" else None)
     data = _dataset(args, student)
     result = recover(
         student.model, teacher.model, data,
@@ -122,6 +131,9 @@ def run(args: argparse.Namespace, out: Any) -> int:
     procs = f"{result.num_processes} process" + ("es" if result.num_processes > 1 else "")
     out.table(f"recover {args.model}: {result.steps} steps in {result.seconds:.1f} s on {procs}, "
               f"{len(data)} samples", ("", "before", "after"), rows)
-    how = save_like(student, result.model.cpu(), args.output, result.state_dict)
-    out.line(f"saved the recovered model to {args.output} (load it with {how})")
+    model = result.model.cpu()
+    if result.state_dict is not None:  # FSDP / DeepSpeed: the gathered full weights
+        model.load_state_dict(result.state_dict)
+    how = save_pruned(model, student, args.output, fmt)
+    out.line(f"saved the recovered model to {args.output}; load it with:\n{how}")
     return 0

@@ -26,22 +26,47 @@ class ShapeInt(int):
     # ``src``: the (value id, dim) pairs this int was computed from, so a rule can
     # tell a size read from the tensor it reshapes from one read from another tensor.
 
-    def __new__(cls, value: int, src: frozenset = frozenset()) -> ShapeInt:
+    # ``attrs``: attribute factors multiplied in (``B * self.num_heads``), or None once the
+    # int is anything but a product of shape sizes, literals and attributes.
+
+    def __new__(cls, value: int, src: frozenset = frozenset(), attrs: tuple | None = ()) -> ShapeInt:
         obj = super().__new__(cls, value)
         obj.src = src
+        obj.attrs = attrs
         return obj
 
-    def _wrap(self, v: Any, o: Any = None) -> Any:
+    def _wrap(self, v: Any, o: Any = None, product: bool = False) -> Any:
         if isinstance(v, int) and not isinstance(v, bool):
-            return ShapeInt(v, self.src | getattr(o, "src", frozenset()))
+            return ShapeInt(v, self.src | getattr(o, "src", frozenset()), self._attrs_with(o) if product else None)
         return v
+
+    def _attrs_with(self, o: Any) -> tuple | None:
+        """The attribute factors of ``self * o``: a single-term attribute product joins them."""
+        mine = self.attrs
+        if mine is None:
+            return None
+        if isinstance(o, ShapeInt):
+            return None if o.attrs is None else mine + o.attrs
+        if isinstance(o, AttrExpr):
+            if len(o.terms) != 1 or o.terms[0][0] != 1:
+                return None
+            return mine + tuple(o.terms[0][1])
+        return mine
+
+    @property
+    def shape_part(self) -> int:
+        """The value without its attribute factors (the part read from shapes and literals)."""
+        n = int(self)
+        for _, _, v in self.attrs or ():
+            n //= max(int(v), 1)
+        return n
 
     def __add__(self, o): return self._wrap(int.__add__(self, o), o)
     def __radd__(self, o): return self._wrap(int.__radd__(self, o), o)
     def __sub__(self, o): return self._wrap(int.__sub__(self, o), o)
     def __rsub__(self, o): return self._wrap(int.__rsub__(self, o), o)
-    def __mul__(self, o): return self._wrap(int.__mul__(self, o), o)
-    def __rmul__(self, o): return self._wrap(int.__rmul__(self, o), o)
+    def __mul__(self, o): return self._wrap(int.__mul__(self, o), o, product=True)
+    def __rmul__(self, o): return self._wrap(int.__rmul__(self, o), o, product=True)
     def __floordiv__(self, o): return self._wrap(int.__floordiv__(self, o), o)
     def __rfloordiv__(self, o): return self._wrap(int.__rfloordiv__(self, o), o)
     def __mod__(self, o): return self._wrap(int.__mod__(self, o), o)

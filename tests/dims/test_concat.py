@@ -262,3 +262,94 @@ def test_a_literal_split_size_freezes_the_split_dim():
     done = prune_and_verify(model, torch.randn(2, 4, 6), model.qkv, tp.prune_linear_out_channels, [0])
     assert member(done.groups[0], model.qkv, out=True) == list(range(11))
     assert (model.num_heads, model.key_dim, model.val_dim) == (1, 3, 5)
+
+
+# -- NASNet-style cells ---------------------------------------------------------------------
+
+
+class SameDepthwise(nn.Conv2d):
+    """TF "same" padding by hand, then ``F.conv2d`` on the layer's own weight (timm's ``Conv2dSame``)."""
+
+    def forward(self, x):
+        pad = self.kernel_size[0] - 1
+        x = nn.functional.pad(x, [pad // 2, pad - pad // 2, pad // 2, pad - pad // 2])
+        return nn.functional.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class Separable(nn.Module):
+    """NASNet's ``BranchSeparables`` with the original port's ``'specific'`` path: pad one more
+    row and column with ``ZeroPad2d``, convolve, then slice them off again (``x[:, :, 1:, 1:]``)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, specific: bool):
+        super().__init__()
+        self.specific = specific
+        self.pad = nn.ZeroPad2d((1, 0, 1, 0))
+        self.dw = SameDepthwise(cin, cin, 3, stride=stride, groups=cin, bias=False)
+        self.pw = nn.Conv2d(cin, cout, 1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        x = torch.relu(x)
+        if self.specific:
+            x = self.dw(self.pad(x))[:, :, 1:, 1:].contiguous()
+        else:
+            x = self.dw(x)
+        return self.bn(self.pw(x))
+
+
+class CellStem(nn.Module):
+    """timm NASNet's ``cell_stem_1`` reduced to its mechanism.
+
+    The right input goes two ways: a strided avg-pool path and one shifted by a
+    negative ``ZeroPad2d((-1, 1, -1, 1))`` (crop the first row and column, pad the
+    last); each path's 1x1 conv gives half the channels and a BatchNorm runs over
+    their concatenation. Separable branches (padded and sliced, same-padded
+    depthwise) and pooling branches are summed pairwise, and the cell concatenates
+    the sums, so every channel index shifts by the pieces before it.
+    """
+
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 2 * c, 3, stride=2, padding=1)
+        self.conv_1x1 = nn.Sequential(nn.ReLU(), nn.Conv2d(2 * c, c, 1, stride=2, bias=False), nn.BatchNorm2d(c))
+        self.path_1 = nn.Sequential(nn.AvgPool2d(1, stride=2, count_include_pad=False), nn.Conv2d(2 * c, c // 2, 1, bias=False))
+        self.path_2 = nn.Sequential(nn.ZeroPad2d((-1, 1, -1, 1)), nn.AvgPool2d(1, stride=2, count_include_pad=False),
+                                    nn.Conv2d(2 * c, c // 2, 1, bias=False))
+        self.final_path_bn = nn.BatchNorm2d(c)
+        self.left_0 = Separable(c, c, 2, specific=True)
+        self.right_0 = Separable(c, c, 2, specific=False)
+        self.left_1 = nn.MaxPool2d(3, 2, padding=1)
+        self.right_1 = Separable(c, c, 2, specific=True)
+        self.right_2 = nn.AvgPool2d(3, 1, padding=1, count_include_pad=False)
+        self.left_3 = Separable(c, c, 1, specific=False)
+        self.head = nn.Linear(3 * c, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        left = self.conv_1x1(x)
+        r = torch.relu(x)
+        right = self.final_path_bn(torch.cat([self.path_1(r), self.path_2(r)], 1))
+        c0 = self.left_0(left) + self.right_0(right)
+        c1 = self.left_1(left) + self.right_1(right)
+        c2 = self.right_2(c0) + c1
+        c3 = self.left_3(c0) + nn.functional.max_pool2d(right, 3, 2, padding=1)
+        out = torch.cat([c1, c2, c3], 1)
+        return self.head(out.mean((2, 3)))
+
+
+def test_nasnet_cell_every_group_prunes_exactly():
+    """Padded and sliced branches, the negative-pad path and the cells' concatenations all map:
+    every group prunes (the original failed part-way in ``cell_stem_1.comb_iter...``) and stays exact."""
+    torch.manual_seed(0)
+    model = CellStem()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 1.5)
+            m.running_mean.normal_(0, 0.1)
+    done = prune_all_groups(model, torch.randn(2, 3, 32, 32), n_per_group=2, rounds=2,
+                            ignored_layers=[model.head], min_groups=3)
+    # The concatenation of the two path convs shifts path_2's channels by path_1's width.
+    assert model.path_1[1].out_channels + model.path_2[2].out_channels == model.final_path_bn.num_features
+    # c1 and c2 follow the left input (c2 = pool(c0) + c1), c3 the right one.
+    assert model.head.in_features == 2 * model.right_1.bn.num_features + model.left_3.bn.num_features
+    assert max(len(g) for g in done.groups) > 12  # the cell-wide group reaches every branch

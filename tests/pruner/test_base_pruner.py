@@ -27,7 +27,7 @@ def resnet18():
 
 def root_widths(pruner):
     """Current out width of every group root seen at construction."""
-    return {m: pruner.DG.get_out_channels(m) for m in pruner._initial}
+    return {m: pruner.DG.get_out_channels(m) for m in pruner.initial_widths()}
 
 
 def prune_and_check(model, pruner_fn, x=X64, exact=True, **kwargs):
@@ -99,7 +99,7 @@ def test_isomorphic_ranks_within_identical_structures():
     pruner.step()
     for roots in pools.values():
         kept = sum(pruner.DG.get_out_channels(r) for r in roots)
-        assert kept == sum(pruner._initial[r] for r in roots) // 2
+        assert kept == sum(pruner.initial_widths()[r] for r in roots) // 2
 
 
 def test_ratio_dict_module_and_tuple_scope():
@@ -173,7 +173,7 @@ def test_iterative_steps_follow_the_schedule():
         iterative_steps=3,
         ignored_layers=[model.fc],
     )
-    init = dict(pruner._initial)
+    init = pruner.initial_widths()
     for k in range(1, 4):
         pruner.step()
         ratio = 0.5 * k / 3

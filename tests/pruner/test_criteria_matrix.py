@@ -39,9 +39,9 @@ def run(criterion, pruner_name, global_pruning):
         model(X).sum().backward()
         pruner.regularize(model)
     prepare(imp, model, X)
-    widths = {m: pruner.DG.get_out_channels(m) for m in pruner._initial}
+    widths = {m: pruner.DG.get_out_channels(m) for m in pruner.initial_widths()}
     pruner.step()
-    after = {m: pruner.DG.get_out_channels(m) for m in pruner._initial}
+    after = {m: pruner.DG.get_out_channels(m) for m in pruner.initial_widths()}
     if global_pruning:
         assert sum(after.values()) == sum(widths.values()) // 2
     else:

@@ -24,9 +24,9 @@ def prune_verify(model, x, **kwargs):
     original = copy.deepcopy(model)
     shapes = output_shapes(model, x)
     pruner = P.BasePruner(model, x, I.GroupMagnitudeImportance(), **kwargs)
-    before = {m: pruner.DG.get_out_channels(m) for m in pruner._initial}
+    before = {m: pruner.DG.get_out_channels(m) for m in pruner.initial_widths()}
     pruner.step()
-    after = {m: pruner.DG.get_out_channels(m) for m in pruner._initial}
+    after = {m: pruner.DG.get_out_channels(m) for m in pruner.initial_widths()}
     check_result(original, model, x, shapes, exact=True)
     return pruner, before, after
 

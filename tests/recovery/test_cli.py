@@ -19,22 +19,22 @@ pytest.importorskip("torchvision")
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("argv", "error", "message"),
     [
         (["recover", "missing_dir", "--teacher", "resnet18", "--data", "x.txt", "--output", "o.pth"],
-         "pruned model 'missing_dir' does not exist"),
+         "RecoveryError", "pruned model 'missing_dir' does not exist"),
         (["recover", "p.pth", "--teacher", "resnet18", "--data", "x.txt", "--output", "no/such/folder/o.pth"],
-         "the folder 'no/such/folder' does not exist"),
+         "OutputError", "no/such/folder' does not exist"),
         (["recover", "p.pth", "--teacher", "resnet18", "--teacher-weights", "nope.pth", "--data", "x.txt",
-          "--output", "o.pth"], "the weights file 'nope.pth' does not exist"),
+          "--output", "o.pth"], "SourceError", "weights file 'nope.pth' does not exist"),
     ],
 )
-def test_bad_inputs_fail_before_any_work(tmp_path, monkeypatch, capsys, argv, message) -> None:
+def test_bad_inputs_fail_before_any_work(tmp_path, monkeypatch, capsys, argv, error, message) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "p.pth").write_bytes(b"")
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert "RecoveryError" in err and message in err
+    assert error in err and message in err
 
 
 def test_data_that_does_not_fit_is_refused(tmp_path, capsys) -> None:
@@ -75,10 +75,12 @@ def test_timm_teacher_and_a_pickled_student_round_trip(tmp_path, capsys) -> None
     for f in (tmp_path / "classes").rglob("*.png"):
         f.rename(images / f"{f.parent.name}_{f.name}")  # a flat folder: no labels, distillation only
     out = tmp_path / "recovered.pth"
-    with pytest.warns(UserWarning, match="whole pickled model"):
-        code = main(["recover", str(tmp_path / "student.pth"), "--teacher", "resnet10t", "--teacher-weights",
-                     str(tmp_path / "teacher.pth"), "--data", str(images), "--input-size", "32", "--steps", "3",
-                     "--batch-size", "4", "--output", str(out), "--no-progress", "--plain"])
+    argv = ["recover", str(tmp_path / "student.pth"), "--teacher", "resnet10t", "--teacher-weights",
+            str(tmp_path / "teacher.pth"), "--data", str(images), "--input-size", "32", "--steps", "3",
+            "--batch-size", "4", "--output", str(out), "--no-progress", "--plain"]
+    assert main(argv) == 1  # unpickling runs code from the file: only when asked
+    assert "pass trust_pickle=True (--trust-pickle)" in capsys.readouterr().err
+    code = main([*argv, "--trust-pickle"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "distillation gap" in printed and "task loss" not in printed  # no labels in a flat folder
@@ -87,7 +89,6 @@ def test_timm_teacher_and_a_pickled_student_round_trip(tmp_path, capsys) -> None
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert not torch.allclose(recovered(x), student.eval()(x))
-    with pytest.warns(UserWarning, match="whole pickled model"):
-        assert main(["export", str(out), "--torch-export", str(tmp_path / "r.pt2"), "--input-size", "32",
-                     "--plain"]) == 0
+    assert main(["export", str(out), "--torch-export", str(tmp_path / "r.pt2"), "--input-size", "32",
+                 "--trust-pickle", "--plain"]) == 0
     assert (tmp_path / "r.pt2").is_file()
