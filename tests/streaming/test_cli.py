@@ -1,0 +1,62 @@
+"""``depgraph prune CHECKPOINT --calib data.txt --max-memory ...``: calibration data from files, streamed.
+
+Markers: zoo (a tiny random Llama checkpoint plus a word-level tokenizer, written by the test).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from depgraph.cli import main
+from depgraph.streaming import prune_checkpoint
+from depgraph.workflow.calibration_data import load_calibration
+from depgraph.workflow.inputs import input_spec_for_checkpoint
+
+from ..workflow._files import write_jsonl, write_text, write_tokenizer
+from .test_prune_checkpoint import _load, _save
+
+pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.zoo
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory) -> Path:
+    folder = _save(tmp_path_factory.mktemp("llama") / "src", "llama", tie_word_embeddings=False)
+    write_tokenizer(folder)  # --calib text is tokenised by the checkpoint's own tokenizer
+    return folder
+
+
+@pytest.mark.parametrize(("importance", "compensation", "kind"),
+                         [("activation_weight", "lstsq", "txt"), ("fluctuation", None, "jsonl")])
+def test_calib_file_streams_like_the_python_call(src, tmp_path, capsys, importance, compensation, kind) -> None:
+    data = write_text(tmp_path / "corpus.txt") if kind == "txt" else write_jsonl(tmp_path / "docs.jsonl")
+    argv = ["prune", str(src), "--ratio", "0.25", "--head-ratio", "0.25", "--importance", importance,
+            "--calib", str(data), "--calib-samples", "6", "--calib-batch-size", "3", "--seq-len", "16",
+            "--max-memory", "1MB", "--output", str(tmp_path / "cli"), "--plain"]
+    if compensation:
+        argv += ["--compensation", compensation]
+    assert main(argv) == 0
+    assert "(stream)" in capsys.readouterr().out
+    batches = load_calibration(data, input_spec_for_checkpoint(src, seq_len=16), num_samples=6, batch_size=3)
+    assert sum(b["input_ids"].shape[0] for b in batches) == 6
+    prune_checkpoint(src, tmp_path / "api", ratio=0.25, head_ratio=0.25, importance=importance, calib=batches,
+                     compensation=compensation or "bias", max_memory="1MB", progress=False)  # fluctuation -> bias
+    a, b = _load(tmp_path / "api").state_dict(), _load(tmp_path / "cli").state_dict()
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert _load(tmp_path / "cli").config.mlp_bias is True  # compensated: biases created and declared
+
+
+def test_calib_errors_are_reported_before_writing(src, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    base = ["prune", str(src), "--ratio", "0.25", "--max-memory", "1MB", "--output", str(out), "--plain"]
+    assert main([*base, "--compensation", "bias"]) == 2
+    assert "compensation='bias' is calibrated on data: pass calib=" in capsys.readouterr().err
+    assert main([*base, "--importance", "fluctuation", "--calib", str(tmp_path / "nope.txt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main([*base, "--importance", "taylor", "--calib", str(write_text(tmp_path / "c.txt"))]) == 2
+    assert "importance must be one of" in capsys.readouterr().err
+    assert not out.exists()
