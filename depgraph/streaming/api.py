@@ -234,19 +234,26 @@ def _prune_streamed(checkpoint: Checkpoint, out: Path, options: PruneOptions, re
                                      on_group=lambda: bar.update(1) if bar is not None else None)
         pruner = options.make_pruner(model, example_inputs("meta"), wrapped)
         check_coverage(pruner, model, options.ratio, options.ignored_layers(model))  # before any read
-        if options.data_aware:  # one forward over the meta model, each layer real only while it runs
-            tc = time.perf_counter()
-            calibrate_streamed(criterion, model, materializer, calib)
-            report.seconds["calibrate"] = time.perf_counter() - tc
-            t0 += report.seconds["calibrate"]  # "plan" counts the graph and the pruner only
+        with _bar(progress and options.needs_calib, "calibrate", None, "layer") as cbar:
+            def on_layer(_: str) -> None:
+                if cbar is not None:
+                    cbar.update(1)
+
+            if options.data_aware:  # one forward over the meta model, each layer real only while it runs
+                tc = time.perf_counter()
+                calibrate_streamed(criterion, model, materializer, calib, on_layer)
+                report.seconds["calibrate"] = time.perf_counter() - tc
+                t0 += report.seconds["calibrate"]  # "plan" counts the graph and the pruner only
+            source = None
+            if options.compensation is not None:
+                tc = time.perf_counter()
+                with torch.no_grad(), materialize_on_use(model, materializer, on_layer):
+                    source = _compensation_source(options, model, pruner.DG, criterion, calib)
+                report.seconds["calibrate"] = report.seconds.get("calibrate", 0.0) + time.perf_counter() - tc
+                t0 += time.perf_counter() - tc
         if options.compensation is not None:
-            tc = time.perf_counter()
-            with torch.no_grad(), materialize_on_use(model, materializer):
-                source = _compensation_source(options, model, pruner.DG, criterion, calib)
             StreamedCompensation(options.compensation, lambda: source, log, options.damping).attach(pruner.DG)
             attach_bias_flags(pruner.DG)  # mlp_bias / attention_bias follow the new biases, as in memory
-            report.seconds["calibrate"] = report.seconds.get("calibrate", 0.0) + time.perf_counter() - tc
-            t0 += time.perf_counter() - tc
         report.seconds["plan"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         groups = []

@@ -17,7 +17,7 @@ Non-persistent buffers are not in a checkpoint: a layer that has some (RoPE's
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -50,8 +50,12 @@ def _computed_buffers(model: nn.Module, name: str, m: nn.Module, stored: set[str
 
 
 @contextlib.contextmanager
-def materialize_on_use(model: nn.Module, materializer: Materializer) -> Iterator[None]:
-    """While inside, every layer of the meta ``model`` holds real tensors exactly during its forward."""
+def materialize_on_use(model: nn.Module, materializer: Materializer,
+                       on_layer: Callable[[str], None] | None = None) -> Iterator[None]:
+    """While inside, every layer of the meta ``model`` holds real tensors exactly during its forward.
+
+    ``on_layer(name)`` is called after each materialised layer's forward (progress).
+    """
     stored = set(materializer.aliases)
     open_: dict[int, tuple[nn.Module, contextlib.ExitStack, list[tuple[str, torch.Tensor]]]] = {}
     handles = []
@@ -77,6 +81,8 @@ def materialize_on_use(model: nn.Module, materializer: Materializer) -> Iterator
         for k, t in saved:
             setattr(m, k, t)
         stack.close()
+        if on_layer is not None:
+            on_layer(type(m).__name__)
 
     try:
         for name, m in model.named_modules():
@@ -100,7 +106,8 @@ def materialize_on_use(model: nn.Module, materializer: Materializer) -> Iterator
             setattr(m, k, t)
 
 
-def calibrate_streamed(importance: Any, model: nn.Module, materializer: Materializer, data: Any) -> None:
+def calibrate_streamed(importance: Any, model: nn.Module, materializer: Materializer, data: Any,
+                       on_layer: Callable[[str], None] | None = None) -> None:
     """``importance.calibrate(model, data)`` on the meta model, layers materialised one at a time."""
-    with torch.no_grad(), materialize_on_use(model, materializer):
+    with torch.no_grad(), materialize_on_use(model, materializer, on_layer):
         importance.calibrate(model, data)

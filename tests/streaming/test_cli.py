@@ -60,3 +60,15 @@ def test_calib_errors_are_reported_before_writing(src, tmp_path, capsys) -> None
     assert main([*base, "--importance", "taylor", "--calib", str(write_text(tmp_path / "c.txt"))]) == 2
     assert "importance must be one of" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_progress_bars_per_stage_and_the_report(src, tmp_path, capfd) -> None:
+    pytest.importorskip("tqdm")
+    calib = [torch.randint(0, 30, (2, 12), generator=torch.Generator().manual_seed(0))]
+    report = prune_checkpoint(src, tmp_path / "out", ratio=0.25, importance="fluctuation", calib=calib,
+                              compensation="bias", max_memory="1MB", progress=True)
+    err = capfd.readouterr().err
+    assert all(stage in err for stage in ("calibrate", "score groups", "write shards")), err[-500:]
+    text = str(report)
+    assert "read " in text and "wrote " in text and "peak weights held" in text and "peak RSS" in text
+    assert report.bytes_read > 0 and report.bytes_written > 0 and 0 < report.peak_materialized <= 1_000_000
