@@ -301,6 +301,36 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """An ``argparse`` type for weights and tolerances (0 allowed), shared by the subcommands.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is not a number >= 0 (``nan`` included).
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An ``argparse`` type for learning rates and temperatures, where 0 would be meaningless.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is not a number > 0 (``nan`` included).
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
 def _ratio(text: str) -> float:
     try:
         value = float(text)

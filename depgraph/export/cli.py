@@ -17,19 +17,9 @@ from typing import Any
 __all__ = ["add_parser", "run"]
 
 
-def _tolerance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
-
-
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``export`` subcommand to the ``depgraph`` parser's subparsers."""
-    from ..cli import positive_int  # the shared integer check of the command line
+    from ..cli import non_negative_float, positive_int  # the shared checks of the command line
 
     p = sub.add_parser("export", help="export a model to ONNX / torch.export and check it against eager")
     p.add_argument("model", help="a Hugging Face folder, a depgraph.save file (with --base), a whole model saved "
@@ -43,8 +33,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=1, help="batch of the example input (default: 1)")
     p.add_argument("--input-size", type=positive_int, default=None, help="image height and width (default: the model's)")
     p.add_argument("--seq-len", type=positive_int, default=16, help="tokens of a text model's example input (default: 16)")
-    p.add_argument("--atol", type=_tolerance, default=1e-4, help="absolute tolerance (default: 1e-4)")
-    p.add_argument("--rtol", type=_tolerance, default=1e-4, help="relative tolerance (default: 1e-4)")
+    p.add_argument("--atol", type=non_negative_float, default=1e-4, help="absolute tolerance (default: 1e-4)")
+    p.add_argument("--rtol", type=non_negative_float, default=1e-4, help="relative tolerance (default: 1e-4)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow unpickling a model saved whole with torch.save (runs code from the file)")
     p.add_argument("--plain", action="store_true", help="plain-text tables even when rich is installed")

@@ -18,26 +18,6 @@ from typing import Any
 __all__ = ["add_parser", "run"]
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
-
-
-def _weight(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
-
-
 def _layers(text: str) -> tuple[str | int, ...]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
@@ -47,7 +27,11 @@ def _layers(text: str) -> tuple[str | int, ...]:
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``recover`` subcommand to the ``depgraph`` parser's subparsers."""
-    from ..cli import positive_int  # the shared integer check of the command line
+    from ..cli import (  # the shared checks of the command line
+        non_negative_float,
+        positive_float,
+        positive_int,
+    )
 
     p = sub.add_parser("recover", help="distil the unpruned model into a pruned one on your data, then save it")
     p.add_argument("model", help="the pruned model: a Hugging Face folder, a depgraph.save file (with --base) "
@@ -62,14 +46,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="an image folder (one subfolder per class, or flat), a .txt file or a .jsonl file")
     p.add_argument("--output", required=True, metavar="PATH", help="where the recovered model goes (checked first)")
     p.add_argument("--steps", type=positive_int, default=100, help="optimizer steps (default: 100)")
-    p.add_argument("--lr", type=_positive_float, default=1e-4, help="AdamW learning rate (default: 1e-4)")
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="AdamW learning rate (default: 1e-4)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="batch size per process (default: 8)")
     p.add_argument("--grad-accum", type=positive_int, default=1, help="batches per optimizer step (default: 1)")
-    p.add_argument("--temperature", type=_positive_float, default=2.0, help="distillation temperature (default: 2)")
-    p.add_argument("--kd-weight", type=_weight, default=1.0, help="weight of the logit distillation (default: 1)")
-    p.add_argument("--task-weight", type=_weight, default=None,
+    p.add_argument("--temperature", type=positive_float, default=2.0, help="distillation temperature (default: 2)")
+    p.add_argument("--kd-weight", type=non_negative_float, default=1.0, help="weight of the logit distillation (default: 1)")
+    p.add_argument("--task-weight", type=non_negative_float, default=None,
                    help="weight of the task loss (default: 1 when the data has labels or the model is a causal LM)")
-    p.add_argument("--hidden-weight", type=_weight, default=0.0,
+    p.add_argument("--hidden-weight", type=non_negative_float, default=0.0,
                    help="weight of the hidden-state MSE (default: 0, off)")
     p.add_argument("--hidden-layers", type=_layers, default=None, metavar="A,B",
                    help="hidden states to match: module names, or hidden_states indices of a Hugging Face model "
