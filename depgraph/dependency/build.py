@@ -85,6 +85,7 @@ class GraphBuilder:
         self.param_nodes: dict[Any, list[Node]] = {}
         self.warned: set[str] = set()
         self._same: list[int] = []  # identity class of each slot, set before the derived-size checks
+        self._members: dict[int, list[int]] = {}  # identity class -> its slots, filled on first need
 
     # -- endpoints --------------------------------------------------------------
     def node_of(self, module: nn.Module) -> Node | None:
@@ -257,9 +258,14 @@ class GraphBuilder:
         """
         if self._same_class(slot, sources):
             return True
+        # Reaching any slot of a source's identity class reaches the source: stop there.
+        if not self._members:
+            for s, c in enumerate(self._same):
+                self._members.setdefault(c, []).append(s)
+        targets = {t for c in {self._same[s] for s in sources} for t in self._members[c]}
         plan = propagate(self.graph, slot, torch.zeros(1, dtype=torch.long), {}, stop_at_frozen=False,
-                         grouping=True, until=sources)
-        return bool(sources & plan.state.keys())
+                         grouping=True, until=targets)
+        return bool(targets & plan.state.keys())
 
     def _apply_rule(self, op: OpNode, ctx: RuleContext) -> None:
         if op.is_module:
