@@ -6,6 +6,7 @@ model (nothing is mutated).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -221,10 +222,19 @@ class GraphBuilder:
         g = self.graph
         merged = [slot] + [r.b if r.a == slot else r.a for r in g.rules[slot]
                            if isinstance(r, PairRule) and isinstance(r.fwd, Identity)]
+        read = math.prod(g.sizes[s] for s in sources)
         for m in merged:
             for rule in g.rules[m]:
-                if isinstance(rule, FactorRule) and rule.merged == m and all(
-                        self._bound(p) or self._reaches(p, sources) for p in rule.parts):
+                if not (isinstance(rule, FactorRule) and rule.merged == m):
+                    continue
+                reach = [self._reaches(p, sources) for p in rule.parts]
+                if not all(r or self._bound(p) for p, r in zip(rule.parts, reach, strict=True)):
+                    continue
+                # The attribute-bound parts must be the factors the size multiplies into what it
+                # read: MaxViT's ``reshape(B, G, P, D)`` with ``D = x.size(-1)`` merges parts sized
+                # by ``n_heads`` and ``head_dim``, but D follows x, not those attributes.
+                bound_only = math.prod(s for s, r in zip(rule.sizes, reach, strict=True) if not r)
+                if bound_only * read == rule.n:
                     return True
         return False
 

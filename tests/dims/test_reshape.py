@@ -280,3 +280,38 @@ def test_reshape_as_an_uncoupled_tensor_freezes():
     DG = build(model, (torch.randn(2, 4, 6), torch.randn(2, 4, 8)))
     group = DG.get_pruning_group(model.linear, tp.prune_linear_out_channels, [2])
     assert any("computed from another tensor's shape" in r for r in group.blocked_by)
+
+
+class MaxViTAttentionBlock(nn.Module):
+    """torchvision MaxViT's attention with its residual: it ends in ``reshape(B, G, P, D)``, D read
+    from its *input*, so the residual width and the heads' inner width may only change together."""
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+
+        self.proj = nn.Linear(8, 16)
+        self.attn = RelativePositionalMultiHeadAttention(feat_dim=16, head_dim=4, max_seq_len=4)
+        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = self.proj(x)
+        x = x + self.attn(x)
+        return self.head(x + self.mlp(x))
+
+
+def test_reshape_to_a_size_read_from_another_input_keeps_the_heads_with_it():
+    from .._checks import build
+
+    model = MaxViTAttentionBlock()
+    x = torch.randn(1, 2, 4, 8)
+    DG = build(model, x)
+    # D follows the residual; the merged (heads x head_dim) dim follows n_heads/head_dim: not the same.
+    group = DG.get_pruning_group(model.proj, tp.prune_linear_out_channels, [1])
+    assert any("computed from another tensor's shape" in r for r in group.blocked_by), group.details()
+    inner = DG.get_pruning_group(model.attn.merge, tp.prune_linear_in_channels, [1])
+    assert any("computed from another tensor's shape" in r for r in inner.blocked_by), inner.details()
+    done = prune_all_groups(model, x, n_per_group=2, exact=True)
+    assert model.mlp[0].out_features == 30 and model.proj.out_features == 16 and model.attn.merge.in_features == 16
+    assert done.result.exact
