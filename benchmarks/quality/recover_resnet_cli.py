@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--temperature", type=float, default=4.0)
+    p.add_argument("--runs", default="ref,labels,kd",
+                   help="recoveries to run: ref (unpruned, labels), labels (pruned, labels), kd (pruned, both)")
+    p.add_argument("--reuse", action="store_true", help="keep outputs already in --work whose time is in "
+                   "WORK/stages.json instead of running their command again")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.batch_size = 4, 32
@@ -96,23 +100,31 @@ def main(argv: list[str] | None = None) -> dict:
     teacher = Normalized(load_model(args.quick, (x_test, y_test)), data.FMNIST_MEAN, data.FMNIST_STD).eval()
     torch.save(teacher, work / "teacher.pt")
 
-    stages: dict[str, dict] = {}
+    stages_file = work / "stages.json"
+    stages: dict[str, dict] = json.loads(stages_file.read_text()) if args.reuse and stages_file.is_file() else {}
+
+    def run(stage: str, output: str, cmd: list[str]) -> None:
+        if args.reuse and stage in stages and (work / output).is_file():
+            return
+        (work / output).unlink(missing_ok=True)
+        stages[stage] = {"command": "depgraph " + shlex.join(cmd), "seconds": depgraph(*cmd)}
+        stages_file.write_text(json.dumps(stages, indent=1))
+
     prune = ["prune", str(work / "teacher.pt"), "--trust-pickle", "--input-shape", "1,28,28", "--target", "macs=0.5",
              "--importance", "l2", "--global", "--save-format", "pickle", "--no-latency", "--plain",
              "--output", str(work / "pruned.pt")]
-    (work / "pruned.pt").unlink(missing_ok=True)
-    stages["prune"] = {"command": "depgraph " + shlex.join(prune), "seconds": depgraph(*prune)}
+    run("prune", "pruned.pt", prune)
     common = ["--data", str(work / f"train{per_class}"), "--input-size", "28", "--trust-pickle",
               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
               "--warmup-steps", str(max(1, args.steps // 4)), "--weight-decay", "5e-4",
               "--temperature", str(args.temperature), "--eval-batches", "2", "--no-progress", "--plain"]
     runs = [("unpruned", "teacher.pt", "0", "ref.pt"), ("pruned", "pruned.pt", "0", "labels.pt"),
             ("pruned", "pruned.pt", "1", "kd.pt")]
+    chosen = {f"{r}.pt" for r in args.runs.split(",")}
+    runs = [r for r in runs if r[3] in chosen]
     for _, student, kd, out in runs:
-        (work / out).unlink(missing_ok=True)
-        cmd = ["recover", str(work / student), "--teacher", str(work / "teacher.pt"), *common, "--kd-weight", kd,
-               "--output", str(work / out)]
-        stages[out] = {"command": "depgraph " + shlex.join(cmd), "seconds": depgraph(*cmd)}
+        run(out, out, ["recover", str(work / student), "--teacher", str(work / "teacher.pt"), *common,
+                       "--kd-weight", kd, "--output", str(work / out)])
 
     def load(name: str) -> torch.nn.Module:
         return torch.load(work / name, weights_only=False).eval()
