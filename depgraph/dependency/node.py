@@ -6,12 +6,13 @@ from collections import namedtuple
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from ..functional.parametrized import plain_weights
 
-__all__ = ["Node", "Dependency", "GroupItem", "fn_name", "pruning_side"]
+__all__ = ["Node", "Dependency", "GroupItem", "fn_name", "index_list", "pruning_side"]
 
 
 def fn_name(fn: Callable | None) -> str:
@@ -151,11 +152,27 @@ class GroupItem(namedtuple("GroupItem", ["dep", "idxs"])):
     it defaults to ``idxs``.
     """
 
-    def __new__(cls, dep: Dependency, idxs: list[int], root_idxs: list[int] | None = None) -> GroupItem:
+    def __new__(cls, dep: Dependency, idxs: list[int], root_idxs: list[int] | None = None, *,
+                tensors: tuple[torch.Tensor, torch.Tensor] | None = None) -> GroupItem:
         self = super().__new__(cls, dep, idxs)
         if root_idxs is not None:
             self.__dict__["root_idxs"] = root_idxs
+        if tensors is not None:  # the planner's int64 tensors of idxs and root_idxs, kept for criteria
+            self.__dict__["index_tensors_"] = tensors
         return self
+
+    def index_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(idxs, root_idxs)`` as int64 tensors, so criteria need not rebuild them from the lists.
+
+        The graph's members carry the tensors they were planned with; any other member (built by
+        hand, or whose lists were changed in place to another length) converts its lists.
+        """
+        idxs, roots = self.idxs, self.root_idxs
+        kept = self.__dict__.get("index_tensors_")
+        if kept is not None and kept[0].numel() == len(idxs) and kept[1].numel() == len(roots):
+            return kept
+        t = torch.as_tensor(list(idxs), dtype=torch.long)
+        return t, (t if roots is idxs else torch.as_tensor(list(roots), dtype=torch.long))
 
     @property
     def root_idxs(self) -> list[int]:
@@ -170,3 +187,33 @@ class GroupItem(namedtuple("GroupItem", ["dep", "idxs"])):
 
 def _short(idxs: list[int], n: int = 12) -> str:
     return str(idxs) if len(idxs) <= n else f"[{', '.join(map(str, idxs[:n]))}, ...]"
+
+
+class _SharedInts:
+    """One Python int object per index value, shared by every index list the graph hands out.
+
+    ``tensor.tolist()`` makes a new 28-byte int per element; a pruner holding every group of
+    an LLM (an MLP group lists 28672 channels on three members, twice) then holds hundreds
+    of megabytes of equal ints. Lists built from this pool cost the 8-byte pointer only.
+    """
+
+    def __init__(self) -> None:
+        self.pool = np.arange(0, dtype=object)
+
+    def take(self, t: torch.Tensor) -> list[int]:
+        if t.numel() == 0:
+            return []
+        top = int(t.max()) + 1
+        if top > len(self.pool) or int(t.min()) < 0:
+            if int(t.min()) < 0:
+                return t.tolist()
+            self.pool = np.arange(max(top, 2 * len(self.pool)), dtype=object)
+        return self.pool[t.numpy()].tolist()  # object-array indexing keeps the pool's int objects
+
+
+_SHARED = _SharedInts()
+
+
+def index_list(t: torch.Tensor) -> list[int]:
+    """``t.tolist()`` for a 1-D int64 tensor of indices, with ints shared across calls (see :class:`_SharedInts`)."""
+    return _SHARED.take(t.detach().cpu().flatten())
