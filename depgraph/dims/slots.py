@@ -64,8 +64,10 @@ class PairRule:
         # fall outside (one input of a cat, read back from the output) is answered without a
         # tensor op, which keeps a DenseNet concat of k inputs from costing k index ops per push.
         self._window = {a: _window(fwd), b: _window(self.bwd)}
-        #: slots whose pushes come out ascending and unique (the propagation skips its sort check)
-        self.sorted_from = frozenset(s for s, m in ((a, fwd), (b, self.bwd)) if isinstance(m, _MONOTONE))
+        #: slots whose pushes give each reached position exactly one source and come out ascending
+        #: for ascending input: the propagation skips its sort check, and the echo (those positions
+        #: pushed straight back through this rule) which could only reach positions already removed
+        self.simple_from = frozenset(s for s, m in ((a, fwd), (b, self.bwd)) if isinstance(m, _SIMPLE))
 
     def push(self, slot: int, idx: torch.Tensor, state: dict, dead: dict, grouping: bool = False,
              roots: torch.Tensor | None = None, span: tuple[int, int] | None = None):
@@ -88,7 +90,7 @@ class PairRule:
         return [(dst_slot, dst, src_root[pos])]
 
 
-_MONOTONE = (Identity, Offset, Gather)  # ascending unique positions in -> ascending unique out
+_SIMPLE = (Identity, Offset, Gather)  # one source per destination; ascending unique in -> out
 
 
 def _window(m: IndexMap) -> tuple[int, int] | None:
