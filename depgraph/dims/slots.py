@@ -196,6 +196,8 @@ class SlotGraph:
         # slot -> [(module, attribute)]: attributes that hold the slot's size and must
         # follow it (``self.head_dim`` given to a reshape).
         self.bindings: dict[int, list[tuple[object, str]]] = {}
+        self._holders: dict[tuple[int, str], list[int]] = {}  # (id(owner), attr) -> slots bound to it
+        self._bind_order: dict[int, int] = {}  # slot -> its position in ``bindings``
         # Slots whose pruning depends on sizes computed at run time (reshape factors,
         # bound attributes, custom layers): after pruning them the graph runs the model once.
         self.shape_sensitive: set[int] = set()
@@ -213,17 +215,23 @@ class SlotGraph:
 
     def bind(self, slot: int, owner: object, attr: str) -> None:
         """``owner.attr`` holds the size of ``slot``; every slot bound to it loses the same positions."""
-        for other, pairs in self.bindings.items():
-            # By identity: two configs with equal contents are still two configs.
-            if other != slot and any(o is owner and a == attr for o, a in pairs):
-                if self.sizes[other] == self.sizes[slot]:
-                    self.pair(other, slot)
-                else:  # one attribute cannot hold two sizes
-                    reason = f"{type(owner).__name__}.{attr} sizes dims of {self.sizes[other]} and {self.sizes[slot]}"
-                    self.freeze(other, reason)
-                    self.freeze(slot, reason)
-                break
+        # By identity: two configs with equal contents are still two configs. The slot coupled to
+        # is the earliest in ``bindings`` holding the attribute, found through an index rather
+        # than a scan of every binding (a config attribute is bound once per layer).
+        key = (id(owner), attr)
+        holders = [s for s in self._holders.get(key, ()) if s != slot]
+        if holders:
+            other = min(holders, key=self._bind_order.__getitem__)
+            if self.sizes[other] == self.sizes[slot]:
+                self.pair(other, slot)
+            else:  # one attribute cannot hold two sizes
+                reason = f"{type(owner).__name__}.{attr} sizes dims of {self.sizes[other]} and {self.sizes[slot]}"
+                self.freeze(other, reason)
+                self.freeze(slot, reason)
+        if slot not in self.bindings:
+            self._bind_order[slot] = len(self._bind_order)
         self.bindings.setdefault(slot, []).append((owner, attr))
+        self._holders.setdefault(key, []).append(slot)
         self.shape_sensitive.add(slot)
         self.bind_log.append((id(owner), attr))
 
