@@ -46,7 +46,10 @@ divided by the MACs speed-up (1.0 = as fast as the MACs say). Then
 ``depgraph.utils.profile_layers`` times every leaf module (one thread) for
 ``plain`` and the folded ``channels_last`` setting: the per-layer table
 (channels, MACs, ms, both speed-ups, the ATen kernel that ran) and the excess
-over the MACs' promise per module class (``gap_by_kind``).
+over the MACs' promise per module class (``gap_by_kind``). Table 4
+(``--channel-sweep``): GMAC/s of a single ``C -> C`` convolution against its
+width ``C``, NCHW and ``channels_last``, to see which channel counts the
+kernels dislike.
 
 Weights are random: only the architecture matters for these timings. CPU
 latency is for ``--batch-size`` (default 1) images, CUDA latency for
@@ -354,6 +357,41 @@ def profile_json(p: LayerProfile) -> dict:
             "layers": [dict(vars(t)) for t in p.layers]}
 
 
+SWEEP_WIDTHS = (56, 60, 62, 63, 64, 65, 66, 68, 72, 80, 96)
+SWEEP_SHAPES = ((56, 3), (56, 1), (14, 3), (14, 1))  # (image side, kernel size)
+
+
+def channel_sweep(rounds: int) -> tuple[str, dict]:
+    """GMAC/s of one ``C -> C`` convolution against ``C``, NCHW and channels_last, one thread, batch 1.
+
+    Isolates the kernels' taste in channel counts from everything else in a
+    network: the same arithmetic per channel, only the width changes.
+    """
+    rows, data = [], []
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for side, k in SWEEP_SHAPES:
+            for fmt in ("NCHW", "channels_last"):
+                row = [f"{side}x{side}, {k}x{k}, {fmt}"]
+                for c in SWEEP_WIDTHS:
+                    conv = nn.Conv2d(c, c, k, padding=k // 2, bias=False).eval()
+                    x = torch.randn(1, c, side, side)
+                    if fmt == "channels_last":
+                        conv = conv.to(memory_format=torch.channels_last)
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    ms = best_times({"conv": (conv, x)}, rounds, time.thread_time)["conv"]
+                    gmacs = c * c * k * k * side * side / (ms * 1e6)
+                    row.append(f"{gmacs:.0f}")
+                    data.append({"side": side, "kernel": k, "format": fmt, "channels": c, "ms": ms, "gmac_per_s": gmacs})
+                rows.append(row)
+    finally:
+        torch.set_num_threads(default_threads)
+    text = markdown("One C -> C convolution, batch 1, one thread: GMAC/s against C (CPU time, best of runs)",
+                    ["shape, layout"] + [str(c) for c in SWEEP_WIDTHS], rows)
+    return text, {"channel_sweep": data}
+
+
 def per_layer_report(args: argparse.Namespace) -> tuple[str, dict]:
     settings = SETTINGS + (("compile",) if args.compile else ())
     cases = []
@@ -368,6 +406,11 @@ def per_layer_report(args: argparse.Namespace) -> tuple[str, dict]:
             print(f"    done in {time.perf_counter() - t0:.0f} s, load average {os.getloadavg()[0]:.1f}", flush=True)
     data = {"cases": [{**c, "layers": {k: {side: profile_json(p) for side, p in v.items()} for k, v in c["layers"].items()}}
                       for c in cases]}
+    if args.channel_sweep:
+        print("  channel sweep ...", flush=True)
+        sweep_text, sweep = channel_sweep(args.rounds)
+        text += "\n" + sweep_text
+        data.update(sweep)
     return text, data
 
 
@@ -421,12 +464,15 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--rich", action="store_true", help="render the tables with rich")
     parser.add_argument("--output", type=Path, default=None, help="write the markdown tables to this file")
     parser.add_argument("--per-layer", action="store_true", help="table 3 (where the speed-up goes) instead of 1 and 2")
-    parser.add_argument("--models", nargs="+", default=None, help="--per-layer models (default resnet50 mobilenet_v2)")
+    parser.add_argument("--models", nargs="*", default=None,
+                        help="--per-layer torchvision models (default resnet50 mobilenet_v2; none: the sweep only)")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="--per-layer image sides (default 64 224)")
     parser.add_argument("--layer-ratio", type=float, default=0.5, help="--per-layer pruning ratio (round_to 8)")
     parser.add_argument("--rounds", type=int, default=None, help="--per-layer interleaved runs (default 15; 5 --quick)")
     parser.add_argument("--wall-rounds", type=int, default=None,
                         help="--per-layer interleaved runs on the default threads (default 5; 3 --quick)")
+    parser.add_argument("--channel-sweep", action="store_true",
+                        help="--per-layer: also GMAC/s of one conv against its width (table 4)")
     parser.add_argument("--compile", action="store_true", help="--per-layer: also time torch.compile (slow)")
     parser.add_argument("--json", type=Path, default=None, help="--per-layer: write every number to this JSON file")
     args = parser.parse_args(argv)
@@ -449,16 +495,18 @@ def main(argv: Sequence[str] | None = None) -> str:
     if args.per_layer:
         if not 0.0 < args.layer_ratio < 1.0:
             parser.error(f"--layer-ratio must be in (0, 1), got {args.layer_ratio}")
-        args.models = args.models or (["resnet50"] if q else list(LAYER_MODELS))
+        if args.models is None:
+            args.models = ["resnet50"] if q else list(LAYER_MODELS)
         args.sizes = args.sizes or ([64] if q else [64, 224])
         args.rounds = args.rounds or (5 if q else 15)
         args.wall_rounds = args.wall_rounds or (3 if q else 5)
-        print(f"per-layer latency of {', '.join(args.models)} at {args.sizes} ...")
+        if args.models:
+            print(f"per-layer latency of {', '.join(args.models)} at {args.sizes} ...")
         body, data = per_layer_report(args)
         text = environment(False) + body
         if args.json is not None:
             data["environment"] = environment(False).strip()
-            args.json.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+            args.json.write_text(json.dumps(data) + "\n", encoding="utf-8")
             print(f"wrote {args.json}")
     else:
         print(f"measuring {len(args.ratios)} ratios x round_to (none, 8) on {'CPU and CUDA' if use_cuda else 'CPU'} ...")

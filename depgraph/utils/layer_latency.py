@@ -44,6 +44,8 @@ __all__ = [
 ]
 
 _LABEL = "depgraph.layer:"
+# Ops that only allocate an output: never the kernel that did a layer's work.
+_ALLOCATORS = frozenset({"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::resize_"})
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class LayerTime:
         out_channels: ``out_channels`` / ``out_features`` / ``num_features`` when the module has one.
         macs: MACs per example.
         ms: best time of one forward's calls of this module, in milliseconds.
-        kernel: the ATen op with the most self time inside the module (``None`` if not profiled).
+        kernel: the ATen op that did the module's work (``None`` if not profiled).
     """
 
     name: str
@@ -184,7 +186,13 @@ def _hooked(leaves: dict[nn.Module, str], clock: _Clock) -> Iterator[None]:
 
 
 def _kernels(model: nn.Module, example_inputs: ExampleInputs, leaves: dict[nn.Module, str]) -> dict[str, str]:
-    """The ATen op with the most self CPU time under each leaf's profiler range, from one run."""
+    """The ATen op that did each leaf's work, from one profiled run.
+
+    From the leaf's profiler range, follow the child holding the most time
+    while it holds at least half of its parent's: ``conv2d -> convolution ->
+    _convolution -> mkldnn_convolution``. Where no child dominates (a layout
+    ``copy_`` beside the kernel), the parent's name is the honest answer.
+    """
     from torch.profiler import ProfilerActivity, profile
 
     clock = _Clock(leaves, label=True)
@@ -194,12 +202,12 @@ def _kernels(model: nn.Module, example_inputs: ExampleInputs, leaves: dict[nn.Mo
     for ev in prof.events():
         if not ev.name.startswith(_LABEL):
             continue
-        # Walk down the dominant child while it holds most of its parent's time:
-        # conv2d -> convolution -> _convolution -> mkldnn_convolution, stopping
-        # above an ``empty`` that only allocates the output.
         node = ev
-        while node.cpu_children:
-            child = max(node.cpu_children, key=lambda e: e.cpu_time_total)
+        while True:
+            kids = [e for e in node.cpu_children if e.name not in _ALLOCATORS]
+            if not kids:
+                break
+            child = max(kids, key=lambda e: e.cpu_time_total)
             if node is not ev and child.cpu_time_total < 0.5 * node.cpu_time_total:
                 break
             node = child
