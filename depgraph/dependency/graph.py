@@ -38,7 +38,7 @@ from .build import GraphBuilder, handler_width
 from .group import Group
 from .heads import ModuleHeadsGroup
 from .hooks import PruneHooks, RemovableHandle
-from .node import Dependency, GroupItem, Node, fn_name, pruning_side
+from .node import Dependency, GroupItem, Node, fn_name, index_list, pruning_side
 from .records import update_records
 from .transaction import Transaction, add_note_once
 
@@ -491,7 +491,10 @@ class DependencyGraph:
             pos, roots = self.to_current(slot, pos), self.to_current(root_slot, roots)
             src = eps.get(plan.source.get(slot, slot), ep)
             dep = Dependency(src.handler, ep.handler, src.node, ep.node, side="out" if ep.is_out else "in")
-            items.append(GroupItem(dep, pos.tolist(), roots.tolist()))
+            idxs = index_list(pos)
+            # most members follow the root position for position: one list serves as both
+            same = pos.shape == roots.shape and bool(torch.equal(pos, roots))
+            items.append(GroupItem(dep, idxs, None if same else index_list(roots)))
         if items and root_slot not in eps:
             raise DepgraphError("the root of a group must be a prunable layer")
         return items

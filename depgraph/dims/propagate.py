@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .slots import SlotGraph
+from .slots import PairRule, SlotGraph
 
 __all__ = ["Propagation", "propagate"]
 
@@ -51,20 +51,31 @@ def propagate(
     ``unfrozen`` lifts the graph's freeze of these slots for this query only.
     """
     p = Propagation()
-    frozen = graph.frozen if not blocked else {**blocked, **graph.frozen}
-    if unfrozen:  # slots this query may change after all (model outputs, for an explicit request)
-        frozen = {s: r for s, r in frozen.items() if s not in unfrozen or (blocked and s in blocked)}
-    queue: deque = deque()
+    frozen_slots, blocked = graph.frozen, blocked or {}
 
-    def merge(slot: int, pos: torch.Tensor, roots: torch.Tensor, origin: int) -> None:
+    def frozen_reason(slot: int) -> str | None:
+        # What {**blocked, **graph.frozen} minus ``unfrozen`` (never a blocked slot) would hold:
+        # looked up per reached slot, since building it would walk every frozen slot per query.
+        reason = frozen_slots.get(slot)
+        if reason is not None and unfrozen and slot in unfrozen and slot not in blocked:
+            reason = None
+        return reason if reason is not None else blocked.get(slot)
+
+    queue: deque = deque()  # (slot, new positions ascending, their roots, endpoint origin)
+    hit = False  # a slot of ``until`` was reached
+
+    def merge(slot: int, pos: torch.Tensor, roots: torch.Tensor, origin: int, ordered: bool) -> None:
         # Runs once per (rule, reached slot): kept to a handful of tensor ops, since on a
         # deep model the per-call overhead, not the index count, is what adds up.
+        nonlocal hit
         if pos.numel() == 0:
             return
         st = p.state.get(slot)
         d = dead.get(slot)
         if st is None:  # first visit: every position is new unless already pruned
             st = p.state[slot] = torch.full((graph.sizes[slot],), -1, dtype=torch.long)
+            if until and slot in until:
+                hit = True
             fresh = ~d[pos] if d is not None else None
         else:
             fresh = st[pos] < 0
@@ -82,21 +93,31 @@ def propagate(
         st[pos] = roots
         if slot in graph.inexact:
             p.inexact[slot] = graph.inexact[slot]
-        if slot in frozen:
-            p.violations[slot] = frozen[slot]
+        reason = frozen_reason(slot)
+        if reason is not None:
+            p.violations[slot] = reason
             if stop_at_frozen:
                 return
         nxt = slot if slot in graph.endpoints else origin
-        if pos.numel() > 1 and not bool((pos.diff() > 0).all()):
+        if not ordered and pos.numel() > 1 and not bool((pos.diff() > 0).all()):
             pos = torch.unique(pos)  # rules expect each position once; most arrive sorted already
-        queue.append((slot, pos, nxt))
+            roots = st[pos]
+        queue.append((slot, pos, roots, nxt))
 
-    merge(root, idxs, idxs.clone(), root)
+    merge(root, idxs, idxs.clone(), root, False)
     while queue:
-        if until and not until.isdisjoint(p.state.keys()):
+        if hit:
             break  # a reachability question answered: stop early
-        slot, pos, origin = queue.popleft()
+        slot, pos, roots, origin = queue.popleft()
+        span = None  # (first, last) of pos, read once and only for a rule that can use it
         for rule in graph.rules[slot]:
-            for tgt, tpos, troots in rule.push(slot, pos, p.state, dead, grouping):
-                merge(tgt, tpos, troots, origin)
+            if isinstance(rule, PairRule):
+                if span is None and not rule.identity:
+                    span = (int(pos[0]), int(pos[-1]))
+                pushed = rule.push(slot, pos, p.state, dead, grouping, roots, span)
+                ordered = slot in rule.sorted_from
+            else:
+                pushed, ordered = rule.push(slot, pos, p.state, dead, grouping), False
+            for tgt, tpos, troots in pushed:
+                merge(tgt, tpos, troots, origin, ordered)
     return p

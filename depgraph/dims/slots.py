@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import DepgraphError
-from .indexmap import Identity, IndexMap
+from .indexmap import Gather, Identity, IndexMap, Offset
 
 __all__ = ["SlotGraph", "PairRule", "FactorRule", "Endpoint", "HeadAxis"]
 
@@ -60,17 +60,42 @@ class PairRule:
     def __init__(self, a: int, b: int, fwd: IndexMap):
         self.a, self.b, self.fwd, self.bwd = a, b, fwd, fwd.inverse()
         self.identity = isinstance(fwd, Identity)
+        # Source positions an Offset keeps, per direction ([lo, hi)): a push whose positions all
+        # fall outside (one input of a cat, read back from the output) is answered without a
+        # tensor op, which keeps a DenseNet concat of k inputs from costing k index ops per push.
+        self._window = {a: _window(fwd), b: _window(self.bwd)}
+        #: slots whose pushes come out ascending and unique (the propagation skips its sort check)
+        self.sorted_from = frozenset(s for s, m in ((a, fwd), (b, self.bwd)) if isinstance(m, _MONOTONE))
 
-    def push(self, slot: int, idx: torch.Tensor, state: dict, dead: dict, grouping: bool = False):
-        """Positions ``idx`` removed from ``slot``: the ``(slot, positions, root positions)`` they remove across."""
-        src_root = state[slot][idx]
+    def push(self, slot: int, idx: torch.Tensor, state: dict, dead: dict, grouping: bool = False,
+             roots: torch.Tensor | None = None, span: tuple[int, int] | None = None):
+        """Positions ``idx`` removed from ``slot``: the ``(slot, positions, root positions)`` they remove across.
+
+        ``roots`` (``state[slot][idx]``) and ``span`` (``idx``'s smallest and largest position, for
+        ascending ``idx``) are optional shortcuts the propagation already knows.
+        """
+        src_root = state[slot][idx] if roots is None else roots
         if self.identity:  # the common case (elementwise ops, a module's channels): no index work
             return [(self.b if slot == self.a else self.a, idx, src_root)]
-        if slot == self.a:
-            dst, pos = self.fwd.apply(idx)
-            return [(self.b, dst, src_root[pos])]
-        dst, pos = self.bwd.apply(idx)
-        return [(self.a, dst, src_root[pos])]
+        fwd, dst_slot = (self.fwd, self.b) if slot == self.a else (self.bwd, self.a)
+        win = self._window[slot]
+        if win is not None and span is not None:
+            if span[1] < win[0] or span[0] >= win[1]:
+                return []  # none of them reaches the other side
+            if span[0] >= win[0] and span[1] < win[1]:
+                return [(dst_slot, idx + fwd.shift, src_root)]  # all of them, shifted
+        dst, pos = fwd.apply(idx)
+        return [(dst_slot, dst, src_root[pos])]
+
+
+_MONOTONE = (Identity, Offset, Gather)  # ascending unique positions in -> ascending unique out
+
+
+def _window(m: IndexMap) -> tuple[int, int] | None:
+    """``[lo, hi)``: the source positions an :class:`Offset` maps inside its destination (None: not an Offset)."""
+    if not isinstance(m, Offset):
+        return None
+    return max(0, -m.shift), min(m.n_src, m.n_dst - m.shift)
 
 
 class FactorRule:

@@ -36,7 +36,13 @@ def power_sum(x: torch.Tensor, p: float) -> torch.Tensor:
     """``sum |x|**p`` over every dim but the first, in one pass."""
     if x.dim() == 1:
         return x.abs().pow(p)
-    return torch.linalg.vector_norm(x.float(), ord=p, dim=tuple(range(1, x.dim()))).pow(p)
+    dims = tuple(range(1, x.dim()))
+    if x.is_contiguous():  # each channel's entries are one contiguous row: the fused norm is fastest
+        return torch.linalg.vector_norm(x.float(), ord=p, dim=dims).pow(p)
+    # A strided channel view (the input side of a conv or linear, channels along dim 1): the
+    # norm kernel walks it entry by entry, ~5x slower than summing the powers over the other dims.
+    x = x.float()
+    return (x * x if p == 2 else x.abs().pow(p)).sum(dim=dims)
 
 
 def row_sum(x: torch.Tensor) -> torch.Tensor:

@@ -192,10 +192,11 @@ class BasePruner:
         self.current_step = 0
         self._soft_pruned: dict[Any, set[int]] = {}
         self._initial: dict[Any, int] = {}
-        groups = list(self.DG.get_all_groups(self.ignored_layers, self.options.root_module_types))
-        for group in groups:
+        # (slot graph, version, groups): listing them is a propagation per group, so the first
+        # step and update_regularizer reuse the list while no prune has changed the graph
+        self._listed: tuple[Any, int, list[Group]] | None = None
+        for group in self.prunable_groups():
             self._initial[group[0].dep.target.module] = len(group[0].idxs)
-        self._fresh_groups: list | None = groups  # the graph is unchanged until update_regularizer reads them
         opts = self.options
         _warn_unused_options(opts)
         needs_heads = opts.prune_num_heads or opts.num_heads or not opts.prune_head_dims
@@ -290,6 +291,19 @@ class BasePruner:
         if self._heads is None:
             return {}
         return self._heads.current_counts()
+
+    def prunable_groups(self) -> list[Group]:
+        """Every group this pruner may prune, on the model as it is now (``ignored_layers`` and
+        ``root_module_types`` applied); the same list until a prune changes the graph.
+
+        Do not mutate the list or its groups: the next step and ``update_regularizer`` read it.
+        """
+        graph, version = self.DG.slot_graph, self.DG.version
+        listed = self._listed
+        if listed is None or listed[0] is not graph or listed[1] != version:
+            groups = list(self.DG.get_all_groups(self.ignored_layers, self.options.root_module_types))
+            listed = self._listed = (graph, version, groups)
+        return listed[2]
 
     # -- scoring ------------------------------------------------------------------------------
     def estimate_importance(self, group: Group) -> torch.Tensor | None:
@@ -462,9 +476,7 @@ class BasePruner:
     # -- sparse training -----------------------------------------------------------------------------
     def update_regularizer(self) -> None:
         """Refresh the groups ``regularize`` works on (call after pruning the model)."""
-        fresh, self._fresh_groups = getattr(self, "_fresh_groups", None), None
-        self._groups = fresh if fresh is not None else list(
-            self.DG.get_all_groups(self.ignored_layers, self.options.root_module_types))
+        self._groups = list(self.prunable_groups())
 
     def regularize(self, model: nn.Module, loss: torch.Tensor | None = None) -> None:
         """Add sparsity gradients; call between ``loss.backward()`` and ``optimizer.step()``.

@@ -61,6 +61,8 @@ class HeadPlanner:
         self.scopes = ScopeTable(opts.replace(
             pruning_ratio=opts.head_pruning_ratio, pruning_ratio_dict=opts.head_pruning_ratio_dict), pool_tuples=True)
         self.initial: dict[Hashable, int] = {}
+        # (slot graph, version) -> blocks found on it: a step reads them again on the unchanged graph
+        self._blocks: tuple[Any, int, list[AttentionHeads | ModuleHeads]] | None = None
         rejected: list[str] = []
         blocks = self.blocks(rejected)
         for b in blocks:
@@ -81,12 +83,19 @@ class HeadPlanner:
     def blocks(self, rejected: list[str] | None = None) -> list[AttentionHeads | ModuleHeads]:
         """Every attention block whose heads may go, found on the graph as it is now.
 
-        Read afresh each step because earlier steps change head counts; ``rejected`` collects
-        why candidate blocks were not taken, for the warning naming them.
+        Read afresh once a prune changed the graph (earlier steps change head counts), else
+        reused: finding them costs one propagation per key/value head. ``rejected`` collects
+        why candidate blocks were not taken, for the warning naming them (always a fresh search).
         """
         p = self.pruner
-        return (find_attention_heads(p.DG, p.ignored_layers, p.options.root_module_types, rejected)
-                + find_module_heads(p.DG, p.ignored_layers))
+        graph, version = p.DG.slot_graph, p.DG.version
+        cached = self._blocks
+        if rejected is None and cached is not None and cached[0] is graph and cached[1] == version:
+            return list(cached[2])
+        found = (find_attention_heads(p.DG, p.ignored_layers, p.options.root_module_types, rejected)
+                 + find_module_heads(p.DG, p.ignored_layers))
+        self._blocks = (graph, version, found)
+        return list(found)
 
     def current_counts(self) -> dict[nn.Module, int]:
         """``{module: heads now}`` for each ``num_heads`` key (query or key/value count, as given)."""
@@ -183,8 +192,12 @@ class HeadPlanner:
                 f"the importance returned {s.numel()} scores for the heads of {b.name}, whose group has "
                 f"{len(root)} root channels; pruners need one score per root channel"
             )
-        position = {int(r): k for k, r in enumerate(root)}
-        return torch.stack([s[[position[i] for i in b.root_idxs([u])]].mean() for u in range(len(b.units))])
+        # root position -> its score's index (the last one, as a dict would keep), one scatter over the width
+        root_t = torch.as_tensor(root, dtype=torch.long)
+        where = torch.full((int(root_t.max()) + 1 if root_t.numel() else 0,), -1, dtype=torch.long)
+        where.scatter_reduce_(0, root_t, torch.arange(root_t.numel()), "amax")
+        return torch.stack([s[where[torch.as_tensor(b.root_idxs([u]), dtype=torch.long)]].mean()
+                            for u in range(len(b.units))])
 
     def _plan_pool(self, blocks: list[AttentionHeads | ModuleHeads], ratio: float) -> list[HeadDecision]:
         """Rank the units of several blocks together; each block keeps at least one unit."""
@@ -229,10 +242,15 @@ class HeadPlanner:
     def _rescale_initial_widths(self, b: AttentionHeads, n_removed: int) -> None:
         """Head-dim groups count channels: removing heads must not count as pruning their dims."""
         before = len(b.units)
-        for module, width in self.pruner.initial_widths().items():
+        if not before:
+            return
+        widths = self.pruner.initial_widths()
+        # the roots among the block's own layers (not every root of the model: that is per block)
+        endpoints = self.pruner.DG.slot_graph.endpoints
+        for module in dict.fromkeys(endpoints[s].node.module for s in b.slots if s in endpoints):
             node = self.pruner.DG.module2node.get(module)
-            if node is not None and node.out_slot in b.slots and before:
-                self.pruner.set_initial_width(module, round(width * (before - n_removed) / before))
+            if module in widths and node is not None and node.out_slot in b.slots:
+                self.pruner.set_initial_width(module, round(widths[module] * (before - n_removed) / before))
 
 
 def _head_roles(num_heads: tuple, blocks: list) -> dict[nn.Module, tuple[Hashable, str]]:

@@ -63,8 +63,7 @@ def candidates(pruner: BasePruner, pooled: bool | None, skip: set[int] | None = 
 
     ``skip``: root slots whose groups are left alone (attention head dims when only heads go).
     """
-    opts = pruner.options
-    for group in pruner.DG.get_all_groups(pruner.ignored_layers, opts.root_module_types):
+    for group in pruner.prunable_groups():
         root_item = group[0]
         root = root_item.dep.target.module
         if skip and getattr(pruner.DG.module2node.get(root), "out_slot", None) in skip:
