@@ -12,9 +12,13 @@ from one profiled run. :func:`compare_profiles` joins two profiles by module
 name (pruning keeps names) into per-layer speed-ups, and
 :func:`layer_table` prints them.
 
-Timing is wall clock on the calling thread, so it is exact on CPU; on CUDA the
-kernels run asynchronously and per-layer numbers are meaningless (the total is
-still right), which is why only CPU models are accepted.
+The clock is the calling thread's: wall time (``clock="wall"``) or its CPU
+time (``clock="thread"``, which other processes on a loaded machine do not
+inflate; exact with one intra-op thread). On CUDA the kernels run
+asynchronously, so per-layer host times are meaningless; only CPU models are
+accepted. :func:`gap_by_kind` splits a pruned model's time beyond what its
+MACs promise by module class (``benchmarks/latency.py --per-layer`` prints
+all of this for ResNet-50 and MobileNet-V2).
 """
 
 from __future__ import annotations
