@@ -301,6 +301,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """An ``argparse`` type for counts where 0 means none (warm-up steps, evaluation batches).
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is not an integer >= 0.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     """An ``argparse`` type for weights and tolerances (0 allowed), shared by the subcommands.
 

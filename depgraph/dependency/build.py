@@ -46,6 +46,30 @@ def _ints_in(obj: Any, depth: int = 0):
 PARAMETER_HANDLER = ParameterPruner.INSTANCE
 
 
+def _identity_classes(graph: SlotGraph) -> list[int]:
+    """One representative per slot: slots joined by identity pair rules share it.
+
+    Removing a position from one slot of a class removes the same position from
+    all of them, so membership answers most reachability questions without a
+    propagation. Union-find over the rules: ``O(rules)``.
+    """
+    parent = list(range(len(graph.sizes)))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for rules in graph.rules:
+        for r in rules:
+            if isinstance(r, PairRule) and r.identity:
+                a, b = find(r.a), find(r.b)
+                if a != b:
+                    parent[a] = b
+    return [find(s) for s in range(len(parent))]
+
+
 class GraphBuilder:
     """Builds a :class:`SlotGraph` and the nodes for one trace."""
 
@@ -60,6 +84,8 @@ class GraphBuilder:
         self.module2node: dict[Any, Node] = {}
         self.param_nodes: dict[Any, list[Node]] = {}
         self.warned: set[str] = set()
+        self._same: list[int] = []  # identity class of each slot, set before the derived-size checks
+        self._members: dict[int, list[int]] = {}  # identity class -> its slots, filled on first need
 
     # -- endpoints --------------------------------------------------------------
     def node_of(self, module: nn.Module) -> Node | None:
@@ -168,15 +194,18 @@ class GraphBuilder:
         """A reshape size read from another tensor's shape follows a prune only if that
         tensor's dim shrinks with it (``b, c, h, w = x.shape; pool(x).view(b, c)`` does;
         Swin's ``reshape(..., C // num_heads)`` with C the *input* width of qkv does not)."""
+        if not self.graph.derived:
+            return
+        self._same = _identity_classes(self.graph)
         for slot, src, where in self.graph.derived:
             if slot in self.graph.frozen:
                 continue
             sources = {self.value_slots.get(key) for key in src} - {None}
             if slot in sources:
                 continue
-            plan = propagate(self.graph, slot, torch.zeros(1, dtype=torch.long), {}, stop_at_frozen=False,
-                             grouping=True, until=sources)
-            if not sources & plan.state.keys() and not self._factors_follow(slot, sources):
+            # Cheapest answer first (each is pure): identity classes, the factors, a propagation.
+            if not (self._same_class(slot, sources) or self._factors_follow(slot, sources)
+                    or self._reaches(slot, sources)):
                 # Neither side may change alone: the size would then be computed wrong.
                 reason = f"{where}: a size is computed from another tensor's shape"
                 for s in (slot, *sources):
@@ -215,10 +244,28 @@ class GraphBuilder:
                         frontier.append(other)
         return False
 
+    def _same_class(self, slot: int, sources: set[int]) -> bool:
+        same = self._same[slot]
+        return any(self._same[s] == same for s in sources)
+
     def _reaches(self, slot: int, sources: set[int]) -> bool:
+        """Whether removing position 0 of ``slot`` removes some position of a slot in ``sources``.
+
+        Most derived sizes (a batch or token count passed on to a ``view``) are
+        linked to their source by identity rules alone, which carry position 0
+        unchanged: those are answered from the identity classes without a
+        propagation, which is what keeps the build linear in the number of ops.
+        """
+        if self._same_class(slot, sources):
+            return True
+        # Reaching any slot of a source's identity class reaches the source: stop there.
+        if not self._members:
+            for s, c in enumerate(self._same):
+                self._members.setdefault(c, []).append(s)
+        targets = {t for c in {self._same[s] for s in sources} for t in self._members[c]}
         plan = propagate(self.graph, slot, torch.zeros(1, dtype=torch.long), {}, stop_at_frozen=False,
-                         grouping=True, until=sources)
-        return bool(sources & plan.state.keys())
+                         grouping=True, until=targets)
+        return bool(targets & plan.state.keys())
 
     def _apply_rule(self, op: OpNode, ctx: RuleContext) -> None:
         if op.is_module:

@@ -88,6 +88,8 @@ class DependencyGraph:
         self._version = 0  # commits so far; a group remembers the version it was planned on
         self._changed_at: dict[int, int] = {}  # slot -> version of the last commit that removed positions of it
         self._atomic_depth = 0  # > 0 inside a step / replay: one forward check at its end, not per group
+        # one-channel closures (see closed_positions), valid for one dead map and frozen count
+        self._closures: tuple[dict | None, int, dict[tuple[int, int], torch.Tensor]] = (None, 0, {})
 
     # -- building ------------------------------------------------------------------
     def register_customized_layer(
@@ -380,6 +382,32 @@ class DependencyGraph:
         eps = self._graph.endpoints
         return [(eps[s].node, "out" if eps[s].is_out else "in") for s in plan.order if s in eps]
 
+    def closed_positions(self, slot: int, position: int) -> torch.Tensor:
+        """Original positions of ``slot`` that go with its original ``position`` (itself included),
+        ascending: the root of the group :meth:`get_pruning_group` plans for that one channel.
+
+        Grouped convolutions, channel shuffles and attention head dims close a single channel
+        over several positions; planners ask this for many channels of one root, so answers
+        are kept until the next prune (or freeze) changes the graph.
+        """
+        self._require_built()
+        memo = self._closure_memo()
+        key = (slot, int(position))
+        got = memo.get(key)
+        if got is None:
+            plan = self.propagate(slot, torch.tensor([key[1]]), unfrozen=set(self._outputs))
+            got = plan.removed(slot)[0]
+            if not plan.violations:
+                memo[key] = got
+        return got
+
+    def _closure_memo(self) -> dict[tuple[int, int], torch.Tensor]:
+        dead, n_frozen, memo = self._closures
+        if dead is not self._dead or n_frozen != len(self._graph.frozen):
+            memo = {}
+            self._closures = (self._dead, len(self._graph.frozen), memo)
+        return memo
+
     def plan_group(self, slot: int, positions: torch.Tensor, blocked: dict[int, str] | None = None,
                    unfrozen: set[int] | None = None) -> Group:
         """The group removing original ``positions`` of ``slot``, as the graph is now; changes nothing.
@@ -494,7 +522,8 @@ class DependencyGraph:
             idxs = index_list(pos)
             # most members follow the root position for position: one list serves as both
             same = pos.shape == roots.shape and bool(torch.equal(pos, roots))
-            items.append(GroupItem(dep, idxs, None if same else index_list(roots)))
+            items.append(GroupItem(dep, idxs, None if same else index_list(roots),
+                                   tensors=(pos, pos if same else roots)))
         if items and root_slot not in eps:
             raise DepgraphError("the root of a group must be a prunable layer")
         return items
@@ -542,10 +571,13 @@ class DependencyGraph:
         plan = propagate(self._graph, slot, alive[:1], self._dead, blocked)
         if plan.violations:
             return False
-        for s, st in plan.state.items():
+        # Reached no frozen slot under the stricter freeze (blocked, outputs): the same plan as
+        # closed_positions would make, which planners ask next.
+        self._closure_memo()[(slot, int(alive[0]))] = plan.removed(slot)[0]
+        for s in plan.state:
             d = self._dead.get(s)
             n_alive = self._graph.sizes[s] - (int(d.sum()) if d is not None else 0)
-            if int((st >= 0).sum()) >= n_alive:
+            if plan.counts.get(s, 0) >= n_alive:
                 return False
         return True
 

@@ -152,11 +152,27 @@ class GroupItem(namedtuple("GroupItem", ["dep", "idxs"])):
     it defaults to ``idxs``.
     """
 
-    def __new__(cls, dep: Dependency, idxs: list[int], root_idxs: list[int] | None = None) -> GroupItem:
+    def __new__(cls, dep: Dependency, idxs: list[int], root_idxs: list[int] | None = None, *,
+                tensors: tuple[torch.Tensor, torch.Tensor] | None = None) -> GroupItem:
         self = super().__new__(cls, dep, idxs)
         if root_idxs is not None:
             self.__dict__["root_idxs"] = root_idxs
+        if tensors is not None:  # the planner's int64 tensors of idxs and root_idxs, kept for criteria
+            self.__dict__["index_tensors_"] = tensors
         return self
+
+    def index_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(idxs, root_idxs)`` as int64 tensors, so criteria need not rebuild them from the lists.
+
+        The graph's members carry the tensors they were planned with; any other member (built by
+        hand, or whose lists were changed in place to another length) converts its lists.
+        """
+        idxs, roots = self.idxs, self.root_idxs
+        kept = self.__dict__.get("index_tensors_")
+        if kept is not None and kept[0].numel() == len(idxs) and kept[1].numel() == len(roots):
+            return kept
+        t = torch.as_tensor(list(idxs), dtype=torch.long)
+        return t, (t if roots is idxs else torch.as_tensor(list(roots), dtype=torch.long))
 
     @property
     def root_idxs(self) -> list[int]:

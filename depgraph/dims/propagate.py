@@ -25,6 +25,7 @@ class Propagation:
     source: dict[int, int] = field(default_factory=dict)  # endpoint slot -> endpoint that triggered it
     violations: dict[int, str] = field(default_factory=dict)  # frozen slots reached
     inexact: dict[int, str] = field(default_factory=dict)
+    counts: dict[int, int] = field(default_factory=dict)  # slot -> how many positions it loses
 
     def removed(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(positions, root of each position) removed from ``slot``."""
@@ -61,10 +62,12 @@ def propagate(
             reason = None
         return reason if reason is not None else blocked.get(slot)
 
-    queue: deque = deque()  # (slot, new positions ascending, their roots, endpoint origin)
+    # (slot, new positions ascending, their roots, endpoint origin, the rule to skip: the one they
+    # came by, when pushing them back through it could only reach positions already removed)
+    queue: deque = deque()
     hit = False  # a slot of ``until`` was reached
 
-    def merge(slot: int, pos: torch.Tensor, roots: torch.Tensor, origin: int, ordered: bool) -> None:
+    def merge(slot: int, pos: torch.Tensor, roots: torch.Tensor, origin: int, via: object | None) -> None:
         # Runs once per (rule, reached slot): kept to a handful of tensor ops, since on a
         # deep model the per-call overhead, not the index count, is what adds up.
         nonlocal hit
@@ -91,6 +94,10 @@ def propagate(
             p.order.append(slot)
             p.source[slot] = origin
         st[pos] = roots
+        if via is None and pos.numel() > 1 and not bool((pos.diff() > 0).all()):
+            pos = torch.unique(pos)  # rules expect each position once; most arrive sorted already
+            roots = st[pos]
+        p.counts[slot] = p.counts.get(slot, 0) + pos.numel()
         if slot in graph.inexact:
             p.inexact[slot] = graph.inexact[slot]
         reason = frozen_reason(slot)
@@ -99,25 +106,24 @@ def propagate(
             if stop_at_frozen:
                 return
         nxt = slot if slot in graph.endpoints else origin
-        if not ordered and pos.numel() > 1 and not bool((pos.diff() > 0).all()):
-            pos = torch.unique(pos)  # rules expect each position once; most arrive sorted already
-            roots = st[pos]
-        queue.append((slot, pos, roots, nxt))
+        queue.append((slot, pos, roots, nxt, via))
 
-    merge(root, idxs, idxs.clone(), root, False)
+    merge(root, idxs, idxs.clone(), root, None)
     while queue:
         if hit:
             break  # a reachability question answered: stop early
-        slot, pos, roots, origin = queue.popleft()
+        slot, pos, roots, origin, came_by = queue.popleft()
         span = None  # (first, last) of pos, read once and only for a rule that can use it
         for rule in graph.rules[slot]:
+            if rule is came_by:
+                continue
             if isinstance(rule, PairRule):
                 if span is None and not rule.identity:
                     span = (int(pos[0]), int(pos[-1]))
                 pushed = rule.push(slot, pos, p.state, dead, grouping, roots, span)
-                ordered = slot in rule.sorted_from
+                via = rule if slot in rule.simple_from else None
             else:
-                pushed, ordered = rule.push(slot, pos, p.state, dead, grouping), False
+                pushed, via = rule.push(slot, pos, p.state, dead, grouping), None
             for tgt, tpos, troots in pushed:
-                merge(tgt, tpos, troots, origin, ordered)
+                merge(tgt, tpos, troots, origin, via)
     return p

@@ -64,8 +64,10 @@ class PairRule:
         # fall outside (one input of a cat, read back from the output) is answered without a
         # tensor op, which keeps a DenseNet concat of k inputs from costing k index ops per push.
         self._window = {a: _window(fwd), b: _window(self.bwd)}
-        #: slots whose pushes come out ascending and unique (the propagation skips its sort check)
-        self.sorted_from = frozenset(s for s, m in ((a, fwd), (b, self.bwd)) if isinstance(m, _MONOTONE))
+        #: slots whose pushes give each reached position exactly one source and come out ascending
+        #: for ascending input: the propagation skips its sort check, and the echo (those positions
+        #: pushed straight back through this rule) which could only reach positions already removed
+        self.simple_from = frozenset(s for s, m in ((a, fwd), (b, self.bwd)) if isinstance(m, _SIMPLE))
 
     def push(self, slot: int, idx: torch.Tensor, state: dict, dead: dict, grouping: bool = False,
              roots: torch.Tensor | None = None, span: tuple[int, int] | None = None):
@@ -88,7 +90,7 @@ class PairRule:
         return [(dst_slot, dst, src_root[pos])]
 
 
-_MONOTONE = (Identity, Offset, Gather)  # ascending unique positions in -> ascending unique out
+_SIMPLE = (Identity, Offset, Gather)  # one source per destination; ascending unique in -> out
 
 
 def _window(m: IndexMap) -> tuple[int, int] | None:
@@ -194,6 +196,8 @@ class SlotGraph:
         # slot -> [(module, attribute)]: attributes that hold the slot's size and must
         # follow it (``self.head_dim`` given to a reshape).
         self.bindings: dict[int, list[tuple[object, str]]] = {}
+        self._holders: dict[tuple[int, str], list[int]] = {}  # (id(owner), attr) -> slots bound to it
+        self._bind_order: dict[int, int] = {}  # slot -> its position in ``bindings``
         # Slots whose pruning depends on sizes computed at run time (reshape factors,
         # bound attributes, custom layers): after pruning them the graph runs the model once.
         self.shape_sensitive: set[int] = set()
@@ -211,17 +215,23 @@ class SlotGraph:
 
     def bind(self, slot: int, owner: object, attr: str) -> None:
         """``owner.attr`` holds the size of ``slot``; every slot bound to it loses the same positions."""
-        for other, pairs in self.bindings.items():
-            # By identity: two configs with equal contents are still two configs.
-            if other != slot and any(o is owner and a == attr for o, a in pairs):
-                if self.sizes[other] == self.sizes[slot]:
-                    self.pair(other, slot)
-                else:  # one attribute cannot hold two sizes
-                    reason = f"{type(owner).__name__}.{attr} sizes dims of {self.sizes[other]} and {self.sizes[slot]}"
-                    self.freeze(other, reason)
-                    self.freeze(slot, reason)
-                break
+        # By identity: two configs with equal contents are still two configs. The slot coupled to
+        # is the earliest in ``bindings`` holding the attribute, found through an index rather
+        # than a scan of every binding (a config attribute is bound once per layer).
+        key = (id(owner), attr)
+        holders = [s for s in self._holders.get(key, ()) if s != slot]
+        if holders:
+            other = min(holders, key=self._bind_order.__getitem__)
+            if self.sizes[other] == self.sizes[slot]:
+                self.pair(other, slot)
+            else:  # one attribute cannot hold two sizes
+                reason = f"{type(owner).__name__}.{attr} sizes dims of {self.sizes[other]} and {self.sizes[slot]}"
+                self.freeze(other, reason)
+                self.freeze(slot, reason)
+        if slot not in self.bindings:
+            self._bind_order[slot] = len(self._bind_order)
         self.bindings.setdefault(slot, []).append((owner, attr))
+        self._holders.setdefault(key, []).append(slot)
         self.shape_sensitive.add(slot)
         self.bind_log.append((id(owner), attr))
 

@@ -56,6 +56,9 @@ __all__ = [
     "CONV_AND_LINEAR",
     "check_power",
     "member_access",
+    "member_indices",
+    "root_lookup",
+    "root_positions",
 ]
 
 # how GroupImportance reaches each member's tensors (None: they are in the model already)
@@ -148,9 +151,39 @@ def _refuse_meta(criterion: Importance, group: Group) -> None:
                 "tp.importance.RandomImportance, or prune chosen indices with DependencyGraph.get_pruning_group")
 
 
-def _root_positions(group: Group) -> tuple[int, dict[int, int]]:
-    root_idxs = [int(i) for i in group[0].idxs]
-    return len(root_idxs), {r: k for k, r in enumerate(root_idxs)}
+def member_indices(item: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(idxs, root_idxs)`` of a group member as int64 tensors.
+
+    A graph's :class:`~depgraph.dependency.node.GroupItem` hands over the tensors it was planned
+    with; any other ``(dep, idxs)`` item (built by hand) has its lists converted.
+    """
+    get = getattr(item, "index_tensors", None)
+    if get is not None:
+        return get()
+    idxs = torch.as_tensor(list(item.idxs), dtype=torch.long)
+    roots = getattr(item, "root_idxs", item.idxs)
+    return idxs, (idxs if roots is item.idxs else torch.as_tensor(list(roots), dtype=torch.long))
+
+
+def root_lookup(group: Group) -> tuple[int, torch.Tensor]:
+    """``(n, table)``: the number of root channels and a table giving each root index's position
+    among them, for :func:`root_positions`.
+
+    One tensor per group instead of a dict of Python ints per channel.
+    """
+    root, _ = member_indices(group[0])
+    n = root.numel()
+    size = int(root.max()) + 1 if n else 0
+    table = torch.full((size + 1,), -1, dtype=torch.long)  # the last entry: "not a root channel"
+    table[root] = torch.arange(n)
+    return n, table
+
+
+def root_positions(table: torch.Tensor, root_idxs: torch.Tensor) -> torch.Tensor:
+    """The position among the root channels of each of a member's ``root_idxs`` (``-1``: none)."""
+    size = table.numel() - 1
+    inside = (root_idxs >= 0) & (root_idxs < size)
+    return table[torch.where(inside, root_idxs, size)]
 
 
 class GroupImportance(Importance):
@@ -207,7 +240,7 @@ class GroupImportance(Importance):
         opener = _OPENER.get()
         if opener is None:
             _refuse_meta(self, group)
-        n, position = _root_positions(group)
+        n, table = root_lookup(group)
         rows: list[torch.Tensor] = []
         masks: list[torch.Tensor] = []
         for i in range(len(group)):
@@ -217,8 +250,8 @@ class GroupImportance(Importance):
             side = dep.side  # recorded when the graph built the dependency
             if side not in CHANNEL_SIDES or not self.accepts(target) or len(item.idxs) == 0:
                 continue
-            idxs = torch.as_tensor(list(item.idxs), dtype=torch.long)
-            pos = torch.as_tensor([position.get(int(r), -1) for r in item.root_idxs], dtype=torch.long)
+            idxs, roots = member_indices(item)
+            pos = root_positions(table, roots)
             with opener(dep.target) if opener is not None else contextlib.nullcontext():
                 for s in self.member_scores(target, side, idxs, dep):
                     row, mask = _scatter(s, pos, n)

@@ -139,15 +139,15 @@ def _closure_labels(pruner: BasePruner, cand: Candidate) -> torch.Tensor:
     labels = pruner.closure_cache.get(slot)
     if labels is None or bool((labels[alive] < 0).any()):
         labels = torch.full((DG.original_width(slot),), -1, dtype=torch.long)
-        probe = DG.get_pruning_group(cand.root, cand.fn, [0])
-        step = _stride(pruner, cand, list(probe[0].idxs))
+        first = _closure(DG, slot, alive, 0)
+        step = _stride(DG, slot, alive, first.tolist())
         if step is not None:  # class of channel c: {c % step, c % step + step, ...}
             labels[alive] = alive[torch.arange(cand.alive) % step]
-        elif len(probe[0].idxs) > 1:  # closed coupling: probe each class once
+        elif first.numel() > 1:  # closed coupling: probe each class once
             for c in range(cand.alive):
                 if labels[alive[c]] >= 0:
                     continue
-                members = probe[0].idxs if c == 0 else DG.get_pruning_group(cand.root, cand.fn, [c])[0].idxs
+                members = first if c == 0 else _closure(DG, slot, alive, c)
                 labels[alive[members]] = int(alive[c])
         else:
             labels[alive] = alive
@@ -155,7 +155,12 @@ def _closure_labels(pruner: BasePruner, cand: Candidate) -> torch.Tensor:
     return labels[alive]
 
 
-def _stride(pruner: BasePruner, cand: Candidate, first: list[int]) -> int | None:
+def _closure(DG: Any, slot: int, alive: torch.Tensor, c: int) -> torch.Tensor:
+    """Current indices of the root channels that go with current channel ``c``."""
+    return DG.to_current(slot, DG.closed_positions(slot, int(alive[c])))
+
+
+def _stride(DG: Any, slot: int, alive: torch.Tensor, first: list[int]) -> int | None:
     """``s`` when the classes are ``{j, j + s, j + 2s, ...}``: channel 0's closure is
     ``{0, s, 2s, ...}`` over the whole root (the same position in every head or conv
     group) and two more probes agree.
@@ -163,13 +168,12 @@ def _stride(pruner: BasePruner, cand: Candidate, first: list[int]) -> int | None
     Three propagations instead of one per class. A class guessed wrong would still be
     closed by the final group, so a wrong guess can only change how many channels go.
     """
-    n, k = cand.alive, len(first)
+    n, k = alive.numel(), len(first)
     if k < 2 or n % k or first != list(range(0, n, n // k)):
         return None
     step = n // k
     for c in sorted({step - 1, step // 2} - {0}):
-        got = pruner.DG.get_pruning_group(cand.root, cand.fn, [c])[0].idxs
-        if list(got) != [c + i * step for i in range(k)]:
+        if _closure(DG, slot, alive, c).tolist() != [c + i * step for i in range(k)]:
             return None
     return step
 

@@ -41,6 +41,7 @@ import torch.nn as nn
 
 from .._types import CHANNEL_SIDES
 from ..errors import OptionTypeError
+from ..importance.base import member_indices, root_lookup, root_positions
 from ..importance.channels import ChannelSlice, channel_slices
 from ..importance.magnitude import power_sum
 from .base import BasePruner
@@ -62,14 +63,14 @@ def _member_slices(
 
     Members whose module id is in ``skip`` (ignored layers) are left out.
     """
-    position = {int(r): k for k, r in enumerate(group[0].idxs)}
+    _, table = root_lookup(group)
     for item in group.items:
         dep = item.dep
         side = dep.side
         if side not in CHANNEL_SIDES or (types and not isinstance(dep.target.module, types)) or id(dep.target.module) in skip:
             continue
-        idxs = torch.as_tensor(list(item.idxs), dtype=torch.long)
-        pos = torch.as_tensor([position.get(int(r), -1) for r in item.root_idxs], dtype=torch.long)
+        idxs, roots = member_indices(item)
+        pos = root_positions(table, roots)
         keep = pos >= 0
         for sl in channel_slices(dep.target.module, side, getattr(dep.target, "pruning_dim", None)):
             if bias or not sl.is_bias:

@@ -25,7 +25,7 @@ from ..errors import TraceError
 from .graph import OpNode, Trace, Value
 from .kept import find_kept, mark_rewritten, pop_cached, restore_cached
 from .outputs import primary_outputs
-from .shape_int import attributes_tagged, tag_shape
+from .shape_int import AttrExpr, AttrInt, ShapeInt, attributes_tagged, tag_shape
 
 __all__ = ["record", "flatten_tensors", "call_model"]
 
@@ -42,6 +42,37 @@ _IGNORED_NAMES = frozenset(
 )
 # Non-tensor results that carry no tensor data.
 _METADATA = (torch.Size, torch.dtype, torch.device, torch.layout, torch.memory_format, str, type(None))
+
+
+# Argument types that are pytree leaves holding no tensor: ``map_tensors`` returns them as they are.
+_LEAVES = frozenset({
+    int, float, bool, complex, str, bytes, type(None), type(Ellipsis), slice, torch.dtype, torch.device,
+    torch.layout, torch.memory_format, ShapeInt, AttrInt, AttrExpr,
+})
+_PLAIN_TENSORS = frozenset({torch.Tensor, nn.Parameter})
+
+
+def map_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    """``tree_map`` of ``fn`` over the tensors of ``obj`` (every other leaf kept), in the same leaf order.
+
+    Op arguments are nearly always tensors, numbers and plain tuples/lists/dicts
+    of them; those are walked here directly. Any other type (a namedtuple, a
+    ``torch.Size``, a registered pytree node) is handed to ``tree_map`` itself,
+    so the result is exactly ``tree_map``'s while the per-op cost of building
+    a tree spec is paid only where one is needed.
+    """
+    t = type(obj)
+    if t in _PLAIN_TENSORS:
+        return fn(obj)
+    if t in _LEAVES:
+        return obj
+    if t is tuple:
+        return tuple([map_tensors(v, fn) for v in obj])
+    if t is list:
+        return [map_tensors(v, fn) for v in obj]
+    if t is dict:
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    return tree_map(lambda x: fn(x) if isinstance(x, torch.Tensor) else x, obj)
 
 
 def flatten_tensors(obj: Any) -> list[torch.Tensor]:
@@ -150,16 +181,22 @@ class _Recorder(TorchFunctionMode):
             return v
         return self.new_value(t, "const")
 
-    def to_struct(self, obj: Any) -> Any:
-        return tree_map(lambda x: self.value_of(x) if isinstance(x, torch.Tensor) else x, obj)
-
     # -- ops ----------------------------------------------------------------
     def add_op(self, target: Any, args: tuple, kwargs: dict, result: Any, mutated: list | None = None) -> None:
-        in_tensors, _ = tree_flatten((args, kwargs))
-        in_tensors = [t for t in in_tensors if isinstance(t, torch.Tensor)]
-        inputs = [self.value_of(t) for t in in_tensors]
-        s_args, s_kwargs = self.to_struct(args), self.to_struct(kwargs)
+        inputs: list[Value] = []  # every tensor argument's value, in argument order (repeats included)
+
+        def arg_value(t: torch.Tensor) -> Value:
+            v = self.value_of(t)
+            inputs.append(v)
+            return v
+
+        s_args, s_kwargs = map_tensors(args, arg_value), map_tensors(kwargs, arg_value)
         op = OpNode(len(self.trace.ops), target, s_args, s_kwargs, inputs, [], self.scope[-1] if self.scope else "")
+        if not mutated and type(result) in _PLAIN_TENSORS:  # the usual case: one fresh tensor
+            op.output_struct = self.new_value(result, "op", op)
+            op.outputs.append(op.output_struct)
+            self.trace.ops.append(op)
+            return
         out_tensors = flatten_tensors(result) + list(mutated or [])
         seen: set[int] = set()
         for t in out_tensors:
@@ -170,9 +207,9 @@ class _Recorder(TorchFunctionMode):
             # new version; anything else is a fresh value.
             op.outputs.append(self.new_value(t, "op", op))
         if not mutated:
-            op.output_struct = tree_map(
-                lambda x: self.live[id(x)][1] if isinstance(x, torch.Tensor) else x,
+            op.output_struct = map_tensors(
                 result if isinstance(result, (tuple, list, dict, torch.Tensor)) else None,
+                lambda x: self.live[id(x)][1],
             )
         self.trace.ops.append(op)
 
@@ -203,7 +240,7 @@ class _Recorder(TorchFunctionMode):
             # x[idx] = y mutates x: record it as producing a new version of x.
             self.add_op(func, args, kwargs, None, mutated=[args[0]])
             return out
-        if not flatten_tensors(out):
+        if type(out) not in _PLAIN_TENSORS and not flatten_tensors(out):
             if not is_property and not isinstance(out, _METADATA) and _has_channels((args, kwargs)):
                 # The data leaves torch (``numpy()``, ``tolist()``, ``equal``): what is done
                 # with it is invisible, so record a sink with no outputs. It has no rule,
@@ -219,6 +256,8 @@ def _hooks(model: nn.Module, rec: _Recorder, is_leaf: Callable[[nn.Module], bool
     handles = []
     names = {m: n for n, m in model.named_modules(remove_duplicate=False)}
     rec.trace.module_names = {m: n for n, m in model.named_modules()}
+    leaves = {m: is_leaf(m) for m in names}  # asked twice per call of every module: decided once
+    is_leaf = leaves.__getitem__
 
     def pre(mod, args, kwargs):
         if rec.leaf_depth:
