@@ -90,6 +90,7 @@ class LayerProfile:
 
     @property
     def untimed_ms(self) -> float:
+        """``total_ms`` minus the leaves' times: work between modules (and any hook cost it hides)."""
         return self.total_ms - sum(t.ms for t in self.layers)
 
     def ms_by_kind(self) -> dict[str, float]:
@@ -118,6 +119,7 @@ class LayerChange:
 
     @property
     def time_speedup(self) -> float | None:
+        """``ms_before / ms_after``: how much faster the layer got."""
         if self.before is None or self.after is None or self.after.ms <= 0:
             return None
         return self.before.ms / self.after.ms
