@@ -20,7 +20,7 @@ import torch
 import depgraph as tp
 
 QUALITY = Path(__file__).resolve().parent.parent / "benchmarks" / "quality"
-MODULES = ("data", "search", "report", "resnet", "train_resnet", "vision", "llm")
+MODULES = ("data", "search", "report", "resnet", "train_resnet", "vision", "llm", "recover_llm", "recover_resnet_cli")
 
 
 @pytest.fixture
@@ -271,3 +271,34 @@ def test_vision_render_gathers_parts(qb, tmp_path: Path) -> None:
     assert lines[-2].startswith("| group L2 | local") and lines[-1].startswith("| Taylor | local")  # plan order
     assert "| -75.00 | 89.50 | -0.50 | 2.07x | 1.20x |" in lines[-1]
     assert (tmp_path / "vision.png").exists() and (tmp_path / "vision.md").read_text().strip() == "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- recovery through the CLI
+def test_normalized_model_takes_images_in_0_1(qb) -> None:
+    net = qb.resnet.resnet20().eval()
+    wrapped = qb.resnet.Normalized(net, 0.3, 0.4).eval()
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(x), net((x - 0.3) / 0.4))
+    assert {n for n, _ in wrapped.named_buffers()} >= {"mean", "std"}  # saved with the model
+
+
+def test_recover_cli_benchmarks_render_their_tables(qb) -> None:
+    rl = importlib.import_module("recover_llm")
+    state = {"settings": {"eval_tokens": 2048, "context": 512, "steps": 8, "batch_size": 4, "seq_len": 128,
+                          "train_tokens": 4096, "lr": 3e-4, "warmup_steps": 2, "temperature": 2.0},
+             "stages": {"prune": {"command": "depgraph prune base --target params=0.8", "seconds": 90.0}},
+             "models": {"unpruned": {"ppl": 20.0, "params": 100}, "pruned": {"ppl": 60.0, "params": 80},
+                        "pruned + recovered": {"ppl": 30.0, "params": 80}}}
+    md = rl.markdown(state)
+    assert "| pruned + recovered | 0.0 M (80.0%) | 30.00 | 1.50x |" in md
+    assert "| prune | `depgraph prune base --target params=0.8` | 1.5 min |" in md
+    rr = importlib.import_module("recover_resnet_cli")
+    rows = [{"model": "unpruned", "recovery": "none", "acc": 90.0, "macs_speedup": 1.0},
+            {"model": "unpruned", "recovery": "labels only", "acc": 90.2, "macs_speedup": 1.0, "seconds": 5.0},
+            {"model": "pruned", "recovery": "distillation (T=4) + labels", "acc": 89.9, "macs_speedup": 2.0,
+             "seconds": 6.0}]
+    md = rr.markdown({"settings": {"test_images": 100, "steps": 8, "batch_size": 4, "lr": 5e-4, "train_images": 40},
+                      "stages": {"kd.pt": {"command": "depgraph recover pruned.pt", "seconds": 6.0}}, "rows": rows})
+    assert "| pruned | distillation (T=4) + labels | 2.00x | 89.90 | -0.10 | -0.30 | 6 s |" in md
+    assert "- `depgraph recover pruned.pt`" in md

@@ -59,3 +59,20 @@ class CifarResNet(nn.Module):
 
 def resnet20(num_classes: int = 10, in_channels: int = 1) -> CifarResNet:
     return CifarResNet(20, num_classes, in_channels)
+
+
+class Normalized(nn.Module):
+    """``model`` behind its input normalisation: takes images in [0, 1], as an image folder gives them.
+
+    Saved whole, it is a model the ``depgraph`` commands can read image folders for, with no
+    preprocessing option to get wrong.
+    """
+
+    def __init__(self, model: nn.Module, mean: float, std: float):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)

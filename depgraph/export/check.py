@@ -27,6 +27,9 @@ class ExportResult:
             evaluator, or ``ExportedProgram.module()``).
         outputs: how many output tensors were compared.
         program: the ``torch.export.ExportedProgram`` or ``torch.onnx.ONNXProgram``.
+        sizes: the sizes of the dynamic axes the program was checked at, one dict per check
+            (e.g. ``({"batch": 2, "sequence": 16}, {"batch": 3, "sequence": 8})``); empty
+            for a static export (checked at the example's shapes only).
     """
 
     path: str | None
@@ -35,6 +38,7 @@ class ExportResult:
     checked_with: str
     outputs: int
     program: Any = None
+    sizes: tuple[dict[str, int], ...] = ()
 
 
 def split_inputs(model: nn.Module, example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -2,9 +2,12 @@
 
     depgraph export resnet18_pruned.pth --base resnet18 --onnx resnet18.onnx --torch-export resnet18.pt2
     depgraph export ./llama-pruned --torch-export llama.pt2 --seq-len 32
+    depgraph export ./llama-pruned --onnx llama.onnx --dynamic     # any batch and sequence length
 
 Each program is run on the example inputs and compared with the eager model;
 a difference above ``--atol + --rtol * |eager|`` is refused (exit 1, no file).
+With ``--dynamic`` the batch (and a text model's sequence length) are dynamic
+axes of the program, checked at two sizes of each.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--torch-export", default=None, metavar="PATH", help="write a torch.export program (.pt2)")
     p.add_argument("--onnx-legacy", action="store_true", help="use the TorchScript-based ONNX exporter (dynamo=False)")
     p.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--dynamic", action="store_true",
+                   help="dynamic batch (and sequence length for text models), checked at two sizes of each")
     p.add_argument("--batch-size", type=positive_int, default=1, help="batch of the example input (default: 1)")
     p.add_argument("--input-size", type=positive_int, default=None, help="image height and width (default: the model's)")
     p.add_argument("--seq-len", type=positive_int, default=16, help="tokens of a text model's example input (default: 16)")
@@ -65,15 +70,19 @@ def run(args: argparse.Namespace, out: Any) -> int:
     jobs = []
     if args.torch_export:
         jobs.append(("torch.export", args.torch_export,
-                     lambda: export_program(model, inputs, args.torch_export, atol=args.atol, rtol=args.rtol)))
+                     lambda: export_program(model, inputs, args.torch_export, atol=args.atol, rtol=args.rtol,
+                                                    dynamic=args.dynamic)))
     if args.onnx:
         jobs.append(("onnx", args.onnx, lambda: export_onnx(model, inputs, args.onnx, atol=args.atol, rtol=args.rtol,
-                                                           dynamo=not args.onnx_legacy, opset_version=args.opset)))
+                                                           dynamo=not args.onnx_legacy, opset_version=args.opset,
+                                                           dynamic=args.dynamic)))
     for fmt, path, job in jobs:
         t0 = time.perf_counter()
         result = job()
-        rows.append((fmt, path, f"{result.max_abs_diff:.3g}", result.checked_with, f"{time.perf_counter() - t0:.1f} s"))
+        at = "; ".join(", ".join(f"{k} {v}" for k, v in size.items()) for size in result.sizes) or "example shape"
+        rows.append((fmt, path, f"{result.max_abs_diff:.3g}", result.checked_with, at,
+                     f"{time.perf_counter() - t0:.1f} s"))
     shape = {k: tuple(v.shape) for k, v in inputs.items()} if isinstance(inputs, dict) else tuple(inputs.shape)
     out.table(f"export {args.model} (example input {shape}; tolerance atol {args.atol:g} + rtol {args.rtol:g})",
-              ("format", "file", "max abs diff vs eager", "checked with", "time"), rows)
+              ("format", "file", "max abs diff vs eager", "checked with", "checked at", "time"), rows)
     return 0

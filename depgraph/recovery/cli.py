@@ -29,6 +29,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``recover`` subcommand to the ``depgraph`` parser's subparsers."""
     from ..cli import (  # the shared checks of the command line
         non_negative_float,
+        non_negative_int,
         positive_float,
         positive_int,
     )
@@ -49,6 +50,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=positive_float, default=1e-4, help="AdamW learning rate (default: 1e-4)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="batch size per process (default: 8)")
     p.add_argument("--grad-accum", type=positive_int, default=1, help="batches per optimizer step (default: 1)")
+    p.add_argument("--warmup-steps", type=non_negative_int, default=0,
+                   help="steps of linear learning-rate warm-up (default: 0)")
+    p.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="AdamW weight decay (default: 0)")
+    p.add_argument("--eval-batches", type=positive_int, default=4,
+                   help="batches on which the gap and the task loss are measured before and after (default: 4)")
     p.add_argument("--temperature", type=positive_float, default=2.0, help="distillation temperature (default: 2)")
     p.add_argument("--kd-weight", type=non_negative_float, default=1.0, help="weight of the logit distillation (default: 1)")
     p.add_argument("--task-weight", type=non_negative_float, default=None,
@@ -102,6 +108,7 @@ def run(args: argparse.Namespace, out: Any) -> int:
     result = recover(
         student.model, teacher.model, data,
         steps=args.steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
+        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, eval_batches=args.eval_batches,
         temperature=args.temperature, kd_weight=args.kd_weight, task_weight=args.task_weight,
         hidden_weight=args.hidden_weight, hidden_layers=args.hidden_layers, mixed_precision=args.mixed_precision,
         seed=args.seed, progress=not args.no_progress,

@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from ..errors import SourceError
 from .inputs import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+from .keep import hf_kept_layers
 
 __all__ = ["Source", "load_source", "find_classifier", "build_vision_model", "unknown_model_message", "FAMILIES"]
 
@@ -316,14 +317,38 @@ def _fit(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> str:
     return "\n".join(lines)
 
 
+def _hf_hub_cache() -> str | None:
+    """The Hugging Face hub cache folder as the environment says *now* (``HF_HUB_CACHE``, else ``HF_HOME/hub``).
+
+    ``huggingface_hub`` reads these variables once, when it is imported; reading them
+    at each call lets a program (or a test) point at another cache afterwards. None:
+    the library's default.
+    """
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
+    return None
+
+
+def _torch_hub_file(url: str) -> Path:
+    """Where ``torch.hub.load_state_dict_from_url`` keeps ``url`` (``$TORCH_HOME/hub/checkpoints/<name>``)."""
+    from torch.hub import get_dir
+
+    return Path(get_dir()) / "checkpoints" / os.path.basename(url)
+
+
 def _load_cached_pretrained(model: nn.Module, family: str, name: str) -> str:
-    """The library's own weights from the local cache (torch hub / Hugging Face hub), never downloaded."""
+    """The library's own weights from the local cache (torch hub / Hugging Face hub), never downloaded.
+
+    torchvision keeps them in the torch hub cache (``$TORCH_HOME/hub/checkpoints``); timm in the
+    Hugging Face hub cache under the model's ``hf_hub_id`` (``$HF_HOME/hub``), older timm
+    weights in the torch hub cache under the file name of their ``url``.
+    """
     if family == "torchvision":
         import torchvision
-        from torch.hub import get_dir
 
-        weights = torchvision.models.get_model_weights(name).DEFAULT
-        file = Path(get_dir()) / "checkpoints" / os.path.basename(weights.url)
+        file = _torch_hub_file(torchvision.models.get_model_weights(name).DEFAULT.url)
         if not file.is_file():
             raise SourceError(f"the pretrained weights of {name} are not in the local cache ({file}); nothing is "
                               "downloaded: give a weights file instead")
@@ -335,14 +360,20 @@ def _load_cached_pretrained(model: nn.Module, family: str, name: str) -> str:
     if hub_id:
         from huggingface_hub import try_to_load_from_cache
 
-        for fname in ("model.safetensors", "pytorch_model.bin"):
-            found = try_to_load_from_cache(hub_id, fname, cache_dir=os.environ.get("HF_HUB_CACHE"))
+        names = [n for n in (cfg.get("hf_hub_filename"), "model.safetensors", "pytorch_model.bin") if n]
+        for fname in names:
+            found = try_to_load_from_cache(hub_id, fname, cache_dir=_hf_hub_cache())
             if isinstance(found, str):
                 file = Path(found)
                 break
+    if file is None and cfg.get("url") and _torch_hub_file(cfg["url"]).is_file():
+        file = _torch_hub_file(cfg["url"])
     if file is None:
+        where = f"{hub_id} in the Hugging Face cache" if hub_id else "no hub id"
+        if cfg.get("url"):
+            where += f", {_torch_hub_file(cfg['url'])}"
         raise SourceError(f"the pretrained weights of {name} are not in the local Hugging Face cache "
-                          f"({hub_id or 'no hub id'}); nothing is downloaded: give a weights file instead")
+                          f"({where}); nothing is downloaded: give a weights file instead")
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -395,7 +426,7 @@ def _cached_hub_folder(name: str) -> Path | None:
     from huggingface_hub import snapshot_download
 
     try:
-        folder = snapshot_download(name, local_files_only=True, cache_dir=os.environ.get("HF_HUB_CACHE"))
+        folder = snapshot_download(name, local_files_only=True, cache_dir=_hf_hub_cache())
     except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError), malformed id ...
         return None
     return Path(folder) if (Path(folder) / "config.json").is_file() else None
@@ -419,13 +450,8 @@ def _hf_folder(folder: Path, name: str, seq_len: int, input_size: int | None) ->
     except (OSError, ValueError) as e:
         raise SourceError(f"cannot load {folder} with {cls.__name__}.from_pretrained: "
                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    keep = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
-    head = next((getattr(model, n) for n in ("classifier", "score", "head", "visual_projection", "text_projection")
-                 if isinstance(getattr(model, n, None), nn.Module)), None)
-    if head is not None and head not in keep:
-        keep.append(head)
     return Source(model, "hf", None, _hf_spec(model, folder, seq_len, input_size), name, weights=str(folder),
-                  folder=folder, task=type(model).__name__, keep=keep)
+                  folder=folder, task=type(model).__name__, keep=hf_kept_layers(model))
 
 
 def _hf_spec(model: nn.Module, folder: Path, seq_len: int, input_size: int | None) -> InputSpec:

@@ -27,3 +27,13 @@ def test_export_refusals(tmp_path, capsys) -> None:
         main(["export", "resnet18", "--torch-export", str(tmp_path / "x.pt2"), "--atol", "-1"])
     assert exit_.value.code == 2 and "--atol: must be a number >= 0" in capsys.readouterr().err
     assert not (tmp_path / "x.pt2").exists()
+
+
+def test_export_dynamic_batch_from_the_command_line(tmp_path, capsys) -> None:
+    import torch
+
+    out = tmp_path / "r.pt2"
+    assert main(["export", "resnet18", "--input-size", "32", "--torch-export", str(out), "--dynamic", "--plain"]) == 0
+    assert "batch 2; batch 3" in capsys.readouterr().out  # checked at two batch sizes
+    program = torch.export.load(str(out)).module()
+    assert program(torch.randn(4, 3, 32, 32)).shape == (4, 1000)

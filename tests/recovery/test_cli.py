@@ -92,3 +92,12 @@ def test_timm_teacher_and_a_pickled_student_round_trip(tmp_path, capsys) -> None
     assert main(["export", str(out), "--torch-export", str(tmp_path / "r.pt2"), "--input-size", "32",
                  "--trust-pickle", "--plain"]) == 0
     assert (tmp_path / "r.pt2").is_file()
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--warmup-steps", "-1", "must be an integer >= 0"), ("--eval-batches", "0", "must be a positive integer"),
+    ("--weight-decay", "-0.1", "must be a number >= 0")])
+def test_training_options_are_checked_by_the_parser(capsys, option, value, message) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["recover", "p", "--teacher", "t", "--data", "d.txt", "--output", "o", option, value])
+    assert exit_.value.code == 2 and f"{option}: {message}" in capsys.readouterr().err

@@ -84,7 +84,10 @@ def test_readme_commands_run_and_write_what_they_say(workdir, capsys) -> None:
         assert not torch.allclose(logits, pruned(input_ids=ids).logits)  # trained
         program = torch.export.load("llama.pt2").module()
         torch.testing.assert_close(program(input_ids=ids, use_cache=False).logits, logits)
-    assert Path("llama.onnx").is_file()
+        other = torch.randint(0, VOCAB, (3, 7))  # --dynamic: another batch and sequence length
+        torch.testing.assert_close(program(input_ids=other, use_cache=False).logits,
+                                   recovered(input_ids=other).logits, atol=1e-5, rtol=1e-5)
+    assert Path("llama.onnx").is_file() and "batch 2, sequence 16; batch 3, sequence 8" in printed
 
     import torchvision
 

@@ -8,6 +8,7 @@ cache built by the test, a module saved whole with ``torch.save``. Nothing is do
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,3 +152,71 @@ def test_unknown_names_and_missing_files(tmp_path) -> None:
     (tmp_path / "odd" / "config.json").write_text(json.dumps({"architectures": ["NoSuchModelForThings"]}))
     with pytest.raises(SourceError, match=r"names the class 'NoSuchModelForThings'"):
         load_source(tmp_path / "odd")
+
+
+# -- the library's own weights file, from the local caches only (written here; nothing is downloaded) -------
+def test_torchvision_pretrained_weights_come_from_the_torch_hub_cache(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(SourceError, match=r"pretrained weights of squeezenet1_1 are not in the local cache "
+                                          r"\(.*torch/hub/checkpoints/squeezenet1_1-\w+\.pth\); nothing is downloaded"):
+        load_source("squeezenet1_1", "pretrained", input_size=32)
+    weights = torchvision.models.get_model_weights("squeezenet1_1").DEFAULT
+    file = tmp_path / "torch" / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+    file.parent.mkdir(parents=True)
+    trained = _trained_like()
+    torch.save(trained.state_dict(), file)
+    source = load_source("squeezenet1_1", "pretrained", input_size=32)
+    assert source.weights == f"pretrained ({file})"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(source.model(x), trained(x), rtol=0, atol=0)
+
+
+def _hf_cache_file(cache: Path, repo_id: str, filename: str) -> Path:
+    """Where ``huggingface_hub`` keeps ``filename`` of ``repo_id`` at ``main`` (refs/main -> snapshots/<commit>)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    file = repo / "snapshots" / commit / filename
+    file.parent.mkdir(parents=True)
+    return file
+
+
+def test_timm_pretrained_weights_come_from_the_hf_cache_set_by_hf_home(tmp_path, monkeypatch) -> None:
+    timm = pytest.importorskip("timm")
+    safetensors = pytest.importorskip("safetensors.torch")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # read at each call, not when huggingface_hub was imported
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(SourceError, match=r"pretrained weights of resnet10t are not in the local Hugging Face cache "
+                                          r"\(timm/resnet10t\.\w+ in the Hugging Face cache, .*resnet10t_\w+-\w+\.pth\)"):
+        load_source("resnet10t", "pretrained", input_size=32)
+    torch.manual_seed(5)
+    trained = timm.create_model("resnet10t", pretrained=False).eval()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    hub_id = trained.pretrained_cfg["hf_hub_id"]
+    file = _hf_cache_file(tmp_path / "hf" / "hub", hub_id, "model.safetensors")
+    safetensors.save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, file)
+    source = load_source("resnet10t", "pretrained", input_size=32)
+    assert source.weights == f"pretrained ({file})"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(source.model(x), trained(x), rtol=0, atol=0)
+
+
+def test_timm_pretrained_weights_from_the_torch_hub_cache_by_their_url(tmp_path, monkeypatch) -> None:
+    timm = pytest.importorskip("timm")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    trained = timm.create_model("resnet10t", pretrained=False).eval()
+    with torch.no_grad():
+        trained.fc.bias.add_(1.0)
+    file = tmp_path / "torch" / "hub" / "checkpoints" / trained.pretrained_cfg["url"].rsplit("/", 1)[-1]
+    file.parent.mkdir(parents=True)
+    torch.save(trained.state_dict(), file)
+    source = load_source("resnet10t", "pretrained", input_size=32)
+    assert source.weights == f"pretrained ({file})"
+    torch.testing.assert_close(source.model.fc.bias, trained.fc.bias, rtol=0, atol=0)

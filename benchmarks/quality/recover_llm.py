@@ -1,0 +1,162 @@
+"""SmolLM2-135M through the command line: prune to 80% of the parameters, recover by distillation, perplexity.
+
+    python benchmarks/quality/recover_llm.py             # the row in README (see --help for the sizes)
+    python benchmarks/quality/recover_llm.py --quick     # a few steps on short windows: a smoke run
+
+Every step that changes the model is the ``depgraph`` command a user would type,
+run in a subprocess:
+
+    depgraph prune  BASE --target params=0.8 --calib train.txt ...  --output PRUNED
+    depgraph recover PRUNED --teacher BASE --data train.txt ...     --output RECOVERED
+
+BASE is SmolLM2-135M-Instruct de-quantised from the gguf (``llm.load_smollm2``)
+and written with ``save_pretrained``; ``train.txt`` is the calibration half of
+the Wikipedia articles (``data.split_articles``). Perplexity is measured here,
+in-process, on windows of the other half (never seen by calibration or
+training), for BASE, PRUNED and RECOVERED, each read back with
+``AutoModelForCausalLM.from_pretrained``. Writes ``results/recover_llm.md`` and
+``.json`` with the wall time of every stage. Needs ``setup.sh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import data  # noqa: E402
+from llm import load_smollm2, n_params, perplexity  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def prepare(work: Path) -> tuple[Path, Path, str]:
+    """BASE folder and train.txt in ``work`` (kept between runs), and the held-out text."""
+    base, train = work / "base", work / "train.txt"
+    calib_text, eval_text = data.split_articles(data.wiki_articles(data.read_wiki_xml()))
+    if not (base / "model.safetensors").is_file():
+        model, tokenizer = load_smollm2()
+        model.save_pretrained(base)
+        tokenizer.save_pretrained(base)
+    if not train.is_file():
+        train.write_text(calib_text, encoding="utf-8")
+    return base, train, eval_text
+
+
+def depgraph(*args: str) -> float:
+    """Run ``python -m depgraph ARGS`` (this checkout first on the path); its wall time in seconds."""
+    cmd = [sys.executable, "-m", "depgraph", *args]
+    print("$ depgraph " + shlex.join(args), flush=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env)
+    return time.perf_counter() - start
+
+
+def held_out_ppl(folder: Path, rows: torch.Tensor) -> tuple[float, int]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return perplexity(model, rows), n_params(model)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="short windows, two steps: a smoke run")
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "depgraph-recover-llm",
+                   help="where BASE, PRUNED, RECOVERED and train.txt go (BASE and train.txt are reused)")
+    p.add_argument("--importance", default="reconstruction", help="depgraph prune --importance")
+    p.add_argument("--compensation", default="lstsq", help="depgraph prune --compensation")
+    p.add_argument("--calib-samples", type=int, default=32)
+    p.add_argument("--calib-seq-len", type=int, default=512)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per training window")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup-steps", type=int, default=4)
+    p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--context", type=int, default=512, help="tokens per perplexity window")
+    p.add_argument("--eval-tokens", type=int, default=4096)
+    p.add_argument("--reuse-pruned", action="store_true", help="keep an existing PRUNED folder (and its time in "
+                   "WORK/stages.json) instead of pruning again")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.calib_samples, args.calib_seq_len, args.steps, args.seq_len = 4, 64, 2, 32
+        args.context, args.eval_tokens, args.warmup_steps = 64, 256, 0
+    args.work.mkdir(parents=True, exist_ok=True)
+    stages_file = args.work / "stages.json"
+    stages = json.loads(stages_file.read_text()) if stages_file.is_file() else {}
+
+    base, train, eval_text = prepare(args.work)
+    pruned, recovered = args.work / "pruned", args.work / "recovered"
+    prune_cmd = ["prune", str(base), "--target", "params=0.8", "--importance", args.importance, "--compensation",
+                 args.compensation, "--calib", str(train), "--calib-samples", str(args.calib_samples),
+                 "--seq-len", str(args.calib_seq_len), "--calib-batch-size", "4", "--no-latency", "--plain",
+                 "--output", str(pruned), "--report", str(args.work / "prune_report.json")]
+    if not (args.reuse_pruned and (pruned / "config.json").is_file() and "prune" in stages):
+        shutil.rmtree(pruned, ignore_errors=True)
+        stages["prune"] = {"command": "depgraph " + shlex.join(prune_cmd), "seconds": depgraph(*prune_cmd)}
+        stages_file.write_text(json.dumps(stages, indent=1))
+
+    shutil.rmtree(recovered, ignore_errors=True)
+    recover_cmd = ["recover", str(pruned), "--teacher", str(base), "--data", str(train), "--seq-len", str(args.seq_len),
+                   "--max-samples", str(args.steps * args.batch_size), "--steps", str(args.steps),
+                   "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup-steps",
+                   str(args.warmup_steps), "--temperature", str(args.temperature), "--eval-batches", "1",
+                   "--plain", "--output", str(recovered)]
+    stages["recover"] = {"command": "depgraph " + shlex.join(recover_cmd), "seconds": depgraph(*recover_cmd)}
+    stages_file.write_text(json.dumps(stages, indent=1))
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    rows = data.chunk_tokens(tokenizer(eval_text, return_tensors="pt").input_ids, args.context, args.eval_tokens)
+    measured = {}
+    for name, folder in (("unpruned", base), ("pruned", pruned), ("pruned + recovered", recovered)):
+        start = time.perf_counter()
+        ppl, params = held_out_ppl(folder, rows)
+        measured[name] = {"ppl": ppl, "params": params, "eval_seconds": time.perf_counter() - start}
+        print(f"{name:20s} {params / 1e6:6.1f} M params  ppl {ppl:8.2f}", flush=True)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings["train_tokens"] = args.steps * args.batch_size * args.seq_len
+    settings["threads"] = torch.get_num_threads()
+    state = {"settings": settings, "stages": stages, "models": measured}
+    out = RESULTS if not args.quick else Path(tempfile.gettempdir()) / "depgraph-quality-quick"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recover_llm.json").write_text(json.dumps(state, indent=1))
+    (out / "recover_llm.md").write_text(markdown(state))
+    print(markdown(state))
+    return state
+
+
+def markdown(state: dict) -> str:
+    s, st, m = state["settings"], state["stages"], state["models"]
+    base = m["unpruned"]
+    lines = [f"SmolLM2-135M-Instruct (float32 from the Q4_1 gguf) through the command line, 2 shared CPU cores. "
+             f"Perplexity on {s['eval_tokens']} held-out Wikipedia tokens in windows of {s['context']}. "
+             f"Recovery: {s['steps']} AdamW steps of {s['batch_size']} x {s['seq_len']} tokens "
+             f"({s['train_tokens']} tokens), lr {s['lr']:g} after {s['warmup_steps']} warm-up steps, "
+             f"distillation at T={s['temperature']:g} plus next-token loss.", "",
+             "| model | params | ppl | ppl / unpruned |", "| :--- | ---: | ---: | ---: |"]
+    for name, r in m.items():
+        lines.append(f"| {name} | {r['params'] / 1e6:.1f} M ({r['params'] / base['params']:.1%}) | {r['ppl']:.2f} | "
+                     f"{r['ppl'] / base['ppl']:.2f}x |")
+    lines += ["", "| stage | command | wall time |", "| :--- | :--- | ---: |"]
+    for name, r in st.items():
+        lines.append(f"| {name} | `{r['command']}` | {r['seconds'] / 60:.1f} min |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
