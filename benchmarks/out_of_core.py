@@ -1,7 +1,7 @@
 """Prune a Llama-shaped checkpoint from its files, with a memory budget far below its size.
 
     python benchmarks/out_of_core.py                       # ~2.2 GB bf16 (TinyLlama-1.1B shape)
-    python benchmarks/out_of_core.py --size 13b            # ~26 GB bf16 (Llama-2-13B shape), needs the disk
+    python benchmarks/out_of_core.py --size 13b --max-memory 1GB   # ~26 GB bf16 (Llama-2-13B shape), needs the disk
     python benchmarks/out_of_core.py --size tiny --plan      # a smoke run, no plan timings
 
 Steps, each timed:
@@ -97,6 +97,18 @@ def write_random_checkpoint(folder: Path, size: str, shard_bytes: int, seed: int
     return total
 
 
+def check_budget(size: str, max_memory: str) -> None:
+    """Refuse a budget below one decoder layer before the checkpoint is written (minutes at 13B)."""
+    from depgraph.streaming import parse_size
+    from depgraph.streaming.plan import build_meta_model
+
+    layer = build_meta_model(llama_config(size)).model.layers[0]
+    need = sum(p.numel() * 2 for p in layer.parameters())  # bf16
+    if parse_size(max_memory) < need:
+        raise SystemExit(f"--max-memory {max_memory} cannot hold one decoder layer of the {size} shape "
+                         f"({need / 1e6:.0f} MB in bf16): streaming materialises up to one layer; raise it")
+
+
 def evict(folder: Path) -> None:
     """Drop the folder's files from the page cache, so the next read comes from the disk."""
     for p in folder.iterdir():
@@ -179,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--keep", action="store_true", help="keep the checkpoints")
     parser.add_argument("--save", action="store_true", help=f"write the results to {RESULTS}/")
     args = parser.parse_args(argv)
+    check_budget(args.size, args.max_memory)
 
     work = Path(tempfile.mkdtemp(prefix="ooc-", dir=args.workdir))
     src, out = work / "src", work / "out"

@@ -223,7 +223,7 @@ def _prune(args: argparse.Namespace, out: Printer) -> int:
     result = prune_model(
         source, ratio=args.ratio, target=args.target, importance=args.importance, compensation=args.compensation,
         global_pruning=args.global_pruning, round_to=args.round_to, head_ratio=args.head_ratio or 0.0,
-        ignore=args.ignore or (), calib=args.calib, num_samples=args.calib_samples,
+        prune_hidden=args.prune_hidden, ignore=args.ignore or (), calib=args.calib, num_samples=args.calib_samples,
         calib_batch_size=args.calib_batch_size, seq_len=args.seq_len, output=path, save_format=fmt,
         report=args.report, latency=not args.no_latency, progress=not args.plain)
     _print_report(result.report, source, args, out)
@@ -420,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-ratio", type=_ratio, default=None,
                    help="Hugging Face models: fraction of attention heads removed per layer (default: 0 in "
                         "memory; a streamed checkpoint's default is --ratio)")
+    p.add_argument("--prune-hidden", action="store_true",
+                   help="Hugging Face models: also prune the hidden size (embedding, norms, every projection on "
+                        "the residual stream) at --ratio; the vocabulary is kept")
     p.add_argument("--calib", default=None, metavar="DATA",
                    help="calibration data: an image folder, a text file, a .jsonl (\"text\" field), or "
                         "module:attribute naming a dataset or loader")

@@ -767,6 +767,7 @@ class DependencyGraph:
             for g in groups:
                 g.prune(record_history=record_history)
                 applied.append(g)
+            self._flush_after_hooks(tx)
             failure = self._forward_failure() if applied else None
             if failure is not None:
                 skipped = self._bisect(tx, applied, failure, record_history)
@@ -788,6 +789,7 @@ class DependencyGraph:
                     fresh = g.replan()
                     if fresh is not None:
                         fresh.prune(record_history=record_history)
+                self._flush_after_hooks(save)
                 return self._forward_failure()
 
             why = attempt(len(remaining))
@@ -808,6 +810,15 @@ class DependencyGraph:
                 self._graph.freeze(bad.propagation.order[0], f"pruning it breaks the forward pass ({why})")
             remaining = remaining[lo:]
         return skipped
+
+    def _flush_after_hooks(self, tx: Transaction) -> None:
+        """After-hooks that batch a pruner step's prunes (the Hugging Face config sync measures every
+        layer) run once now: inside the step's transaction, before its forward check."""
+        for hook in self._hooks.of("after"):
+            flush = getattr(hook, "flush", None)
+            if flush is not None:
+                tx.on_rollback(lambda hook=hook: hook(self, None))
+                flush(self)
 
     def _width_of(self, slot: int) -> int:
         d = self._dead.get(slot)

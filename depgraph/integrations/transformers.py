@@ -110,6 +110,7 @@ class ConfigSync:
         self._freqs_before_last = self._freqs
         self._warned: set[str] = set()
         self._deferred = 0
+        self._pending = False  # prunes of a deferred block not yet synced (see flush)
         self._problems: list[str] = []
 
     def __call__(self, graph: Any, plan: Any) -> None:
@@ -120,23 +121,44 @@ class ConfigSync:
             self._last.undo()
             self._freqs = self._freqs_before_last
             return
+        if self._deferred:
+            # Inside a pruner step: the sync measures every layer, so one per prune is quadratic in
+            # depth; the graph calls flush() once, inside the step's transaction, before its forward
+            # check. Nothing changed here, so undoing this call changes nothing either.
+            self._last = UndoLog()
+            self._freqs_before_last = self._freqs
+            self._pending = True
+            return
+        self._sync_now()
+
+    def flush(self, graph: Any) -> None:
+        """Sync once for every prune made since the deferred block began (no-op when none is pending)."""
+        if self._pending and self.model_ref() is not None:
+            self._pending = False
+            self._sync_now()
+
+    def _sync_now(self) -> None:
+        model = self.model_ref()
         self._last = UndoLog()
         self._problems = _sync(model, self._last, self._folder, self._layout, self._freqs)
         self._freqs_before_last = self._freqs
         self._freqs = {id(r): fresh_inv_freq(r) for r in self._layout.rotary}
         if not self._deferred:
-            self._warn(self._problems, stacklevel=5)
+            self._warn(self._problems, stacklevel=6)
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
-        """Warn (if at all) only about the state after the block: a pruner's step prunes layer by
-        layer through uneven states on its way to an even one."""
+        """Sync and warn (if at all) only for the state after the block: a pruner's step prunes layer
+        by layer through uneven states on its way to an even one, and a sync per prune would measure
+        every layer for each of them. ``DependencyGraph.prune_groups`` flushes the sync inside its
+        transaction, before its forward check."""
         self._deferred += 1
         try:
             yield
         finally:
             self._deferred -= 1
             if not self._deferred:
+                self.flush(None)  # prunes made outside DependencyGraph.prune_groups, which flushes itself
                 self._warn(self._problems, stacklevel=6)
 
     def _warn(self, problems: list[str], stacklevel: int) -> None:

@@ -35,7 +35,8 @@ def run(args: argparse.Namespace, out: Any) -> int:
     (:func:`~depgraph.workflow.load_calibration`: a text file or a ``.jsonl`` tokenised by the
     checkpoint's own tokenizer, or ``module:attribute``), for ``--importance activation_weight``
     / ``fluctuation`` and ``--compensation bias`` / ``lstsq``. As in memory, ``fluctuation``
-    compensates biases unless ``--compensation none``.
+    compensates biases unless ``--compensation none``. ``--prune-hidden`` prunes the hidden size
+    too (``prune_hidden=True``; the budget must hold the embedding).
 
     Raises:
         OptionError: bad values (``--importance`` the streamed path cannot compute,
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace, out: Any) -> int:
         args.model, output, ratio=args.ratio, head_ratio=getattr(args, "head_ratio", None), importance=importance,
         global_pruning=args.global_pruning, round_to=args.round_to, ignore=tuple(args.ignore or ()),
         seed=args.seed, max_memory=getattr(args, "max_memory", None), calib=calib, compensation=compensation,
-        progress=not args.plain)
+        prune_hidden=getattr(args, "prune_hidden", False), progress=not args.plain)
     for line in str(report).splitlines():
         out.line(line)
     return 0

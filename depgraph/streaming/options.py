@@ -3,20 +3,24 @@
 The recipe is the one a transformers config can describe after pruning: the
 same fraction of MLP channels and of key/value heads (with the query heads that
 read them) goes from every layer, the embedding and LM head are kept (so the
-hidden size stays) and head dims stay (RoPE frequencies). Both paths build their
-:class:`~depgraph.pruner.BasePruner` through :meth:`PruneOptions.make_pruner`,
-which is why they decide the same channels.
+hidden size stays) and head dims stay (RoPE frequencies). Both checkpoint paths build
+their :class:`~depgraph.pruner.BasePruner` through :meth:`PruneOptions.make_pruner`, which
+is why they decide the same channels; the layers kept and the attention settings come from
+:func:`~depgraph.workflow.keep.hf_prune_settings`, as ``prune_model``'s do in memory.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 
-from ..errors import OptionError, UnknownModuleError
+from ..errors import OptionError
+
+if TYPE_CHECKING:
+    from ..workflow.keep import HFPruneSettings
 
 __all__ = ["PruneOptions", "IMPORTANCES", "DATA_FREE", "DATA_AWARE", "COMPENSATIONS"]
 
@@ -115,34 +119,29 @@ class PruneOptions:
             return imp.RandomImportance(generator=torch.Generator().manual_seed(self.seed))
         return imp.create_importance(self.importance)
 
-    def ignored_layers(self, model: nn.Module) -> list[nn.Module]:
-        """LM head, embedding (unless ``prune_hidden``), the ``ignore`` names and, with ``heads == 0``,
-        the attention blocks.
+    def settings(self, model: nn.Module) -> HFPruneSettings:
+        """The layers kept whole and the attention settings, as the in-memory ``prune_model`` takes them
+        (:func:`~depgraph.workflow.keep.hf_prune_settings`): LM head, embedding (unless
+        ``prune_hidden``), the ``ignore`` names; whole heads at ``heads``, head size kept.
 
         Raises:
-            UnknownModuleError: an ``ignore`` name is not a module of the model.
+            OptionError: an ``ignore`` name is not a module of the model.
         """
-        modules = dict(model.named_modules())
-        missing = [n for n in self.ignore if n not in modules]
-        if missing:
-            raise UnknownModuleError(f"ignore names no module of {type(model).__name__}: {missing[:5]}")
-        keep = (model.get_output_embeddings(),) + (() if self.prune_hidden else (model.get_input_embeddings(),))
-        ignored = [m for m in keep if m is not None]
-        ignored += [modules[n] for n in self.ignore]
-        if self.heads <= 0:
-            ignored += [m for n, m in modules.items() if n.endswith(("attn", "attention"))]
-        return ignored
+        from ..workflow.keep import hf_prune_settings
+
+        return hf_prune_settings(model, head_ratio=self.heads, ignore=self.ignore, prune_hidden=self.prune_hidden)
+
+    def ignored_layers(self, model: nn.Module) -> list[nn.Module]:
+        """The layers the pruner keeps whole (see :meth:`settings`)."""
+        return list(self.settings(model).ignored_layers)
 
     def make_pruner(self, model: nn.Module, example_inputs: Any, importance: Any) -> Any:
         """The :class:`~depgraph.pruner.BasePruner` of this recipe for ``model``."""
         from ..pruner import BasePruner
 
-        return BasePruner(
-            model, example_inputs, importance,
-            pruning_ratio=self.ratio, global_pruning=self.global_pruning, round_to=self.round_to,
-            ignored_layers=self.ignored_layers(model),
-            prune_num_heads=self.heads > 0, head_pruning_ratio=self.heads, prune_head_dims=False,
-        )
+        return BasePruner(model, example_inputs, importance, pruning_ratio=self.ratio,
+                          global_pruning=self.global_pruning, round_to=self.round_to,
+                          **self.settings(model).pruner_kwargs())
 
     def describe(self) -> dict[str, Any]:
         """The options as plain data, written next to the pruned shards so a run can be reproduced."""

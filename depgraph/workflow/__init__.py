@@ -7,6 +7,7 @@ command line is a thin layer over them.
     sources            load_source: torchvision/timm + weights, Hugging Face folders, saved modules
     calibration_data   load_calibration: batches from an image folder, text, .jsonl or Python
     recipes            criterion + compensation by name, per-family defaults, calibrated
+    keep               hf_prune_settings: layers kept whole + attention settings (shared with streaming)
     search, targets    the ratio that meets macs= / params= / latency= (fraction kept)
     save               save_pretrained folder or tp.save file, with how to load it back
     report, progress   the before/after report (table, .md, .json, .png) and stage progress
@@ -20,6 +21,7 @@ Example:
 
 from .calibration_data import check_calibration, load_calibration
 from .inputs import InputSpec, input_spec_for_checkpoint
+from .keep import HFPruneSettings, hf_prune_settings
 from .prune import PruneResult, prune_model
 from .recipes import COMPENSATIONS, CRITERIA, Recipe, resolve_recipe
 from .report import PruneReport
@@ -43,6 +45,8 @@ __all__ = [
     "resolve_recipe",
     "CRITERIA",
     "COMPENSATIONS",
+    "HFPruneSettings",
+    "hf_prune_settings",
     "Target",
     "TargetResult",
     "measure",

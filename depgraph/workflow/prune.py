@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from ..errors import OptionError
 from .calibration_data import check_calibration, load_calibration
+from .keep import HFPruneSettings, hf_prune_settings, named_layers
 from .progress import Stages
 from .recipes import Recipe, Scoring, build_scoring, resolve_recipe
 from .report import PruneReport, check_report_path, layer_widths
@@ -53,6 +54,7 @@ def prune_model(
     global_pruning: bool | None = None,
     round_to: int | None = None,
     head_ratio: float = 0.0,
+    prune_hidden: bool = False,
     ignore: Sequence[str] = (),
     calib: Any = None,
     num_samples: int = 32,
@@ -76,6 +78,9 @@ def prune_model(
         global_pruning: rank across groups; refused for a ``save_pretrained`` output (per-layer widths).
         round_to: keep channel counts multiples of it (every search trial too).
         head_ratio: (Hugging Face) fraction of attention heads removed per layer; 0 keeps attention.
+        prune_hidden: (Hugging Face) also prune the hidden size (the residual stream: embedding, every
+            norm, every projection's input or output on it) at ``ratio``, as one group; the vocabulary
+            and the task head's outputs are kept. As ``prune_checkpoint(prune_hidden=True)``.
         ignore: qualified names of more layers whose outputs are kept.
         calib: calibration data (see :func:`~depgraph.workflow.load_calibration`).
         num_samples: calibration samples read at most.
@@ -93,7 +98,8 @@ def prune_model(
 
     Raises:
         OptionError: ratio and target both or neither, unknown criterion, a data-aware criterion
-            without data, global pruning into a ``save_pretrained`` folder, unknown ``ignore`` names.
+            without data, global pruning into a ``save_pretrained`` folder, unknown ``ignore`` names,
+            ``prune_hidden`` for a model that is not a Hugging Face one.
         OutputError: the output or report path cannot be written.
         CalibrationDataError: the data cannot be read or does not fit the model.
         TargetUnreachableError: no ratio meets the target.
@@ -114,6 +120,9 @@ def prune_model(
     goal = Target.parse(target) if isinstance(target, str) else target
     if not 0.0 <= head_ratio < 1.0:
         raise OptionError(f"head_ratio must be in [0, 1), got {head_ratio}")
+    if prune_hidden and source.family != "hf":
+        raise OptionError(f"prune_hidden prunes the hidden size of a Hugging Face model; {source.name} is a "
+                          f"{source.family} model, whose widths every group already prunes")
     if round_to is not None and round_to < 1:
         raise OptionError(f"round_to must be a positive integer, got {round_to}")
     recipe = resolve_recipe(importance, compensation, global_pruning,
@@ -127,7 +136,9 @@ def prune_model(
     if report is not None:
         check_report_path(report)
     model, example = source.model, source.example_inputs
-    keep = list(source.keep) + _named_layers(model, ignore)
+    hf = hf_prune_settings(model, head_ratio=head_ratio, ignore=ignore, prune_hidden=prune_hidden) \
+        if source.family == "hf" else None
+    keep = list(hf.ignored_layers) if hf is not None else list(source.keep) + named_layers(model, ignore)
 
     batches, calibration = None, "none"
     if calib is not None:
@@ -141,7 +152,7 @@ def prune_model(
     with stages.stage("measure"):
         want_latency = latency or (goal is not None and goal.metric == "latency")
         before = measure(model, example, latency=want_latency)
-    make_pruner = _pruner_factory(source, recipe, round_to, head_ratio)
+    make_pruner = _pruner_factory(source, recipe, round_to, hf)
     notes = _notes(source, recipe)
 
     if goal is not None and goal.kept < 1.0:
@@ -186,12 +197,11 @@ def prune_model(
     return PruneResult(pruned, rep, saved)
 
 
-def _pruner_factory(source: Source, recipe: Recipe, round_to: int | None, head_ratio: float) -> Any:
+def _pruner_factory(source: Source, recipe: Recipe, round_to: int | None, hf: HFPruneSettings | None) -> Any:
     from ..pruner import BasePruner
 
-    extra: dict[str, Any] = {}
-    if source.family == "hf":  # the widths a transformers config describes: heads whole, head size kept
-        extra = dict(prune_head_dims=False, prune_num_heads=head_ratio > 0, head_pruning_ratio=head_ratio)
+    # Hugging Face: the attention settings both checkpoint paths share (heads whole, head size kept)
+    extra = {k: v for k, v in hf.pruner_kwargs().items() if k != "ignored_layers"} if hf is not None else {}
 
     def make(model: nn.Module, scoring: Scoring, keep: Sequence[nn.Module], ratio: float) -> Any:
         return BasePruner(model, source.example_inputs, scoring.importance, pruning_ratio=ratio,
@@ -199,18 +209,6 @@ def _pruner_factory(source: Source, recipe: Recipe, round_to: int | None, head_r
                           compensation=scoring.compensation, **extra)
 
     return make
-
-
-def _named_layers(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
-    import difflib
-
-    modules = dict(model.named_modules())
-    missing = [n for n in names if n not in modules]
-    if missing:
-        hints = [f"{n!r}" + (f" (did you mean {', '.join(c)}?)" if (c := difflib.get_close_matches(n, modules, 3))
-                             else "") for n in missing]
-        raise OptionError(f"ignore names no layer of the model ({type(model).__name__}): " + "; ".join(hints))
-    return [modules[n] for n in names]
 
 
 def _names(model: nn.Module, layers: Sequence[nn.Module]) -> list[str]:

@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from ..errors import SourceError
 from .inputs import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+from .keep import hf_kept_layers
 
 __all__ = ["Source", "load_source", "find_classifier", "build_vision_model", "unknown_model_message", "FAMILIES"]
 
@@ -449,13 +450,8 @@ def _hf_folder(folder: Path, name: str, seq_len: int, input_size: int | None) ->
     except (OSError, ValueError) as e:
         raise SourceError(f"cannot load {folder} with {cls.__name__}.from_pretrained: "
                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    keep = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
-    head = next((getattr(model, n) for n in ("classifier", "score", "head", "visual_projection", "text_projection")
-                 if isinstance(getattr(model, n, None), nn.Module)), None)
-    if head is not None and head not in keep:
-        keep.append(head)
     return Source(model, "hf", None, _hf_spec(model, folder, seq_len, input_size), name, weights=str(folder),
-                  folder=folder, task=type(model).__name__, keep=keep)
+                  folder=folder, task=type(model).__name__, keep=hf_kept_layers(model))
 
 
 def _hf_spec(model: nn.Module, folder: Path, seq_len: int, input_size: int | None) -> InputSpec:

@@ -106,6 +106,33 @@ def test_group_index_lists_share_ints_and_root_lists():
     assert down.idxs == list(range(320)) and down.root_idxs == down.idxs
     # pruning through the shared lists is exact
     original = copy.deepcopy(model)
-    DG.get_pruning_group(model.model.layers[0].mlp.gate_proj, tp.prune_linear_out_channels, [3, 300]).prune()
+    with pytest.warns(UserWarning, match="MLP width differs between layers"):
+        DG.get_pruning_group(model.model.layers[0].mlp.gate_proj, tp.prune_linear_out_channels, [3, 300]).prune()
     assert model.model.layers[0].mlp.down_proj.in_features == 318
     assert tp.verify(original, model, inputs, output_transform=output_of).exact
+
+
+def test_a_step_syncs_the_hf_config_once_and_a_lone_prune_at_once(monkeypatch):
+    """The config sync measures every layer: once per step (before its forward check), not once per group."""
+    import depgraph.integrations.transformers as hf
+
+    model, inputs = _llama(num_hidden_layers=3)
+    original = copy.deepcopy(model)
+    syncs = _count_calls(monkeypatch, hf, "_sync")
+    pruner = tp.pruner.BasePruner(
+        model, inputs, tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=0.5, prune_num_heads=True,
+        prune_head_dims=False, head_pruning_ratio=0.5,
+        ignored_layers=[model.get_input_embeddings(), model.get_output_embeddings()], output_transform=output_of,
+    )
+    pruner.step()
+    assert len(pruner.pruning_history()) == 6 and syncs == [1]  # 3 MLP + 3 head groups, one sync
+    assert model.config.intermediate_size == 24 and model.config.num_key_value_heads == 1
+    assert all(layer.self_attn.num_key_value_groups == 2 for layer in model.model.layers)
+    assert tp.verify(original, model, inputs, output_transform=output_of).exact
+    hf.check_config(model)
+
+    DG = tp.DependencyGraph().build_dependency(model, inputs, output_transform=output_of)
+    syncs.clear()
+    with pytest.warns(UserWarning, match="MLP width differs between layers"):  # synced (and judged) at once
+        DG.get_pruning_group(model.model.layers[0].mlp.gate_proj, tp.prune_linear_out_channels, [0]).prune()
+    assert syncs == [1] and model.model.layers[0].mlp.gate_proj.out_features == 23

@@ -72,3 +72,20 @@ def test_progress_bars_per_stage_and_the_report(src, tmp_path, capfd) -> None:
     text = str(report)
     assert "read " in text and "wrote " in text and "peak weights held" in text and "peak RSS" in text
     assert report.bytes_read > 0 and report.bytes_written > 0 and 0 < report.peak_materialized <= 1_000_000
+
+
+def test_prune_hidden_flag_streamed_and_in_memory(src, tmp_path, capsys) -> None:
+    """--prune-hidden is prune_hidden=True on both paths: streamed (--max-memory) and loaded whole."""
+    base = ["prune", str(src), "--ratio", "0.25", "--head-ratio", "0.25", "--prune-hidden", "--plain"]
+    assert main([*base, "--max-memory", "1MB", "--output", str(tmp_path / "stream")]) == 0
+    assert "(stream)" in capsys.readouterr().out
+    assert main([*base, "--output", str(tmp_path / "memory"), "--no-latency"]) == 0  # fits: in memory
+    prune_checkpoint(src, tmp_path / "api", ratio=0.25, head_ratio=0.25, prune_hidden=True, max_memory="1MB",
+                     progress=False)
+    ref = _load(tmp_path / "api")
+    assert ref.config.hidden_size == 72 and ref.model.embed_tokens.weight.shape == (100, 72)
+    for folder in ("stream", "memory"):
+        got = _load(tmp_path / folder)
+        a, b = ref.state_dict(), got.state_dict()
+        assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a), folder
+        assert got.config.hidden_size == 72, folder

@@ -38,3 +38,10 @@ def test_tiny_run_prunes_within_its_budget(tmp_path, monkeypatch) -> None:
     saved = json.loads((tmp_path / "results" / "out_of_core_tiny.json").read_text())
     assert saved["prune"]["params_after"] == prune["params_after"]
     assert not list(tmp_path.glob("ooc-*"))  # the checkpoints are removed
+
+
+def test_a_budget_below_one_layer_is_refused_before_writing(tmp_path) -> None:
+    bench = _benchmark()
+    with pytest.raises(SystemExit, match=r"--max-memory 100KB cannot hold one decoder layer of the tiny shape"):
+        bench.main(["--size", "tiny", "--plan", "--max-memory", "100KB", "--workdir", str(tmp_path)])
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -344,7 +344,8 @@ def test_cli_prunes_a_checkpoint_folder(llama_src, tmp_path, capsys) -> None:
         (dict(importance="fluctuation"), tp.errors.OptionError, "calibrated on data: pass calib="),
         (dict(importance="fluctuation", calib=torch.full((1, 4), 100)), tp.errors.OptionError,
          r"token ids in \[100, 100\], outside the vocabulary .*0 to 99"),
-        (dict(ignore=("model.layers.9",)), tp.DepgraphError, r"ignore names no module .*model\.layers\.9"),
+        (dict(ignore=("model.layers.9",)), tp.errors.OptionError,
+         r"ignore names no layer of the model \(LlamaForCausalLM\): 'model\.layers\.9' \(did you mean"),
     ],
 )
 def test_bad_input_is_refused_before_writing(llama_src, tmp_path, kwargs, error, match) -> None:
@@ -385,6 +386,24 @@ def test_hidden_size_streams_one_member_at_a_time(arch, tmp_path) -> None:
     assert got.config.vocab_size == 100 and got.get_output_embeddings().weight.shape == (100, 72)
     # the whole group (embedding, 7 norms, 3 x 7 projections, LM head) was never held at once
     assert 0 < report.peak_materialized <= layer_bytes
+
+
+def test_hidden_size_streams_with_attention_left_whole(llama_src, tmp_path) -> None:
+    """head_ratio=0 leaves every head (no attention block is ignored, so the output projections stay in
+    the hidden-size group): the hidden size still goes, as a BasePruner step without head pruning."""
+    prune_checkpoint(llama_src, tmp_path / "out", ratio=RATIO, head_ratio=0.0, prune_hidden=True, max_memory="1MB",
+                     progress=False)
+    model = _load(llama_src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tp.pruner.BasePruner(
+            model, {"input_ids": torch.zeros(1, 8, dtype=torch.long)}, tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=RATIO, ignored_layers=[model.get_output_embeddings()], prune_head_dims=False,
+        ).step()
+    got = _load(tmp_path / "out")
+    _assert_same(model, got)
+    assert (got.config.hidden_size, got.config.intermediate_size) == (72, 96)
+    assert (got.config.num_attention_heads, got.config.num_key_value_heads, got.config.head_dim) == (8, 4, 12)
 
 
 def test_hidden_size_needs_room_for_the_embedding(tmp_path) -> None:
