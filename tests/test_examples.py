@@ -8,13 +8,15 @@ prune is proven by ``tp.verify``, and the numbers each script exists to show
 
 ``prune_llm.py`` is tested with the transformers integration
 (``tests/integrations/test_prune_llm_example.py``). The last tests are smoke
-tests of ``benchmarks/latency.py`` (one ratio, tiny input, one timed run) and
+tests of ``benchmarks/latency.py`` (one ratio, tiny input, one timed run; ``--per-layer`` on
+ResNet-18 at 32x32, one round) and
 of the meta-device Llama rows of ``benchmarks/graph_build.py`` (2 layers).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -140,3 +142,20 @@ def test_graph_build_benchmark_llama_on_meta_smoke() -> None:
     assert nodes > 0 and groups > 0 and all(s >= 0 for s in seconds)
     model, inputs = bench.meta_llama(2)
     assert model.model.layers[0].mlp.down_proj.in_features == 11008 and inputs["input_ids"].is_meta
+
+
+def test_latency_benchmark_per_layer_smoke(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """``--per-layer`` on ResNet-18 at 32x32, one round: every setting timed, the per-layer table and JSON written."""
+    bench = load_script(ROOT / "benchmarks" / "latency.py")
+    argv = ["--per-layer", "--models", "resnet18", "--sizes", "32", "--rounds", "1", "--wall-rounds", "1",
+            "--json", str(tmp_path / "layers.json")]
+    text = bench.main(argv)
+    settings = [line.split(" | ")[0] for line in text.splitlines() if re.match(r"\| (plain|fold_bn|channels_last)", line)]
+    assert settings == ["| plain", "| fold_bn", "| channels_last", "| fold_bn+channels_last"]
+    assert "| layer1.0.conv1 | 64→64 ⇒ 32→32 |" in text and "excess by module class" in text
+    data = json.loads((tmp_path / "layers.json").read_text())
+    (case,) = data["cases"]
+    assert case["model"] == "resnet18" and case["macs"][0] > case["macs"][1] > 0
+    before = case["layers"]["fold_bn+channels_last"]["before"]["layers"]
+    assert not any(t["kind"] == "BatchNorm2d" for t in before)  # folded into the convs
+    assert "load average" in data["environment"] and "per-layer latency" in capsys.readouterr().out

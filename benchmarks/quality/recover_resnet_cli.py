@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--runs", default="ref,labels,kd",
                    help="recoveries to run: ref (unpruned, labels), labels (pruned, labels), kd (pruned, both)")
+    p.add_argument("--name", default="recover_resnet_cli", help="stem of the results files (NAME.md, NAME.json)")
     p.add_argument("--reuse", action="store_true", help="keep outputs already in --work whose time is in "
                    "WORK/stages.json instead of running their command again")
     args = p.parse_args(argv)
@@ -146,8 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     state = {"settings": settings, "stages": stages, "rows": rows}
     out_dir = RESULTS if not args.quick else Path(tempfile.gettempdir()) / "depgraph-quality-quick"
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "recover_resnet_cli.json").write_text(json.dumps(state, indent=1))
-    (out_dir / "recover_resnet_cli.md").write_text(markdown(state))
+    (out_dir / f"{args.name}.json").write_text(json.dumps(state, indent=1))
+    (out_dir / f"{args.name}.md").write_text(markdown(state))
     print(markdown(state))
     return state
 
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
 def markdown(state: dict) -> str:
     s, rows = state["settings"], state["rows"]
     base = rows[0]["acc"]
-    ref = next(r["acc"] for r in rows if r["model"] == "unpruned" and r["recovery"] != "none")
+    ref = next((r["acc"] for r in rows if r["model"] == "unpruned" and r["recovery"] != "none"), None)
     lines = [f"ResNet-20 on Fashion-MNIST ({s['test_images']} test images) through the command line: "
              f"`depgraph prune --target macs=0.5 --importance l2 --global`, then `depgraph recover` for "
              f"{s['steps']} AdamW steps of batch {s['batch_size']} (lr {s['lr']:g}, warm-up {max(1, s['steps'] // 4)} "
@@ -163,7 +164,7 @@ def markdown(state: dict) -> str:
              "| model | recovery | MACs speed-up | accuracy | vs unpruned | vs unpruned, same steps | time |",
              "| :--- | :--- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        same = f"{r['acc'] - ref:+.2f}" if r["recovery"] != "none" else "-"
+        same = f"{r['acc'] - ref:+.2f}" if r["recovery"] != "none" and ref is not None else "-"
         t = f"{r['seconds']:.0f} s" if "seconds" in r else "-"
         lines.append(f"| {r['model']} | {r['recovery']} | {r['macs_speedup']:.2f}x | {r['acc']:.2f} | "
                      f"{r['acc'] - base:+.2f} | {same} | {t} |")

@@ -47,12 +47,15 @@ def _ints_in(obj: Any, depth: int = 0):
 PARAMETER_HANDLER = ParameterPruner.INSTANCE
 
 
-def _identity_classes(graph: SlotGraph) -> list[int]:
-    """One representative per slot: slots joined by identity pair rules share it.
+def _classes(graph: SlotGraph, identity_only: bool) -> list[int] | None:
+    """One representative per slot: slots joined by rules share it (union-find, ``O(rules)``).
 
-    Removing a position from one slot of a class removes the same position from
-    all of them, so membership answers most reachability questions without a
-    propagation. Union-find over the rules: ``O(rules)``.
+    With ``identity_only``, only identity pair rules join: removing a position
+    from one slot of such a class removes the same position from all of them,
+    so membership answers most reachability questions without a propagation.
+    Otherwise every rule joins, and slots of different classes (connected
+    components) never reach each other; None if a rule of an unknown kind
+    leaves the components unknown.
     """
     parent = list(range(len(graph.sizes)))
 
@@ -62,12 +65,21 @@ def _identity_classes(graph: SlotGraph) -> list[int]:
             x = parent[x]
         return x
 
+    def join(a: int, b: int) -> None:
+        a, b = find(a), find(b)
+        if a != b:
+            parent[a] = b
+
     for rules in graph.rules:
         for r in rules:
-            if isinstance(r, PairRule) and r.identity:
-                a, b = find(r.a), find(r.b)
-                if a != b:
-                    parent[a] = b
+            if isinstance(r, PairRule):
+                if r.identity or not identity_only:
+                    join(r.a, r.b)
+            elif not identity_only and isinstance(r, FactorRule):
+                for part in r.parts:
+                    join(r.merged, part)
+            elif not identity_only:
+                return None  # a rule of another kind: which slots it joins is unknown
     return [find(s) for s in range(len(parent))]
 
 
@@ -87,6 +99,7 @@ class GraphBuilder:
         self.warned: set[str] = set()
         self._same: list[int] = []  # identity class of each slot, set before the derived-size checks
         self._members: dict[int, list[int]] = {}  # identity class -> its slots, filled on first need
+        self._linked: list[int] | None = []  # connected component of each slot (every rule joins)
 
     # -- endpoints --------------------------------------------------------------
     def node_of(self, module: nn.Module) -> Node | None:
@@ -197,7 +210,8 @@ class GraphBuilder:
         Swin's ``reshape(..., C // num_heads)`` with C the *input* width of qkv does not)."""
         if not self.graph.derived:
             return
-        self._same = _identity_classes(self.graph)
+        self._same = _classes(self.graph, identity_only=True)
+        self._linked = _classes(self.graph, identity_only=False)
         for slot, src, where in self.graph.derived:
             if slot in self.graph.frozen:
                 continue
@@ -268,6 +282,9 @@ class GraphBuilder:
         """
         if self._same_class(slot, sources):
             return True
+        linked = self._linked
+        if linked is not None and all(linked[s] != linked[slot] for s in sources):
+            return False  # no chain of rules leads there
         # Reaching any slot of a source's identity class reaches the source: stop there.
         if not self._members:
             for s, c in enumerate(self._same):

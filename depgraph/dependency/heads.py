@@ -199,13 +199,25 @@ def _block(graph: DependencyGraph, axis: HeadAxis, blocked: dict[int, str],
     if frozen:
         reject(frozen)
         return None
-    start = _kv_axis(g, axis.k)
+    first_plans: dict[int, Propagation] = {}
+
+    def is_batch(slot: int) -> bool:
+        # The propagation of the axis' first head answers it, and is the first unit's plan when
+        # the axis holds the heads: one propagation per KV head in all, not one more per block.
+        alive = graph.alive_positions(slot)
+        if slot in g.frozen or not alive.numel():
+            return _is_batch(g, slot)
+        plan = first_plans[slot] = graph.propagate(slot, alive[:1], blocked)
+        return any(r == "model input" for r in plan.violations.values())
+
+    start = _kv_axis(g, axis.k, is_batch)
     plans: list[Propagation] = []
     claimed: set[int] = set()
-    for h in graph.alive_positions(start).tolist():
+    for k, h in enumerate(graph.alive_positions(start).tolist()):
         if h in claimed:  # a repeated key head: already in a unit
             continue
-        plan = graph.propagate(start, torch.tensor([h]), blocked)
+        plan = first_plans[start] if k == 0 and start in first_plans else graph.propagate(
+            start, torch.tensor([h]), blocked)
         if plan.violations:
             reject(plan.violations.values())
             return None
@@ -238,7 +250,7 @@ def _block(graph: DependencyGraph, axis: HeadAxis, blocked: dict[int, str],
                           graph.current_width(axis.q), len(units), modules, frozenset(slots))
 
 
-def _kv_axis(g: Any, slot: int) -> int:
+def _kv_axis(g: Any, slot: int, is_batch: Callable[[int], bool] | None = None) -> int:
     """The key/value head axis behind a repeated one.
 
     Eager GQA attention multiplies by ``repeat_kv(k)``: ``(B, Hk, R, S, D) -> (B, Hk*R, S, D)``.
@@ -253,7 +265,8 @@ def _kv_axis(g: Any, slot: int) -> int:
                 # (KV heads, repeat) under GQA; (windows, heads) when heads share the batch dim
                 # (SAM's ``B * num_heads``): the frozen outer factor is a batch, not the heads.
                 outer, inner = rule.parts
-                return inner if _is_batch(g, outer) and not _is_batch(g, inner) else outer
+                batch = is_batch or (lambda s: _is_batch(g, s))
+                return inner if batch(outer) and not batch(inner) else outer
             if isinstance(rule, PairRule) and isinstance(rule.fwd, Identity):
                 other = rule.b if rule.a == s else rule.a
                 if other not in seen:

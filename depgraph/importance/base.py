@@ -241,8 +241,7 @@ class GroupImportance(Importance):
         if opener is None:
             _refuse_meta(self, group)
         n, table = root_lookup(group)
-        rows: list[torch.Tensor] = []
-        masks: list[torch.Tensor] = []
+        rows: list[tuple[torch.Tensor, torch.Tensor]] = []  # (scores, root position or n: none)
         for i in range(len(group)):
             item = group[i]
             dep = item.dep
@@ -252,17 +251,14 @@ class GroupImportance(Importance):
                 continue
             idxs, roots = member_indices(item)
             pos = root_positions(table, roots)
+            col = torch.where(pos >= 0, pos, n)
             with opener(dep.target) if opener is not None else contextlib.nullcontext():
                 for s in self.member_scores(target, side, idxs, dep):
-                    row, mask = _scatter(s, pos, n)
-                    rows.append(row)
-                    masks.append(mask)
+                    s = s.detach().flatten()
+                    rows.append((s.to(torch.float64 if s.dtype == torch.float64 else torch.float32), col))
         if not rows:
             return None
-        device = rows[0].device
-        dtype = torch.float64 if any(r.dtype == torch.float64 for r in rows) else torch.float32
-        stack = torch.stack([r.to(device, dtype) for r in rows])
-        mask = torch.stack([m.to(device) for m in masks])
+        stack, mask = _stack(rows, n)
         scores = reduce_stack(stack, mask, self.group_reduction)
         return normalize(scores, self.normalizer)
 
@@ -273,14 +269,22 @@ class GroupImportance(Importance):
         )
 
 
-def _scatter(scores: torch.Tensor, pos: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum a member's scores onto root positions (a flatten maps many to one)."""
-    scores = scores.detach().flatten()
-    scores = scores.to(torch.float64 if scores.dtype == torch.float64 else torch.float32)
-    pos = pos.to(scores.device)
-    keep = pos >= 0
-    row = torch.zeros(n, dtype=scores.dtype, device=scores.device)
-    row.index_add_(0, pos[keep], scores[keep])
-    mask = torch.zeros(n, dtype=torch.bool, device=scores.device)
-    mask[pos[keep]] = True
-    return row, mask
+def _stack(rows: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(members, n)`` scores summed onto root positions (a flatten maps many to one) and the
+    mask of the cells some score reached; column ``n`` of each row takes what reaches no root.
+
+    One ``index_add`` over all rows: per row only its offset is a tensor op.
+    """
+    device, dtype = rows[0][0].device, rows[0][0].dtype
+    if any(s.device != device or s.dtype != dtype for s, _ in rows):  # mixed: one row at a time
+        out_dtype = torch.float64 if any(s.dtype == torch.float64 for s, _ in rows) else torch.float32
+        parts = [_stack([(s, col)], n) for s, col in rows]
+        return (torch.cat([p[0].to(device, out_dtype) for p in parts]),
+                torch.cat([p[1].to(device) for p in parts]))
+    m, width = len(rows), n + 1
+    flat = torch.cat([col.to(device) + k * width for k, (_, col) in enumerate(rows)])
+    stack = torch.zeros(m * width, dtype=dtype, device=device)
+    stack.index_add_(0, flat, torch.cat([s for s, _ in rows]))
+    mask = torch.zeros(m * width, dtype=torch.bool, device=device)
+    mask[flat] = True
+    return stack.view(m, width)[:, :n].contiguous(), mask.view(m, width)[:, :n].contiguous()

@@ -3,10 +3,11 @@
 ``draw_*`` import matplotlib lazily, so ``import depgraph.utils`` never needs it.
 """
 
-from . import benchmark, print_tool
+from . import benchmark, layer_latency, print_tool
 from .benchmark import measure_fps, measure_latency, measure_memory, measure_throughput
 from .compat import TORCH_BATCHNORM, TORCH_CONV, TORCH_LINEAR, TORCH_PRELU, flatten_as_list, module2type
 from .draw import draw_computational_graph, draw_dependency_graph, draw_groups
+from .layer_latency import compare_profiles, gap_by_kind, layer_table, profile_layers
 from .op_counter import count_ops_and_params, count_params
 from .op_rules import register_op_rule
 
@@ -23,6 +24,12 @@ __all__ = [
     "measure_memory",
     "measure_fps",
     "measure_throughput",
+    # per-layer latency against MACs
+    "layer_latency",
+    "profile_layers",
+    "compare_profiles",
+    "gap_by_kind",
+    "layer_table",
     # Torch-Pruning helpers
     "flatten_as_list",
     "module2type",
