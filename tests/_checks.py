@@ -221,3 +221,16 @@ def member(group: tp.Group, target: Any, out: bool | None = None) -> list[int]:
             if it.dep.target.module is target and (out is None or it.dep.is_out() == out)]
     assert hits, f"{type(target).__name__} is not in the group:{group.details()}"
     return sorted({i for it in hits for i in it.idxs})
+
+
+def count_calls(monkeypatch, owner: Any, name: str) -> list[int]:
+    """Wrap ``owner.name`` for the test: the returned list grows by one entry per call."""
+    calls: list[int] = []
+    original = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls

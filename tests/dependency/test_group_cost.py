@@ -19,26 +19,14 @@ from depgraph.dependency import GroupItem
 from depgraph.dims.indexmap import Offset
 from depgraph.importance.base import member_indices
 
-from .._checks import build
-
-
-def _count(monkeypatch, owner, name) -> list[int]:
-    calls: list[int] = []
-    original = getattr(owner, name)
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(owner, name, counted)
-    return calls
+from .._checks import build, count_calls
 
 
 def test_densenet_concat_pushes_touch_only_the_owning_input(monkeypatch):
     torch.manual_seed(0)
     model = torchvision.models.densenet121().eval()
     DG = build(model, torch.randn(1, 3, 64, 64))
-    applied = _count(monkeypatch, Offset, "apply")
+    applied = count_calls(monkeypatch, Offset, "apply")
     groups = list(DG.get_all_groups(ignored_layers=[model.classifier]))
     members = sum(len(g) for g in groups)
     assert len(groups) == 120 and members == 1431

@@ -18,6 +18,7 @@ import pytest
 
 import depgraph as tp
 import depgraph.pruner.heads as heads_module
+from tests._checks import count_calls
 from tests.integrations._hf import FAMILIES, output_of
 
 pytestmark = pytest.mark.zoo
@@ -28,17 +29,6 @@ def _llama(**overrides):
     fam = FAMILIES["llama"]
     return fam.build(**overrides), fam.example_inputs()
 
-
-def _count_calls(monkeypatch, owner, name):
-    calls = []
-    original = getattr(owner, name)
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(owner, name, counted)
-    return calls
 
 
 def test_first_step_reuses_the_groups_and_heads_found_at_construction(monkeypatch):
@@ -52,8 +42,8 @@ def test_first_step_reuses_the_groups_and_heads_found_at_construction(monkeypatc
     )
     listed = pruner.prunable_groups()
     assert pruner.prunable_groups() is listed  # unchanged graph: the same list
-    group_calls = _count_calls(monkeypatch, pruner.DG, "get_all_groups")
-    head_calls = _count_calls(monkeypatch, heads_module, "find_attention_heads")
+    group_calls = count_calls(monkeypatch, pruner.DG, "get_all_groups")
+    head_calls = count_calls(monkeypatch, heads_module, "find_attention_heads")
 
     pruner.step()
     assert group_calls == [] and head_calls == []  # planned entirely from what __init__ found
@@ -118,7 +108,7 @@ def test_a_step_syncs_the_hf_config_once_and_a_lone_prune_at_once(monkeypatch):
 
     model, inputs = _llama(num_hidden_layers=3)
     original = copy.deepcopy(model)
-    syncs = _count_calls(monkeypatch, hf, "_sync")
+    syncs = count_calls(monkeypatch, hf, "_sync")
     pruner = tp.pruner.BasePruner(
         model, inputs, tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=0.5, prune_num_heads=True,
         prune_head_dims=False, head_pruning_ratio=0.5,
