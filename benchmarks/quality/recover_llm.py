@@ -64,11 +64,23 @@ def depgraph(*args: str) -> float:
     return time.perf_counter() - start
 
 
-def held_out_ppl(folder: Path, rows: torch.Tensor) -> tuple[float, int]:
+def held_out_ppl(path: Path, rows: torch.Tensor, base: Path) -> tuple[float, int]:
+    """Perplexity and parameter count of a save_pretrained folder, or of a depgraph.save file of BASE."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(path if path.is_dir() else base, dtype=torch.float32).eval()
+    if not path.is_dir():
+        import depgraph
+
+        model = depgraph.load(model, path).eval()
     return perplexity(model, rows), n_params(model)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -76,21 +88,30 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="short windows, two steps: a smoke run")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "depgraph-recover-llm",
                    help="where BASE, PRUNED, RECOVERED and train.txt go (BASE and train.txt are reused)")
-    p.add_argument("--importance", default="fluctuation", help="depgraph prune --importance")
-    p.add_argument("--compensation", default="bias", help="depgraph prune --compensation")
-    p.add_argument("--calib-samples", type=int, default=8)
-    p.add_argument("--calib-seq-len", type=int, default=256)
-    p.add_argument("--steps", type=int, default=3, help="the README row (more on a faster machine)")
+    p.add_argument("--importance", default="reconstruction", help="depgraph prune --importance")
+    p.add_argument("--compensation", default="lstsq", help="depgraph prune --compensation")
+    p.add_argument("--ignore", action="append", default=None, metavar="LAYER",
+                   help="depgraph prune --ignore (repeatable): layers kept whole (default: the MLPs of the first "
+                        "three and last three layers, the best recipe of results/llm_recipes.md)")
+    p.add_argument("--save-format", choices=("hf", "depgraph"), default="depgraph",
+                   help="depgraph prune --save-format (depgraph: needed when --ignore makes widths differ by layer)")
+    p.add_argument("--calib-samples", type=int, default=64)
+    p.add_argument("--calib-seq-len", type=int, default=512)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seq-len", type=int, default=128, help="tokens per training window")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--warmup-steps", type=int, default=1)
+    p.add_argument("--warmup-steps", type=int, default=20)
+    p.add_argument("--lr-schedule", default="cosine", help="depgraph recover --lr-schedule")
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--context", type=int, default=512, help="tokens per perplexity window")
     p.add_argument("--eval-tokens", type=int, default=2048)
+    p.add_argument("--prune-only", action="store_true", help="stop after the prune (then --reuse-pruned)")
     p.add_argument("--reuse-pruned", action="store_true", help="keep an existing PRUNED folder (and its time in "
                    "WORK/stages.json) instead of pruning again")
     args = p.parse_args(argv)
+    if args.ignore is None:
+        args.ignore = [f"model.layers.{i}.mlp" for i in (0, 1, 2, 27, 28, 29)]
     if args.quick:
         args.calib_samples, args.calib_seq_len, args.steps, args.seq_len = 4, 64, 2, 32
         args.context, args.eval_tokens, args.warmup_steps = 64, 256, 0
@@ -99,21 +120,28 @@ def main(argv: list[str] | None = None) -> dict:
     stages = json.loads(stages_file.read_text()) if stages_file.is_file() else {}
 
     base, train, eval_text = prepare(args.work)
-    pruned, recovered = args.work / "pruned", args.work / "recovered"
+    # a save_pretrained folder when every layer keeps one width; a depgraph.save file when --ignore
+    # keeps some layers whole (per-layer MLP widths, which a transformers config cannot describe)
+    ext = ".pth" if args.save_format == "depgraph" else ""
+    pruned, recovered = args.work / f"pruned{ext}", args.work / f"recovered{ext}"
     prune_cmd = ["prune", str(base), "--target", "params=0.8", "--importance", args.importance, "--compensation",
                  args.compensation, "--calib", str(train), "--calib-samples", str(args.calib_samples),
                  "--seq-len", str(args.calib_seq_len), "--calib-batch-size", "4", "--no-latency", "--plain",
-                 "--output", str(pruned), "--report", str(args.work / "prune_report.json")]
-    if not (args.reuse_pruned and (pruned / "config.json").is_file() and "prune" in stages):
-        shutil.rmtree(pruned, ignore_errors=True)
+                 "--output", str(pruned), "--report", str(args.work / "prune_report.json"),
+                 "--save-format", args.save_format]
+    prune_cmd += [a for layer in args.ignore for a in ("--ignore", layer)]
+    if not (args.reuse_pruned and pruned.exists() and "prune" in stages):
+        _remove(pruned)
         stages["prune"] = {"command": "depgraph " + shlex.join(prune_cmd), "seconds": depgraph(*prune_cmd)}
         stages_file.write_text(json.dumps(stages, indent=1))
+    if args.prune_only:
+        return {"stages": stages}
 
-    shutil.rmtree(recovered, ignore_errors=True)
+    _remove(recovered)
     recover_cmd = ["recover", str(pruned), "--teacher", str(base), "--data", str(train), "--seq-len", str(args.seq_len),
                    "--max-samples", str(args.steps * args.batch_size), "--steps", str(args.steps),
                    "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup-steps",
-                   str(args.warmup_steps), "--temperature", str(args.temperature), "--eval-batches", "1",
+                   str(args.warmup_steps), "--lr-schedule", args.lr_schedule, "--temperature", str(args.temperature), "--eval-batches", "4",
                    "--plain", "--output", str(recovered)]
     stages["recover"] = {"command": "depgraph " + shlex.join(recover_cmd), "seconds": depgraph(*recover_cmd)}
     stages_file.write_text(json.dumps(stages, indent=1))
@@ -125,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     measured = {}
     for name, folder in (("unpruned", base), ("pruned", pruned), ("pruned + recovered", recovered)):
         start = time.perf_counter()
-        ppl, params = held_out_ppl(folder, rows)
+        ppl, params = held_out_ppl(folder, rows, base)
         measured[name] = {"ppl": ppl, "params": params, "eval_seconds": time.perf_counter() - start}
         print(f"{name:20s} {params / 1e6:6.1f} M params  ppl {ppl:8.2f}", flush=True)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
@@ -146,8 +174,9 @@ def markdown(state: dict) -> str:
     lines = [f"SmolLM2-135M-Instruct (float32 from the Q4_1 gguf) through the command line, 2 shared CPU cores. "
              f"Perplexity on {s['eval_tokens']} held-out Wikipedia tokens in windows of {s['context']}. "
              f"Recovery: {s['steps']} AdamW steps of {s['batch_size']} x {s['seq_len']} tokens "
-             f"({s['train_tokens']} tokens), lr {s['lr']:g} after {s['warmup_steps']} warm-up steps, "
-             f"distillation at T={s['temperature']:g} plus next-token loss.", "",
+             f"({s['train_tokens']} tokens), lr {s['lr']:g} after {s['warmup_steps']} warm-up steps "
+             f"({s.get('lr_schedule', 'constant')} schedule), distillation at T={s['temperature']:g} plus "
+             "next-token loss.", "",
              "| model | params | ppl | ppl / unpruned |", "| :--- | ---: | ---: | ---: |"]
     for name, r in m.items():
         lines.append(f"| {name} | {r['params'] / 1e6:.1f} M ({r['params'] / base['params']:.1%}) | {r['ppl']:.2f} | "

@@ -48,6 +48,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="PATH", help="where the recovered model goes (checked first)")
     p.add_argument("--steps", type=positive_int, default=100, help="optimizer steps (default: 100)")
     p.add_argument("--lr", type=positive_float, default=1e-4, help="AdamW learning rate (default: 1e-4)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), default="constant",
+                   help="learning rate after the warm-up: kept, or decayed to 0 at the last step (default: constant)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="batch size per process (default: 8)")
     p.add_argument("--grad-accum", type=positive_int, default=1, help="batches per optimizer step (default: 1)")
     p.add_argument("--warmup-steps", type=non_negative_int, default=0,
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace, out: Any) -> int:
     data = _dataset(args, student)
     result = recover(
         student.model, teacher.model, data,
-        steps=args.steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
+        steps=args.steps, lr=args.lr, lr_schedule=args.lr_schedule, batch_size=args.batch_size, grad_accum=args.grad_accum,
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, eval_batches=args.eval_batches,
         temperature=args.temperature, kd_weight=args.kd_weight, task_weight=args.task_weight,
         hidden_weight=args.hidden_weight, hidden_layers=args.hidden_layers, mixed_precision=args.mixed_precision,

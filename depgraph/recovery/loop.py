@@ -159,10 +159,10 @@ def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, 
         if opts.kd_weight == 0 and opts.hidden_weight == 0 and task_weight == 0:
             raise RecoveryError("nothing to train on: kd_weight and hidden_weight are 0 and the data has no labels")
         wrapped = _Student(student, [HiddenProjection(s, t) for s, t in widths])
-        optimizer = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=opts.lr,
-                                      weight_decay=opts.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / opts.warmup_steps) if opts.warmup_steps else 1.0)
+        optimizer = _adamw([p for p in wrapped.parameters() if p.requires_grad], opts)
+        # accelerate steps a prepared scheduler once per process per optimizer step (unless it splits batches)
+        per_step = 1 if getattr(accelerator, "split_batches", False) else accelerator.num_processes
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda count: lr_factor(count // per_step, opts))
         wrapped, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
             wrapped, optimizer, train_loader, eval_loader, scheduler)
         run = _Run(accelerator, wrapped, teacher, causal, s_tap, t_tap, opts, task_weight if has_labels else 0.0)
@@ -193,6 +193,32 @@ def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, 
                          task_after=task_after if has_labels else None, seconds=seconds,
                          is_main_process=accelerator.is_main_process, num_processes=accelerator.num_processes,
                          state_dict=full_state)
+
+
+def _adamw(params: list[nn.Parameter], opts: RecoverOptions) -> torch.optim.Optimizer:
+    """AdamW with the fused kernel where the parameters' device has one (CPU included), else the default.
+
+    Why: the default CPU implementation loops over the tensors in Python; for a 100M-parameter
+    student its step took 1.6 s against 0.1 s fused (one thread), a sizeable share of a
+    recovery step on CPU.
+    """
+    try:
+        return torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay, fused=True)
+    except (RuntimeError, ValueError, TypeError):  # a device, dtype or tensor kind without the fused kernel
+        return torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+
+
+def lr_factor(step: int, opts: RecoverOptions) -> float:
+    """The fraction of ``opts.lr`` used by optimizer step ``step`` (0-based): warm-up, then the schedule."""
+    warm = opts.warmup_steps
+    if warm and step < warm:
+        return (step + 1) / warm
+    if opts.lr_schedule == "constant":
+        return 1.0
+    progress = min(max(step - warm, 0) / max(opts.steps - warm, 1), 1.0)
+    if opts.lr_schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - progress
 
 
 def _has_accelerator_device() -> bool:

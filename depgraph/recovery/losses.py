@@ -20,6 +20,8 @@ What is matched, precisely:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -34,6 +36,14 @@ def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: f
                     mask: torch.Tensor | None = None) -> torch.Tensor:
     """``T**2 * KL(teacher || student)`` of temperature-scaled logits, averaged over samples/positions.
 
+    Why chunked: a language model's logits are ``(batch, tokens, vocabulary)``; at a
+    vocabulary of 50k-150k the textbook formula allocates several such tensors (two
+    log-softmaxes, an exponential, a difference, a product, and as many in the
+    backward pass), which costs more time in memory traffic than the arithmetic. When
+    the teacher's logits need no gradient (the usual case) the loss runs row chunk by
+    row chunk and its backward recomputes ``softmax(student / T) - softmax(teacher / T)``
+    per chunk, so only the gradient itself is a full-size tensor.
+
     Args:
         student: logits ``(..., C)``.
         teacher: logits of the same shape.
@@ -41,13 +51,57 @@ def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: f
         mask: ``(...)`` with 1 where a position counts (padding 0); None counts every position.
     """
     t = temperature
-    log_p_s = F.log_softmax(student.float() / t, dim=-1)
-    log_p_t = F.log_softmax(teacher.float() / t, dim=-1)
-    per_position = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)  # (...)
-    if mask is not None and mask.shape == per_position.shape:
-        m = mask.to(per_position.dtype)
-        return (per_position * m).sum() / m.sum().clamp_min(1.0) * t * t
-    return per_position.mean() * t * t
+    rows = student.shape[:-1]
+    if mask is not None and mask.shape == rows:
+        m = mask.to(torch.float32)
+        weights = m / m.sum().clamp_min(1.0)
+    else:
+        weights = torch.full(rows, 1.0 / max(rows.numel(), 1), device=student.device)
+    if teacher.requires_grad:  # gradients into the teacher too: the plain formula
+        log_p_s = F.log_softmax(student.float() / t, dim=-1)
+        log_p_t = F.log_softmax(teacher.float() / t, dim=-1)
+        per_position = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
+        return (per_position * weights.to(per_position.device)).sum() * t * t
+    return _ChunkedKL.apply(student, teacher, weights.to(student.device), float(t))
+
+
+_CHUNK_ELEMENTS = 1 << 21  # logits handled at once by the chunked KL (8 MB of float32)
+
+
+def _row_chunks(n_rows: int, width: int) -> list[slice]:
+    step = max(1, _CHUNK_ELEMENTS // max(width, 1))
+    return [slice(a, min(a + step, n_rows)) for a in range(0, n_rows, step)]
+
+
+class _ChunkedKL(torch.autograd.Function):
+    """``T**2 * sum_i w_i KL_i(teacher || student)`` over rows; gradient to the student only."""
+
+    @staticmethod
+    def forward(ctx: Any, student: torch.Tensor, teacher: torch.Tensor, weights: torch.Tensor,
+                t: float) -> torch.Tensor:
+        s2, t2, w = student.reshape(-1, student.shape[-1]), teacher.reshape(-1, teacher.shape[-1]), weights.reshape(-1)
+        total = torch.zeros((), dtype=torch.float32, device=student.device)
+        for rows in _row_chunks(s2.shape[0], s2.shape[1]):
+            log_p_s = F.log_softmax(s2[rows].float() / t, dim=-1)
+            log_p_t = F.log_softmax(t2[rows].float() / t, dim=-1)
+            total += ((log_p_t.exp() * (log_p_t - log_p_s)).sum(-1) * w[rows]).sum()
+        ctx.save_for_backward(student, teacher, weights)
+        ctx.t = t
+        return total * t * t
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        student, teacher, weights = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        t = ctx.t
+        s2, t2, w = student.reshape(-1, student.shape[-1]), teacher.reshape(-1, teacher.shape[-1]), weights.reshape(-1)
+        out = torch.empty_like(s2)
+        scale = grad.float() * t  # d/ds of T^2 * KL(softmax(t/T) || softmax(s/T)) = T * (p_s - p_t)
+        for rows in _row_chunks(s2.shape[0], s2.shape[1]):
+            diff = F.softmax(s2[rows].float() / t, dim=-1) - F.softmax(t2[rows].float() / t, dim=-1)
+            out[rows] = (diff * (w[rows] * scale).unsqueeze(-1)).to(out.dtype)
+        return out.reshape(student.shape), None, None, None
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, causal_lm: bool) -> torch.Tensor:

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 
 from ..errors import OptionError
 
-__all__ = ["RecoverOptions"]
+__all__ = ["RecoverOptions", "LR_SCHEDULES"]
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+#: Learning rate after the warm-up: held, or decayed to 0 at the last step along a cosine or a line.
+LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
 @dataclass(frozen=True)
@@ -19,7 +21,10 @@ class RecoverOptions:
 
     Attributes:
         steps: optimizer steps (each of ``grad_accum`` batches per process).
-        lr: AdamW learning rate, constant after a linear warm-up of ``warmup_steps``.
+        lr: AdamW learning rate, reached after a linear warm-up of ``warmup_steps``.
+        lr_schedule: after the warm-up, ``"constant"`` keeps ``lr``; ``"cosine"`` and
+            ``"linear"`` decay it towards 0 at the last step (a short recovery ends
+            closer to a minimum when the steps shrink at the end).
         batch_size: samples per batch and process.
         temperature: softens both logit distributions in the distillation loss.
         kd_weight: weight of the logit distillation loss (0 disables it).
@@ -49,6 +54,7 @@ class RecoverOptions:
 
     steps: int = 100
     lr: float = 1e-4
+    lr_schedule: str = "constant"
     batch_size: int = 8
     temperature: float = 2.0
     kd_weight: float = 1.0
@@ -89,6 +95,8 @@ class RecoverOptions:
             problems.append(f"task_weight must be None or a finite number >= 0, got {self.task_weight!r}")
         if self.max_grad_norm is not None and (not _finite(self.max_grad_norm) or self.max_grad_norm <= 0):
             problems.append(f"max_grad_norm must be None or a number > 0, got {self.max_grad_norm!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
             problems.append(f"mixed_precision must be one of {MIXED_PRECISION} or None, got {self.mixed_precision!r}")
         if self.hidden_layers is not None:
