@@ -293,6 +293,11 @@ def test_recover_cli_benchmarks_render_their_tables(qb) -> None:
     md = rl.markdown(state)
     assert "| pruned + recovered | 0.0 M (80.0%) | 30.00 | 1.50x |" in md
     assert "| prune | `depgraph prune base --target params=0.8` | 1.5 min |" in md
+    state["stages"]["recover"] = {"command": "depgraph recover pruned", "seconds": 600.0, "threads": 1,
+                                  "stopped": "stopped by the 5-minute limit; checkpoint: step 6 saved to r"}
+    md = rl.markdown(state)
+    assert "| recover | `depgraph recover pruned` (1 thread) | 10.0 min |" in md
+    assert md.rstrip().endswith("recover: stopped by the 5-minute limit; checkpoint: step 6 saved to r")
     rr = importlib.import_module("recover_resnet_cli")
     rows = [{"model": "unpruned", "recovery": "none", "acc": 90.0, "macs_speedup": 1.0},
             {"model": "unpruned", "recovery": "labels only", "acc": 90.2, "macs_speedup": 1.0, "seconds": 5.0},

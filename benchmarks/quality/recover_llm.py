@@ -28,8 +28,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -54,14 +56,38 @@ def prepare(work: Path) -> tuple[Path, Path, str]:
     return base, train, eval_text
 
 
-def depgraph(*args: str) -> float:
-    """Run ``python -m depgraph ARGS`` (this checkout first on the path); its wall time in seconds."""
+def depgraph(*args: str, time_limit: float | None = None, threads: int | None = None) -> tuple[float, str | None]:
+    """Run ``python -m depgraph ARGS`` (this checkout first on the path): its wall time in seconds, and the
+    last ``checkpoint: step N`` line it printed when ``time_limit`` (seconds) stopped it (None: it finished)."""
     cmd = [sys.executable, "-m", "depgraph", *args]
     print("$ depgraph " + shlex.join(args), flush=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env)
-    return time.perf_counter() - start
+    lines: list[str] = []
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) as proc:
+        reader = threading.Thread(target=_echo, args=(proc.stdout, lines), daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout=time_limit)
+        except subprocess.TimeoutExpired:  # over the time limit: the last checkpoint is the result
+            proc.kill()
+            proc.wait()
+            reader.join(10)
+            last = next((x for x in reversed(lines) if x.startswith("checkpoint: step")), "no checkpoint")
+            return time.perf_counter() - start, last
+        reader.join(10)
+        if proc.returncode:
+            raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return time.perf_counter() - start, None
+
+
+def _echo(stream: Any, lines: list[str]) -> None:
+    """Print the child's output as it comes and keep its lines."""
+    for line in stream:
+        print(line, end="", flush=True)
+        lines.append(line.rstrip("\n"))
 
 
 def held_out_ppl(path: Path, rows: torch.Tensor, base: Path) -> tuple[float, int]:
@@ -97,19 +123,26 @@ def main(argv: list[str] | None = None) -> dict:
                    help="depgraph prune --save-format (depgraph: needed when --ignore makes widths differ by layer)")
     p.add_argument("--calib-samples", type=int, default=64)
     p.add_argument("--calib-seq-len", type=int, default=512)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=120)
     p.add_argument("--seq-len", type=int, default=128, help="tokens per training window")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--warmup-steps", type=int, default=20)
+    p.add_argument("--warmup-steps", type=int, default=6)
     p.add_argument("--lr-schedule", default="cosine", help="depgraph recover --lr-schedule")
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--context", type=int, default=512, help="tokens per perplexity window")
-    p.add_argument("--eval-tokens", type=int, default=2048)
+    p.add_argument("--eval-tokens", type=int, default=8192)
+    p.add_argument("--threads", type=int, default=1,
+                   help="OMP_NUM_THREADS of the recover command (1 is much faster on oversubscribed cores)")
+    p.add_argument("--save-every", type=int, default=10, help="depgraph recover --save-every")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="minutes after which the recover command is stopped and its last checkpoint measured")
     p.add_argument("--prune-only", action="store_true", help="stop after the prune (then --reuse-pruned)")
     p.add_argument("--reuse-pruned", action="store_true", help="keep an existing PRUNED folder (and its time in "
                    "WORK/stages.json) instead of pruning again")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.ignore is None:
         args.ignore = [f"model.layers.{i}.mlp" for i in (0, 1, 2, 27, 28, 29)]
     if args.quick:
@@ -132,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     prune_cmd += [a for layer in args.ignore for a in ("--ignore", layer)]
     if not (args.reuse_pruned and pruned.exists() and "prune" in stages):
         _remove(pruned)
-        stages["prune"] = {"command": "depgraph " + shlex.join(prune_cmd), "seconds": depgraph(*prune_cmd)}
+        stages["prune"] = {"command": "depgraph " + shlex.join(prune_cmd), "seconds": depgraph(*prune_cmd)[0]}
         stages_file.write_text(json.dumps(stages, indent=1))
     if args.prune_only:
         return {"stages": stages}
@@ -141,9 +174,15 @@ def main(argv: list[str] | None = None) -> dict:
     recover_cmd = ["recover", str(pruned), "--teacher", str(base), "--data", str(train), "--seq-len", str(args.seq_len),
                    "--max-samples", str(args.steps * args.batch_size), "--steps", str(args.steps),
                    "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup-steps",
-                   str(args.warmup_steps), "--lr-schedule", args.lr_schedule, "--temperature", str(args.temperature), "--eval-batches", "4",
-                   "--plain", "--output", str(recovered)]
-    stages["recover"] = {"command": "depgraph " + shlex.join(recover_cmd), "seconds": depgraph(*recover_cmd)}
+                   str(args.warmup_steps), "--lr-schedule", args.lr_schedule, "--temperature", str(args.temperature), "--eval-batches", "2",
+                   "--plain", "--output", str(recovered),
+                   "--save-every", str(args.save_every)]
+    seconds, stopped = depgraph(*recover_cmd, time_limit=args.time_limit * 60 if args.time_limit else None,
+                                threads=args.threads)
+    stages["recover"] = {"command": "depgraph " + shlex.join(recover_cmd), "seconds": seconds,
+                         "threads": args.threads}
+    if stopped is not None:
+        stages["recover"]["stopped"] = f"stopped by the {args.time_limit:g}-minute limit; {stopped}"
     stages_file.write_text(json.dumps(stages, indent=1))
 
     from transformers import AutoTokenizer
@@ -183,7 +222,9 @@ def markdown(state: dict) -> str:
                      f"{r['ppl'] / base['ppl']:.2f}x |")
     lines += ["", "| stage | command | wall time |", "| :--- | :--- | ---: |"]
     for name, r in st.items():
-        lines.append(f"| {name} | `{r['command']}` | {r['seconds'] / 60:.1f} min |")
+        how = f" ({r['threads']} thread{'s' if r['threads'] > 1 else ''})" if r.get("threads") else ""
+        lines.append(f"| {name} | `{r['command']}`{how} | {r['seconds'] / 60:.1f} min |")
+    lines += [f"\n{name}: {r['stopped']}" for name, r in st.items() if r.get("stopped")]
     return "\n".join(lines) + "\n"
 
 

@@ -13,6 +13,7 @@ The result is written in the form the pruned model came in (see
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 __all__ = ["add_parser", "run"]
@@ -72,6 +73,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=positive_int, default=None, help="image height and width (default: the model's)")
     p.add_argument("--max-samples", type=positive_int, default=None, help="use at most N samples of the data")
     p.add_argument("--seed", type=int, default=0, help="seed of data order and initialisation (default: 0)")
+    p.add_argument("--save-every", type=positive_int, default=None, metavar="N",
+                   help="also write --output every N steps (single process or DDP), so that a run stopped early "
+                        "leaves the latest model; each save prints 'checkpoint: step N'")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow unpickling a model saved whole with torch.save (runs code from the file)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -86,6 +90,21 @@ def _dataset(args: argparse.Namespace, student: Any) -> Any:
 
     spec = with_tokenizer(student.spec, args.model, args.teacher, args.base)
     return open_dataset(args.data, spec, seq_len=args.seq_len, max_samples=args.max_samples)
+
+
+def _checkpoints(args: argparse.Namespace, student: Any, fmt: str, out: Any) -> Any:
+    """``on_step`` that writes ``--output`` every ``--save-every`` steps (None without the option)."""
+    if args.save_every is None:
+        return None
+    from ..workflow.save import save_pruned
+
+    def save(step: int, model: Any) -> None:
+        if step % args.save_every == 0 and step < args.steps:  # the last step is saved after training
+            save_pruned(model, student, args.output, fmt)
+            out.line(f"checkpoint: step {step} saved to {args.output}")
+            sys.stdout.flush()  # seen at once by whoever watches a piped run
+
+    return save
 
 
 def run(args: argparse.Namespace, out: Any) -> int:
@@ -113,7 +132,7 @@ def run(args: argparse.Namespace, out: Any) -> int:
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, eval_batches=args.eval_batches,
         temperature=args.temperature, kd_weight=args.kd_weight, task_weight=args.task_weight,
         hidden_weight=args.hidden_weight, hidden_layers=args.hidden_layers, mixed_precision=args.mixed_precision,
-        seed=args.seed, progress=not args.no_progress,
+        seed=args.seed, progress=not args.no_progress, on_step=_checkpoints(args, student, fmt, out),
     )
     if not result.is_main_process:
         return 0

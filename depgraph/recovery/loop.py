@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +83,8 @@ class _Student(nn.Module):
 
 
 def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, *,
-            accelerator: Any = None, collate_fn: Any = None, **options: Any) -> RecoverResult:
+            accelerator: Any = None, collate_fn: Any = None,
+            on_step: Callable[[int, nn.Module], None] | None = None, **options: Any) -> RecoverResult:
     """Distil the unpruned ``teacher`` into the pruned ``student`` on ``data``, plus the task loss.
 
     Why distillation: a pruned model has lost capacity, not its task; matching
@@ -103,6 +105,10 @@ def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, 
         accelerator: an ``accelerate.Accelerator`` to use; default: a new one
             (``mixed_precision``, ``grad_accum``; CPU when no accelerator device exists).
         collate_fn: passed to the ``DataLoader`` built for a ``Dataset``.
+        on_step: called on the main process after every optimizer step as
+            ``on_step(steps_done, student)`` (the unwrapped student, in train mode),
+            e.g. to save a checkpoint so that a run cut off by a time limit still
+            leaves a model. Refused under FSDP / DeepSpeed, whose parameters are sharded.
         **options: the fields of :class:`~depgraph.recovery.options.RecoverOptions`
             (steps, lr, batch_size, temperature, kd_weight, task_weight,
             hidden_weight, hidden_layers, mixed_precision, ...).
@@ -163,9 +169,13 @@ def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, 
         # accelerate steps a prepared scheduler once per process per optimizer step (unless it splits batches)
         per_step = 1 if getattr(accelerator, "split_batches", False) else accelerator.num_processes
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda count: lr_factor(count // per_step, opts))
+        if on_step is not None and accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
+            raise RecoveryError("recover: on_step (a checkpoint every N steps) sees sharded parameters under "
+                                "FSDP / DeepSpeed; run without it there")
         wrapped, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
             wrapped, optimizer, train_loader, eval_loader, scheduler)
         run = _Run(accelerator, wrapped, teacher, causal, s_tap, t_tap, opts, task_weight if has_labels else 0.0)
+        run.on_step = on_step
 
         kd_before, task_before = run.evaluate(eval_loader)
         t0 = time.perf_counter()
@@ -298,6 +308,7 @@ class _Run:
         self.acc, self.wrapped, self.teacher, self.causal = accelerator, wrapped, teacher, causal
         self.s_tap, self.t_tap, self.opts, self.task_weight = s_tap, t_tap, opts, task_weight
         self.projections = accelerator.unwrap_model(wrapped).projections
+        self.on_step: Callable[[int, nn.Module], None] | None = None
 
     def losses(self, batch: Any, temperature: float, hidden: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(kd, task, hidden) losses of the student on ``batch``; task / hidden are 0 when unused."""
@@ -341,6 +352,8 @@ class _Run:
                     raise RecoveryError(f"recover: the loss became {mean} at step {len(losses) + 1}; "
                                         "lower lr or use mixed_precision='no'")
                 losses.append(mean)
+                if self.on_step is not None and self.acc.is_main_process:
+                    self.on_step(len(losses), self.acc.unwrap_model(self.wrapped).model)
                 bar.update(1)
                 bar.set_postfix(loss=f"{mean:.4f}", kd=f"{kd.item():.4f}")
         finally:

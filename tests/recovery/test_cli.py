@@ -101,3 +101,36 @@ def test_training_options_are_checked_by_the_parser(capsys, option, value, messa
     with pytest.raises(SystemExit) as exit_:
         main(["recover", "p", "--teacher", "t", "--data", "d.txt", "--output", "o", option, value])
     assert exit_.value.code == 2 and f"{option}: {message}" in capsys.readouterr().err
+
+
+def test_save_every_writes_the_output_during_training(tmp_path, capsys, monkeypatch) -> None:
+    """A run cut off by a time limit leaves its latest model: --output is written every N steps, each
+    write with the weights of that step, then once more at the end."""
+    import torch
+
+    import depgraph.workflow.save as save_module
+
+    from ._models import WORDS
+
+    teacher, pruned = write_llama_folders(tmp_path)
+    (tmp_path / "train.txt").write_text(" ".join(WORDS * 40), encoding="utf-8")
+    saved: list[torch.Tensor] = []
+    real = save_module.save_pruned
+
+    def recording(model, *args, **kwargs):
+        saved.append(model.lm_head.weight.detach().clone())
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(save_module, "save_pruned", recording)
+    out = tmp_path / "o"
+    assert main(["recover", str(pruned), "--teacher", str(teacher), "--data", str(tmp_path / "train.txt"),
+                 "--seq-len", "8", "--batch-size", "2", "--steps", "5", "--lr", "1e-2", "--save-every", "2",
+                 "--eval-batches", "1", "--no-progress", "--plain", "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "checkpoint: step 2 saved to" in text and "checkpoint: step 4 saved to" in text
+    assert "checkpoint: step 5" not in text  # the last step is the final save
+    assert len(saved) == 3 and not torch.equal(saved[0], saved[1]) and not torch.equal(saved[1], saved[2])
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    torch.testing.assert_close(reloaded.lm_head.weight, saved[-1])

@@ -200,3 +200,13 @@ def test_the_optimizer_is_fused_adamw_on_cpu_and_follows_the_schedule(monkeypatc
                lr_schedule="cosine", eval_batches=1, progress=False)
     assert len(made) == 1 and made[0].defaults["fused"] is True
     assert lrs[:2] == pytest.approx([1e-2, 1e-2]) and lrs == sorted(lrs, reverse=True) and lrs[-1] < 1e-3
+
+
+def test_on_step_sees_every_step_of_the_student_being_trained() -> None:
+    teacher, student = llama_pair()
+    seen: list[tuple[int, torch.Tensor]] = []
+    result = tp.recover(student, teacher, token_data(), steps=3, lr=1e-2, batch_size=4, eval_batches=1,
+                        progress=False, on_step=lambda step, m: seen.append((step, m.lm_head.weight.detach().clone())))
+    assert [s for s, _ in seen] == [1, 2, 3]
+    assert not torch.equal(seen[0][1], seen[1][1])
+    torch.testing.assert_close(seen[-1][1], result.model.lm_head.weight)
