@@ -6,16 +6,24 @@
 Every step that changes the model is the ``depgraph`` command a user would type,
 run in a subprocess:
 
-    depgraph prune  BASE --target params=0.8 --calib train.txt ...  --output PRUNED
-    depgraph recover PRUNED --teacher BASE --data train.txt ...     --output RECOVERED
+    depgraph prune  BASE --target params=0.8 --importance reconstruction --compensation lstsq \
+        --ignore model.layers.0.mlp ... --calib train.txt --save-format depgraph --output PRUNED
+    depgraph recover PRUNED --teacher BASE --data train.txt --lr-schedule cosine --save-every 10 \
+        --output RECOVERED
 
-BASE is SmolLM2-135M-Instruct de-quantised from the gguf (``llm.load_smollm2``)
-and written with ``save_pretrained``; ``train.txt`` is the calibration half of
-the Wikipedia articles (``data.split_articles``). Perplexity is measured here,
-in-process, on windows of the other half (never seen by calibration or
-training), for BASE, PRUNED and RECOVERED, each read back with
-``AutoModelForCausalLM.from_pretrained``. Writes ``results/recover_llm.md`` and
-``.json`` with the wall time of every stage. Needs ``setup.sh``.
+The prune is the best recipe of ``results/llm_recipes.md`` (reconstruction +
+least squares, MLP only, the same width in every layer but the first three and
+last three, which are kept whole). Those per-layer widths are more than a Llama
+config can describe, so PRUNED and RECOVERED are ``depgraph.save`` files
+(``--save-format hf`` with ``--ignore`` given no layer gives ``save_pretrained``
+folders instead). BASE is SmolLM2-135M-Instruct de-quantised from the gguf
+(``llm.load_smollm2``) and written with ``save_pretrained``; ``train.txt`` is the
+calibration half of the Wikipedia articles (``data.split_articles``). Perplexity is
+measured here, in-process, on windows of the other half (never seen by calibration
+or training), for BASE, PRUNED and RECOVERED (``from_pretrained``, then
+``depgraph.load`` for a file). ``--time-limit`` stops the recover command and
+measures its last checkpoint. Writes ``results/recover_llm.md`` and ``.json`` with
+the wall time of every stage. Needs ``setup.sh``.
 """
 
 from __future__ import annotations

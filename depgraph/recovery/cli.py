@@ -123,7 +123,7 @@ def run(args: argparse.Namespace, out: Any) -> int:
     teacher = load_source(args.teacher, args.teacher_weights, **load)
     base = args.base or (args.teacher if teacher.family != "module" else None)
     student = load_pruned(args.model, base, **load)
-    fmt = output_format(student)
+    fmt = output_format(student, args.model)
     check_output(args.output, fmt, student.folder if student.family == "hf" else None)
     data = _dataset(args, student)
     result = recover(

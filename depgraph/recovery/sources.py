@@ -67,11 +67,17 @@ def load_pruned(spec: str, base: str | None = None, **load_options: Any) -> Any:
     return source
 
 
-def output_format(source: Any) -> str:
-    """The save format of the form ``source`` came in (pickled in, pickled out)."""
+def output_format(source: Any, spec: str | os.PathLike | None = None) -> str:
+    """The save format of the form ``source`` came in: pickled in, pickled out; a ``depgraph.save`` file in
+    (``spec``, a file that is not a pickled module), a ``depgraph.save`` file out, whatever the family (a
+    Hugging Face model pruned to per-layer widths has no ``save_pretrained`` form); else the family's."""
     from ..workflow.save import default_format
 
-    return "pickle" if source.family == "module" else default_format(source)
+    if source.family == "module":
+        return "pickle"
+    if spec is not None and Path(spec).is_file():
+        return "depgraph"
+    return default_format(source)
 
 
 def with_tokenizer(spec: Any, *folders: str | os.PathLike | None) -> Any:

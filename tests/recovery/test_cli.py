@@ -134,3 +134,34 @@ def test_save_every_writes_the_output_during_training(tmp_path, capsys, monkeypa
 
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     torch.testing.assert_close(reloaded.lm_head.weight, saved[-1])
+
+
+def test_a_depgraph_file_of_a_hugging_face_model_comes_back_as_a_depgraph_file(tmp_path, capsys) -> None:
+    """A Hugging Face model pruned to widths its config cannot hold (here: one layer's MLP kept whole) is
+    saved with depgraph.save; recover writes the same form (checkpoints too), not a save_pretrained folder."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import depgraph as tp
+
+    from ._models import VOCAB, WORDS
+
+    teacher_dir, _ = write_llama_folders(tmp_path)
+    student = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    tp.pruner.BasePruner(student, {"input_ids": torch.randint(0, VOCAB, (1, 8))},
+                         tp.importance.GroupMagnitudeImportance(), pruning_ratio=0.5,
+                         ignored_layers=[student.lm_head, student.model.layers[0].mlp]).step()
+    assert student.model.layers[0].mlp.up_proj.out_features != student.model.layers[1].mlp.up_proj.out_features
+    tp.save(student, tmp_path / "pruned.pth")
+    (tmp_path / "train.txt").write_text(" ".join(WORDS * 40), encoding="utf-8")
+    out = tmp_path / "recovered.pth"
+    assert main(["recover", str(tmp_path / "pruned.pth"), "--teacher", str(teacher_dir), "--data",
+                 str(tmp_path / "train.txt"), "--seq-len", "8", "--batch-size", "2", "--steps", "2", "--lr", "1e-2",
+                 "--save-every", "1", "--eval-batches", "1", "--no-progress", "--plain", "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "checkpoint: step 1 saved to" in text and out.is_file()
+    recovered = tp.load(AutoModelForCausalLM.from_pretrained(teacher_dir), out).eval()
+    assert recovered.model.layers[1].mlp.up_proj.out_features == student.model.layers[1].mlp.up_proj.out_features
+    ids = torch.randint(0, VOCAB, (1, 8))
+    with torch.no_grad():
+        assert not torch.allclose(recovered(input_ids=ids).logits, student(input_ids=ids).logits)
