@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:  # the graph imports the workflow's criteria; only the type is needed here
+    from ..dependency.group import Group
 
 __all__ = ["TrialScores", "CachedImportance"]
 
@@ -32,7 +35,7 @@ def _indices_digest(idxs: Any) -> bytes:
     return hashlib.blake2b(data.cpu().numpy().tobytes(), digest_size=16).digest()
 
 
-def group_key(group: Any) -> Hashable | None:
+def group_key(group: Group) -> Hashable | None:
     """A name-based key of ``group`` valid across copies of one unpruned model; None: do not cache it.
 
     Only groups planned on a graph with no commit yet (``version == 0``) get a key: their
@@ -65,7 +68,7 @@ class TrialScores:
         """``importance`` (one trial's copy) answering from this store where it can."""
         return CachedImportance(importance, self)
 
-    def score(self, importance: Any, group: Any) -> torch.Tensor | None:
+    def score(self, importance: Any, group: Group) -> torch.Tensor | None:
         """``importance(group)``, from the store when ``group`` has a key that was scored before."""
         key = group_key(group)
         if key is not None and key in self._scores:
@@ -92,7 +95,7 @@ class CachedImportance:
         self.importance = importance
         self.store = store
 
-    def __call__(self, group: Any) -> torch.Tensor | None:
+    def __call__(self, group: Group) -> torch.Tensor | None:
         return self.store.score(self.importance, group)
 
     def __getattr__(self, name: str) -> Any:
