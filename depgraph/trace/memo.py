@@ -46,6 +46,7 @@ import pickle
 import threading
 import types
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -73,6 +74,7 @@ _GLOBAL_KINDS = (types.BuiltinFunctionType, types.MethodDescriptorType, types.Wr
                  types.GetSetDescriptorType, types.MemberDescriptorType, types.ClassMethodDescriptorType,
                  types.ModuleType)
 _MODULE_SKIP = frozenset({"_depgraph_pending"})
+_EMPTY = {dict: (dict, ()), OrderedDict: (OrderedDict, ())}
 
 
 def _is_global(obj: Any) -> bool:
@@ -102,7 +104,9 @@ class _Key:
         """A hashable description of ``v``: equal descriptions mean an equal (or the same) object."""
         t = type(v)
         if t in _SCALARS:
-            return (t, v.hex()) if t is float else (t, v)
+            return (t, v)  # a NaN is unequal to itself: such a key never matches (no reuse, never a wrong one)
+        if (t is dict or t is OrderedDict) and not v:  # most of a module's __dict__: its empty hook tables
+            return _EMPTY[t]
         if depth > 8:
             raise _UnkeyableError("nested too deep")
         if isinstance(v, torch.Tensor):
