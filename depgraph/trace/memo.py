@@ -56,7 +56,7 @@ import torch.nn as nn
 from .graph import OpNode, Trace, Value
 from .shape_int import AttrExpr, AttrInt, ShapeInt
 
-__all__ = ["fingerprint", "recall", "remember", "forget", "clear"]
+__all__ = ["fingerprint", "recall", "remember", "forget", "clear", "tensor_version"]
 
 _MAX_MODELS = 4  # models remembered at once (the most recently traced)
 
@@ -75,6 +75,14 @@ _GLOBAL_KINDS = (types.BuiltinFunctionType, types.MethodDescriptorType, types.Wr
                  types.ModuleType)
 _MODULE_SKIP = frozenset({"_depgraph_pending"})
 _EMPTY = {dict: (dict, ()), OrderedDict: (OrderedDict, ())}
+
+
+def tensor_version(t: torch.Tensor) -> int | None:
+    """``t``'s version counter (every in-place write bumps it); None for an inference-mode tensor, which has none."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 def _is_global(obj: Any) -> bool:
@@ -110,10 +118,9 @@ class _Key:
         if depth > 8:
             raise _UnkeyableError("nested too deep")
         if isinstance(v, torch.Tensor):
-            try:
-                version = v._version
-            except RuntimeError:  # an inference-mode tensor has no version counter
-                raise _UnkeyableError("inference tensor") from None
+            version = tensor_version(v)
+            if version is None:
+                raise _UnkeyableError("inference tensor")
             return ("T", self.ident(v), version, tuple(v.shape), v.dtype, v.device, v.requires_grad, t)
         if isinstance(v, nn.Module):
             return ("M", self.ident(v))

@@ -302,7 +302,7 @@ def _hooks(model: nn.Module, rec: _Recorder, leaves: dict[nn.Module, bool]) -> I
 def _buffers_restored(model: nn.Module) -> Iterator[None]:
     """Tracing must not change the model: undo buffer updates (BatchNorm running stats in train mode)."""
     with torch.no_grad():
-        saved = [(b, b.detach().clone(), _version(b)) for b in model.buffers() if b is not None]
+        saved = [(b, b.detach().clone(), memo.tensor_version(b)) for b in model.buffers() if b is not None]
     try:
         yield
     finally:
@@ -310,16 +310,8 @@ def _buffers_restored(model: nn.Module) -> Iterator[None]:
             for b, old, version in saved:
                 # Only what the call wrote: a copy would bump the version counter of every buffer,
                 # and the trace memo (depgraph.trace.memo) reads an unchanged counter as unchanged.
-                if b.shape == old.shape and (version is None or _version(b) != version):
+                if b.shape == old.shape and (version is None or memo.tensor_version(b) != version):
                     b.copy_(old)
-
-
-def _version(t: torch.Tensor) -> int | None:
-    """``t._version``; None for an inference-mode tensor, which has no version counter."""
-    try:
-        return t._version
-    except RuntimeError:
-        return None
 
 
 def _trace_once(model: nn.Module, example_inputs: Any, leaves: dict[nn.Module, bool],
