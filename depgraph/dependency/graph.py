@@ -840,8 +840,8 @@ class DependencyGraph:
         dim loses positions the attribute must hold the new size.
         """
         out: dict[tuple[int, str], tuple[Any, str, int]] = {}
-        for slot, pairs in self._graph.bindings.items():
-            if slot not in plan.state or not bool((plan.state[slot] >= 0).any()):
+        for slot, pairs in self._graph.bindings_of(plan.state):  # the group's slots, not every binding
+            if not bool((plan.state[slot] >= 0).any()):
                 continue
             size = self._graph.sizes[slot] - int(dead[slot].sum())
             for owner, attr in pairs:
