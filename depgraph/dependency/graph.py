@@ -514,15 +514,21 @@ class DependencyGraph:
         eps = self._graph.endpoints
         root_slot = plan.order[0] if plan.order else None
         items = []
+        root_shift = self._shift(root_slot) if root_slot is not None else None
         for slot in plan.order:
             ep = eps.get(slot)
             if ep is None:
                 continue
             pos, roots = plan.removed(slot)
-            pos, roots = self.to_current(slot, pos), self.to_current(root_slot, roots)
+            # to_current without its check: a propagation never removes a position already pruned
+            shift = root_shift if slot == root_slot else self._shift(slot)
+            if shift is not None:
+                pos = pos - shift[pos]
+            if root_shift is not None:
+                roots = roots - root_shift[roots]
             src = eps.get(plan.source.get(slot, slot), ep)
             dep = Dependency(src.handler, ep.handler, src.node, ep.node, side="out" if ep.is_out else "in")
-            idxs = index_list(pos)
+            idxs = index_list(pos, ascending=True)
             # most members follow the root position for position: one list serves as both
             same = pos.shape == roots.shape and bool(torch.equal(pos, roots))
             items.append(GroupItem(dep, idxs, None if same else index_list(roots),
@@ -530,6 +536,12 @@ class DependencyGraph:
         if items and root_slot not in eps:
             raise DepgraphError("the root of a group must be a prunable layer")
         return items
+
+    def _shift(self, slot: int) -> torch.Tensor | None:
+        """Pruned positions at or before each original position of ``slot`` (None: none pruned):
+        ``original - shift[original]`` is the current index of a live position."""
+        d = self._dead.get(slot)
+        return None if d is None else torch.cumsum(d.long(), 0)
 
     def get_all_groups(
         self,
@@ -664,10 +676,11 @@ class DependencyGraph:
             tx.on_rollback(lambda: self._restore_state(state))
             for hook in self._hooks.of("before"):
                 hook(self, ordered)
+            given = {id(it): it.handler_indices() for it in ordered}
             for it in ordered:
                 if it.idxs:
                     try:
-                        it.dep(it.idxs)
+                        it.dep(given[id(it)])
                     except DepgraphError as e:  # typed: re-raised as itself, with where it happened
                         add_note_once(e, f"depgraph: raised by {fn_name(it.dep.handler)} on {it.dep.target.name}")
                         raise
@@ -691,7 +704,7 @@ class DependencyGraph:
                         "ignored_layers/frozen_layers, or register a dimension rule for the op"
                     )
             self._commit(dead, changed)
-            update_records([it for it in ordered if it.dep.side != "heads"], widths, group.inexact_reasons)
+            update_records([it for it in ordered if it.dep.side != "heads"], widths, group.inexact_reasons, given)
             if record_history:
                 kind = "heads" if root.dep.side == "heads" else root.dep.is_out()
                 self.record_history(root.dep.target.name, kind, root.idxs)
@@ -843,8 +856,8 @@ class DependencyGraph:
         dim loses positions the attribute must hold the new size.
         """
         out: dict[tuple[int, str], tuple[Any, str, int]] = {}
-        for slot, pairs in self._graph.bindings.items():
-            if slot not in plan.state or not bool((plan.state[slot] >= 0).any()):
+        for slot, pairs in self._graph.bindings_of(plan.state):  # the group's slots, not every binding
+            if not bool((plan.state[slot] >= 0).any()):
                 continue
             size = self._graph.sizes[slot] - int(dead[slot].sum())
             for owner, attr in pairs:
