@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--runs", default="ref,labels,kd",
                    help="recoveries to run: ref (unpruned, labels), labels (pruned, labels), kd (pruned, both)")
+    p.add_argument("--seed", type=int, default=0, help="seed of each recovery's data order (depgraph recover --seed)")
     p.add_argument("--name", default="recover_resnet_cli", help="stem of the results files (NAME.md, NAME.json)")
     p.add_argument("--reuse", action="store_true", help="keep outputs already in --work whose time is in "
                    "WORK/stages.json instead of running their command again")
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
     common = ["--data", str(work / f"train{per_class}"), "--input-size", "28", "--trust-pickle",
               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
               "--warmup-steps", str(max(1, args.steps // 4)), "--weight-decay", "5e-4",
-              "--temperature", str(args.temperature), "--eval-batches", "2", "--no-progress", "--plain"]
+              "--temperature", str(args.temperature), "--eval-batches", "2", "--seed", str(args.seed),
+              "--no-progress", "--plain"]
     runs = [("unpruned", "teacher.pt", "0", "ref.pt"), ("pruned", "pruned.pt", "0", "labels.pt"),
             ("pruned", "pruned.pt", "1", "kd.pt")]
     chosen = {f"{r}.pt" for r in args.runs.split(",")}
