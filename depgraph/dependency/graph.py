@@ -645,8 +645,9 @@ class DependencyGraph:
             reasons = "; ".join(sorted(set(plan.violations.values())))
             raise UnsupportedOpError(f"cannot prune {where}: it reaches dimensions that must not change: {reasons}")
         problems = []
+        widths = {id(it): self._width(it.dep) for it in items}  # before any change: the records need them too
         for it in items:
-            n = self._width(it.dep)
+            n = widths[id(it)]
             if n is None:
                 continue
             if len(set(it.idxs)) >= n:
@@ -661,13 +662,12 @@ class DependencyGraph:
         changed = []
         for slot, st in plan.state.items():
             gone = st >= 0
-            if bool(gone.any()):
+            if plan.counts.get(slot, 0):  # the propagation counted what each slot loses: no reduction here
                 changed.append(slot)
             dead[slot] = gone if slot not in dead else dead[slot] | gone
         attrs = self._bound_attributes(plan, dead)
         owners = [getattr(it.dep.target, "owner", None) for it in ordered if it.dep.target.is_parameter]
         targets = [it.dep.target.module for it in ordered] + [o for o in owners if o is not None]
-        widths = {id(it): self._width(it.dep) for it in ordered}
         with Transaction(f"pruning {where}", targets + [owner for owner, _, _ in attrs]) as tx:
             state = self._state()
             tx.on_rollback(lambda: self._restore_state(state))
@@ -854,7 +854,7 @@ class DependencyGraph:
         """
         out: dict[tuple[int, str], tuple[Any, str, int]] = {}
         for slot, pairs in self._graph.bindings_of(plan.state):  # the group's slots, not every binding
-            if not bool((plan.state[slot] >= 0).any()):
+            if not plan.counts.get(slot, 0):
                 continue
             size = self._graph.sizes[slot] - int(dead[slot].sum())
             for owner, attr in pairs:
