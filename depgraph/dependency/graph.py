@@ -88,6 +88,9 @@ class DependencyGraph:
         self._version = 0  # commits so far; a group remembers the version it was planned on
         self._changed_at: dict[int, int] = {}  # slot -> version of the last commit that removed positions of it
         self._atomic_depth = 0  # > 0 inside a step / replay: one forward check at its end, not per group
+        # True inside prune_groups: its whole-model snapshot restores whatever a failing group touched
+        # and nothing catches a failure before it does, so a group snapshots no modules of its own
+        self._covered = False
         # one-channel closures (see closed_positions), valid for one dead map and frozen count
         self._closures: tuple[dict | None, int, dict[tuple[int, int], torch.Tensor]] = (None, 0, {})
 
@@ -668,7 +671,8 @@ class DependencyGraph:
         attrs = self._bound_attributes(plan, dead)
         owners = [getattr(it.dep.target, "owner", None) for it in ordered if it.dep.target.is_parameter]
         targets = [it.dep.target.module for it in ordered] + [o for o in owners if o is not None]
-        with Transaction(f"pruning {where}", targets + [owner for owner, _, _ in attrs]) as tx:
+        covered = self._covered and self._atomic_depth > 0
+        with Transaction(f"pruning {where}", [] if covered else targets + [owner for owner, _, _ in attrs]) as tx:
             state = self._state()
             tx.on_rollback(lambda: self._restore_state(state))
             for hook in self._hooks.of("before"):
@@ -777,9 +781,13 @@ class DependencyGraph:
         skipped: list[tuple[Group, str]] = []
         with self.atomic(what) as tx:
             applied = []
-            for g in groups:
-                g.prune(record_history=record_history)
-                applied.append(g)
+            covered, self._covered = self._covered, True
+            try:
+                for g in groups:  # planned lazily: the pruner's decisions run between the prunes
+                    g.prune(record_history=record_history)
+                    applied.append(g)
+            finally:
+                self._covered = covered
             self._flush_after_hooks(tx)
             failure = self._forward_failure() if applied else None
             if failure is not None:
