@@ -32,6 +32,7 @@ from ..errors import (
     UnsupportedOpError,
 )
 from ..functional.base import BasePruningFunc, find_handler, matches_layer_types, registered_handlers
+from ..trace.gc_pause import gc_paused
 from ..trace.kept import CacheDropper
 from ..trace.recorder import call_model, record
 from .build import GraphBuilder, handler_width
@@ -156,48 +157,50 @@ class DependencyGraph:
         if customized_pruners:
             self._custom.update(customized_pruners)
         custom_types = tuple(k for k in self._custom if isinstance(k, type))
-        trace = record(model, example_inputs, self._is_leaf, forward_fn, output_transform)
-        self._call = (example_inputs, forward_fn) if check_forward else None
-        builder = GraphBuilder(trace, self._handler_of, custom_types, verbose)
-        self._graph = builder.build()
-        self._trace = trace
-        # Output dims frozen only for being outputs: an explicit get_pruning_group may prune them.
-        self._outputs = {slot: (i, d) for i, v in enumerate(trace.outputs) for d in range(v.ndim)
-                         if (slot := builder.value_slots.get((v.id, d))) is not None
-                         and self._graph.frozen.get(slot) == "model output"}
-        if any(k.is_cache for k in trace.kept):
-            self.register_prune_hook(CacheDropper(trace.kept), when="after")
-        self.module2node = {}
-        for m in model.modules():  # model order, for deterministic get_all_groups
-            if m in builder.module2node:
-                self.module2node[m] = builder.module2node[m]
-        self.module2node.update({k: v for k, v in builder.module2node.items() if k not in self.module2node})
-        self._param_nodes = builder.param_nodes
-        self._dead = {}
-        self._version, self._changed_at = 0, {}
-        self._names = {n: m for n, m in model.named_modules()}
-        self._names.update({n: p for n, p in model.named_parameters()})
-        self._names.update({n: b for n, b in model.named_buffers()})
-        self.ignored_layers = _expand(ignored_layers)
-        for m in self.ignored_layers:
-            node = self.module2node.get(m)
-            if node is not None and node.out_slot is not None:
-                self._graph.freeze(node.out_slot, f"{node.name} is in ignored_layers")
-        for m in _expand(frozen_layers):
-            node = self.module2node.get(m)
-            if node is not None:
-                for s in (node.out_slot, node.in_slot):
-                    if s is not None:
-                        self._graph.freeze(s, f"{node.name} is in frozen_layers")
-        for p in ignored_params or ():
-            for node in self._param_nodes.get(p, []):
-                self._graph.freeze(node.out_slot, f"{node.name} is in ignored_params")
-        if type(model).__module__.startswith("transformers"):  # also trust_remote_code models
-            from ..integrations.transformers import attach  # lazy: keeps transformers optional
-            attach(self)
-        from ..integrations.timm import attach as attach_timm  # imports no timm; a no-op without timm modules
+        with gc_paused():  # the trace and the slot graph: many small objects, none of them cyclic garbage
+            trace = record(model, example_inputs, self._is_leaf, forward_fn, output_transform)
+            self._call = (example_inputs, forward_fn) if check_forward else None
+            builder = GraphBuilder(trace, self._handler_of, custom_types, verbose)
+            self._graph = builder.build()
+            self._trace = trace
+            # Output dims frozen only for being outputs: an explicit get_pruning_group may prune them.
+            self._outputs = {slot: (i, d) for i, v in enumerate(trace.outputs) for d in range(v.ndim)
+                             if (slot := builder.value_slots.get((v.id, d))) is not None
+                             and self._graph.frozen.get(slot) == "model output"}
+            if any(k.is_cache for k in trace.kept):
+                self.register_prune_hook(CacheDropper(trace.kept), when="after")
+            self.module2node = {}
+            for m in model.modules():  # model order, for deterministic get_all_groups
+                if m in builder.module2node:
+                    self.module2node[m] = builder.module2node[m]
+            self.module2node.update({k: v for k, v in builder.module2node.items() if k not in self.module2node})
+            self._param_nodes = builder.param_nodes
+            self._dead = {}
+            self._version, self._changed_at = 0, {}
+            self._names = {n: m for n, m in model.named_modules()}
+            self._names.update({n: p for n, p in model.named_parameters()})
+            self._names.update({n: b for n, b in model.named_buffers()})
+            self.ignored_layers = _expand(ignored_layers)
+            for m in self.ignored_layers:
+                node = self.module2node.get(m)
+                if node is not None and node.out_slot is not None:
+                    self._graph.freeze(node.out_slot, f"{node.name} is in ignored_layers")
+            for m in _expand(frozen_layers):
+                node = self.module2node.get(m)
+                if node is not None:
+                    for s in (node.out_slot, node.in_slot):
+                        if s is not None:
+                            self._graph.freeze(s, f"{node.name} is in frozen_layers")
+            for p in ignored_params or ():
+                for node in self._param_nodes.get(p, []):
+                    self._graph.freeze(node.out_slot, f"{node.name} is in ignored_params")
+            if type(model).__module__.startswith("transformers"):  # also trust_remote_code models
+                from ..integrations.transformers import attach  # lazy: keeps transformers optional
+                attach(self)
+            # imports no timm; a no-op without timm modules
+            from ..integrations.timm import attach as attach_timm
 
-        attach_timm(self)
+            attach_timm(self)
         return self
 
     def _handler_of(self, module: nn.Module) -> BasePruningFunc | None:
