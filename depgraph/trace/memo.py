@@ -15,8 +15,9 @@ int/float/str/bool attributes by value, containers by content, other objects
 by identity, and the attributes of plain objects the modules hold (a Hugging
 Face ``config``); which modules are leaves (customized pruners change that);
 the example inputs (structure, scalars by value, tensors by identity and
-``_version``); the ``forward_fn`` / ``output_transform`` objects; grad and
-inference mode. Anything the key cannot describe safely (an inference-mode
+``_version``); the ``forward_fn`` / ``output_transform`` objects (a function
+with what its closure cells and defaults hold); grad and inference mode, the
+default dtype. Anything the key cannot describe safely (an inference-mode
 tensor has no version counter, an object that is neither a plain value nor
 weak-referenceable) means no reuse. A model whose forward leaves state
 behind (a cache it fills, a counter, a kept activation) changes its own key,
@@ -85,6 +86,16 @@ def tensor_version(t: torch.Tensor) -> int | None:
         return None
 
 
+def _cell(c: Any) -> Any:
+    try:
+        return c.cell_contents
+    except ValueError:  # a cell not yet filled
+        return _EMPTY_CELL
+
+
+_EMPTY_CELL = "<empty cell>"
+
+
 def _is_global(obj: Any) -> bool:
     if not isinstance(obj, _GLOBAL_KINDS):
         return False
@@ -135,7 +146,14 @@ class _Key:
         if isinstance(v, slice):
             return (t, self.snap((v.start, v.stop, v.step), depth + 1))
         if isinstance(v, types.MethodType):  # a fresh object at each attribute read: its parts
-            return ("B", self.snap(v.__self__, depth + 1), self.ident(v.__func__))
+            return ("B", self.snap(v.__self__, depth + 1), self.snap(v.__func__, depth + 1))
+        if isinstance(v, types.FunctionType):  # a forward_fn, a hook: what its closure and defaults hold
+            if id(v) in self.seen:
+                return ("F", self.ident(v))
+            self.seen.add(id(v))
+            cells = tuple(self.snap(_cell(c), depth + 1) for c in v.__closure__ or ())
+            return ("F", self.ident(v), cells, self.snap(v.__defaults__, depth + 1),
+                    self.snap(v.__kwdefaults__, depth + 1))
         if _is_global(v):
             return ("G", v)
         out = ("O", t, self.ident(v))
@@ -155,7 +173,8 @@ def fingerprint(model: nn.Module, example_inputs: Any, leaves: dict[nn.Module, b
     """
     key = _Key()
     try:
-        key.parts += [key.ident(model), torch.is_grad_enabled(), torch.is_inference_mode_enabled()]
+        key.parts += [key.ident(model), torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
+                      torch.get_default_dtype()]
         for name, m in model.named_modules(remove_duplicate=False):
             attrs = tuple((k, key.snap(v)) for k, v in vars(m).items() if k not in _MODULE_SKIP)
             forward = key.snap(type(m).forward)  # a class whose forward was replaced since

@@ -373,3 +373,49 @@ def test_the_store_holds_a_few_models_at_most():
         _build(m, X)
     assert len(memo._store) == memo._MAX_MODELS
     assert id(models[-1]) in memo._store and id(models[0]) not in memo._store
+
+
+class StoresSizes(nn.Module):
+    """HF Swin style: sizes read from the input are stored on ``self`` by every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.window = 4
+        self.seen_shape = None
+        self.sizes = []
+
+    def forward(self, x):
+        self.window = min(self.window, x.shape[-1])
+        self.seen_shape = x.shape
+        self.sizes[:] = [x.shape[-2], x.shape[-1]]
+        y = self.conv(x)
+        return y.view(y.shape[0], y.shape[1], -1, self.window).mean(-1)
+
+
+def test_sizes_the_forward_stores_on_the_model_are_plain_ints_after_a_trace(monkeypatch):
+    model = StoresSizes().eval()
+    x = torch.randn(1, 3, 8, 8)
+    calls = _records(monkeypatch)
+    first = _build(model, x)
+    assert type(model.window) is int and model.window == 4
+    assert type(model.seen_shape) is torch.Size and all(type(n) is int for n in model.seen_shape)
+    assert all(type(n) is int for n in model.sizes) and model.sizes == [8, 8]
+    assert b"depgraph" not in pickle.dumps(model)  # loads where depgraph is not installed
+    second = _build(model, x)  # the first call filled seen_shape and sizes: the key changed
+    third = _build(model, x)  # now every call leaves the model as it found it: reused
+    assert len(calls) == 2
+    assert _describe(third.trace) == _describe(second.trace) == _describe(first.trace)
+
+
+def test_a_forward_fn_reading_changed_state_traces_afresh():
+    model = _resnet()
+    state = {"twice": False}
+
+    def forward_fn(m, inputs):
+        out = m(inputs)
+        return out * 2 if state["twice"] else out
+
+    assert not any(op.name == "Tensor.mul" for op in _build(model, X, forward_fn=forward_fn).trace.ops)
+    state["twice"] = True
+    assert any(op.name == "Tensor.mul" for op in _build(model, X, forward_fn=forward_fn).trace.ops)
