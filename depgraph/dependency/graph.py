@@ -89,6 +89,9 @@ class DependencyGraph:
         self._version = 0  # commits so far; a group remembers the version it was planned on
         self._changed_at: dict[int, int] = {}  # slot -> version of the last commit that removed positions of it
         self._atomic_depth = 0  # > 0 inside a step / replay: one forward check at its end, not per group
+        # True inside prune_groups: its whole-model snapshot restores whatever a failing group touched
+        # and nothing catches a failure before it does, so a group snapshots no modules of its own
+        self._covered = False
         # one-channel closures (see closed_positions), valid for one dead map and frozen count
         self._closures: tuple[dict | None, int, dict[tuple[int, int], torch.Tensor]] = (None, 0, {})
 
@@ -648,8 +651,9 @@ class DependencyGraph:
             reasons = "; ".join(sorted(set(plan.violations.values())))
             raise UnsupportedOpError(f"cannot prune {where}: it reaches dimensions that must not change: {reasons}")
         problems = []
+        widths = {id(it): self._width(it.dep) for it in items}  # before any change: the records need them too
         for it in items:
-            n = self._width(it.dep)
+            n = widths[id(it)]
             if n is None:
                 continue
             if len(set(it.idxs)) >= n:
@@ -664,14 +668,14 @@ class DependencyGraph:
         changed = []
         for slot, st in plan.state.items():
             gone = st >= 0
-            if bool(gone.any()):
+            if plan.counts.get(slot, 0):  # the propagation counted what each slot loses: no reduction here
                 changed.append(slot)
             dead[slot] = gone if slot not in dead else dead[slot] | gone
         attrs = self._bound_attributes(plan, dead)
         owners = [getattr(it.dep.target, "owner", None) for it in ordered if it.dep.target.is_parameter]
         targets = [it.dep.target.module for it in ordered] + [o for o in owners if o is not None]
-        widths = {id(it): self._width(it.dep) for it in ordered}
-        with Transaction(f"pruning {where}", targets + [owner for owner, _, _ in attrs]) as tx:
+        covered = self._covered and self._atomic_depth > 0
+        with Transaction(f"pruning {where}", [] if covered else targets + [owner for owner, _, _ in attrs]) as tx:
             state = self._state()
             tx.on_rollback(lambda: self._restore_state(state))
             for hook in self._hooks.of("before"):
@@ -780,9 +784,13 @@ class DependencyGraph:
         skipped: list[tuple[Group, str]] = []
         with self.atomic(what) as tx:
             applied = []
-            for g in groups:
-                g.prune(record_history=record_history)
-                applied.append(g)
+            covered, self._covered = self._covered, True
+            try:
+                for g in groups:  # planned lazily: the pruner's decisions run between the prunes
+                    g.prune(record_history=record_history)
+                    applied.append(g)
+            finally:
+                self._covered = covered
             self._flush_after_hooks(tx)
             failure = self._forward_failure() if applied else None
             if failure is not None:
@@ -857,7 +865,7 @@ class DependencyGraph:
         """
         out: dict[tuple[int, str], tuple[Any, str, int]] = {}
         for slot, pairs in self._graph.bindings_of(plan.state):  # the group's slots, not every binding
-            if not bool((plan.state[slot] >= 0).any()):
+            if not plan.counts.get(slot, 0):
                 continue
             size = self._graph.sizes[slot] - int(dead[slot].sum())
             for owner, attr in pairs:
