@@ -419,3 +419,36 @@ def test_a_forward_fn_reading_changed_state_traces_afresh():
     assert not any(op.name == "Tensor.mul" for op in _build(model, X, forward_fn=forward_fn).trace.ops)
     state["twice"] = True
     assert any(op.name == "Tensor.mul" for op in _build(model, X, forward_fn=forward_fn).trace.ops)
+
+
+def test_after_a_rolled_back_step_a_new_pruner_prunes_like_one_on_a_fresh_model(monkeypatch):
+    """A failed step restores the model exactly (its tensors and their version counters, so the next
+    trace may be reused); either way the new pruner prunes as one on an untouched model does."""
+    model, fresh_model = _resnet(), _resnet()
+    apply = tp.DependencyGraph.apply_group
+    calls = {"n": 0}
+
+    def fails_third(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("injected fault")
+        return apply(self, *args, **kwargs)
+
+    def pruner_of(m):
+        return tp.pruner.BasePruner(m, X, tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=0.5,
+                                    ignored_layers=[m.fc])
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first = pruner_of(model)
+    monkeypatch.setattr(tp.DependencyGraph, "apply_group", fails_third)
+    with pytest.raises(RuntimeError, match="injected fault"):
+        first.step()
+    monkeypatch.setattr(tp.DependencyGraph, "apply_group", apply)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    again = pruner_of(model)
+    fresh = pruner_of(fresh_model)
+    again.step()
+    fresh.step()
+    got, want = model.state_dict(), fresh_model.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    assert model.layer1[0].conv1.out_channels == 32
