@@ -45,6 +45,7 @@ from .errors import (
     TargetUnreachableError,
 )
 from .workflow.sources import find_classifier
+from .workflow.threads import cpu_threads, resolve_threads
 
 __all__ = ["main", "build_parser", "load_model", "find_classifier", "Printer"]
 
@@ -346,6 +347,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def threads_arg(text: str) -> str | int:
+    """An ``argparse`` type for ``--threads``: ``auto`` or a positive integer."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return positive_int(text)
+
+
 def _ratio(text: str) -> float:
     try:
         value = float(text)
@@ -456,6 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_recover(sub)
     add_export(sub)
+    for command in sub.choices.values():  # every subcommand computes on the CPU threads chosen here
+        command.add_argument("--threads", type=threads_arg, default="auto", metavar="N|auto",
+                             help="CPU threads for PyTorch (default: auto, the cores the load average "
+                                  "leaves idle, at least 1; OMP_NUM_THREADS, when set, is kept)")
     return parser
 
 
@@ -465,7 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Printer(args.plain)
     try:
-        return args.run(args, out)
+        with cpu_threads(resolve_threads(args.threads)):  # restored after: main() may run in-process
+            return args.run(args, out)
     except ArgumentError as e:
         print(f"depgraph {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from depgraph import _lazy
 def fake_module(monkeypatch):
     name = "depgraph_test_fake_pkg.layers"
     monkeypatch.setattr(_lazy, "_PENDING", {})
+    monkeypatch.setattr(_lazy, "_SEEN", None)
     yield name
     sys.modules.pop(name, None)
 
@@ -43,3 +44,35 @@ def test_callback_returning_false_runs_again(fake_module):
     _lazy.resolve()
     _lazy.resolve()
     assert len(calls) == 2 and not _lazy._PENDING
+
+
+def test_lookups_look_for_awaited_modules_only_after_an_import(fake_module, monkeypatch):
+    """A registry lookup calls resolve(); without a new import it must not check every awaited name."""
+    from tests._checks import count_calls
+
+    for i in range(50):
+        _lazy.when_imported(f"depgraph_test_never_imported_{i}", lambda mod: None)
+    seen = []
+    _lazy.when_imported(fake_module, seen.append)
+    looks = count_calls(monkeypatch, _lazy, "_imported")
+    for _ in range(100):
+        _lazy.resolve()
+    assert looks == [1] and seen == []  # one look, then nothing changed in sys.modules
+    mod = sys.modules[fake_module] = types.ModuleType(fake_module)
+    for _ in range(100):
+        _lazy.resolve()
+    assert looks == [1, 1] and seen == [mod]
+
+
+def test_resolve_is_run_by_every_layer_lookup_and_finds_a_late_import(fake_module, monkeypatch):
+    from depgraph.layers.spec import find_layer_part
+
+    class Late:
+        pass
+
+    seen = []
+    _lazy.when_imported(fake_module, seen.append)
+    assert find_layer_part(Late, "handler") is None and seen == []
+    sys.modules[fake_module] = types.ModuleType(fake_module)
+    find_layer_part(Late, "handler")
+    assert len(seen) == 1

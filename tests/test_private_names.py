@@ -21,6 +21,7 @@ ROOT = Path(depgraph.__file__).parent
 TORCH_PRIVATE = frozenset({
     "_parameters", "_buffers", "_modules", "_non_persistent_buffers_set", "_init_flat_weights",
     "_get_no_batch_dim", "_qkv_same_embed_dim", "_asdict",
+    "_version",  # Tensor._version: the in-place write counter (the trace memo's key)
 })
 
 

@@ -307,3 +307,10 @@ def test_recover_cli_benchmarks_render_their_tables(qb) -> None:
                       "stages": {"kd.pt": {"command": "depgraph recover pruned.pt", "seconds": 6.0}}, "rows": rows})
     assert "| pruned | distillation (T=4) + labels | 2.00x | 89.90 | -0.10 | -0.30 | 6 s |" in md
     assert "- `depgraph recover pruned.pt`" in md
+    title = "recover kd.pt: 8 steps in 4.0 s on 1 process (1 CPU thread each), 40 samples"
+    timing = rr.recover_timing(title)
+    assert timing == {"train_seconds": 4.0, "threads": 1} and rr.recover_timing("no table") == {}
+    md = rr.markdown({"settings": {"test_images": 100, "steps": 8, "batch_size": 4, "lr": 5e-4, "train_images": 40},
+                      "stages": {"kd.pt": {"command": "depgraph recover pruned.pt", "seconds": 6.0, **timing}},
+                      "rows": rows})
+    assert "- `depgraph recover pruned.pt` — 6 s in all, training 4 s (0.50 s/step, 1 thread)" in md

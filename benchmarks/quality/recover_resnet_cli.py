@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -42,14 +43,26 @@ RESULTS = HERE / "results"
 REPO = HERE.parents[1]
 
 
-def depgraph(*args: str) -> float:
-    """``python -m depgraph ARGS`` with this checkout and the benchmark's modules importable; its wall time."""
+def depgraph(*args: str) -> dict:
+    """``python -m depgraph ARGS`` with this checkout and the benchmark's modules importable.
+
+    Returns its wall time, and for ``recover`` the training time and CPU threads it reports.
+    """
     print("$ depgraph " + shlex.join(args), flush=True)
     path = [str(REPO), str(HERE), os.environ.get("PYTHONPATH", "")]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p))
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "depgraph", *args], check=True, env=env)
-    return time.perf_counter() - start
+    done = subprocess.run([sys.executable, "-m", "depgraph", *args], check=True, env=env, capture_output=True,
+                          text=True)
+    seconds = time.perf_counter() - start
+    print(done.stdout, done.stderr, sep="", flush=True)
+    return {"seconds": seconds, **recover_timing(done.stdout)}
+
+
+def recover_timing(printed: str) -> dict:
+    """The training seconds and CPU threads in ``depgraph recover``'s table title ({} if absent)."""
+    found = re.search(r"(\d+) steps in ([\d.]+) s on .*?\((\d+) CPU threads? each\)", printed)
+    return {"train_seconds": float(found[2]), "threads": int(found[3])} if found else {}
 
 
 def write_images(folder: Path, images: torch.Tensor, labels: torch.Tensor, per_class: int) -> int:
@@ -79,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--runs", default="ref,labels,kd",
                    help="recoveries to run: ref (unpruned, labels), labels (pruned, labels), kd (pruned, both)")
+    p.add_argument("--seed", type=int, default=0, help="seed of each recovery's data order (depgraph recover --seed)")
     p.add_argument("--name", default="recover_resnet_cli", help="stem of the results files (NAME.md, NAME.json)")
     p.add_argument("--reuse", action="store_true", help="keep outputs already in --work whose time is in "
                    "WORK/stages.json instead of running their command again")
@@ -108,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.reuse and stage in stages and (work / output).is_file():
             return
         (work / output).unlink(missing_ok=True)
-        stages[stage] = {"command": "depgraph " + shlex.join(cmd), "seconds": depgraph(*cmd)}
+        stages[stage] = {"command": "depgraph " + shlex.join(cmd), **depgraph(*cmd)}
         stages_file.write_text(json.dumps(stages, indent=1))
 
     prune = ["prune", str(work / "teacher.pt"), "--trust-pickle", "--input-shape", "1,28,28", "--target", "macs=0.5",
@@ -118,14 +132,12 @@ def main(argv: list[str] | None = None) -> dict:
     common = ["--data", str(work / f"train{per_class}"), "--input-size", "28", "--trust-pickle",
               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
               "--warmup-steps", str(max(1, args.steps // 4)), "--weight-decay", "5e-4",
-              "--temperature", str(args.temperature), "--eval-batches", "2", "--no-progress", "--plain"]
+              "--temperature", str(args.temperature), "--eval-batches", "2", "--seed", str(args.seed),
+              "--no-progress", "--plain"]
     runs = [("unpruned", "teacher.pt", "0", "ref.pt"), ("pruned", "pruned.pt", "0", "labels.pt"),
             ("pruned", "pruned.pt", "1", "kd.pt")]
     chosen = {f"{r}.pt" for r in args.runs.split(",")}
     runs = [r for r in runs if r[3] in chosen]
-    for _, student, kd, out in runs:
-        run(out, out, ["recover", str(work / student), "--teacher", str(work / "teacher.pt"), *common,
-                       "--kd-weight", kd, "--output", str(work / out)])
 
     def load(name: str) -> torch.nn.Module:
         return torch.load(work / name, weights_only=False).eval()
@@ -137,18 +149,25 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [{"model": "unpruned", "recovery": "none", "acc": base_acc, "macs_speedup": 1.0},
             {"model": "pruned", "recovery": "none", "acc": accuracy(pruned, x_test01, y_test),
              "macs_speedup": speedup, "seconds": stages["prune"]["seconds"]}]
-    for name, _, kd, out in runs:
-        label = "labels only" if kd == "0" else f"distillation (T={args.temperature:g}) + labels"
-        rows.append({"model": name, "recovery": label, "acc": accuracy(load(out), x_test01, y_test),
-                     "macs_speedup": 1.0 if name == "unpruned" else speedup, "seconds": stages[out]["seconds"]})
-        print(rows[-1], flush=True)
     settings = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                 "train_images": n_images, "test_images": len(x_test)}
     state = {"settings": settings, "stages": stages, "rows": rows}
     out_dir = RESULTS if not args.quick else Path(tempfile.gettempdir()) / "depgraph-quality-quick"
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{args.name}.json").write_text(json.dumps(state, indent=1))
-    (out_dir / f"{args.name}.md").write_text(markdown(state))
+
+    def write() -> None:  # after every stage: a run cut off still leaves its numbers
+        (out_dir / f"{args.name}.json").write_text(json.dumps(state, indent=1))
+        (out_dir / f"{args.name}.md").write_text(markdown(state))
+
+    write()
+    for name, student, kd, out in runs:
+        run(out, out, ["recover", str(work / student), "--teacher", str(work / "teacher.pt"), *common,
+                       "--kd-weight", kd, "--output", str(work / out)])
+        label = "labels only" if kd == "0" else f"distillation (T={args.temperature:g}) + labels"
+        rows.append({"model": name, "recovery": label, "acc": accuracy(load(out), x_test01, y_test),
+                     "macs_speedup": 1.0 if name == "unpruned" else speedup, "seconds": stages[out]["seconds"]})
+        print(rows[-1], flush=True)
+        write()
     print(markdown(state))
     return state
 
@@ -168,8 +187,15 @@ def markdown(state: dict) -> str:
         t = f"{r['seconds']:.0f} s" if "seconds" in r else "-"
         lines.append(f"| {r['model']} | {r['recovery']} | {r['macs_speedup']:.2f}x | {r['acc']:.2f} | "
                      f"{r['acc'] - base:+.2f} | {same} | {t} |")
-    lines += ["", "Commands (times include loading the images and the model):", ""]
-    lines += [f"- `{v['command']}`" for v in state["stages"].values()]
+    lines += ["", "Commands (times include loading the images and the model; training: the optimizer steps "
+              "alone, as `depgraph recover` reports them, on the CPU threads `--threads auto` chose):", ""]
+    for v in state["stages"].values():
+        timing = ""
+        if "train_seconds" in v:
+            steps = s["steps"]
+            timing = (f" — {v['seconds']:.0f} s in all, training {v['train_seconds']:.0f} s "
+                      f"({v['train_seconds'] / steps:.2f} s/step, {v['threads']} thread{'s' if v['threads'] > 1 else ''})")
+        lines.append(f"- `{v['command']}`{timing}")
     return "\n".join(lines) + "\n"
 
 

@@ -32,6 +32,7 @@ from ..errors import (
     UnsupportedOpError,
 )
 from ..functional.base import BasePruningFunc, find_handler, matches_layer_types, registered_handlers
+from ..trace.gc_pause import gc_paused
 from ..trace.kept import CacheDropper
 from ..trace.recorder import call_model, record
 from .build import GraphBuilder, handler_width
@@ -88,6 +89,9 @@ class DependencyGraph:
         self._version = 0  # commits so far; a group remembers the version it was planned on
         self._changed_at: dict[int, int] = {}  # slot -> version of the last commit that removed positions of it
         self._atomic_depth = 0  # > 0 inside a step / replay: one forward check at its end, not per group
+        # True inside prune_groups: its whole-model snapshot restores whatever a failing group touched
+        # and nothing catches a failure before it does, so a group snapshots no modules of its own
+        self._covered = False
         # one-channel closures (see closed_positions), valid for one dead map and frozen count
         self._closures: tuple[dict | None, int, dict[tuple[int, int], torch.Tensor]] = (None, 0, {})
 
@@ -153,48 +157,50 @@ class DependencyGraph:
         if customized_pruners:
             self._custom.update(customized_pruners)
         custom_types = tuple(k for k in self._custom if isinstance(k, type))
-        trace = record(model, example_inputs, self._is_leaf, forward_fn, output_transform)
-        self._call = (example_inputs, forward_fn) if check_forward else None
-        builder = GraphBuilder(trace, self._handler_of, custom_types, verbose)
-        self._graph = builder.build()
-        self._trace = trace
-        # Output dims frozen only for being outputs: an explicit get_pruning_group may prune them.
-        self._outputs = {slot: (i, d) for i, v in enumerate(trace.outputs) for d in range(v.ndim)
-                         if (slot := builder.value_slots.get((v.id, d))) is not None
-                         and self._graph.frozen.get(slot) == "model output"}
-        if any(k.is_cache for k in trace.kept):
-            self.register_prune_hook(CacheDropper(trace.kept), when="after")
-        self.module2node = {}
-        for m in model.modules():  # model order, for deterministic get_all_groups
-            if m in builder.module2node:
-                self.module2node[m] = builder.module2node[m]
-        self.module2node.update({k: v for k, v in builder.module2node.items() if k not in self.module2node})
-        self._param_nodes = builder.param_nodes
-        self._dead = {}
-        self._version, self._changed_at = 0, {}
-        self._names = {n: m for n, m in model.named_modules()}
-        self._names.update({n: p for n, p in model.named_parameters()})
-        self._names.update({n: b for n, b in model.named_buffers()})
-        self.ignored_layers = _expand(ignored_layers)
-        for m in self.ignored_layers:
-            node = self.module2node.get(m)
-            if node is not None and node.out_slot is not None:
-                self._graph.freeze(node.out_slot, f"{node.name} is in ignored_layers")
-        for m in _expand(frozen_layers):
-            node = self.module2node.get(m)
-            if node is not None:
-                for s in (node.out_slot, node.in_slot):
-                    if s is not None:
-                        self._graph.freeze(s, f"{node.name} is in frozen_layers")
-        for p in ignored_params or ():
-            for node in self._param_nodes.get(p, []):
-                self._graph.freeze(node.out_slot, f"{node.name} is in ignored_params")
-        if type(model).__module__.startswith("transformers"):  # also trust_remote_code models
-            from ..integrations.transformers import attach  # lazy: keeps transformers optional
-            attach(self)
-        from ..integrations.timm import attach as attach_timm  # imports no timm; a no-op without timm modules
+        with gc_paused():  # the trace and the slot graph: many small objects, none of them cyclic garbage
+            trace = record(model, example_inputs, self._is_leaf, forward_fn, output_transform)
+            self._call = (example_inputs, forward_fn) if check_forward else None
+            builder = GraphBuilder(trace, self._handler_of, custom_types, verbose)
+            self._graph = builder.build()
+            self._trace = trace
+            # Output dims frozen only for being outputs: an explicit get_pruning_group may prune them.
+            self._outputs = {slot: (i, d) for i, v in enumerate(trace.outputs) for d in range(v.ndim)
+                             if (slot := builder.value_slots.get((v.id, d))) is not None
+                             and self._graph.frozen.get(slot) == "model output"}
+            if any(k.is_cache for k in trace.kept):
+                self.register_prune_hook(CacheDropper(trace.kept), when="after")
+            self.module2node = {}
+            for m in model.modules():  # model order, for deterministic get_all_groups
+                if m in builder.module2node:
+                    self.module2node[m] = builder.module2node[m]
+            self.module2node.update({k: v for k, v in builder.module2node.items() if k not in self.module2node})
+            self._param_nodes = builder.param_nodes
+            self._dead = {}
+            self._version, self._changed_at = 0, {}
+            self._names = {n: m for n, m in model.named_modules()}
+            self._names.update({n: p for n, p in model.named_parameters()})
+            self._names.update({n: b for n, b in model.named_buffers()})
+            self.ignored_layers = _expand(ignored_layers)
+            for m in self.ignored_layers:
+                node = self.module2node.get(m)
+                if node is not None and node.out_slot is not None:
+                    self._graph.freeze(node.out_slot, f"{node.name} is in ignored_layers")
+            for m in _expand(frozen_layers):
+                node = self.module2node.get(m)
+                if node is not None:
+                    for s in (node.out_slot, node.in_slot):
+                        if s is not None:
+                            self._graph.freeze(s, f"{node.name} is in frozen_layers")
+            for p in ignored_params or ():
+                for node in self._param_nodes.get(p, []):
+                    self._graph.freeze(node.out_slot, f"{node.name} is in ignored_params")
+            if type(model).__module__.startswith("transformers"):  # also trust_remote_code models
+                from ..integrations.transformers import attach  # lazy: keeps transformers optional
+                attach(self)
+            # imports no timm; a no-op without timm modules
+            from ..integrations.timm import attach as attach_timm
 
-        attach_timm(self)
+            attach_timm(self)
         return self
 
     def _handler_of(self, module: nn.Module) -> BasePruningFunc | None:
@@ -511,15 +517,21 @@ class DependencyGraph:
         eps = self._graph.endpoints
         root_slot = plan.order[0] if plan.order else None
         items = []
+        root_shift = self._shift(root_slot) if root_slot is not None else None
         for slot in plan.order:
             ep = eps.get(slot)
             if ep is None:
                 continue
             pos, roots = plan.removed(slot)
-            pos, roots = self.to_current(slot, pos), self.to_current(root_slot, roots)
+            # to_current without its check: a propagation never removes a position already pruned
+            shift = root_shift if slot == root_slot else self._shift(slot)
+            if shift is not None:
+                pos = pos - shift[pos]
+            if root_shift is not None:
+                roots = roots - root_shift[roots]
             src = eps.get(plan.source.get(slot, slot), ep)
             dep = Dependency(src.handler, ep.handler, src.node, ep.node, side="out" if ep.is_out else "in")
-            idxs = index_list(pos)
+            idxs = index_list(pos, ascending=True)
             # most members follow the root position for position: one list serves as both
             same = pos.shape == roots.shape and bool(torch.equal(pos, roots))
             items.append(GroupItem(dep, idxs, None if same else index_list(roots),
@@ -527,6 +539,12 @@ class DependencyGraph:
         if items and root_slot not in eps:
             raise DepgraphError("the root of a group must be a prunable layer")
         return items
+
+    def _shift(self, slot: int) -> torch.Tensor | None:
+        """Pruned positions at or before each original position of ``slot`` (None: none pruned):
+        ``original - shift[original]`` is the current index of a live position."""
+        d = self._dead.get(slot)
+        return None if d is None else torch.cumsum(d.long(), 0)
 
     def get_all_groups(
         self,
@@ -633,8 +651,9 @@ class DependencyGraph:
             reasons = "; ".join(sorted(set(plan.violations.values())))
             raise UnsupportedOpError(f"cannot prune {where}: it reaches dimensions that must not change: {reasons}")
         problems = []
+        widths = {id(it): self._width(it.dep) for it in items}  # before any change: the records need them too
         for it in items:
-            n = self._width(it.dep)
+            n = widths[id(it)]
             if n is None:
                 continue
             if len(set(it.idxs)) >= n:
@@ -649,22 +668,23 @@ class DependencyGraph:
         changed = []
         for slot, st in plan.state.items():
             gone = st >= 0
-            if bool(gone.any()):
+            if plan.counts.get(slot, 0):  # the propagation counted what each slot loses: no reduction here
                 changed.append(slot)
             dead[slot] = gone if slot not in dead else dead[slot] | gone
         attrs = self._bound_attributes(plan, dead)
         owners = [getattr(it.dep.target, "owner", None) for it in ordered if it.dep.target.is_parameter]
         targets = [it.dep.target.module for it in ordered] + [o for o in owners if o is not None]
-        widths = {id(it): self._width(it.dep) for it in ordered}
-        with Transaction(f"pruning {where}", targets + [owner for owner, _, _ in attrs]) as tx:
+        covered = self._covered and self._atomic_depth > 0
+        with Transaction(f"pruning {where}", [] if covered else targets + [owner for owner, _, _ in attrs]) as tx:
             state = self._state()
             tx.on_rollback(lambda: self._restore_state(state))
             for hook in self._hooks.of("before"):
                 hook(self, ordered)
+            given = {id(it): it.handler_indices() for it in ordered}
             for it in ordered:
                 if it.idxs:
                     try:
-                        it.dep(it.idxs)
+                        it.dep(given[id(it)])
                     except DepgraphError as e:  # typed: re-raised as itself, with where it happened
                         add_note_once(e, f"depgraph: raised by {fn_name(it.dep.handler)} on {it.dep.target.name}")
                         raise
@@ -688,7 +708,7 @@ class DependencyGraph:
                         "ignored_layers/frozen_layers, or register a dimension rule for the op"
                     )
             self._commit(dead, changed)
-            update_records([it for it in ordered if it.dep.side != "heads"], widths, group.inexact_reasons)
+            update_records([it for it in ordered if it.dep.side != "heads"], widths, group.inexact_reasons, given)
             if record_history:
                 kind = "heads" if root.dep.side == "heads" else root.dep.is_out()
                 self.record_history(root.dep.target.name, kind, root.idxs)
@@ -764,9 +784,13 @@ class DependencyGraph:
         skipped: list[tuple[Group, str]] = []
         with self.atomic(what) as tx:
             applied = []
-            for g in groups:
-                g.prune(record_history=record_history)
-                applied.append(g)
+            covered, self._covered = self._covered, True
+            try:
+                for g in groups:  # planned lazily: the pruner's decisions run between the prunes
+                    g.prune(record_history=record_history)
+                    applied.append(g)
+            finally:
+                self._covered = covered
             self._flush_after_hooks(tx)
             failure = self._forward_failure() if applied else None
             if failure is not None:
@@ -840,8 +864,8 @@ class DependencyGraph:
         dim loses positions the attribute must hold the new size.
         """
         out: dict[tuple[int, str], tuple[Any, str, int]] = {}
-        for slot, pairs in self._graph.bindings.items():
-            if slot not in plan.state or not bool((plan.state[slot] >= 0).any()):
+        for slot, pairs in self._graph.bindings_of(plan.state):  # the group's slots, not every binding
+            if not plan.counts.get(slot, 0):
                 continue
             size = self._graph.sizes[slot] - int(dead[slot].sum())
             for owner, attr in pairs:

@@ -72,6 +72,12 @@ def pruning_side(fn: Callable | None) -> str | None:
     return None
 
 
+def _takes_index_tensors(fn: Callable) -> bool:
+    """Whether ``fn`` is a pruning method written in depgraph (which accepts int64 index tensors)."""
+    func = getattr(fn, "__func__", None)
+    return func is not None and getattr(func, "__module__", "").startswith("depgraph.") and pruning_side(fn) is not None
+
+
 class Dependency:
     """``trigger`` applied to ``source`` requires ``handler`` applied to ``target``.
 
@@ -174,6 +180,22 @@ class GroupItem(namedtuple("GroupItem", ["dep", "idxs"])):
         t = torch.as_tensor(list(idxs), dtype=torch.long)
         return t, (t if roots is idxs else torch.as_tensor(list(roots), dtype=torch.long))
 
+    def handler_indices(self) -> list[int] | torch.Tensor:
+        """What the graph hands this member's handler: the planned int64 tensor for depgraph's own
+        handlers (they take tensors, and turning a list back into one costs more than pruning a small
+        layer), the list for any other (Torch-Pruning handlers expect a list).
+
+        The list wins whenever it no longer matches the tensor (changed in place since planning).
+        """
+        idxs = self.idxs
+        kept = self.__dict__.get("index_tensors_")
+        if kept is None or not _takes_index_tensors(self.dep.handler):
+            return idxs
+        t = kept[0]
+        if t.numel() != len(idxs) or t.tolist() != (idxs if isinstance(idxs, list) else list(idxs)):
+            return idxs
+        return t
+
     @property
     def root_idxs(self) -> list[int]:
         """The root's positions each of ``idxs`` follows (as ``idxs`` when none were given): criteria
@@ -200,20 +222,24 @@ class _SharedInts:
     def __init__(self) -> None:
         self.pool = np.arange(0, dtype=object)
 
-    def take(self, t: torch.Tensor) -> list[int]:
+    def take(self, t: torch.Tensor, ascending: bool = False) -> list[int]:
         if t.numel() == 0:
             return []
-        top = int(t.max()) + 1
-        if top > len(self.pool) or int(t.min()) < 0:
-            if int(t.min()) < 0:
-                return t.tolist()
-            self.pool = np.arange(max(top, 2 * len(self.pool)), dtype=object)
+        # ascending (the caller knows): the extremes are the ends, no reduction over the tensor
+        low, high = (int(t[0]), int(t[-1])) if ascending else (int(t.min()), int(t.max()))
+        if low < 0:
+            return t.tolist()
+        if high >= len(self.pool):
+            self.pool = np.arange(max(high + 1, 2 * len(self.pool)), dtype=object)
         return self.pool[t.numpy()].tolist()  # object-array indexing keeps the pool's int objects
 
 
 _SHARED = _SharedInts()
 
 
-def index_list(t: torch.Tensor) -> list[int]:
-    """``t.tolist()`` for a 1-D int64 tensor of indices, with ints shared across calls (see :class:`_SharedInts`)."""
-    return _SHARED.take(t.detach().cpu().flatten())
+def index_list(t: torch.Tensor, ascending: bool = False) -> list[int]:
+    """``t.tolist()`` for a 1-D int64 tensor of indices, with ints shared across calls (see :class:`_SharedInts`).
+
+    ``ascending=True`` promises ``t`` is sorted (its ends are its extremes).
+    """
+    return _SHARED.take(t.detach().cpu().flatten(), ascending)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from .._types import Indices
 from ..functional.base import find_handler, keep_index
 
 __all__ = [
@@ -63,30 +64,38 @@ def _store(module: Any, name: str) -> Transient:
     return store
 
 
-def _advance(store: dict, key: Any, width: int, idxs: list[int]) -> None:
+def _advance(store: dict, key: Any, width: int, idxs: Indices) -> None:
     base = store.get(key)
     if base is None or base.numel() != width:
         base = torch.arange(width)
-    store[key] = base[keep_index(width, torch.as_tensor(idxs, dtype=torch.long))]
+    removed = idxs if isinstance(idxs, torch.Tensor) else torch.as_tensor(list(idxs), dtype=torch.long)
+    store[key] = base[keep_index(width, removed)]
 
 
-def update_records(items: list, widths: dict[int, int | None], inexact: list[str]) -> None:
-    """Advance the kept-channel records of every member a committed prune changed."""
+def update_records(items: list, widths: dict[int, int | None], inexact: list[str],
+                   given: dict[int, Indices] | None = None) -> None:
+    """Advance the kept-channel records of every member a committed prune changed.
+
+    ``given``: ``id(item) -> the indices its handler was given`` (an int64 tensor where the
+    handler took one), so the lists are not converted again.
+    """
+    given = given or {}
     for it in items:
         node = it.dep.target
         width = widths[id(it)]
         if width is None or not it.idxs:
             continue
+        idxs = given.get(id(it), it.idxs)
         if node.is_parameter:
             holder = node.owner
             params = _store(holder, KEPT_PARAMS)
             params[node.attr] = dict(params.get(node.attr, {}))
-            _advance(params[node.attr], node.pruning_dim, width, it.idxs)
+            _advance(params[node.attr], node.pruning_dim, width, idxs)
         else:
             holder = node.module
             if find_handler(holder) is not node.handler:  # a customized_pruners handler: verify needs it
                 _store(holder, HANDLER)["handler"] = node.handler
-            _advance(_store(holder, KEPT), "out" if it.dep.is_out() else "in", width, it.idxs)
+            _advance(_store(holder, KEPT), "out" if it.dep.is_out() else "in", width, idxs)
         if inexact:
             reasons = _store(holder, INEXACT)
             reasons.update(dict.fromkeys(inexact))

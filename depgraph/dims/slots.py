@@ -21,6 +21,7 @@ exactly the original with those channels zeroed (a norm over that axis).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -234,6 +235,16 @@ class SlotGraph:
         self._holders.setdefault(key, []).append(slot)
         self.shape_sensitive.add(slot)
         self.bind_log.append((id(owner), attr))
+
+    def bindings_of(self, slots: Iterable[int]) -> list[tuple[int, list[tuple[object, str]]]]:
+        """``(slot, [(owner, attr)])`` for those of ``slots`` that hold a bound attribute, in bind order.
+
+        ``O(len(slots))`` dict lookups: a prune asks for the slots it reaches, never walks every
+        binding of the model (that made each prune ``O(L)``, a step ``O(L²)`` in layers).
+        """
+        hits = [s for s in slots if s in self.bindings]
+        hits.sort(key=self._bind_order.__getitem__)
+        return [(s, self.bindings[s]) for s in hits]
 
     def new_slot(self, size: int, label: str) -> int:
         """A new slot of ``size`` positions; ``label`` names it in messages."""

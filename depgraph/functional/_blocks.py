@@ -97,6 +97,8 @@ class BlockSplit:
 
 def split_blocks(idxs: torch.Tensor, block_size: int, num_blocks: int) -> BlockSplit:
     """Split sorted, in-range indices into per-block local positions."""
+    if num_blocks == 1:  # an ungrouped layer: the indices are the local positions, no loop per index
+        return BlockSplit(block_size=block_size, local=(tuple(idxs.tolist()),))
     local: list[list[int]] = [[] for _ in range(num_blocks)]
     for i in idxs.tolist():
         local[i // block_size].append(i % block_size)

@@ -84,7 +84,8 @@ def _plan_rows(layer: nn.Module, idxs: torch.Tensor, side: str, n: int, bias_kee
             f"{local} channels were already pruned to {local_groups} groups; both sides must remove "
             "the same groups"
         )
-    return _ConvEdit(side, n - idxs.numel(), new_groups, 0, keep_index(n, idxs), bias_keep)
+    keep = bias_keep if bias_keep is not None else keep_index(n, idxs)  # the bias is on this side: same keep
+    return _ConvEdit(side, n - idxs.numel(), new_groups, 0, keep, bias_keep)
 
 
 def _plan_local(layer: nn.Module, idxs: torch.Tensor, side: str, n: int, bias_keep) -> _ConvEdit:
@@ -102,7 +103,12 @@ def _plan_local(layer: nn.Module, idxs: torch.Tensor, side: str, n: int, bias_ke
             f"{owner}: these {side} indices remove {len(split.full)} of its {split.num_blocks} groups "
             f"whole, but it has {layer.groups} groups now; both sides must remove the same groups"
         )
-    keep = keep_index(b, torch.as_tensor(positions, dtype=torch.long)) if positions else None
+    if not positions:
+        keep = None
+    elif split.num_blocks == 1:  # the positions are the indices themselves (sorted, unique)
+        keep = keep_index(b, idxs)
+    else:
+        keep = keep_index(b, torch.as_tensor(positions, dtype=torch.long))
     return _ConvEdit(side, n - idxs.numel(), layer.groups, 1, keep, bias_keep)
 
 

@@ -34,6 +34,7 @@ from ..dependency import DependencyGraph
 from ..dependency.transaction import Transaction
 from ..errors import DepgraphError, OptionError, OptionTypeError, OverPruningError, UnsupportedOpError
 from ..importance import Importance
+from ..trace.gc_pause import gc_paused
 from . import planning
 from .heads import HeadPlanner
 from .options import DEFAULT_ROOT_TYPES, PrunerOptions, check_known_modules, resolve_deprecated
@@ -176,34 +177,35 @@ class BasePruner:
         # As in Torch-Pruning: each ignored module with all of its sub-modules, in order.
         self.ignored_layers = [sub for layer in layers for sub in layer.modules()]
         self.ignored_params = params
-        self.DG = DependencyGraph().build_dependency(
-            model,
-            example_inputs,
-            forward_fn=forward_fn,
-            output_transform=output_transform,
-            unwrapped_parameters=unwrapped_parameters,
-            customized_pruners=dict(self.options.customized_pruners) or None,
-            ignored_layers=layers or None,
-            ignored_params=params or None,
-        )
-        if self.options.compensation is not None:
-            self._compensation_hook = self.options.compensation.enable(
-                self.DG, lambda: getattr(self.importance, "stats", None))
-        self.current_step = 0
-        self._soft_pruned: dict[Any, set[int]] = {}
-        self._initial: dict[Any, int] = {}
-        # (slot graph, version, groups): listing them is a propagation per group, so the first
-        # step and update_regularizer reuse the list while no prune has changed the graph
-        self._listed: tuple[Any, int, list[Group]] | None = None
-        for group in self.prunable_groups():
-            self._initial[group[0].dep.target.module] = len(group[0].idxs)
-        opts = self.options
-        _warn_unused_options(opts)
-        needs_heads = opts.prune_num_heads or opts.num_heads or not opts.prune_head_dims
-        self._heads = HeadPlanner(self) if needs_heads else None
-        # root slot -> class label per original channel; filled and read by pruner.planning
-        self.closure_cache: dict[int, torch.Tensor] = {}
-        self.update_regularizer()
+        with gc_paused():  # graph, group listing, heads: many small objects, none of them cyclic garbage
+            self.DG = DependencyGraph().build_dependency(
+                model,
+                example_inputs,
+                forward_fn=forward_fn,
+                output_transform=output_transform,
+                unwrapped_parameters=unwrapped_parameters,
+                customized_pruners=dict(self.options.customized_pruners) or None,
+                ignored_layers=layers or None,
+                ignored_params=params or None,
+            )
+            if self.options.compensation is not None:
+                self._compensation_hook = self.options.compensation.enable(
+                    self.DG, lambda: getattr(self.importance, "stats", None))
+            self.current_step = 0
+            self._soft_pruned: dict[Any, set[int]] = {}
+            self._initial: dict[Any, int] = {}
+            # (slot graph, version, groups): listing them is a propagation per group, so the first
+            # step and update_regularizer reuse the list while no prune has changed the graph
+            self._listed: tuple[Any, int, list[Group]] | None = None
+            for group in self.prunable_groups():
+                self._initial[group[0].dep.target.module] = len(group[0].idxs)
+            opts = self.options
+            _warn_unused_options(opts)
+            needs_heads = opts.prune_num_heads or opts.num_heads or not opts.prune_head_dims
+            self._heads = HeadPlanner(self) if needs_heads else None
+            # root slot -> class label per original channel; filled and read by pruner.planning
+            self.closure_cache: dict[int, torch.Tensor] = {}
+            self.update_regularizer()
 
     # -- compatibility attributes -------------------------------------------------------
     @property
@@ -345,6 +347,7 @@ class BasePruner:
         before = (self.current_step - 1, dict(self._initial))
         try:
             with contextlib.ExitStack() as stack:
+                stack.enter_context(gc_paused())  # planning and pruning: many short-lived objects, none cyclic
                 for hook in self.DG.prune_hooks("after"):  # e.g. HF config sync: judge the step's end state
                     if hasattr(hook, "deferred"):
                         stack.enter_context(hook.deferred())

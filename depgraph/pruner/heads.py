@@ -67,6 +67,10 @@ class HeadPlanner:
         blocks = self.blocks(rejected)
         for b in blocks:
             self.initial[b.key] = len(b.units)
+        # The blocks as found on the unpruned graph: a block down to one key/value head is no longer
+        # found (its last head cannot go), but its counts are still read from it (current_counts).
+        self._first: tuple[Any, dict[Hashable, AttentionHeads | ModuleHeads]] = (
+            pruner.DG.slot_graph, {b.key: b for b in blocks})
         check_num_heads(pruner, blocks)
         self._roles = _head_roles(opts.num_heads, blocks)
         self._counts: tuple[int, dict[nn.Module, int]] | None = None
@@ -99,10 +103,15 @@ class HeadPlanner:
 
     def current_counts(self) -> dict[nn.Module, int]:
         """``{module: heads now}`` for each ``num_heads`` key (query or key/value count, as given)."""
-        done = len(self.pruner.DG.pruning_history())
+        graph = self.pruner.DG
+        done = len(graph.pruning_history())
         if self._counts is not None and self._counts[0] == done:
             return dict(self._counts[1])
-        blocks = {b.key: b for b in self.blocks()}
+        # Counted on the blocks found at construction, whose slots and original unit positions stay
+        # valid after any prune; a rebuilt graph has other slots, so its blocks are found afresh.
+        first_graph, blocks = self._first
+        if first_graph is not graph.slot_graph:
+            blocks = {b.key: b for b in self.blocks()}
         counts = {}
         for module, n in self.pruner.options.num_heads:
             if isinstance(module, nn.MultiheadAttention):
@@ -110,7 +119,7 @@ class HeadPlanner:
                 continue
             key, role = self._roles.get(module, (None, "q"))
             b = blocks.get(key)
-            counts[module] = n if b is None else int(b.kv_heads if role == "kv" else b.query_heads)
+            counts[module] = n if not isinstance(b, AttentionHeads) else _heads_now(graph, b, role)
         self._counts = (done, counts)
         return dict(counts)
 
@@ -262,6 +271,17 @@ def _head_roles(num_heads: tuple, blocks: list) -> dict[nn.Module, tuple[Hashabl
                 roles[module] = (b.key, "kv" if n == b.kv_heads != b.query_heads else "q")
                 break
     return roles
+
+
+def _heads_now(graph: Any, b: AttentionHeads, role: str) -> int:
+    """The query (``role="q"``) or key/value head count of block ``b`` on the graph as it is now.
+
+    Query heads are the alive positions of the query head axis; a key/value head is there while
+    any root position of its unit is (head-dim prunes shrink a unit, only head prunes empty it).
+    """
+    if role != "kv":
+        return graph.current_width(b.axis.q)
+    return sum(1 for u in b.units if bool(graph.is_alive(b.root_slot, u).any()))
 
 
 def _ratio(scope: Scope, step: int) -> float:

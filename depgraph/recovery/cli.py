@@ -111,6 +111,8 @@ def run(args: argparse.Namespace, out: Any) -> int:
     """Load, check, recover, report and save; the exit code (0 done)."""
     from pathlib import Path
 
+    import torch
+
     from ..workflow import load_source
     from ..workflow.save import check_output, save_pruned
     from . import recover
@@ -141,6 +143,8 @@ def run(args: argparse.Namespace, out: Any) -> int:
         rows.append(("task loss", f"{result.task_before:.4f}", f"{result.task_after:.4f}"))
     rows.append(("training loss (first / last step)", f"{result.losses[0]:.4f}", f"{result.losses[-1]:.4f}"))
     procs = f"{result.num_processes} process" + ("es" if result.num_processes > 1 else "")
+    if result.device == "cpu":
+        procs += f" ({torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() > 1 else ''} each)"
     out.table(f"recover {args.model}: {result.steps} steps in {result.seconds:.1f} s on {procs}, "
               f"{len(data)} samples", ("", "before", "after"), rows)
     model = result.model.cpu()

@@ -55,6 +55,7 @@ class RecoverResult:
         num_processes: how many processes trained together.
         state_dict: under FSDP / DeepSpeed, the full gathered state dict of the
             student (on the main process); None otherwise (``model`` holds it all).
+        device: the kind of device it trained on (``"cpu"``, ``"cuda"``, ...).
     """
 
     model: nn.Module
@@ -68,6 +69,7 @@ class RecoverResult:
     is_main_process: bool = True
     num_processes: int = 1
     state_dict: dict[str, torch.Tensor] | None = None
+    device: str = "cpu"
 
 
 class _Student(nn.Module):
@@ -202,7 +204,7 @@ def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, 
                          task_before=task_before if has_labels else None,
                          task_after=task_after if has_labels else None, seconds=seconds,
                          is_main_process=accelerator.is_main_process, num_processes=accelerator.num_processes,
-                         state_dict=full_state)
+                         state_dict=full_state, device=accelerator.device.type)
 
 
 def _adamw(params: list[nn.Parameter], opts: RecoverOptions) -> torch.optim.Optimizer:

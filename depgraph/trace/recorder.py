@@ -22,6 +22,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import TraceError
+from . import memo
+from .gc_pause import gc_paused
 from .graph import OpNode, Trace, Value
 from .kept import find_kept, mark_rewritten, pop_cached, restore_cached
 from .outputs import primary_outputs
@@ -252,12 +254,11 @@ class _Recorder(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def _hooks(model: nn.Module, rec: _Recorder, is_leaf: Callable[[nn.Module], bool]) -> Iterator[None]:
+def _hooks(model: nn.Module, rec: _Recorder, leaves: dict[nn.Module, bool]) -> Iterator[None]:
     handles = []
     names = {m: n for n, m in model.named_modules(remove_duplicate=False)}
     rec.trace.module_names = {m: n for n, m in model.named_modules()}
-    leaves = {m: is_leaf(m) for m in names}  # asked twice per call of every module: decided once
-    is_leaf = leaves.__getitem__
+    is_leaf = leaves.__getitem__  # asked twice per call of every module: decided once, by record()
 
     def pre(mod, args, kwargs):
         if rec.leaf_depth:
@@ -301,39 +302,41 @@ def _hooks(model: nn.Module, rec: _Recorder, is_leaf: Callable[[nn.Module], bool
 def _buffers_restored(model: nn.Module) -> Iterator[None]:
     """Tracing must not change the model: undo buffer updates (BatchNorm running stats in train mode)."""
     with torch.no_grad():
-        saved = [(b, b.detach().clone()) for b in model.buffers() if b is not None]
+        saved = [(b, b.detach().clone(), memo.tensor_version(b)) for b in model.buffers() if b is not None]
     try:
         yield
     finally:
         with torch.no_grad():
-            for b, old in saved:
-                if b.shape == old.shape:
+            for b, old, version in saved:
+                # Only what the call wrote: a copy would bump the version counter of every buffer,
+                # and the trace memo (depgraph.trace.memo) reads an unchanged counter as unchanged.
+                if b.shape == old.shape and (version is None or memo.tensor_version(b) != version):
                     b.copy_(old)
 
 
-def _trace_once(model: nn.Module, example_inputs: Any, is_leaf: Callable[[nn.Module], bool],
+def _trace_once(model: nn.Module, example_inputs: Any, leaves: dict[nn.Module, bool],
                 forward_fn: Callable | None, param_index: dict,
                 as_one: bool | None = None) -> tuple[Trace, _Recorder, Any]:
     trace = Trace()
     rec = _Recorder(trace, param_index)
     for t in flatten_tensors(example_inputs):
         trace.inputs.append(rec.new_value(t, "input"))
-    with _hooks(model, rec, is_leaf), _buffers_restored(model), attributes_tagged(model.modules()), rec:
+    with _hooks(model, rec, leaves), _buffers_restored(model), attributes_tagged(model.modules()), rec:
         out = call_model(model, example_inputs, forward_fn, as_one=as_one)
     return trace, rec, out
 
 
-def _trace_call(model: nn.Module, example_inputs: Any, is_leaf: Callable[[nn.Module], bool],
+def _trace_call(model: nn.Module, example_inputs: Any, leaves: dict[nn.Module, bool],
                 forward_fn: Callable | None, param_index: dict) -> tuple[Trace, _Recorder, Any]:
     """One clean trace: a tuple/list refused as positional arguments is traced afresh as one argument."""
     several = forward_fn is None and isinstance(example_inputs, (tuple, list))
     try:
-        return _trace_once(model, example_inputs, is_leaf, forward_fn, param_index, False if several else None)
+        return _trace_once(model, example_inputs, leaves, forward_fn, param_index, False if several else None)
     except Exception as positional:
         if not several:
             raise
         try:
-            return _trace_once(model, example_inputs, is_leaf, forward_fn, param_index, True)
+            return _trace_once(model, example_inputs, leaves, forward_fn, param_index, True)
         except Exception:  # noqa: BLE001 - report the documented (positional) form's failure
             raise positional from None
 
@@ -347,10 +350,27 @@ def record(
 ) -> Trace:
     """Run ``model`` once on ``example_inputs`` and return what it did.
 
+    Tracing the same, unchanged model on the same inputs again returns a copy of
+    the last trace without running the model (see :mod:`depgraph.trace.memo`
+    for what "unchanged" covers). The cyclic garbage collector is paused
+    meanwhile (:class:`~depgraph.trace.gc_pause.gc_paused`).
+
     Raises:
         TraceError: the model failed on the example inputs (the original error
             is chained), or it produced no tensor output.
     """
+    with gc_paused():
+        leaves = {m: bool(is_leaf(m)) for m in model.modules()}
+        key = memo.fingerprint(model, example_inputs, leaves, forward_fn, output_transform)
+        trace = memo.recall(model, key)
+        if trace is None:
+            trace = _record(model, example_inputs, leaves, forward_fn, output_transform)
+            memo.remember(model, key, trace)
+        return trace
+
+
+def _record(model: nn.Module, example_inputs: Any, leaves: dict[nn.Module, bool], forward_fn: Callable | None,
+            output_transform: Callable | None) -> Trace:
     param_index: dict[int, tuple[str, nn.Module, str, Any]] = {}
     for mname, mod in model.named_modules():
         for attr, t in list(mod._parameters.items()) + list(mod._buffers.items()):
@@ -363,13 +383,13 @@ def record(
     try:
         with eval_mode(model):
             try:
-                trace, rec, out = _trace_call(model, example_inputs, is_leaf, forward_fn, param_index)
+                trace, rec, out = _trace_call(model, example_inputs, leaves, forward_fn, param_index)
             except Exception:
                 if not cached:
                     raise
                 restore_cached(cached)
                 cached = []
-                trace, rec, out = _trace_call(model, example_inputs, is_leaf, forward_fn, param_index)
+                trace, rec, out = _trace_call(model, example_inputs, leaves, forward_fn, param_index)
     except Exception as e:  # noqa: BLE001 - re-raised with context
         raise TraceError(
             f"the model failed on the example inputs ({type(e).__name__}: {e}); "

@@ -188,8 +188,9 @@ def _size_holders(modules: Iterable[Any]) -> list[Any]:
 def attributes_tagged(modules: Iterable[Any]) -> Iterator[None]:
     """Replace int attributes of ``modules`` (and of configs they hold) by :class:`AttrInt` during a trace."""
     changed: list[tuple[Any, str, int]] = []
+    holders = _size_holders(modules)
     try:
-        for m in _size_holders(modules):
+        for m in holders:
             for k, v in list(vars(m).items()):
                 if type(v) is int and not k.startswith("_"):
                     m.__dict__[k] = AttrInt(v, m, k)
@@ -199,6 +200,29 @@ def attributes_tagged(modules: Iterable[Any]) -> Iterator[None]:
         for m, k, v in changed:
             if isinstance(m.__dict__.get(k), AttrInt):
                 m.__dict__[k] = v
+        for m in holders:
+            _untag_stored(m)
+
+
+_TRACED_INTS = (ShapeInt, AttrExpr)
+
+
+def _untag_stored(holder: Any) -> None:
+    """Make plain ints of the traced ints the forward stored on ``holder`` (``self.window_size = x.shape[1]``).
+
+    Left there, they would outlive the trace: a whole-model pickle would need depgraph
+    to load, and the next trace would read a ShapeInt where the model holds an int.
+    """
+    d = vars(holder)
+    for k, v in list(d.items()):
+        if isinstance(v, _TRACED_INTS):
+            d[k] = int(v)
+        elif type(v) in (tuple, list, torch.Size) and any(isinstance(e, _TRACED_INTS) for e in v):
+            plain = [int(e) if isinstance(e, _TRACED_INTS) else e for e in v]
+            if type(v) is list:
+                v[:] = plain  # the same list: whoever else holds it sees plain ints too
+            else:
+                d[k] = type(v)(plain)
 
 
 def tag_shape(out: Any, value_id: int = -1, dim: int | None = None) -> Any:

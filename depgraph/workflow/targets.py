@@ -13,6 +13,7 @@ meet fails after one prune, before the search.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ import torch.nn as nn
 
 from ..errors import OptionError, TargetUnreachableError
 from .recipes import Scoring
+from .score_cache import TrialScores
 from .search import search_ratio
 
 __all__ = ["Target", "Measurement", "TargetResult", "measure", "prune_to_target", "METRICS"]
@@ -121,7 +123,7 @@ class TargetResult:
 def prune_to_target(model: nn.Module, scoring: Scoring, keep: Sequence[nn.Module], make_pruner: PrunerFactory,
                     example_inputs: Any, target: Target, base: Measurement, *, hi: float = 0.95, steps: int = 8,
                     rel_tol: float = 0.02, on_trial: Callable[[float, float], None] | None = None,
-                    ) -> tuple[nn.Module, Scoring, TargetResult]:
+                    reuse_scores: bool = True) -> tuple[nn.Module, Scoring, TargetResult]:
     """The pruned copy of ``model`` that meets ``target`` with the smallest ratio found.
 
     Args:
@@ -136,6 +138,8 @@ def prune_to_target(model: nn.Module, scoring: Scoring, keep: Sequence[nn.Module
         steps: bisection steps at most.
         rel_tol: stop once the fraction removed is within this relative distance of the target's.
         on_trial: called with ``(ratio, kept)`` after every trial (progress bars).
+        reuse_scores: score each group of the unpruned model once for all trials
+            (:mod:`depgraph.workflow.score_cache`; the result is the same, the criterion runs once).
 
     Returns:
         ``(pruned copy, its scoring, TargetResult)``.
@@ -144,10 +148,12 @@ def prune_to_target(model: nn.Module, scoring: Scoring, keep: Sequence[nn.Module
         TargetUnreachableError: even ratio ``hi`` keeps more than the target.
     """
     history: list[tuple[float, float]] = []
+    scores = TrialScores() if reuse_scores else None
 
     def trial(ratio: float) -> tuple[tuple[nn.Module, Scoring], float]:
         m, s, k = scoring.copy_with(model, keep)
-        make_pruner(m, s, k, ratio).step()
+        cached = dataclasses.replace(s, importance=scores.wrap(s.importance)) if scores is not None else s
+        make_pruner(m, cached, k, ratio).step()
         after = measure(m, example_inputs, latency=target.metric == "latency")
         kept = after.get(target.metric) / base.get(target.metric)
         history.append((ratio, kept))

@@ -50,13 +50,13 @@ def test_first_step_reuses_the_groups_and_heads_found_at_construction(monkeypatc
     layer = model.model.layers[0]
     # step 1 of 2: a quarter of the MLP channels; a quarter of 2 KV heads rounds to none
     assert layer.mlp.gate_proj.out_features == 36 and layer.self_attn.k_proj.out_features == 16
-    assert pruner.num_heads == {} and head_calls == [1]  # reading the counts searches the pruned graph
+    assert pruner.num_heads == {} and head_calls == []  # the counts are read without a search
     fresh = pruner.prunable_groups()
     assert fresh is not listed and group_calls == [1]  # the prune made the list stale
     widths = {g[0].dep.target.module: len(g[0].idxs) for g in fresh}
     assert widths[layer.mlp.gate_proj] == 36
 
-    pruner.step()  # nothing changed since: the blocks and groups just found are reused
+    pruner.step()  # the groups just listed are reused; the blocks are found once on the pruned graph
     assert head_calls == [1] and group_calls == [1]
     assert layer.mlp.gate_proj.out_features == 24 and layer.self_attn.k_proj.out_features == 8
     assert tp.verify(original, model, inputs, output_transform=output_of).exact
@@ -126,3 +126,50 @@ def test_a_step_syncs_the_hf_config_once_and_a_lone_prune_at_once(monkeypatch):
     with pytest.warns(UserWarning, match="MLP width differs between layers"):  # synced (and judged) at once
         DG.get_pruning_group(model.model.layers[0].mlp.gate_proj, tp.prune_linear_out_channels, [0]).prune()
     assert syncs == [1] and model.model.layers[0].mlp.gate_proj.out_features == 23
+
+
+class _CountedWalks(dict):
+    """A dict that counts walks over all of its entries (``items``, ``values``, ``keys``, iteration)."""
+
+    walks = 0
+
+    def _walk(self):
+        type(self).walks += 1
+
+    def items(self):
+        self._walk()
+        return super().items()
+
+    def values(self):
+        self._walk()
+        return super().values()
+
+    def keys(self):
+        self._walk()
+        return super().keys()
+
+    def __iter__(self):
+        self._walk()
+        return super().__iter__()
+
+
+def test_a_prune_updates_the_bound_attributes_of_its_own_slots_without_walking_every_binding(monkeypatch):
+    """Each layer's ``head_dim`` is bound to its slots; a step pruning head dims in every layer looks up
+    only the slots each group reaches (before: every binding of the model per group, O(L^2) per step)."""
+    model, inputs = _llama(num_hidden_layers=4)
+    pruner = tp.pruner.BasePruner(model, inputs, tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=0.5,
+                                  ignored_layers=[model.get_input_embeddings(), model.get_output_embeddings()],
+                                  output_transform=output_of)
+    graph = pruner.DG.slot_graph
+    assert len(graph.bindings) >= 3 * 4  # head_dim of each layer, bound on q, k and v
+    monkeypatch.setattr(graph, "bindings", _CountedWalks(graph.bindings))
+    monkeypatch.setattr(_CountedWalks, "walks", 0)
+    looked_up = count_calls(monkeypatch, graph, "bindings_of")
+    dims = [layer.self_attn.head_dim for layer in model.model.layers]
+    pruner.step()
+    assert _CountedWalks.walks == 0
+    assert len(looked_up) == len(pruner.pruning_history())  # one lookup per pruned group
+    for layer, before in zip(model.model.layers, dims, strict=True):
+        attn = layer.self_attn
+        assert attn.head_dim < before and attn.q_proj.out_features == attn.head_dim * 4  # kept current
+    assert model(**inputs).logits.shape[-1] == model.config.vocab_size

@@ -90,6 +90,31 @@ def test_llama_gqa_removes_a_kv_head_with_exactly_its_query_heads(heads, kv_head
 
 
 @pytest.mark.zoo
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_num_heads_follows_a_gqa_block_down_to_one_kv_head(attn):
+    """Once a block keeps one key/value head it is no longer offered for head pruning (its last
+    head cannot go), but ``pruner.num_heads`` must still report its counts, not the original ones."""
+    fam, model, inputs = _hf("llama", attn_implementation=attn, num_attention_heads=8, num_key_value_heads=4,
+                             hidden_size=32, head_dim=4)
+    num_heads = {}
+    for layer in model.model.layers:
+        num_heads.update({layer.self_attn.q_proj: 8, layer.self_attn.k_proj: 4, layer.self_attn.v_proj: 4})
+    pruner = tp.pruner.BasePruner(model, inputs, MAG(), pruning_ratio=0.0, prune_num_heads=True,
+                                  head_pruning_ratio=0.75, iterative_steps=2, num_heads=num_heads)
+    seen = []
+    for _ in range(2):
+        pruner.step()
+        attn_0 = model.model.layers[0].self_attn
+        seen.append((pruner.num_heads[attn_0.q_proj], pruner.num_heads[attn_0.k_proj],
+                     attn_0.q_proj.out_features // 4, attn_0.k_proj.out_features // 4))
+        assert {pruner.num_heads[layer.self_attn.v_proj] for layer in model.model.layers} == {seen[-1][1]}
+    # (reported query heads, reported KV heads, query heads in q_proj, KV heads in k_proj) after each step:
+    # 4 KV heads -> 3 (half of the 0.75 schedule) -> 1
+    assert seen == [(6, 3, 6, 3), (2, 1, 2, 1)]
+    assert model.config.num_attention_heads == 2 and model.config.num_key_value_heads == 1
+
+
+@pytest.mark.zoo
 @pytest.mark.parametrize("name", ["llama", "gemma"])
 def test_eager_gqa_repeat_kv_removes_kv_heads_with_their_query_heads(name):
     """Eager attention repeats K/V (repeat_kv's expand + reshape): the unit still starts at the KV head."""

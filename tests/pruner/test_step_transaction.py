@@ -87,6 +87,30 @@ def test_one_forward_check_per_step_not_per_group():
     assert len(pruner.pruning_history()) == 3 and len(calls) == 1
 
 
+def test_a_step_snapshots_the_model_once_not_every_group_again(monkeypatch):
+    """The step's whole-model snapshot restores whatever a failing group touched; the groups inside it
+    snapshot nothing of their own (a failure still restores the model bit for bit: see
+    tests/dependency/test_transaction_faults.py). A lone prune snapshots its own members."""
+    import torchvision
+
+    from depgraph.dependency import transaction
+
+    from .._checks import count_calls
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, 32, 32)
+    pruner = tp.pruner.BasePruner(model, x, tp.importance.GroupMagnitudeImportance(), pruning_ratio=0.25,
+                                  ignored_layers=[model.fc])
+    snapshots = count_calls(monkeypatch, transaction, "Snapshot")
+    pruner.step()
+    assert len(pruner.pruning_history()) > 5 and len(snapshots) == 1
+    snapshots.clear()
+    pruner.DG.get_pruning_group(model.conv1, tp.prune_conv_out_channels, [0]).prune()
+    assert len(snapshots) == 1 and model.conv1.out_channels == 47
+    assert model(x).shape == (1, 1000)
+
+
 def test_interactive_steps_commit_group_by_group():
     """Documented choice: with interactive=True every group is its own transaction; stopping the loop
     early keeps the groups pruned so far, and the model runs."""

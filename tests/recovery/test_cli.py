@@ -84,6 +84,7 @@ def test_timm_teacher_and_a_pickled_student_round_trip(tmp_path, capsys) -> None
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "distillation gap" in printed and "task loss" not in printed  # no labels in a flat folder
+    assert "3 steps in" in printed and "on 1 process (1 CPU thread each)" in printed  # the tests run on one
     recovered = torch.load(out, weights_only=False).eval()
     assert type(recovered) is type(student) and recovered.fc.in_features == student.fc.in_features < 512
     x = torch.randn(1, 3, 32, 32)
