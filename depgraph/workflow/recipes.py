@@ -3,8 +3,11 @@
 The defaults are the best rows measured in ``benchmarks/quality`` (README "Quality on real
 weights and data"):
 
-    language models, with data   fluctuation + bias compensation  (SmolLM2 at 20% fewer params: 2.93x
-                                                                    ppl, the best one-criterion row)
+    language models, with data   fluctuation + bias compensation  (SmolLM2 at 20% fewer params: 2.96x
+                                                                    ppl; reconstruction + lstsq measured
+                                                                    2.19x but needs a float64 Gram matrix
+                                                                    per linear input, ~1 GB per Llama-7B
+                                                                    MLP: the default has to fit any size)
     vision models, with data     activation x weight, per group   (ResNet-20 at 2x MACs: -0.47 points
                                                                     after a short fine-tune, the best row)
     without data                 group L2 magnitude, per group     (no calibration possible; on LLMs it
