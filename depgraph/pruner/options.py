@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .._caller import user_stacklevel
 from ..defaults import DEFAULT_ROOT_TYPES
 from ..errors import OptionError
 from ..importance.compensation_modes import BiasMean, CompensationMode, LeastSquares
@@ -222,8 +223,10 @@ _DEPRECATED = {
 }
 
 
-def resolve_deprecated(kwargs: dict[str, Any], stacklevel: int = 4) -> dict[str, Any]:
+def resolve_deprecated(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Map deprecated argument names (``ch_sparsity`` ...) to the current ones, with a warning.
+
+    The warning names the user's line, however many pruner ``__init__`` frames lie between.
 
     Raises:
         OptionError (a ValueError): both spellings were given with different values.
@@ -233,7 +236,8 @@ def resolve_deprecated(kwargs: dict[str, Any], stacklevel: int = 4) -> dict[str,
             kwargs.pop(old, None)
             continue
         value = kwargs.pop(old)
-        warnings.warn(f"{old} is deprecated; use {new}= instead", DeprecationWarning, stacklevel=stacklevel)
+        warnings.warn(f"{old} is deprecated; use {new}= instead", DeprecationWarning,
+                      stacklevel=user_stacklevel())
         current = kwargs.get(new)
         if current is not None and current != value and not (new == "pruning_ratio" and current == 0.5):
             raise OptionError(f"both {old}={value!r} and {new}={current!r} were given; pass only {new}=")

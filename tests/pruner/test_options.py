@@ -87,6 +87,14 @@ def test_deprecated_spellings_warn_and_map(net):
         P.BasePruner(net, X, I.GroupMagnitudeImportance(), ch_sparsity=0.25, pruning_ratio=0.3)
 
 
+@pytest.mark.parametrize("cls", [P.BasePruner, P.GroupNormPruner, P.BNScalePruner])
+def test_a_deprecated_spelling_warns_at_the_users_line(net, cls):
+    """The warning names this file, also through a subclass's ``__init__`` (it named ``sys:1`` before)."""
+    with pytest.warns(DeprecationWarning, match="ch_sparsity is deprecated") as caught:
+        cls(net, X, I.GroupMagnitudeImportance(), ch_sparsity=0.25)
+    assert [w.filename for w in caught if w.category is DeprecationWarning] == [__file__]
+
+
 def test_no_state_shared_with_caller_or_other_pruners(net):
     ratios = {net[0]: 0.25}
     ignored = [net[3]]
