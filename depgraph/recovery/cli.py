@@ -56,6 +56,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=non_negative_int, default=0,
                    help="steps of linear learning-rate warm-up (default: 0)")
     p.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="AdamW weight decay (default: 0)")
+    p.add_argument("--eval-data", default=None, metavar="PATH",
+                   help="held-out data in the forms of --data, on which the gap and the task loss are measured "
+                        "before and after (default: the first batches of --data, which training then sees)")
     p.add_argument("--eval-batches", type=positive_int, default=4,
                    help="batches on which the gap and the task loss are measured before and after (default: 4)")
     p.add_argument("--temperature", type=positive_float, default=2.0, help="distillation temperature (default: 2)")
@@ -84,12 +87,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _dataset(args: argparse.Namespace, student: Any) -> Any:
+def _dataset(args: argparse.Namespace, student: Any, path: str) -> Any:
     from .data import open_dataset
     from .sources import with_tokenizer
 
     spec = with_tokenizer(student.spec, args.model, args.teacher, args.base)
-    return open_dataset(args.data, spec, seq_len=args.seq_len, max_samples=args.max_samples)
+    return open_dataset(path, spec, seq_len=args.seq_len, max_samples=args.max_samples)
 
 
 def _checkpoints(args: argparse.Namespace, student: Any, fmt: str, out: Any) -> Any:
@@ -119,6 +122,11 @@ def run(args: argparse.Namespace, out: Any) -> int:
     from .sources import load_pruned, output_format
 
     load = {"trust_pickle": args.trust_pickle, "input_size": args.input_size, "seq_len": args.seq_len}
+    for option, path in (("--data", args.data), ("--eval-data", args.eval_data)):
+        if path is not None and not Path(path).exists():  # refused before any model loads
+            from ..errors import CalibrationDataError
+
+            raise CalibrationDataError(f"{option} {path!r} does not exist")
     # refuse a bad output before anything loads: a folder model gives a folder, a file model a file
     folder = Path(args.model).is_dir()
     check_output(args.output, "hf" if folder else "depgraph", args.model if folder else None)
@@ -127,9 +135,10 @@ def run(args: argparse.Namespace, out: Any) -> int:
     student = load_pruned(args.model, base, **load)
     fmt = output_format(student, args.model)
     check_output(args.output, fmt, student.folder if student.family == "hf" else None)
-    data = _dataset(args, student)
+    data = _dataset(args, student, args.data)
+    eval_data = _dataset(args, student, args.eval_data) if args.eval_data is not None else None
     result = recover(
-        student.model, teacher.model, data,
+        student.model, teacher.model, data, eval_data=eval_data,
         steps=args.steps, lr=args.lr, lr_schedule=args.lr_schedule, batch_size=args.batch_size, grad_accum=args.grad_accum,
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, eval_batches=args.eval_batches,
         temperature=args.temperature, kd_weight=args.kd_weight, task_weight=args.task_weight,
@@ -138,9 +147,10 @@ def run(args: argparse.Namespace, out: Any) -> int:
     )
     if not result.is_main_process:
         return 0
-    rows = [("distillation gap (KL to teacher)", f"{result.kd_before:.4f}", f"{result.kd_after:.4f}")]
+    held_out = " on --eval-data" if eval_data is not None else ""
+    rows = [(f"distillation gap (KL to teacher){held_out}", f"{result.kd_before:.4f}", f"{result.kd_after:.4f}")]
     if result.task_before is not None:
-        rows.append(("task loss", f"{result.task_before:.4f}", f"{result.task_after:.4f}"))
+        rows.append((f"task loss{held_out}", f"{result.task_before:.4f}", f"{result.task_after:.4f}"))
     rows.append(("training loss (first / last step)", f"{result.losses[0]:.4f}", f"{result.losses[-1]:.4f}"))
     procs = f"{result.num_processes} process" + ("es" if result.num_processes > 1 else "")
     if result.device == "cpu":

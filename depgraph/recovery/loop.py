@@ -85,7 +85,7 @@ class _Student(nn.Module):
 
 
 def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, *,
-            accelerator: Any = None, collate_fn: Any = None,
+            eval_data: Dataset | DataLoader | None = None, accelerator: Any = None, collate_fn: Any = None,
             on_step: Callable[[int, nn.Module], None] | None = None, **options: Any) -> RecoverResult:
     """Distil the unpruned ``teacher`` into the pruned ``student`` on ``data``, plus the task loss.
 
@@ -104,6 +104,9 @@ def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, 
         teacher: the unpruned model, with the same outputs (same classes /
             vocabulary); never changed.
         data: a ``Dataset`` (batched here with ``batch_size``) or a ``DataLoader``.
+        eval_data: held-out data (the same forms) on which the gap and the task loss
+            are measured before and after training; default: the first batches of
+            ``data``, which the training then sees, so "after" reads optimistic.
         accelerator: an ``accelerate.Accelerator`` to use; default: a new one
             (``mixed_precision``, ``grad_accum``; CPU when no accelerator device exists).
         collate_fn: passed to the ``DataLoader`` built for a ``Dataset``.
@@ -149,6 +152,8 @@ def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, 
                                   cpu=not _has_accelerator_device())
     set_seed(opts.seed)
     train_loader, eval_loader = _loaders(data, opts, collate_fn)
+    if eval_data is not None:
+        eval_loader = _loaders(eval_data, opts, collate_fn, "eval_data")[1]
     causal = is_causal_lm(student)
     teacher.requires_grad_(False).eval().to(accelerator.device)
     student.to(accelerator.device)
@@ -160,6 +165,10 @@ def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, 
         if opts.hidden_weight > 0:
             s_tap, t_tap = HiddenTap(student, opts.hidden_layers), HiddenTap(teacher, opts.hidden_layers)
         widths, has_labels = _probe(student, teacher, train_loader, causal, s_tap, t_tap, accelerator)
+        if eval_data is not None and _probe(student, teacher, eval_loader, causal, s_tap, t_tap,
+                                            accelerator)[1] != has_labels:
+            raise RecoveryError("recover: eval_data and data differ in whether they carry labels; "
+                                "give both (inputs, labels) batches or neither")
         task_weight = opts.task_weight if opts.task_weight is not None else (1.0 if has_labels else 0.0)
         if task_weight > 0 and not has_labels:
             raise RecoveryError("task_weight > 0 but the data has no labels (and the model is not a causal LM); "
@@ -238,17 +247,17 @@ def _has_accelerator_device() -> bool:
     return bool(acc.is_available()) if acc is not None else torch.cuda.is_available()
 
 
-def _loaders(data: Any, opts: RecoverOptions, collate_fn: Any) -> tuple[DataLoader, DataLoader]:
+def _loaders(data: Any, opts: RecoverOptions, collate_fn: Any, what: str = "data") -> tuple[DataLoader, DataLoader]:
     if isinstance(data, DataLoader):
         return data, data
     if not isinstance(data, Dataset) and not hasattr(data, "__getitem__"):
-        raise RecoveryError(f"recover: data must be a torch Dataset or DataLoader, got {type(data).__name__}")
+        raise RecoveryError(f"recover: {what} must be a torch Dataset or DataLoader, got {type(data).__name__}")
     try:
         n = len(data)  # type: ignore[arg-type]
     except TypeError:
         n = None
     if n == 0:
-        raise RecoveryError("recover: the dataset is empty")
+        raise RecoveryError(f"recover: the {what} dataset is empty" if what != "data" else "recover: the dataset is empty")
     g = torch.Generator().manual_seed(opts.seed)
     train = DataLoader(data, batch_size=opts.batch_size, shuffle=opts.shuffle, collate_fn=collate_fn,
                        num_workers=opts.num_workers, drop_last=n is not None and n >= opts.batch_size, generator=g)

@@ -27,11 +27,14 @@ pytest.importorskip("torchvision")
          "OutputError", "no/such/folder' does not exist"),
         (["recover", "p.pth", "--teacher", "resnet18", "--teacher-weights", "nope.pth", "--data", "x.txt",
           "--output", "o.pth"], "SourceError", "weights file 'nope.pth' does not exist"),
+        (["recover", "p.pth", "--teacher", "resnet18", "--data", "x.txt", "--eval-data", "held.txt",
+          "--output", "o.pth"], "CalibrationDataError", "--eval-data 'held.txt' does not exist"),
     ],
 )
 def test_bad_inputs_fail_before_any_work(tmp_path, monkeypatch, capsys, argv, error, message) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "p.pth").write_bytes(b"")
+    (tmp_path / "x.txt").write_text("some text", encoding="utf-8")
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert error in err and message in err
@@ -166,3 +169,24 @@ def test_a_depgraph_file_of_a_hugging_face_model_comes_back_as_a_depgraph_file(t
     ids = torch.randint(0, VOCAB, (1, 8))
     with torch.no_grad():
         assert not torch.allclose(recovered(input_ids=ids).logits, student(input_ids=ids).logits)
+
+
+def test_eval_data_measures_the_gap_on_held_out_text(tmp_path, capsys) -> None:
+    """--eval-data: the before/after gap is measured on the held-out file, not on the training text
+    (a model trained to fit train.txt: its gap on a different text differs from the gap on train.txt)."""
+    from ._models import WORDS
+
+    teacher, pruned = write_llama_folders(tmp_path)
+    (tmp_path / "train.txt").write_text(" ".join(WORDS * 40), encoding="utf-8")
+    (tmp_path / "held.txt").write_text(" ".join(reversed(WORDS * 40)), encoding="utf-8")
+    common = ["recover", str(pruned), "--teacher", str(teacher), "--data", str(tmp_path / "train.txt"),
+              "--seq-len", "8", "--batch-size", "2", "--steps", "3", "--lr", "1e-2", "--eval-batches", "2",
+              "--no-progress", "--plain"]
+
+    def gap_rows(*extra: str) -> list[str]:
+        assert main([*common, *extra, "--output", str(tmp_path / f"o{len(extra)}")]) == 0
+        return [line for line in capsys.readouterr().out.splitlines() if "distillation gap" in line]
+
+    own, held = gap_rows(), gap_rows("--eval-data", str(tmp_path / "held.txt"))
+    assert len(own) == len(held) == 1 and "on --eval-data" in held[0] and "on --eval-data" not in own[0]
+    assert own[0].split()[-2:] != held[0].split()[-2:]  # other batches measured: other numbers

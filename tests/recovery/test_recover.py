@@ -118,6 +118,30 @@ def test_data_the_model_cannot_run_is_refused() -> None:
         tp.recover(student, teacher, wrong, steps=2, batch_size=8, progress=False)
 
 
+def test_eval_data_is_what_before_and_after_are_measured_on() -> None:
+    """Held-out ``eval_data``: the gap is measured there (the teacher's own images give other numbers than
+    the training data), on unlabelled data too; eval data that the model cannot run, or that differs from
+    the training data in carrying labels, is refused before training with the student unchanged."""
+    teacher, student = cnn_pair()
+    train, held = image_data(teacher), image_data(teacher, n=16, size=32)
+    held = torch.utils.data.TensorDataset(held.tensors[0] * 3.0, held.tensors[1])  # another distribution
+    first = tp.recover(copy.deepcopy(student), teacher, train, steps=2, lr=1e-3, batch_size=8, eval_batches=1,
+                       shuffle=False, progress=False)
+    other = tp.recover(copy.deepcopy(student), teacher, train, eval_data=held, steps=2, lr=1e-3, batch_size=8,
+                       eval_batches=1, shuffle=False, progress=False)
+    assert other.kd_before != first.kd_before and other.losses == first.losses  # same training, other measure
+    before = copy.deepcopy(student)
+    with pytest.raises(RecoveryError, match="eval_data and data differ in whether they carry labels"):
+        tp.recover(student, teacher, train, eval_data=torch.utils.data.TensorDataset(held.tensors[0]), steps=2,
+                   batch_size=8, progress=False)
+    with pytest.raises(RecoveryError, match="cannot run a batch of the data"):
+        tp.recover(student, teacher, train, eval_data=torch.utils.data.TensorDataset(
+            torch.randn(8, 5, 32, 32), torch.randint(0, 10, (8,))), steps=2, batch_size=8, progress=False)
+    with pytest.raises(RecoveryError, match="eval_data must be a torch Dataset or DataLoader"):
+        tp.recover(student, teacher, train, eval_data=3, steps=2, progress=False)
+    assert _same_weights(student, before)
+
+
 def test_hidden_layers_are_checked() -> None:
     teacher, student = cnn_pair()
     with pytest.raises(RecoveryError, match=r"no module named 'layer9'"):
