@@ -31,6 +31,7 @@ from typing import IO, Any, TypeVar
 import torch
 import torch.nn as nn
 
+from ._caller import user_stacklevel
 from .errors import DepgraphError, PrunedStateError
 from .state_schema import check_against_model, check_layout, config_value, plain
 
@@ -392,5 +393,5 @@ def _load_any(f: Any, map_location: Any) -> Any:
     warnings.warn(f"depgraph.load({f!r}): the file is not weights-only (a whole pickled model, as "
                   "Torch-Pruning's tp.save writes); loading it runs pickle, which can execute code from the "
                   "file - load only files you trust. depgraph.save(model, path) writes weights only: "
-                  "depgraph.load(unpruned_model, path) reads them back", UserWarning, stacklevel=3)
+                  "depgraph.load(unpruned_model, path) reads them back", UserWarning, stacklevel=user_stacklevel())
     return torch.load(f, map_location=map_location, weights_only=False)

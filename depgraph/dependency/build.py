@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from .. import dims as _dims  # noqa: F401  (registers every dimension rule)
+from .._caller import user_stacklevel
 from ..dims.indexmap import Identity
 from ..dims.modules import custom_module_rule
 from ..dims.propagate import propagate
@@ -339,7 +340,7 @@ class GraphBuilder:
             warnings.warn(
                 f"depgraph: {op.where()}: {msg}; the dimensions it touches will not be pruned. "
                 "Register a rule with depgraph.dims.register_dim_rule to prune through it.",
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
 
     def _param_endpoints(self) -> None:
@@ -428,6 +429,6 @@ def handler_width(handler: Any, module: nn.Module, is_out: bool, traced: int | N
         warnings.warn(
             f"{type(handler).__name__}.get_{side}_channels({name}) raised {type(e).__name__}: {e}; "
             f"using the traced width {traced}. Fix the handler so pruners can read the layer's width",
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
         return int(traced)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .._caller import user_stacklevel
 from .._types import ExampleInputs, Indices
 from ..defaults import DEFAULT_ROOT_TYPES
 from ..dims.propagate import Propagation, propagate
@@ -855,7 +856,7 @@ class DependencyGraph:
             what = ", ".join(f"output {i} dim {d} ({n} -> {n - k})" for i, d, k, n in changed)
             warnings.warn(f"pruning {where} changes the shape of the model's outputs: {what}. Only an "
                           "explicit get_pruning_group does this; pruners and get_all_groups keep the outputs",
-                          UserWarning, stacklevel=4)
+                          UserWarning, stacklevel=user_stacklevel())
 
     def _bound_attributes(self, plan: Propagation, dead: dict[int, torch.Tensor]) -> list[tuple[Any, str, int]]:
         """``(module, attribute, new value)`` for size attributes of dims this group shrinks.

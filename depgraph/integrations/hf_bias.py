@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .._caller import user_stacklevel
 from ._hf_layers import find_attention, find_mlps
 from ._hooks import attach_once
 
@@ -80,7 +81,7 @@ class BiasFlagSync:
                 f"depgraph: bias compensation gave {', '.join(new[:4])}{' ...' * (len(new) > 4)} a bias "
                 f"that {type(model).__name__}'s config cannot describe, so from_pretrained would drop it; "
                 "save this model with depgraph.save(model, path) and reload it with depgraph.load",
-                stacklevel=6,
+                stacklevel=user_stacklevel(),
             )
             self._warned.update(new)
 

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .._caller import user_stacklevel
 from ..errors import DepgraphError
 from ._hf_check import compare_with_rebuilt, head_size_problems, validate_configs
 from ._hf_layers import (
@@ -144,7 +145,7 @@ class ConfigSync:
         self._freqs_before_last = self._freqs
         self._freqs = {id(r): fresh_inv_freq(r) for r in self._layout.rotary}
         if not self._deferred:
-            self._warn(self._problems, stacklevel=6)
+            self._warn(self._problems)
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
@@ -159,9 +160,9 @@ class ConfigSync:
             self._deferred -= 1
             if not self._deferred:
                 self.flush(None)  # prunes made outside DependencyGraph.prune_groups, which flushes itself
-                self._warn(self._problems, stacklevel=6)
+                self._warn(self._problems)
 
-    def _warn(self, problems: list[str], stacklevel: int) -> None:
+    def _warn(self, problems: list[str]) -> None:
         model = self.model_ref()
         if problems and not self._warned and model is not None:
             # Once per model: pruning layer by layer passes through uneven states on its way
@@ -172,7 +173,7 @@ class ConfigSync:
                 + "\n  - ".join(problems) + "\nThe config keeps its old value for these fields until the layers "
                 "agree again (expected while pruning layer by layer). Call "
                 "depgraph.integrations.transformers.check_config(model) before save_pretrained. "
-                + _UNIFORM_HINT, stacklevel=stacklevel)
+                + _UNIFORM_HINT, stacklevel=user_stacklevel())
 
 
 def attach(graph: Any) -> ConfigSync | None:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
+from .._caller import user_stacklevel
 from .._types import ExampleInputs, Indices
 from ..dependency import DependencyGraph
 from ..dependency.transaction import Transaction
@@ -495,10 +496,10 @@ def _warn_unused_options(opts: PrunerOptions) -> None:
               if given]
     if unused and not opts.prune_num_heads:
         warnings.warn(f"{' and '.join(unused)} given without prune_num_heads=True: no head is removed "
-                      "(pass prune_num_heads=True to remove whole heads)", stacklevel=3)
+                      "(pass prune_num_heads=True to remove whole heads)", stacklevel=user_stacklevel())
     if opts.isomorphic and not opts.global_pruning:
         warnings.warn("isomorphic=True given without global_pruning=True: it only splits a ranking shared by "
-                      "several groups, so it changes nothing here", stacklevel=3)
+                      "several groups, so it changes nothing here", stacklevel=user_stacklevel())
 
 
 class MetaPruner(BasePruner):

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
+from .._caller import user_stacklevel
 from ..dependency.heads import AttentionHeads, ModuleHeads, find_attention_heads, find_module_heads
 from ..errors import DepgraphError
 from .options import floor_fraction
@@ -81,7 +82,7 @@ class HeadPlanner:
                  if rejected else "prune_num_heads=True, but no attention block with removable heads was "
                  "found in the trace (heads are read from scaled_dot_product_attention or q @ k^T on "
                  "(B, H, L, D) tensors)") + why,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
 
     def blocks(self, rejected: list[str] | None = None) -> list[AttentionHeads | ModuleHeads]:
