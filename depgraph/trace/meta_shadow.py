@@ -116,7 +116,7 @@ def _check_inputs(obj: Any, where: str = "example_inputs", depth: int = 0) -> No
     elif t in (tuple, list) or (isinstance(obj, tuple) and hasattr(obj, "_fields")):
         for i, v in enumerate(obj):
             _check_inputs(v, f"{where}[{i}]", depth + 1)
-    elif t is dict or (isinstance(obj, dict) and type(obj).__module__ == "collections"):
+    elif t is dict or t is OrderedDict:
         for k, v in obj.items():
             _check_inputs(v, f"{where}[{k!r}]", depth + 1)
     else:

@@ -465,7 +465,7 @@ TIMM = {
     "resnetblur18": dict(size=64),
     "efficientvit_b0": dict(size=64),
     "mobilevit_xxs": dict(size=64),
-    "coat_lite_tiny": dict(size=64),
+    "coat_lite_tiny": dict(size=64, img_size=64),
     "poolformer_s12": dict(size=64),
     "regnetz_b16": dict(size=64),
     "nf_resnet26": dict(size=32),
