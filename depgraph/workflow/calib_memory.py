@@ -3,8 +3,9 @@
 ``reconstruction`` and ``lstsq`` read one float64 Gram matrix per ``nn.Linear`` whose inputs a
 group removes (:func:`~depgraph.importance.collect_input_covariance`): ``(C + 1)**2 * 8`` bytes for
 a layer of ``C`` inputs (the ``+ 1`` is the constant that carries the bias), all held from the
-calibration pass to the last prune. On a Llama with attention kept those layers are the MLP down
-projections: SmolLM2-135M (30 x 1536 inputs) holds 0.57 GB, Llama-7B (32 x 11008) 31 GB.
+calibration pass to the last prune. On a Llama those layers are the MLP down projections and the
+attention output projections: SmolLM2-135M (30 x 1536 + 30 x 576 inputs) holds 0.65 GB,
+Llama-7B (32 x 11008 + 32 x 4096) 35 GB.
 Fluctuation + bias keeps two numbers per channel instead, so it is the default that fits any size.
 
 :func:`plan_reconstruction_memory` counts those bytes on the model itself (the same consumer layers

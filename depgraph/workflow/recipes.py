@@ -3,17 +3,18 @@
 The defaults are the best rows measured in ``benchmarks/quality`` (README "Quality on real
 weights and data"):
 
-    language models, with data   reconstruction + lstsq            (SmolLM2 at 20% fewer params: 2.19x
-                                 when its Gram matrices fit,         ppl, the best uniform row) ...
-                                 else fluctuation + bias             (... 2.96x, but two numbers per channel)
+    language models, with data   reconstruction + lstsq when its  (SmolLM2 at 20% fewer params: 2.19x
+                                 Gram matrices fit the budget,     ppl against 2.96x for fluctuation +
+                                 else fluctuation + bias           bias, which keeps 2 numbers a channel)
     vision models, with data     activation x weight, per group   (ResNet-20 at 2x MACs: -0.47 points
                                                                     after a short fine-tune, the best row)
     without data                 group L2 magnitude, per group     (no calibration possible; on LLMs it
                                                                     measured far worse: give data)
 
-Reconstruction keeps a float64 Gram matrix of every pruned Linear's input, ``(C + 1)**2 * 8`` bytes:
-0.57 GB on SmolLM2-135M (30 down projections of 1536 inputs), 31 GB on Llama-7B (32 of 11008).
-So the language-model default is sized: :func:`resolve_recipe` marks it, and
+Reconstruction keeps a float64 Gram matrix of every pruned Linear's input, ``(C + 1)**2 * 8`` bytes
+(:func:`linear_consumers`: the MLP down and attention output projections of a Llama): 0.65 GB on
+SmolLM2-135M (30 x 1536 + 30 x 576 inputs; needed with working copies: 0.84 GB), 35 GB on
+Llama-7B (32 x 11008 + 32 x 4096; needed: 45 GB). So the language-model default is sized: :func:`resolve_recipe` marks it, and
 :func:`choose_by_memory` picks reconstruction when those bytes (plus one layer's working copies)
 fit the budget of :mod:`depgraph.workflow.calib_memory`, fluctuation + bias otherwise, and
 says which and why in the report. A criterion or compensation the user names is never replaced.
