@@ -245,6 +245,26 @@ class Shadow:
         return obj
 
 
+    def swap_in(self, model: nn.Module) -> None:
+        """Put a meta tensor in every parameter and buffer entry of every module of ``model``."""
+        for mname, mod in model.named_modules():
+            for table in (mod._parameters, mod._buffers):
+                for attr, t in table.items():
+                    if t is None:
+                        continue
+                    meta = self.meta_of(t)
+                    if id(meta) not in self.param_index:
+                        self.param_index[id(meta)] = (f"{mname}.{attr}" if mname else attr, mod, attr, t)
+                    self._swapped.append((table, attr, t))
+        for table, attr, t in self._swapped:
+            table[attr] = self.meta_of(t)
+
+    def swap_out(self) -> None:
+        """Put every real tensor :meth:`swap_in` replaced back in its entry."""
+        for table, attr, t in self._swapped:
+            table[attr] = t
+
+
 @contextlib.contextmanager
 def shadowed(model: nn.Module, example_inputs: Any) -> Iterator[Shadow]:
     """Swap ``model``'s parameters and buffers for meta tensors for the block; the real ones go back in ``finally``.
@@ -253,22 +273,11 @@ def shadowed(model: nn.Module, example_inputs: Any) -> Iterator[Shadow]:
     """
     shadow = Shadow()
     try:
-        for mname, mod in model.named_modules():
-            for table in (mod._parameters, mod._buffers):
-                for attr, t in table.items():
-                    if t is None:
-                        continue
-                    meta = shadow.meta_of(t)
-                    if id(meta) not in shadow.param_index:
-                        shadow.param_index[id(meta)] = (f"{mname}.{attr}" if mname else attr, mod, attr, t)
-                    shadow._swapped.append((table, attr, t))
-        for table, attr, t in shadow._swapped:
-            table[attr] = shadow.meta_of(t)
+        shadow.swap_in(model)
         shadow.inputs = shadow.map_inputs(example_inputs)
         yield shadow
     finally:
-        for table, attr, t in shadow._swapped:
-            table[attr] = t
+        shadow.swap_out()
 
 
 class ModelSnapshot:
