@@ -120,14 +120,15 @@ class Printer:
         else:
             print(text)
 
-    def table(self, title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    def table(self, title: str, headers: Sequence[str], rows: Sequence[Sequence[str]],
+              caption: str | None = None) -> None:
         """Print a titled table: a rich table when rich is installed, else aligned plain columns,
-        so the command line works on a bare install and in logs.
+        so the command line works on a bare install and in logs. ``caption`` goes under it.
         """
         if self.console is not None:
             from rich.table import Table
 
-            t = Table(title=title, title_justify="left")
+            t = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
             for h in headers:
                 t.add_column(h, overflow="fold")
             for r in rows:
@@ -141,6 +142,8 @@ class Printer:
         print("  ".join("-" * w for w in widths))
         for r in rows:
             print(fmt.format(*map(str, r)).rstrip())
+        if caption:
+            print(caption)
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -194,10 +197,13 @@ def _default_output(args: argparse.Namespace, fmt: str) -> str | None:
 
 def _prune(args: argparse.Namespace, out: Printer) -> int:
     from .streaming.cli import is_checkpoint_dir
+    from .streaming.memory import parse_size
     from .workflow import load_source, prune_model
     from .workflow.report import check_report_path
     from .workflow.save import check_output
 
+    if args.calib_memory is not None:  # OptionError (exit 2) before any model loads
+        parse_size(args.calib_memory)
     if _stream(args):  # out of core (depgraph.streaming): by --ratio, within --max-memory
         if args.target is not None:
             raise ArgumentError("--target needs the model in memory; a streamed checkpoint (--max-memory, or "
@@ -225,7 +231,8 @@ def _prune(args: argparse.Namespace, out: Printer) -> int:
         source, ratio=args.ratio, target=args.target, importance=args.importance, compensation=args.compensation,
         global_pruning=args.global_pruning, round_to=args.round_to, head_ratio=args.head_ratio or 0.0,
         prune_hidden=args.prune_hidden, ignore=args.ignore or (), calib=args.calib, num_samples=args.calib_samples,
-        calib_batch_size=args.calib_batch_size, seq_len=args.seq_len, output=path, save_format=fmt,
+        calib_batch_size=args.calib_batch_size, seq_len=args.seq_len, calib_memory=args.calib_memory,
+        output=path, save_format=fmt,
         report=args.report, latency=not args.no_latency, progress=not args.plain)
     _print_report(result.report, source, args, out)
     return 0 if result.report.verified else 1
@@ -237,7 +244,8 @@ def _print_report(rep: Any, source: Any, args: argparse.Namespace, out: Printer)
     goal = f"pruning ratio {args.ratio}" if args.ratio is not None else f"target {rep.target}"
     title = f"{args.model}: {goal} ({scope}, importance {imp}"
     title += f", round_to {args.round_to})" if args.round_to else ")"
-    out.table(title, ("", "before", "after", "change"), rep.summary_rows())
+    out.table(title, ("", "before", "after", "change"), rep.summary_rows(),
+              caption=f"criterion: {rep.criterion} ({rep.why})")
     if args.target is not None:
         out.line(f"result: {rep.result}")
     out.line(f"ignored layers: {', '.join(rep.kept_layers) or 'none'}")
@@ -420,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rank channels across all groups instead of within each group")
     p.add_argument("--importance", choices=IMPORTANCES + DATA_AWARE_IMPORTANCES, default=None,
                    help="channel criterion (default: l2, the group magnitude with p=2; with --calib the best "
-                        "measured for the family: activation_weight for vision, fluctuation for language models)")
+                        "measured for the family: activation_weight for vision; for language models "
+                        "reconstruction + lstsq when its Gram matrices fit --calib-memory, else fluctuation + bias)")
     p.add_argument("--compensation", choices=("none", "bias", "lstsq"), default=None,
                    help="after each prune, fold removed channels' mean into the next bias (bias) or refit the "
                         "next Linear by least squares (lstsq); needs --calib (default: fluctuation -> bias, "
@@ -436,6 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "module:attribute naming a dataset or loader")
     p.add_argument("--calib-samples", type=positive_int, default=32, help="calibration samples read (default: 32)")
     p.add_argument("--calib-batch-size", type=positive_int, default=8, help="calibration batch size (default: 8)")
+    p.add_argument("--calib-memory", default=None, metavar="SIZE",
+                   help="language models without --importance/--compensation: the most memory the calibration "
+                        "statistics may take, e.g. 8GB or 1.5GiB; reconstruction + lstsq is the default when its "
+                        "float64 Gram matrices fit, fluctuation + bias otherwise (default: half the free memory "
+                        "of --device)")
     p.add_argument("--seq-len", type=positive_int, default=32,
                    help="tokens per example input and calibration window of a language model (default: 32)")
     p.add_argument("--output", default=None, metavar="PATH",

@@ -7,6 +7,7 @@ command line is a thin layer over them.
     sources            load_source: torchvision/timm + weights, Hugging Face folders, saved modules
     calibration_data   load_calibration: batches from an image folder, text, .jsonl or Python
     recipes            criterion + compensation by name, per-family defaults, calibrated
+    calib_memory       whether reconstruction's Gram matrices fit: sizes the language-model default
     keep               hf_prune_settings: layers kept whole + attention settings (shared with streaming)
     search, targets    the ratio that meets macs= / params= / latency= (fraction kept)
     save               save_pretrained folder or tp.save file, with how to load it back

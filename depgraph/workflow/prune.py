@@ -3,6 +3,7 @@
 Order of work (every check that can fail fast runs before the first long step)::
 
     check    options, recipe, output path, report path, calibration data read and fitted to the model
+    size     (language-model default) the Gram matrices reconstruction would hold, against the budget
     measure  params / MACs / latency of the unpruned model
     reach    (target) one prune at the largest ratio, magnitude-scored: an unreachable target fails here
     score    the criterion calibrated on the data (one pass; gradients for Taylor)
@@ -26,7 +27,7 @@ from ..errors import OptionError
 from .calibration_data import check_calibration, load_calibration
 from .keep import HFPruneSettings, hf_prune_settings, named_layers
 from .progress import Stages
-from .recipes import Recipe, Scoring, build_scoring, resolve_recipe
+from .recipes import Recipe, Scoring, build_scoring, choose_by_memory, resolve_recipe
 from .report import PruneReport, check_report_path, layer_widths
 from .save import check_output, default_format, save_pruned
 from .sources import Source
@@ -60,6 +61,7 @@ def prune_model(
     num_samples: int = 32,
     calib_batch_size: int = 8,
     seq_len: int | None = None,
+    calib_memory: int | str | None = None,
     output: str | os.PathLike | None = None,
     save_format: str = "auto",
     report: str | os.PathLike | None = None,
@@ -73,7 +75,8 @@ def prune_model(
         source: from :func:`~depgraph.workflow.load_source` (its model is left unchanged).
         ratio: fraction of channels removed per group (per pruner semantics); or give ``target``.
         target: ``"macs=0.5"`` / ``"params=0.7"`` / ``"latency=0.5"`` (fraction kept) or a :class:`Target`.
-        importance: a criterion name (:data:`~depgraph.workflow.recipes.CRITERIA`; default: the family's).
+        importance: a criterion name (:data:`~depgraph.workflow.recipes.CRITERIA`; default: the family's;
+            for a language model with data, reconstruction when it fits ``calib_memory``, else fluctuation).
         compensation: ``"none"``, ``"bias"`` or ``"lstsq"`` (default: the criterion's pairing).
         global_pruning: rank across groups; refused for a ``save_pretrained`` output (per-layer widths).
         round_to: keep channel counts multiples of it (every search trial too).
@@ -86,6 +89,10 @@ def prune_model(
         num_samples: calibration samples read at most.
         calib_batch_size: calibration batch size.
         seq_len: tokens per calibration window (default: the example input's).
+        calib_memory: the most memory the calibration statistics may take when the language-model
+            default is chosen (``"8GB"`` or bytes; default: half the free memory of the model's device):
+            reconstruction + lstsq when its Gram matrices fit, fluctuation + bias otherwise. The
+            report says which and why; a named ``importance`` or ``compensation`` is never replaced.
         output: where to save (None: not saved).
         save_format: ``auto`` (the family's), ``hf``, ``depgraph`` or ``pickle``.
         report: ``.md`` / ``.json`` / ``.png`` path of the report (None: not written).
@@ -98,7 +105,7 @@ def prune_model(
 
     Raises:
         OptionError: ratio and target both or neither, unknown criterion, a data-aware criterion
-            without data, global pruning into a ``save_pretrained`` folder, unknown ``ignore`` names,
+            without data, ``calib_memory`` not a memory size, global pruning into a ``save_pretrained`` folder, unknown ``ignore`` names,
             ``prune_hidden`` for a model that is not a Hugging Face one.
         OutputError: the output or report path cannot be written.
         CalibrationDataError: the data cannot be read or does not fit the model.
@@ -127,6 +134,10 @@ def prune_model(
         raise OptionError(f"round_to must be a positive integer, got {round_to}")
     recipe = resolve_recipe(importance, compensation, global_pruning,
                             language_model=source.is_language_model, has_data=calib is not None)
+    if calib_memory is not None:
+        from ..streaming.memory import parse_size
+
+        parse_size(calib_memory)  # a bad size fails here; the budget keeps the user's spelling
     fmt = default_format(source, save_format)
     if fmt == "hf" and recipe.global_pruning:
         raise OptionError("global pruning gives each layer its own width, which a Hugging Face config cannot "
@@ -149,6 +160,14 @@ def prune_model(
             check_calibration(model, batches, source.spec)
         calibration = f"{sum(_count(b, source) for b in batches)} samples from {calib if isinstance(calib, (str, Path)) else type(calib).__name__}"
 
+    consumers = None
+    if recipe.sized:
+        from .calib_memory import plan_reconstruction_memory
+
+        with stages.stage("size", "memory of reconstruction + lstsq"):
+            memory, consumers = plan_reconstruction_memory(model, example, keep, calib_memory)
+            recipe = choose_by_memory(recipe, memory)
+
     with stages.stage("measure"):
         want_latency = latency or (goal is not None and goal.metric == "latency")
         before = measure(model, example, latency=want_latency)
@@ -162,7 +181,7 @@ def prune_model(
             plain = Scoring(GroupMagnitudeImportance(p=2), None)
             prune_to_target(model, plain, keep, make_pruner, example, goal, before, steps=0)
     with stages.stage("score", recipe.describe()):
-        scoring = build_scoring(recipe, model, batches, example, keep)
+        scoring = build_scoring(recipe, model, batches, example, keep, consumers)
     found: TargetResult | None = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # frozen-op notes are summarised by verify

@@ -3,15 +3,21 @@
 The defaults are the best rows measured in ``benchmarks/quality`` (README "Quality on real
 weights and data"):
 
-    language models, with data   fluctuation + bias compensation  (SmolLM2 at 20% fewer params: 2.96x
-                                                                    ppl; reconstruction + lstsq measured
-                                                                    2.19x but needs a float64 Gram matrix
-                                                                    per linear input, ~1 GB per Llama-7B
-                                                                    MLP: the default has to fit any size)
+    language models, with data   reconstruction + lstsq when its  (SmolLM2 at 20% fewer params: 2.19x
+                                 Gram matrices fit the budget,     ppl against 2.96x for fluctuation +
+                                 else fluctuation + bias           bias, which keeps 2 numbers a channel)
     vision models, with data     activation x weight, per group   (ResNet-20 at 2x MACs: -0.47 points
                                                                     after a short fine-tune, the best row)
     without data                 group L2 magnitude, per group     (no calibration possible; on LLMs it
                                                                     measured far worse: give data)
+
+Reconstruction keeps a float64 Gram matrix of every pruned Linear's input, ``(C + 1)**2 * 8`` bytes
+(:func:`linear_consumers`: the MLP down and attention output projections of a Llama): 0.65 GB on
+SmolLM2-135M (30 x 1536 + 30 x 576 inputs; needed with working copies: 0.84 GB), 35 GB on
+Llama-7B (32 x 11008 + 32 x 4096; needed: 45 GB). So the language-model default is sized: :func:`resolve_recipe` marks it, and
+:func:`choose_by_memory` picks reconstruction when those bytes (plus one layer's working copies)
+fit the budget of :mod:`depgraph.workflow.calib_memory`, fluctuation + bias otherwise, and
+says which and why in the report. A criterion or compensation the user names is never replaced.
 """
 
 from __future__ import annotations
@@ -19,14 +25,18 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 
 from ..errors import OptionError
 
-__all__ = ["Recipe", "Scoring", "resolve_recipe", "build_scoring", "CRITERIA", "DATA_AWARE", "COMPENSATIONS"]
+if TYPE_CHECKING:
+    from .calib_memory import ReconstructionMemory
+
+__all__ = ["Recipe", "Scoring", "resolve_recipe", "choose_by_memory", "build_scoring", "linear_consumers",
+           "CRITERIA", "DATA_AWARE", "COMPENSATIONS"]
 
 #: Criteria that read weights only (``l1``/``l2`` are the group magnitude with that p).
 DATA_FREE = ("l2", "l1", "lamp", "fpgm", "bn_scale", "random")
@@ -46,12 +56,14 @@ class Recipe:
         compensation: one of :data:`COMPENSATIONS`.
         global_pruning: rank channels across groups (per-layer widths differ) or per group (uniform).
         why: where the choice came from (the user, or which measured default).
+        sized: the language-model default, still to be sized by :func:`choose_by_memory`.
     """
 
     importance: str
     compensation: str
     global_pruning: bool
     why: str
+    sized: bool = False
 
     def describe(self) -> str:
         """``"fluctuation + bias compensation, per group"``: the recipe in one phrase, for reports."""
@@ -73,11 +85,14 @@ def resolve_recipe(importance: str | None, compensation: str | None, global_prun
         problems.append(f"unknown compensation {compensation!r}; choose from {', '.join(COMPENSATIONS)}")
     if problems:
         raise OptionError("; ".join(problems))
+    sized = importance is None and compensation is None and language_model and has_data
     if importance is None:
         if not has_data:
             importance, why = "l2", "default without calibration data"
         elif language_model:
             importance, why = "fluctuation", "default for language models (benchmarks/quality: SmolLM2)"
+            if sized:
+                why = "default for language models of any size (the memory reconstruction needs was not measured)"
         else:
             importance, why = "activation_weight", "default for vision models (benchmarks/quality: ResNet-20)"
     else:
@@ -88,7 +103,18 @@ def resolve_recipe(importance: str | None, compensation: str | None, global_prun
         what = f"importance {importance!r}" if importance in DATA_AWARE else f"{compensation} compensation"
         raise OptionError(f"{what} is calibrated on data: give calibration data (--calib PATH) or a data-free "
                           f"criterion ({', '.join(DATA_FREE)}) without compensation")
-    return Recipe(importance, compensation, bool(global_pruning), why)
+    return Recipe(importance, compensation, bool(global_pruning), why, sized)
+
+
+def choose_by_memory(recipe: Recipe, memory: ReconstructionMemory) -> Recipe:
+    """The sized language-model default: reconstruction + lstsq when ``memory`` fits, else fluctuation + bias.
+
+    ``recipe`` comes from :func:`resolve_recipe`; one the user chose (``sized`` False) is returned as is.
+    """
+    if not recipe.sized:
+        return recipe
+    importance, compensation = ("reconstruction", "lstsq") if memory.fits else ("fluctuation", "bias")
+    return Recipe(importance, compensation, recipe.global_pruning, memory.reason())
 
 
 @dataclass
@@ -102,9 +128,18 @@ class Scoring:
         """A deep copy of the model, this scoring and the kept layers, sharing one memo.
 
         Statistics are keyed by module, so they must follow the copy; gradients (Taylor) are
-        not copied by ``deepcopy`` and are carried over by hand.
+        not copied by ``deepcopy`` and are carried over by hand. The least-squares Gram matrices
+        are shared, not copied: nothing changes them after calibration (a new batch replaces a
+        record), and copying them per search trial held two or three sets at once.
         """
-        model2, scoring, keep2 = copy.deepcopy((model, self, list(keep)))
+        from ..importance import InputCovariance
+
+        memo: dict[int, Any] = {}
+        for part in (self.importance, self.compensation):
+            cov = getattr(part, "cov", None)
+            if isinstance(cov, InputCovariance):
+                memo.update((id(record), record) for record in cov.values())
+        model2, scoring, keep2 = copy.deepcopy((model, self, list(keep)), memo)
         for p, q in zip(model.parameters(), model2.parameters(), strict=True):
             if p.grad is not None:
                 q.grad = p.grad.clone()
@@ -112,14 +147,18 @@ class Scoring:
 
 
 def build_scoring(recipe: Recipe, model: nn.Module, batches: list[Any] | None, example_inputs: Any,
-                  keep: Sequence[nn.Module]) -> Scoring:
-    """Make ``recipe``'s criterion and compensation, calibrated on ``batches`` (one pass each)."""
+                  keep: Sequence[nn.Module], consumers: Sequence[nn.Module] | None = None) -> Scoring:
+    """Make ``recipe``'s criterion and compensation, calibrated on ``batches`` (one pass each).
+
+    Args:
+        consumers: :func:`linear_consumers` when already found (least squares measures them).
+    """
     from .. import importance as imp
 
     name, comp = recipe.importance, recipe.compensation
     cov = None
     if name == "reconstruction" or comp == "lstsq":
-        layers = _linear_consumers(model, example_inputs, keep)
+        layers = list(consumers) if consumers is not None else linear_consumers(model, example_inputs, keep)
         if not layers:
             raise OptionError("least-squares reconstruction refits nn.Linear consumers of pruned channels; "
                               f"{type(model).__name__} has none: use another criterion or compensation")
@@ -180,7 +219,7 @@ def _accumulate_gradients(model: nn.Module, batches: list[Any]) -> None:
             loss.backward()
 
 
-def _linear_consumers(model: nn.Module, example_inputs: Any, keep: Sequence[nn.Module]) -> list[nn.Module]:
+def linear_consumers(model: nn.Module, example_inputs: Any, keep: Sequence[nn.Module]) -> list[nn.Module]:
     """The ``nn.Linear`` layers whose inputs some prunable group removes (what least squares refits)."""
     from ..defaults import DEFAULT_ROOT_TYPES
     from ..dependency import DependencyGraph

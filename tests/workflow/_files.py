@@ -61,7 +61,8 @@ def write_tiny_llama(folder: Path, vocab_size: int = 64, tokenizer: bool = True,
     import transformers
 
     cfg = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, **overrides)
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg.update(overrides)
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg)).eval()
     model.save_pretrained(folder)

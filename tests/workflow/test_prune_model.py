@@ -7,7 +7,7 @@ check by making the long steps fail if they are reached.
 
 Markers:
     slow  the latency target (timed forward passes in every search trial) and the least-squares
-          recipe on the Llama (the default run covers the fluctuation one).
+          recipe named on the Llama (the default run covers it as the sized language-model default).
 """
 
 from __future__ import annotations
@@ -139,8 +139,9 @@ def test_hf_llama_folder_to_target_reloads_without_depgraph(llama_dir, tmp_path,
     rep = result.report
     metric, kept = kwargs["target"].split("=")
     assert getattr(rep.after, metric) <= float(kept) * getattr(rep.before, metric)
-    assert rep.criterion.startswith({"reconstruction": "reconstruction + lstsq"}.get(kwargs.get("importance"),
-                                                                                       "fluctuation + bias"))
+    # named, or the language-model default: this Llama's Gram matrices fit any machine's budget
+    assert rep.criterion.startswith("reconstruction + lstsq")
+    assert rep.why == "chosen" if "importance" in kwargs else rep.why.startswith("language-model default")
     assert "compensation changes the kept weights" in rep.verify and rep.verified
     assert {"tokenizer.json", "tokenizer_config.json", "config.json", "model.safetensors"} <= {
         p.name for p in out.iterdir()}

@@ -1,0 +1,172 @@
+"""The sized language-model default: reconstruction + lstsq when its Gram matrices fit the budget, else
+fluctuation + bias, with the reason in the report and the command's table.
+
+The estimate is checked against the Gram tensors the calibrated criterion really holds; the choice
+on both sides of the budget boundary (budget = the estimate, and one byte less); ``--calib-memory``
+refusals before any model loads; a named criterion or compensation never replaced. Every model is a
+tiny transformers Llama the test writes with ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import depgraph.workflow as workflow
+from depgraph.errors import OptionError
+from depgraph.workflow import load_source, prune_model
+from depgraph.workflow.calib_memory import (
+    DEFAULT_BUDGET_FRACTION,
+    calibration_budget,
+    format_bytes,
+    gram_bytes,
+    plan_reconstruction_memory,
+)
+from depgraph.workflow.keep import hf_prune_settings
+from depgraph.workflow.recipes import Recipe, build_scoring, choose_by_memory, resolve_recipe
+
+from ._files import write_text, write_tiny_llama
+
+pytest.importorskip("transformers")
+
+OVER = "language-model default: fluctuation + bias, as reconstruction + lstsq would need"
+FITS = "language-model default: reconstruction + lstsq needs"
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    # MLP 48 wide, attention 32: the two consumer widths differ, so a wrong per-layer formula shows
+    return write_tiny_llama(tmp_path_factory.mktemp("llama") / "ckpt", intermediate_size=48, num_hidden_layers=3)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_text(tmp_path_factory.mktemp("text") / "corpus.txt")
+
+
+def _plan(llama_dir, budget=None):
+    source = load_source(llama_dir, seq_len=16)
+    keep = hf_prune_settings(source.model).ignored_layers
+    memory, layers = plan_reconstruction_memory(source.model, source.example_inputs, keep, budget)
+    return source, keep, memory, layers
+
+
+def test_estimate_equals_the_gram_bytes_the_calibrated_criterion_holds(llama_dir, corpus) -> None:
+    from depgraph.workflow.calibration_data import load_calibration
+
+    source, keep, memory, layers = _plan(llama_dir)
+    batches = load_calibration(corpus, source.spec, num_samples=8, batch_size=4, seq_len=16)
+    recipe = Recipe("reconstruction", "lstsq", False, "test")
+    scoring = build_scoring(recipe, source.model, batches, source.example_inputs, keep)
+    cov = scoring.importance.cov
+    assert scoring.compensation.cov is cov  # one set of Gram matrices serves both
+    held = sum(rec.gram.numel() * rec.gram.element_size() for rec in cov.values())
+    assert memory.gram_bytes == held == (3 * 49 ** 2 + 3 * 33 ** 2) * 8
+    assert set(cov) == set(layers) and memory.layers == 6
+    assert memory.working_bytes == 10 * 49 ** 2 * 8  # copies of the largest (the 48-wide down projection)
+    assert gram_bytes([]) == 0
+
+
+def test_trial_copies_share_the_gram_matrices(llama_dir, corpus) -> None:
+    from depgraph.workflow.calibration_data import load_calibration
+
+    source, keep, _, _ = _plan(llama_dir)
+    batches = load_calibration(corpus, source.spec, num_samples=8, batch_size=4, seq_len=16)
+    scoring = build_scoring(Recipe("reconstruction", "lstsq", False, "test"), source.model, batches,
+                            source.example_inputs, keep)
+    model2, scoring2, _ = scoring.copy_with(source.model, keep)
+    down, down2 = source.model.model.layers[0].mlp.down_proj, model2.model.layers[0].mlp.down_proj
+    assert down2 is not down and down2 in scoring2.importance.cov and down not in scoring2.importance.cov
+    assert scoring2.importance.cov[down2].gram is scoring.importance.cov[down].gram  # shared, not copied
+    assert scoring2.compensation.cov is scoring2.importance.cov
+    assert model2.model.layers[0].mlp.down_proj.weight is not down.weight
+
+
+def test_choice_flips_at_the_budget_boundary_and_the_report_says_why(llama_dir, corpus, tmp_path) -> None:
+    _, _, memory, _ = _plan(llama_dir)
+    need = memory.needed_bytes
+    source = load_source(llama_dir, seq_len=16)
+    fits = prune_model(source, ratio=0.25, calib=corpus, calib_memory=need, latency=False,
+                       report=tmp_path / "fits.md").report
+    assert fits.criterion == "reconstruction + lstsq compensation, per group"
+    assert fits.why.startswith(FITS) and f"within the {format_bytes(need)} budget (set by calib_memory {need})" \
+        in fits.why
+    assert f"- criterion: reconstruction + lstsq compensation, per group ({fits.why})" in \
+        (tmp_path / "fits.md").read_text()
+    over = prune_model(source, ratio=0.25, calib=corpus, calib_memory=need - 1, latency=False,
+                       report=tmp_path / "over.json").report
+    assert over.criterion == "fluctuation + bias compensation, per group"
+    assert over.why.startswith(OVER) and "pass --importance reconstruction to force it" in over.why
+    assert json.loads((tmp_path / "over.json").read_text())["why"] == over.why
+    assert over.verified and over.after.params < over.before.params
+
+
+def test_default_budget_is_a_share_of_the_free_memory(monkeypatch) -> None:
+    import depgraph.streaming.memory as memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda: 12_000_000_000)
+    assert calibration_budget("cpu") == (int(12e9 * DEFAULT_BUDGET_FRACTION), "50% of the 12.0 GB available")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8_000_000_000, 80_000_000_000))
+    assert calibration_budget("cuda:0", fraction=0.25) == (2_000_000_000, "25% of the 8.00 GB free on cuda:0")
+    assert calibration_budget("cuda:0", "1.5GiB") == (int(1.5 * 2 ** 30), "set by calib_memory 1.5GiB")
+    with pytest.raises(OptionError, match=r"'lots' is not a memory size"):
+        calibration_budget("cpu", "lots")
+
+
+def test_explicit_choices_are_never_replaced(llama_dir, corpus) -> None:
+    _, _, fits, _ = _plan(llama_dir, budget="1TB")
+    _, _, over, _ = _plan(llama_dir, budget="1KB")
+    assert fits.fits and not over.fits
+    for importance, compensation in (("fluctuation", None), ("reconstruction", None), (None, "bias"),
+                                     (None, "none"), ("activation", "lstsq")):
+        recipe = resolve_recipe(importance, compensation, False, language_model=True, has_data=True)
+        assert not recipe.sized
+        assert choose_by_memory(recipe, fits) is recipe and choose_by_memory(recipe, over) is recipe
+    sized = resolve_recipe(None, None, False, language_model=True, has_data=True)
+    assert sized.sized and (sized.importance, sized.compensation) == ("fluctuation", "bias")
+    assert (choose_by_memory(sized, fits).importance, choose_by_memory(sized, over).importance) == \
+        ("reconstruction", "fluctuation")
+    assert not resolve_recipe(None, None, False, language_model=False, has_data=True).sized
+    assert not resolve_recipe(None, None, False, language_model=True, has_data=False).sized
+    # through prune_model: reconstruction named with a budget it does not fit still runs
+    source = load_source(llama_dir, seq_len=16)
+    rep = prune_model(source, ratio=0.25, calib=corpus, importance="reconstruction", calib_memory="1KB",
+                      latency=False).report
+    assert rep.criterion.startswith("reconstruction + lstsq") and rep.why == "chosen"
+
+
+@pytest.mark.parametrize(("size", "message"), [
+    ("8 parsecs", r"OptionError: '8 parsecs' is not a memory size; write e.g. 600MB"),
+    ("0", r"OptionError: a memory size must be positive, got '0'"),
+    ("-2GB", r"OptionError: '-2GB' is not a memory size"),
+])
+def test_cli_refuses_a_bad_calib_memory_before_any_model_loads(llama_dir, corpus, monkeypatch, capsys, size,
+                                                               message) -> None:
+    import re
+
+    from depgraph.cli import main
+
+    monkeypatch.setattr(workflow, "load_source", lambda *a, **k: pytest.fail("the model was loaded"))
+    argv = ["prune", str(llama_dir), "--ratio", "0.25", "--calib", str(corpus), f"--calib-memory={size}",
+            "--output", "-", "--plain", "--no-latency"]
+    assert main(argv) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(("size", "criterion", "why"), [("1GB", "reconstruction + lstsq", FITS),
+                                                        ("2KB", "fluctuation + bias", OVER)])
+def test_cli_calib_memory_decides_and_the_table_says_why(llama_dir, corpus, tmp_path, capsys, size, criterion,
+                                                         why) -> None:
+    from depgraph.cli import main
+
+    report = tmp_path / "r.json"
+    argv = ["prune", str(llama_dir), "--ratio", "0.25", "--calib", str(corpus), "--calib-memory", size,
+            "--seq-len", "16", "--output", "-", "--plain", "--no-latency", "--report", str(report)]
+    assert main(argv) == 0
+    data = json.loads(report.read_text())
+    assert data["criterion"].startswith(criterion) and data["why"].startswith(why)
+    assert f"(set by calib_memory {size})" in data["why"]
+    out = capsys.readouterr().out
+    assert f"criterion: {data['criterion']} ({data['why']})" in out
