@@ -36,9 +36,17 @@ forward runs instead whenever that is not certain:
   one); it left every module's ``__dict__`` (and the dicts, lists and sets in
   it, and the plain objects such as a Hugging Face ``config`` the modules hold)
   exactly as it found them - a cache it filled, a buffer it registered, an
-  activation it kept all count; it drew no random numbers; it reached no real
-  parameter, buffer or input through another path. Otherwise the snapshot is
-  restored exactly and the real forward traces the model, as it always did.
+  activation it kept all count; it drew no random numbers and read no storage
+  address, offset or ``is_meta`` / ``is_cpu`` (:func:`unfaithful`); it reached
+  no real parameter, buffer or input through another path. Otherwise the
+  snapshot is restored exactly and the real forward traces the model, as it
+  always did.
+
+What the checks cannot see: state outside the model that the forward writes
+(a module-level cache keyed without the device would keep a meta tensor) and
+code comparing ``x.device`` with a device of its own (``x.device.type ==
+"cpu"``). No model of the zoo tests does either; ``DEPGRAPH_TRACE_ON_META=0``
+is the way out for one that does.
 
 Left alone by a meta trace: every real tensor (values and ``_version``
 counters), every module attribute, the random number generators.
@@ -57,8 +65,8 @@ import torch
 import torch.nn as nn
 from torch.nn.modules import module as _torch_module
 
-__all__ = ["ENV_VAR", "MIN_MEAN_WEIGHT", "mode", "refusal", "shadowed", "Shadow", "ModelSnapshot", "draws_random",
-           "NotOnMetaError"]
+__all__ = ["ENV_VAR", "MIN_MEAN_WEIGHT", "mode", "refusal", "shadowed", "Shadow", "ModelSnapshot", "unfaithful",
+           "draws_random", "NotOnMetaError"]
 
 #: Environment variable: ``0`` (or ``false``, ``no``, ``off``) traces every model with a real forward.
 ENV_VAR = "DEPGRAPH_TRACE_ON_META"
@@ -396,6 +404,21 @@ _DROPOUT = frozenset({
     "dropout", "dropout_", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "alpha_dropout_",
     "feature_dropout", "feature_dropout_", "feature_alpha_dropout", "feature_alpha_dropout_", "native_dropout",
 })
+
+
+# Reads a meta tensor answers unlike the real one: storage addresses (0 for every meta tensor, so
+# ``a.data_ptr() == b.data_ptr()`` would hold), offsets, and the device tests a forward branches on.
+_UNFAITHFUL_READS = frozenset({"data_ptr", "untyped_storage", "storage", "_typed_storage", "storage_offset",
+                               "is_meta", "is_cpu"})
+
+
+def unfaithful(name: str, args: tuple, kwargs: dict) -> str | None:
+    """Why the torch call (or Tensor property) ``name`` would not behave on meta as on the real tensors, or None."""
+    if name in _UNFAITHFUL_READS:
+        return f"the forward reads Tensor.{name}, which differs on meta"
+    if draws_random(name, args, kwargs):
+        return f"{name} draws random numbers"
+    return None
 
 
 def draws_random(name: str, args: tuple, kwargs: dict) -> bool:

@@ -24,7 +24,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from ..errors import TraceError
 from . import memo, meta_shadow
 from .gc_pause import gc_paused
-from .graph import OpNode, Trace, Value, op_name
+from .graph import OpNode, Trace, Value
 from .kept import find_kept, mark_rewritten, pop_cached, restore_cached
 from .outputs import primary_outputs
 from .shape_int import AttrExpr, AttrInt, ShapeInt, attributes_tagged, tag_shape
@@ -221,8 +221,13 @@ class _Recorder(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.shadow is not None and meta_shadow.draws_random(getattr(func, "__name__", ""), args, kwargs):
-            raise meta_shadow.NotOnMetaError(f"{op_name(func)} draws random numbers")
+        if self.shadow is not None:
+            name = getattr(func, "__name__", "")
+            if name == "__get__":  # a Tensor property: its descriptor's name
+                name = getattr(getattr(func, "__self__", None), "__name__", "")
+            why = meta_shadow.unfaithful(name, args, kwargs)
+            if why is not None:
+                raise meta_shadow.NotOnMetaError(why)
         out = func(*args, **kwargs)
         if self.leaf_depth:
             return out

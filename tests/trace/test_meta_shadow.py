@@ -16,6 +16,7 @@ version counters), and the trace is the real forward's.
 from __future__ import annotations
 
 import copy
+import types
 import warnings
 
 import pytest
@@ -303,7 +304,25 @@ class KeepsActivation(Net):
         return y
 
 
+class CountsInItsConfig(Net):
+    def __init__(self):
+        super().__init__()
+        self.config = types.SimpleNamespace(calls=0)  # a plain object the module holds (a HF config)
+
+    def tail(self, y):
+        self.config.calls += 1
+        return y
+
+
+class ChecksTiedStorage(Net):
+    def tail(self, y):
+        tied = self.conv.weight.data_ptr() == self.fc.weight.data_ptr()  # 0 == 0 on meta
+        return -y if tied else y
+
+
 FALLBACKS = {
+    "storage address read": (ChecksTiedStorage, "reads Tensor.data_ptr"),
+    "config attribute changed": (CountsInItsConfig, "SimpleNamespace.calls was reassigned"),
     "boolean mask": (MaskSelect, "failed (NotImplementedError"),
     "item": (Item, "failed (RuntimeError"),
     "cache filled": (FillsCache, "cache changed"),
