@@ -75,6 +75,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=positive_int, default=128, help="tokens per text sample (default: 128)")
     p.add_argument("--input-size", type=positive_int, default=None, help="image height and width (default: the model's)")
     p.add_argument("--max-samples", type=positive_int, default=None, help="use at most N samples of the data")
+    p.add_argument("--num-workers", type=non_negative_int, default=0, metavar="N",
+                   help="DataLoader worker processes that read the data (images are decoded per batch) beside "
+                        "the training step, each on its own core (default: 0, read in the training process)")
     p.add_argument("--seed", type=int, default=0, help="seed of data order and initialisation (default: 0)")
     p.add_argument("--save-every", type=positive_int, default=None, metavar="N",
                    help="also write --output every N steps (single process or DDP), so that a run stopped early "
@@ -143,7 +146,7 @@ def run(args: argparse.Namespace, out: Any) -> int:
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, eval_batches=args.eval_batches,
         temperature=args.temperature, kd_weight=args.kd_weight, task_weight=args.task_weight,
         hidden_weight=args.hidden_weight, hidden_layers=args.hidden_layers, mixed_precision=args.mixed_precision,
-        seed=args.seed, progress=not args.no_progress, on_step=_checkpoints(args, student, fmt, out),
+        seed=args.seed, num_workers=args.num_workers, progress=not args.no_progress, on_step=_checkpoints(args, student, fmt, out),
     )
     if not result.is_main_process:
         return 0

@@ -1,7 +1,8 @@
 """Training data for ``depgraph recover`` read from a path, through the calibration-data reader.
 
-Files are read by :func:`depgraph.workflow.load_calibration` (the reader
-``depgraph prune --calib`` uses), so both commands accept the same data and
+Files are read by the readers ``depgraph prune --calib`` uses
+(:func:`depgraph.workflow.load_calibration`, and for images
+:mod:`depgraph.workflow.images`), so both commands accept the same data and
 refuse the same misfits. Recovery adds one thing calibration does not need:
 labels. An image folder with one subfolder per class (``ImageFolder``
 layout, classes in sorted order) gives ``(image, class index)`` samples; a
@@ -57,22 +58,34 @@ def open_dataset(path: str | os.PathLike, spec: Any, *, seq_len: int | None = No
                  max_samples: int | None = None) -> Dataset:
     """A dataset of the samples at ``path``, in the form ``spec`` (a :class:`~depgraph.workflow.InputSpec`) says.
 
+    An image folder is listed here and decoded per sample as batches are drawn
+    (:class:`~depgraph.workflow.images.ImageFiles`): training starts after one batch is
+    read, uses only the images it draws, and can decode in DataLoader workers. Text is
+    tokenised here, at once.
+
     Raises:
-        CalibrationDataError: the reader refuses the data (missing, empty, of a kind the model cannot read).
+        CalibrationDataError: the reader refuses the data (missing, empty, of a kind the model cannot
+            read). An image file that cannot be decoded is refused when its batch is drawn.
         RecoveryError: a class subfolder holds no image.
     """
     from ..workflow import load_calibration
+    from ..workflow.images import ImageFiles, list_images
 
     limit = max_samples or _ALL
     p = Path(path)
     classes = sorted(d for d in p.iterdir() if d.is_dir()) if p.is_dir() else []
     if not classes:
+        if p.is_dir():  # a flat image folder: unlabelled
+            return ImageFiles(list_images(p)[:limit], spec)
         return _Samples(load_calibration(p, spec, num_samples=limit, batch_size=256, seq_len=seq_len))
     per_class = -(-limit // len(classes))  # spread --max-samples over the classes
-    parts = []
+    files: list[Path] = []
+    labels: list[int] = []
     for label, folder in enumerate(classes):
         try:
-            parts.append(_Samples(load_calibration(folder, spec, num_samples=per_class, batch_size=256), label))
+            found = list_images(folder)[:per_class]
         except DepgraphError as e:
             raise RecoveryError(f"class folder {os.fspath(folder)!r} of {os.fspath(p)!r}: {e}") from None
-    return torch.utils.data.ConcatDataset(parts)
+        files += found
+        labels += [label] * len(found)
+    return ImageFiles(files, spec, labels)

@@ -9,7 +9,7 @@ and nodes when the script (or ``depgraph recover``) is started with
 
 Call tree::
 
-    recover(student, teacher, data, **options)
+    recover(student, teacher, data, threads=None, **options)    options checked, CPU threads set for the call
       _probe          one batch through both models: outputs fit? labels fit? hidden widths
       _evaluate       distillation gap (KL, T=1) and task loss before training
       _train          steps of: student forward, teacher forward (no grad), losses, backward, step
@@ -29,6 +29,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import RecoveryError
+from ..workflow.threads import cpu_threads, resolve_threads
 from .batches import Batch, is_causal_lm, logits_of, split_batch
 from .hidden import HiddenTap
 from .losses import HiddenProjection, channel_dim, distillation_kl, task_loss
@@ -86,7 +87,8 @@ class _Student(nn.Module):
 
 def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, *,
             eval_data: Dataset | DataLoader | None = None, accelerator: Any = None, collate_fn: Any = None,
-            on_step: Callable[[int, nn.Module], None] | None = None, **options: Any) -> RecoverResult:
+            on_step: Callable[[int, nn.Module], None] | None = None, threads: str | int | None = None,
+            **options: Any) -> RecoverResult:
     """Distil the unpruned ``teacher`` into the pruned ``student`` on ``data``, plus the task loss.
 
     Why distillation: a pruned model has lost capacity, not its task; matching
@@ -114,6 +116,12 @@ def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, 
             ``on_step(steps_done, student)`` (the unwrapped student, in train mode),
             e.g. to save a checkpoint so that a run cut off by a time limit still
             leaves a model. Refused under FSDP / DeepSpeed, whose parameters are sharded.
+        threads: PyTorch CPU threads for this call, with the meaning of the command line's
+            ``--threads``: ``"auto"`` takes the cores the load average leaves idle (an
+            ``OMP_NUM_THREADS`` already set is kept), ``N`` takes N. The previous
+            ``torch.get_num_threads()`` is restored when the call returns or fails. None
+            (default) leaves the process's setting alone: a library call does not change
+            global state unasked.
         **options: the fields of :class:`~depgraph.recovery.options.RecoverOptions`
             (steps, lr, batch_size, temperature, kd_weight, task_weight,
             hidden_weight, hidden_layers, mixed_precision, ...).
@@ -122,7 +130,8 @@ def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, 
         A :class:`RecoverResult` with the losses and the distillation gap before / after.
 
     Raises:
-        OptionError: an option is out of range or unknown.
+        OptionError: an option is out of range or unknown, or ``threads`` is neither ``"auto"``
+            nor a positive integer.
         RecoveryError: the data does not fit the models (checked on one batch
             before training), the student's outputs differ in shape from the
             teacher's, or a hidden layer does not exist. The student is unchanged.
@@ -141,6 +150,13 @@ def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, 
     opts = RecoverOptions(**options)
     if student is teacher:
         raise RecoveryError("recover: student and teacher are the same object; pass the unpruned model as teacher")
+    n_threads = resolve_threads(threads)  # refused here, before anything changes
+    with cpu_threads(n_threads):  # the caller's count comes back after, also on error
+        return _recover(student, teacher, data, eval_data, accelerator, collate_fn, on_step, opts)
+
+
+def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, accelerator: Any, collate_fn: Any,
+             on_step: Callable[[int, nn.Module], None] | None, opts: RecoverOptions) -> RecoverResult:
     try:
         from accelerate import Accelerator
         from accelerate.utils import set_seed

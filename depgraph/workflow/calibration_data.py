@@ -28,13 +28,12 @@ import torch
 import torch.nn as nn
 
 from ..errors import CalibrationDataError
+from .images import IMAGE_SUFFIXES, check_image_spec, list_images, read_image
 from .inputs import InputSpec
 
 __all__ = ["load_calibration", "check_calibration", "IMAGE_SUFFIXES", "TEXT_SUFFIXES"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 TEXT_SUFFIXES = (".txt", ".text", ".md")
-_PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
 def load_calibration(
@@ -91,39 +90,12 @@ def load_calibration(
 
 # -- images -----------------------------------------------------------------------------------------
 def _image_folder(folder: Path, spec: InputSpec, num_samples: int, batch_size: int) -> list[Any]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        texts = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in TEXT_SUFFIXES + (".jsonl",))
-        hint = f"; it holds text ({', '.join(texts[:3])}): give the file itself" if texts else ""
-        raise CalibrationDataError(f"{folder} holds no image ({', '.join(IMAGE_SUFFIXES)}){hint}")
-    return _images(files, folder, spec, num_samples, batch_size)
+    return _images(list_images(folder), folder, spec, num_samples, batch_size)
 
 
 def _images(files: list[Path], where: Path, spec: InputSpec, num_samples: int, batch_size: int) -> list[Any]:
-    if spec.kind != "image":
-        raise CalibrationDataError(f"{where} holds images, but the model takes {spec.describe()}: "
-                                   "give calibration data of that kind")
-    try:
-        from PIL import Image
-    except ImportError:
-        raise CalibrationDataError("reading an image folder needs Pillow: pip install pillow") from None
-    channels, height, width = spec.shape
-    mode = _PIL_MODES.get(channels)
-    if mode is None:
-        raise CalibrationDataError(f"the model takes {channels}-channel images; an image folder gives 1, 3 or 4 "
-                                   "channels: pass a Python dataset instead")
-    samples = []
-    for f in files[:num_samples]:
-        try:
-            with Image.open(f) as im:
-                im = im.convert(mode).resize((width, height), Image.Resampling.BILINEAR)
-                raw = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-        except OSError as e:
-            raise CalibrationDataError(f"cannot read image {f}: {e}") from None
-        samples.append(raw.view(height, width, channels).permute(2, 0, 1).float() / 255.0)  # (C, H, W) in [0, 1]
-    x = torch.stack(samples)
-    if spec.mean is not None and spec.std is not None:
-        x = (x - torch.tensor(spec.mean).view(1, -1, 1, 1)) / torch.tensor(spec.std).view(1, -1, 1, 1)
+    mode = check_image_spec(spec, where)
+    x = torch.stack([read_image(f, spec, mode) for f in files[:num_samples]])  # (N, C, H, W)
     return [spec.wrap(chunk) for chunk in x.split(batch_size)]
 
 

@@ -100,7 +100,7 @@ def test_timm_teacher_and_a_pickled_student_round_trip(tmp_path, capsys) -> None
 
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--warmup-steps", "-1", "must be an integer >= 0"), ("--eval-batches", "0", "must be a positive integer"),
-    ("--weight-decay", "-0.1", "must be a number >= 0")])
+    ("--weight-decay", "-0.1", "must be a number >= 0"), ("--num-workers", "-1", "must be an integer >= 0")])
 def test_training_options_are_checked_by_the_parser(capsys, option, value, message) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["recover", "p", "--teacher", "t", "--data", "d.txt", "--output", "o", option, value])

@@ -234,3 +234,40 @@ def test_on_step_sees_every_step_of_the_student_being_trained() -> None:
     assert [s for s, _ in seen] == [1, 2, 3]
     assert not torch.equal(seen[0][1], seen[1][1])
     torch.testing.assert_close(seen[-1][1], result.model.lm_head.weight)
+
+
+def test_threads_are_set_for_the_call_and_restored_after_also_on_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``threads=`` means what ``--threads`` means (N, or "auto": the idle cores); the caller's count comes
+    back after the call and after a failure; the default leaves the process's setting alone."""
+    import depgraph.workflow.threads as threads_module
+
+    teacher, student = llama_pair()
+    torch.set_num_threads(2)  # conftest restores the suite's count after the test
+    seen: list[int] = []
+
+    def record(step: int, model: torch.nn.Module) -> None:
+        seen.append(torch.get_num_threads())
+
+    def run(**kwargs) -> None:
+        tp.recover(student, teacher, token_data(8), steps=1, batch_size=4, eval_batches=1, progress=False,
+                   on_step=record, **kwargs)
+
+    run()
+    run(threads=1)
+    monkeypatch.setattr(threads_module, "auto_threads", lambda: 1)  # "auto" on a machine with one idle core
+    run(threads="auto")
+    assert seen == [2, 1, 1] and torch.get_num_threads() == 2
+
+    def fail(step: int, model: torch.nn.Module) -> None:
+        seen.append(torch.get_num_threads())
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tp.recover(student, teacher, token_data(8), steps=2, batch_size=4, eval_batches=1, progress=False,
+                   on_step=fail, threads=1)
+    assert seen[-1] == 1 and torch.get_num_threads() == 2
+
+    before = copy.deepcopy(student)
+    with pytest.raises(OptionError, match=r"threads must be 'auto' or a positive integer, got 0"):
+        tp.recover(student, teacher, token_data(8), steps=1, progress=False, threads=0)
+    assert torch.get_num_threads() == 2 and _same_weights(student, before)
