@@ -118,3 +118,5 @@ class Trace:
     module_calls: dict[nn.Module, list[OpNode]] = field(default_factory=dict)
     module_names: dict[nn.Module, str] = field(default_factory=dict)
     kept: list = field(default_factory=list)  # depgraph.trace.kept.Kept: op results the model holds on to
+    on_meta: bool = False  # recorded on a meta-device shadow of the model (depgraph.trace.meta_shadow)
+    why_real: str = ""  # when not on meta: why the real forward ran

@@ -22,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import TraceError
-from . import memo
+from . import memo, meta_shadow
 from .gc_pause import gc_paused
 from .graph import OpNode, Trace, Value
 from .kept import find_kept, mark_rewritten, pop_cached, restore_cached
@@ -154,10 +154,12 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 class _Recorder(TorchFunctionMode):
-    def __init__(self, trace: Trace, param_index: dict[int, tuple[str, nn.Module, str, Any]]):
+    def __init__(self, trace: Trace, param_index: dict[int, tuple[str, nn.Module, str, Any]],
+                 shadow: meta_shadow.Shadow | None = None):
         super().__init__()
         self.trace = trace
         self.param_index = param_index  # id(tensor) -> (qualname, owner, attr, tensor)
+        self.shadow = shadow  # on a meta shadow: real tensors and random draws end the call
         self.live: dict[int, tuple[torch.Tensor, Value]] = {}
         self.keepalive: list[torch.Tensor] = []  # ids stay unique while we record
         self.leaf_depth = 0
@@ -181,6 +183,8 @@ class _Recorder(TorchFunctionMode):
             v.qualname, v.owner, v.attr, v.tensor_ref = info
             self.trace.params[id(t)] = v
             return v
+        if self.shadow is not None and id(t) in self.shadow.real_ids:
+            raise meta_shadow.NotOnMetaError("a real parameter, buffer or input was reached around the shadow")
         return self.new_value(t, "const")
 
     # -- ops ----------------------------------------------------------------
@@ -217,6 +221,13 @@ class _Recorder(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.shadow is not None:
+            name = getattr(func, "__name__", "")
+            if name == "__get__":  # a Tensor property: its descriptor's name
+                name = getattr(getattr(func, "__self__", None), "__name__", "")
+            why = meta_shadow.unfaithful(name, args, kwargs)
+            if why is not None:
+                raise meta_shadow.NotOnMetaError(why)
         out = func(*args, **kwargs)
         if self.leaf_depth:
             return out
@@ -316,9 +327,9 @@ def _buffers_restored(model: nn.Module) -> Iterator[None]:
 
 def _trace_once(model: nn.Module, example_inputs: Any, leaves: dict[nn.Module, bool],
                 forward_fn: Callable | None, param_index: dict,
-                as_one: bool | None = None) -> tuple[Trace, _Recorder, Any]:
+                as_one: bool | None = None, shadow: meta_shadow.Shadow | None = None) -> tuple[Trace, _Recorder, Any]:
     trace = Trace()
-    rec = _Recorder(trace, param_index)
+    rec = _Recorder(trace, param_index, shadow)
     for t in flatten_tensors(example_inputs):
         trace.inputs.append(rec.new_value(t, "input"))
     with _hooks(model, rec, leaves), _buffers_restored(model), attributes_tagged(model.modules()), rec:
@@ -371,6 +382,74 @@ def record(
 
 def _record(model: nn.Module, example_inputs: Any, leaves: dict[nn.Module, bool], forward_fn: Callable | None,
             output_transform: Callable | None) -> Trace:
+    trace, why_real = _record_on_meta(model, example_inputs, leaves, forward_fn, output_transform)
+    if trace is None:
+        trace = _record_real(model, example_inputs, leaves, forward_fn, output_transform)
+        trace.why_real = why_real
+    return trace
+
+
+def _record_on_meta(model: nn.Module, example_inputs: Any, leaves: dict[nn.Module, bool],
+                    forward_fn: Callable | None, output_transform: Callable | None) -> tuple[Trace | None, str]:
+    """The trace of one call on a meta shadow of ``model`` (see :mod:`depgraph.trace.meta_shadow`).
+
+    Returns ``(None, why)`` and leaves the model exactly as it was whenever
+    the shadow might record something a real forward would not.
+    """
+    why = meta_shadow.refusal(model, example_inputs)
+    if why is not None:
+        return None, why
+    snapshot = meta_shadow.ModelSnapshot(model)
+    try:
+        with meta_shadow.shadowed(model, example_inputs) as shadow:
+            with eval_mode(model):
+                # Positional arguments only: a form refused on meta is decided by the real call.
+                as_one = False if forward_fn is None and isinstance(example_inputs, (tuple, list)) else None
+                trace, rec, out = _trace_once(model, shadow.inputs, leaves, forward_fn, shadow.param_index,
+                                              as_one, shadow)
+            out = output_transform(out) if output_transform is not None else primary_outputs(model, out)
+            outs = flatten_tensors(out)
+            if not outs:
+                raise meta_shadow.NotOnMetaError("no tensor output")
+            trace.outputs = [rec.value_of(t) for t in outs]
+            del rec, out, outs
+    except Exception as e:  # noqa: BLE001 - whatever failed on meta is decided by the real call
+        snapshot.restore()
+        return None, f"the call on meta tensors failed ({type(e).__name__}: {e})"
+    except BaseException:
+        snapshot.restore()
+        raise
+    changed = snapshot.changed()
+    if changed is not None:
+        snapshot.restore()
+        return None, f"the call on meta tensors changed the model ({changed})"
+    trace.params = {id(v.tensor_ref): v for v in trace.params.values()}  # keyed by the real tensors
+    for op in trace.ops:  # ``torch.arange(n, device=x.device)`` names the device the real call would
+        op.args, op.kwargs = _on_cpu(op.args), _on_cpu(op.kwargs)
+    trace.on_meta = True
+    return trace, ""
+
+
+_META, _CPU = torch.device("meta"), torch.device("cpu")
+
+
+def _on_cpu(obj: Any) -> Any:
+    """``obj`` with the meta device replaced by the CPU (the only device a shadowed model's tensors had)."""
+    t = type(obj)
+    if t is torch.device:
+        return _CPU if obj == _META else obj
+    if t is tuple or t is list:
+        return t(_on_cpu(v) for v in obj) if any(type(v) in _CONTAINERS for v in obj) else obj
+    if t is dict:
+        return {k: _on_cpu(v) for k, v in obj.items()} if any(type(v) in _CONTAINERS for v in obj.values()) else obj
+    return obj
+
+
+_CONTAINERS = frozenset({torch.device, tuple, list, dict})
+
+
+def _record_real(model: nn.Module, example_inputs: Any, leaves: dict[nn.Module, bool], forward_fn: Callable | None,
+                 output_transform: Callable | None) -> Trace:
     param_index: dict[int, tuple[str, nn.Module, str, Any]] = {}
     for mname, mod in model.named_modules():
         for attr, t in list(mod._parameters.items()) + list(mod._buffers.items()):
