@@ -308,6 +308,20 @@ class BasePruner:
             listed = self._listed = (graph, version, groups)
         return listed[2]
 
+    def shrinkable_groups(self) -> list[Group]:
+        """The groups a step may remove channels of: :meth:`prunable_groups` less the attention groups
+        that ``prune_head_dims=False`` leaves whole while no head goes.
+
+        With ``prune_num_heads`` a removed head takes its channels out of those groups, so they
+        stay. What a calibration has to measure (the statistics of the other groups are never read).
+        """
+        skip = set() if self.options.prune_num_heads else self._head_dim_slots()
+        if not skip:
+            return list(self.prunable_groups())
+        nodes = self.DG.module2node
+        return [g for g in self.prunable_groups()
+                if getattr(nodes.get(g[0].dep.target.module), "out_slot", None) not in skip]
+
     # -- scoring ------------------------------------------------------------------------------
     def estimate_importance(self, group: Group) -> torch.Tensor | None:
         """One score per root channel of ``group`` (None: leave the group alone)."""

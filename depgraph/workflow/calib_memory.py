@@ -3,9 +3,9 @@
 ``reconstruction`` and ``lstsq`` read one float64 Gram matrix per ``nn.Linear`` whose inputs a
 group removes (:func:`~depgraph.importance.collect_input_covariance`): ``(C + 1)**2 * 8`` bytes for
 a layer of ``C`` inputs (the ``+ 1`` is the constant that carries the bias), all held from the
-calibration pass to the last prune. On a Llama those layers are the MLP down projections and the
-attention output projections: SmolLM2-135M (30 x 1536 + 30 x 576 inputs) holds 0.65 GB,
-Llama-7B (32 x 11008 + 32 x 4096) 35 GB.
+calibration pass to the last prune. On a Llama with attention kept those layers are the MLP down
+projections: SmolLM2-135M (30 x 1536 inputs) holds 0.57 GB, Llama-7B (32 x 11008) 31 GB; with
+heads removed the attention output projections add 0.08 GB and 4.3 GB.
 Fluctuation + bias keeps two numbers per channel instead, so it is the default that fits any size.
 
 :func:`plan_reconstruction_memory` counts those bytes on the model itself (the same consumer layers
@@ -15,7 +15,7 @@ a fraction of the free memory of the device the calibration runs on, or the user
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,11 +117,16 @@ def calibration_budget(device: torch.device | str, budget: int | str | None = No
 
 
 def plan_reconstruction_memory(model: nn.Module, example_inputs: Any, keep: Sequence[nn.Module],
-                               budget: int | str | None = None) -> tuple[ReconstructionMemory, list[nn.Module]]:
+                               budget: int | str | None = None, pruner_kwargs: Mapping[str, Any] | None = None,
+                               ) -> tuple[ReconstructionMemory, list[nn.Module]]:
     """Count the Gram matrices reconstruction + lstsq would hold on ``model``, against the budget.
 
     Builds the dependency graph once to find the consumers (the layers that
     :func:`~depgraph.workflow.recipes.build_scoring` would measure; pass them back to it).
+
+    Args:
+        budget: as in :func:`calibration_budget`.
+        pruner_kwargs: the pruner's attention settings (see :func:`~depgraph.workflow.recipes.linear_consumers`).
 
     Returns:
         The memory figures and the consumer layers.
@@ -131,7 +136,7 @@ def plan_reconstruction_memory(model: nn.Module, example_inputs: Any, keep: Sequ
     """
     from .recipes import linear_consumers
 
-    layers = linear_consumers(model, example_inputs, keep)
+    layers = linear_consumers(model, example_inputs, keep, pruner_kwargs)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     limit, source = calibration_budget(device, budget)
     held = gram_bytes(layers)

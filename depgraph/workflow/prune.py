@@ -165,7 +165,7 @@ def prune_model(
         from .calib_memory import plan_reconstruction_memory
 
         with stages.stage("size", "memory of reconstruction + lstsq"):
-            memory, consumers = plan_reconstruction_memory(model, example, keep, calib_memory)
+            memory, consumers = plan_reconstruction_memory(model, example, keep, calib_memory, _attention(hf))
             recipe = choose_by_memory(recipe, memory)
 
     with stages.stage("measure"):
@@ -181,7 +181,7 @@ def prune_model(
             plain = Scoring(GroupMagnitudeImportance(p=2), None)
             prune_to_target(model, plain, keep, make_pruner, example, goal, before, steps=0)
     with stages.stage("score", recipe.describe()):
-        scoring = build_scoring(recipe, model, batches, example, keep, consumers)
+        scoring = build_scoring(recipe, model, batches, example, keep, consumers, _attention(hf))
     found: TargetResult | None = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # frozen-op notes are summarised by verify
@@ -219,8 +219,7 @@ def prune_model(
 def _pruner_factory(source: Source, recipe: Recipe, round_to: int | None, hf: HFPruneSettings | None) -> Any:
     from ..pruner import BasePruner
 
-    # Hugging Face: the attention settings both checkpoint paths share (heads whole, head size kept)
-    extra = {k: v for k, v in hf.pruner_kwargs().items() if k != "ignored_layers"} if hf is not None else {}
+    extra = _attention(hf)
 
     def make(model: nn.Module, scoring: Scoring, keep: Sequence[nn.Module], ratio: float) -> Any:
         return BasePruner(model, source.example_inputs, scoring.importance, pruning_ratio=ratio,
@@ -228,6 +227,11 @@ def _pruner_factory(source: Source, recipe: Recipe, round_to: int | None, hf: HF
                           compensation=scoring.compensation, **extra)
 
     return make
+
+
+def _attention(hf: HFPruneSettings | None) -> dict[str, Any]:
+    """Hugging Face: the attention settings both checkpoint paths share (heads whole, head size kept)."""
+    return {k: v for k, v in hf.pruner_kwargs().items() if k != "ignored_layers"} if hf is not None else {}
 
 
 def _names(model: nn.Module, layers: Sequence[nn.Module]) -> list[str]:

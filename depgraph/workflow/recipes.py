@@ -12,9 +12,9 @@ weights and data"):
                                                                     measured far worse: give data)
 
 Reconstruction keeps a float64 Gram matrix of every pruned Linear's input, ``(C + 1)**2 * 8`` bytes
-(:func:`linear_consumers`: the MLP down and attention output projections of a Llama): 0.65 GB on
-SmolLM2-135M (30 x 1536 + 30 x 576 inputs; needed with working copies: 0.84 GB), 35 GB on
-Llama-7B (32 x 11008 + 32 x 4096; needed: 45 GB). So the language-model default is sized: :func:`resolve_recipe` marks it, and
+(:func:`linear_consumers`: a Llama's MLP down projections, and its attention output projections
+when heads go): 0.57 GB on SmolLM2-135M (30 x 1536 inputs; needed with working copies: 0.76 GB),
+31 GB on Llama-7B (32 x 11008; needed: 40.7 GB). So the language-model default is sized: :func:`resolve_recipe` marks it, and
 :func:`choose_by_memory` picks reconstruction when those bytes (plus one layer's working copies)
 fit the budget of :mod:`depgraph.workflow.calib_memory`, fluctuation + bias otherwise, and
 says which and why in the report. A criterion or compensation the user names is never replaced.
@@ -23,7 +23,7 @@ says which and why in the report. A criterion or compensation the user names is 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -147,18 +147,21 @@ class Scoring:
 
 
 def build_scoring(recipe: Recipe, model: nn.Module, batches: list[Any] | None, example_inputs: Any,
-                  keep: Sequence[nn.Module], consumers: Sequence[nn.Module] | None = None) -> Scoring:
+                  keep: Sequence[nn.Module], consumers: Sequence[nn.Module] | None = None,
+                  pruner_kwargs: Mapping[str, Any] | None = None) -> Scoring:
     """Make ``recipe``'s criterion and compensation, calibrated on ``batches`` (one pass each).
 
     Args:
         consumers: :func:`linear_consumers` when already found (least squares measures them).
+        pruner_kwargs: the pruner's attention settings, as :func:`linear_consumers` takes them.
     """
     from .. import importance as imp
 
     name, comp = recipe.importance, recipe.compensation
     cov = None
     if name == "reconstruction" or comp == "lstsq":
-        layers = list(consumers) if consumers is not None else linear_consumers(model, example_inputs, keep)
+        layers = list(consumers) if consumers is not None else \
+            linear_consumers(model, example_inputs, keep, pruner_kwargs)
         if not layers:
             raise OptionError("least-squares reconstruction refits nn.Linear consumers of pruned channels; "
                               f"{type(model).__name__} has none: use another criterion or compensation")
@@ -219,16 +222,24 @@ def _accumulate_gradients(model: nn.Module, batches: list[Any]) -> None:
             loss.backward()
 
 
-def linear_consumers(model: nn.Module, example_inputs: Any, keep: Sequence[nn.Module]) -> list[nn.Module]:
-    """The ``nn.Linear`` layers whose inputs some prunable group removes (what least squares refits)."""
-    from ..defaults import DEFAULT_ROOT_TYPES
-    from ..dependency import DependencyGraph
+def linear_consumers(model: nn.Module, example_inputs: Any, keep: Sequence[nn.Module],
+                     pruner_kwargs: Mapping[str, Any] | None = None) -> list[nn.Module]:
+    """The ``nn.Linear`` layers whose inputs some group the pruner may shrink removes (what least squares refits).
 
-    dg = DependencyGraph().build_dependency(model, example_inputs, ignored_layers=list(keep), verbose=False)
+    Args:
+        pruner_kwargs: the pruner's attention settings (:meth:`HFPruneSettings.pruner_kwargs`, without
+            ``ignored_layers``): with heads kept whole and none removed, the attention output
+            projections lose no input, so their Gram matrices are not measured.
+    """
+    from ..importance import GroupMagnitudeImportance
+    from ..pruner import BasePruner
+
+    pruner = BasePruner(model, example_inputs, GroupMagnitudeImportance(), pruning_ratio=0.0,
+                        ignored_layers=list(keep), **dict(pruner_kwargs or {}))
     found: dict[int, nn.Module] = {}
-    for group in dg.get_all_groups(ignored_layers=list(keep), root_module_types=DEFAULT_ROOT_TYPES):
+    for group in pruner.shrinkable_groups():
         for dep, _ in group:
             m = dep.target.module
-            if isinstance(m, nn.Linear) and dg.is_in_channel_pruning_fn(dep.handler):
+            if isinstance(m, nn.Linear) and pruner.DG.is_in_channel_pruning_fn(dep.handler):
                 found.setdefault(id(m), m)
     return list(found.values())

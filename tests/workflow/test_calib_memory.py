@@ -46,33 +46,64 @@ def corpus(tmp_path_factory):
     return write_text(tmp_path_factory.mktemp("text") / "corpus.txt")
 
 
-def _plan(llama_dir, budget=None):
+def _plan(llama_dir, budget=None, head_ratio=0.0):
     source = load_source(llama_dir, seq_len=16)
-    keep = hf_prune_settings(source.model).ignored_layers
-    memory, layers = plan_reconstruction_memory(source.model, source.example_inputs, keep, budget)
-    return source, keep, memory, layers
+    hf = hf_prune_settings(source.model, head_ratio=head_ratio)
+    attention = {k: v for k, v in hf.pruner_kwargs().items() if k != "ignored_layers"}
+    memory, layers = plan_reconstruction_memory(source.model, source.example_inputs, hf.ignored_layers, budget,
+                                                attention)
+    return source, hf.ignored_layers, memory, layers, attention
 
 
 def test_estimate_equals_the_gram_bytes_the_calibrated_criterion_holds(llama_dir, corpus) -> None:
     from depgraph.workflow.calibration_data import load_calibration
 
-    source, keep, memory, layers = _plan(llama_dir)
+    source, keep, memory, layers, attention = _plan(llama_dir)
     batches = load_calibration(corpus, source.spec, num_samples=8, batch_size=4, seq_len=16)
     recipe = Recipe("reconstruction", "lstsq", False, "test")
-    scoring = build_scoring(recipe, source.model, batches, source.example_inputs, keep)
+    scoring = build_scoring(recipe, source.model, batches, source.example_inputs, keep, pruner_kwargs=attention)
     cov = scoring.importance.cov
     assert scoring.compensation.cov is cov  # one set of Gram matrices serves both
     held = sum(rec.gram.numel() * rec.gram.element_size() for rec in cov.values())
-    assert memory.gram_bytes == held == (3 * 49 ** 2 + 3 * 33 ** 2) * 8
-    assert set(cov) == set(layers) and memory.layers == 6
-    assert memory.working_bytes == 10 * 49 ** 2 * 8  # copies of the largest (the 48-wide down projection)
+    # heads kept whole and none removed: only the MLP down projections (48 inputs) lose inputs
+    assert memory.gram_bytes == held == 3 * 49 ** 2 * 8
+    assert set(cov) == set(layers) == {layer.mlp.down_proj for layer in source.model.model.layers}
+    assert memory.layers == 3 and memory.working_bytes == 10 * 49 ** 2 * 8  # copies of the largest
     assert gram_bytes([]) == 0
+
+
+def test_attention_output_projections_are_measured_only_when_heads_go(llama_dir) -> None:
+    source, _, memory, layers, _ = _plan(llama_dir, head_ratio=0.5)
+    o_projs = {layer.self_attn.o_proj for layer in source.model.model.layers}
+    assert o_projs <= set(layers) and memory.gram_bytes == (3 * 49 ** 2 + 3 * 33 ** 2) * 8
+
+
+def test_leaving_unpruned_attention_unmeasured_changes_no_weight(llama_dir, corpus) -> None:
+    """The pruned model is bit for bit the one the covariances of every Linear consumer gave."""
+    from depgraph.pruner import BasePruner
+    from depgraph.workflow.calibration_data import load_calibration
+
+    source, keep, _, layers, attention = _plan(llama_dir)
+    everything = layers + [layer.self_attn.o_proj for layer in source.model.model.layers]
+    batches = load_calibration(corpus, source.spec, num_samples=8, batch_size=4, seq_len=16)
+    recipe = Recipe("reconstruction", "lstsq", False, "test")
+    pruned = []
+    for consumers in (layers, everything):
+        scoring = build_scoring(recipe, source.model, batches, source.example_inputs, keep, consumers)
+        model, s, k = scoring.copy_with(source.model, keep)
+        BasePruner(model, source.example_inputs, s.importance, pruning_ratio=0.3, ignored_layers=k,
+                   compensation=s.compensation, **attention).step()
+        pruned.append(model.state_dict())
+    assert pruned[0].keys() == pruned[1].keys()
+    assert pruned[0]["model.layers.0.mlp.down_proj.weight"].shape[1] < 48
+    for name, tensor in pruned[0].items():
+        assert torch.equal(tensor, pruned[1][name]), name
 
 
 def test_trial_copies_share_the_gram_matrices(llama_dir, corpus) -> None:
     from depgraph.workflow.calibration_data import load_calibration
 
-    source, keep, _, _ = _plan(llama_dir)
+    source, keep, _, _, _ = _plan(llama_dir)
     batches = load_calibration(corpus, source.spec, num_samples=8, batch_size=4, seq_len=16)
     scoring = build_scoring(Recipe("reconstruction", "lstsq", False, "test"), source.model, batches,
                             source.example_inputs, keep)
@@ -85,7 +116,7 @@ def test_trial_copies_share_the_gram_matrices(llama_dir, corpus) -> None:
 
 
 def test_choice_flips_at_the_budget_boundary_and_the_report_says_why(llama_dir, corpus, tmp_path) -> None:
-    _, _, memory, _ = _plan(llama_dir)
+    _, _, memory, _, _ = _plan(llama_dir)
     need = memory.needed_bytes
     source = load_source(llama_dir, seq_len=16)
     fits = prune_model(source, ratio=0.25, calib=corpus, calib_memory=need, latency=False,
@@ -116,8 +147,8 @@ def test_default_budget_is_a_share_of_the_free_memory(monkeypatch) -> None:
 
 
 def test_explicit_choices_are_never_replaced(llama_dir, corpus) -> None:
-    _, _, fits, _ = _plan(llama_dir, budget="1TB")
-    _, _, over, _ = _plan(llama_dir, budget="1KB")
+    _, _, fits, _, _ = _plan(llama_dir, budget="1TB")
+    _, _, over, _, _ = _plan(llama_dir, budget="1KB")
     assert fits.fits and not over.fits
     for importance, compensation in (("fluctuation", None), ("reconstruction", None), (None, "bias"),
                                      (None, "none"), ("activation", "lstsq")):
