@@ -48,7 +48,8 @@ class RecoverResult:
 
     Attributes:
         model: the trained student (the object passed in, unwrapped from any
-            distributed wrapper), in eval mode.
+            distributed wrapper), in eval mode. Under FSDP / DeepSpeed a new module of
+            its class built from the gathered weights, on the CPU of the main process.
         steps: optimizer steps run.
         losses: the total training loss of each step, averaged over processes.
         kd_before / kd_after: the distillation gap, ``KL(teacher || student)`` of
@@ -149,8 +150,8 @@ def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, 
     Returns:
         A :class:`RecoverResult` with the losses and the distillation gap before / after.
         Under FSDP / DeepSpeed the ``student`` object is left sharded; ``model`` is a new
-        module of its class holding the gathered weights on the main process (on the
-        others its parameters are on the meta device).
+        module of its class holding the gathered weights on the main process, on the CPU
+        (on the others its parameters are on the meta device).
 
     Raises:
         OptionError: an option is out of range or unknown, or ``threads`` is neither ``"auto"``
@@ -252,7 +253,8 @@ def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, 
     if skeleton is not None:  # every process takes part in the gathering; the main process gets the weights
         full = accelerator.get_state_dict(wrapped)
         full_state = {k[len("model."):]: v for k, v in (full or {}).items() if k.startswith("model.")}
-        model = (load_full(skeleton, full_state) if accelerator.is_main_process else skeleton).eval()
+        # the gathered weights are on the CPU (a model sharded for its size may not fit one device); buffers follow
+        model = (load_full(skeleton, full_state).cpu() if accelerator.is_main_process else skeleton).eval()
     else:
         model = accelerator.unwrap_model(wrapped).model.eval()
     return RecoverResult(model=model, steps=opts.steps, losses=losses, kd_before=kd_before, kd_after=kd_after,
