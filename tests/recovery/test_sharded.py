@@ -106,21 +106,22 @@ def test_recover_under_an_fsdp_launch_on_two_cpu_processes(tmp_path, case, versi
            "DEPGRAPH_TEST_CPU_FSDP": "1" if shimmed else "0",
            "PYTHONPATH": os.pathsep.join([*paths, str(ROOT), os.environ.get("PYTHONPATH", "")])}
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    printed = f"stdout:\n{run.stdout[-3000:]}\nstderr:\n{run.stderr[-3000:]}"  # every failure shows both
+    assert run.returncode == 0, printed
     if shimmed:  # both processes wrapped the student: FSDP1's wrapper class, or FSDP2's FSDP<class>
         wrapper = "FullyShardedDataParallel" if version == 1 else "FSDP_Student"
-        assert run.stderr.count(f"cpu-fsdp: prepared {wrapper}") == 2, run.stderr[-3000:]
-        assert "on 2 processes (FSDP, 1 CPU thread each)" in run.stdout, run.stdout
+        assert run.stderr.count(f"cpu-fsdp: prepared {wrapper}") == 2, printed
+        assert "on 2 processes (FSDP, 1 CPU thread each)" in run.stdout, printed
     else:
-        assert "on 2 processes (DDP, 1 CPU thread each)" in run.stdout, run.stdout
-        assert run.stderr.count("the launch configuration asks for FSDP, but accelerate runs MULTI_CPU") == 1
-    assert run.stdout.count("distillation gap") == 1  # one table: the main process reports and saves
+        assert "on 2 processes (DDP, 1 CPU thread each)" in run.stdout, printed
+        assert run.stderr.count("the launch configuration asks for FSDP, but accelerate runs MULTI_CPU") == 1, printed
+    assert run.stdout.count("distillation gap") == 1, printed  # one table: the main process reports and saves
 
     rows = {m.group(1).strip(): (float(m.group(2)), float(m.group(3)))
             for m in re.finditer(r"^(.+?)\s+(\d+\.\d+)\s+(\d+\.\d+)\s*$", run.stdout, flags=re.M)}
     kd_before, kd_after = rows["distillation gap (KL to teacher)"]
     first, last = rows["training loss (first / last step)"]
-    assert kd_after < kd_before and last < first, run.stdout
+    assert kd_after < kd_before and last < first, printed
 
     inspect = subprocess.run([sys.executable, "-c", _INSPECT, str(out), str(pruned)], capture_output=True,
                              text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
