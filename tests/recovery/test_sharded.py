@@ -11,7 +11,7 @@ launch into DDP (``MULTI_CPU``) and drops the plugin. Two kinds of run here:
   it: DDP, with recover's warning that FSDP was asked for and not run.
 
 Each run matches hidden states too (``--hidden-weight``), so the projections train
-under the sharding. Slow: each launch takes about 25 s (two processes starting
+under the sharding. Slow: each launch takes 15-35 s (two processes starting
 torch, accelerate and transformers).
 """
 
