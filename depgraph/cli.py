@@ -446,10 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-samples", type=positive_int, default=32, help="calibration samples read (default: 32)")
     p.add_argument("--calib-batch-size", type=positive_int, default=8, help="calibration batch size (default: 8)")
     p.add_argument("--calib-memory", default=None, metavar="SIZE",
-                   help="language models without --importance/--compensation: the most memory the calibration "
-                        "statistics may take, e.g. 8GB or 1.5GiB; reconstruction + lstsq is the default when its "
-                        "float64 Gram matrices fit, fluctuation + bias otherwise (default: half the free memory "
-                        "of --device)")
+                   help="the most memory the calibration statistics may take, e.g. 8GB or 1.5GiB (default: half "
+                        "the free memory of --device). In memory, language models without --importance/"
+                        "--compensation: reconstruction + lstsq is the default when its float64 Gram matrices "
+                        "fit, fluctuation + bias otherwise. A streamed checkpoint with --compensation lstsq holds "
+                        "all its Gram matrices at once (beside --max-memory) and is refused before any read "
+                        "when they do not fit")
     p.add_argument("--seq-len", type=positive_int, default=32,
                    help="tokens per example input and calibration window of a language model (default: 32)")
     p.add_argument("--output", default=None, metavar="PATH",

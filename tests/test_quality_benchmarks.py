@@ -314,3 +314,27 @@ def test_recover_cli_benchmarks_render_their_tables(qb) -> None:
                       "stages": {"kd.pt": {"command": "depgraph recover pruned.pt", "seconds": 6.0, **timing}},
                       "rows": rows})
     assert "- `depgraph recover pruned.pt` — 6 s in all, training 4 s (0.50 s/step, 1 thread)" in md
+
+
+def test_recover_benchmarks_measure_a_folder_and_a_depgraph_file(qb, tmp_path) -> None:
+    # The LLM benchmarks measure a save_pretrained folder and a depgraph.save file of the same base.
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    rl = importlib.import_module("recover_llm")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    base = tmp_path / "base"
+    LlamaForCausalLM(cfg).eval().save_pretrained(base)
+    pruned = LlamaForCausalLM(cfg).eval()
+    for layer in pruned.model.layers:
+        mlp = layer.mlp
+        tp.prune_linear_out_channels(mlp.gate_proj, list(range(16)))
+        tp.prune_linear_out_channels(mlp.up_proj, list(range(16)))
+        tp.prune_linear_in_channels(mlp.down_proj, list(range(16)))
+    tp.save(pruned, tmp_path / "pruned.pt")
+    rows = torch.randint(0, 64, (2, 16))
+    got = rl.measure_models({"unpruned": base, "pruned": tmp_path / "pruned.pt"}, rows, base)
+    assert got["pruned"]["params"] == got["unpruned"]["params"] - 2 * 3 * 16 * 32
+    assert all(1.0 < m["ppl"] < 1e4 and m["eval_seconds"] >= 0 for m in got.values())
+    assert got["pruned"]["ppl"] != got["unpruned"]["ppl"]

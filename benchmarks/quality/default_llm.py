@@ -21,12 +21,11 @@ import argparse
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import data  # this folder is on the path: the script's own
 import torch
-from recover_llm import RESULTS, depgraph, held_out_ppl, prepare
+from recover_llm import RESULTS, depgraph, measure_models, prepare
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -53,12 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     rows = data.chunk_tokens(tokenizer(eval_text, return_tensors="pt").input_ids, args.context, args.eval_tokens)
-    models = {}
-    for name, path in (("unpruned", base), ("pruned", pruned)):
-        start = time.perf_counter()
-        ppl, params = held_out_ppl(path, rows, base)
-        models[name] = {"ppl": ppl, "params": params, "eval_seconds": time.perf_counter() - start}
-        print(f"{name:10s} {params / 1e6:6.1f} M params  ppl {ppl:8.2f}", flush=True)
+    models = measure_models({"unpruned": base, "pruned": pruned}, rows, base)
     state = {"command": "depgraph " + " ".join(cmd), "seconds": seconds, "threads": args.threads,
              "criterion": rep["criterion"], "why": rep["why"], "result": rep["result"],
              "stages": rep["seconds"], "eval_tokens": int(rows.numel()), "context": args.context, "models": models}

@@ -110,6 +110,18 @@ def held_out_ppl(path: Path, rows: torch.Tensor, base: Path) -> tuple[float, int
     return perplexity(model, rows), n_params(model)
 
 
+def measure_models(models: dict[str, Path], rows: torch.Tensor, base: Path) -> dict[str, dict]:
+    """Held-out perplexity, parameters and evaluation seconds of each named model, printed as they finish."""
+    width = max(len(name) for name in models)
+    measured = {}
+    for name, path in models.items():
+        start = time.perf_counter()
+        ppl, params = held_out_ppl(path, rows, base)
+        measured[name] = {"ppl": ppl, "params": params, "eval_seconds": time.perf_counter() - start}
+        print(f"{name:{width}s} {params / 1e6:6.1f} M params  ppl {ppl:8.2f}", flush=True)
+    return measured
+
+
 def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
@@ -197,12 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     rows = data.chunk_tokens(tokenizer(eval_text, return_tensors="pt").input_ids, args.context, args.eval_tokens)
-    measured = {}
-    for name, folder in (("unpruned", base), ("pruned", pruned), ("pruned + recovered", recovered)):
-        start = time.perf_counter()
-        ppl, params = held_out_ppl(folder, rows, base)
-        measured[name] = {"ppl": ppl, "params": params, "eval_seconds": time.perf_counter() - start}
-        print(f"{name:20s} {params / 1e6:6.1f} M params  ppl {ppl:8.2f}", flush=True)
+    measured = measure_models({"unpruned": base, "pruned": pruned, "pruned + recovered": recovered}, rows, base)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings["train_tokens"] = args.steps * args.batch_size * args.seq_len
     settings["threads"] = torch.get_num_threads()

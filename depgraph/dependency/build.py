@@ -171,6 +171,9 @@ class GraphBuilder:
             k.slots = frozenset(s for d in range(k.value.ndim) if (s := self.value_slots.get((k.value.id, d))) is not None)
             if k.may_be_stale:  # an attribute every call overwrites is never read stale
                 self.graph.shape_sensitive.update(k.slots)
+        for key in self.trace.size_reads:  # a size Python compared (``if c.shape[1] <= 4``): check the forward
+            if (slot := self.value_slots.get(key)) is not None:
+                self.graph.shape_sensitive.add(slot)
         for v in self.trace.values:
             if v.kind == "const":
                 self._freeze_value(v, f"a tensor created outside the model or by a constant (shape {list(v.shape)})")

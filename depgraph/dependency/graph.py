@@ -58,8 +58,8 @@ class DependencyGraph:
                                                      snapshot, before-hooks, handlers, after-hooks,
                                                      forward check, commit; restore on any BaseException
         get_all_groups(ignored_layers, root_types)   every prunable group once
-        prune_groups(groups)                         a pruner step: all commit or none, one forward
-                                                     check, bisection drops the groups that break it
+        prune_groups(groups)                         a pruner step: all commit or none, at most one
+                                                     forward check, bisection drops the groups that break it
         load_pruning_history(history)                one transaction
 
     Public queries (slots and original positions): ``slot_of``, ``coupled``, ``alive_positions``,
@@ -626,7 +626,8 @@ class DependencyGraph:
 
         validate (stale plan, frozen dims, emptied layers) -> snapshot the members -> before-hooks ->
         handlers -> size attributes -> after-hooks -> forward check (when the group reaches a run-time
-        size; inside a pruner step one check for the whole step instead) -> commit (dead positions,
+        size: a reshape factor, a bound attribute, a custom layer, a size the forward compared in
+        Python; inside a pruner step one check for the whole step instead) -> commit (dead positions,
         version, kept-channel records, history). Any ``BaseException`` restores the snapshot.
 
         Raises:
@@ -774,6 +775,10 @@ class DependencyGraph:
                      record_history: bool = True) -> list[tuple[Group, str]]:
         """Prune ``groups`` (planned lazily is fine) as one transaction with one forward check at the end.
 
+        The check runs when some group reaches a run-time size (the rule a lone prune follows):
+        plain channel couplings are exact by construction, and running the model would only repeat
+        what the rules proved.
+
         When the pruned model no longer runs, the groups that break it are found by bisection
         (prefixes of the groups in order, replanned from their original positions), rolled back and
         frozen (never offered again); the rest stay pruned. A group failing to prune (a handler or
@@ -793,7 +798,7 @@ class DependencyGraph:
             finally:
                 self._covered = covered
             self._flush_after_hooks(tx)
-            failure = self._forward_failure() if applied else None
+            failure = self._forward_failure() if any(self._needs_forward_check(g.propagation) for g in applied) else None
             if failure is not None:
                 skipped = self._bisect(tx, applied, failure, record_history)
         return skipped
@@ -874,8 +879,9 @@ class DependencyGraph:
         return list(out.values())
 
     def _needs_forward_check(self, plan: Propagation) -> bool:
-        """Only prunes through run-time sizes (reshapes, bound attributes, custom layers) can break
-        the forward in ways the rules do not see; plain channel couplings are exact by construction."""
+        """Only prunes through run-time sizes (reshapes, bound attributes, custom layers, sizes the
+        forward compared in Python) can break the forward in ways the rules do not see; plain channel
+        couplings are exact by construction."""
         sensitive = self._graph.shape_sensitive
         return any(s in sensitive for s in plan.state)
 

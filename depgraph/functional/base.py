@@ -150,7 +150,9 @@ def describe_layer(layer: object) -> str:
     "raised by ... on blocks.0.fc1"). Nothing in depgraph sets ``_depgraph_name``:
     it lets code that calls handlers directly name its layers.
     """
-    name = getattr(layer, "_depgraph_name", None)
+    # Read from the instance dict: a module's missing-attribute lookup raises and catches inside
+    # nn.Module.__getattr__, and every handler call names its layer up front.
+    name = getattr(layer, "__dict__", {}).get("_depgraph_name") or getattr(type(layer), "_depgraph_name", None)
     return f"{name} ({type(layer).__name__})" if name else type(layer).__name__
 
 

@@ -7,6 +7,7 @@ group, norms would not).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,12 +38,40 @@ def power_sum(x: torch.Tensor, p: float) -> torch.Tensor:
     if x.dim() == 1:
         return x.abs().pow(p)
     dims = tuple(range(1, x.dim()))
-    if x.is_contiguous():  # each channel's entries are one contiguous row: the fused norm is fastest
-        return torch.linalg.vector_norm(x.float(), ord=p, dim=dims).pow(p)
-    # A strided channel view (the input side of a conv or linear, channels along dim 1): the
-    # norm kernel walks it entry by entry, ~5x slower than summing the powers over the other dims.
     x = x.float()
-    return (x * x if p == 2 else x.abs().pow(p)).sum(dim=dims)
+    if x.is_contiguous():  # each channel's entries are one contiguous row: the fused norm is fastest
+        return torch.linalg.vector_norm(x, ord=p, dim=dims).pow(p)
+    home = _contiguous_home(x)
+    if home is None:
+        return _powers(x, p).sum(dim=dims)
+    # The channel dim of a contiguous tensor moved to the front (the input side of a conv or
+    # linear). A reduction over that strided view walks it entry by entry, and the powers of a
+    # whole weight are a weight-sized temporary (fresh pages in a new process); summing the
+    # leading dims in blocks of contiguous rows is ~3x faster and needs one block's memory.
+    laid = x.movedim(0, home)
+    rows = laid.reshape(math.prod(laid.shape[:home]), -1)
+    total = rows.new_zeros(rows.shape[1])
+    block = max(1, _BLOCK_ELEMENTS // max(rows.shape[1], 1))
+    for start in range(0, rows.shape[0], block):
+        total += _powers(rows[start : start + block], p).sum(dim=0)
+    return total.reshape(x.shape[0], -1).sum(dim=1)
+
+
+_BLOCK_ELEMENTS = 1 << 18  # 1 MB of float32 per block: cache-sized, reused from one block to the next
+
+
+def _powers(x: torch.Tensor, p: float) -> torch.Tensor:
+    return x * x if p == 2 else x.abs().pow(p)
+
+
+def _contiguous_home(x: torch.Tensor) -> int | None:
+    """The position ``k > 0`` that puts dim 0 of ``x`` back into a contiguous layout, if any."""
+    if x.numel() == 0:
+        return None
+    for k in range(1, x.dim()):
+        if x.movedim(0, k).is_contiguous():
+            return k
+    return None
 
 
 def row_sum(x: torch.Tensor) -> torch.Tensor:

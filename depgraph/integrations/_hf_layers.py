@@ -10,6 +10,7 @@ architectures share across families (``q_proj``/``query``/``q``, fused
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,6 +163,18 @@ class LayerIndex:
         attention = [a for name, m in self._attention if (a := _attention(name, m)) is not None]
         mlps = [x for name, m in self._mlps if (x := _mlp(name, m)) is not None]
         return attention, mlps
+
+    @property
+    def attention_modules(self) -> list[tuple[str, nn.Module]]:
+        """``(name, module)`` of every attention module found, in model order: what ``measure_attention`` indexes."""
+        return list(self._attention)
+
+    def measure_attention(self, which: Iterable[int]) -> list[AttentionLayer]:
+        """The attention modules at positions ``which`` of :attr:`attention_modules`, measured now.
+
+        A hook that knows which layers a prune reached measures those, not every layer of the model.
+        """
+        return [a for i in which if (a := _attention(*self._attention[i])) is not None]
 
 
 def stage_of(name: str) -> int | None:

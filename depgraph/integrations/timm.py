@@ -14,6 +14,15 @@ also sets the size attributes (``num_heads``, ``head_dim``, ``num_kv_heads``,
 ``attn_dim``) that no traced reshape read, from the measured weights and the
 one size the forward did read (see :func:`_sync_sizes`).
 
+Each prune syncs only the attention layers it reached: those with a projection
+output or a bound size attribute among the slots of the prune's plan (an index
+built once per graph, see :class:`_Reach`). A pruner step prunes a group per
+layer; syncing every layer after each of them cost ``O(L)`` per group, ``O(L²)``
+per step. The sync of a layer no prune reached would change nothing (it is
+idempotent: sizes already agree, the scale already follows the head dim), so
+the result is what syncing every layer gives, bit for bit, with the fold applied
+once per head-dim change as before.
+
 ``DependencyGraph.build_dependency`` attaches it to models holding timm modules;
 nothing here imports timm.
 """
@@ -45,32 +54,79 @@ class AttentionSync:
     def __init__(self, model: nn.Module) -> None:
         self.model_ref = weakref.ref(model)
         self._layers = LayerIndex(model)
+        # positions (in LayerIndex.attention_modules) of the timm attention modules: the ones synced
+        self._timm = [i for i, (_, m) in enumerate(self._layers.attention_modules)
+                      if type(m).__module__.startswith("timm.")]
         self._folder = ScaleFolder()
         for a in self.attention_layers():  # before any prune: which scales are 1/sqrt(head_dim)
             self._folder.prime(a)
         self._last = UndoLog()
+        self._reach: _Reach | None = None  # built on the first prune, again when the graph is rebuilt
 
     def attention_layers(self) -> list[AttentionLayer]:
         """The model's timm attention blocks as measured now; an empty list means there is
         nothing for this hook to keep in step, so it is not attached."""
-        return [a for a in self._layers.measure()[0] if type(a.module).__module__.startswith("timm.")]
+        return self._layers.measure_attention(self._timm)
 
     def __call__(self, graph: Any, plan: Any) -> None:
         if plan is None:
             self._last.undo()
             return
         self._last = UndoLog()
-        bound = _bound_attributes(graph)
-        for a in self.attention_layers():
-            a = _sync_sizes(a, bound, self._last)
+        reach = self._reach_of(graph)
+        for a in self._layers.measure_attention(reach.touched(plan)):
+            a = _sync_sizes(a, reach.bound, self._last)
             if a is not None:
                 self._folder.fold(a, self._last)
 
+    def _reach_of(self, graph: Any) -> _Reach:
+        if self._reach is None or self._reach.slot_graph is not graph.slot_graph:
+            layers = [(i, a) for i in self._timm for a in self._layers.measure_attention([i])]
+            self._reach = _Reach(graph, layers)
+        return self._reach
 
-def _bound_attributes(graph: Any) -> set[tuple[int, str]]:
-    """``(id(module), attr)`` of the size attributes the graph keeps current (the forward read them)."""
-    bindings = graph.slot_graph.bindings
-    return {(id(owner), attr) for pairs in bindings.values() for owner, attr in pairs}
+
+class _Reach:
+    """Which timm attention layers a prune can change, looked up from the slots its plan reached.
+
+    A layer's sync reads the widths of its query and key projections and its own size
+    attributes; those change only when a prune reaches the projections' output slots or a
+    slot one of the attributes is bound to. Built once per slot graph, ``O(layers + bindings)``;
+    :meth:`touched` is then ``O(slots of the plan)``.
+    """
+
+    def __init__(self, graph: Any, layers: list[tuple[int, AttentionLayer]]) -> None:
+        """``layers``: ``(position, layer)`` of each attention layer to watch (positions as the caller measures)."""
+        self.slot_graph = graph.slot_graph
+        self._all = sorted(i for i, _ in layers)
+        self._by_slot: dict[int, set[int]] = {}
+        self._always: set[int] = set()  # a projection that is no graph node: synced after every prune
+        for i, a in layers:
+            for proj in (a.q, a.k):
+                node = graph.module2node.get(proj) if proj is not None else None
+                if proj is not None and (node is None or node.out_slot is None):
+                    self._always.add(i)
+                elif node is not None:
+                    self._by_slot.setdefault(node.out_slot, set()).add(i)
+        # (id(module), attr) of the size attributes the graph keeps current (the forward read them)
+        self.bound: set[tuple[int, str]] = set()
+        position = {id(a.module): i for i, a in layers}
+        for slot, pairs in self.slot_graph.bindings.items():
+            for owner, attr in pairs:
+                i = position.get(id(owner))
+                if i is not None:
+                    self.bound.add((id(owner), attr))
+                    self._by_slot.setdefault(slot, set()).add(i)
+
+    def touched(self, plan: Any) -> list[int]:
+        """The layers ``plan`` may have changed, in model order (every layer for a plan without ``state``)."""
+        state = getattr(plan, "state", None)
+        if state is None:
+            return self._all
+        hit = set(self._always)
+        for slot in state:
+            hit.update(self._by_slot.get(slot, ()))
+        return sorted(hit)
 
 
 def _sync_sizes(a: AttentionLayer, bound: set[tuple[int, str]], log: UndoLog) -> AttentionLayer | None:

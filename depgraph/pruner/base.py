@@ -333,9 +333,11 @@ class BasePruner:
 
         A step is one transaction: its groups all commit, or (a handler or hook error, Ctrl-C)
         the model, the graph and the pruner's schedule are exactly as before the call and the
-        error is re-raised. The pruned model is run once on the example inputs at the end of the
-        step; when it fails, the groups that break it are found (bisection), left unpruned,
-        frozen for later steps and named in a warning, and the rest stay pruned.
+        error is re-raised. When a group of the step reaches a run-time size (a reshape, a head
+        count, a custom layer, a size the forward compares in Python), the pruned model is run once
+        on the example inputs at the end of the step; when it fails, the groups that break it are
+        found (bisection), left unpruned, frozen for later steps and named in a warning, and the
+        rest stay pruned. Plain channel couplings are exact by construction and need no run.
 
         With ``interactive=True`` the caller prunes each yielded group itself
         (``group.prune()``); each group is its own transaction with its own forward check, so

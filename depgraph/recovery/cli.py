@@ -19,6 +19,9 @@ from typing import Any
 __all__ = ["add_parser", "run"]
 
 
+_SHARING = {"FSDP": "FSDP", "DEEPSPEED": "DeepSpeed"}  # how the table names a multi-process run; else DDP
+
+
 def _layers(text: str) -> tuple[str | int, ...]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
@@ -156,13 +159,13 @@ def run(args: argparse.Namespace, out: Any) -> int:
         rows.append((f"task loss{held_out}", f"{result.task_before:.4f}", f"{result.task_after:.4f}"))
     rows.append(("training loss (first / last step)", f"{result.losses[0]:.4f}", f"{result.losses[-1]:.4f}"))
     procs = f"{result.num_processes} process" + ("es" if result.num_processes > 1 else "")
+    notes = [_SHARING.get(result.distributed_type, "DDP")] if result.num_processes > 1 else []
     if result.device == "cpu":
-        procs += f" ({torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() > 1 else ''} each)"
+        notes.append(f"{torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() > 1 else ''} each")
+    if notes:
+        procs += f" ({', '.join(notes)})"
     out.table(f"recover {args.model}: {result.steps} steps in {result.seconds:.1f} s on {procs}, "
               f"{len(data)} samples", ("", "before", "after"), rows)
-    model = result.model.cpu()
-    if result.state_dict is not None:  # FSDP / DeepSpeed: the gathered full weights
-        model.load_state_dict(result.state_dict)
-    how = save_pruned(model, student, args.output, fmt)
+    how = save_pruned(result.model.cpu(), student, args.output, fmt)  # under FSDP / DeepSpeed: the gathered weights
     out.line(f"saved the recovered model to {args.output}; load it with:\n{how}")
     return 0

@@ -19,7 +19,9 @@ Call tree::
 from __future__ import annotations
 
 import math
+import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,9 +30,11 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
+from .._caller import user_stacklevel
 from ..errors import RecoveryError
 from ..workflow.threads import cpu_threads, resolve_threads
 from .batches import Batch, is_causal_lm, logits_of, split_batch
+from .gather import load_full, meta_skeleton
 from .hidden import HiddenTap
 from .losses import HiddenProjection, channel_dim, distillation_kl, task_loss
 from .options import RecoverOptions
@@ -44,7 +48,8 @@ class RecoverResult:
 
     Attributes:
         model: the trained student (the object passed in, unwrapped from any
-            distributed wrapper), in eval mode.
+            distributed wrapper), in eval mode. Under FSDP / DeepSpeed a new module of
+            its class built from the gathered weights, on the CPU of the main process.
         steps: optimizer steps run.
         losses: the total training loss of each step, averaged over processes.
         kd_before / kd_after: the distillation gap, ``KL(teacher || student)`` of
@@ -57,6 +62,8 @@ class RecoverResult:
         state_dict: under FSDP / DeepSpeed, the full gathered state dict of the
             student (on the main process); None otherwise (``model`` holds it all).
         device: the kind of device it trained on (``"cpu"``, ``"cuda"``, ...).
+        distributed_type: how the processes shared the work, accelerate's name for it
+            (``"NO"``, ``"MULTI_CPU"`` / ``"MULTI_GPU"`` for DDP, ``"FSDP"``, ``"DEEPSPEED"``).
     """
 
     model: nn.Module
@@ -71,18 +78,32 @@ class RecoverResult:
     num_processes: int = 1
     state_dict: dict[str, torch.Tensor] | None = None
     device: str = "cpu"
+    distributed_type: str = "NO"
 
 
 class _Student(nn.Module):
-    """The student plus the hidden-state projections: one module, so ``prepare`` wraps and syncs both."""
+    """The student plus the hidden-state projections: one module, so ``prepare`` wraps and syncs both.
 
-    def __init__(self, model: nn.Module, projections: list[HiddenProjection]):
+    The projections run inside ``forward``: under FSDP a wrapped module's parameters
+    exist whole only during its forward and backward (FSDP1 frees the gathered flat
+    parameter after the forward, FSDP2 keeps ``DTensor`` shards), so a projection
+    called from outside sees an empty or sharded weight.
+    """
+
+    def __init__(self, model: nn.Module, projections: list[HiddenProjection], tap: HiddenTap | None):
         super().__init__()
         self.model = model
         self.projections = nn.ModuleList(projections)
+        self.tap = tap  # the student's hidden states, read after its forward
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.model(*args, **kwargs)
+    def forward(self, *args: Any, hidden_targets: list[torch.Tensor] | None = None, **kwargs: Any) -> Any:
+        """The student's output; with the teacher's ``hidden_targets``, ``(output, mean hidden MSE)``."""
+        out = self.model(*args, **kwargs)
+        if hidden_targets is None or self.tap is None:
+            return out
+        pairs = zip(self.tap.take(out), hidden_targets, self.projections, strict=True)
+        mse = [proj(s, t) for s, t, proj in pairs]
+        return out, torch.stack(mse).mean() if mse else logits_of(out).new_zeros((), dtype=torch.float32)
 
 
 def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, *,
@@ -128,6 +149,9 @@ def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, 
 
     Returns:
         A :class:`RecoverResult` with the losses and the distillation gap before / after.
+        Under FSDP / DeepSpeed the ``student`` object is left sharded; ``model`` is a new
+        module of its class holding the gathered weights on the main process, on the CPU
+        (on the others its parameters are on the meta device).
 
     Raises:
         OptionError: an option is out of range or unknown, or ``threads`` is neither ``"auto"``
@@ -167,6 +191,7 @@ def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, 
         accelerator = Accelerator(mixed_precision=opts.mixed_precision, gradient_accumulation_steps=opts.grad_accum,
                                   cpu=not _has_accelerator_device())
     set_seed(opts.seed)
+    _warn_if_not_sharded(accelerator)
     train_loader, eval_loader = _loaders(data, opts, collate_fn)
     if eval_data is not None:
         eval_loader = _loaders(eval_data, opts, collate_fn, "eval_data")[1]
@@ -174,6 +199,8 @@ def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, 
     teacher.requires_grad_(False).eval().to(accelerator.device)
     student.to(accelerator.device)
 
+    sharded = accelerator.distributed_type.name in ("FSDP", "DEEPSPEED")
+    skeleton = meta_skeleton(student) if sharded else None  # before any hook; the result's module under sharding
     s_tap = t_tap = None
     snapshot = {k: v.detach().to("cpu", copy=True) for k, v in student.state_dict().items()} \
         if opts.restore_on_error else None
@@ -191,16 +218,18 @@ def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, 
                                 "give (inputs, labels) batches or set task_weight=0")
         if opts.kd_weight == 0 and opts.hidden_weight == 0 and task_weight == 0:
             raise RecoveryError("nothing to train on: kd_weight and hidden_weight are 0 and the data has no labels")
-        wrapped = _Student(student, [HiddenProjection(s, t) for s, t in widths])
+        wrapped = _Student(student, [HiddenProjection(s, t) for s, t in widths], s_tap)
         optimizer = _adamw([p for p in wrapped.parameters() if p.requires_grad], opts)
         # accelerate steps a prepared scheduler once per process per optimizer step (unless it splits batches)
         per_step = 1 if getattr(accelerator, "split_batches", False) else accelerator.num_processes
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda count: lr_factor(count // per_step, opts))
-        if on_step is not None and accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
+        if on_step is not None and sharded:
             raise RecoveryError("recover: on_step (a checkpoint every N steps) sees sharded parameters under "
                                 "FSDP / DeepSpeed; run without it there")
         wrapped, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
             wrapped, optimizer, train_loader, eval_loader, scheduler)
+        if sharded:  # the student now holds shards: its old weights cannot be loaded back
+            snapshot = None
         run = _Run(accelerator, wrapped, teacher, causal, s_tap, t_tap, opts, task_weight if has_labels else 0.0)
         run.on_step = on_step
 
@@ -221,15 +250,19 @@ def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, 
                 tap.close()
 
     full_state = None
-    if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
+    if skeleton is not None:  # every process takes part in the gathering; the main process gets the weights
         full = accelerator.get_state_dict(wrapped)
         full_state = {k[len("model."):]: v for k, v in (full or {}).items() if k.startswith("model.")}
-    model = accelerator.unwrap_model(wrapped).model.eval()
+        # the gathered weights are on the CPU (a model sharded for its size may not fit one device); buffers follow
+        model = (load_full(skeleton, full_state).cpu() if accelerator.is_main_process else skeleton).eval()
+    else:
+        model = accelerator.unwrap_model(wrapped).model.eval()
     return RecoverResult(model=model, steps=opts.steps, losses=losses, kd_before=kd_before, kd_after=kd_after,
                          task_before=task_before if has_labels else None,
                          task_after=task_after if has_labels else None, seconds=seconds,
                          is_main_process=accelerator.is_main_process, num_processes=accelerator.num_processes,
-                         state_dict=full_state, device=accelerator.device.type)
+                         state_dict=full_state, device=accelerator.device.type,
+                         distributed_type=accelerator.distributed_type.name)
 
 
 def _adamw(params: list[nn.Parameter], opts: RecoverOptions) -> torch.optim.Optimizer:
@@ -256,6 +289,22 @@ def lr_factor(step: int, opts: RecoverOptions) -> float:
     if opts.lr_schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     return 1.0 - progress
+
+
+def _warn_if_not_sharded(accelerator: Any) -> None:
+    """Warn (once, on the main process) when the launch asked for FSDP / DeepSpeed but accelerate runs otherwise.
+
+    Why: accelerate 1.x chooses FSDP and DeepSpeed only on an accelerator device; on a CPU-only
+    machine it turns such a launch into DDP (``MULTI_CPU``) without a word, so every process
+    would hold the whole student where the user planned for shards.
+    """
+    for name in ("FSDP", "DEEPSPEED"):
+        asked = os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true"
+        ran = accelerator.distributed_type.name
+        if asked and ran != name and accelerator.is_main_process:
+            warnings.warn(f"recover: the launch configuration asks for {name}, but accelerate runs {ran} on this "
+                          f"machine ({accelerator.device.type}): it uses {name} on accelerator devices only, so each "
+                          "process holds and trains a whole copy of the student", stacklevel=user_stacklevel())
 
 
 def _has_accelerator_device() -> bool:
@@ -334,25 +383,26 @@ class _Run:
                  s_tap: HiddenTap | None, t_tap: HiddenTap | None, opts: RecoverOptions, task_weight: float):
         self.acc, self.wrapped, self.teacher, self.causal = accelerator, wrapped, teacher, causal
         self.s_tap, self.t_tap, self.opts, self.task_weight = s_tap, t_tap, opts, task_weight
-        self.projections = accelerator.unwrap_model(wrapped).projections
         self.on_step: Callable[[int, nn.Module], None] | None = None
 
     def losses(self, batch: Any, temperature: float, hidden: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(kd, task, hidden) losses of the student on ``batch``; task / hidden are 0 when unused."""
         b = split_batch(batch, self.causal)
         taps = hidden and self.s_tap is not None
-        s_out = _call(self.wrapped, b, self.s_tap if taps else None)
         with torch.no_grad(), self.acc.autocast():
             t_out = _call(self.teacher, b, self.t_tap if taps else None)
+        if taps:  # the teacher first: the student's forward takes its hidden states (see _Student)
+            s_out, mse = self.wrapped(*b.args, **b.kwargs, **self.s_tap.extra_kwargs(),
+                                      hidden_targets=self.t_tap.take(t_out))
+        else:
+            s_out = _call(self.wrapped, b, None)
         s_logits, t_logits = logits_of(s_out), logits_of(t_out)
         mask = b.mask if s_logits.dim() == 3 else None
         kd = distillation_kl(s_logits, t_logits, temperature, mask)
         zero = kd.new_zeros(())
         task = task_loss(s_logits, b.labels, self.causal) if b.labels is not None else zero
-        mse = zero
-        if taps:
-            pairs = zip(self.s_tap.take(s_out), self.t_tap.take(t_out), self.projections, strict=True)
-            mse = sum((proj(s, t) for s, t, proj in pairs), zero) / max(len(self.projections), 1)
+        if not taps:
+            mse = zero
         return kd, task, mse
 
     def train(self, loader: DataLoader, optimizer: Any, scheduler: Any) -> list[float]:

@@ -49,7 +49,8 @@ class RecoverOptions:
         progress: show a progress bar on the main process.
         restore_on_error: keep a CPU copy of the student's weights and put them
             back when training fails or is interrupted (costs one copy of the
-            weights in host memory).
+            weights in host memory). Under FSDP / DeepSpeed only until ``prepare``
+            shards the student: a failure after that leaves it sharded.
     """
 
     steps: int = 100

@@ -106,6 +106,7 @@ def prune_checkpoint(
     compensation: str | None = None,
     damping: float = 1e-4,
     prune_hidden: bool = False,
+    calib_memory: int | str | None = None,
     resume: bool = True,
     progress: bool = True,
 ) -> StreamReport:
@@ -135,6 +136,13 @@ def prune_checkpoint(
             calibrated on ``calib``. A created bias switches on the config's ``mlp_bias`` /
             ``attention_bias`` so ``from_pretrained`` keeps it.
         damping: the least-squares ridge term.
+        calib_memory: the most memory the calibration statistics may take, as ``prune_model``'s
+            (``"8GB"``, ``"1.5GiB"``, bytes; default: half the available memory). Least squares
+            holds the float64 Gram matrices of every layer it refits at once, outside
+            ``max_memory``, from the calibration pass to the last shard written; when they (plus
+            one layer's working copies, :func:`~depgraph.workflow.calib_memory.reconstruction_memory`)
+            exceed it, the prune is refused before any read. The other statistics are two
+            numbers per channel and are not checked.
         prune_hidden: also prune the hidden size at ``ratio`` (one group across every layer;
             scored one member at a time, so the budget must hold the embedding).
         resume: keep the shards an interrupted run of the same plan already wrote (checked
@@ -145,10 +153,11 @@ def prune_checkpoint(
         A :class:`StreamReport` (sizes, bytes read and written, peak memory, times).
 
     Raises:
-        OptionError: bad options or ``max_memory``; ``calib`` missing for a data-aware
+        OptionError: bad options, ``max_memory`` or ``calib_memory``; ``calib`` missing for a data-aware
             criterion or given to a data-free one.
         CheckpointError: ``src_dir`` is not a safetensors checkpoint of a model the config builds.
-        MemoryBudgetError: ``max_memory`` cannot hold a decoder layer (raised before any read).
+        MemoryBudgetError: ``max_memory`` cannot hold a decoder layer, or ``calib_memory`` the
+            Gram matrices of ``compensation="lstsq"`` (raised before any read).
         DepgraphError: the pruned model cannot be described by its config.
 
     Example:
@@ -160,6 +169,8 @@ def prune_checkpoint(
                            compensation=compensation, damping=damping, prune_hidden=prune_hidden)
     src, out = Path(src_dir), Path(out_dir)
     budget = parse_size(max_memory) if max_memory is not None else None
+    if calib_memory is not None:
+        parse_size(calib_memory)  # a bad size fails here; the budget keeps the user's spelling
     if mode not in ("auto", "stream", "memory"):
         raise OptionError(f"mode must be 'auto', 'stream' or 'memory', got {mode!r}")
     if options.needs_calib and calib is None:
@@ -179,21 +190,41 @@ def prune_checkpoint(
     if mode == "auto":
         mode = "stream" if budget is not None or checkpoint.total_bytes > available_memory() else "memory"
     if mode == "memory":
-        return _prune_in_memory(src, out, options, checkpoint.total_bytes, calib)
-    return _prune_streamed(checkpoint, out, options, resume, progress, calib)
+        return _prune_in_memory(src, out, options, checkpoint.total_bytes, calib, calib_memory)
+    return _prune_streamed(checkpoint, out, options, resume, progress, calib, calib_memory)
 
 
-def _compensation_source(options: PruneOptions, model: nn.Module, graph: Any, criterion: Any,
+def _lstsq_layers(options: PruneOptions, pruner: Any, calib_memory: int | str | None) -> list[nn.Module]:
+    """The layers least squares measures (those the in-memory path measures: asked of ``pruner``),
+    after checking their Gram matrices against the calibration budget; [] without ``lstsq``.
+
+    Raises:
+        MemoryBudgetError: the Gram matrices, all held at once, do not fit ``calib_memory``.
+    """
+    from ..workflow.calib_memory import reconstruction_memory
+    from ..workflow.recipes import shrinkable_linears
+
+    if options.compensation != "lstsq":
+        return []
+    layers = shrinkable_linears(pruner)
+    memory = reconstruction_memory(layers, "cpu", calib_memory)  # both checkpoint paths calibrate on the CPU
+    if not memory.fits:
+        raise MemoryBudgetError(memory.refusal("compensation='lstsq'", "use compensation='bias' "
+                                               "(--compensation bias), which keeps two numbers per channel"))
+    return layers
+
+
+def _compensation_source(options: PruneOptions, model: nn.Module, layers: list[nn.Module], criterion: Any,
                          calib: Any) -> Any:
     """The statistics the compensation reads, collected on ``model`` (materialised layer by layer when
-    it is the meta model: the caller wraps this in ``materialize_on_use``)."""
+    it is the meta model: the caller wraps this in ``materialize_on_use``); ``layers``: from
+    :func:`_lstsq_layers`."""
     from ..importance import collect_activation_stats, collect_input_covariance
-    from .compensate import lstsq_consumers
 
     if options.compensation == "bias":
         # a calibrated criterion's statistics serve, as BiasMean() reads them in memory
         return criterion.stats if options.data_aware else collect_activation_stats(model, calib)
-    return collect_input_covariance(model, calib, layers=lstsq_consumers(graph, options.ignored_layers(model)))
+    return collect_input_covariance(model, calib, layers=layers)
 
 
 def _check_token_ids(calib: Any, src: Path) -> None:
@@ -211,7 +242,7 @@ def _check_token_ids(calib: Any, src: Path) -> None:
 
 # -- streamed ---------------------------------------------------------------------------------------
 def _prune_streamed(checkpoint: Checkpoint, out: Path, options: PruneOptions, resume: bool,
-                    progress: bool, calib: Any) -> StreamReport:
+                    progress: bool, calib: Any, calib_memory: int | str | None) -> StreamReport:
     from transformers import AutoConfig
 
     from ..integrations.hf_bias import attach_bias_flags
@@ -234,6 +265,7 @@ def _prune_streamed(checkpoint: Checkpoint, out: Path, options: PruneOptions, re
                                      on_group=lambda: bar.update(1) if bar is not None else None)
         pruner = options.make_pruner(model, example_inputs("meta"), wrapped)
         check_coverage(pruner, model, options.ratio, options.ignored_layers(model))  # before any read
+        lstsq_layers = _lstsq_layers(options, pruner, calib_memory)  # before any read too
         with _bar(progress and options.needs_calib, "calibrate", None, "layer") as cbar:
             def on_layer(_: str) -> None:
                 if cbar is not None:
@@ -248,7 +280,7 @@ def _prune_streamed(checkpoint: Checkpoint, out: Path, options: PruneOptions, re
             if options.compensation is not None:
                 tc = time.perf_counter()
                 with torch.no_grad(), materialize_on_use(model, materializer, on_layer):
-                    source = _compensation_source(options, model, pruner.DG, criterion, calib)
+                    source = _compensation_source(options, model, lstsq_layers, criterion, calib)
                 report.seconds["calibrate"] = report.seconds.get("calibrate", 0.0) + time.perf_counter() - tc
                 t0 += time.perf_counter() - tc
         if options.compensation is not None:
@@ -450,7 +482,8 @@ def _write_metadata(checkpoint: Checkpoint, out: Path, model: nn.Module, layout:
 
 
 # -- in memory --------------------------------------------------------------------------------------
-def _prune_in_memory(src: Path, out: Path, options: PruneOptions, total: int, calib: Any) -> StreamReport:
+def _prune_in_memory(src: Path, out: Path, options: PruneOptions, total: int, calib: Any,
+                     calib_memory: int | str | None) -> StreamReport:
     from transformers import AutoModelForCausalLM
 
     from ..integrations.transformers import check_config
@@ -465,11 +498,12 @@ def _prune_in_memory(src: Path, out: Path, options: PruneOptions, total: int, ca
             criterion.calibrate(model, calib)
     pruner = options.make_pruner(model, example_inputs("cpu"), criterion)
     check_coverage(pruner, model, options.ratio, options.ignored_layers(model))
+    lstsq_layers = _lstsq_layers(options, pruner, calib_memory)
     if options.compensation is not None:
         from ..importance import BiasMean, LeastSquares
 
         with torch.no_grad():
-            source = _compensation_source(options, model, pruner.DG, criterion, calib)
+            source = _compensation_source(options, model, lstsq_layers, criterion, calib)
         mode = BiasMean(source) if options.compensation == "bias" else LeastSquares(source, options.damping)
         mode.enable(pruner.DG, lambda: None)
     report.seconds["plan"] = time.perf_counter() - t0

@@ -36,12 +36,16 @@ def run(args: argparse.Namespace, out: Any) -> int:
     checkpoint's own tokenizer, or ``module:attribute``), for ``--importance activation_weight``
     / ``fluctuation`` and ``--compensation bias`` / ``lstsq``. As in memory, ``fluctuation``
     compensates biases unless ``--compensation none``. ``--prune-hidden`` prunes the hidden size
-    too (``prune_hidden=True``; the budget must hold the embedding).
+    too (``prune_hidden=True``; the budget must hold the embedding). ``--calib-memory`` bounds the
+    Gram matrices ``--compensation lstsq`` holds (``calib_memory=``; refused before any read when
+    they do not fit).
 
     Raises:
         OptionError: bad values (``--importance`` the streamed path cannot compute,
             a malformed ``--max-memory``, ``--calib`` missing or given to nothing that reads it).
         CalibrationDataError: ``--calib`` is unreadable or not text the checkpoint's tokenizer reads.
+        MemoryBudgetError: ``--max-memory`` cannot hold a decoder layer, or ``--calib-memory`` the
+            least-squares Gram matrices.
         DepgraphError: the prune failed (nothing is written before the plan passes its checks).
     """
     from .api import prune_checkpoint
@@ -59,7 +63,8 @@ def run(args: argparse.Namespace, out: Any) -> int:
         args.model, output, ratio=args.ratio, head_ratio=getattr(args, "head_ratio", None), importance=importance,
         global_pruning=args.global_pruning, round_to=args.round_to, ignore=tuple(args.ignore or ()),
         seed=args.seed, max_memory=getattr(args, "max_memory", None), calib=calib, compensation=compensation,
-        prune_hidden=getattr(args, "prune_hidden", False), progress=not args.plain)
+        prune_hidden=getattr(args, "prune_hidden", False), calib_memory=getattr(args, "calib_memory", None),
+        progress=not args.plain)
     for line in str(report).splitlines():
         out.line(line)
     return 0

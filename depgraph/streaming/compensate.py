@@ -24,10 +24,15 @@ prune as :class:`~depgraph.streaming.plan.ZeroBias` steps (zeros pruned or
 created late are the same zeros).
 
 Statistics are collected by a calibration pass through the meta model with one
-layer's weights at a time (:func:`~depgraph.streaming.calibrate.materialize_on_use`);
-least squares measures the ``nn.Linear`` members whose inputs some group prunes
-(an LLM's down and output projections), ``(C + 1)^2`` float64 each, held in
-memory beside the budget as the in-memory path holds them.
+layer's weights at a time (:func:`~depgraph.streaming.calibrate.materialize_on_use`).
+Least squares measures the layers the in-memory path measures, asked of the same
+pruner (:func:`~depgraph.workflow.recipes.shrinkable_linears`): the ``nn.Linear``
+layers whose inputs some group the pruner may shrink removes (an LLM's down
+projections; its output projections only when heads go), ``(C + 1)^2`` float64
+each. They are *all* held at once, outside the weight budget: one forward per batch
+accumulates every layer's matrix, and the logged :class:`Adjust` steps keep
+them until the last shard is written (each replay of a layer reads its matrix). So the calibration budget
+(``calib_memory``) is checked against their sum, before any read.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from ..importance.compensation import BeforePruneHook, plan_bias_compensation
 from ..importance.reconstruction import plan_refits
 from .plan import Adjust, PruneLog, ZeroBias
 
-__all__ = ["StreamedCompensation", "lstsq_consumers", "log_zero_biases"]
+__all__ = ["StreamedCompensation", "log_zero_biases"]
 
 
 class StreamedCompensation(BeforePruneHook):
@@ -83,17 +88,6 @@ def _label(kind: str, change: Any) -> str:
     if kind == "bias":
         return "bias:" + ";".join(",".join(map(str, i.tolist())) for i, _ in change.parts)
     return f"lstsq:{change.damping}:" + ",".join(map(str, change.removed.tolist()))
-
-
-def lstsq_consumers(graph: Any, ignored: list[nn.Module]) -> list[nn.Linear]:
-    """The ``nn.Linear`` layers some group of ``graph`` prunes on their input side (least squares refits these)."""
-    seen: dict[int, nn.Linear] = {}
-    for group in graph.get_all_groups(ignored, (nn.Linear,)):
-        for dep, _ in group:
-            m = dep.target.module
-            if dep.side == "in" and isinstance(m, nn.Linear):
-                seen.setdefault(id(m), m)
-    return list(seen.values())
 
 
 def log_zero_biases(model: nn.Module, pristine: nn.Module, log: PruneLog) -> None:

@@ -49,7 +49,8 @@ class CheckpointError(DepgraphError):
 
 
 class MemoryBudgetError(DepgraphError):
-    """Streaming would have to hold more weight bytes at once than ``max_memory`` allows."""
+    """Streaming would have to hold more weight bytes at once than ``max_memory`` allows, or more
+    least-squares Gram matrices than ``calib_memory`` allows."""
 
 
 @dataclass(frozen=True)

@@ -118,5 +118,7 @@ class Trace:
     module_calls: dict[nn.Module, list[OpNode]] = field(default_factory=dict)
     module_names: dict[nn.Module, str] = field(default_factory=dict)
     kept: list = field(default_factory=list)  # depgraph.trace.kept.Kept: op results the model holds on to
+    # (value id, dim) of sizes the forward compared or tested in Python: control flow no rule sees
+    size_reads: set = field(default_factory=set)
     on_meta: bool = False  # recorded on a meta-device shadow of the model (depgraph.trace.meta_shadow)
     why_real: str = ""  # when not on meta: why the real forward ran

@@ -27,7 +27,7 @@ from .gc_pause import gc_paused
 from .graph import OpNode, Trace, Value
 from .kept import find_kept, mark_rewritten, pop_cached, restore_cached
 from .outputs import primary_outputs
-from .shape_int import AttrExpr, AttrInt, ShapeInt, attributes_tagged, tag_shape
+from .shape_int import AttrExpr, AttrInt, ShapeInt, attributes_tagged, size_reads_recorded, tag_shape
 
 __all__ = ["record", "flatten_tensors", "call_model"]
 
@@ -332,8 +332,10 @@ def _trace_once(model: nn.Module, example_inputs: Any, leaves: dict[nn.Module, b
     rec = _Recorder(trace, param_index, shadow)
     for t in flatten_tensors(example_inputs):
         trace.inputs.append(rec.new_value(t, "input"))
-    with _hooks(model, rec, leaves), _buffers_restored(model), attributes_tagged(model.modules()), rec:
+    with (_hooks(model, rec, leaves), _buffers_restored(model), attributes_tagged(model.modules()),
+          size_reads_recorded() as reads, rec):
         out = call_model(model, example_inputs, forward_fn, as_one=as_one)
+    trace.size_reads = reads
     return trace, rec, out
 
 

@@ -17,7 +17,45 @@ from typing import Any
 
 import torch
 
-__all__ = ["ShapeInt", "AttrInt", "AttrExpr", "is_computed", "tag_shape", "attributes_tagged"]
+__all__ = ["ShapeInt", "AttrInt", "AttrExpr", "is_computed", "tag_shape", "attributes_tagged", "size_reads_recorded"]
+
+# Collectors of the (value id, dim) pairs whose sizes the traced code compared or tested in Python
+# (``if c.shape[1] <= 4: raise``): innermost last; empty outside a trace.
+_READERS: list[set[tuple[int, int | None]]] = []
+
+
+@contextlib.contextmanager
+def size_reads_recorded() -> Iterator[set[tuple[int, int | None]]]:
+    """Collect the ``(value id, dim)`` pairs of every :class:`ShapeInt` compared or tested for truth.
+
+    Arithmetic and reshape arguments follow a prune (the rules see them); a comparison is Python
+    control flow no rule sees, so a prune of that dim must be checked by running the model.
+    """
+    got: set[tuple[int, int | None]] = set()
+    _READERS.append(got)
+    try:
+        yield got
+    finally:
+        _READERS.remove(got)
+
+
+def _note_read(*values: Any) -> None:
+    if _READERS:
+        for v in values:
+            if isinstance(v, ShapeInt) and v.src:
+                _READERS[-1].update(v.src)
+
+
+def _read_then(name: str) -> Any:
+    """``int``'s method ``name``, noting first that the traced code read the operands' sizes."""
+    plain = getattr(int, name)
+
+    def method(self: int, *other: Any) -> Any:
+        _note_read(self, *other)
+        return plain(self, *other)
+
+    method.__name__ = name
+    return method
 
 
 class ShapeInt(int):
@@ -75,6 +113,16 @@ class ShapeInt(int):
     def __neg__(self): return self._wrap(int.__neg__(self))
     def __pos__(self): return self
     def __abs__(self): return self._wrap(int.__abs__(self))
+
+    # Comparisons and truth tests: Python decides with the size, so its dim is recorded as read.
+    __eq__ = _read_then("__eq__")
+    __ne__ = _read_then("__ne__")
+    __lt__ = _read_then("__lt__")
+    __le__ = _read_then("__le__")
+    __gt__ = _read_then("__gt__")
+    __ge__ = _read_then("__ge__")
+    __bool__ = _read_then("__bool__")
+    __hash__ = int.__hash__  # defining __eq__ would otherwise make ShapeInts unhashable
 
     def __repr__(self) -> str:
         return int.__repr__(self)

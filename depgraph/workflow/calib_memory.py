@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["ReconstructionMemory", "gram_bytes", "format_bytes", "calibration_budget", "plan_reconstruction_memory",
-           "DEFAULT_BUDGET_FRACTION", "WORKING_COPIES"]
+           "reconstruction_memory", "DEFAULT_BUDGET_FRACTION", "WORKING_COPIES"]
 
 #: Share of the device's free memory the calibration statistics may take by default: the rest is
 #: left to the copies of the model that the prune and a target search make.
@@ -80,13 +80,24 @@ class ReconstructionMemory:
 
     def reason(self) -> str:
         """The sentence the report gives for the language-model default."""
-        need = (f"{format_bytes(self.needed_bytes)} (Gram matrices of {self.layers} layers "
-                f"{format_bytes(self.gram_bytes)} + {format_bytes(self.working_bytes)} working)")
-        budget = f"the {format_bytes(self.budget_bytes)} budget ({self.budget_source})"
+        need, budget = self._need(), self._budget()
         if self.fits:
             return f"language-model default: reconstruction + lstsq needs {need}, within {budget}"
         return (f"language-model default: fluctuation + bias, as reconstruction + lstsq would need {need}, "
                 f"over {budget}; pass --importance reconstruction to force it or --calib-memory to raise the budget")
+
+    def refusal(self, what: str, instead: str) -> str:
+        """The message of a path that cannot fall back and refuses instead (the streamed checkpoint path,
+        where ``what`` was asked for by name): the figures of :meth:`reason`, then the ways out."""
+        return (f"{what} would need {self._need()}, over {self._budget()}; pass --calib-memory "
+                f"(calib_memory=) to raise the budget, or {instead}")
+
+    def _need(self) -> str:
+        return (f"{format_bytes(self.needed_bytes)} (Gram matrices of {self.layers} layers "
+                f"{format_bytes(self.gram_bytes)} + {format_bytes(self.working_bytes)} working)")
+
+    def _budget(self) -> str:
+        return f"the {format_bytes(self.budget_bytes)} budget ({self.budget_source})"
 
 
 def calibration_budget(device: torch.device | str, budget: int | str | None = None,
@@ -138,7 +149,25 @@ def plan_reconstruction_memory(model: nn.Module, example_inputs: Any, keep: Sequ
 
     layers = linear_consumers(model, example_inputs, keep, pruner_kwargs)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return reconstruction_memory(layers, device, budget), layers
+
+
+def reconstruction_memory(layers: Sequence[nn.Module], device: torch.device | str,
+                          budget: int | str | None = None) -> ReconstructionMemory:
+    """The Gram matrices of ``layers`` held together, plus one layer's working copies, against the budget.
+
+    For a caller that knows its consumer layers already (:func:`plan_reconstruction_memory` finds
+    them; the streamed checkpoint path asks its meta-model pruner through
+    :func:`~depgraph.workflow.recipes.shrinkable_linears`). Shapes only: ``meta`` layers serve.
+
+    Args:
+        layers: the ``nn.Linear`` layers whose input Gram matrices are measured.
+        device: where the calibration runs, as in :func:`calibration_budget`.
+        budget: as in :func:`calibration_budget`.
+
+    Raises:
+        OptionError: ``budget`` is not a positive memory size.
+    """
     limit, source = calibration_budget(device, budget)
-    held = gram_bytes(layers)
     largest = max((gram_bytes([m]) for m in layers), default=0)
-    return ReconstructionMemory(len(layers), held, WORKING_COPIES * largest, limit, source), layers
+    return ReconstructionMemory(len(layers), gram_bytes(layers), WORKING_COPIES * largest, limit, source)

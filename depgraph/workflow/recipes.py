@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .calib_memory import ReconstructionMemory
 
 __all__ = ["Recipe", "Scoring", "resolve_recipe", "choose_by_memory", "build_scoring", "linear_consumers",
+           "shrinkable_linears",
            "CRITERIA", "DATA_AWARE", "COMPENSATIONS"]
 
 #: Criteria that read weights only (``l1``/``l2`` are the group magnitude with that p).
@@ -236,6 +237,17 @@ def linear_consumers(model: nn.Module, example_inputs: Any, keep: Sequence[nn.Mo
 
     pruner = BasePruner(model, example_inputs, GroupMagnitudeImportance(), pruning_ratio=0.0,
                         ignored_layers=list(keep), **dict(pruner_kwargs or {}))
+    return shrinkable_linears(pruner)
+
+
+def shrinkable_linears(pruner: Any) -> list[nn.Module]:
+    """The ``nn.Linear`` layers whose inputs some group of ``pruner.shrinkable_groups()`` removes, in graph order.
+
+    The one rule of what least squares measures, for every path that already has its pruner (the
+    streamed checkpoint path plans on a meta model and asks its own pruner): a Linear that only a
+    group the pruner leaves whole feeds (an attention output projection while no head goes) never
+    loses an input, so its Gram matrix would never be read.
+    """
     found: dict[int, nn.Module] = {}
     for group in pruner.shrinkable_groups():
         for dep, _ in group:

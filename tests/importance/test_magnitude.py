@@ -214,3 +214,24 @@ def test_criteria_read_the_side_the_graph_recorded():
     stack = I.GroupMagnitudeImportance(group_reduction=None, normalizer=None, bias=False)(group)
     torch.testing.assert_close(stack[0], model[0].weight.detach().pow(2).sum(1))
     torch.testing.assert_close(stack[1], model[1].weight.detach().pow(2).sum(0))
+
+
+@pytest.mark.parametrize("p", [1, 2, 3, 0.5])
+@pytest.mark.parametrize(
+    "shape, channel_dim",
+    [((64, 32, 3, 3), 1), ((96, 40), 1), ((2048, 300), 1), ((4, 5, 6, 7), 2), ((4, 5, 6, 7), 3), ((3, 0, 2), 1)],
+)
+def test_power_sum_on_channel_views_matches_the_plain_sum(p, shape, channel_dim):
+    # The input side of a conv / linear is a strided view (channels moved to the front); it is
+    # summed in blocks of contiguous rows, which must give the plain per-channel sum.
+    from depgraph.importance.magnitude import power_sum
+
+    torch.manual_seed(0)
+    view = torch.randn(*shape).movedim(channel_dim, 0)
+    expected = view.double().abs().pow(p).sum(dim=tuple(range(1, view.dim()))).float()
+    got = power_sum(view, p)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    half = power_sum(view.half(), p)  # a half-precision weight is scored in float32
+    torch.testing.assert_close(half, view.half().float().abs().pow(p).sum(dim=tuple(range(1, view.dim()))),
+                               rtol=1e-5, atol=1e-5)

@@ -195,3 +195,16 @@ def test_tiny_llama_global_heads_and_mlp_refit_and_reload(tmp_path) -> None:
     ids = calib[0]["input_ids"]
     with torch.no_grad():
         assert torch.allclose(model(input_ids=ids).logits, fresh(input_ids=ids).logits, atol=1e-5)
+
+
+def test_the_kept_input_solve_matches_a_direct_solve_and_survives_an_indefinite_matrix():
+    from depgraph.importance.reconstruction import _solve_kept
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 9, dtype=torch.float64)
+    gram = x.T @ x / 64 + 1e-6 * torch.eye(9, dtype=torch.float64)
+    rhs = torch.randn(5, 9, dtype=torch.float64)
+    torch.testing.assert_close(_solve_kept(rhs, gram), rhs @ torch.linalg.inv(gram), rtol=1e-9, atol=1e-9)
+    indefinite = torch.diag(torch.tensor([2.0, -1.0, 3.0], dtype=torch.float64))  # Cholesky refuses it
+    got = _solve_kept(rhs[:, :3], indefinite)
+    torch.testing.assert_close(got, rhs[:, :3] @ torch.linalg.inv(indefinite), rtol=1e-12, atol=1e-12)

@@ -147,3 +147,38 @@ def test_raft_large_prunes_everything_but_the_context_encoder_group():
         flows = forward_fn(model, x)
     assert flows[-1].shape == (1, 2, 128, 128)
     assert time.time() - start < 900
+
+
+def test_a_lone_prune_that_breaks_a_size_check_written_in_python_is_refused():
+    """``if c.shape[1] <= 4: raise`` is Python control flow no rule sees: the trace notes every size
+    the forward compared, and a prune of such a dim runs the model before it commits."""
+    model, x = _guarded()
+    original = copy.deepcopy(model)
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    group = DG.get_pruning_group(model.context, tp.prune_conv_out_channels, [0, 1, 2, 3])
+    with pytest.raises(tp.errors.UnsupportedOpError, match="strictly more than hidden_state=4"):
+        group.prune()
+    for (name, a), b in zip(model.state_dict().items(), original.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(tp.errors.UnsupportedOpError, match="breaks the forward pass"):  # frozen from now on
+        DG.get_pruning_group(model.context, tp.prune_conv_out_channels, [0]).prune()
+    DG.get_pruning_group(model.feat, tp.prune_conv_out_channels, [0, 1]).prune()  # no size check: no forward
+    assert model.context.out_channels == 8 and model.feat.out_channels == 14 and model(x).shape == (2, 4, 8, 8)
+
+
+def test_a_step_runs_no_forward_check_when_every_group_is_exact_by_construction():
+    """Plain channel couplings (convs, norms, adds, flatten into a linear) are exact by construction:
+    a ResNet step prunes without running the model; ``verify`` proves the result."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, 32, 32)
+    original, shapes = copy.deepcopy(model), output_shapes(model, x)
+    pruner = tp.pruner.BasePruner(model, x, tp.importance.GroupMagnitudeImportance(), pruning_ratio=0.5,
+                                  ignored_layers=[model.fc])
+    calls = []
+    model.register_forward_pre_hook(lambda m, args: calls.append(1))
+    pruner.step()
+    assert calls == [] and len(pruner.pruning_history()) > 5
+    check_result(original, model, x, shapes)

@@ -184,3 +184,42 @@ def test_split_by_an_attribute_follows_and_is_updated():
     done = prune_and_verify(model, torch.randn(2, 3, 6), model.out, tp.prune_linear_in_channels, [2])
     assert member(done.groups[0], model.qkv, out=True) == [2, 6, 10]
     assert model.split_size == 3
+
+
+def test_sizes_compared_in_python_are_noted_and_arithmetic_is_not():
+    from depgraph.trace.shape_int import ShapeInt, size_reads_recorded
+
+    c, b = ShapeInt(8, frozenset({(3, 1)})), ShapeInt(2, frozenset({(5, 0)}))
+    assert hash(c) == hash(8) and {c: 1}[8] == 1  # still a usable int
+    with size_reads_recorded() as reads:
+        _ = c * 2 + b  # arithmetic: followed by the rules, not a read
+        x = torch.zeros(1).view(int(b) - 1)  # noqa: F841 - a plain int: no record either
+    assert reads == set()
+    with size_reads_recorded() as reads:
+        assert c > 4 and (b == 2) and bool(c // 2)
+    assert reads == {(3, 1), (5, 0)}
+    assert (c <= 4) is False  # outside a trace: nothing collects, comparisons are plain
+
+
+def test_the_trace_records_the_dims_a_forward_compares():
+    """A prune of a dim the forward compared runs the model before it commits; other prunes do not."""
+
+    class Guard(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 6, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            if y.shape[1] < 2:
+                raise ValueError("too narrow")
+            return torch.cat([y, self.b(x)], 1)
+
+    model, x = Guard(), torch.randn(1, 3, 4, 4)
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    calls = []
+    model.register_forward_pre_hook(lambda m, args: calls.append(1))
+    DG.get_pruning_group(model.b, tp.prune_conv_out_channels, [0]).prune()
+    assert calls == []
+    DG.get_pruning_group(model.a, tp.prune_conv_out_channels, [0]).prune()
+    assert calls == [1] and model(x).shape == (1, 12, 4, 4)
