@@ -10,10 +10,13 @@ and nodes when the script (or ``depgraph recover``) is started with
 Call tree::
 
     recover(student, teacher, data, threads=None, **options)    options checked, CPU threads set for the call
-      _probe          one batch through both models: outputs fit? labels fit? hidden widths
-      _evaluate       distillation gap (KL, T=1) and task loss before training
-      _train          steps of: student forward, teacher forward (no grad), losses, backward, step
-      _evaluate       the same measures after training
+      _probe                     one batch through both models: outputs fit? labels fit? hidden widths
+      TrainingRun.evaluate       distillation gap (KL, T=1) and task loss before training
+      TrainingRun.train          steps of: student forward, teacher forward (no grad), losses, backward, step
+      TrainingRun.evaluate       the same measures after training
+
+The per-batch steps (optimizer, schedule, losses, loop, evaluation) are in
+:mod:`depgraph.recovery.steps`.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ from torch.utils.data import DataLoader, Dataset
 from .._caller import user_stacklevel
 from ..errors import RecoveryError
 from ..workflow.threads import cpu_threads, resolve_threads
-from .batches import Batch, is_causal_lm, logits_of, split_batch
+from .batches import is_causal_lm, logits_of, split_batch
 from .gather import load_full, meta_skeleton
 from .hidden import HiddenTap
-from .losses import HiddenProjection, channel_dim, distillation_kl, task_loss
+from .losses import HiddenProjection, channel_dim, task_loss
 from .options import RecoverOptions
+from .steps import TrainingRun, adamw, call_with_tap, lr_factor
 
 __all__ = ["recover", "RecoverResult"]
 
@@ -219,7 +223,7 @@ def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, 
         if opts.kd_weight == 0 and opts.hidden_weight == 0 and task_weight == 0:
             raise RecoveryError("nothing to train on: kd_weight and hidden_weight are 0 and the data has no labels")
         wrapped = _Student(student, [HiddenProjection(s, t) for s, t in widths], s_tap)
-        optimizer = _adamw([p for p in wrapped.parameters() if p.requires_grad], opts)
+        optimizer = adamw([p for p in wrapped.parameters() if p.requires_grad], opts)
         # accelerate steps a prepared scheduler once per process per optimizer step (unless it splits batches)
         per_step = 1 if getattr(accelerator, "split_batches", False) else accelerator.num_processes
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda count: lr_factor(count // per_step, opts))
@@ -230,7 +234,7 @@ def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, 
             wrapped, optimizer, train_loader, eval_loader, scheduler)
         if sharded:  # the student now holds shards: its old weights cannot be loaded back
             snapshot = None
-        run = _Run(accelerator, wrapped, teacher, causal, s_tap, t_tap, opts, task_weight if has_labels else 0.0)
+        run = TrainingRun(accelerator, wrapped, teacher, causal, s_tap, t_tap, opts, task_weight if has_labels else 0.0)
         run.on_step = on_step
 
         kd_before, task_before = run.evaluate(eval_loader)
@@ -263,32 +267,6 @@ def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, 
                          is_main_process=accelerator.is_main_process, num_processes=accelerator.num_processes,
                          state_dict=full_state, device=accelerator.device.type,
                          distributed_type=accelerator.distributed_type.name)
-
-
-def _adamw(params: list[nn.Parameter], opts: RecoverOptions) -> torch.optim.Optimizer:
-    """AdamW with the fused kernel where the parameters' device has one (CPU included), else the default.
-
-    Why: the default CPU implementation loops over the tensors in Python; for a 100M-parameter
-    student its step took 1.6 s against 0.1 s fused (one thread), a sizeable share of a
-    recovery step on CPU.
-    """
-    try:
-        return torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay, fused=True)
-    except (RuntimeError, ValueError, TypeError):  # a device, dtype or tensor kind without the fused kernel
-        return torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
-
-
-def lr_factor(step: int, opts: RecoverOptions) -> float:
-    """The fraction of ``opts.lr`` used by optimizer step ``step`` (0-based): warm-up, then the schedule."""
-    warm = opts.warmup_steps
-    if warm and step < warm:
-        return (step + 1) / warm
-    if opts.lr_schedule == "constant":
-        return 1.0
-    progress = min(max(step - warm, 0) / max(opts.steps - warm, 1), 1.0)
-    if opts.lr_schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0 - progress
 
 
 def _warn_if_not_sharded(accelerator: Any) -> None:
@@ -345,8 +323,8 @@ def _probe(student: nn.Module, teacher: nn.Module, loader: DataLoader, causal: b
     student.eval()
     try:
         with torch.no_grad():
-            s_out = _call(student, b, s_tap)
-            t_out = _call(teacher, b, t_tap)
+            s_out = call_with_tap(student, b, s_tap)
+            t_out = call_with_tap(teacher, b, t_tap)
     except RecoveryError:
         raise
     except Exception as e:  # noqa: BLE001 - a model that cannot run the data: report it as such
@@ -369,99 +347,3 @@ def _probe(student: nn.Module, teacher: nn.Module, loader: DataLoader, causal: b
                                 f"{len(t_states)}; choose hidden_layers present in both")
         widths = [(s.shape[channel_dim(s)], t.shape[channel_dim(t)]) for s, t in zip(s_states, t_states, strict=True)]
     return widths, b.labels is not None
-
-
-def _call(model: nn.Module, b: Batch, tap: HiddenTap | None) -> Any:
-    extra = tap.extra_kwargs() if tap is not None else {}
-    return model(*b.args, **b.kwargs, **extra)
-
-
-class _Run:
-    """The training and evaluation steps, sharing the models, taps and weights."""
-
-    def __init__(self, accelerator: Any, wrapped: nn.Module, teacher: nn.Module, causal: bool,
-                 s_tap: HiddenTap | None, t_tap: HiddenTap | None, opts: RecoverOptions, task_weight: float):
-        self.acc, self.wrapped, self.teacher, self.causal = accelerator, wrapped, teacher, causal
-        self.s_tap, self.t_tap, self.opts, self.task_weight = s_tap, t_tap, opts, task_weight
-        self.on_step: Callable[[int, nn.Module], None] | None = None
-
-    def losses(self, batch: Any, temperature: float, hidden: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(kd, task, hidden) losses of the student on ``batch``; task / hidden are 0 when unused."""
-        b = split_batch(batch, self.causal)
-        taps = hidden and self.s_tap is not None
-        with torch.no_grad(), self.acc.autocast():
-            t_out = _call(self.teacher, b, self.t_tap if taps else None)
-        if taps:  # the teacher first: the student's forward takes its hidden states (see _Student)
-            s_out, mse = self.wrapped(*b.args, **b.kwargs, **self.s_tap.extra_kwargs(),
-                                      hidden_targets=self.t_tap.take(t_out))
-        else:
-            s_out = _call(self.wrapped, b, None)
-        s_logits, t_logits = logits_of(s_out), logits_of(t_out)
-        mask = b.mask if s_logits.dim() == 3 else None
-        kd = distillation_kl(s_logits, t_logits, temperature, mask)
-        zero = kd.new_zeros(())
-        task = task_loss(s_logits, b.labels, self.causal) if b.labels is not None else zero
-        if not taps:
-            mse = zero
-        return kd, task, mse
-
-    def train(self, loader: DataLoader, optimizer: Any, scheduler: Any) -> list[float]:
-        from tqdm.auto import tqdm
-
-        o, losses = self.opts, []
-        self.wrapped.train()
-        bar = tqdm(total=o.steps, desc="recover", disable=not (o.progress and self.acc.is_local_main_process))
-        batches = _forever(loader)
-        try:
-            for _ in range(o.steps):
-                for _ in range(o.grad_accum):
-                    with self.acc.accumulate(self.wrapped):
-                        kd, task, mse = self.losses(next(batches), o.temperature, hidden=o.hidden_weight > 0)
-                        loss = o.kd_weight * kd + self.task_weight * task + o.hidden_weight * mse
-                        self.acc.backward(loss)
-                        if self.acc.sync_gradients and o.max_grad_norm is not None:
-                            self.acc.clip_grad_norm_(self.wrapped.parameters(), o.max_grad_norm)
-                        optimizer.step()
-                        scheduler.step()
-                        optimizer.zero_grad()
-                mean = self.acc.gather(loss.detach().float().reshape(1)).mean().item()
-                if not math.isfinite(mean):
-                    raise RecoveryError(f"recover: the loss became {mean} at step {len(losses) + 1}; "
-                                        "lower lr or use mixed_precision='no'")
-                losses.append(mean)
-                if self.on_step is not None and self.acc.is_main_process:
-                    self.on_step(len(losses), self.acc.unwrap_model(self.wrapped).model)
-                bar.update(1)
-                bar.set_postfix(loss=f"{mean:.4f}", kd=f"{kd.item():.4f}")
-        finally:
-            bar.close()
-        return losses
-
-    @torch.no_grad()
-    def evaluate(self, loader: DataLoader) -> tuple[float, float]:
-        """Mean distillation KL (T=1) and task loss over the first ``eval_batches`` batches, all processes."""
-        self.wrapped.eval()
-        total = torch.zeros(3, device=self.acc.device)  # kd sum, task sum, batches
-        for i, batch in enumerate(loader):
-            if i >= self.opts.eval_batches:
-                break
-            kd, task, _ = self.losses(batch, 1.0, hidden=False)
-            total += torch.stack([kd.float(), task.float(), kd.new_ones((), dtype=torch.float32)])
-        total = self.acc.reduce(total, reduction="sum")
-        n = total[2].clamp_min(1.0)
-        return (total[0] / n).item(), (total[1] / n).item()
-
-
-def _forever(loader: DataLoader):
-    """Cycle through ``loader`` (a new epoch, reshuffled, whenever it runs out)."""
-    epoch = 0
-    while True:
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise RecoveryError("recover: the data yields no batch")
-        epoch += 1

@@ -188,8 +188,8 @@ def test_failure_mid_training_restores_the_student() -> None:
 
 
 def test_lr_schedules_warm_up_then_hold_or_decay_to_zero() -> None:
-    from depgraph.recovery.loop import lr_factor
     from depgraph.recovery.options import RecoverOptions
+    from depgraph.recovery.steps import lr_factor
 
     def factors(schedule: str) -> list[float]:
         opts = RecoverOptions(steps=10, warmup_steps=2, lr_schedule=schedule)
