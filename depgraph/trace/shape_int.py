@@ -11,6 +11,7 @@ dimension it sizes cannot change, and the rules freeze it.
 from __future__ import annotations
 
 import contextlib
+import threading
 import types
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -20,8 +21,16 @@ import torch
 __all__ = ["ShapeInt", "AttrInt", "AttrExpr", "is_computed", "tag_shape", "attributes_tagged", "size_reads_recorded"]
 
 # Collectors of the (value id, dim) pairs whose sizes the traced code compared or tested in Python
-# (``if c.shape[1] <= 4: raise``): innermost last; empty outside a trace.
-_READERS: list[set[tuple[int, int | None]]] = []
+# (``if c.shape[1] <= 4: raise``), per thread (a trace records its own thread's forward, as the
+# torch function mode does): innermost last; empty outside a trace.
+_local = threading.local()
+
+
+def _readers() -> list[set[tuple[int, int | None]]]:
+    stack = getattr(_local, "readers", None)
+    if stack is None:
+        stack = _local.readers = []
+    return stack
 
 
 @contextlib.contextmanager
@@ -32,18 +41,20 @@ def size_reads_recorded() -> Iterator[set[tuple[int, int | None]]]:
     control flow no rule sees, so a prune of that dim must be checked by running the model.
     """
     got: set[tuple[int, int | None]] = set()
-    _READERS.append(got)
+    stack = _readers()
+    stack.append(got)
     try:
         yield got
     finally:
-        _READERS.remove(got)
+        stack.pop()  # this collector: nested ones were popped by their own exits
 
 
 def _note_read(*values: Any) -> None:
-    if _READERS:
+    stack = _readers()
+    if stack:
         for v in values:
             if isinstance(v, ShapeInt) and v.src:
-                _READERS[-1].update(v.src)
+                stack[-1].update(v.src)
 
 
 def _read_then(name: str) -> Any:

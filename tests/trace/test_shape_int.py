@@ -223,3 +223,20 @@ def test_the_trace_records_the_dims_a_forward_compares():
     assert calls == []
     DG.get_pruning_group(model.a, tp.prune_conv_out_channels, [0]).prune()
     assert calls == [1] and model(x).shape == (1, 12, 4, 4)
+
+
+def test_size_reads_go_to_the_innermost_collector_of_their_own_thread():
+    import threading
+
+    from depgraph.trace.shape_int import size_reads_recorded
+
+    c = ShapeInt(8, frozenset({(3, 1)}))
+    other = []
+    with size_reads_recorded() as outer:
+        with size_reads_recorded() as inner:  # equal (empty) to outer when it closes: popped by identity
+            pass
+        worker = threading.Thread(target=lambda: other.append(c > 4))  # another thread's comparison
+        worker.start()
+        worker.join()
+        assert c == 8
+    assert inner == set() and outer == {(3, 1)} and other == [True]
