@@ -17,7 +17,7 @@ import depgraph as tp
 
 T = pytest.importorskip("torch_pruning")
 
-X32 = torch.randn(2, 3, 32, 32)
+X32 = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # not the import order's draw
 
 
 def _resnet18() -> nn.Module:
@@ -46,7 +46,12 @@ def _grad_delta(model: nn.Module, before: dict[str, torch.Tensor]) -> dict[str, 
 
 
 def _pair(make):
-    """The same model twice: one for torch_pruning (``T``), one for depgraph (``tp``)."""
+    """The same model twice: one for torch_pruning (``T``), one for depgraph (``tp``).
+
+    Seeded: under xdist the global generator's state depends on which tests ran before, and a
+    multivariable Taylor score (``|sum w * g|``, cancelling, summed in another order by each
+    library) missed rtol 1e-4 on one channel in one of five CI runs; seeds 0-11 all pass."""
+    torch.manual_seed(0)
     a = make()
     return a, copy.deepcopy(a)
 
