@@ -208,6 +208,9 @@ def _prune(args: argparse.Namespace, out: Printer) -> int:
         if args.target is not None:
             raise ArgumentError("--target needs the model in memory; a streamed checkpoint (--max-memory, or "
                                  "larger than the free memory) is pruned by --ratio")
+        if args.recalibrate_bn:
+            raise ArgumentError("--recalibrate-bn runs the model in memory; a streamed checkpoint (--max-memory, "
+                                 "or larger than the free memory) has no BatchNorm statistics to re-estimate")
         from .streaming.cli import run as run_checkpoint
 
         args.importance = args.importance or "l2"
@@ -232,7 +235,7 @@ def _prune(args: argparse.Namespace, out: Printer) -> int:
         global_pruning=args.global_pruning, round_to=args.round_to, head_ratio=args.head_ratio or 0.0,
         prune_hidden=args.prune_hidden, ignore=args.ignore or (), calib=args.calib, num_samples=args.calib_samples,
         calib_batch_size=args.calib_batch_size, seq_len=args.seq_len, calib_memory=args.calib_memory,
-        output=path, save_format=fmt,
+        recalibrate_bn=args.recalibrate_bn, output=path, save_format=fmt,
         report=args.report, latency=not args.no_latency, progress=not args.plain)
     _print_report(result.report, source, args, out)
     return 0 if result.report.verified else 1
@@ -253,6 +256,8 @@ def _print_report(rep: Any, source: Any, args: argparse.Namespace, out: Printer)
     out.line(f"input: {tuple(x.shape) if x is not None else '?'} on {rep.device}; weights: {rep.weights}")
     if rep.calibration != "none":
         out.line(f"calibration: {rep.calibration}")
+    if rep.batchnorm != "unchanged":
+        out.line(f"BatchNorm: {rep.batchnorm}")
     out.line(rep.verify)
     for note in rep.notes:
         out.line(f"note: {note}")
@@ -452,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "fit, fluctuation + bias otherwise. A streamed checkpoint with --compensation lstsq holds "
                         "all its Gram matrices at once (beside --max-memory) and is refused before any read "
                         "when they do not fit")
+    p.add_argument("--recalibrate-bn", action="store_true",
+                   help="after the verified prune, re-estimate every BatchNorm layer's running statistics on "
+                        "the --calib data: the unpruned model's are stale once a convolution's inputs are "
+                        "pruned, which costs most of a CNN's eval-mode accuracy until recovery")
     p.add_argument("--seq-len", type=positive_int, default=32,
                    help="tokens per example input and calibration window of a language model (default: 32)")
     p.add_argument("--output", default=None, metavar="PATH",

@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=117, help="optimizer steps (vision.py: 0.25 epoch = 117)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), default="constant",
+                   help="after the warm-up (a quarter of the steps): depgraph recover --lr-schedule")
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--runs", default="ref,labels,kd",
                    help="recoveries to run: ref (unpruned, labels), labels (pruned, labels), kd (pruned, both)")
@@ -131,7 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
     run("prune", "pruned.pt", prune)
     common = ["--data", str(work / f"train{per_class}"), "--input-size", "28", "--trust-pickle",
               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-              "--warmup-steps", str(max(1, args.steps // 4)), "--weight-decay", "5e-4",
+              "--warmup-steps", str(max(1, args.steps // 4)), "--lr-schedule", args.lr_schedule,
+              "--weight-decay", "5e-4",
               "--temperature", str(args.temperature), "--eval-batches", "2", "--seed", str(args.seed),
               "--no-progress", "--plain"]
     runs = [("unpruned", "teacher.pt", "0", "ref.pt"), ("pruned", "pruned.pt", "0", "labels.pt"),
@@ -179,7 +182,7 @@ def markdown(state: dict) -> str:
     lines = [f"ResNet-20 on Fashion-MNIST ({s['test_images']} test images) through the command line: "
              f"`depgraph prune --target macs=0.5 --importance l2 --global`, then `depgraph recover` for "
              f"{s['steps']} AdamW steps of batch {s['batch_size']} (lr {s['lr']:g}, warm-up {max(1, s['steps'] // 4)} "
-             f"steps, weight decay 5e-4) on {s['train_images']} training images written as a class-folder tree.", "",
+             f"steps, then {s.get('lr_schedule', 'constant')}, weight decay 5e-4) on {s['train_images']} training images written as a class-folder tree.", "",
              "| model | recovery | MACs speed-up | accuracy | vs unpruned | vs unpruned, same steps | time |",
              "| :--- | :--- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:

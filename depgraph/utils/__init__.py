@@ -3,7 +3,8 @@
 ``draw_*`` import matplotlib lazily, so ``import depgraph.utils`` never needs it.
 """
 
-from . import benchmark, layer_latency, print_tool
+from . import batchnorm, benchmark, layer_latency, print_tool
+from .batchnorm import batchnorm_layers, recalibrate_batchnorm
 from .benchmark import measure_fps, measure_latency, measure_memory, measure_throughput
 from .compat import TORCH_BATCHNORM, TORCH_CONV, TORCH_LINEAR, TORCH_PRELU, flatten_as_list, module2type
 from .draw import draw_computational_graph, draw_dependency_graph, draw_groups
@@ -24,6 +25,10 @@ __all__ = [
     "measure_memory",
     "measure_fps",
     "measure_throughput",
+    # BatchNorm statistics after a prune
+    "batchnorm",
+    "batchnorm_layers",
+    "recalibrate_batchnorm",
     # per-layer latency against MACs
     "layer_latency",
     "profile_layers",

@@ -1,10 +1,13 @@
 """Calibration batches from the user's own data: an image folder, a text file, a ``.jsonl``, or Python.
 
-    load_calibration("photos/", spec)           every image, RGB/L, resized to (H, W), normalised
+    load_calibration("photos/", spec)           images evenly spread over the sorted files (every class
+                                                folder in proportion), in a fixed shuffled order, RGB/L,
+                                                resized to (H, W), normalised
     load_calibration("corpus.txt", spec)        tokenised with spec.tokenizer, cut in windows of T tokens
     load_calibration("docs.jsonl", spec)        the "text" field of every line, as a text file
     load_calibration("my_pkg.data:loader", spec)  an attribute of a module (called if callable)
-    load_calibration(my_loader, spec)           an iterable of batches, or a map-style Dataset
+    load_calibration(my_loader, spec)           an iterable of batches (its first ones), or a map-style
+                                                Dataset (samples evenly spread over its indices, shuffled)
 
 Every source gives a list of batches in the form the model is called with
 (``spec.wrap``: ``{"input_ids": ids}`` for a Hugging Face LM, a bare tensor for
@@ -20,9 +23,9 @@ import importlib
 import importlib.util
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
@@ -33,6 +36,7 @@ from .inputs import InputSpec
 
 __all__ = ["load_calibration", "check_calibration", "IMAGE_SUFFIXES", "TEXT_SUFFIXES"]
 
+T = TypeVar("T")
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 
 
@@ -95,8 +99,31 @@ def _image_folder(folder: Path, spec: InputSpec, num_samples: int, batch_size: i
 
 def _images(files: list[Path], where: Path, spec: InputSpec, num_samples: int, batch_size: int) -> list[Any]:
     mode = check_image_spec(spec, where)
-    x = torch.stack([read_image(f, spec, mode) for f in files[:num_samples]])  # (N, C, H, W)
+    x = torch.stack([read_image(f, spec, mode) for f in mixed(spread(files, num_samples))])  # (N, C, H, W)
     return [spec.wrap(chunk) for chunk in x.split(batch_size)]
+
+
+def spread(items: Sequence[T], count: int) -> list[T]:
+    """``count`` of ``items``, evenly spaced over the whole sequence (all of them when fewer).
+
+    The first ``count`` files of a class-per-folder tree (or samples of a dataset sorted by
+    class, as torchvision's ``ImageFolder`` is) are all of its first class, whose statistics
+    (activations, BatchNorm means) describe one class, not the data; evenly spaced picks take
+    every class in proportion to its size, and the same samples on every run.
+    """
+    if count >= len(items):
+        return list(items)
+    return [items[i * len(items) // count] for i in range(count)]
+
+
+def mixed(items: list[T]) -> list[T]:
+    """``items`` in a fixed pseudo-random order (seed 0), so that each batch mixes the classes.
+
+    Batches of one class each would make anything measured per batch (a BatchNorm layer in
+    training mode, a per-batch loss) describe that class instead of the data.
+    """
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(0)).tolist()
+    return [items[i] for i in order]
 
 
 # -- text -------------------------------------------------------------------------------------------
@@ -191,6 +218,8 @@ def _python(obj: Any, spec: InputSpec, num_samples: int, batch_size: int) -> lis
     elif isinstance(obj, dict):
         obj = [obj]
     elif isinstance(obj, torch.utils.data.Dataset) and not isinstance(obj, torch.utils.data.IterableDataset):
+        if hasattr(obj, "__len__"):
+            obj = torch.utils.data.Subset(obj, mixed(spread(range(len(obj)), num_samples)))
         obj = torch.utils.data.DataLoader(obj, batch_size=batch_size, shuffle=False)
     if not isinstance(obj, Iterable):
         raise CalibrationDataError(f"calibration data of type {type(obj).__name__} is not an iterable of batches "

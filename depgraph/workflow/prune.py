@@ -9,6 +9,7 @@ Order of work (every check that can fail fast runs before the first long step)::
     score    the criterion calibrated on the data (one pass; gradients for Taylor)
     prune    a copy at the ratio, or the ratio search over copies (the source model is never changed)
     verify   depgraph.verify against the unpruned model
+    batchnorm  (recalibrate_bn) BatchNorm running statistics re-estimated on the calibration data
     save     save_pretrained folder / tp.save file, and the report
 """
 
@@ -62,6 +63,7 @@ def prune_model(
     calib_batch_size: int = 8,
     seq_len: int | None = None,
     calib_memory: int | str | None = None,
+    recalibrate_bn: bool = False,
     output: str | os.PathLike | None = None,
     save_format: str = "auto",
     report: str | os.PathLike | None = None,
@@ -93,6 +95,12 @@ def prune_model(
             default is chosen (``"8GB"`` or bytes; default: half the free memory of the model's device):
             reconstruction + lstsq when its Gram matrices fit, fluctuation + bias otherwise. The
             report says which and why; a named ``importance`` or ``compensation`` is never replaced.
+        recalibrate_bn: after the verified prune, re-estimate every BatchNorm layer's running
+            statistics on the calibration data (:func:`depgraph.utils.recalibrate_batchnorm`).
+            Pruning a convolution's inputs makes the statistics of the BatchNorm after it stale,
+            which in eval mode costs far more accuracy than the removed channels themselves;
+            needs ``calib`` and a model with BatchNorm layers. The outputs then no longer match
+            the unpruned model's, so the verify line is the check made before it.
         output: where to save (None: not saved).
         save_format: ``auto`` (the family's), ``hf``, ``depgraph`` or ``pickle``.
         report: ``.md`` / ``.json`` / ``.png`` path of the report (None: not written).
@@ -105,7 +113,7 @@ def prune_model(
 
     Raises:
         OptionError: ratio and target both or neither, unknown criterion, a data-aware criterion
-            without data, ``calib_memory`` not a memory size, global pruning into a ``save_pretrained`` folder, unknown ``ignore`` names,
+            without data, ``recalibrate_bn`` without data or BatchNorm layers, ``calib_memory`` not a memory size, global pruning into a ``save_pretrained`` folder, unknown ``ignore`` names,
             ``prune_hidden`` for a model that is not a Hugging Face one.
         OutputError: the output or report path cannot be written.
         CalibrationDataError: the data cannot be read or does not fit the model.
@@ -134,6 +142,8 @@ def prune_model(
         raise OptionError(f"round_to must be a positive integer, got {round_to}")
     recipe = resolve_recipe(importance, compensation, global_pruning,
                             language_model=source.is_language_model, has_data=calib is not None)
+    if recalibrate_bn:
+        _check_recalibration(source, calib)
     if calib_memory is not None:
         from ..streaming.memory import parse_size
 
@@ -173,6 +183,10 @@ def prune_model(
         before = measure(model, example, latency=want_latency)
     make_pruner = _pruner_factory(source, recipe, round_to, hf)
     notes = _notes(source, recipe)
+    if calib is not None and not recalibrate_bn and _has_batchnorm(source):
+        notes.append("BatchNorm statistics are the unpruned model's, stale after the prune (eval-mode quality "
+                     "understated until recovery): recalibrate_bn=True / --recalibrate-bn re-estimates them "
+                     "on the calibration data")
 
     if goal is not None and goal.kept < 1.0:
         with stages.stage("reach", f"can {goal} be met?"):  # before the calibration pass
@@ -197,7 +211,14 @@ def prune_model(
     with stages.stage("verify"):
         checked = verify_fn(model, pruned, example)
         ok = bool(checked.ok) or (recipe.compensation != "none" and checked.shapes_match)
-        after = measure(pruned, example, latency=want_latency)
+        after = measure(pruned, example, latency=want_latency)  # sizes and speed: the statistics change neither
+    batchnorm = "unchanged"
+    if recalibrate_bn:
+        from ..utils.batchnorm import recalibrate_batchnorm
+
+        with stages.stage("batchnorm", "re-estimating BatchNorm statistics"):
+            count = recalibrate_batchnorm(pruned, batches)
+        batchnorm = f"running statistics of {count} BatchNorm layers re-estimated on the calibration data"
     how, saved = "", None
     if out is not None:
         with stages.stage("save", os.fspath(out)):
@@ -209,11 +230,27 @@ def prune_model(
         criterion=recipe.describe(), why=recipe.why, target=str(goal) if goal is not None else f"ratio={ratio}",
         result=result_text, ratio=found.ratio if found is not None else float(ratio),  # type: ignore[arg-type]
         round_to=round_to, before=before, after=after, verify=_verify_line(checked, recipe), verified=ok,
-        device=str(_device(model)), calibration=calibration, kept_layers=_names(model, keep), layers=layer_widths(model, pruned),
+        device=str(_device(model)), calibration=calibration, batchnorm=batchnorm, kept_layers=_names(model, keep), layers=layer_widths(model, pruned),
         seconds=stages.seconds, output=os.fspath(saved) if saved is not None else None, how_to_load=how, notes=notes)
     if report is not None:
         rep.save(report)
     return PruneResult(pruned, rep, saved)
+
+
+def _has_batchnorm(source: Source) -> bool:
+    from ..utils.batchnorm import batchnorm_layers
+
+    return bool(batchnorm_layers(source.model))
+
+
+def _check_recalibration(source: Source, calib: Any) -> None:
+    """``recalibrate_bn`` needs data to measure on and BatchNorm layers to update."""
+    if calib is None:
+        raise OptionError("recalibrate_bn re-estimates BatchNorm statistics on calibration data: give calib= "
+                          "(--calib) too")
+    if not _has_batchnorm(source):
+        raise OptionError(f"recalibrate_bn: {source.name} has no BatchNorm layer with running statistics "
+                          f"to re-estimate")
 
 
 def _pruner_factory(source: Source, recipe: Recipe, round_to: int | None, hf: HFPruneSettings | None) -> Any:

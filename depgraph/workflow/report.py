@@ -94,6 +94,7 @@ class PruneReport:
     device: str
     verified: bool = True
     calibration: str = "none"
+    batchnorm: str = "unchanged"
     kept_layers: list[str] = field(default_factory=list)
     layers: list[LayerWidth] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -130,6 +131,7 @@ class PruneReport:
                  f"- weights: {self.weights}",
                  f"- criterion: {self.criterion} ({self.why})",
                  f"- calibration: {self.calibration}",
+                 f"- BatchNorm statistics: {self.batchnorm}",
                  f"- target: {self.target}", f"- result: {self.result}",
                  f"- round_to: {self.round_to or 'none'}", f"- kept whole: {', '.join(self.kept_layers) or 'none'}",
                  f"- {self.verify}"]

@@ -268,7 +268,15 @@ def _read_file(path: Path, trust_pickle: bool) -> Any:
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError ... for a non-torch file
         raise SourceError(f"cannot read {os.fspath(path)!r} as a torch file ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as e:  # the pickle names the class by module; that module is not importable here
+        raise SourceError(f"{os.fspath(path)!r} is a pickled model whose code is in module {e.name!r}, which "
+                          "cannot be imported here: run from the folder that defines it, or add that folder "
+                          "to PYTHONPATH") from None
+    except AttributeError as e:  # the module imports but no longer defines the class
+        raise SourceError(f"{os.fspath(path)!r} is a pickled model whose class is no longer where it was saved "
+                          f"from ({e}): unpickling needs the same code") from None
 
 
 def _load_weights(model: nn.Module, path: Path, trust_pickle: bool) -> None:

@@ -19,6 +19,7 @@ import depgraph as tp
 from depgraph.errors import CalibrationDataError
 from depgraph.recovery.data import open_dataset
 from depgraph.workflow import InputSpec, load_calibration
+from depgraph.workflow.calibration_data import mixed, spread
 from depgraph.workflow.images import ImageFiles, list_images
 
 PIL = pytest.importorskip("PIL")
@@ -76,10 +77,12 @@ def test_batches_are_bit_identical_to_decoding_everything_first(tmp_path, channe
     for (x_new, y_new), (x_old, y_old) in zip(new, old, strict=True):
         assert x_new.dtype == x_old.dtype == torch.float32 and torch.equal(x_new, x_old)
         assert y_new.dtype == torch.int64 and torch.equal(y_new, y_old)
-    # calibration reads through the same per-file decoder: the first images of the first class
+    # calibration reads through the same per-file decoder: 5 of the first class's 7 images, spread and mixed
     calib = load_calibration(root / "c0", spec, num_samples=5, batch_size=2)
-    torch.testing.assert_close(torch.cat(calib), torch.stack([x for x, _ in _decoded_up_front(root, spec)[:5]]),
-                               rtol=0, atol=0)
+    first_class = [x for x, _ in _decoded_up_front(root, spec)[:7]]
+    picked = mixed(spread(list(range(7)), 5))
+    assert sorted(picked) == [0, 1, 2, 4, 5]
+    torch.testing.assert_close(torch.cat(calib), torch.stack([first_class[i] for i in picked]), rtol=0, atol=0)
 
 
 def test_dataloader_workers_give_the_same_batches(tmp_path) -> None:
