@@ -15,11 +15,9 @@ import torch
 import depgraph as tp
 from depgraph.cli import main
 from depgraph.errors import OptionError, SourceError
-from depgraph.utils import batchnorm_layers, recalibrate_batchnorm
+from depgraph.utils import recalibrate_batchnorm
 from depgraph.workflow import InputSpec, load_calibration, load_source, prune_model
 from depgraph.workflow.calibration_data import spread
-
-from ._files import write_images
 
 torchvision = pytest.importorskip("torchvision")
 pytest.importorskip("PIL")
