@@ -32,7 +32,7 @@ with the input size.
 
 Table 3 (``--per-layer``, instead of tables 1 and 2): why the CPU speed-up
 falls short of the MACs speed-up. ResNet-50 and MobileNet-V2, unpruned and at
-``--layer-ratio`` (0.5) with ``round_to=8``, at 64x64 and 224x224, batch 1, are
+``--layer-ratio`` (0.5) with ``round_to=8``, at 64x64 and 224x224, batch 1 (``--batch-size``), are
 timed under four deployment settings: as pruned (``plain``), BatchNorm folded
 into the convolutions (``fold_bn``, torch.fx's ``fuse``), ``channels_last``
 memory format, and both (plus ``torch.compile`` of both with ``--compile``; it
@@ -286,10 +286,10 @@ def per_layer_case(arch: str, size: int, args: argparse.Namespace, settings: Seq
     default_threads = torch.get_num_threads()
     base = pruned_model(arch, 0.0, None)
     pruned = pruned_model(arch, args.layer_ratio, 8)
-    x = torch.randn(1, 3, size, size)
+    x = torch.randn(args.batch_size, 3, size, size)
     macs0, params0 = tp.utils.count_ops_and_params(base, x)
     macs1, params1 = tp.utils.count_ops_and_params(pruned, x)
-    case: dict = {"model": arch, "input": [1, 3, size, size], "ratio": args.layer_ratio, "round_to": 8,
+    case: dict = {"model": arch, "input": [args.batch_size, 3, size, size], "ratio": args.layer_ratio, "round_to": 8,
                   "macs": [macs0, macs1], "params": [params0, params1], "settings": {}, "layers": {}}
     variants = {}
     for setting in settings:
@@ -323,7 +323,9 @@ def case_markdown(case: dict) -> str:
     """The settings table, the gap per module class and the per-layer table of one case."""
     macs, size = case["macs"], case["input"][-1]
     s = macs[0] / macs[1]
-    name = f"{case['model']}, {size}x{size}, ratio {case['ratio']}, round_to 8"
+    batch = case["input"][0]
+    name = f"{case['model']}, {size}x{size}" + (f", batch {batch}" if batch != 1 else "") + \
+        f", ratio {case['ratio']}, round_to 8"
     plain_base = case["settings"]["plain"]["cpu_ms_1_thread"][0]
     rows = []
     for setting, t in case["settings"].items():
