@@ -457,10 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "fit, fluctuation + bias otherwise. A streamed checkpoint with --compensation lstsq holds "
                         "all its Gram matrices at once (beside --max-memory) and is refused before any read "
                         "when they do not fit")
-    p.add_argument("--recalibrate-bn", action="store_true",
-                   help="after the verified prune, re-estimate every BatchNorm layer's running statistics on "
+    p.add_argument("--recalibrate-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="after the verified prune, re-measure every BatchNorm layer's running statistics on "
                         "the --calib data: the unpruned model's are stale once a convolution's inputs are "
-                        "pruned, which costs most of a CNN's eval-mode accuracy until recovery")
+                        "pruned, which costs most of a CNN's eval-mode accuracy until recovery (default: on "
+                        "when --calib is given and the model has BatchNorm layers)")
     p.add_argument("--seq-len", type=positive_int, default=32,
                    help="tokens per example input and calibration window of a language model (default: 32)")
     p.add_argument("--output", default=None, metavar="PATH",

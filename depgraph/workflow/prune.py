@@ -9,7 +9,7 @@ Order of work (every check that can fail fast runs before the first long step)::
     score    the criterion calibrated on the data (one pass; gradients for Taylor)
     prune    a copy at the ratio, or the ratio search over copies (the source model is never changed)
     verify   depgraph.verify against the unpruned model
-    batchnorm  (recalibrate_bn) BatchNorm running statistics re-estimated on the calibration data
+    batchnorm  (with data, unless recalibrate_bn=False) BatchNorm statistics re-measured on the calibration data
     save     save_pretrained folder / tp.save file, and the report
 """
 
@@ -63,7 +63,7 @@ def prune_model(
     calib_batch_size: int = 8,
     seq_len: int | None = None,
     calib_memory: int | str | None = None,
-    recalibrate_bn: bool = False,
+    recalibrate_bn: bool | None = None,
     output: str | os.PathLike | None = None,
     save_format: str = "auto",
     report: str | os.PathLike | None = None,
@@ -95,12 +95,14 @@ def prune_model(
             default is chosen (``"8GB"`` or bytes; default: half the free memory of the model's device):
             reconstruction + lstsq when its Gram matrices fit, fluctuation + bias otherwise. The
             report says which and why; a named ``importance`` or ``compensation`` is never replaced.
-        recalibrate_bn: after the verified prune, re-estimate every BatchNorm layer's running
+        recalibrate_bn: after the verified prune, re-measure every BatchNorm layer's running
             statistics on the calibration data (:func:`depgraph.utils.recalibrate_batchnorm`).
             Pruning a convolution's inputs makes the statistics of the BatchNorm after it stale,
-            which in eval mode costs far more accuracy than the removed channels themselves;
-            needs ``calib`` and a model with BatchNorm layers. The outputs then no longer match
-            the unpruned model's, so the verify line is the check made before it.
+            which in eval mode costs far more accuracy than the removed channels themselves.
+            None (default): whenever ``calib`` is given and the model has BatchNorm layers;
+            True: required (an error without data or BatchNorm layers); False: never. The
+            outputs then no longer match the unpruned model's, so the verify line is the check
+            made before it.
         output: where to save (None: not saved).
         save_format: ``auto`` (the family's), ``hf``, ``depgraph`` or ``pickle``.
         report: ``.md`` / ``.json`` / ``.png`` path of the report (None: not written).
@@ -144,6 +146,8 @@ def prune_model(
                             language_model=source.is_language_model, has_data=calib is not None)
     if recalibrate_bn:
         _check_recalibration(source, calib)
+    elif recalibrate_bn is None:
+        recalibrate_bn = calib is not None and _has_batchnorm(source)
     if calib_memory is not None:
         from ..streaming.memory import parse_size
 
@@ -183,10 +187,9 @@ def prune_model(
         before = measure(model, example, latency=want_latency)
     make_pruner = _pruner_factory(source, recipe, round_to, hf)
     notes = _notes(source, recipe)
-    if calib is not None and not recalibrate_bn and _has_batchnorm(source):
+    if calib is None and source.weights != "random" and _has_batchnorm(source):
         notes.append("BatchNorm statistics are the unpruned model's, stale after the prune (eval-mode quality "
-                     "understated until recovery): recalibrate_bn=True / --recalibrate-bn re-estimates them "
-                     "on the calibration data")
+                     "understated until recovery): give calibration data (--calib) to re-measure them")
 
     if goal is not None and goal.kept < 1.0:
         with stages.stage("reach", f"can {goal} be met?"):  # before the calibration pass

@@ -1,4 +1,4 @@
-"""``prune_model(recalibrate_bn=True)`` / ``depgraph prune --recalibrate-bn``, and which images calibrate.
+"""BatchNorm statistics re-measured by ``prune_model`` / ``depgraph prune`` with data, and which images calibrate.
 
 The checkpoints are torchvision models whose BatchNorm statistics were first fitted to the
 calibration images (as a trained model's fit its data), so a prune makes them measurably stale.
@@ -54,11 +54,11 @@ def test_recalibrated_prune_matches_batch_statistics_and_reloads(tmp_path) -> No
     source = load_source("resnet18", _fitted_checkpoint(tmp_path, images, size=64), input_size=64)
     kwargs = dict(ratio=0.5, calib=images, num_samples=24, calib_batch_size=8, latency=False)
     source_stats = source.model.bn1.running_mean.clone()
-    stale = prune_model(source, **kwargs)
-    fresh = prune_model(source, recalibrate_bn=True, output=tmp_path / "p.pth", report=tmp_path / "r.md", **kwargs)
-    assert "re-estimated" not in stale.report.batchnorm and any("--recalibrate-bn" in n for n in stale.report.notes)
+    stale = prune_model(source, recalibrate_bn=False, **kwargs)
+    fresh = prune_model(source, output=tmp_path / "p.pth", report=tmp_path / "r.md", **kwargs)  # the default with data
+    assert stale.report.batchnorm == "unchanged"
     assert fresh.report.batchnorm == "running statistics of 20 BatchNorm layers re-estimated on the calibration data"
-    assert not any("--recalibrate-bn" in n for n in fresh.report.notes)
+    assert not any("BatchNorm" in n for n in fresh.report.notes + stale.report.notes)
     assert fresh.report.verified and fresh.report.verify.startswith("verify: exact")  # checked before the update
     assert "batchnorm" in fresh.report.seconds
     assert "- BatchNorm statistics: running statistics of 20" in (tmp_path / "r.md").read_text()
@@ -81,6 +81,19 @@ def test_recalibrated_prune_matches_batch_statistics_and_reloads(tmp_path) -> No
         torch.testing.assert_close(reloaded(x), fresh.model.eval()(x), rtol=0, atol=0)
 
 
+def test_without_data_the_statistics_stay_and_a_real_checkpoint_gets_a_note(tmp_path) -> None:
+    images = _class_tree(tmp_path / "imgs")
+    real = prune_model(load_source("resnet18", _fitted_checkpoint(tmp_path, images), input_size=32), ratio=0.3,
+                       latency=False)
+    assert real.report.batchnorm == "unchanged"
+    assert any("BatchNorm statistics are the unpruned model's" in n and "--calib" in n for n in real.report.notes)
+    random_weights = prune_model(load_source("resnet18", input_size=32), ratio=0.3, latency=False)
+    assert not any("BatchNorm" in n for n in random_weights.report.notes)  # nothing to say about random weights
+    squeeze = prune_model(load_source("squeezenet1_1", input_size=32), ratio=0.3, calib=[torch.randn(2, 3, 32, 32)],
+                          latency=False)
+    assert squeeze.report.batchnorm == "unchanged"  # the default with data but no BatchNorm layer
+
+
 def test_recalibration_is_refused_without_data_or_batchnorm_before_any_work(tmp_path, monkeypatch) -> None:
     import depgraph.workflow.prune as prune_module
 
@@ -100,12 +113,14 @@ def test_cli_flag_prints_the_update_and_refuses_without_calib(tmp_path, capsys) 
     images = _class_tree(tmp_path / "imgs")
     weights = _fitted_checkpoint(tmp_path, images)
     out = tmp_path / "p.pth"
-    assert main(["prune", "resnet18", "--weights", weights, "--ratio", "0.4", "--input-size", "32", "--plain",
-                 "--no-latency", "--calib", str(images), "--calib-samples", "12", "--recalibrate-bn",
-                 "--output", str(out)]) == 0
+    common = ["prune", "resnet18", "--weights", weights, "--ratio", "0.4", "--input-size", "32", "--plain",
+              "--no-latency", "--calib", str(images), "--calib-samples", "12"]
+    assert main([*common, "--output", str(out)]) == 0  # on by default with --calib
     printed = capsys.readouterr().out
     assert "BatchNorm: running statistics of 20 BatchNorm layers re-estimated" in printed
     assert "verify: exact" in printed and out.is_file()
+    assert main([*common, "--no-recalibrate-bn", "--output", "-"]) == 0
+    assert "BatchNorm:" not in capsys.readouterr().out
     assert main(["prune", "resnet18", "--ratio", "0.4", "--input-size", "32", "--plain", "--recalibrate-bn",
                  "--output", "-"]) == 2
     assert "give calib=" in capsys.readouterr().err
