@@ -122,3 +122,20 @@ def test_dict_batches_are_keyword_arguments() -> None:
     model = Keyed()
     recalibrate_batchnorm(model, [{"pixels": torch.ones(4, 3) * torch.tensor([1.0, 2.0, 3.0])}])
     torch.testing.assert_close(model.bn.running_mean, torch.tensor([1.0, 2.0, 3.0]))
+
+
+def test_timm_batchnorm_act_layers_are_measured_on_their_own_input() -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("mobilenetv3_small_050", pretrained=False).eval()
+    layers = batchnorm_layers(model)
+    assert layers and all(type(bn).__name__ == "BatchNormAct2d" for _, bn in layers)  # BN + activation in one
+    seen = {}
+    name, first = layers[0]
+    handle = first.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0].detach().clone()))
+    x = torch.randn(6, 3, 32, 32)
+    assert recalibrate_batchnorm(model, [x]) == len(layers)
+    handle.remove()
+    torch.testing.assert_close(first.running_mean, seen["x"].mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(first.running_var, seen["x"].var(dim=(0, 2, 3)))
+    assert not model.training
