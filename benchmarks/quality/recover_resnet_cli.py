@@ -61,7 +61,7 @@ def depgraph(*args: str) -> dict:
 
 def recover_timing(printed: str) -> dict:
     """The training seconds and CPU threads in ``depgraph recover``'s table title ({} if absent)."""
-    found = re.search(r"(\d+) steps in ([\d.]+) s on .*?\((\d+) CPU threads? each\)", printed)
+    found = re.search(r"(\d+) steps in ([\d.]+) s on .*?\((\d+) CPU threads? each[,)]", printed)
     return {"train_seconds": float(found[2]), "threads": int(found[3])} if found else {}
 
 

@@ -29,6 +29,13 @@ def _layers(text: str) -> tuple[str | int, ...]:
     return tuple(int(t) if t.lstrip("-").isdigit() else t for t in items)
 
 
+def _workers(text: str) -> int | str:
+    """``--num-workers``: ``auto`` or an integer >= 0."""
+    from ..cli import non_negative_int
+
+    return "auto" if text == "auto" else non_negative_int(text)
+
+
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``recover`` subcommand to the ``depgraph`` parser's subparsers."""
     from ..cli import (  # the shared checks of the command line
@@ -81,9 +88,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=positive_int, default=128, help="tokens per text sample (default: 128)")
     p.add_argument("--input-size", type=positive_int, default=None, help="image height and width (default: the model's)")
     p.add_argument("--max-samples", type=positive_int, default=None, help="use at most N samples of the data")
-    p.add_argument("--num-workers", type=non_negative_int, default=0, metavar="N",
+    p.add_argument("--num-workers", type=_workers, default=0, metavar="N|auto",
                    help="DataLoader worker processes that read the data (images are decoded per batch) beside "
-                        "the training step, each on its own core (default: 0, read in the training process)")
+                        "the training step, each on its own core; auto: the cores the step leaves idle (CPU "
+                        "threads, or one core feeding a GPU, per process), at most 8, none for text (default: "
+                        "0, read in the training process)")
     p.add_argument("--seed", type=int, default=0, help="seed of data order and initialisation (default: 0)")
     p.add_argument("--save-every", type=positive_int, default=None, metavar="N",
                    help="also write --output every N steps (single process or DDP), so that a run stopped early "
@@ -165,6 +174,8 @@ def run(args: argparse.Namespace, out: Any) -> int:
     notes = [_SHARING.get(result.distributed_type, "DDP")] if result.num_processes > 1 else []
     if result.device == "cpu":
         notes.append(f"{torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() > 1 else ''} each")
+    if result.num_workers:
+        notes.append(f"{result.num_workers} data worker{'s' if result.num_workers > 1 else ''} each")
     if notes:
         procs += f" ({', '.join(notes)})"
     out.table(f"recover {args.model}: {result.steps} steps in {result.seconds:.1f} s on {procs}, "

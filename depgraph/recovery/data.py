@@ -30,6 +30,8 @@ _ALL = 1 << 62  # "no limit" for the reader's num_samples
 class _Samples(Dataset):
     """Samples cut out of the reader's batches, each with its label when there is one."""
 
+    in_memory = True  # tokenised or decoded already: DataLoader workers would only copy (recovery.workers)
+
     def __init__(self, batches: list[Any], label: int | None = None):
         self.items: list[Any] = []
         for batch in batches:

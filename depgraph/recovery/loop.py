@@ -42,6 +42,7 @@ from .hidden import HiddenTap
 from .losses import HiddenProjection, channel_dim, task_loss
 from .options import RecoverOptions
 from .steps import TrainingRun, adamw, call_with_tap, lr_factor
+from .workers import resolve_workers
 
 __all__ = ["recover", "RecoverResult"]
 
@@ -68,6 +69,8 @@ class RecoverResult:
         device: the kind of device it trained on (``"cpu"``, ``"cuda"``, ...).
         distributed_type: how the processes shared the work, accelerate's name for it
             (``"NO"``, ``"MULTI_CPU"`` / ``"MULTI_GPU"`` for DDP, ``"FSDP"``, ``"DEEPSPEED"``).
+        num_workers: DataLoader worker processes each process read its data with
+            (what ``num_workers="auto"`` chose; 0 for a DataLoader given as ``data``).
     """
 
     model: nn.Module
@@ -83,6 +86,7 @@ class RecoverResult:
     state_dict: dict[str, torch.Tensor] | None = None
     device: str = "cpu"
     distributed_type: str = "NO"
+    num_workers: int = 0
 
 
 class _Student(nn.Module):
@@ -196,9 +200,12 @@ def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, 
                                   cpu=not _has_accelerator_device())
     set_seed(opts.seed)
     _warn_if_not_sharded(accelerator)
-    train_loader, eval_loader = _loaders(data, opts, collate_fn)
-    if eval_data is not None:
-        eval_loader = _loaders(eval_data, opts, collate_fn, "eval_data")[1]
+    workers = resolve_workers(opts.num_workers, data, on_accelerator=accelerator.device.type != "cpu",
+                              processes=accelerator.num_processes)
+    # the probe reads the unshuffled loader: an iterator opened and dropped on the shuffled one would
+    # draw from its generator as far as its workers prefetched, so the training order would depend on them
+    train_loader, data_loader = _loaders(data, opts, collate_fn, workers)
+    eval_loader = data_loader if eval_data is None else _loaders(eval_data, opts, collate_fn, workers, "eval_data")[1]
     causal = is_causal_lm(student)
     teacher.requires_grad_(False).eval().to(accelerator.device)
     student.to(accelerator.device)
@@ -211,7 +218,7 @@ def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, 
     try:
         if opts.hidden_weight > 0:
             s_tap, t_tap = HiddenTap(student, opts.hidden_layers), HiddenTap(teacher, opts.hidden_layers)
-        widths, has_labels = _probe(student, teacher, train_loader, causal, s_tap, t_tap, accelerator)
+        widths, has_labels = _probe(student, teacher, data_loader, causal, s_tap, t_tap, accelerator)
         if eval_data is not None and _probe(student, teacher, eval_loader, causal, s_tap, t_tap,
                                             accelerator)[1] != has_labels:
             raise RecoveryError("recover: eval_data and data differ in whether they carry labels; "
@@ -266,7 +273,8 @@ def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, 
                          task_after=task_after if has_labels else None, seconds=seconds,
                          is_main_process=accelerator.is_main_process, num_processes=accelerator.num_processes,
                          state_dict=full_state, device=accelerator.device.type,
-                         distributed_type=accelerator.distributed_type.name)
+                         distributed_type=accelerator.distributed_type.name,
+                         num_workers=0 if isinstance(data, DataLoader) else workers)
 
 
 def _warn_if_not_sharded(accelerator: Any) -> None:
@@ -290,7 +298,8 @@ def _has_accelerator_device() -> bool:
     return bool(acc.is_available()) if acc is not None else torch.cuda.is_available()
 
 
-def _loaders(data: Any, opts: RecoverOptions, collate_fn: Any, what: str = "data") -> tuple[DataLoader, DataLoader]:
+def _loaders(data: Any, opts: RecoverOptions, collate_fn: Any, workers: int,
+             what: str = "data") -> tuple[DataLoader, DataLoader]:
     if isinstance(data, DataLoader):
         return data, data
     if not isinstance(data, Dataset) and not hasattr(data, "__getitem__"):
@@ -303,9 +312,9 @@ def _loaders(data: Any, opts: RecoverOptions, collate_fn: Any, what: str = "data
         raise RecoveryError(f"recover: the {what} dataset is empty" if what != "data" else "recover: the dataset is empty")
     g = torch.Generator().manual_seed(opts.seed)
     train = DataLoader(data, batch_size=opts.batch_size, shuffle=opts.shuffle, collate_fn=collate_fn,
-                       num_workers=opts.num_workers, drop_last=n is not None and n >= opts.batch_size, generator=g)
+                       num_workers=workers, drop_last=n is not None and n >= opts.batch_size, generator=g)
     evaluation = DataLoader(data, batch_size=opts.batch_size, shuffle=False, collate_fn=collate_fn,
-                            num_workers=opts.num_workers)
+                            num_workers=workers)
     return train, evaluation
 
 

@@ -45,7 +45,9 @@ class RecoverOptions:
             task loss are measured before and after training.
         seed: seeds the data order and any random initialisation.
         shuffle: shuffle the training data.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes, or ``"auto"``: the cores the training
+            step leaves idle (at most 8 per process), none for data already in memory
+            (:func:`depgraph.recovery.workers.auto_workers`).
         progress: show a progress bar on the main process.
         restore_on_error: keep a CPU copy of the student's weights and put them
             back when training fails or is interrupted (costs one copy of the
@@ -70,7 +72,7 @@ class RecoverOptions:
     eval_batches: int = 4
     seed: int = 0
     shuffle: bool = True
-    num_workers: int = 0
+    num_workers: int | str = 0
     progress: bool = True
     restore_on_error: bool = True
 
@@ -82,8 +84,11 @@ class RecoverOptions:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
         for name in ("warmup_steps", "eval_batches", "num_workers"):
             value = getattr(self, name)
+            if name == "num_workers" and value == "auto":
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                problems.append(f"{name} must be an integer >= 0, got {value!r}")
+                also = " or 'auto'" if name == "num_workers" else ""
+                problems.append(f"{name} must be an integer >= 0{also}, got {value!r}")
         for name in ("lr", "temperature"):
             value = getattr(self, name)
             if not _finite(value) or value <= 0:

@@ -21,10 +21,11 @@ import torch
 
 from ..errors import OptionError
 
-__all__ = ["auto_threads", "resolve_threads", "cpu_threads"]
+__all__ = ["auto_threads", "resolve_threads", "cpu_threads", "usable_cores"]
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS reports one)."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
@@ -57,7 +58,7 @@ def auto_threads(cores: int | None = None, load: float | None = None, host_cores
             load = os.getloadavg()[0]
         except (AttributeError, OSError):  # no load average (Windows)
             return current
-    cores = _usable_cores() if cores is None else cores
+    cores = usable_cores() if cores is None else cores
     host_cores = (os.cpu_count() or cores) if host_cores is None else host_cores
     busy = min(1.0, max(0.0, load) / max(host_cores, 1))
     idle = int(cores * (1.0 - busy) + 0.5)
