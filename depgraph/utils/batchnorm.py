@@ -19,16 +19,15 @@ import torch
 import torch.nn as nn
 
 from ._inputs import call_model
+from .compat import TORCH_BATCHNORM
 
 __all__ = ["batchnorm_layers", "recalibrate_batchnorm"]
-
-_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The BatchNorm layers of ``model`` that keep running statistics (those eval mode normalises with)."""
     return [(name, m) for name, m in model.named_modules()
-            if isinstance(m, _BATCHNORMS) and m.track_running_stats and m.running_mean is not None]
+            if isinstance(m, TORCH_BATCHNORM) and m.track_running_stats and m.running_mean is not None]
 
 
 def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any]) -> int:
@@ -107,10 +106,9 @@ class _Moments:
 
     def add(self, x: torch.Tensor) -> None:
         dims = [d for d in range(x.dim()) if d != 1]
-        x = x.detach().double()
         count = x.numel() // x.shape[1]
-        mean = x.mean(dim=dims)
-        m2 = ((x - mean.view(1, -1, *[1] * (x.dim() - 2))) ** 2).sum(dim=dims)
+        var, mean = torch.var_mean(x.detach().double(), dim=dims, correction=0)
+        m2 = var * count
         if self.mean is None or self.m2 is None:
             self.n, self.mean, self.m2 = count, mean, m2
             return
