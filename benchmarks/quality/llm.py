@@ -67,7 +67,8 @@ def perplexity(model: nn.Module, rows: torch.Tensor, batch_size: int = 4) -> flo
     """exp(mean next-token NLL) over every row (each row an independent window)."""
     model.eval()
     nll, count = 0.0, 0
-    for batch in rows.split(batch_size):
+    device = next(model.parameters()).device
+    for batch in rows.to(device).split(batch_size):
         logits = model(input_ids=batch).logits[:, :-1].float()
         target = batch[:, 1:]
         nll += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum"))

@@ -98,8 +98,9 @@ def _echo(stream: Any, lines: list[str]) -> None:
         lines.append(line.rstrip("\n"))
 
 
-def held_out_ppl(path: Path, rows: torch.Tensor, base: Path) -> tuple[float, int]:
-    """Perplexity and parameter count of a save_pretrained folder, or of a depgraph.save file of BASE."""
+def held_out_ppl(path: Path, rows: torch.Tensor, base: Path, device: str = "cpu") -> tuple[float, int]:
+    """Perplexity (float32, on ``device``) and parameter count of a save_pretrained folder, or of a
+    depgraph.save file of BASE."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path if path.is_dir() else base, dtype=torch.float32).eval()
@@ -107,16 +108,16 @@ def held_out_ppl(path: Path, rows: torch.Tensor, base: Path) -> tuple[float, int
         import depgraph
 
         model = depgraph.load(model, path).eval()
-    return perplexity(model, rows), n_params(model)
+    return perplexity(model.to(device), rows), n_params(model)
 
 
-def measure_models(models: dict[str, Path], rows: torch.Tensor, base: Path) -> dict[str, dict]:
+def measure_models(models: dict[str, Path], rows: torch.Tensor, base: Path, device: str = "cpu") -> dict[str, dict]:
     """Held-out perplexity, parameters and evaluation seconds of each named model, printed as they finish."""
     width = max(len(name) for name in models)
     measured = {}
     for name, path in models.items():
         start = time.perf_counter()
-        ppl, params = held_out_ppl(path, rows, base)
+        ppl, params = held_out_ppl(path, rows, base, device)
         measured[name] = {"ppl": ppl, "params": params, "eval_seconds": time.perf_counter() - start}
         print(f"{name:{width}s} {params / 1e6:6.1f} M params  ppl {ppl:8.2f}", flush=True)
     return measured
@@ -150,6 +151,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--warmup-steps", type=int, default=6)
     p.add_argument("--lr-schedule", default="cosine", help="depgraph recover --lr-schedule")
     p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--kd-weight", type=float, default=1.0, help="depgraph recover --kd-weight")
+    p.add_argument("--hidden-weight", type=float, default=0.0, help="depgraph recover --hidden-weight")
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
+                   help="depgraph recover --mixed-precision")
+    p.add_argument("--device", default="cpu",
+                   help="where the prune and the perplexity run (depgraph prune --device); recover trains on the "
+                        "accelerator when there is one")
+    p.add_argument("--name", default="recover_llm", help="results/NAME.md and .json")
     p.add_argument("--context", type=int, default=512, help="tokens per perplexity window")
     p.add_argument("--eval-tokens", type=int, default=8192)
     p.add_argument("--threads", type=int, default=1,
@@ -180,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
     prune_cmd = ["prune", str(base), "--target", "params=0.8", "--importance", args.importance, "--compensation",
                  args.compensation, "--calib", str(train), "--calib-samples", str(args.calib_samples),
                  "--seq-len", str(args.calib_seq_len), "--calib-batch-size", "4", "--no-latency", "--plain",
-                 "--output", str(pruned), "--report", str(args.work / "prune_report.json"),
+                 "--device", args.device, "--output", str(pruned), "--report", str(args.work / "prune_report.json"),
                  "--save-format", args.save_format]
     prune_cmd += [a for layer in args.ignore for a in ("--ignore", layer)]
     if not (args.reuse_pruned and pruned.exists() and "prune" in stages):
@@ -194,7 +203,9 @@ def main(argv: list[str] | None = None) -> dict:
     recover_cmd = ["recover", str(pruned), "--teacher", str(base), "--data", str(train), "--seq-len", str(args.seq_len),
                    "--max-samples", str(args.steps * args.batch_size), "--steps", str(args.steps),
                    "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup-steps",
-                   str(args.warmup_steps), "--lr-schedule", args.lr_schedule, "--temperature", str(args.temperature), "--eval-batches", "2",
+                   str(args.warmup_steps), "--lr-schedule", args.lr_schedule, "--temperature", str(args.temperature), "--kd-weight", str(args.kd_weight),
+                   "--hidden-weight", str(args.hidden_weight), "--mixed-precision", args.mixed_precision,
+                   "--eval-batches", "2",
                    "--plain", "--output", str(recovered),
                    "--save-every", str(args.save_every)]
     seconds, stopped = depgraph(*recover_cmd, time_limit=args.time_limit * 60 if args.time_limit else None,
@@ -209,28 +220,44 @@ def main(argv: list[str] | None = None) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     rows = data.chunk_tokens(tokenizer(eval_text, return_tensors="pt").input_ids, args.context, args.eval_tokens)
-    measured = measure_models({"unpruned": base, "pruned": pruned, "pruned + recovered": recovered}, rows, base)
+    measured = measure_models({"unpruned": base, "pruned": pruned, "pruned + recovered": recovered}, rows, base,
+                              args.device)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings["train_tokens"] = args.steps * args.batch_size * args.seq_len
     settings["threads"] = torch.get_num_threads()
+    settings["machine"] = machine()
     state = {"settings": settings, "stages": stages, "models": measured}
     out = RESULTS if not args.quick else Path(tempfile.gettempdir()) / "depgraph-quality-quick"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "recover_llm.json").write_text(json.dumps(state, indent=1))
-    (out / "recover_llm.md").write_text(markdown(state))
+    (out / f"{args.name}.json").write_text(json.dumps(state, indent=1))
+    (out / f"{args.name}.md").write_text(markdown(state))
     print(markdown(state))
     return state
+
+
+def machine() -> str:
+    """What the stages ran on, for the results header."""
+    if torch.cuda.is_available():
+        return f"one {torch.cuda.get_device_name()} (recover; prune and perplexity on the device given)"
+    return f"{os.cpu_count()} shared CPU cores"
 
 
 def markdown(state: dict) -> str:
     s, st, m = state["settings"], state["stages"], state["models"]
     base = m["unpruned"]
-    lines = [f"SmolLM2-135M-Instruct (float32 from the Q4_1 gguf) through the command line, 2 shared CPU cores. "
+    loss = f"distillation at T={s['temperature']:g}" if s.get("kd_weight", 1.0) else "no distillation"
+    if s.get("kd_weight", 1.0) not in (0.0, 1.0):
+        loss += f" (weight {s['kd_weight']:g})"
+    if s.get("hidden_weight"):
+        loss += f", hidden-state MSE (weight {s['hidden_weight']:g})"
+    lines = [f"SmolLM2-135M-Instruct (float32 from the Q4_1 gguf) through the command line, "
+             f"{s.get('machine', '2 shared CPU cores')}. "
              f"Perplexity on {s['eval_tokens']} held-out Wikipedia tokens in windows of {s['context']}. "
              f"Recovery: {s['steps']} AdamW steps of {s['batch_size']} x {s['seq_len']} tokens "
              f"({s['train_tokens']} tokens), lr {s['lr']:g} after {s['warmup_steps']} warm-up steps "
-             f"({s.get('lr_schedule', 'constant')} schedule), distillation at T={s['temperature']:g} plus "
-             "next-token loss.", "",
+             f"({s.get('lr_schedule', 'constant')} schedule), {loss} plus next-token loss"
+             f"{'' if s.get('mixed_precision', 'no') == 'no' else ', ' + s['mixed_precision'] + ' mixed precision'}.",
+             "",
              "| model | params | ppl | ppl / unpruned |", "| :--- | ---: | ---: | ---: |"]
     for name, r in m.items():
         lines.append(f"| {name} | {r['params'] / 1e6:.1f} M ({r['params'] / base['params']:.1%}) | {r['ppl']:.2f} | "
