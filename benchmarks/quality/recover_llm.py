@@ -64,9 +64,23 @@ def prepare(work: Path) -> tuple[Path, Path, str]:
     return base, train, eval_text
 
 
-def depgraph(*args: str, time_limit: float | None = None, threads: int | None = None) -> tuple[float, str | None]:
-    """Run ``python -m depgraph ARGS`` (this checkout first on the path): its wall time in seconds, and the
-    last ``checkpoint: step N`` line it printed when ``time_limit`` (seconds) stopped it (None: it finished)."""
+def validation_text(eval_text: str, tokenizer: Any, measured_tokens: int) -> str:
+    """The held-out text after the tokens the perplexity measures, from the next paragraph on: what
+    ``--keep-best`` chooses the step on, so that the step is never chosen on the measured text."""
+    offsets = tokenizer(eval_text, return_offsets_mapping=True)["offset_mapping"]
+    if len(offsets) <= measured_tokens:
+        raise ValueError(f"the held-out text has {len(offsets)} tokens: none left after the {measured_tokens} measured")
+    start = eval_text.find("\n\n", offsets[measured_tokens][0])
+    if start < 0:
+        raise ValueError("no paragraph starts after the measured tokens")
+    return eval_text[start:].strip()
+
+
+def depgraph(*args: str, time_limit: float | None = None,
+             threads: int | None = None) -> tuple[float, str | None, list[str]]:
+    """Run ``python -m depgraph ARGS`` (this checkout first on the path): its wall time in seconds, the
+    last ``checkpoint: step N`` line it printed when ``time_limit`` (seconds) stopped it (None: it finished),
+    and every line it printed."""
     cmd = [sys.executable, "-m", "depgraph", *args]
     print("$ depgraph " + shlex.join(args), flush=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
@@ -84,11 +98,11 @@ def depgraph(*args: str, time_limit: float | None = None, threads: int | None = 
             proc.wait()
             reader.join(10)
             last = next((x for x in reversed(lines) if x.startswith("checkpoint: step")), "no checkpoint")
-            return time.perf_counter() - start, last
+            return time.perf_counter() - start, last, lines
         reader.join(10)
         if proc.returncode:
             raise subprocess.CalledProcessError(proc.returncode, cmd)
-    return time.perf_counter() - start, None
+    return time.perf_counter() - start, None, lines
 
 
 def _echo(stream: Any, lines: list[str]) -> None:
@@ -152,6 +166,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr-schedule", default="cosine", help="depgraph recover --lr-schedule")
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--kd-weight", type=float, default=1.0, help="depgraph recover --kd-weight")
+    p.add_argument("--task-weight", type=float, default=None, help="depgraph recover --task-weight (default: its own)")
+    p.add_argument("--keep-best", type=int, default=0, metavar="N",
+                   help="depgraph recover --eval-every N --keep-best --eval-data VAL, VAL being the held-out text "
+                        "after the tokens the perplexity measures (0: off)")
+    p.add_argument("--eval-batches", type=int, default=2, help="depgraph recover --eval-batches")
     p.add_argument("--hidden-weight", type=float, default=0.0, help="depgraph recover --hidden-weight")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
                    help="depgraph recover --mixed-precision")
@@ -205,15 +224,27 @@ def main(argv: list[str] | None = None) -> dict:
                    "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup-steps",
                    str(args.warmup_steps), "--lr-schedule", args.lr_schedule, "--temperature", str(args.temperature), "--kd-weight", str(args.kd_weight),
                    "--hidden-weight", str(args.hidden_weight), "--mixed-precision", args.mixed_precision,
-                   "--eval-batches", "2",
+                   "--eval-batches", str(args.eval_batches),
                    "--plain", "--output", str(recovered),
                    "--save-every", str(args.save_every)]
-    seconds, stopped = depgraph(*recover_cmd, time_limit=args.time_limit * 60 if args.time_limit else None,
+    if args.task_weight is not None:
+        recover_cmd += ["--task-weight", str(args.task_weight)]
+    if args.keep_best:
+        from transformers import AutoTokenizer
+
+        val = args.work / "val.txt"
+        val.write_text(validation_text(eval_text, AutoTokenizer.from_pretrained(base), args.eval_tokens),
+                       encoding="utf-8")
+        recover_cmd += ["--eval-data", str(val), "--eval-every", str(args.keep_best), "--keep-best"]
+    seconds, stopped, printed = depgraph(*recover_cmd, time_limit=args.time_limit * 60 if args.time_limit else None,
                                 threads=args.threads)
     stages["recover"] = {"command": "depgraph " + shlex.join(recover_cmd), "seconds": seconds,
                          "threads": args.threads}
     if stopped is not None:
         stages["recover"]["stopped"] = f"stopped by the {args.time_limit:g}-minute limit; {stopped}"
+    kept = next((x for x in printed if x.startswith("kept the weights of step")), None)
+    if kept is not None:
+        stages["recover"]["kept"] = kept
     stages_file.write_text(json.dumps(stages, indent=1))
 
     from transformers import AutoTokenizer
@@ -255,7 +286,8 @@ def markdown(state: dict) -> str:
              f"Perplexity on {s['eval_tokens']} held-out Wikipedia tokens in windows of {s['context']}. "
              f"Recovery: {s['steps']} AdamW steps of {s['batch_size']} x {s['seq_len']} tokens "
              f"({s['train_tokens']} tokens), lr {s['lr']:g} after {s['warmup_steps']} warm-up steps "
-             f"({s.get('lr_schedule', 'constant')} schedule), {loss} plus next-token loss"
+             f"({s.get('lr_schedule', 'constant')} schedule), {loss}"
+             f"{'' if s.get('task_weight') == 0 else ' plus next-token loss'}"
              f"{'' if s.get('mixed_precision', 'no') == 'no' else ', ' + s['mixed_precision'] + ' mixed precision'}.",
              "",
              "| model | params | ppl | ppl / unpruned |", "| :--- | ---: | ---: | ---: |"]
@@ -267,6 +299,7 @@ def markdown(state: dict) -> str:
         how = f" ({r['threads']} thread{'s' if r['threads'] > 1 else ''})" if r.get("threads") else ""
         lines.append(f"| {name} | `{r['command']}`{how} | {r['seconds'] / 60:.1f} min |")
     lines += [f"\n{name}: {r['stopped']}" for name, r in st.items() if r.get("stopped")]
+    lines += [f"\n{name}: {r['kept']}" for name, r in st.items() if r.get("kept")]
     return "\n".join(lines) + "\n"
 
 

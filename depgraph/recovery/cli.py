@@ -71,6 +71,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         "before and after (default: the first batches of --data, which training then sees)")
     p.add_argument("--eval-batches", type=positive_int, default=4,
                    help="batches on which the gap and the task loss are measured before and after (default: 4)")
+    p.add_argument("--eval-every", type=non_negative_int, default=0, metavar="N",
+                   help="also measure them every N steps, printed as a table at the end (default: 0, only "
+                        "before and after)")
+    p.add_argument("--keep-best", action="store_true",
+                   help="write the weights of the measure with the lowest held-out loss (the task loss when the "
+                        "data has labels, always for a causal LM; else the gap), not the last step's: a long run "
+                        "on little data memorises it. Needs --eval-data and --eval-every")
     p.add_argument("--temperature", type=positive_float, default=2.0, help="distillation temperature (default: 2)")
     p.add_argument("--kd-weight", type=non_negative_float, default=1.0,
                    help="weight of the logit distillation (default: 1). The teacher is a ceiling: from an "
@@ -128,6 +135,20 @@ def _checkpoints(args: argparse.Namespace, student: Any, fmt: str, out: Any) -> 
     return save
 
 
+def _evaluations(result: Any, held_out: str, out: Any) -> None:
+    """The measure of every ``--eval-every`` step, and which one ``--keep-best`` kept."""
+    labels = result.evaluations[0].task is not None
+    columns = ("step", f"KL to teacher{held_out}") + ((f"task loss{held_out}",) if labels else ())
+    rows = [(str(e.step), f"{e.kd:.4f}") + ((f"{e.task:.4f}",) if labels else ()) for e in result.evaluations]
+    if result.best_step is not None:
+        rows = [r + (("kept",) if int(r[0]) == result.best_step else ("",)) for r in rows]
+        columns += ("",)
+    out.table("held-out measures during training", columns, rows)
+    if result.best_step is not None:
+        what = "task loss" if labels else "distillation gap"
+        out.line(f"kept the weights of step {result.best_step} of {result.steps} (lowest {what}{held_out})")
+
+
 def run(args: argparse.Namespace, out: Any) -> int:
     """Load, check, recover, report and save; the exit code (0 done)."""
     from pathlib import Path
@@ -137,8 +158,17 @@ def run(args: argparse.Namespace, out: Any) -> int:
     from ..workflow import load_source
     from ..workflow.save import check_output, save_pruned
     from . import recover
+    from .options import recover_options
     from .sources import load_pruned, output_format
 
+    options = dict(
+        steps=args.steps, lr=args.lr, lr_schedule=args.lr_schedule, batch_size=args.batch_size, grad_accum=args.grad_accum,
+        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, eval_batches=args.eval_batches,
+        eval_every=args.eval_every, keep_best=args.keep_best, temperature=args.temperature, kd_weight=args.kd_weight,
+        task_weight=args.task_weight, hidden_weight=args.hidden_weight, hidden_layers=args.hidden_layers,
+        mixed_precision=args.mixed_precision, seed=args.seed, num_workers=args.num_workers,
+        progress=not args.no_progress)
+    recover_options(options, args.eval_data is not None)  # refused before any model loads
     load = {"trust_pickle": args.trust_pickle, "input_size": args.input_size, "seq_len": args.seq_len}
     for option, path in (("--data", args.data), ("--eval-data", args.eval_data)):
         if path is not None and not Path(path).exists():  # refused before any model loads
@@ -155,14 +185,8 @@ def run(args: argparse.Namespace, out: Any) -> int:
     check_output(args.output, fmt, student.folder if student.family == "hf" else None)
     data = _dataset(args, student, args.data)
     eval_data = _dataset(args, student, args.eval_data) if args.eval_data is not None else None
-    result = recover(
-        student.model, teacher.model, data, eval_data=eval_data,
-        steps=args.steps, lr=args.lr, lr_schedule=args.lr_schedule, batch_size=args.batch_size, grad_accum=args.grad_accum,
-        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, eval_batches=args.eval_batches,
-        temperature=args.temperature, kd_weight=args.kd_weight, task_weight=args.task_weight,
-        hidden_weight=args.hidden_weight, hidden_layers=args.hidden_layers, mixed_precision=args.mixed_precision,
-        seed=args.seed, num_workers=args.num_workers, progress=not args.no_progress, on_step=_checkpoints(args, student, fmt, out),
-    )
+    result = recover(student.model, teacher.model, data, eval_data=eval_data,
+                     on_step=_checkpoints(args, student, fmt, out), **options)
     if not result.is_main_process:
         return 0
     held_out = " on --eval-data" if eval_data is not None else ""
@@ -180,6 +204,8 @@ def run(args: argparse.Namespace, out: Any) -> int:
         procs += f" ({', '.join(notes)})"
     out.table(f"recover {args.model}: {result.steps} steps in {result.seconds:.1f} s on {procs}, "
               f"{len(data)} samples", ("", "before", "after"), rows)
+    if args.eval_every:
+        _evaluations(result, held_out, out)
     how = save_pruned(result.model.cpu(), student, args.output, fmt)  # under FSDP / DeepSpeed: the gathered weights
     out.line(f"saved the recovered model to {args.output}; load it with:\n{how}")
     return 0

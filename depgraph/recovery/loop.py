@@ -12,8 +12,9 @@ Call tree::
     recover(student, teacher, data, threads=None, **options)    options checked, CPU threads set for the call
       _probe                     one batch through both models: outputs fit? labels fit? hidden widths
       TrainingRun.evaluate       distillation gap (KL, T=1) and task loss before training
-      TrainingRun.train          steps of: student forward, teacher forward (no grad), losses, backward, step
-      TrainingRun.evaluate       the same measures after training
+      TrainingRun.train          steps of: student forward, teacher forward (no grad), losses, backward, step;
+                                 with eval_every, TrainingRun.evaluate every N steps (BestWeights keeps the best)
+      TrainingRun.evaluate       the same measures after training; with keep_best, the best weights come back
 
 The per-batch steps (optimizer, schedule, losses, loop, evaluation) are in
 :mod:`depgraph.recovery.steps`.
@@ -40,8 +41,8 @@ from .batches import is_causal_lm, logits_of, split_batch
 from .gather import load_full, meta_skeleton
 from .hidden import HiddenTap
 from .losses import HiddenProjection, channel_dim, task_loss
-from .options import RecoverOptions
-from .steps import TrainingRun, adamw, call_with_tap, lr_factor
+from .options import RecoverOptions, recover_options
+from .steps import BestWeights, Evaluation, TrainingRun, adamw, call_with_tap, lr_factor
 from .workers import resolve_workers
 
 __all__ = ["recover", "RecoverResult"]
@@ -71,6 +72,11 @@ class RecoverResult:
             (``"NO"``, ``"MULTI_CPU"`` / ``"MULTI_GPU"`` for DDP, ``"FSDP"``, ``"DEEPSPEED"``).
         num_workers: DataLoader worker processes each process read its data with
             (what ``num_workers="auto"`` chose; 0 for a DataLoader given as ``data``).
+        evaluations: every measure on the evaluation batches, in order: before training
+            (step 0), every ``eval_every`` steps, and after the last step.
+        best_step: with ``keep_best``, the step whose weights ``model`` holds (0: the
+            untrained student); ``kd_after`` / ``task_after`` are that step's measures.
+            None without ``keep_best``.
     """
 
     model: nn.Module
@@ -87,6 +93,8 @@ class RecoverResult:
     device: str = "cpu"
     distributed_type: str = "NO"
     num_workers: int = 0
+    evaluations: list[Evaluation] = field(default_factory=list)
+    best_step: int | None = None
 
 
 class _Student(nn.Module):
@@ -172,14 +180,7 @@ def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, 
         >>> result = depgraph.recover(pruned, original, dataset, steps=200, lr=1e-4)
         >>> result.kd_before, result.kd_after
     """
-    unknown = sorted(set(options) - set(RecoverOptions.__dataclass_fields__))
-    if unknown:
-        from ..errors import OptionError
-
-        raise OptionError(f"recover: unknown option(s) {unknown}; known: {sorted(RecoverOptions.__dataclass_fields__)}")
-    if isinstance(options.get("hidden_layers"), list):
-        options["hidden_layers"] = tuple(options["hidden_layers"])
-    opts = RecoverOptions(**options)
+    opts = recover_options(options, eval_data is not None)
     if student is teacher:
         raise RecoveryError("recover: student and teacher are the same object; pass the unpruned model as teacher")
     n_threads = resolve_threads(threads)  # refused here, before anything changes
@@ -237,6 +238,9 @@ def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, 
         if on_step is not None and sharded:
             raise RecoveryError("recover: on_step (a checkpoint every N steps) sees sharded parameters under "
                                 "FSDP / DeepSpeed; run without it there")
+        if opts.keep_best and sharded:
+            raise RecoveryError("recover: keep_best copies the student's weights, which FSDP / DeepSpeed shard; "
+                                "run without it there (or with eval_every alone, and save checkpoints)")
         wrapped, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
             wrapped, optimizer, train_loader, eval_loader, scheduler)
         if sharded:  # the student now holds shards: its old weights cannot be loaded back
@@ -244,11 +248,25 @@ def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, 
         run = TrainingRun(accelerator, wrapped, teacher, causal, s_tap, t_tap, opts, task_weight if has_labels else 0.0)
         run.on_step = on_step
 
-        kd_before, task_before = run.evaluate(eval_loader)
+        evaluations: list[Evaluation] = []
+        best = BestWeights(wrapped) if opts.keep_best else None
+
+        def measure(step: int) -> Evaluation:
+            kd, task = run.evaluate(eval_loader)
+            evaluations.append(Evaluation(step, kd, task if has_labels else None))
+            if best is not None and step < opts.steps:  # the last measure: compared below, not copied
+                best.offer(evaluations[-1])
+            return evaluations[-1]
+
+        before = measure(0)
+        run.on_eval = measure if opts.eval_every else None
         t0 = time.perf_counter()
         losses = run.train(train_loader, optimizer, scheduler)
         seconds = time.perf_counter() - t0
-        kd_after, task_after = run.evaluate(eval_loader)
+        after = measure(opts.steps)
+        if best is not None and best.best is not None and not after.loss() < best.best.loss():
+            best.restore()  # every process: the measures were reduced across them, so all choose alike
+            after = best.best
         accelerator.wait_for_everyone()
     except BaseException:
         if snapshot is not None:
@@ -268,13 +286,13 @@ def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, 
         model = (load_full(skeleton, full_state).cpu() if accelerator.is_main_process else skeleton).eval()
     else:
         model = accelerator.unwrap_model(wrapped).model.eval()
-    return RecoverResult(model=model, steps=opts.steps, losses=losses, kd_before=kd_before, kd_after=kd_after,
-                         task_before=task_before if has_labels else None,
-                         task_after=task_after if has_labels else None, seconds=seconds,
+    return RecoverResult(model=model, steps=opts.steps, losses=losses, kd_before=before.kd, kd_after=after.kd,
+                         task_before=before.task, task_after=after.task, seconds=seconds,
                          is_main_process=accelerator.is_main_process, num_processes=accelerator.num_processes,
                          state_dict=full_state, device=accelerator.device.type,
                          distributed_type=accelerator.distributed_type.name,
-                         num_workers=0 if isinstance(data, DataLoader) else workers)
+                         num_workers=0 if isinstance(data, DataLoader) else workers, evaluations=evaluations,
+                         best_step=after.step if opts.keep_best else None)
 
 
 def _warn_if_not_sharded(accelerator: Any) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..errors import OptionError
 
-__all__ = ["RecoverOptions", "LR_SCHEDULES"]
+__all__ = ["RecoverOptions", "LR_SCHEDULES", "recover_options"]
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 #: Learning rate after the warm-up: held, or decayed to 0 at the last step along a cosine or a line.
@@ -43,6 +43,14 @@ class RecoverOptions:
             / ``accelerate config`` set.
         eval_batches: batches (per process) on which the distillation gap and the
             task loss are measured before and after training.
+        eval_every: also measure them every N optimizer steps (0: only before and
+            after); each measure is kept in ``RecoverResult.evaluations``.
+        keep_best: end with the weights of the measure with the lowest held-out loss
+            instead of the last step's: the task loss when the data has labels (always for
+            a causal LM: the held-out perplexity), else the distillation gap. The untrained
+            student takes part. Why: on a small data set a long run memorises it and its
+            held-out loss rises again. Needs ``eval_every`` and held-out ``eval_data``;
+            keeps one CPU copy of the best weights; refused under FSDP / DeepSpeed.
         seed: seeds the data order and any random initialisation.
         shuffle: shuffle the training data.
         num_workers: DataLoader worker processes, or ``"auto"``: the cores the training
@@ -70,6 +78,8 @@ class RecoverOptions:
     warmup_steps: int = 0
     mixed_precision: str | None = None
     eval_batches: int = 4
+    eval_every: int = 0
+    keep_best: bool = False
     seed: int = 0
     shuffle: bool = True
     num_workers: int | str = 0
@@ -82,7 +92,7 @@ class RecoverOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
-        for name in ("warmup_steps", "eval_batches", "num_workers"):
+        for name in ("warmup_steps", "eval_batches", "eval_every", "num_workers"):
             value = getattr(self, name)
             if name == "num_workers" and value == "auto":
                 continue
@@ -112,10 +122,35 @@ class RecoverOptions:
                 problems.append(f"hidden_layers must hold module names or hidden_states indices, got {self.hidden_layers!r}")
             elif len({type(h) for h in self.hidden_layers}) > 1:
                 problems.append(f"hidden_layers mixes names and indices: {self.hidden_layers!r}")
+        if not isinstance(self.keep_best, bool):
+            problems.append(f"keep_best must be True or False, got {self.keep_best!r}")
+        elif self.keep_best and self.eval_every == 0:
+            problems.append("keep_best chooses among the measures taken every eval_every steps: set eval_every > 0")
         if self.kd_weight == 0 and self.hidden_weight == 0 and self.task_weight == 0:
             problems.append("kd_weight, hidden_weight and task_weight are all 0: nothing to train on")
         if problems:
             raise OptionError("recover: " + "; ".join(problems))
+
+
+def recover_options(options: dict, has_eval_data: bool) -> RecoverOptions:
+    """The options of one :func:`depgraph.recover` call, checked against each other and the data given.
+
+    Why here and not in ``recover`` alone: the command line calls it before any model
+    loads, so a bad combination is refused in a second, not after minutes of loading.
+
+    Raises:
+        OptionError: an unknown option, a value out of range, or ``keep_best`` without held-out data.
+    """
+    unknown = sorted(set(options) - set(RecoverOptions.__dataclass_fields__))
+    if unknown:
+        raise OptionError(f"recover: unknown option(s) {unknown}; known: {sorted(RecoverOptions.__dataclass_fields__)}")
+    if isinstance(options.get("hidden_layers"), list):
+        options = {**options, "hidden_layers": tuple(options["hidden_layers"])}
+    opts = RecoverOptions(**options)
+    if opts.keep_best and not has_eval_data:
+        raise OptionError("recover: keep_best chooses on held-out data: give eval_data (--eval-data); on the "
+                          "training batches it would pick the weights that memorised them best")
+    return opts
 
 
 def _finite(value: object) -> bool:

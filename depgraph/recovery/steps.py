@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -21,7 +21,48 @@ from .hidden import HiddenTap
 from .losses import distillation_kl, task_loss
 from .options import RecoverOptions
 
-__all__ = ["adamw", "lr_factor", "call_with_tap", "TrainingRun", "cycle_batches"]
+__all__ = ["adamw", "lr_factor", "call_with_tap", "TrainingRun", "cycle_batches", "Evaluation", "BestWeights"]
+
+
+class Evaluation(NamedTuple):
+    """One measure on the evaluation batches: after ``step`` optimizer steps (0: before training)."""
+
+    step: int
+    kd: float  #: distillation gap, KL(teacher || student) at temperature 1
+    task: float | None  #: task loss (None without labels)
+
+    def loss(self) -> float:
+        """What ``keep_best`` minimises: the task loss when there are labels, else the distillation gap."""
+        return self.task if self.task is not None else self.kd
+
+
+class BestWeights:
+    """The weights of the lowest-loss :class:`Evaluation` so far, copied to the CPU, and put back on demand.
+
+    Why the module's own tensors rather than a state dict: they are what training changes
+    (the student and its hidden-state projections, unwrapped or under DDP), and copying
+    them back in place keeps every reference the optimizer and accelerate hold valid.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.tensors = [*module.parameters(), *module.buffers()]
+        self.best: Evaluation | None = None
+        self.saved: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def offer(self, evaluation: Evaluation) -> bool:
+        """Keep the current weights when ``evaluation`` beats the best so far (ties keep the earlier step)."""
+        if self.best is not None and not evaluation.loss() < self.best.loss():
+            return False
+        self.best = evaluation
+        self.saved = [t.detach().to("cpu", copy=True) for t in self.tensors]
+        return True
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Copy the kept weights back into the module (nothing kept: nothing to do)."""
+        for t, saved in zip(self.tensors, self.saved, strict=True):
+            t.copy_(saved.to(t.device))
 
 
 def adamw(params: list[nn.Parameter], opts: RecoverOptions) -> torch.optim.Optimizer:
@@ -64,6 +105,7 @@ class TrainingRun:
         self.acc, self.wrapped, self.teacher, self.causal = accelerator, wrapped, teacher, causal
         self.s_tap, self.t_tap, self.opts, self.task_weight = s_tap, t_tap, opts, task_weight
         self.on_step: Callable[[int, nn.Module], None] | None = None
+        self.on_eval: Callable[[int], None] | None = None  # after every ``opts.eval_every`` steps but the last
 
     def losses(self, batch: Any, temperature: float, hidden: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(kd, task, hidden) losses of the student on ``batch``; task / hidden are 0 when unused."""
@@ -116,6 +158,10 @@ class TrainingRun:
                 losses.append(mean)
                 if self.on_step is not None and self.acc.is_main_process:
                     self.on_step(len(losses), self.acc.unwrap_model(self.wrapped).model)
+                if self.on_eval is not None and o.eval_every and len(losses) % o.eval_every == 0 \
+                        and len(losses) < o.steps:  # every process: the measure is reduced across them
+                    self.on_eval(len(losses))
+                    self.wrapped.train()
                 bar.update(1)
                 bar.set_postfix(loss=f"{mean:.4f}", kd=f"{kd.item():.4f}")
         finally:

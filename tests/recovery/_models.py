@@ -47,8 +47,8 @@ def llama_pair() -> tuple[nn.Module, nn.Module]:
     return teacher, prune(teacher, {"input_ids": torch.randint(0, VOCAB, (1, 8))})
 
 
-def token_data(n: int = 32, seq: int = 16) -> list[dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(1)
+def token_data(n: int = 32, seq: int = 16, seed: int = 1) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
     return [{"input_ids": torch.randint(0, VOCAB, (seq,), generator=g)} for _ in range(n)]
 
 
@@ -89,8 +89,8 @@ def write_tokenizer(folder: Path) -> None:
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(folder)
 
 
-def write_text(path: Path, words: int = 600) -> Path:
-    g = torch.Generator().manual_seed(3)
+def write_text(path: Path, words: int = 600, seed: int = 3) -> Path:
+    g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, len(WORDS), (words,), generator=g).tolist()
     path.write_text(" ".join(WORDS[i] for i in idx), encoding="utf-8")
     return path

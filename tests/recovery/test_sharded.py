@@ -88,25 +88,31 @@ print(json.dumps({
 """
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("case", "version"), [("fsdp1", 1), ("fsdp2", 2), ("as-launched", 2)])
-def test_recover_under_an_fsdp_launch_on_two_cpu_processes(tmp_path, case, version) -> None:
+def _launch(tmp_path: Path, version: int, shimmed: bool, *extra: str) -> tuple[subprocess.CompletedProcess, str]:
+    """``depgraph recover`` on two CPU processes under an FSDP configuration (the shim: really sharded; else
+    accelerate runs it as DDP); the finished run and its output for failure messages."""
     teacher, pruned = write_llama_folders(tmp_path)
     write_text(tmp_path / "train.txt")
     config = tmp_path / "fsdp.yaml"
     config.write_text(_config(version, _free_port()), encoding="utf-8")
-    out = tmp_path / "recovered"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m", "depgraph",
            "recover", str(pruned), "--teacher", str(teacher), "--data", str(tmp_path / "train.txt"),
-           "--seq-len", "16", "--batch-size", "2", "--steps", "8", "--lr", "1e-2", "--hidden-weight", "1",
-           "--eval-batches", "2", "--output", str(out), "--no-progress", "--plain"]
-    shimmed = case != "as-launched"
+           "--seq-len", "16", "--batch-size", "2", "--steps", "8", "--lr", "1e-2",
+           "--eval-batches", "2", "--output", str(tmp_path / "recovered"), "--no-progress", "--plain", *extra]
     paths = [str(SHIM)] if shimmed else []
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
            "DEPGRAPH_TEST_CPU_FSDP": "1" if shimmed else "0",
            "PYTHONPATH": os.pathsep.join([*paths, str(ROOT), os.environ.get("PYTHONPATH", "")])}
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
-    printed = f"stdout:\n{run.stdout[-3000:]}\nstderr:\n{run.stderr[-3000:]}"  # every failure shows both
+    return run, f"stdout:\n{run.stdout[-3000:]}\nstderr:\n{run.stderr[-3000:]}"  # every failure shows both
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("case", "version"), [("fsdp1", 1), ("fsdp2", 2), ("as-launched", 2)])
+def test_recover_under_an_fsdp_launch_on_two_cpu_processes(tmp_path, case, version) -> None:
+    shimmed = case != "as-launched"
+    run, printed = _launch(tmp_path, version, shimmed, "--hidden-weight", "1")
+    out, pruned = tmp_path / "recovered", tmp_path / "pruned"
     assert run.returncode == 0, printed
     if shimmed:  # both processes wrapped the student: FSDP1's wrapper class, or FSDP2's FSDP<class>
         wrapper = "FullyShardedDataParallel" if version == 1 else "FSDP_Student"
@@ -130,3 +136,19 @@ def test_recover_under_an_fsdp_launch_on_two_cpu_processes(tmp_path, case, versi
     assert got["keys_match"] and got["shapes_match"] and got["finite"], got
     assert got["max_change"] > 1e-4, got  # it trained
     assert got["hidden_size"] == 16 and got["intermediate_size"] == 32, got  # the pruned widths (teacher: 32 / 64)
+
+
+@pytest.mark.slow
+def test_keep_best_on_two_ddp_processes_and_its_refusal_under_fsdp(tmp_path) -> None:
+    """Both processes measure the same reduced held-out loss, so they keep the same step; under real
+    sharding the weights cannot be copied whole, and the refusal comes before training."""
+    (tmp_path / "ddp").mkdir()
+    write_text(tmp_path / "held.txt", 200, seed=8)
+    held = ("--eval-data", str(tmp_path / "held.txt"), "--eval-every", "2", "--keep-best")
+    run, printed = _launch(tmp_path / "ddp", 2, False, *held)
+    assert run.returncode == 0, printed
+    assert "on 2 processes (DDP, 1 CPU thread each)" in run.stdout, printed
+    assert run.stdout.count("held-out measures during training") == 1, printed
+    assert run.stdout.count("kept the weights of step") == 1, printed
+    run, printed = _launch(tmp_path / "fsdp", 2, True, *held)
+    assert run.returncode == 1 and "keep_best copies the student's weights, which FSDP / DeepSpeed shard" in run.stderr, printed
