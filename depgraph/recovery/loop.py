@@ -71,7 +71,7 @@ class RecoverResult:
         distributed_type: how the processes shared the work, accelerate's name for it
             (``"NO"``, ``"MULTI_CPU"`` / ``"MULTI_GPU"`` for DDP, ``"FSDP"``, ``"DEEPSPEED"``).
         num_workers: DataLoader worker processes each process read its data with
-            (what ``num_workers="auto"`` chose; 0 for a DataLoader given as ``data``).
+            (what ``num_workers="auto"`` chose; a ``DataLoader`` given as ``data`` keeps its own).
         evaluations: every measure on the evaluation batches, in order: before training
             (step 0), every ``eval_every`` steps, and after the last step.
         best_step: with ``keep_best``, the step whose weights ``model`` holds (0: the
@@ -207,6 +207,7 @@ def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, 
     # draw from its generator as far as its workers prefetched, so the training order would depend on them
     train_loader, data_loader = _loaders(data, opts, collate_fn, workers)
     eval_loader = data_loader if eval_data is None else _loaders(eval_data, opts, collate_fn, workers, "eval_data")[1]
+    workers = train_loader.num_workers  # what reads the training data: a DataLoader given as data keeps its own
     causal = is_causal_lm(student)
     teacher.requires_grad_(False).eval().to(accelerator.device)
     student.to(accelerator.device)
@@ -291,7 +292,7 @@ def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, 
                          is_main_process=accelerator.is_main_process, num_processes=accelerator.num_processes,
                          state_dict=full_state, device=accelerator.device.type,
                          distributed_type=accelerator.distributed_type.name,
-                         num_workers=0 if isinstance(data, DataLoader) else workers, evaluations=evaluations,
+                         num_workers=workers, evaluations=evaluations,
                          best_step=after.step if opts.keep_best else None)
 
 

@@ -82,3 +82,5 @@ def test_auto_workers_decode_an_image_folder_and_train_exactly_as_in_process(tmp
         assert torch.equal(a, b)
     in_ram = tp.recover(copy.deepcopy(student), teacher, image_data(n=8, classes=2), num_workers="auto", **kwargs)
     assert in_ram.num_workers == 0
+    given = torch.utils.data.DataLoader(data, batch_size=4, num_workers=1)  # the caller's loader keeps its own
+    assert tp.recover(copy.deepcopy(student), teacher, given, num_workers="auto", **kwargs).num_workers == 1
