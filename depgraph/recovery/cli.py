@@ -198,6 +198,8 @@ def run(args: argparse.Namespace, out: Any) -> int:
     notes = [_SHARING.get(result.distributed_type, "DDP")] if result.num_processes > 1 else []
     if result.device == "cpu":
         notes.append(f"{torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() > 1 else ''} each")
+    else:
+        notes.append(f"{result.device} each" if result.num_processes > 1 else result.device)
     if result.num_workers:
         notes.append(f"{result.num_workers} data worker{'s' if result.num_workers > 1 else ''} each")
     if notes:

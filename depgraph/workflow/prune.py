@@ -15,9 +15,10 @@ Order of work (every check that can fail fast runs before the first long step)::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,17 +192,17 @@ def prune_model(
         notes.append("BatchNorm statistics are the unpruned model's, stale after the prune (eval-mode quality "
                      "understated until recovery): give calibration data (--calib) to re-measure them")
 
-    if goal is not None and goal.kept < 1.0:
-        with stages.stage("reach", f"can {goal} be met?"):  # before the calibration pass
-            from ..importance import GroupMagnitudeImportance
+    with _pruning_warnings_silenced():
+        if goal is not None and goal.kept < 1.0:
+            with stages.stage("reach", f"can {goal} be met?"):  # before the calibration pass
+                from ..importance import GroupMagnitudeImportance
 
-            plain = Scoring(GroupMagnitudeImportance(p=2), None)
-            prune_to_target(model, plain, keep, make_pruner, example, goal, before, steps=0)
+                plain = Scoring(GroupMagnitudeImportance(p=2), None)
+                prune_to_target(model, plain, keep, make_pruner, example, goal, before, steps=0)
     with stages.stage("score", recipe.describe()):
         scoring = build_scoring(recipe, model, batches, example, keep, consumers, _attention(hf))
     found: TargetResult | None = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # frozen-op notes are summarised by verify
+    with _pruning_warnings_silenced():
         if goal is not None:
             with stages.stage("search", str(goal)):
                 pruned, _, found = prune_to_target(
@@ -297,6 +298,16 @@ def _verify_line(result: Any, recipe: Recipe) -> str:
         return str(result)
     return (f"verify: exactness does not apply ({'; '.join(result.reasons[:2])}); output shapes match, "
             f"max diff {result.max_diff:.3g}")
+
+
+@contextlib.contextmanager
+def _pruning_warnings_silenced() -> Iterator[None]:
+    """No UserWarnings from the pruning passes: frozen-op notes are summarised by verify, and a config that
+    cannot hold per-layer widths is the save format's concern (``hf`` refuses it by name, ``depgraph`` stores
+    them), so neither is news to a caller of prune_model."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
 
 
 def _device(model: nn.Module) -> Any:

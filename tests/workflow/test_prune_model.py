@@ -254,3 +254,26 @@ def test_cli_refusals_exit_2_before_the_long_work(tmp_path, monkeypatch, capsys,
     argv = ["prune", "squeezenet1_1", "--input-size", "32", "--plain", "--output", "-", *goal, *extra]
     assert main(argv) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_per_layer_widths_saved_as_depgraph_raise_no_config_warning(llama_dir, tmp_path) -> None:
+    """A layer kept whole gives per-layer widths no Llama config holds: the depgraph format stores them, so
+    the pruning passes' warning about the config (meant for callers of the pruner) is not shown here."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = prune_model(load_source(llama_dir, seq_len=16), target="params=0.8", ignore=["model.layers.0.mlp"],
+                             save_format="depgraph", output=tmp_path / "p.pth", latency=False)
+    assert not [w for w in seen if "config cannot describe" in str(w.message)], [str(w.message) for w in seen]
+    widths = {m.mlp.down_proj.in_features for m in result.model.model.layers}
+    assert len(widths) == 2 and 64 in widths  # layer 0 whole, layer 1 pruned
+    reloaded = tp.load(_causal_lm(llama_dir), tmp_path / "p.pth")
+    assert [m.mlp.down_proj.in_features for m in reloaded.model.layers] == [
+        m.mlp.down_proj.in_features for m in result.model.model.layers]
+
+
+def _causal_lm(folder):
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(folder)
