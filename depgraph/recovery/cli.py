@@ -100,6 +100,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         "the training step, each on its own core; auto: the cores the step leaves idle (CPU "
                         "threads, or one core feeding a GPU, per process), at most 8, none for text (default: "
                         "0, read in the training process)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the student and the teacher through torch.compile: fewer, fused kernels a step, for a "
+                        "deep, narrow model whose eager step is launch-bound on a GPU; the first steps compile "
+                        "(one process or DDP)")
     p.add_argument("--seed", type=int, default=0, help="seed of data order and initialisation (default: 0)")
     p.add_argument("--save-every", type=positive_int, default=None, metavar="N",
                    help="also write --output every N steps (single process or DDP), so that a run stopped early "
@@ -167,7 +171,7 @@ def run(args: argparse.Namespace, out: Any) -> int:
         eval_every=args.eval_every, keep_best=args.keep_best, temperature=args.temperature, kd_weight=args.kd_weight,
         task_weight=args.task_weight, hidden_weight=args.hidden_weight, hidden_layers=args.hidden_layers,
         mixed_precision=args.mixed_precision, seed=args.seed, num_workers=args.num_workers,
-        progress=not args.no_progress)
+        progress=not args.no_progress, compile=args.compile)
     recover_options(options, args.eval_data is not None)  # refused before any model loads
     load = {"trust_pickle": args.trust_pickle, "input_size": args.input_size, "seq_len": args.seq_len}
     for option, path in (("--data", args.data), ("--eval-data", args.eval_data)):
@@ -200,6 +204,8 @@ def run(args: argparse.Namespace, out: Any) -> int:
         notes.append(f"{torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() > 1 else ''} each")
     else:
         notes.append(f"{result.device} each" if result.num_processes > 1 else result.device)
+    if args.compile:
+        notes.append("compiled")
     if result.num_workers:
         notes.append(f"{result.num_workers} data worker{'s' if result.num_workers > 1 else ''} each")
     if notes:

@@ -239,14 +239,20 @@ def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, 
         if on_step is not None and sharded:
             raise RecoveryError("recover: on_step (a checkpoint every N steps) sees sharded parameters under "
                                 "FSDP / DeepSpeed; run without it there")
+        if opts.compile and sharded:
+            raise RecoveryError("recover: compile is for one process or DDP; FSDP / DeepSpeed wrap the student "
+                                "in their own way, so run without it there")
         if opts.keep_best and sharded:
             raise RecoveryError("recover: keep_best copies the student's weights, which FSDP / DeepSpeed shard; "
                                 "run without it there (or with eval_every alone, and save checkpoints)")
+        if opts.compile:  # the wrapper, not the student: the student object the caller holds stays plain
+            wrapped = torch.compile(wrapped)
         wrapped, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
             wrapped, optimizer, train_loader, eval_loader, scheduler)
         if sharded:  # the student now holds shards: its old weights cannot be loaded back
             snapshot = None
-        run = TrainingRun(accelerator, wrapped, teacher, causal, s_tap, t_tap, opts, task_weight if has_labels else 0.0)
+        run = TrainingRun(accelerator, wrapped, torch.compile(teacher) if opts.compile else teacher, causal, s_tap,
+                          t_tap, opts, task_weight if has_labels else 0.0)
         run.on_step = on_step
 
         evaluations: list[Evaluation] = []

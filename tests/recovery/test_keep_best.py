@@ -121,3 +121,29 @@ def test_cli_prints_the_measures_and_refuses_keep_best_without_eval_data_before_
     assert [line.split()[0] for line in table.strip().splitlines()[2:6]] == ["0", "2", "4", "6"], run.stdout
     assert table.count("kept") == 2 and "kept the weights of step" in run.stdout, run.stdout
     assert (out / "config.json").is_file()
+
+
+def test_compile_option_is_checked() -> None:
+    teacher, student = llama_pair()
+    with pytest.raises(OptionError, match="compile must be True or False, got 'inductor'"):
+        tp.recover(student, teacher, token_data(8), compile="inductor", progress=False)
+
+
+@pytest.mark.slow
+def test_compiled_steps_train_as_eager_ones_and_leave_the_models_plain() -> None:
+    """``compile=True`` on a pruned tiny Llama (inductor on the CPU): the same losses and measures as eager
+    to rounding, with keep_best and held-out measures on; the caller's student and teacher come back as the
+    plain modules they were, the student trained."""
+    teacher, student = llama_pair()
+    train, held = token_data(32), token_data(8, seed=7)
+    opts = dict(steps=6, lr=1e-2, batch_size=4, eval_batches=2, eval_every=3, keep_best=True, shuffle=False,
+                progress=False)
+    eager = tp.recover(copy.deepcopy(student), teacher, train, eval_data=held, **opts)
+    compiled = tp.recover(student, teacher, train, eval_data=held, compile=True, **opts)
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)
+    assert [e.task for e in compiled.evaluations] == pytest.approx([e.task for e in eager.evaluations], rel=1e-4)
+    assert compiled.best_step == eager.best_step
+    assert compiled.model is student and type(student).__name__ == "LlamaForCausalLM"
+    assert not hasattr(teacher, "_orig_mod") and not any(k.startswith("_orig_mod") for k in student.state_dict())
+    for a, b in zip(compiled.model.parameters(), eager.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)

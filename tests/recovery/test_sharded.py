@@ -139,10 +139,11 @@ def test_recover_under_an_fsdp_launch_on_two_cpu_processes(tmp_path, case, versi
 
 
 @pytest.mark.slow
-def test_keep_best_on_two_ddp_processes_and_its_refusal_under_fsdp(tmp_path) -> None:
+def test_keep_best_on_two_ddp_processes_and_its_refusal_and_compiles_under_fsdp(tmp_path) -> None:
     """Both processes measure the same reduced held-out loss, so they keep the same step; under real
-    sharding the weights cannot be copied whole, and the refusal comes before training."""
-    (tmp_path / "ddp").mkdir()
+    sharding the weights cannot be copied whole, nor the student compiled: refused before training."""
+    for sub in ("ddp", "fsdp", "compiled"):
+        (tmp_path / sub).mkdir()
     write_text(tmp_path / "held.txt", 200, seed=8)
     held = ("--eval-data", str(tmp_path / "held.txt"), "--eval-every", "2", "--keep-best")
     run, printed = _launch(tmp_path / "ddp", 2, False, *held)
@@ -152,3 +153,5 @@ def test_keep_best_on_two_ddp_processes_and_its_refusal_under_fsdp(tmp_path) -> 
     assert run.stdout.count("kept the weights of step") == 1, printed
     run, printed = _launch(tmp_path / "fsdp", 2, True, *held)
     assert run.returncode == 1 and "keep_best copies the student's weights, which FSDP / DeepSpeed shard" in run.stderr, printed
+    run, printed = _launch(tmp_path / "compiled", 2, True, "--compile")
+    assert run.returncode == 1 and "compile is for one process or DDP" in run.stderr, printed
