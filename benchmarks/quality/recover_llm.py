@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="depgraph recover --eval-every N --keep-best --eval-data VAL, VAL being the held-out text "
                         "after the tokens the perplexity measures (0: off)")
     p.add_argument("--eval-batches", type=int, default=2, help="depgraph recover --eval-batches")
+    p.add_argument("--compile", action="store_true", help="depgraph recover --compile")
     p.add_argument("--hidden-weight", type=float, default=0.0, help="depgraph recover --hidden-weight")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
                    help="depgraph recover --mixed-precision")
@@ -229,6 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
                    "--save-every", str(args.save_every)]
     if args.task_weight is not None:
         recover_cmd += ["--task-weight", str(args.task_weight)]
+    if args.compile:
+        recover_cmd.append("--compile")
     if args.keep_best:
         from transformers import AutoTokenizer
 
