@@ -67,7 +67,7 @@ def perplexity(model: nn.Module, rows: torch.Tensor, batch_size: int = 4) -> flo
     """exp(mean next-token NLL) over every row (each row an independent window)."""
     model.eval()
     nll, count = 0.0, 0
-    device = next(model.parameters()).device
+    device = next((p.device for p in model.parameters()), rows.device)
     for batch in rows.to(device).split(batch_size):
         logits = model(input_ids=batch).logits[:, :-1].float()
         target = batch[:, 1:]
