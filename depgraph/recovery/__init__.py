@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from .loop import RecoverResult, recover
-from .options import RecoverOptions
+from .options import RecoverOptions, recover_options
+from .steps import Evaluation
 
-__all__ = ["recover", "RecoverResult", "RecoverOptions"]
+__all__ = ["recover", "RecoverResult", "RecoverOptions", "Evaluation", "recover_options"]
