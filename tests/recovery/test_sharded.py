@@ -139,16 +139,17 @@ def test_recover_under_an_fsdp_launch_on_two_cpu_processes(tmp_path, case, versi
 
 
 @pytest.mark.slow
-def test_keep_best_on_two_ddp_processes_and_its_refusal_and_compiles_under_fsdp(tmp_path) -> None:
-    """Both processes measure the same reduced held-out loss, so they keep the same step; under real
-    sharding the weights cannot be copied whole, nor the student compiled: refused before training."""
+def test_keep_best_and_compile_on_two_ddp_processes_and_their_refusals_under_fsdp(tmp_path) -> None:
+    """Both processes measure the same reduced held-out loss, so they keep the same step, with compiled
+    steps under DDP; under real sharding the weights cannot be copied whole, nor the student compiled:
+    refused before training."""
     for sub in ("ddp", "fsdp", "compiled"):
         (tmp_path / sub).mkdir()
     write_text(tmp_path / "held.txt", 200, seed=8)
     held = ("--eval-data", str(tmp_path / "held.txt"), "--eval-every", "2", "--keep-best")
-    run, printed = _launch(tmp_path / "ddp", 2, False, *held)
+    run, printed = _launch(tmp_path / "ddp", 2, False, *held, "--compile")
     assert run.returncode == 0, printed
-    assert "on 2 processes (DDP, 1 CPU thread each)" in run.stdout, printed
+    assert "on 2 processes (DDP, 1 CPU thread each, compiled)" in run.stdout, printed
     assert run.stdout.count("held-out measures during training") == 1, printed
     assert run.stdout.count("kept the weights of step") == 1, printed
     run, printed = _launch(tmp_path / "fsdp", 2, True, *held)
