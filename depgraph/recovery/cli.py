@@ -141,12 +141,11 @@ def _checkpoints(args: argparse.Namespace, student: Any, fmt: str, out: Any) -> 
 
 def _evaluations(result: Any, held_out: str, out: Any) -> None:
     """The measure of every ``--eval-every`` step, and which one ``--keep-best`` kept."""
-    labels = result.evaluations[0].task is not None
-    columns = ("step", f"KL to teacher{held_out}") + ((f"task loss{held_out}",) if labels else ())
-    rows = [(str(e.step), f"{e.kd:.4f}") + ((f"{e.task:.4f}",) if labels else ()) for e in result.evaluations]
-    if result.best_step is not None:
-        rows = [r + (("kept",) if int(r[0]) == result.best_step else ("",)) for r in rows]
-        columns += ("",)
+    labels, kept = result.evaluations[0].task is not None, result.best_step
+    columns = ("step", f"KL to teacher{held_out}") + ((f"task loss{held_out}",) if labels else ()) \
+        + (("",) if kept is not None else ())
+    rows = [(str(e.step), f"{e.kd:.4f}") + ((f"{e.task:.4f}",) if labels else ())
+            + ((("kept" if e.step == kept else ""),) if kept is not None else ()) for e in result.evaluations]
     out.table("held-out measures during training", columns, rows)
     if result.best_step is not None:
         what = "task loss" if labels else "distillation gap"

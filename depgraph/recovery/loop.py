@@ -271,9 +271,8 @@ def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, 
         losses = run.train(train_loader, optimizer, scheduler)
         seconds = time.perf_counter() - t0
         after = measure(opts.steps)
-        if best is not None and best.best is not None and not after.loss() < best.best.loss():
-            best.restore()  # every process: the measures were reduced across them, so all choose alike
-            after = best.best
+        if best is not None:  # every process: the measures were reduced across them, so all choose alike
+            after = best.final(after)
         accelerator.wait_for_everyone()
     except BaseException:
         if snapshot is not None:

@@ -49,14 +49,26 @@ class BestWeights:
         self.best: Evaluation | None = None
         self.saved: list[torch.Tensor] = []
 
+    def beats(self, evaluation: Evaluation) -> bool:
+        """Whether ``evaluation`` is lower than the best so far (ties keep the earlier step)."""
+        return self.best is None or evaluation.loss() < self.best.loss()
+
     @torch.no_grad()
     def offer(self, evaluation: Evaluation) -> bool:
-        """Keep the current weights when ``evaluation`` beats the best so far (ties keep the earlier step)."""
-        if self.best is not None and not evaluation.loss() < self.best.loss():
+        """Keep the current weights when ``evaluation`` beats the best so far."""
+        if not self.beats(evaluation):
             return False
         self.best = evaluation
         self.saved = [t.detach().to("cpu", copy=True) for t in self.tensors]
         return True
+
+    def final(self, last: Evaluation) -> Evaluation:
+        """The measure a run ends on: ``last`` when it beats the best (the module holds its weights, nothing
+        is copied), else the best, whose weights are copied back."""
+        if self.beats(last):
+            return last
+        self.restore()
+        return self.best  # type: ignore[return-value]  # not None: beats() is True without a best
 
     @torch.no_grad()
     def restore(self) -> None:
