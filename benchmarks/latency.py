@@ -33,20 +33,29 @@ with the input size.
 Table 3 (``--per-layer``, instead of tables 1 and 2): why the CPU speed-up
 falls short of the MACs speed-up. ResNet-50 and MobileNet-V2, unpruned and at
 ``--layer-ratio`` (0.5) with ``round_to=8``, at 64x64 and 224x224, batch 1 (``--batch-size``), are
-timed under four deployment settings: as pruned (``plain``), BatchNorm folded
+timed under five deployment settings: as pruned (``plain``), BatchNorm folded
 into the convolutions (``fold_bn``, torch.fx's ``fuse``), ``channels_last``
-memory format, and both (plus ``torch.compile`` of both with ``--compile``; it
+memory format, both, and ``onnxruntime`` (the model exported by
+``depgraph.export_onnx``, checked against eager, and run by onnxruntime with
+every graph optimisation: BN, ReLU and residual adds fused into the
+convolutions, a blocked channel layout; when onnxruntime is installed), plus
+``torch.compile`` of the folded ``channels_last`` model with ``--compile`` (it
 takes minutes). Each setting is timed on one thread by the thread's CPU time
 (``time.thread_time``: the machine's other processes do not inflate it) and on
-torch's default threads by wall clock, base and pruned models interleaved run
-by run and the best of ``--rounds`` (``--wall-rounds`` for the default threads:
-on a loaded machine their OpenMP barriers wait on preempted threads, so those
-runs are slow and noisy) kept. *Efficiency* is the time speed-up
-divided by the MACs speed-up (1.0 = as fast as the MACs say). Then
-``depgraph.utils.profile_layers`` times every leaf module (one thread) for
-``plain`` and the folded ``channels_last`` setting: the per-layer table
-(channels, MACs, ms, both speed-ups, the ATen kernel that ran) and the excess
-over the MACs' promise per module class (``gap_by_kind``). Table 4
+torch's default threads by wall clock, base and pruned models interleaved and
+the best of ``--rounds`` (``--wall-rounds`` for the default threads: on a
+loaded machine their OpenMP barriers wait on preempted threads, so those runs
+are slow and noisy) kept. The one-thread time is taken twice: interleaved run
+by run (each run follows the other model's, which has evicted its weights from
+the caches) and five runs in a row per round (the steady state of a
+deployment that serves one model, where a pruned model's smaller weights stay
+cached). *Efficiency* is the time speed-up divided by the MACs speed-up (1.0 =
+as fast as the MACs say). Then ``depgraph.utils.profile_layers`` times every
+leaf module (one thread) for ``plain`` and the folded ``channels_last``
+setting, and ``depgraph.export.profile_onnx`` every node of onnxruntime's
+optimised graph: the per-layer tables (channels, MACs, ms, both speed-ups,
+the ATen kernel that ran) and the excess over the MACs' promise per module
+class or operator (``gap_by_kind``). Table 4
 (``--channel-sweep``): GMAC/s of a single ``C -> C`` convolution against its
 width ``C``, NCHW and ``channels_last``, to see which channel counts the
 kernels dislike.
@@ -61,9 +70,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -74,6 +85,7 @@ import torch.nn as nn
 import torchvision
 
 import depgraph as tp
+from depgraph.export.profile import feeds, onnx_session, profile_onnx
 from depgraph.utils.benchmark import measure_latency
 from depgraph.utils.layer_latency import (
     LayerProfile,
@@ -224,9 +236,35 @@ def step_table(size: int) -> str:
 # --- Table 3: where the speed-up goes (--per-layer) -----------------------------------------
 
 LAYER_MODELS = ("resnet50", "mobilenet_v2")
-SETTINGS = ("plain", "fold_bn", "channels_last", "fold_bn+channels_last")
+ORT = "onnxruntime"
+HAS_ORT = importlib.util.find_spec("onnxruntime") is not None  # the ``export`` extra
+SETTINGS = ("plain", "fold_bn", "channels_last", "fold_bn+channels_last") + ((ORT,) if HAS_ORT else ())
 RECIPE = "fold_bn+channels_last"
-MAC_KINDS = ("Conv1d", "Conv2d", "Conv3d", "Linear")
+STEADY_BLOCK = 5  # runs in a row per round for the steady-state column
+MAC_KINDS = ("Conv1d", "Conv2d", "Conv3d", "Linear", "Conv", "Gemm", "MatMul")  # modules, and ONNX operators
+
+
+class OnnxRuntimeModel:
+    """``model`` exported by ``depgraph.export_onnx`` (checked against eager) and run by onnxruntime.
+
+    Callable like the module, so it times beside the eager settings. It runs on
+    as many intra-op threads as torch is set to use at the call (one session per
+    count), so the one-thread and default-thread columns compare like with like.
+    The legacy exporter is used because its node names carry the module path.
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="depgraph-latency-")
+        self.path = os.path.join(self._dir.name, "model.onnx")
+        tp.export_onnx(model, (x,), self.path, dynamo=False)
+        self._sessions: dict[int, object] = {}
+
+    def __call__(self, x: torch.Tensor) -> list:
+        threads = torch.get_num_threads()
+        if threads not in self._sessions:
+            self._sessions[threads] = onnx_session(self.path, threads)
+        session = self._sessions[threads]
+        return session.run(None, feeds(session, x))
 
 
 def pruned_model(arch: str, ratio: float, round_to: int | None) -> nn.Module:
@@ -254,11 +292,20 @@ def deploy(model: nn.Module, x: torch.Tensor, setting: str) -> tuple[nn.Module, 
         x = x.contiguous(memory_format=torch.channels_last)
     if setting == "compile":
         model = torch.compile(model)
+    if setting == ORT:
+        model = OnnxRuntimeModel(model, x)  # onnxruntime folds BN and picks its own layout
     return model, x
 
 
-def best_times(variants: dict[str, tuple[nn.Module, torch.Tensor]], rounds: int, clock: Callable[[], float]) -> dict:
-    """Best-of-``rounds`` ms per variant, the variants interleaved run by run so load bursts hit all of them."""
+def best_times(variants: dict[str, tuple[nn.Module, torch.Tensor]], rounds: int, clock: Callable[[], float],
+               block: int = 1) -> dict:
+    """Best ms per variant over ``rounds`` rounds, the variants interleaved so load bursts hit all of them.
+
+    Each round runs every variant ``block`` times in a row. With ``block=1``
+    each run follows another model's, which has evicted this one's weights
+    from the caches; with a few runs in a row the later ones see the caches a
+    deployment serving this one model sees.
+    """
     best = dict.fromkeys(variants, float("inf"))
     with torch.no_grad():
         for model, x in variants.values():  # warm-up: allocator, oneDNN primitive caches, compilation
@@ -266,18 +313,22 @@ def best_times(variants: dict[str, tuple[nn.Module, torch.Tensor]], rounds: int,
             model(x)
         for _ in range(rounds):
             for key, (model, x) in variants.items():
-                t0 = clock()
-                model(x)
-                best[key] = min(best[key], (clock() - t0) * 1000.0)
+                for _ in range(block):
+                    t0 = clock()
+                    model(x)
+                    best[key] = min(best[key], (clock() - t0) * 1000.0)
     return best
 
 
 def layer_profiles(base: nn.Module, pruned: nn.Module, x: torch.Tensor, rounds: int) -> tuple[LayerProfile, ...]:
-    """Per-layer profiles of both models, one thread, CPU time, interleaved in short rounds."""
+    """Per-layer (per-node for onnxruntime) profiles of both models, one thread, CPU time, in short interleaved rounds."""
     runs: tuple[list[LayerProfile], list[LayerProfile]] = ([], [])
     for r in range(rounds):
         for model, out in zip((base, pruned), runs, strict=True):
-            out.append(profile_layers(model, x, repeat=3, warmup=1, kernels=r == 0, clock="thread"))
+            if isinstance(model, OnnxRuntimeModel):
+                out.append(profile_onnx(model.path, x, repeat=3, warmup=1, clock="thread"))
+            else:
+                out.append(profile_layers(model, x, repeat=3, warmup=1, kernels=r == 0, clock="thread"))
     return best_of(runs[0]), best_of(runs[1])
 
 
@@ -298,10 +349,11 @@ def per_layer_case(arch: str, size: int, args: argparse.Namespace, settings: Seq
     try:
         torch.set_num_threads(1)
         one = best_times(variants, args.rounds, time.thread_time)
+        steady = best_times(variants, args.rounds, time.thread_time, block=STEADY_BLOCK)
         torch.set_num_threads(default_threads)
         many = best_times(variants, args.wall_rounds, time.perf_counter)
         torch.set_num_threads(1)
-        for setting in ("plain", RECIPE):
+        for setting in ("plain", RECIPE) + ((ORT,) if ORT in settings else ()):
             b, p = layer_profiles(*(variants[(setting, t)][0] for t in ("base", "pruned")), variants[(setting, "base")][1],
                                   max(2, args.rounds // 3))
             case["layers"][setting] = {"before": b, "after": p}
@@ -310,6 +362,7 @@ def per_layer_case(arch: str, size: int, args: argparse.Namespace, settings: Seq
     for setting in settings:
         case["settings"][setting] = {
             "cpu_ms_1_thread": [one[(setting, "base")], one[(setting, "pruned")]],
+            "cpu_ms_1_thread_steady": [steady[(setting, "base")], steady[(setting, "pruned")]],
             f"wall_ms_{default_threads}_threads": [many[(setting, "base")], many[(setting, "pruned")]],
         }
     return case
@@ -330,25 +383,29 @@ def case_markdown(case: dict) -> str:
     rows = []
     for setting, t in case["settings"].items():
         one, (wall_key, many) = t["cpu_ms_1_thread"], [kv for kv in t.items() if kv[0].startswith("wall")][0]
+        steady = t["cpu_ms_1_thread_steady"]
         rows.append([setting, f"{one[0]:.2f} ⇒ {one[1]:.2f}", f"{one[0] / one[1]:.2f}x", f"{efficiency(*one, macs):.2f}",
-                     f"{plain_base / one[1]:.2f}x", f"{many[0]:.2f} ⇒ {many[1]:.2f}", f"{efficiency(*many, macs):.2f}"])
+                     f"{plain_base / one[1]:.2f}x", f"{steady[0]:.2f} ⇒ {steady[1]:.2f}",
+                     f"{efficiency(*steady, macs):.2f}", f"{many[0]:.2f} ⇒ {many[1]:.2f}", f"{efficiency(*many, macs):.2f}"])
     threads = wall_key.split("_")[2]
     text = markdown(
         f"{name}: MACs {macs[0] / 1e6:.0f}M ⇒ {macs[1] / 1e6:.0f}M ({s:.2f}x fewer), params "
         f"{case['params'][0] / 1e6:.2f}M ⇒ {case['params'][1] / 1e6:.2f}M",
         ["setting", "CPU ms, 1 thread", "speed-up", "efficiency", "vs plain unpruned",
-         f"wall ms, {threads} threads", "efficiency"], rows)
+         f"{STEADY_BLOCK} in a row, CPU ms", "efficiency", f"wall ms, {threads} threads", "efficiency"], rows)
     for setting, prof in case["layers"].items():
         b, a = prof["before"], prof["after"]
         gap = gap_by_kind(b, a)
-        total_gap = a.total_ms - b.total_ms / s
+        total_gap = a.total_ms - b.total_ms * a.macs / b.macs  # what gap_by_kind splits (the profile's own MACs)
         parts = ", ".join(f"{k} {v:+.2f} ms ({v / total_gap:.0%})" for k, v in gap.items() if abs(v) >= 0.005)
         mac_layers = [c for c in compare_profiles(b, a) if c.kind in MAC_KINDS and c.after is not None]
         t0, t1 = sum(c.before.ms for c in mac_layers), sum(c.after.ms for c in mac_layers)
         m0, m1 = sum(c.before.macs for c in mac_layers), sum(c.after.macs for c in mac_layers)
-        text += (f"\n*{setting}, per layer (1 thread, CPU time, best of runs)*: {b.total_ms:.2f} ⇒ {a.total_ms:.2f} ms, "
-                 f"{a.total_ms - total_gap:.2f} ms if it went as the MACs; the {total_gap:.2f} ms excess by module "
-                 f"class: {parts}. Conv/linear layers alone: {t0:.2f} ⇒ {t1:.2f} ms for {m0 / m1:.2f}x fewer MACs, "
+        unit, by = (("per node of the optimised graph", "operator (a Conv carries its BatchNorm, ReLU and add)")
+                    if setting == ORT else ("per layer", "module class"))
+        text += (f"\n*{setting}, {unit} (1 thread, CPU time, best of runs)*: {b.total_ms:.2f} ⇒ {a.total_ms:.2f} ms, "
+                 f"{a.total_ms - total_gap:.2f} ms if it went as the MACs; the {total_gap:.2f} ms excess by {by}: "
+                 f"{parts}. Conv/linear layers alone: {t0:.2f} ⇒ {t1:.2f} ms for {m0 / m1:.2f}x fewer MACs, "
                  f"efficiency {(t0 / t1) / (m0 / m1):.2f}.\n\n")
         text += layer_table(compare_profiles(b, a), kinds=MAC_KINDS)
     return text

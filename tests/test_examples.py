@@ -146,16 +146,22 @@ def test_graph_build_benchmark_llama_on_meta_smoke() -> None:
 
 def test_latency_benchmark_per_layer_smoke(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     """``--per-layer`` on ResNet-18 at 32x32, one round: every setting timed, the per-layer table and JSON written."""
+    pytest.importorskip("onnxruntime")  # the onnxruntime setting (the test extra has it)
     bench = load_script(ROOT / "benchmarks" / "latency.py")
     argv = ["--per-layer", "--models", "resnet18", "--sizes", "32", "--rounds", "1", "--wall-rounds", "1",
             "--json", str(tmp_path / "layers.json")]
     text = bench.main(argv)
-    settings = [line.split(" | ")[0] for line in text.splitlines() if re.match(r"\| (plain|fold_bn|channels_last)", line)]
-    assert settings == ["| plain", "| fold_bn", "| channels_last", "| fold_bn+channels_last"]
+    settings = [line.split(" | ")[0] for line in text.splitlines()
+                if re.match(r"\| (plain|fold_bn|channels_last|onnxruntime)", line)]
+    assert settings == ["| plain", "| fold_bn", "| channels_last", "| fold_bn+channels_last", "| onnxruntime"]
     assert "| layer1.0.conv1 | 64→64 ⇒ 32→32 |" in text and "excess by module class" in text
+    assert "*onnxruntime, per node of the optimised graph" in text  # the exported file, profiled by onnxruntime
+    assert "| /layer1/layer1.0/relu/Relu_output_0_nchwc | 64→64 ⇒ 32→32 |" in text  # conv1 + bn1 + relu, fused
     data = json.loads((tmp_path / "layers.json").read_text())
     (case,) = data["cases"]
     assert case["model"] == "resnet18" and case["macs"][0] > case["macs"][1] > 0
     before = case["layers"]["fold_bn+channels_last"]["before"]["layers"]
     assert not any(t["kind"] == "BatchNorm2d" for t in before)  # folded into the convs
+    ort = case["layers"]["onnxruntime"]["after"]["layers"]
+    assert {t["kind"] for t in ort} >= {"Conv", "Gemm"} and "onnxruntime" in case["settings"]
     assert "load average" in data["environment"] and "per-layer latency" in capsys.readouterr().out

@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 from .check import ExportResult
+from .profile import onnx_session, profile_onnx
 from .to_onnx import export_onnx
 from .to_program import export_program
 
-__all__ = ["export_onnx", "export_program", "ExportResult"]
+__all__ = ["export_onnx", "export_program", "ExportResult", "profile_onnx", "onnx_session"]
