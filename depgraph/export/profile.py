@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Mapping
@@ -37,6 +38,7 @@ __all__ = ["onnx_session", "feeds", "profile_onnx"]
 
 _CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
 _SUFFIX = "_kernel_time"  # onnxruntime's profiler names a node's compute event "<node>_kernel_time"
+_TOKEN = re.compile(r"_token_\d+")  # the counter onnxruntime appends to the names of nodes it inserts
 
 
 def onnx_session(path: str | os.PathLike, threads: int = 1, profile_prefix: str | None = None) -> Any:
@@ -112,6 +114,21 @@ def _macs(op: str, inputs: list[list[int]], outputs: list[list[int]]) -> int:
     return 0
 
 
+def _stable_name(raw: str, taken: set[str]) -> str:
+    """``raw`` without the ``_token_<n>`` onnxruntime appends to nodes it inserts (a per-process counter).
+
+    Without it the same file profiled in two sessions, or two exports of one
+    model, would name their inserted layout reorders differently. Repeats get
+    ``#2``, ``#3`` ... in execution order.
+    """
+    base = _TOKEN.sub("", raw)
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}#{k}"
+    return name
+
+
 def _channels(shapes: list[list[int]]) -> int | None:
     return shapes[0][1] if shapes and len(shapes[0]) >= 2 else None
 
@@ -178,11 +195,15 @@ def profile_onnx(
     runs = sum(1 for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
     best: dict[str, float] = {}
     first: dict[str, dict] = {}
+    stable: dict[str, str] = {}
     for e in events:
         name = e.get("name", "")
         if e.get("cat") != "Node" or not name.endswith(_SUFFIX):
             continue
-        node = name[: -len(_SUFFIX)]
+        raw = name[: -len(_SUFFIX)]
+        if raw not in stable:
+            stable[raw] = _stable_name(raw, set(stable.values()))
+        node = stable[raw]
         first.setdefault(node, e)
         best[node] = min(best.get(node, math.inf), e["dur"] / 1000.0)
     if not best or runs < warmup + repeat:

@@ -99,3 +99,17 @@ def test_bad_calls_are_refused_with_typed_errors(exported, tmp_path) -> None:
     bad.write_bytes(b"not a model")
     with pytest.raises(ExportError, match="cannot load"):
         profile_onnx(bad, X, repeat=1)
+
+
+def test_nodes_onnxruntime_inserts_keep_their_names_across_sessions(tmp_path) -> None:
+    """Pruned MobileNet-V2's layout reorders get a ``_token_<n>`` from onnxruntime, not the same in every session."""
+    model = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    tp.pruner.BasePruner(model, x, tp.importance.GroupMagnitudeImportance(), pruning_ratio=0.5,
+                         ignored_layers=[model.classifier[-1]], round_to=8).step()
+    path = tmp_path / "mobilenet.onnx"
+    tp.export_onnx(model, (x,), path, dynamo=False)
+    first, *others = (profile_onnx(path, x, repeat=1, warmup=0) for _ in range(3))
+    names = [t.name for t in first.layers]
+    assert all([t.name for t in p.layers] == names for p in others) and len(set(names)) == len(names)
+    assert any(n.startswith("ReorderOutput") for n in names) and not any("_token_" in n for n in names)
