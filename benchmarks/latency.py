@@ -4,6 +4,7 @@
     python benchmarks/latency.py --quick                 # 3 ratios, 64x64, few runs (a smoke test)
     python benchmarks/latency.py --output results.md     # also write the markdown tables to a file
     python benchmarks/latency.py --no-cuda --threads 4   # CPU only, 4 intra-op threads
+    python benchmarks/latency.py --quick --runtime onnxruntime   # table 1 timed on the exported ONNX file
     python benchmarks/latency.py --per-layer             # where the speed-up goes, layer by layer (CPU)
     python benchmarks/latency.py --per-layer --quick --json out.json   # ResNet-50 at 64x64 only
 
@@ -181,7 +182,8 @@ def latency_table(args: argparse.Namespace, size: int, use_cuda: bool) -> str:
             t0 = time.perf_counter()
             model = pruned_resnet50(ratio, round_to)
             macs, params = tp.utils.count_ops_and_params(model, one)
-            m = Measurement(ratio, round_to, params, macs, *cpu_times(model.eval(), x_cpu, args.repeat, args.warmup))
+            runner = OnnxRuntimeModel(model.eval(), x_cpu) if args.runtime == ORT else model.eval()
+            m = Measurement(ratio, round_to, params, macs, *cpu_times(runner, x_cpu, args.repeat, args.warmup))
             if use_cuda:
                 m.cuda = latency(model, x_cuda, "cuda", args.cuda_repeat, args.cuda_warmup)
             results.append(m)
@@ -202,7 +204,8 @@ def latency_table(args: argparse.Namespace, size: int, use_cuda: bool) -> str:
         if use_cuda:
             row += [fmt_ms(m.cuda), fmt_speedup(base.cuda, m.cuda)]
         rows.append(row)
-    return markdown(f"ResNet-50, {size}x{size}: latency, MACs (per image) and params vs pruning ratio", headers, rows)
+    on = " (CPU: the exported file in onnxruntime)" if args.runtime == ORT else ""
+    return markdown(f"ResNet-50, {size}x{size}: latency{on}, MACs (per image) and params vs pruning ratio", headers, rows)
 
 
 def step_table(size: int) -> str:
@@ -519,6 +522,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--cuda-warmup", type=int, default=None, help="untimed CUDA runs (default 20; 3 with --quick)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--no-cuda", action="store_true", help="CPU only even when CUDA is available")
+    parser.add_argument("--runtime", choices=("torch", ORT), default="torch",
+                        help="table 1's CPU timings: eager PyTorch, or the file depgraph.export_onnx writes run by "
+                             "onnxruntime (on torch's thread count)")
     parser.add_argument("--no-step", action="store_true", help="skip the pruning-time table")
     parser.add_argument("--rich", action="store_true", help="render the tables with rich")
     parser.add_argument("--output", type=Path, default=None, help="write the markdown tables to this file")
@@ -539,6 +545,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     args.ratios = tuple(args.ratios or (QUICK_RATIOS if q else FULL_RATIOS))
     if any(not 0.0 <= r < 1.0 for r in args.ratios):
         parser.error(f"--ratios must be in [0, 1), got {args.ratios}")
+    if args.runtime == ORT and not HAS_ORT:
+        parser.error("--runtime onnxruntime needs onnxruntime: pip install -e '.[export]'")
     args.ratios = tuple(sorted(set(args.ratios) | {0.0}))  # speed-ups are relative to the unpruned model
     size = args.input_size or (64 if q else 224)
     args.repeat = args.repeat or (5 if q else 30)

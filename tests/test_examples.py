@@ -132,6 +132,9 @@ def test_latency_benchmark_smoke(capsys: pytest.CaptureFixture, tmp_path: Path) 
     rows = [line for line in text.splitlines() if re.match(r"\| \d\.\d\d \|", line)]
     assert [r.split(" | ")[:3] for r in rows] == [["| 0.00", "-", "25.56"], ["| 0.50", "-", "6.92"], ["| 0.50", "8", "6.92"]]
     assert "CPU speed-up" in capsys.readouterr().out
+    if importlib.util.find_spec("onnxruntime") is not None:  # table 1 on the exported files
+        text = bench.main(argv[:-2] + ["--runtime", "onnxruntime"])
+        assert "latency (CPU: the exported file in onnxruntime)" in text and "| 0.50 | 8 | 6.92 |" in text
 
 
 def test_graph_build_benchmark_llama_on_meta_smoke() -> None:
