@@ -179,6 +179,11 @@ def profile_onnx(
     now = _CLOCKS[clock]
     session = onnx_session(path, threads)
     inputs = feeds(session, example_inputs)
+    try:
+        session.run(None, inputs)
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own classes: a dtype or shape the graph does not take
+        raise ExportError(f"onnxruntime cannot run {os.fspath(path)!r} on these inputs: "
+                          f"{type(e).__name__}: {str(e)[:400]}") from e
     for _ in range(warmup):
         session.run(None, inputs)
     totals = []

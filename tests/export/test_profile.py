@@ -95,6 +95,8 @@ def test_bad_calls_are_refused_with_typed_errors(exported, tmp_path) -> None:
         profile_onnx(path, (X, X), repeat=1)
     with pytest.raises(ExportError, match="not in the example inputs"):
         profile_onnx(path, {"image": X}, repeat=1)
+    with pytest.raises(ExportError, match="cannot run .* on these inputs"):
+        profile_onnx(path, torch.randn(1, 3, 16, 16), repeat=1)  # the file's shapes are the example's
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
     with pytest.raises(ExportError, match="cannot load"):
