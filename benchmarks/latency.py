@@ -399,7 +399,7 @@ def case_markdown(case: dict) -> str:
     for setting, prof in case["layers"].items():
         b, a = prof["before"], prof["after"]
         gap = gap_by_kind(b, a)
-        total_gap = a.total_ms - b.total_ms * a.macs / b.macs  # what gap_by_kind splits (the profile's own MACs)
+        total_gap = sum(gap.values())  # gap_by_kind's shares add up to the whole excess
         parts = ", ".join(f"{k} {v:+.2f} ms ({v / total_gap:.0%})" for k, v in gap.items() if abs(v) >= 0.005)
         mac_layers = [c for c in compare_profiles(b, a) if c.kind in MAC_KINDS and c.after is not None]
         t0, t1 = sum(c.before.ms for c in mac_layers), sum(c.after.ms for c in mac_layers)
