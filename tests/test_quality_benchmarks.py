@@ -298,6 +298,10 @@ def test_recover_cli_benchmarks_render_their_tables(qb) -> None:
     md = rl.markdown(state)
     assert "| recover | `depgraph recover pruned` (1 thread) | 10.0 min |" in md
     assert md.rstrip().endswith("recover: stopped by the 5-minute limit; checkpoint: step 6 saved to r")
+    assert "Training text" not in md
+    state["settings"].update(train_held_out_rest=True, data_tokens=600000)
+    assert "Training text: the calibration half plus the held-out articles after the measured and the " \
+           "--keep-best ones (600000 tokens in all, whole articles)." in rl.markdown(state)
     rr = importlib.import_module("recover_resnet_cli")
     rows = [{"model": "unpruned", "recovery": "none", "acc": 90.0, "macs_speedup": 1.0},
             {"model": "unpruned", "recovery": "labels only", "acc": 90.2, "macs_speedup": 1.0, "seconds": 5.0},
@@ -314,6 +318,24 @@ def test_recover_cli_benchmarks_render_their_tables(qb) -> None:
                       "stages": {"kd.pt": {"command": "depgraph recover pruned.pt", "seconds": 6.0, **timing}},
                       "rows": rows})
     assert "- `depgraph recover pruned.pt` — 6 s in all, training 4 s (0.50 s/step, 1 thread)" in md
+
+
+def test_held_out_rest_is_cut_between_whole_articles(qb) -> None:
+    # --train-held-out-rest: the articles holding the measured tokens reach neither validation nor training,
+    # validation holds at least its tokens, and every article lands whole on one side.
+    rl = importlib.import_module("recover_llm")
+
+    def words(text: str) -> dict:
+        return {"input_ids": text.split()}
+
+    articles = [" ".join(f"a{i}w{j}" for j in range(n)) for i, n in enumerate((6, 5, 4, 7, 3, 8, 2))]
+    val, extra = rl.held_out_articles("\n\n".join(articles), words, measured_tokens=8, val_tokens=9)
+    assert val.split("\n\n") == articles[2:4]  # articles 0-1 hold the 8 measured tokens; 2-3 give 11 >= 9
+    assert extra.split("\n\n") == articles[4:]
+    val, extra = rl.held_out_articles("\n\n".join(articles), words, measured_tokens=6, val_tokens=1)
+    assert val == articles[1] and extra.split("\n\n") == articles[2:]  # the measured end on a boundary
+    with pytest.raises(ValueError, match="cannot hold"):
+        rl.held_out_articles("\n\n".join(articles), words, measured_tokens=20, val_tokens=20)
 
 
 def test_recover_benchmarks_measure_a_folder_and_a_depgraph_file(qb, tmp_path) -> None:

@@ -76,6 +76,25 @@ def validation_text(eval_text: str, tokenizer: Any, measured_tokens: int) -> str
     return eval_text[start:].strip()
 
 
+def held_out_articles(eval_text: str, tokenizer: Any, measured_tokens: int, val_tokens: int) -> tuple[str, str]:
+    """``(validation_text, extra_train_text)`` from the held-out articles, cut between whole articles.
+
+    The articles that hold the ``measured_tokens`` the perplexity reads are left out of both. The next
+    articles, up to at least ``val_tokens``, are what ``--keep-best`` chooses the step on; all the articles
+    after them are more training text. No article is split, so no sentence, name or topic of the measured
+    text reaches training or the step choice.
+    """
+    articles = eval_text.split("\n\n")  # split_articles joins whole articles with a blank line; none holds one
+    counts = [len(tokenizer(a)["input_ids"]) for a in articles]
+    first_val = next((i + 1 for i in range(len(articles)) if sum(counts[: i + 1]) >= measured_tokens), len(articles))
+    first_extra = next((i + 1 for i in range(first_val, len(articles))
+                        if sum(counts[first_val: i + 1]) >= val_tokens), len(articles))
+    if first_extra >= len(articles):
+        raise ValueError(f"the {len(articles)} held-out articles cannot hold {measured_tokens} measured tokens, "
+                         f"{val_tokens} validation tokens and any training text after them")
+    return "\n\n".join(articles[first_val:first_extra]), "\n\n".join(articles[first_extra:])
+
+
 def depgraph(*args: str, time_limit: float | None = None,
              threads: int | None = None) -> tuple[float, str | None, list[str]]:
     """Run ``python -m depgraph ARGS`` (this checkout first on the path): its wall time in seconds, the
@@ -171,6 +190,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="depgraph recover --eval-every N --keep-best --eval-data VAL, VAL being the held-out text "
                         "after the tokens the perplexity measures (0: off)")
     p.add_argument("--eval-batches", type=int, default=2, help="depgraph recover --eval-batches")
+    p.add_argument("--train-held-out-rest", action="store_true",
+                   help="train on the calibration half and the held-out articles after the measured ones and the "
+                        "--keep-best ones (whole articles: none of them shares text with the measured tokens)")
     p.add_argument("--compile", action="store_true", help="depgraph recover --compile")
     p.add_argument("--hidden-weight", type=float, default=0.0, help="depgraph recover --hidden-weight")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
@@ -220,7 +242,22 @@ def main(argv: list[str] | None = None) -> dict:
         return {"stages": stages}
 
     _remove(recovered)
-    recover_cmd = ["recover", str(pruned), "--teacher", str(base), "--data", str(train), "--seq-len", str(args.seq_len),
+    val_text = extra_text = None
+    if args.keep_best or args.train_held_out_rest:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        if args.train_held_out_rest:
+            val_text, extra_text = held_out_articles(eval_text, tokenizer, args.eval_tokens,
+                                                     args.eval_batches * args.batch_size * args.seq_len)
+        else:
+            val_text = validation_text(eval_text, tokenizer, args.eval_tokens)
+    data_file = train
+    if extra_text is not None:
+        data_file = args.work / "train_and_held_out_rest.txt"
+        data_file.write_text(train.read_text(encoding="utf-8") + "\n\n" + extra_text, encoding="utf-8")
+    recover_cmd = ["recover", str(pruned), "--teacher", str(base), "--data", str(data_file),
+                   "--seq-len", str(args.seq_len),
                    "--max-samples", str(args.steps * args.batch_size), "--steps", str(args.steps),
                    "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup-steps",
                    str(args.warmup_steps), "--lr-schedule", args.lr_schedule, "--temperature", str(args.temperature), "--kd-weight", str(args.kd_weight),
@@ -233,11 +270,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.compile:
         recover_cmd.append("--compile")
     if args.keep_best:
-        from transformers import AutoTokenizer
-
         val = args.work / "val.txt"
-        val.write_text(validation_text(eval_text, AutoTokenizer.from_pretrained(base), args.eval_tokens),
-                       encoding="utf-8")
+        val.write_text(val_text, encoding="utf-8")
         recover_cmd += ["--eval-data", str(val), "--eval-every", str(args.keep_best), "--keep-best"]
     seconds, stopped, printed = depgraph(*recover_cmd, time_limit=args.time_limit * 60 if args.time_limit else None,
                                 threads=args.threads)
@@ -258,6 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
                               args.device)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings["train_tokens"] = args.steps * args.batch_size * args.seq_len
+    settings["data_tokens"] = len(tokenizer(data_file.read_text(encoding="utf-8"))["input_ids"])
     settings["threads"] = torch.get_num_threads()
     settings["machine"] = machine()
     state = {"settings": settings, "stages": stages, "models": measured}
@@ -291,7 +326,8 @@ def markdown(state: dict) -> str:
              f"({s['train_tokens']} tokens), lr {s['lr']:g} after {s['warmup_steps']} warm-up steps "
              f"({s.get('lr_schedule', 'constant')} schedule), {loss}"
              f"{'' if s.get('task_weight') == 0 else ' plus next-token loss'}"
-             f"{'' if s.get('mixed_precision', 'no') == 'no' else ', ' + s['mixed_precision'] + ' mixed precision'}.",
+             f"{'' if s.get('mixed_precision', 'no') == 'no' else ', ' + s['mixed_precision'] + ' mixed precision'}."
+             f"{_training_text(s)}",
              "",
              "| model | params | ppl | ppl / unpruned |", "| :--- | ---: | ---: | ---: |"]
     for name, r in m.items():
@@ -304,6 +340,14 @@ def markdown(state: dict) -> str:
     lines += [f"\n{name}: {r['stopped']}" for name, r in st.items() if r.get("stopped")]
     lines += [f"\n{name}: {r['kept']}" for name, r in st.items() if r.get("kept")]
     return "\n".join(lines) + "\n"
+
+
+def _training_text(settings: dict) -> str:
+    """The header's sentence on the training text, when it is more than the calibration half."""
+    if not settings.get("train_held_out_rest"):
+        return ""
+    return (f" Training text: the calibration half plus the held-out articles after the measured and the "
+            f"--keep-best ones ({settings['data_tokens']} tokens in all, whole articles).")
 
 
 if __name__ == "__main__":
