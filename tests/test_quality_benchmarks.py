@@ -298,10 +298,12 @@ def test_recover_cli_benchmarks_render_their_tables(qb) -> None:
     md = rl.markdown(state)
     assert "| recover | `depgraph recover pruned` (1 thread) | 10.0 min |" in md
     assert md.rstrip().endswith("recover: stopped by the 5-minute limit; checkpoint: step 6 saved to r")
-    assert "Training text" not in md
+    assert "Training text" not in md and "continues from" not in md
     state["settings"].update(train_held_out_rest=True, data_tokens=600000)
     assert "Training text: the calibration half plus the held-out articles after the measured and the " \
            "--keep-best ones (600000 tokens in all, whole articles)." in rl.markdown(state)
+    state["settings"]["start"] = "/work/recovered.pth"
+    assert "This recovery continues from an earlier one's result" in rl.markdown(state)
     rr = importlib.import_module("recover_resnet_cli")
     rows = [{"model": "unpruned", "recovery": "none", "acc": 90.0, "macs_speedup": 1.0},
             {"model": "unpruned", "recovery": "labels only", "acc": 90.2, "macs_speedup": 1.0, "seconds": 5.0},

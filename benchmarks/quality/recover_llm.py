@@ -208,6 +208,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--save-every", type=int, default=10, help="depgraph recover --save-every")
     p.add_argument("--time-limit", type=float, default=None,
                    help="minutes after which the recover command is stopped and its last checkpoint measured")
+    p.add_argument("--start", type=Path, default=None,
+                   help="the model the recover command trains instead of PRUNED: an earlier run's RECOVERED, "
+                        "copied into WORK first (its perplexity gets a row of its own)")
     p.add_argument("--prune-only", action="store_true", help="stop after the prune (then --reuse-pruned)")
     p.add_argument("--reuse-pruned", action="store_true", help="keep an existing PRUNED folder (and its time in "
                    "WORK/stages.json) instead of pruning again")
@@ -241,6 +244,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.prune_only:
         return {"stages": stages}
 
+    student = pruned
+    if args.start is not None:  # copied first: the start may be WORK's RECOVERED, which this run replaces
+        student = args.work / f"start{ext}"
+        if args.start.resolve() != student.resolve():
+            _remove(student)
+            (shutil.copytree if args.start.is_dir() else shutil.copyfile)(args.start, student)
+        if args.start.resolve() == recovered.resolve() and "recover" in stages:  # the run that made the start
+            stages["recover that made the start"] = stages.pop("recover")
     _remove(recovered)
     val_text = extra_text = None
     if args.keep_best or args.train_held_out_rest:
@@ -256,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
     if extra_text is not None:
         data_file = args.work / "train_and_held_out_rest.txt"
         data_file.write_text(train.read_text(encoding="utf-8") + "\n\n" + extra_text, encoding="utf-8")
-    recover_cmd = ["recover", str(pruned), "--teacher", str(base), "--data", str(data_file),
+    recover_cmd = ["recover", str(student), "--teacher", str(base), "--data", str(data_file),
                    "--seq-len", str(args.seq_len),
                    "--max-samples", str(args.steps * args.batch_size), "--steps", str(args.steps),
                    "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup-steps",
@@ -288,8 +299,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     rows = data.chunk_tokens(tokenizer(eval_text, return_tensors="pt").input_ids, args.context, args.eval_tokens)
-    measured = measure_models({"unpruned": base, "pruned": pruned, "pruned + recovered": recovered}, rows, base,
-                              args.device)
+    models = {"unpruned": base, "pruned": pruned}
+    if student != pruned:
+        models["start of this recovery (an earlier run's result)"] = student
+    measured = measure_models({**models, "pruned + recovered": recovered}, rows, base, args.device)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings["train_tokens"] = args.steps * args.batch_size * args.seq_len
     settings["data_tokens"] = len(tokenizer(data_file.read_text(encoding="utf-8"))["input_ids"])
@@ -327,7 +340,7 @@ def markdown(state: dict) -> str:
              f"({s.get('lr_schedule', 'constant')} schedule), {loss}"
              f"{'' if s.get('task_weight') == 0 else ' plus next-token loss'}"
              f"{'' if s.get('mixed_precision', 'no') == 'no' else ', ' + s['mixed_precision'] + ' mixed precision'}."
-             f"{_training_text(s)}",
+             f"{_header_notes(s)}",
              "",
              "| model | params | ppl | ppl / unpruned |", "| :--- | ---: | ---: | ---: |"]
     for name, r in m.items():
@@ -342,12 +355,16 @@ def markdown(state: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _training_text(settings: dict) -> str:
-    """The header's sentence on the training text, when it is more than the calibration half."""
-    if not settings.get("train_held_out_rest"):
-        return ""
-    return (f" Training text: the calibration half plus the held-out articles after the measured and the "
-            f"--keep-best ones ({settings['data_tokens']} tokens in all, whole articles).")
+def _header_notes(settings: dict) -> str:
+    """The header's sentences on what differs from a plain run: more training text, an earlier start."""
+    notes = ""
+    if settings.get("train_held_out_rest"):
+        notes += (f" Training text: the calibration half plus the held-out articles after the measured and the "
+                  f"--keep-best ones ({settings['data_tokens']} tokens in all, whole articles).")
+    if settings.get("start"):
+        notes += (" This recovery continues from an earlier one's result (the row \"start of this recovery\"; "
+                  "its command, when it ran in the same WORK, is the stage \"recover that made the start\").")
+    return notes
 
 
 if __name__ == "__main__":
