@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--calib-seq-len", type=int, default=512)
     p.add_argument("--steps", type=int, default=120)
     p.add_argument("--seq-len", type=int, default=128, help="tokens per training window")
+    p.add_argument("--max-samples", type=int, default=None,
+                   help="depgraph recover --max-samples (default: STEPS x BATCH_SIZE windows, each seen once)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup-steps", type=int, default=6)
@@ -269,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
         data_file.write_text(train.read_text(encoding="utf-8") + "\n\n" + extra_text, encoding="utf-8")
     recover_cmd = ["recover", str(student), "--teacher", str(base), "--data", str(data_file),
                    "--seq-len", str(args.seq_len),
-                   "--max-samples", str(args.steps * args.batch_size), "--steps", str(args.steps),
+                   "--max-samples", str(args.max_samples or args.steps * args.batch_size), "--steps", str(args.steps),
                    "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup-steps",
                    str(args.warmup_steps), "--lr-schedule", args.lr_schedule, "--temperature", str(args.temperature), "--kd-weight", str(args.kd_weight),
                    "--hidden-weight", str(args.hidden_weight), "--mixed-precision", args.mixed_precision,
