@@ -86,13 +86,22 @@ def held_out_articles(eval_text: str, tokenizer: Any, measured_tokens: int, val_
     """
     articles = eval_text.split("\n\n")  # split_articles joins whole articles with a blank line; none holds one
     counts = [len(tokenizer(a)["input_ids"]) for a in articles]
-    first_val = next((i + 1 for i in range(len(articles)) if sum(counts[: i + 1]) >= measured_tokens), len(articles))
-    first_extra = next((i + 1 for i in range(first_val, len(articles))
-                        if sum(counts[first_val: i + 1]) >= val_tokens), len(articles))
+    first_val = _end_of_articles(counts, 0, measured_tokens)
+    first_extra = _end_of_articles(counts, first_val, val_tokens)
     if first_extra >= len(articles):
         raise ValueError(f"the {len(articles)} held-out articles cannot hold {measured_tokens} measured tokens, "
                          f"{val_tokens} validation tokens and any training text after them")
     return "\n\n".join(articles[first_val:first_extra]), "\n\n".join(articles[first_extra:])
+
+
+def _end_of_articles(counts: list[int], start: int, tokens: int) -> int:
+    """The index after the articles from ``start`` on that together hold ``tokens`` (``len(counts)``: never)."""
+    total = 0
+    for i in range(start, len(counts)):
+        total += counts[i]
+        if total >= tokens:
+            return i + 1
+    return len(counts)
 
 
 def depgraph(*args: str, time_limit: float | None = None,
