@@ -264,16 +264,15 @@ def main(argv: list[str] | None = None) -> dict:
         if args.start.resolve() == recovered.resolve() and "recover" in stages:  # the run that made the start
             stages["recover that made the start"] = stages.pop("recover")
     _remove(recovered)
-    val_text = extra_text = None
-    if args.keep_best or args.train_held_out_rest:
-        from transformers import AutoTokenizer
+    from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(base)
-        if args.train_held_out_rest:
-            val_text, extra_text = held_out_articles(eval_text, tokenizer, args.eval_tokens,
-                                                     args.eval_batches * args.batch_size * args.seq_len)
-        else:
-            val_text = validation_text(eval_text, tokenizer, args.eval_tokens)
+    tokenizer = AutoTokenizer.from_pretrained(base)  # cuts the held-out text here, measures it at the end
+    val_text = extra_text = None
+    if args.train_held_out_rest:
+        val_text, extra_text = held_out_articles(eval_text, tokenizer, args.eval_tokens,
+                                                 args.eval_batches * args.batch_size * args.seq_len)
+    elif args.keep_best:
+        val_text = validation_text(eval_text, tokenizer, args.eval_tokens)
     data_file = train
     if extra_text is not None:
         data_file = args.work / "train_and_held_out_rest.txt"
@@ -306,9 +305,6 @@ def main(argv: list[str] | None = None) -> dict:
         stages["recover"]["kept"] = kept
     stages_file.write_text(json.dumps(stages, indent=1))
 
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base)
     rows = data.chunk_tokens(tokenizer(eval_text, return_tensors="pt").input_ids, args.context, args.eval_tokens)
     models = {"unpruned": base, "pruned": pruned}
     if student != pruned:
