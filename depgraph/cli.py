@@ -208,6 +208,9 @@ def _prune(args: argparse.Namespace, out: Printer) -> int:
         if args.target is not None:
             raise ArgumentError("--target needs the model in memory; a streamed checkpoint (--max-memory, or "
                                  "larger than the free memory) is pruned by --ratio")
+        if args.blockwise:
+            raise ArgumentError("--blockwise runs the calibration through the model in memory; a streamed "
+                                 "checkpoint (--max-memory, or larger than the free memory) is pruned in one pass")
         if args.recalibrate_bn:
             raise ArgumentError("--recalibrate-bn runs the model in memory; a streamed checkpoint (--max-memory, "
                                  "or larger than the free memory) has no BatchNorm statistics to re-estimate")
@@ -233,7 +236,7 @@ def _prune(args: argparse.Namespace, out: Printer) -> int:
     result = prune_model(
         source, ratio=args.ratio, target=args.target, importance=args.importance, compensation=args.compensation,
         global_pruning=args.global_pruning, round_to=args.round_to, head_ratio=args.head_ratio or 0.0,
-        prune_hidden=args.prune_hidden, ignore=args.ignore or (), calib=args.calib, num_samples=args.calib_samples,
+        prune_hidden=args.prune_hidden, blockwise=args.blockwise, ignore=args.ignore or (), calib=args.calib, num_samples=args.calib_samples,
         calib_batch_size=args.calib_batch_size, seq_len=args.seq_len, calib_memory=args.calib_memory,
         recalibrate_bn=args.recalibrate_bn, output=path, save_format=fmt,
         report=args.report, latency=not args.no_latency, progress=not args.plain)
@@ -445,6 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-hidden", action="store_true",
                    help="Hugging Face models: also prune the hidden size (embedding, norms, every projection on "
                         "the residual stream) at --ratio; the vocabulary is kept")
+    p.add_argument("--blockwise", action="store_true",
+                   help="prune the stack of blocks (a transformer's layers) one block at a time, each calibrated "
+                        "on the already pruned blocks' outputs and refit to the unpruned layers' outputs: "
+                        "reconstruction + lstsq per group, needs --calib; about three calibration passes")
     p.add_argument("--calib", default=None, metavar="DATA",
                    help="calibration data: an image folder, a text file, a .jsonl (\"text\" field), or "
                         "module:attribute naming a dataset or loader")

@@ -13,7 +13,8 @@ from .base import (
     list_importances,
     register_importance,
 )
-from .calibration import CalibrationStats, ChannelStats, collect_activation_stats
+from .blockwise import BlockwiseCalibration, block_members, find_blocks
+from .calibration import CalibrationStats, ChannelStats, calibration_batches, collect_activation_stats
 from .channels import ChannelSlice, channel_slices, register_channel_slices
 from .compensation import BiasCompensation, compensate_bias, enable_bias_compensation
 from .compensation_modes import BiasMean, CompensationMode, LeastSquares
@@ -73,6 +74,7 @@ __all__ = [
     "CalibrationStats",
     "ChannelStats",
     "collect_activation_stats",
+    "calibration_batches",
     "compensate_bias",
     "enable_bias_compensation",
     "BiasCompensation",
@@ -84,6 +86,9 @@ __all__ = [
     "refit_consumers",
     "enable_lstsq_compensation",
     "LeastSquaresCompensation",
+    "BlockwiseCalibration",
+    "find_blocks",
+    "block_members",
     # compensation modes for BasePruner(compensation=...) (new)
     "CompensationMode",
     "BiasMean",

@@ -23,6 +23,7 @@ calibration therefore does not invalidate the statistics of other layers:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,7 @@ from ..errors import DepgraphError, OptionError
 from ..functional.base import find_handler
 from ..trace.recorder import call_model
 
-__all__ = ["ChannelStats", "CalibrationStats", "collect_activation_stats", "is_channel_consumer"]
+__all__ = ["ChannelStats", "CalibrationStats", "collect_activation_stats", "is_channel_consumer", "calibration_batches"]
 
 
 def is_channel_consumer(module: object) -> bool:
@@ -197,17 +198,25 @@ def original_input_index(module: nn.Module, width: int) -> torch.Tensor:
     return kept.to(torch.long)
 
 
-def _batches(data: Any) -> Iterator[Any]:
-    """One batch (a tensor or a dict of inputs) or an iterable of batches."""
+def calibration_batches(data: Any, max_batches: int | None = None) -> Iterator[Any]:
+    """The batches of ``data`` (one batch, a tensor or a dict of inputs, or an iterable of them), at most ``max_batches``.
+
+    Checks both arguments when called, before the first batch is read.
+
+    Raises:
+        OptionError: ``max_batches`` is not a positive integer or None.
+        DepgraphError: ``data`` is neither a batch nor an iterable of batches.
+    """
+    if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
+        raise OptionError(f"max_batches must be a positive integer or None, got {max_batches!r}")
     if isinstance(data, (torch.Tensor, Mapping)):
-        yield data
-    elif isinstance(data, Iterable):
-        yield from data
-    else:
+        return iter([data])
+    if not isinstance(data, Iterable):
         raise DepgraphError(
             f"calibration data must be a tensor, a dict of inputs or an iterable of batches, "
             f"got {type(data).__name__}"
         )
+    return itertools.islice(data, max_batches)
 
 
 @torch.no_grad()
@@ -224,8 +233,7 @@ def record_inputs(
     Hooks are removed and every module's train/eval mode restored even when the model
     fails, so a calibration never leaves the model changed.
     """
-    if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
-        raise OptionError(f"max_batches must be a positive integer or None, got {max_batches!r}")
+    batches = calibration_batches(data, max_batches)
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
         add(module, args[0] if args else kwargs.get("input"))
@@ -236,9 +244,7 @@ def record_inputs(
         for m in layers:
             handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
         model.eval()
-        for k, batch in enumerate(_batches(data)):
-            if max_batches is not None and k >= max_batches:
-                break
+        for batch in batches:
             call_model(model, batch, forward_fn)
     finally:
         for h in handles:

@@ -45,13 +45,18 @@ class BiasFlagSync:
         self._warned: set[str] = set()
 
     def __call__(self, graph: Any, plan: Any) -> None:
-        model = self.model_ref()
-        if model is None:
-            return
         if plan is None:
             for owner, attr, old in reversed(self._undo):
                 setattr(owner, attr, old)
             self._undo = []
+            return
+        self.sync()
+
+    def sync(self) -> None:
+        """Set the flag of every family where a projection gained a bias since this object was made, and
+        give that family's other projections zero biases (undone by the hook's rollback call)."""
+        model = self.model_ref()
+        if model is None:
             return
         self._undo = []
         covered: set[int] = set()

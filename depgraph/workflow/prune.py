@@ -26,6 +26,7 @@ from typing import Any
 import torch.nn as nn
 
 from ..errors import OptionError
+from .blockwise import cross_block_roots, prune_blockwise, search_stand_in
 from .calibration_data import check_calibration, load_calibration
 from .keep import HFPruneSettings, hf_prune_settings, named_layers
 from .progress import Stages
@@ -58,6 +59,7 @@ def prune_model(
     round_to: int | None = None,
     head_ratio: float = 0.0,
     prune_hidden: bool = False,
+    blockwise: bool = False,
     ignore: Sequence[str] = (),
     calib: Any = None,
     num_samples: int = 32,
@@ -87,6 +89,11 @@ def prune_model(
         prune_hidden: (Hugging Face) also prune the hidden size (the residual stream: embedding, every
             norm, every projection's input or output on it) at ``ratio``, as one group; the vocabulary
             and the task head's outputs are kept. As ``prune_checkpoint(prune_hidden=True)``.
+        blockwise: prune the model's stack of blocks (a transformer's layers) one block at a time,
+            each calibrated on the outputs of the blocks already pruned, and refit each layer to the
+            unpruned layer's outputs (:mod:`depgraph.workflow.blockwise`). Reconstruction + lstsq,
+            per group; needs ``calib``. Every block is calibrated through, so it costs about three
+            calibration passes instead of one, and keeps only one block's Gram matrices at a time.
         ignore: qualified names of more layers whose outputs are kept.
         calib: calibration data (see :func:`~depgraph.workflow.load_calibration`).
         num_samples: calibration samples read at most.
@@ -117,7 +124,8 @@ def prune_model(
     Raises:
         OptionError: ratio and target both or neither, unknown criterion, a data-aware criterion
             without data, ``recalibrate_bn`` without data or BatchNorm layers, ``calib_memory`` not a memory size, global pruning into a ``save_pretrained`` folder, unknown ``ignore`` names,
-            ``prune_hidden`` for a model that is not a Hugging Face one.
+            ``prune_hidden`` for a model that is not a Hugging Face one, ``blockwise`` with another
+            recipe than reconstruction + lstsq per group, without data or with ``prune_hidden``.
         OutputError: the output or report path cannot be written.
         CalibrationDataError: the data cannot be read or does not fit the model.
         TargetUnreachableError: no ratio meets the target.
@@ -143,8 +151,11 @@ def prune_model(
                           f"{source.family} model, whose widths every group already prunes")
     if round_to is not None and round_to < 1:
         raise OptionError(f"round_to must be a positive integer, got {round_to}")
-    recipe = resolve_recipe(importance, compensation, global_pruning,
-                            language_model=source.is_language_model, has_data=calib is not None)
+    if blockwise and prune_hidden:
+        raise OptionError("block-by-block pruning prunes each block's own groups; the hidden size runs through "
+                          "every block: prune it in one pass (drop blockwise)")
+    recipe = resolve_recipe(importance, compensation, global_pruning, language_model=source.is_language_model,
+                            has_data=calib is not None, blockwise=blockwise)
     if recalibrate_bn:
         _check_recalibration(source, calib)
     elif recalibrate_bn is None:
@@ -166,6 +177,9 @@ def prune_model(
         if source.family == "hf" else None
     keep = list(hf.ignored_layers) if hf is not None else list(source.keep) + named_layers(model, ignore)
 
+    if recipe.blockwise:
+        spanning = cross_block_roots(model, keep, example, _attention(hf))
+        keep = list(dict.fromkeys([*keep, *spanning]))
     batches, calibration = None, "none"
     if calib is not None:
         with stages.stage("calibration data"):
@@ -188,6 +202,9 @@ def prune_model(
         before = measure(model, example, latency=want_latency)
     make_pruner = _pruner_factory(source, recipe, round_to, hf)
     notes = _notes(source, recipe)
+    if recipe.blockwise and spanning:
+        notes.append(f"block by block prunes the groups inside one block; {len(spanning)} group(s) across blocks "
+                     f"(e.g. the residual stream) kept whole: {', '.join(_names(model, spanning)[:3])}")
     if calib is None and source.weights != "random" and _has_batchnorm(source):
         notes.append("BatchNorm statistics are the unpruned model's, stale after the prune (eval-mode quality "
                      "understated until recovery): give calibration data (--calib) to re-measure them")
@@ -199,16 +216,26 @@ def prune_model(
 
                 plain = Scoring(GroupMagnitudeImportance(p=2), None)
                 prune_to_target(model, plain, keep, make_pruner, example, goal, before, steps=0)
-    with stages.stage("score", recipe.describe()):
-        scoring = build_scoring(recipe, model, batches, example, keep, consumers, _attention(hf))
+    scoring = None
+    if not recipe.blockwise:  # block by block scores inside its prune
+        with stages.stage("score", recipe.describe()):
+            scoring = build_scoring(recipe, model, batches, example, keep, consumers, _attention(hf))
     found: TargetResult | None = None
     with _pruning_warnings_silenced():
         if goal is not None:
+            searched, search_scoring, search_keep = search_stand_in(model, keep, example, _attention(hf)) \
+                if recipe.blockwise else (model, scoring, keep)
             with stages.stage("search", str(goal)):
                 pruned, _, found = prune_to_target(
-                    model, scoring, keep, make_pruner, example, goal, before, steps=search_steps,
+                    searched, search_scoring, search_keep, make_pruner, example, goal, before, steps=search_steps,
                     on_trial=lambda r, k: stages.update(f"search {goal}: ratio {r:.3f} keeps {k:.3f}"))
-        else:
+            del searched
+        if recipe.blockwise:
+            chosen = found.ratio if found is not None else float(ratio)  # type: ignore[arg-type]
+            with stages.stage("score", f"{recipe.describe()}, ratio {chosen:.3f}"):
+                pruned = prune_blockwise(model, keep, batches, example, make_pruner, chosen, _attention(hf),
+                                         on_block=lambda i, n: stages.update(f"block by block: {i + 1} of {n}"))
+        elif goal is None:
             with stages.stage("prune", f"ratio {ratio}"):
                 pruned, s2, k2 = scoring.copy_with(model, keep)
                 make_pruner(pruned, s2, k2, ratio).step()

@@ -58,6 +58,8 @@ class Recipe:
         global_pruning: rank channels across groups (per-layer widths differ) or per group (uniform).
         why: where the choice came from (the user, or which measured default).
         sized: the language-model default, still to be sized by :func:`choose_by_memory`.
+        blockwise: calibrate and prune the stack of blocks one block at a time
+            (:mod:`depgraph.workflow.blockwise`; reconstruction + lstsq, per group).
     """
 
     importance: str
@@ -65,20 +67,28 @@ class Recipe:
     global_pruning: bool
     why: str
     sized: bool = False
+    blockwise: bool = False
 
     def describe(self) -> str:
         """``"fluctuation + bias compensation, per group"``: the recipe in one phrase, for reports."""
         comp = "" if self.compensation == "none" else f" + {self.compensation} compensation"
-        return f"{self.importance}{comp}, {'global' if self.global_pruning else 'per group'}"
+        order = ", block by block" if self.blockwise else ""
+        return f"{self.importance}{comp}, {'global' if self.global_pruning else 'per group'}{order}"
 
 
 def resolve_recipe(importance: str | None, compensation: str | None, global_pruning: bool | None, *,
-                   language_model: bool, has_data: bool) -> Recipe:
+                   language_model: bool, has_data: bool, blockwise: bool = False) -> Recipe:
     """The recipe to run: the user's choices checked, the per-family default for the rest.
 
+    ``blockwise`` is reconstruction + lstsq per group (what it is built on): the default
+    criterion becomes that, and another criterion, compensation or global pruning is refused.
+
     Raises:
-        OptionError: an unknown criterion or compensation, or one that needs data given none.
+        OptionError: an unknown criterion or compensation, or one that needs data given none;
+            ``blockwise`` with another recipe or without data.
     """
+    if blockwise:
+        return _blockwise_recipe(importance, compensation, global_pruning, has_data)
     problems = []
     if importance is not None and importance not in CRITERIA:
         problems.append(f"unknown importance {importance!r}; choose from {', '.join(CRITERIA)}")
@@ -105,6 +115,25 @@ def resolve_recipe(importance: str | None, compensation: str | None, global_prun
         raise OptionError(f"{what} is calibrated on data: give calibration data (--calib PATH) or a data-free "
                           f"criterion ({', '.join(DATA_FREE)}) without compensation")
     return Recipe(importance, compensation, bool(global_pruning), why, sized)
+
+
+def _blockwise_recipe(importance: str | None, compensation: str | None, global_pruning: bool | None,
+                      has_data: bool) -> Recipe:
+    wrong = []
+    if importance not in (None, "reconstruction"):
+        wrong.append(f"importance {importance!r}")
+    if compensation not in (None, "lstsq"):
+        wrong.append(f"compensation {compensation!r}")
+    if global_pruning:
+        wrong.append("global pruning")
+    if wrong:
+        raise OptionError(f"block-by-block pruning is reconstruction + lstsq compensation, per group; it cannot "
+                          f"use {', '.join(wrong)}")
+    if not has_data:
+        raise OptionError("block-by-block pruning is calibrated on data: give calibration data (--calib PATH)")
+    why = "chosen" if importance or compensation else \
+        "block by block: reconstruction + lstsq (one block's Gram matrices at a time)"
+    return Recipe("reconstruction", "lstsq", False, why, blockwise=True)
 
 
 def choose_by_memory(recipe: Recipe, memory: ReconstructionMemory) -> Recipe:

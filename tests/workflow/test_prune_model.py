@@ -158,6 +158,62 @@ def test_hf_llama_folder_to_target_reloads_without_depgraph(llama_dir, tmp_path,
     assert width < 64
 
 
+@torch.no_grad()
+def _error(model: torch.nn.Module, reference: torch.nn.Module, batches) -> float:
+    return sum(float((model(**b).logits - reference(**b).logits).pow(2).mean()) for b in batches)
+
+
+def test_blockwise_llama_keeps_the_one_pass_widths_fits_the_unpruned_model_closer_and_reloads(tmp_path) -> None:
+    from depgraph.workflow import load_calibration
+
+    folder = write_tiny_llama(tmp_path / "llama", num_hidden_layers=3)
+    source = load_source(folder, seq_len=16)
+    before = {k: v.clone() for k, v in source.model.state_dict().items()}
+    corpus = write_text(tmp_path / "corpus.txt", 2000)
+    one = prune_model(source, target="params=0.8", importance="reconstruction", calib=corpus, latency=False)
+    out = tmp_path / "pruned"
+    blk = prune_model(source, target="params=0.8", blockwise=True, calib=corpus, output=out, latency=False)
+    rep = blk.report
+    assert rep.criterion == "reconstruction + lstsq compensation, per group, block by block"
+    assert rep.why.startswith("block by block") and rep.verified
+    # the search runs on a stand-in with the refit's biases: the same ratio, widths and parameter count
+    assert rep.result == one.report.result and rep.after.params == one.report.after.params
+    assert [(r.name, r.in_after, r.out_after) for r in rep.layers] == \
+        [(r.name, r.in_after, r.out_after) for r in one.report.layers]
+    assert blk.model.model.layers[0].mlp.down_proj.in_features < 64
+    # each refit aims at the unpruned layer's outputs on the already pruned blocks' inputs
+    batches = load_calibration(corpus, source.spec, num_samples=32, batch_size=8, seq_len=16)
+    assert _error(blk.model, source.model, batches) < _error(one.model, source.model, batches)
+    assert all(torch.equal(v, source.model.state_dict()[k]) for k, v in before.items())  # the source is untouched
+    import transformers
+
+    reloaded = transformers.LlamaForCausalLM.from_pretrained(out)
+    _same(reloaded, blk.model, {"input_ids": torch.randint(0, 64, (2, 12))})
+
+
+def test_blockwise_timm_vit_prunes_inside_blocks_and_keeps_the_residual_stream(tmp_path) -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(2)
+    torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8).state_dict(),
+               tmp_path / "w.pth")
+    images = write_images(tmp_path / "imgs", n=6, size=(48, 40))
+    # timm names need the architecture's own arguments: a pickled module carries them
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8)
+    model.load_state_dict(torch.load(tmp_path / "w.pth"))
+    torch.save(model, tmp_path / "vit.pt")
+    source = load_source(str(tmp_path / "vit.pt"), trust_pickle=True, input_size=32)
+    one = prune_model(source, ratio=0.25, importance="reconstruction", calib=images, latency=False)
+    blk = prune_model(source, ratio=0.25, blockwise=True, calib=images, latency=False)
+    assert blk.report.verified and blk.report.criterion.endswith("block by block")
+    fc1 = [b.mlp.fc1.out_features for b in blk.model.blocks]
+    assert fc1 == [b.mlp.fc1.out_features for b in one.model.blocks] == [576] * 12
+    # the residual stream runs through every block: one pass prunes it, block by block keeps it and says so
+    assert one.model.patch_embed.proj.out_channels == 144 and blk.model.patch_embed.proj.out_channels == 192
+    assert any("1 group(s) across blocks (e.g. the residual stream) kept whole" in n for n in blk.report.notes)
+    assert blk.model(torch.randn(2, 3, 32, 32)).shape == (2, 1000)
+    assert not torch.equal(blk.model.blocks[5].mlp.fc2.weight, one.model.blocks[5].mlp.fc2.weight)
+
+
 def test_hf_vit_classifier_and_heads(tmp_path) -> None:
     pytest.importorskip("transformers")
     from tests.integrations._hf import FAMILIES
@@ -202,7 +258,15 @@ def test_refusals_come_before_the_long_work(llama_dir, tmp_path, monkeypatch) ->
         prune_model(vision, target="flops=0.5")
     with pytest.raises(OptionError, match=r"ignore names no layer of the model \(SqueezeNet\): 'features.99'"):
         prune_model(vision, ratio=0.3, ignore=["features.99"])
+    with pytest.raises(OptionError, match=r"block-by-block pruning is calibrated on data"):
+        prune_model(vision, ratio=0.3, blockwise=True)
+    with pytest.raises(OptionError, match=r"block-by-block pruning is reconstruction \+ lstsq compensation, per "
+                                          r"group; it cannot use importance 'fluctuation', global pruning"):
+        prune_model(vision, ratio=0.3, blockwise=True, importance="fluctuation", global_pruning=True,
+                    calib=[torch.randn(2, 3, 32, 32)])
     llama = load_source(llama_dir)
+    with pytest.raises(OptionError, match=r"the hidden size runs through every block"):
+        prune_model(llama, ratio=0.3, blockwise=True, prune_hidden=True, calib=write_text(tmp_path / "t.txt"))
     with pytest.raises(OptionError, match=r"global pruning gives each layer its own width, which a Hugging Face"):
         prune_model(llama, ratio=0.3, global_pruning=True, output=tmp_path / "o")
     with pytest.raises(OutputError, match=r"is the source checkpoint"):
