@@ -74,70 +74,41 @@ class LayerCovariance:
         index: ``(C,)`` original input channel of each row/column, ascending.
         count: input vectors seen.
         gram: ``(C + 1, C + 1)`` float64 ``sum z z^T`` with ``z = [x; 1]`` (last: the constant).
-        cross: None, or ``(C + 1, C + 1)`` float64 ``sum z_ref z^T``: the inputs the layer had in a
-            *reference* model (the model before pruning started) against these inputs, sample by
-            sample. Measured block by block (:class:`~depgraph.importance.BlockwiseCalibration`),
-            where these inputs already went through pruned blocks: the refit then aims at the
-            reference layer's outputs ``W z_ref`` instead of ``W z``, and so also corrects the
-            error of the blocks pruned before.
     """
 
     index: torch.Tensor
     count: float
     gram: torch.Tensor
-    cross: torch.Tensor | None = None
 
     @property
     def moment(self) -> torch.Tensor:
         """``E[z z^T]``."""
         return self.gram / self.count
 
-    @property
-    def target_moment(self) -> torch.Tensor:
-        """``E[z_ref z^T]``: what a refit multiplies ``[W, b]`` by (``moment`` without a reference)."""
-        return (self.cross if self.cross is not None else self.gram) / self.count
-
 
 class InputCovariance(LayerTable):
     """``{linear: LayerCovariance}`` from :func:`collect_input_covariance`, keyed by module object."""
 
     @torch.no_grad()
-    def add(self, module: nn.Linear, x: torch.Tensor, reference: torch.Tensor | None = None) -> None:
-        """Accumulate a batch of inputs ``x`` (``(..., C)``) of ``module``.
-
-        Args:
-            reference: the same samples' inputs to this layer in the reference model (same shape),
-                for :attr:`LayerCovariance.cross`; give it for every batch of a table or for none.
-        """
+    def add(self, module: nn.Linear, x: torch.Tensor) -> None:
+        """Accumulate a batch of inputs ``x`` (``(..., C)``) of ``module``."""
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0:
             return
-        z = _augmented(x)
+        flat = x.detach().reshape(-1, x.shape[-1])
+        z = torch.cat([flat, flat.new_ones(flat.shape[0], 1)], 1)
         # float32 products per batch (the expensive part), float64 accumulation across batches
         gram = (z.T @ z).to(torch.float64)
-        cross = None
-        if reference is not None:
-            if reference.shape != x.shape:
-                raise DepgraphError(f"covariance: the reference inputs of {type(module).__name__} have shape "
-                                    f"{tuple(reference.shape)}, its inputs {tuple(x.shape)}; they must be the "
-                                    "same samples of the same channels")
-            cross = (_augmented(reference).T @ z).to(torch.float64)
         index = original_input_index(module, x.shape[-1])
         prev = self._table.get(module)
         if prev is None:
-            self._table[module] = LayerCovariance(index.to(gram.device), float(z.shape[0]), gram, cross)
+            self._table[module] = LayerCovariance(index.to(gram.device), float(flat.shape[0]), gram)
             return
         if not torch.equal(prev.index, index.to(prev.index.device)):
             raise DepgraphError(
                 f"covariance: the input channels of {type(module).__name__} changed between batches "
                 "of one calibration; do not prune while collecting statistics"
             )
-        if (prev.cross is None) != (cross is None):
-            raise DepgraphError(f"covariance: {type(module).__name__} got reference inputs for some batches "
-                                "only; give them for every batch or for none")
-        dev = prev.gram.device
-        self._table[module] = LayerCovariance(
-            prev.index, prev.count + z.shape[0], prev.gram + gram.to(dev),
-            None if cross is None else prev.cross + cross.to(dev))
+        self._table[module] = LayerCovariance(prev.index, prev.count + flat.shape[0], prev.gram + gram.to(prev.gram.device))
 
     def lookup(self, module: nn.Module) -> torch.Tensor | None:
         """``E[z z^T]`` over ``module``'s *current* input channels (plus the constant), or None.
@@ -147,11 +118,6 @@ class InputCovariance(LayerTable):
         """
         pos = self.positions(module)
         return None if pos is None else self._table[module].moment[pos][:, pos]
-
-    def lookup_target(self, module: nn.Module) -> torch.Tensor | None:
-        """As :meth:`lookup` for :attr:`LayerCovariance.target_moment`."""
-        pos = self.positions(module)
-        return None if pos is None else self._table[module].target_moment[pos][:, pos]
 
     def positions(self, module: nn.Module) -> torch.Tensor | None:
         """Rows of ``self[module].moment`` that :meth:`lookup` takes now (the constant's last), or None.
@@ -243,12 +209,6 @@ def collect_input_covariance(
     return cov
 
 
-def _augmented(x: torch.Tensor) -> torch.Tensor:
-    """``(..., C)`` inputs as ``(samples, C + 1)`` rows ``[x; 1]``."""
-    flat = x.detach().reshape(-1, x.shape[-1])
-    return torch.cat([flat, flat.new_ones(flat.shape[0], 1)], 1)
-
-
 def _damped(m: torch.Tensor, damping: float) -> torch.Tensor:
     """``m + damping * mean(diag(m)) * I``: keeps the solve stable when inputs are collinear."""
     scale = m.diagonal().mean().clamp_min(1e-12)
@@ -269,12 +229,8 @@ def _solve_kept(rhs: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve(gram, rhs.T).T
 
 
-def _refit(layer: nn.Linear, removed: torch.Tensor, moment: torch.Tensor, damping: float,
-           target: torch.Tensor | None = None) -> None:
-    """Refit ``layer``'s columns other than ``removed`` and its bias (see the module docstring).
-
-    ``target``: ``E[z_ref z^T]`` when the refit aims at a reference model's outputs (default ``moment``).
-    """
+def _refit(layer: nn.Linear, removed: torch.Tensor, moment: torch.Tensor, damping: float) -> None:
+    """Refit ``layer``'s columns other than ``removed`` and its bias (see the module docstring)."""
     w = layer.weight.detach()
     n = w.shape[1]
     bias = layer.bias.detach() if layer.bias is not None else w.new_zeros(w.shape[0])
@@ -282,8 +238,7 @@ def _refit(layer: nn.Linear, removed: torch.Tensor, moment: torch.Tensor, dampin
     keep = torch.ones(n + 1, dtype=torch.bool)
     keep[removed] = False
     kplus = keep.nonzero().flatten().to(moment.device)
-    aim = moment if target is None else target
-    new = _solve_kept(wb.to(moment.device) @ aim[:, kplus], _damped(moment[kplus][:, kplus], damping))
+    new = _solve_kept(wb.to(moment.device) @ moment[:, kplus], _damped(moment[kplus][:, kplus], damping))
     w_new = w.to(torch.float64).clone()
     w_new[:, kplus[:-1].to(w.device)] = new[:, :-1].to(w.device)
     layer.weight.data = w_new.to(w.dtype)  # a new tensor: a snapshot of the old one can still restore it
@@ -318,9 +273,7 @@ class Refit:
     @torch.no_grad()
     def apply(self, layer: nn.Linear) -> None:
         """Refit ``layer``'s kept columns and bias (creating one); before its inputs go."""
-        pos = self.positions
-        target = None if self.cov.cross is None else self.cov.target_moment[pos][:, pos]
-        _refit(layer, self.removed, self.cov.moment[pos][:, pos], self.damping, target)
+        _refit(layer, self.removed, self.cov.moment[self.positions][:, self.positions], self.damping)
 
 
 def plan_refits(group: Iterable[Any], cov: InputCovariance, damping: float = 1e-4) -> dict[nn.Module, Refit]:
@@ -514,10 +467,6 @@ class ReconstructionImportance(GroupImportance):
             w = layer.weight.detach().to(moment.device, torch.float64)
             b = layer.bias.detach().to(w) if layer.bias is not None else w.new_zeros(w.shape[0])
             wb = torch.cat([w, b[:, None]], 1)
-            if self.cov[layer].cross is not None:
-                # aiming at a reference model's outputs: rank removals for the best full-width fit
-                # of those on these inputs (the error of that fit does not depend on the removal)
-                wb = _solve_kept(wb @ self.cov.lookup_target(layer), _damped(moment, self.damping))
             cached = (original, greedy_removal_costs(wb, moment, self.damping, self.block_size))
             self._cache[layer] = cached
         return cached[1]

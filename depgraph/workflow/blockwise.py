@@ -1,9 +1,9 @@
 """Prune a model's stack of blocks one block at a time, each calibrated on the already pruned blocks' outputs.
 
-The one-pass reconstruction recipe measures every refit layer on the unpruned model; here
-block ``i`` is measured, scored, pruned and refit before block ``i + 1`` is measured
-(:class:`~depgraph.importance.BlockwiseCalibration`), and each refit aims at the unpruned
-layer's outputs. Every block is pruned at the same ratio as the one-pass path would prune
+The one-pass reconstruction recipe measures every refit layer on the unpruned model and holds
+all their Gram matrices until the last prune; here block ``i`` is measured, scored, pruned and
+refit before block ``i + 1`` is measured (:class:`~depgraph.importance.BlockwiseCalibration`),
+so one block's Gram matrices are held at a time. Every block is pruned at the same ratio as the one-pass path would prune
 it (per-group allocation decides a group's width from the ratio alone), so a target
 search made with any criterion gives the ratio, and only the chosen channels and the
 refit weights differ. The search runs on :func:`search_stand_in`.
@@ -89,7 +89,7 @@ def prune_blockwise(
     """A copy of ``model`` pruned block by block, with reconstruction + least squares at ``ratio``.
 
     Args:
-        model: the unpruned model (left unchanged; its outputs are what every refit aims at).
+        model: the unpruned model (left unchanged).
         keep: layers of ``model`` whose outputs are kept.
         batches: calibration batches.
         example_inputs: the pruner's example inputs.
@@ -110,7 +110,7 @@ def prune_blockwise(
 
     pruned, keep2 = copy.deepcopy((model, list(keep)))
     consumers = linear_consumers(pruned, example_inputs, keep2, pruner_kwargs)
-    calib = BlockwiseCalibration(model, pruned, batches)
+    calib = BlockwiseCalibration(pruned, batches)
     by_block = calib.layers_in(consumers)
     outside = by_block.pop(-1, [])
     if outside:

@@ -11,10 +11,14 @@ Fluctuation + bias keeps two numbers per channel instead, so it is the default t
 :func:`plan_reconstruction_memory` counts those bytes on the model itself (the same consumer layers
 the recipe would measure) and compares them, plus the working copies of one layer, with a budget:
 a fraction of the free memory of the device the calibration runs on, or the user's figure.
+Block by block (:mod:`depgraph.workflow.blockwise`) holds one block's Gram matrices at a time, plus
+the calibration set's hidden states: when one pass does not fit but that does, the default prunes
+block by block (same quality on SmolLM2, ``benchmarks/quality/results/llm_blockwise.md``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +27,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["ReconstructionMemory", "gram_bytes", "format_bytes", "calibration_budget", "plan_reconstruction_memory",
-           "reconstruction_memory", "DEFAULT_BUDGET_FRACTION", "WORKING_COPIES"]
+           "reconstruction_memory", "hidden_state_bytes", "DEFAULT_BUDGET_FRACTION", "WORKING_COPIES"]
 
 #: Share of the device's free memory the calibration statistics may take by default: the rest is
 #: left to the copies of the model that the prune and a target search make.
@@ -60,6 +64,8 @@ class ReconstructionMemory:
         working_bytes: transient copies of the largest one (:data:`WORKING_COPIES`).
         budget_bytes: the most the calibration statistics may take.
         budget_source: where the budget came from, for the report.
+        blockwise_bytes: block by block: the largest block's Gram matrices, the working copies and
+            the hidden states (None: not possible, or not asked).
     """
 
     layers: int
@@ -67,6 +73,7 @@ class ReconstructionMemory:
     working_bytes: int
     budget_bytes: int
     budget_source: str
+    blockwise_bytes: int | None = None
 
     @property
     def needed_bytes(self) -> int:
@@ -75,16 +82,27 @@ class ReconstructionMemory:
 
     @property
     def fits(self) -> bool:
-        """Whether reconstruction + lstsq stays within the budget."""
+        """Whether reconstruction + lstsq in one pass stays within the budget."""
         return self.needed_bytes <= self.budget_bytes
+
+    @property
+    def blockwise_fits(self) -> bool:
+        """Whether reconstruction + lstsq block by block stays within the budget."""
+        return self.blockwise_bytes is not None and self.blockwise_bytes <= self.budget_bytes
 
     def reason(self) -> str:
         """The sentence the report gives for the language-model default."""
         need, budget = self._need(), self._budget()
         if self.fits:
             return f"language-model default: reconstruction + lstsq needs {need}, within {budget}"
-        return (f"language-model default: fluctuation + bias, as reconstruction + lstsq would need {need}, "
-                f"over {budget}; pass --importance reconstruction to force it or --calib-memory to raise the budget")
+        blockwise = "" if self.blockwise_bytes is None else \
+            f"block by block {format_bytes(self.blockwise_bytes)} (largest block, working copies, hidden states)"
+        if self.blockwise_fits:
+            return (f"language-model default: reconstruction + lstsq block by block, as one pass would need {need}, "
+                    f"over {budget}; {blockwise}")
+        return (f"language-model default: fluctuation + bias, as reconstruction + lstsq would need {need}"
+                f"{', ' + blockwise if blockwise else ''}, over {budget}; pass --importance reconstruction to force "
+                "it or --calib-memory to raise the budget")
 
     def refusal(self, what: str, instead: str) -> str:
         """The message of a path that cannot fall back and refuses instead (the streamed checkpoint path,
@@ -127,9 +145,23 @@ def calibration_budget(device: torch.device | str, budget: int | str | None = No
     return int(free * fraction), f"{fraction:.0%} of the {format_bytes(free)} {where}"
 
 
+def hidden_state_bytes(model: nn.Module, batches: Sequence[Any]) -> int | None:
+    """Bytes of a language model's hidden states over the calibration batches, as block by block keeps
+    them: ``tokens x hidden size x element size``, twice (a block's outputs are built beside its inputs).
+
+    None when that cannot be read off the model and the batches (no input embedding, no ``input_ids``).
+    """
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embed, "weight", None)
+    tokens = [b.get("input_ids") for b in batches if isinstance(b, Mapping)]
+    if not isinstance(weight, torch.Tensor) or not tokens or any(t is None for t in tokens):
+        return None
+    return 2 * sum(int(t.numel()) for t in tokens) * int(weight.shape[1]) * weight.element_size()
+
+
 def plan_reconstruction_memory(model: nn.Module, example_inputs: Any, keep: Sequence[nn.Module],
                                budget: int | str | None = None, pruner_kwargs: Mapping[str, Any] | None = None,
-                               ) -> tuple[ReconstructionMemory, list[nn.Module]]:
+                               stream_bytes: int | None = None) -> tuple[ReconstructionMemory, list[nn.Module]]:
     """Count the Gram matrices reconstruction + lstsq would hold on ``model``, against the budget.
 
     Builds the dependency graph once to find the consumers (the layers that
@@ -138,6 +170,7 @@ def plan_reconstruction_memory(model: nn.Module, example_inputs: Any, keep: Sequ
     Args:
         budget: as in :func:`calibration_budget`.
         pruner_kwargs: the pruner's attention settings (see :func:`~depgraph.workflow.recipes.linear_consumers`).
+        stream_bytes: :func:`hidden_state_bytes` to size block by block too (None: one pass only).
 
     Returns:
         The memory figures and the consumer layers.
@@ -149,7 +182,29 @@ def plan_reconstruction_memory(model: nn.Module, example_inputs: Any, keep: Sequ
 
     layers = linear_consumers(model, example_inputs, keep, pruner_kwargs)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    return reconstruction_memory(layers, device, budget), layers
+    memory = reconstruction_memory(layers, device, budget)
+    if stream_bytes is not None:
+        per_block = _gram_bytes_per_block(model, layers)
+        if per_block is not None:
+            memory = dataclasses.replace(memory, blockwise_bytes=per_block + memory.working_bytes + stream_bytes)
+    return memory, layers
+
+
+def _gram_bytes_per_block(model: nn.Module, layers: Sequence[nn.Module]) -> int | None:
+    """The largest block's Gram bytes; None when the model has no stack of blocks or a layer lies outside it."""
+    from ..errors import DepgraphError
+    from ..importance import block_members
+
+    try:
+        where = block_members(model)
+    except DepgraphError:
+        return None
+    if any(m not in where for m in layers):
+        return None
+    sizes: dict[int, int] = {}
+    for m in layers:
+        sizes[where[m]] = sizes.get(where[m], 0) + gram_bytes([m])
+    return max(sizes.values(), default=0)
 
 
 def reconstruction_memory(layers: Sequence[nn.Module], device: torch.device | str,

@@ -177,9 +177,6 @@ def prune_model(
         if source.family == "hf" else None
     keep = list(hf.ignored_layers) if hf is not None else list(source.keep) + named_layers(model, ignore)
 
-    if recipe.blockwise:
-        spanning = cross_block_roots(model, keep, example, _attention(hf))
-        keep = list(dict.fromkeys([*keep, *spanning]))
     batches, calibration = None, "none"
     if calib is not None:
         with stages.stage("calibration data"):
@@ -191,11 +188,17 @@ def prune_model(
 
     consumers = None
     if recipe.sized:
-        from .calib_memory import plan_reconstruction_memory
+        from .calib_memory import hidden_state_bytes, plan_reconstruction_memory
 
         with stages.stage("size", "memory of reconstruction + lstsq"):
-            memory, consumers = plan_reconstruction_memory(model, example, keep, calib_memory, _attention(hf))
+            stream = None if prune_hidden or recipe.global_pruning else hidden_state_bytes(model, batches)
+            memory, consumers = plan_reconstruction_memory(model, example, keep, calib_memory, _attention(hf),
+                                                           stream)
             recipe = choose_by_memory(recipe, memory)
+    spanning: list[nn.Module] = []
+    if recipe.blockwise:
+        spanning = cross_block_roots(model, keep, example, _attention(hf))
+        keep = list(dict.fromkeys([*keep, *spanning]))
 
     with stages.stage("measure"):
         want_latency = latency or (goal is not None and goal.metric == "latency")

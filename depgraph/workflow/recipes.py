@@ -137,14 +137,18 @@ def _blockwise_recipe(importance: str | None, compensation: str | None, global_p
 
 
 def choose_by_memory(recipe: Recipe, memory: ReconstructionMemory) -> Recipe:
-    """The sized language-model default: reconstruction + lstsq when ``memory`` fits, else fluctuation + bias.
+    """The sized language-model default: reconstruction + lstsq when ``memory`` fits in one pass, else block
+    by block when that fits (``memory.blockwise_bytes`` is only set when block by block can run), else
+    fluctuation + bias.
 
     ``recipe`` comes from :func:`resolve_recipe`; one the user chose (``sized`` False) is returned as is.
     """
     if not recipe.sized:
         return recipe
-    importance, compensation = ("reconstruction", "lstsq") if memory.fits else ("fluctuation", "bias")
-    return Recipe(importance, compensation, recipe.global_pruning, memory.reason())
+    if memory.fits or memory.blockwise_fits:
+        return Recipe("reconstruction", "lstsq", recipe.global_pruning, memory.reason(),
+                      blockwise=not memory.fits)
+    return Recipe("fluctuation", "bias", recipe.global_pruning, memory.reason())
 
 
 @dataclass

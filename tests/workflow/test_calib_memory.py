@@ -134,6 +134,39 @@ def test_choice_flips_at_the_budget_boundary_and_the_report_says_why(llama_dir, 
     assert over.verified and over.after.params < over.before.params
 
 
+def test_block_by_block_when_one_pass_does_not_fit_but_one_block_does(tmp_path, corpus) -> None:
+    from depgraph.workflow.calib_memory import hidden_state_bytes
+    from depgraph.workflow.calibration_data import load_calibration
+
+    # wide MLPs, many layers, few tokens: the Gram matrices of all layers dominate
+    folder = write_tiny_llama(tmp_path / "wide", intermediate_size=256, num_hidden_layers=6)
+    source = load_source(folder, seq_len=16)
+    batches = load_calibration(corpus, source.spec, num_samples=4, batch_size=2, seq_len=16)
+    stream = hidden_state_bytes(source.model, batches)
+    assert stream == 2 * (4 * 16) * 32 * 4  # tokens x hidden x float32, twice
+    hf = hf_prune_settings(source.model)
+    attention = {k: v for k, v in hf.pruner_kwargs().items() if k != "ignored_layers"}
+    memory, _ = plan_reconstruction_memory(source.model, source.example_inputs, hf.ignored_layers, None, attention,
+                                           stream)
+    one_block = 257 ** 2 * 8
+    assert memory.gram_bytes == 6 * one_block and memory.blockwise_bytes == one_block + 10 * one_block + stream
+    budget = memory.blockwise_bytes
+    assert budget < memory.needed_bytes
+    kwargs = dict(ratio=0.25, calib=corpus, num_samples=4, calib_batch_size=2, seq_len=16, latency=False)
+    rep = prune_model(source, calib_memory=budget, **kwargs).report
+    assert rep.criterion == "reconstruction + lstsq compensation, per group, block by block"
+    assert rep.why.startswith("language-model default: reconstruction + lstsq block by block, as one pass would "
+                              f"need {format_bytes(memory.needed_bytes)}")
+    assert f"block by block {format_bytes(budget)} (largest block, working copies, hidden states)" in rep.why
+    assert rep.verified and {r.in_after for r in rep.layers if r.name.endswith("down_proj")} == {192}
+    over = prune_model(source, calib_memory=budget - 1, **kwargs).report
+    assert over.criterion == "fluctuation + bias compensation, per group"
+    assert over.why.startswith(OVER) and f", block by block {format_bytes(budget)}" in over.why
+    # a global ranking cannot run block by block: not offered
+    ranked = prune_model(source, calib_memory=budget, global_pruning=True, save_format="depgraph", **kwargs).report
+    assert ranked.criterion == "fluctuation + bias compensation, global" and "block by block" not in ranked.why
+
+
 def test_default_budget_is_a_share_of_the_free_memory(monkeypatch) -> None:
     import depgraph.streaming.memory as memory
 
