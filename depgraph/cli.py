@@ -450,8 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the residual stream) at --ratio; the vocabulary is kept")
     p.add_argument("--blockwise", action="store_true",
                    help="prune the stack of blocks (a transformer's layers) one block at a time, each calibrated "
-                        "on the already pruned blocks' outputs and refit to the unpruned layers' outputs: "
-                        "reconstruction + lstsq per group, needs --calib; about three calibration passes")
+                        "on the already pruned blocks' outputs: reconstruction + lstsq per group holding one "
+                        "block's Gram matrices at a time; needs --calib (the language-model default picks it "
+                        "when one pass does not fit --calib-memory)")
     p.add_argument("--calib", default=None, metavar="DATA",
                    help="calibration data: an image folder, a text file, a .jsonl (\"text\" field), or "
                         "module:attribute naming a dataset or loader")

@@ -20,7 +20,8 @@ import torch
 import depgraph as tp
 
 QUALITY = Path(__file__).resolve().parent.parent / "benchmarks" / "quality"
-MODULES = ("data", "search", "report", "resnet", "train_resnet", "vision", "llm", "recover_llm", "recover_resnet_cli")
+MODULES = ("data", "search", "report", "resnet", "train_resnet", "vision", "llm", "recover_llm", "recover_resnet_cli",
+           "blockwise_llm")
 
 
 @pytest.fixture
@@ -362,3 +363,22 @@ def test_recover_benchmarks_measure_a_folder_and_a_depgraph_file(qb, tmp_path) -
     assert got["pruned"]["params"] == got["unpruned"]["params"] - 2 * 3 * 16 * 32
     assert all(1.0 < m["ppl"] < 1e4 and m["eval_seconds"] >= 0 for m in got.values())
     assert got["pruned"]["ppl"] != got["unpruned"]["ppl"]
+
+
+def test_blockwise_table_sorts_rows_and_states_the_order_of_each(qb) -> None:
+    bl = importlib.import_module("blockwise_llm")
+    row = dict(params=107_387_328, command="prune BASE ...", peak_bytes=4.2e9)
+    state = {"settings": {"machine": "2 CPU cores", "threads": 2, "eval_tokens": 8192, "context": 512, "seq_len": 512},
+             "unpruned": {"ppl": 20.0, "params": 134_515_008},
+             "rows": {"512 blockwise": dict(row, windows=512, order="blockwise", ppl=30.0, seconds=600.0),
+                      "64 blockwise": dict(row, windows=64, order="blockwise", ppl=40.0, seconds=120.0),
+                      "64 one pass": dict(row, windows=64, order="one pass", ppl=44.0, seconds=60.0)}}
+    lines = bl.markdown(state).splitlines()
+    table = [line for line in lines if line.startswith("| 64") or line.startswith("| 512")]
+    assert table == ["| 64 | one pass | 107.4 M | 44.00 | 2.20x | 1.0 min | 4.20 GB |",
+                     "| 64 | blockwise | 107.4 M | 40.00 | 2.00x | 2.0 min | 4.20 GB |",
+                     "| 512 | blockwise | 107.4 M | 30.00 | 1.50x | 10.0 min | 4.20 GB |"]
+    assert "(unpruned: 20.00)" in lines[0]
+    args = bl.prune_args(Path("B"), Path("t.txt"), Path("o.pth"), 64, 512, "blockwise", 2)
+    assert args[-1] == "--blockwise" and "--blockwise" not in bl.prune_args(Path("B"), Path("t.txt"), Path("o.pth"),
+                                                                             64, 512, "one pass", 2)

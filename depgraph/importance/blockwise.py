@@ -189,6 +189,12 @@ class BlockwiseCalibration:
         """The index of the block that holds ``module``, or None."""
         return self._members.get(module)
 
+    def holds(self, modules: Iterable[Any]) -> bool:
+        """Whether every module among ``modules`` (other objects are skipped: a group's operation nodes)
+        lies in block :attr:`index`, and one does."""
+        found = {self.block_of(m) for m in modules if isinstance(m, nn.Module)}
+        return found == {self.index}
+
     def layers_in(self, modules: Sequence[nn.Module]) -> dict[int, list[nn.Module]]:
         """``modules`` by the block holding them (those outside the stack under ``-1``)."""
         out: dict[int, list[nn.Module]] = {}
@@ -205,18 +211,25 @@ class BlockwiseCalibration:
         return _output(block(*args, **dict(kwargs, hidden_states=x)))
 
     @torch.no_grad()
-    def covariance(self, layers: Iterable[nn.Linear]) -> InputCovariance:
+    def covariance(self, layers: Iterable[nn.Linear], into: InputCovariance | None = None) -> InputCovariance:
         """Input covariances of ``layers`` (``nn.Linear`` of block :attr:`index`) on the current inputs of the block.
 
+        Args:
+            into: a table to add them to (one that a criterion and a compensation already hold), or
+                None for a new one.
+
         Raises:
-            DepgraphError: a layer is not an ``nn.Linear`` of block :attr:`index`.
+            DepgraphError: a layer is not an ``nn.Linear`` of block :attr:`index`, or ``into``
+                already holds one of them.
         """
         layers = list(layers)
+        cov = into if into is not None else InputCovariance()
         for m in layers:
             if self.block_of(m) != self.index or not isinstance(m, nn.Linear):
                 raise DepgraphError(f"{self._names.get(m, type(m).__name__)} is not an nn.Linear of block "
                                     f"{self.index} of {self.name!r}")
-        cov = InputCovariance()
+            if m in cov:
+                raise DepgraphError(f"{self._names.get(m, type(m).__name__)} is already measured in this table")
 
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             cov.add(module, args[0] if args else kwargs["input"])

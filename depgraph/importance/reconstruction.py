@@ -110,6 +110,11 @@ class InputCovariance(LayerTable):
             )
         self._table[module] = LayerCovariance(prev.index, prev.count + flat.shape[0], prev.gram + gram.to(prev.gram.device))
 
+    def discard(self, modules: Iterable[nn.Module]) -> None:
+        """Forget the records of ``modules`` (block by block frees a pruned block's Gram matrices)."""
+        for m in modules:
+            self._table.pop(m, None)
+
     def lookup(self, module: nn.Module) -> torch.Tensor | None:
         """``E[z z^T]`` over ``module``'s *current* input channels (plus the constant), or None.
 

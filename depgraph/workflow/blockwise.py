@@ -27,12 +27,12 @@ __all__ = ["prune_blockwise", "search_stand_in", "cross_block_roots"]
 
 def cross_block_roots(model: nn.Module, keep: Sequence[nn.Module], example_inputs: Any,
                       pruner_kwargs: dict[str, Any] | None = None) -> list[nn.Module]:
-    """One layer per group that is not inside one block (a residual stream, a classifier's inputs): keep
-    these layers' outputs and those groups stay whole, as block-by-block pruning leaves them.
+    """One layer per group not inside one block, whose outputs are kept so that the group stays whole.
 
-    Such a group couples every block (or layers outside the stack): no block's calibration sees all
-    of it. Adding the returned layers to the kept ones before the search keeps the ratio the
-    search finds the ratio block-by-block pruning then applies.
+    A residual stream runs through every block, a classifier's inputs come from the last one, a
+    group may lie outside the stack: no block's calibration sees all of such a group, so block by
+    block leaves it. Kept before the target search too, the search counts the same groups as the
+    prune that follows it.
     """
     from ..importance import GroupMagnitudeImportance, block_members
     from ..pruner import BasePruner
@@ -44,7 +44,8 @@ def cross_block_roots(model: nn.Module, keep: Sequence[nn.Module], example_input
     roots = []
     for group in pruner.shrinkable_groups():
         members = [(dep.target.module, dep.handler) for dep, _ in group if dep.target.module in modules]
-        if len({where.get(m, -1) for m, _ in members}) > 1:
+        places = {where.get(m, -1) for m, _ in members}
+        if len(places) > 1 or -1 in places:
             outs = [m for m, fn in members if pruner.DG.is_out_channel_pruning_fn(fn)]
             roots.append(outs[0] if outs else members[0][0])
     return list(dict.fromkeys(roots))
@@ -106,7 +107,7 @@ def prune_blockwise(
         OptionError: a refit layer lies outside the model's stack of blocks.
         DepgraphError: the model has no stack of blocks, or they are not a chain.
     """
-    from ..importance import BlockwiseCalibration, LeastSquares, ReconstructionImportance
+    from ..importance import BlockwiseCalibration, InputCovariance, LeastSquares, ReconstructionImportance
 
     pruned, keep2 = copy.deepcopy((model, list(keep)))
     consumers = linear_consumers(pruned, example_inputs, keep2, pruner_kwargs)
@@ -118,13 +119,19 @@ def prune_blockwise(
         raise OptionError(f"block-by-block pruning refits layers inside the stack {calib.name!r} only; "
                           f"{', '.join(names.get(m, type(m).__name__) for m in outside[:4])} lie outside it: "
                           "keep them (ignore=...) or prune in one pass")
+    cov = InputCovariance()  # one block's records at a time, read by the criterion and the refit
+    pruner = make_pruner(pruned, Scoring(ReconstructionImportance(cov), LeastSquares(cov)), keep2, ratio)
     for i in range(len(calib)):
         layers = by_block.get(i)
         if layers:
-            cov = calib.covariance(layers)
-            scoring = Scoring(ReconstructionImportance(cov), LeastSquares(cov))
-            others = [b for j, b in enumerate(calib.blocks) if j != i]
-            make_pruner(pruned, scoring, [*keep2, *others], ratio).step()
+            calib.covariance(layers, into=cov)
+            # every group is decided now, the others by a magnitude fallback: only this block's are pruned;
+            # pruned groups lose nothing more at the next step (widths count from the initial ones)
+            for group in pruner.step(interactive=True):
+                if calib.holds(dep.target.module for dep, _ in group):
+                    group.prune()
+            pruner.reset()
+            cov.discard(layers)
         calib.advance()
         if on_block is not None:
             on_block(i, len(calib))

@@ -90,10 +90,11 @@ def prune_model(
             norm, every projection's input or output on it) at ``ratio``, as one group; the vocabulary
             and the task head's outputs are kept. As ``prune_checkpoint(prune_hidden=True)``.
         blockwise: prune the model's stack of blocks (a transformer's layers) one block at a time,
-            each calibrated on the outputs of the blocks already pruned, and refit each layer to the
-            unpruned layer's outputs (:mod:`depgraph.workflow.blockwise`). Reconstruction + lstsq,
-            per group; needs ``calib``. Every block is calibrated through, so it costs about three
-            calibration passes instead of one, and keeps only one block's Gram matrices at a time.
+            each calibrated on the outputs of the blocks already pruned
+            (:mod:`depgraph.workflow.blockwise`): reconstruction + lstsq per group, holding one
+            block's Gram matrices at a time instead of every layer's. Needs ``calib``; groups that
+            run through several blocks (a residual stream) are kept whole. The language-model
+            default chooses it by itself when one pass does not fit ``calib_memory`` but this does.
         ignore: qualified names of more layers whose outputs are kept.
         calib: calibration data (see :func:`~depgraph.workflow.load_calibration`).
         num_samples: calibration samples read at most.
