@@ -39,8 +39,11 @@ def cross_block_roots(model: nn.Module, keep: Sequence[nn.Module], example_input
 
     where = block_members(model)
     modules = set(model.modules())
+    # the channel groups a step plans: whole heads go per attention layer (inside a block) and, with
+    # head dims kept, the head-dim groups (coupled across layers by a shared rotary table) are left whole
+    channels = dict(pruner_kwargs or {}, prune_num_heads=False, head_pruning_ratio=0.0)
     pruner = BasePruner(model, example_inputs, GroupMagnitudeImportance(), pruning_ratio=0.0,
-                        ignored_layers=list(keep), **dict(pruner_kwargs or {}))
+                        ignored_layers=list(keep), **channels)
     roots = []
     for group in pruner.shrinkable_groups():
         members = [(dep.target.module, dep.handler) for dep, _ in group if dep.target.module in modules]

@@ -235,6 +235,7 @@ def prune_model(
                     on_trial=lambda r, k: stages.update(f"search {goal}: ratio {r:.3f} keeps {k:.3f}"))
             del searched
         if recipe.blockwise:
+            pruned = None  # the stand-in's: only its ratio is used (and its memory is freed first)
             chosen = found.ratio if found is not None else float(ratio)  # type: ignore[arg-type]
             with stages.stage("score", f"{recipe.describe()}, ratio {chosen:.3f}"):
                 pruned = prune_blockwise(model, keep, batches, example, make_pruner, chosen, _attention(hf),

@@ -5,7 +5,9 @@ weights and data"):
 
     language models, with data   reconstruction + lstsq when its  (SmolLM2 at 20% fewer params: 2.19x
                                  Gram matrices fit the budget,     ppl against 2.96x for fluctuation +
-                                 else fluctuation + bias           bias, which keeps 2 numbers a channel)
+                                 else block by block when one      bias, which keeps 2 numbers a channel;
+                                 block's do, else fluctuation +    block by block measured as one pass)
+                                 bias
     vision models, with data     activation x weight, per group   (ResNet-20 at 2x MACs: -0.47 points
                                                                     after a short fine-tune, the best row)
     without data                 group L2 magnitude, per group     (no calibration possible; on LLMs it
@@ -16,8 +18,10 @@ Reconstruction keeps a float64 Gram matrix of every pruned Linear's input, ``(C 
 when heads go): 0.57 GB on SmolLM2-135M (30 x 1536 inputs; needed with working copies: 0.76 GB),
 31 GB on Llama-7B (32 x 11008; needed: 40.7 GB). So the language-model default is sized: :func:`resolve_recipe` marks it, and
 :func:`choose_by_memory` picks reconstruction when those bytes (plus one layer's working copies)
-fit the budget of :mod:`depgraph.workflow.calib_memory`, fluctuation + bias otherwise, and
-says which and why in the report. A criterion or compensation the user names is never replaced.
+fit the budget of :mod:`depgraph.workflow.calib_memory`; else reconstruction block by block
+(:mod:`depgraph.workflow.blockwise`: one block's Gram matrices at a time, plus the hidden states)
+when that fits; fluctuation + bias otherwise, and says which and why in the report. A criterion or
+compensation the user names is never replaced.
 """
 
 from __future__ import annotations

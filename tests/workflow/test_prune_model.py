@@ -158,15 +158,20 @@ def test_hf_llama_folder_to_target_reloads_without_depgraph(llama_dir, tmp_path,
     assert width < 64
 
 
-def test_blockwise_llama_keeps_the_one_pass_widths_and_reloads(tmp_path) -> None:
+@pytest.mark.parametrize("head_ratio", [0.0, 0.5])
+def test_blockwise_llama_keeps_the_one_pass_widths_and_reloads(tmp_path, head_ratio) -> None:
     folder = write_tiny_llama(tmp_path / "llama", num_hidden_layers=3)
     source = load_source(folder, seq_len=16)
     before = {k: v.clone() for k, v in source.model.state_dict().items()}
     corpus = write_text(tmp_path / "corpus.txt", 2000)
-    one = prune_model(source, target="params=0.8", importance="reconstruction", calib=corpus, latency=False)
+    kwargs = dict(target="params=0.8", head_ratio=head_ratio, calib=corpus, latency=False)
+    one = prune_model(source, importance="reconstruction", **kwargs)
     out = tmp_path / "pruned"
-    blk = prune_model(source, target="params=0.8", blockwise=True, calib=corpus, output=out, latency=False)
+    blk = prune_model(source, blockwise=True, output=out, **kwargs)
     rep = blk.report
+    # heads go per layer, inside a block; the head-dim groups a shared rotary table couples stay whole
+    assert not rep.notes
+    assert {layer.self_attn.q_proj.out_features for layer in blk.model.model.layers} == {32 - int(32 * head_ratio)}
     assert rep.criterion == "reconstruction + lstsq compensation, per group, block by block"
     assert rep.why.startswith("block by block") and rep.verified
     # the search runs on a stand-in with the refit's biases: the same ratio, widths and parameter count
