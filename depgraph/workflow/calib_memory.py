@@ -13,7 +13,8 @@ the recipe would measure) and compares them, plus the working copies of one laye
 a fraction of the free memory of the device the calibration runs on, or the user's figure.
 Block by block (:mod:`depgraph.workflow.blockwise`) holds one block's Gram matrices at a time, plus
 the calibration set's hidden states: when one pass does not fit but that does, the default prunes
-block by block (same quality on SmolLM2, ``benchmarks/quality/results/llm_blockwise.md``).
+block by block (close to one pass on SmolLM2, far better than fluctuation + bias:
+``benchmarks/quality/results/llm_blockwise.md``).
 """
 
 from __future__ import annotations
