@@ -3,10 +3,11 @@
 The one-pass reconstruction recipe measures every refit layer on the unpruned model and holds
 all their Gram matrices until the last prune; here block ``i`` is measured, scored, pruned and
 refit before block ``i + 1`` is measured (:class:`~depgraph.importance.BlockwiseCalibration`),
-so one block's Gram matrices are held at a time. Every block is pruned at the same ratio as the one-pass path would prune
-it (per-group allocation decides a group's width from the ratio alone), so a target
-search made with any criterion gives the ratio, and only the chosen channels and the
-refit weights differ. The search runs on :func:`search_stand_in`.
+so one block's Gram matrices are held at a time. Every group is pruned at the ratio the one-pass
+path would prune it at (per-group allocation decides a group's width from the ratio alone), so
+a target search with any criterion finds the ratio (:func:`search_stand_in`), and only the
+chosen channels and the refit weights differ. Groups not inside one block are kept whole
+(:func:`cross_block_roots`).
 """
 
 from __future__ import annotations
