@@ -67,7 +67,10 @@ def block_members(model: nn.Module) -> dict[nn.Module, int]:
     Raises:
         DepgraphError: ``model`` has no stack of blocks.
     """
-    _, blocks = find_blocks(model)
+    return _members(find_blocks(model)[1])
+
+
+def _members(blocks: Sequence[nn.Module]) -> dict[nn.Module, int]:
     return {m: i for i, block in enumerate(blocks) for m in block.modules()}
 
 
@@ -114,7 +117,7 @@ class BlockwiseCalibration:
     def __init__(self, model: nn.Module, data: Any, forward_fn: Callable[[nn.Module, Any], Any] | None = None,
                  max_batches: int | None = None) -> None:
         self.name, self.blocks = find_blocks(model)
-        self._members = {m: i for i, block in enumerate(self.blocks) for m in block.modules()}
+        self._members = _members(self.blocks)
         self._names = {m: n for n, m in model.named_modules()}
         self.index = 0
         calls = self._record(model, data, forward_fn, max_batches)
