@@ -222,9 +222,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--start", type=Path, default=None,
                    help="the model the recover command trains instead of PRUNED: an earlier run's RECOVERED, "
                         "copied into WORK first (its perplexity gets a row of its own)")
+    p.add_argument("--correct-teacher", type=int, default=0, metavar="STEPS",
+                   help="first fine-tune BASE on the training text for STEPS steps (depgraph recover --kd-weight 0, "
+                        "batches as below, --keep-best when given), then prune and distil from that corrected "
+                        "teacher, WORK/corrected: the teacher correction of the Minitron recipe (0: off)")
+    p.add_argument("--correct-lr", type=float, default=1e-4, help="learning rate of --correct-teacher")
     p.add_argument("--prune-only", action="store_true", help="stop after the prune (then --reuse-pruned)")
     p.add_argument("--reuse-pruned", action="store_true", help="keep an existing PRUNED folder (and its time in "
-                   "WORK/stages.json) instead of pruning again")
+                   "WORK/stages.json) instead of pruning again, and the corrected teacher it came from")
     args = p.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -242,7 +247,47 @@ def main(argv: list[str] | None = None) -> dict:
     # keeps some layers whole (per-layer MLP widths, which a transformers config cannot describe)
     ext = ".pth" if args.save_format == "depgraph" else ""
     pruned, recovered = args.work / f"pruned{ext}", args.work / f"recovered{ext}"
-    prune_cmd = ["prune", str(base), "--target", "params=0.8", "--importance", args.importance, "--compensation",
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)  # cuts the held-out text here, measures it at the end
+    val_text = extra_text = None
+    if args.train_held_out_rest:
+        val_text, extra_text = held_out_articles(eval_text, tokenizer, args.eval_tokens,
+                                                 args.eval_batches * args.batch_size * args.seq_len)
+    elif args.keep_best:
+        val_text = validation_text(eval_text, tokenizer, args.eval_tokens)
+    data_file = train
+    if extra_text is not None:
+        data_file = args.work / "train_and_held_out_rest.txt"
+        data_file.write_text(train.read_text(encoding="utf-8") + "\n\n" + extra_text, encoding="utf-8")
+    keep_best = []
+    if args.keep_best:
+        val = args.work / "val.txt"
+        val.write_text(val_text, encoding="utf-8")
+        keep_best = ["--eval-data", str(val), "--eval-every", str(args.keep_best), "--keep-best"]
+    batches = ["--data", str(data_file), "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
+               "--eval-batches", str(args.eval_batches), "--plain", "--save-every", str(args.save_every)]
+
+    teacher = base
+    if args.correct_teacher:
+        teacher = args.work / "corrected"
+        if not (args.reuse_pruned and teacher.is_dir() and "correct teacher" in stages):
+            _remove(teacher)
+            correct_cmd = ["recover", str(base), "--teacher", str(base), *batches, "--kd-weight", "0",
+                           "--steps", str(args.correct_teacher),
+                           "--max-samples", str(args.correct_teacher * args.batch_size), "--lr", str(args.correct_lr),
+                           "--warmup-steps", str(max(args.correct_teacher // 20, 1)), "--lr-schedule", "cosine",
+                           "--mixed-precision", args.mixed_precision, "--output", str(teacher), *keep_best]
+            seconds, _, printed = depgraph(*correct_cmd, threads=args.threads)
+            stages["correct teacher"] = {"command": "depgraph " + shlex.join(correct_cmd), "seconds": seconds,
+                                         "threads": args.threads}
+            kept = next((x for x in printed if x.startswith("kept the weights of step")), None)
+            if kept is not None:
+                stages["correct teacher"]["kept"] = kept
+            stages.pop("prune", None)  # a new teacher: prune it again
+            stages_file.write_text(json.dumps(stages, indent=1))
+
+    prune_cmd = ["prune", str(teacher), "--target", "params=0.8", "--importance", args.importance, "--compensation",
                  args.compensation, "--calib", str(train), "--calib-samples", str(args.calib_samples),
                  "--seq-len", str(args.calib_seq_len), "--calib-batch-size", "4", "--no-latency", "--plain",
                  "--device", args.device, "--output", str(pruned), "--report", str(args.work / "prune_report.json"),
@@ -264,36 +309,17 @@ def main(argv: list[str] | None = None) -> dict:
         if args.start.resolve() == recovered.resolve() and "recover" in stages:  # the run that made the start
             stages["recover that made the start"] = stages.pop("recover")
     _remove(recovered)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base)  # cuts the held-out text here, measures it at the end
-    val_text = extra_text = None
-    if args.train_held_out_rest:
-        val_text, extra_text = held_out_articles(eval_text, tokenizer, args.eval_tokens,
-                                                 args.eval_batches * args.batch_size * args.seq_len)
-    elif args.keep_best:
-        val_text = validation_text(eval_text, tokenizer, args.eval_tokens)
-    data_file = train
-    if extra_text is not None:
-        data_file = args.work / "train_and_held_out_rest.txt"
-        data_file.write_text(train.read_text(encoding="utf-8") + "\n\n" + extra_text, encoding="utf-8")
-    recover_cmd = ["recover", str(student), "--teacher", str(base), "--data", str(data_file),
-                   "--seq-len", str(args.seq_len),
+    recover_cmd = ["recover", str(student), "--teacher", str(teacher), *batches,
                    "--max-samples", str(args.max_samples or args.steps * args.batch_size), "--steps", str(args.steps),
-                   "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup-steps",
-                   str(args.warmup_steps), "--lr-schedule", args.lr_schedule, "--temperature", str(args.temperature), "--kd-weight", str(args.kd_weight),
+                   "--lr", str(args.lr), "--warmup-steps", str(args.warmup_steps), "--lr-schedule", args.lr_schedule,
+                   "--temperature", str(args.temperature), "--kd-weight", str(args.kd_weight),
                    "--hidden-weight", str(args.hidden_weight), "--mixed-precision", args.mixed_precision,
-                   "--eval-batches", str(args.eval_batches),
-                   "--plain", "--output", str(recovered),
-                   "--save-every", str(args.save_every)]
+                   "--output", str(recovered)]
     if args.task_weight is not None:
         recover_cmd += ["--task-weight", str(args.task_weight)]
     if args.compile:
         recover_cmd.append("--compile")
-    if args.keep_best:
-        val = args.work / "val.txt"
-        val.write_text(val_text, encoding="utf-8")
-        recover_cmd += ["--eval-data", str(val), "--eval-every", str(args.keep_best), "--keep-best"]
+    recover_cmd += keep_best
     seconds, stopped, printed = depgraph(*recover_cmd, time_limit=args.time_limit * 60 if args.time_limit else None,
                                 threads=args.threads)
     stages["recover"] = {"command": "depgraph " + shlex.join(recover_cmd), "seconds": seconds,
@@ -306,7 +332,10 @@ def main(argv: list[str] | None = None) -> dict:
     stages_file.write_text(json.dumps(stages, indent=1))
 
     rows = data.chunk_tokens(tokenizer(eval_text, return_tensors="pt").input_ids, args.context, args.eval_tokens)
-    models = {"unpruned": base, "pruned": pruned}
+    models = {"unpruned": base}
+    if teacher != base:
+        models["unpruned, fine-tuned: the corrected teacher"] = teacher
+    models["pruned"] = pruned
     if student != pruned:
         models["start of this recovery (an earlier run's result)"] = student
     measured = measure_models({**models, "pruned + recovered": recovered}, rows, base, args.device)
@@ -368,6 +397,11 @@ def _header_notes(settings: dict) -> str:
     if settings.get("train_held_out_rest"):
         notes += (f" Training text: the calibration half plus the held-out articles after the measured and the "
                   f"--keep-best ones ({settings['data_tokens']} tokens in all, whole articles).")
+    if settings.get("correct_teacher"):
+        notes += (f" Teacher correction: BASE was first fine-tuned on the same training text for "
+                  f"{settings['correct_teacher']} steps (lr {settings['correct_lr']:g}, cosine, next-token loss "
+                  f"only); that model is what was pruned and what the student was distilled from (the row "
+                  f"\"unpruned, fine-tuned\"). The ratios are to the unpruned BASE.")
     if settings.get("start"):
         notes += (" This recovery continues from an earlier one's result (the row \"start of this recovery\"; "
                   "its command, when it ran in the same WORK, is the stage \"recover that made the start\").")

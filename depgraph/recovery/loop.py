@@ -12,7 +12,8 @@ Call tree::
     recover(student, teacher, data, threads=None, **options)    options checked, CPU threads set for the call
       _probe                     one batch through both models: outputs fit? labels fit? hidden widths
       TrainingRun.evaluate       distillation gap (KL, T=1) and task loss before training
-      TrainingRun.train          steps of: student forward, teacher forward (no grad), losses, backward, step;
+      TrainingRun.train          steps of: teacher forward (no grad; skipped when neither the logits nor the
+                                 hidden states are distilled), student forward, losses, backward, step;
                                  with eval_every, TrainingRun.evaluate every N steps (BestWeights keeps the best)
       TrainingRun.evaluate       the same measures after training; with keep_best, the best weights come back
 

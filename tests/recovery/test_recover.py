@@ -52,6 +52,19 @@ def test_llama_distillation_closes_the_gap_and_reloads(tmp_path) -> None:
         torch.testing.assert_close(reloaded(input_ids=ids).logits, student(input_ids=ids).logits)
 
 
+def test_task_loss_only_fine_tune_runs_the_teacher_for_the_measures_alone() -> None:
+    """``kd_weight=0``: the steps train on the next-token loss alone, so the teacher is only run for the
+    probe that the data fits it and for the before/after measures of the gap, never in a training step."""
+    teacher, student = llama_pair()
+    calls: list[int] = []
+    teacher.register_forward_hook(lambda m, a, o: calls.append(1))
+    result = tp.recover(student, teacher, token_data(), steps=12, lr=1e-2, batch_size=4, kd_weight=0.0,
+                        eval_batches=2, progress=False)
+    assert len(calls) == 1 + 2 * 2  # the probe that the data fits both; before and after, two batches each
+    assert result.task_after < result.task_before
+    assert _mean(result.losses[-3:]) < _mean(result.losses[:3])
+
+
 def test_llama_task_loss_and_hidden_states_through_learned_projections() -> None:
     teacher, student = llama_pair()
     assert student.config.hidden_size < teacher.config.hidden_size  # widths differ: projections are learned
