@@ -124,7 +124,7 @@ class TrainingRun:
         """(kd, task, hidden) losses of the student on ``batch``; each is 0 when unused.
 
         With neither ``kd`` nor ``hidden`` the teacher is not run at all: a task-loss-only fine-tune
-        (``kd_weight=0``) then costs the student's steps alone, a quarter less than with the teacher.
+        (``kd_weight=0``) then costs the student's forward and backward alone.
         """
         b = split_batch(batch, self.causal)
         taps = hidden and self.s_tap is not None
