@@ -34,14 +34,16 @@ pytest.importorskip("onnx")
 ROOT = Path(depgraph.__file__).resolve().parents[1]
 
 
-def _commands() -> list[str]:
+def _commands(after: str) -> list[str]:
+    """The lines of the first bash block after ``after`` in README."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### Recover and export", 1)[1]
+    section = readme.split(after, 1)[1]
     block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
     return [line.strip() for line in block.splitlines() if line.strip()]
 
 
-COMMANDS = _commands()
+COMMANDS = _commands("### Recover and export")
+CORRECTION = _commands("**Teacher correction.**")
 
 
 @pytest.fixture
@@ -97,6 +99,26 @@ def test_readme_commands_run_and_write_what_they_say(workdir, capsys) -> None:
     with torch.no_grad():
         torch.testing.assert_close(torch.export.load("resnet18.pt2").module()(x), resnet(x), atol=1e-4, rtol=1e-4)
     assert Path("resnet18.onnx").is_file()
+
+
+def test_readme_teacher_correction_runs_as_written(workdir, capsys) -> None:
+    """Fine-tune the teacher (no distillation), prune it, distil from it: each line as README shows it."""
+    assert [c.split()[:2] for c in CORRECTION] == [["depgraph", "recover"], ["depgraph", "prune"],
+                                                   ["depgraph", "recover"]]
+    for line in CORRECTION:
+        code = main([*shlex.split(line)[1:], "--plain"] + (["--no-progress"] if " recover " in line else []))
+        assert code == 0, (line, capsys.readouterr())
+
+    from transformers import AutoModelForCausalLM
+
+    teacher = AutoModelForCausalLM.from_pretrained(workdir / "teacher")
+    corrected = AutoModelForCausalLM.from_pretrained(workdir / "corrected")
+    pruned = AutoModelForCausalLM.from_pretrained(workdir / "pruned-corrected")
+    recovered = AutoModelForCausalLM.from_pretrained(workdir / "recovered-corrected")
+    assert corrected.num_parameters() == teacher.num_parameters()  # fine-tuned, not pruned
+    assert not torch.equal(corrected.lm_head.weight, teacher.lm_head.weight)
+    assert recovered.num_parameters() == pruned.num_parameters() < 0.85 * corrected.num_parameters()
+    assert not torch.equal(recovered.lm_head.weight, pruned.lm_head.weight)
 
 
 def _free_port() -> int:
