@@ -120,29 +120,29 @@ class TrainingRun:
         self.on_eval: Callable[[int], None] | None = None  # after every ``opts.eval_every`` steps but the last
 
     def losses(self, batch: Any, temperature: float, hidden: bool,
-               kd: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               distil: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(kd, task, hidden) losses of the student on ``batch``; each is 0 when unused.
 
-        With neither ``kd`` nor ``hidden`` the teacher is not run at all: a task-loss-only fine-tune
+        With neither ``distil`` nor ``hidden`` the teacher is not run at all: a task-loss-only fine-tune
         (``kd_weight=0``) then costs the student's forward and backward alone.
         """
         b = split_batch(batch, self.causal)
         taps = hidden and self.s_tap is not None
-        if not (kd or taps):
-            s_logits = logits_of(call_with_tap(self.wrapped, b, None))
-            zero = s_logits.new_zeros((), dtype=torch.float32)
-            task = task_loss(s_logits, b.labels, self.causal) if b.labels is not None else zero
-            return zero, task, zero
-        with torch.no_grad(), self.acc.autocast():
-            t_out = call_with_tap(self.teacher, b, self.t_tap if taps else None)
+        t_out = None
+        if distil or taps:
+            with torch.no_grad(), self.acc.autocast():
+                t_out = call_with_tap(self.teacher, b, self.t_tap if taps else None)
         if taps:  # the teacher first: the student's forward takes its hidden states (see _Student)
             s_out, mse = self.wrapped(*b.args, **b.kwargs, **self.s_tap.extra_kwargs(),
                                       hidden_targets=self.t_tap.take(t_out))
         else:
             s_out = call_with_tap(self.wrapped, b, None)
-        s_logits, t_logits = logits_of(s_out), logits_of(t_out)
-        mask = b.mask if s_logits.dim() == 3 else None
-        kd = distillation_kl(s_logits, t_logits, temperature, mask)
+        s_logits = logits_of(s_out)
+        if t_out is None:
+            kd = s_logits.new_zeros((), dtype=torch.float32)
+        else:
+            mask = b.mask if s_logits.dim() == 3 else None
+            kd = distillation_kl(s_logits, logits_of(t_out), temperature, mask)
         zero = kd.new_zeros(())
         task = task_loss(s_logits, b.labels, self.causal) if b.labels is not None else zero
         if not taps:
@@ -166,7 +166,7 @@ class TrainingRun:
                 for _ in range(o.grad_accum):
                     with self.acc.accumulate(self.wrapped):
                         kd, task, mse = self.losses(next(batches), o.temperature, hidden=o.hidden_weight > 0,
-                                                    kd=o.kd_weight > 0)
+                                                    distil=o.kd_weight > 0)
                         loss = o.kd_weight * kd + self.task_weight * task + o.hidden_weight * mse
                         self.acc.backward(loss)
                         if self.acc.sync_gradients and o.max_grad_norm is not None:
