@@ -165,6 +165,16 @@ def measure_models(models: dict[str, Path], rows: torch.Tensor, base: Path, devi
     return measured
 
 
+def recover_stage(cmd: list[str], seconds: float, printed: list[str], threads: int | None) -> dict:
+    """A recover command's entry in WORK/stages.json: the command, its wall time and threads, and the
+    ``kept the weights of step`` line that ``--keep-best`` printed, if any."""
+    stage = {"command": "depgraph " + shlex.join(cmd), "seconds": seconds, "threads": threads}
+    kept = next((x for x in printed if x.startswith("kept the weights of step")), None)
+    if kept is not None:
+        stage["kept"] = kept
+    return stage
+
+
 def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
@@ -279,11 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
                            "--warmup-steps", str(max(args.correct_teacher // 20, 1)), "--lr-schedule", "cosine",
                            "--mixed-precision", args.mixed_precision, "--output", str(teacher), *keep_best]
             seconds, _, printed = depgraph(*correct_cmd, threads=args.threads)
-            stages["correct teacher"] = {"command": "depgraph " + shlex.join(correct_cmd), "seconds": seconds,
-                                         "threads": args.threads}
-            kept = next((x for x in printed if x.startswith("kept the weights of step")), None)
-            if kept is not None:
-                stages["correct teacher"]["kept"] = kept
+            stages["correct teacher"] = recover_stage(correct_cmd, seconds, printed, args.threads)
             stages.pop("prune", None)  # a new teacher: prune it again
             stages_file.write_text(json.dumps(stages, indent=1))
 
@@ -322,13 +328,9 @@ def main(argv: list[str] | None = None) -> dict:
     recover_cmd += keep_best
     seconds, stopped, printed = depgraph(*recover_cmd, time_limit=args.time_limit * 60 if args.time_limit else None,
                                 threads=args.threads)
-    stages["recover"] = {"command": "depgraph " + shlex.join(recover_cmd), "seconds": seconds,
-                         "threads": args.threads}
+    stages["recover"] = recover_stage(recover_cmd, seconds, printed, args.threads)
     if stopped is not None:
         stages["recover"]["stopped"] = f"stopped by the {args.time_limit:g}-minute limit; {stopped}"
-    kept = next((x for x in printed if x.startswith("kept the weights of step")), None)
-    if kept is not None:
-        stages["recover"]["kept"] = kept
     stages_file.write_text(json.dumps(stages, indent=1))
 
     rows = data.chunk_tokens(tokenizer(eval_text, return_tensors="pt").input_ids, args.context, args.eval_tokens)
