@@ -63,7 +63,9 @@ def open_dataset(path: str | os.PathLike, spec: Any, *, seq_len: int | None = No
     An image folder is listed here and decoded per sample as batches are drawn
     (:class:`~depgraph.workflow.images.ImageFiles`): training starts after one batch is
     read, uses only the images it draws, and can decode in DataLoader workers. Text is
-    tokenised here, at once.
+    tokenised here, at once. ``max_samples`` takes that many samples evenly spread over the
+    data (each class folder's files, a text's windows, a ``.jsonl``'s documents), not its first
+    ones: sorted data would otherwise train on one corner of it.
 
     Raises:
         CalibrationDataError: the reader refuses the data (missing, empty, of a kind the model cannot
@@ -71,6 +73,7 @@ def open_dataset(path: str | os.PathLike, spec: Any, *, seq_len: int | None = No
         RecoveryError: a class subfolder holds no image.
     """
     from ..workflow import load_calibration
+    from ..workflow.calibration_data import spread
     from ..workflow.images import ImageFiles, list_images
 
     limit = max_samples or _ALL
@@ -78,14 +81,14 @@ def open_dataset(path: str | os.PathLike, spec: Any, *, seq_len: int | None = No
     classes = sorted(d for d in p.iterdir() if d.is_dir()) if p.is_dir() else []
     if not classes:
         if p.is_dir():  # a flat image folder: unlabelled
-            return ImageFiles(list_images(p)[:limit], spec)
+            return ImageFiles(spread(list_images(p), limit), spec)
         return _Samples(load_calibration(p, spec, num_samples=limit, batch_size=256, seq_len=seq_len))
     per_class = -(-limit // len(classes))  # spread --max-samples over the classes
     files: list[Path] = []
     labels: list[int] = []
     for label, folder in enumerate(classes):
         try:
-            found = list_images(folder)[:per_class]
+            found = spread(list_images(folder), per_class)
         except DepgraphError as e:
             raise RecoveryError(f"class folder {os.fspath(folder)!r} of {os.fspath(p)!r}: {e}") from None
         files += found

@@ -3,8 +3,10 @@
     load_calibration("photos/", spec)           images evenly spread over the sorted files (every class
                                                 folder in proportion), in a fixed shuffled order, RGB/L,
                                                 resized to (H, W), normalised
-    load_calibration("corpus.txt", spec)        tokenised with spec.tokenizer, cut in windows of T tokens
-    load_calibration("docs.jsonl", spec)        the "text" field of every line, as a text file
+    load_calibration("corpus.txt", spec)        tokenised with spec.tokenizer, cut in windows of T tokens,
+                                                the windows evenly spread over the whole file
+    load_calibration("docs.jsonl", spec)        the "text" field of each line, documents evenly spread
+                                                over the file, joined by EOS, cut as a text file
     load_calibration("my_pkg.data:loader", spec)  an attribute of a module (called if callable)
     load_calibration(my_loader, spec)           an iterable of batches (its first ones), or a map-style
                                                 Dataset (samples evenly spread over its indices, shuffled)
@@ -175,18 +177,37 @@ def _text(texts: list[str], where: Path, spec: InputSpec, num_samples: int, batc
                                    "give calibration data of that kind")
     tokenizer = _tokenizer(spec, where)
     length = seq_len or (spec.shape[0] if spec.shape else 128)
-    ids: list[int] = []
-    sep = [tokenizer.eos_token_id] if getattr(tokenizer, "eos_token_id", None) is not None else []
-    for text in texts:  # documents joined by EOS, then cut in windows: the usual LM calibration stream
-        if text.strip():
-            ids += tokenizer(text, add_special_tokens=False)["input_ids"] + sep
-        if len(ids) >= length * num_samples:
-            break
+    ids = _token_stream(tokenizer, texts, length * num_samples)
     if len(ids) < 2:
         raise CalibrationDataError(f"{where} holds no text to calibrate on")
     length = min(length, len(ids))
-    windows = torch.tensor(ids[: length * min(num_samples, len(ids) // length)]).view(-1, length)
+    rows = torch.tensor(ids[: length * (len(ids) // length)]).view(-1, length)
+    windows = rows[spread(range(len(rows)), num_samples)]
     return [spec.wrap(chunk) for chunk in windows.split(batch_size)]
+
+
+def _token_stream(tokenizer: Any, texts: Sequence[str], tokens: int) -> list[int]:
+    """Token ids of documents evenly spread over ``texts``, in corpus order, joined by EOS.
+
+    Why spread: corpora are often sorted (by source, topic or date), so the first documents
+    describe one corner of the data. Documents are taken at evenly spaced indices, doubling
+    their number until they hold at least ``tokens`` ids (or all are taken): each round keeps
+    the documents of the last, so a large ``.jsonl`` is tokenised only as far as the budget
+    needs, and the same documents are read on every run. One document (a ``.txt`` file) is
+    tokenised whole.
+    """
+    docs = [t for t in texts if t.strip()]
+    sep = [tokenizer.eos_token_id] if getattr(tokenizer, "eos_token_id", None) is not None else []
+    taken: dict[int, list[int]] = {}
+    count = 1
+    while True:
+        new = [i for i in spread(range(len(docs)), count) if i not in taken]
+        if new:
+            encoded = tokenizer([docs[i] for i in new], add_special_tokens=False)["input_ids"]
+            taken.update((i, e + sep) for i, e in zip(new, encoded, strict=True))
+        if count >= len(docs) or sum(map(len, taken.values())) >= tokens:
+            return [t for i in sorted(taken) for t in taken[i]]
+        count *= 2
 
 
 # -- Python objects ---------------------------------------------------------------------------------

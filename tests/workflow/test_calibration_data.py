@@ -7,6 +7,8 @@ Each source is read into batches of the model's form and then run through a real
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -14,7 +16,7 @@ import depgraph as tp
 from depgraph.errors import CalibrationDataError
 from depgraph.workflow import InputSpec, check_calibration, input_spec_for_checkpoint, load_calibration
 
-from ._files import corpus, write_images, write_jsonl, write_text, write_tiny_llama, write_tokenizer
+from ._files import WORDS, corpus, write_images, write_jsonl, write_text, write_tiny_llama, write_tokenizer
 
 torchvision = pytest.importorskip("torchvision")
 pytest.importorskip("PIL")
@@ -62,6 +64,27 @@ def test_text_file_and_jsonl_are_tokenised_in_windows_for_a_checkpoint(llama_dir
     assert tuple(js[0]["input_ids"].shape) == (3, 16)
     model = transformers.AutoModelForCausalLM.from_pretrained(llama_dir).eval()
     check_calibration(model, txt + js, spec)
+
+
+def test_text_windows_and_jsonl_documents_are_spread_over_the_whole_corpus(llama_dir, tmp_path) -> None:
+    """A sorted corpus calibrates on all of it: the first windows or documents describe one corner."""
+    import transformers
+
+    spec = input_spec_for_checkpoint(llama_dir, seq_len=16)
+    tok = transformers.AutoTokenizer.from_pretrained(llama_dir)
+    ids = tok(corpus(400), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    (txt,) = load_calibration(write_text(tmp_path / "c.txt"), spec, num_samples=5, batch_size=8)
+    n = len(ids) // 16
+    assert txt["input_ids"].tolist() == [ids[16 * (i * n // 5):][:16] for i in range(5)]  # from start to end
+
+    # 64 documents sorted by topic: one word each, WORDS[0] first, WORDS[15] last
+    docs = [" ".join([WORDS[i // 4]] * 12) for i in range(64)]
+    (tmp_path / "sorted.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    (js,) = load_calibration(tmp_path / "sorted.jsonl", spec, num_samples=4, batch_size=8)
+    topics = {tok.convert_ids_to_tokens(t) for t in js["input_ids"].flatten().tolist()} - {tok.eos_token}
+    first_four = set(WORDS[:4])
+    assert topics & first_four and topics - set(WORDS[:8])  # both halves of the sorted file, not its head
+    assert len(topics) >= 4
 
 
 def test_python_loaders_pairs_and_datasets(tmp_path, monkeypatch) -> None:

@@ -109,6 +109,16 @@ def test_nothing_is_decoded_until_a_sample_is_drawn(tmp_path, monkeypatch) -> No
     assert set(flat[0]) == {"pixel_values"} and flat[0]["pixel_values"].shape == (3, 20, 20)  # unlabelled, keyed
 
 
+def test_max_samples_takes_files_spread_over_each_class_folder(tmp_path) -> None:
+    """A class folder's files are often sorted by source or date: its first files are one corner of it."""
+    root = _write_folder(tmp_path / "data", classes=2, per_class=6)
+    data = open_dataset(root, InputSpec("image", (3, 20, 20)), max_samples=4)  # 2 a class: the 1st and 4th
+    assert [f.relative_to(root).as_posix() for f in data.files] == ["c0/00.png", "c0/03.png", "c1/00.png", "c1/03.png"]
+    assert data.labels.tolist() == [0, 0, 1, 1]
+    flat = open_dataset(root / "c1", InputSpec("image", (3, 20, 20)), max_samples=3)
+    assert [f.name for f in flat.files] == ["00.png", "02.png", "04.png"]
+
+
 def test_unreadable_images_and_wrong_specs_are_refused(tmp_path) -> None:
     root = _write_folder(tmp_path / "data", classes=2, per_class=2)
     with pytest.raises(CalibrationDataError, match="the model takes 2-channel images"):
