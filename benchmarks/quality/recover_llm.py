@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
         teacher = args.work / "corrected"
         if not (args.reuse_pruned and teacher.is_dir() and "correct teacher" in stages):
             _remove(teacher)
-            correct_cmd = ["recover", str(base), "--teacher", str(base), *batches, "--kd-weight", "0",
+            correct_cmd = ["recover", str(base), *batches, "--kd-weight", "0",
                            "--steps", str(args.correct_teacher),
                            "--max-samples", str(args.correct_teacher * args.batch_size), "--lr", str(args.correct_lr),
                            "--warmup-steps", str(max(args.correct_teacher // 20, 1)), "--lr-schedule", "cosine",

@@ -3,11 +3,13 @@
     depgraph recover ./llama-pruned --teacher ./llama --data train.txt --steps 200 --output ./llama-recovered
     depgraph recover resnet18_pruned.pth --teacher resnet18 --teacher-weights resnet18.pth \\
         --data ./images --output resnet18_recovered.pth
+    depgraph recover ./llama --data train.txt --kd-weight 0 --output ./llama-tuned   # a plain fine-tune
     accelerate launch --multi_gpu --num_processes 8 -m depgraph recover ...   # the same, on 8 processes
 
 The result is written in the form the pruned model came in (see
 :mod:`depgraph.recovery.sources`); the table shows the distillation gap
-(KL to the teacher) and the task loss before and after.
+(KL to the teacher) and the task loss before and after. Without ``--teacher``
+(and with ``--kd-weight 0``) it fine-tunes on the task loss alone, holding one model.
 """
 
 from __future__ import annotations
@@ -48,12 +50,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("recover", help="distil the unpruned model into a pruned one on your data, then save it")
     p.add_argument("model", help="the pruned model: a Hugging Face folder, a depgraph.save file (with --base) "
                                  "or a whole model saved with torch.save")
-    p.add_argument("--teacher", required=True,
-                   help="the unpruned model: a Hugging Face folder, a torchvision/timm name or a torch.save file")
+    p.add_argument("--teacher", default=None,
+                   help="the unpruned model: a Hugging Face folder, a torchvision/timm name or a torch.save file; "
+                        "leave it out with --kd-weight 0 for a fine-tune on the task loss alone (one model in memory)")
     p.add_argument("--teacher-weights", default=None, metavar="PATH",
                    help="state dict of a teacher given by name (a .pth/.pt or .safetensors file)")
     p.add_argument("--base", default=None,
-                   help="unpruned definition of a depgraph.save file (default: --teacher)")
+                   help="unpruned definition of a depgraph.save file (default: --teacher; needed without it)")
     p.add_argument("--data", required=True, metavar="PATH",
                    help="an image folder (one subfolder per class, or flat), a .txt file or a .jsonl file")
     p.add_argument("--output", required=True, metavar="PATH", help="where the recovered model goes (checked first)")
@@ -83,7 +86,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="weight of the logit distillation (default: 1). The teacher is a ceiling: from an "
                         "under-trained checkpoint that fine-tuning still improves, labels alone (0) recover "
                         "better over long runs (benchmarks/quality: ResNet-20, 2 epochs, 1.3 points). With 0 "
-                        "and no --hidden-weight the teacher is not run in the steps: a plain fine-tune")
+                        "and no --hidden-weight the teacher is not run in the steps: a plain fine-tune (leave "
+                        "--teacher out and it is not loaded either)")
     p.add_argument("--task-weight", type=non_negative_float, default=None,
                    help="weight of the task loss (default: 1 when the data has labels or the model is a causal LM)")
     p.add_argument("--hidden-weight", type=non_negative_float, default=0.0,
@@ -143,9 +147,10 @@ def _checkpoints(args: argparse.Namespace, student: Any, fmt: str, out: Any) -> 
 def _evaluations(result: Any, held_out: str, out: Any) -> None:
     """The measure of every ``--eval-every`` step, and which one ``--keep-best`` kept."""
     labels, kept = result.evaluations[0].task is not None, result.best_step
-    columns = ("step", f"KL to teacher{held_out}") + ((f"task loss{held_out}",) if labels else ()) \
+    gap = result.evaluations[0].kd is not None
+    columns = ("step",) + ((f"KL to teacher{held_out}",) if gap else ()) + ((f"task loss{held_out}",) if labels else ()) \
         + (("",) if kept is not None else ())
-    rows = [(str(e.step), f"{e.kd:.4f}") + ((f"{e.task:.4f}",) if labels else ())
+    rows = [(str(e.step),) + ((f"{e.kd:.4f}",) if gap else ()) + ((f"{e.task:.4f}",) if labels else ())
             + ((("kept" if e.step == kept else ""),) if kept is not None else ()) for e in result.evaluations]
     out.table("held-out measures during training", columns, rows)
     if result.best_step is not None:
@@ -172,7 +177,12 @@ def run(args: argparse.Namespace, out: Any) -> int:
         task_weight=args.task_weight, hidden_weight=args.hidden_weight, hidden_layers=args.hidden_layers,
         mixed_precision=args.mixed_precision, seed=args.seed, num_workers=args.num_workers,
         progress=not args.no_progress, compile=args.compile)
-    recover_options(options, args.eval_data is not None)  # refused before any model loads
+    recover_options(options, args.eval_data is not None, args.teacher is not None)  # refused before any model loads
+    if args.teacher is None and args.teacher_weights is not None:
+        from ..errors import OptionError
+
+        raise OptionError(f"--teacher-weights {args.teacher_weights!r} is the state dict of a teacher given by name: "
+                          "name it with --teacher")
     load = {"trust_pickle": args.trust_pickle, "input_size": args.input_size, "seq_len": args.seq_len}
     for option, path in (("--data", args.data), ("--eval-data", args.eval_data)):
         if path is not None and not Path(path).exists():  # refused before any model loads
@@ -182,19 +192,21 @@ def run(args: argparse.Namespace, out: Any) -> int:
     # refuse a bad output before anything loads: a folder model gives a folder, a file model a file
     folder = Path(args.model).is_dir()
     check_output(args.output, "hf" if folder else "depgraph", args.model if folder else None)
-    teacher = load_source(args.teacher, args.teacher_weights, **load)
-    base = args.base or (args.teacher if teacher.family != "module" else None)
+    teacher = load_source(args.teacher, args.teacher_weights, **load) if args.teacher is not None else None
+    base = args.base or (args.teacher if teacher is not None and teacher.family != "module" else None)
     student = load_pruned(args.model, base, **load)
     fmt = output_format(student, args.model)
     check_output(args.output, fmt, student.folder if student.family == "hf" else None)
     data = _dataset(args, student, args.data)
     eval_data = _dataset(args, student, args.eval_data) if args.eval_data is not None else None
-    result = recover(student.model, teacher.model, data, eval_data=eval_data,
+    result = recover(student.model, teacher.model if teacher is not None else None, data, eval_data=eval_data,
                      on_step=_checkpoints(args, student, fmt, out), **options)
     if not result.is_main_process:
         return 0
     held_out = " on --eval-data" if eval_data is not None else ""
-    rows = [(f"distillation gap (KL to teacher){held_out}", f"{result.kd_before:.4f}", f"{result.kd_after:.4f}")]
+    rows = []
+    if result.kd_before is not None:
+        rows.append((f"distillation gap (KL to teacher){held_out}", f"{result.kd_before:.4f}", f"{result.kd_after:.4f}"))
     if result.task_before is not None:
         rows.append((f"task loss{held_out}", f"{result.task_before:.4f}", f"{result.task_after:.4f}"))
     rows.append(("training loss (first / last step)", f"{result.losses[0]:.4f}", f"{result.losses[-1]:.4f}"))

@@ -60,7 +60,7 @@ class RecoverResult:
         steps: optimizer steps run.
         losses: the total training loss of each step, averaged over processes.
         kd_before / kd_after: the distillation gap, ``KL(teacher || student)`` of
-            the logits at temperature 1, on the evaluation batches.
+            the logits at temperature 1, on the evaluation batches (None without a teacher).
         task_before / task_after: the task loss on the evaluation batches (None
             without labels).
         seconds: wall time of the training steps.
@@ -83,8 +83,8 @@ class RecoverResult:
     model: nn.Module
     steps: int
     losses: list[float] = field(default_factory=list)
-    kd_before: float = math.nan
-    kd_after: float = math.nan
+    kd_before: float | None = math.nan
+    kd_after: float | None = math.nan
     task_before: float | None = None
     task_after: float | None = None
     seconds: float = 0.0
@@ -123,7 +123,7 @@ class _Student(nn.Module):
         return out, torch.stack(mse).mean() if mse else logits_of(out).new_zeros((), dtype=torch.float32)
 
 
-def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, *,
+def recover(student: nn.Module, teacher: nn.Module | None, data: Dataset | DataLoader, *,
             eval_data: Dataset | DataLoader | None = None, accelerator: Any = None, collate_fn: Any = None,
             on_step: Callable[[int, nn.Module], None] | None = None, threads: str | int | None = None,
             **options: Any) -> RecoverResult:
@@ -142,7 +142,9 @@ def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, 
     Args:
         student: the pruned model; trained in place.
         teacher: the unpruned model, with the same outputs (same classes /
-            vocabulary); never changed.
+            vocabulary); never changed. None for a fine-tune on the task loss alone
+            (``kd_weight=0``, ``hidden_weight=0``): no second model is held in memory or run,
+            which at LLM scale halves what the recovery needs.
         data: a ``Dataset`` (batched here with ``batch_size``) or a ``DataLoader``.
         eval_data: held-out data (the same forms) on which the gap and the task loss
             are measured before and after training; default: the first batches of
@@ -171,8 +173,8 @@ def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, 
         (on the others its parameters are on the meta device).
 
     Raises:
-        OptionError: an option is out of range or unknown, or ``threads`` is neither ``"auto"``
-            nor a positive integer.
+        OptionError: an option is out of range or unknown, ``threads`` is neither ``"auto"``
+            nor a positive integer, or ``teacher`` is None while ``kd_weight`` or ``hidden_weight`` is above 0.
         RecoveryError: the data does not fit the models (checked on one batch
             before training), the student's outputs differ in shape from the
             teacher's, or a hidden layer does not exist. The student is unchanged.
@@ -181,7 +183,7 @@ def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, 
         >>> result = depgraph.recover(pruned, original, dataset, steps=200, lr=1e-4)
         >>> result.kd_before, result.kd_after
     """
-    opts = recover_options(options, eval_data is not None)
+    opts = recover_options(options, eval_data is not None, has_teacher=teacher is not None)
     if student is teacher:
         raise RecoveryError("recover: student and teacher are the same object; pass the unpruned model as teacher")
     n_threads = resolve_threads(threads)  # refused here, before anything changes
@@ -189,7 +191,7 @@ def recover(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader, 
         return _recover(student, teacher, data, eval_data, accelerator, collate_fn, on_step, opts)
 
 
-def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, accelerator: Any, collate_fn: Any,
+def _recover(student: nn.Module, teacher: nn.Module | None, data: Any, eval_data: Any, accelerator: Any, collate_fn: Any,
              on_step: Callable[[int, nn.Module], None] | None, opts: RecoverOptions) -> RecoverResult:
     try:
         from accelerate import Accelerator
@@ -210,7 +212,8 @@ def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, 
     eval_loader = data_loader if eval_data is None else _loaders(eval_data, opts, collate_fn, workers, "eval_data")[1]
     workers = train_loader.num_workers  # what reads the training data: a DataLoader given as data keeps its own
     causal = is_causal_lm(student)
-    teacher.requires_grad_(False).eval().to(accelerator.device)
+    if teacher is not None:
+        teacher.requires_grad_(False).eval().to(accelerator.device)
     student.to(accelerator.device)
 
     sharded = accelerator.distributed_type.name in ("FSDP", "DEEPSPEED")
@@ -252,8 +255,9 @@ def _recover(student: nn.Module, teacher: nn.Module, data: Any, eval_data: Any, 
             wrapped, optimizer, train_loader, eval_loader, scheduler)
         if sharded:  # the student now holds shards: its old weights cannot be loaded back
             snapshot = None
-        run = TrainingRun(accelerator, wrapped, torch.compile(teacher) if opts.compile else teacher, causal, s_tap,
-                          t_tap, opts, task_weight if has_labels else 0.0)
+        compiled_teacher = torch.compile(teacher) if opts.compile and teacher is not None else teacher
+        run = TrainingRun(accelerator, wrapped, compiled_teacher, causal, s_tap, t_tap, opts,
+                          task_weight if has_labels else 0.0)
         run.on_step = on_step
 
         evaluations: list[Evaluation] = []
@@ -343,9 +347,10 @@ def _loaders(data: Any, opts: RecoverOptions, collate_fn: Any, workers: int,
     return train, evaluation
 
 
-def _probe(student: nn.Module, teacher: nn.Module, loader: DataLoader, causal: bool,
+def _probe(student: nn.Module, teacher: nn.Module | None, loader: DataLoader, causal: bool,
            s_tap: HiddenTap | None, t_tap: HiddenTap | None, accelerator: Any) -> tuple[list[tuple[int, int]], bool]:
-    """Run one batch through both models before training: every misfit is reported before anything changes."""
+    """Run one batch through both models (the student alone without a teacher) before training: every misfit
+    is reported before anything changes."""
     from accelerate.utils import send_to_device
 
     try:
@@ -358,7 +363,7 @@ def _probe(student: nn.Module, teacher: nn.Module, loader: DataLoader, causal: b
     try:
         with torch.no_grad():
             s_out = call_with_tap(student, b, s_tap)
-            t_out = call_with_tap(teacher, b, t_tap)
+            t_out = call_with_tap(teacher, b, t_tap) if teacher is not None else None
     except RecoveryError:
         raise
     except Exception as e:  # noqa: BLE001 - a model that cannot run the data: report it as such
@@ -366,7 +371,8 @@ def _probe(student: nn.Module, teacher: nn.Module, loader: DataLoader, causal: b
                             f"{str(e)[:300]}); check that the data fits the model (input size, keys)") from None
     finally:
         student.train(was_training)
-    s_logits, t_logits = logits_of(s_out), logits_of(t_out)
+    s_logits = logits_of(s_out)
+    t_logits = logits_of(t_out) if t_out is not None else s_logits
     if s_logits.shape != t_logits.shape:
         raise RecoveryError(f"recover: student logits {tuple(s_logits.shape)} and teacher logits "
                             f"{tuple(t_logits.shape)} differ: the pruned model must keep its outputs "

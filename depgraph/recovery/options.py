@@ -141,14 +141,15 @@ class RecoverOptions:
             raise OptionError("recover: " + "; ".join(problems))
 
 
-def recover_options(options: dict, has_eval_data: bool) -> RecoverOptions:
-    """The options of one :func:`depgraph.recover` call, checked against each other and the data given.
+def recover_options(options: dict, has_eval_data: bool, has_teacher: bool = True) -> RecoverOptions:
+    """The options of one :func:`depgraph.recover` call, checked against each other, the data and the teacher.
 
     Why here and not in ``recover`` alone: the command line calls it before any model
     loads, so a bad combination is refused in a second, not after minutes of loading.
 
     Raises:
-        OptionError: an unknown option, a value out of range, or ``keep_best`` without held-out data.
+        OptionError: an unknown option, a value out of range, ``keep_best`` without held-out data, or
+            distillation (``kd_weight`` or ``hidden_weight`` above 0) without a teacher.
     """
     unknown = sorted(set(options) - set(RecoverOptions.__dataclass_fields__))
     if unknown:
@@ -159,6 +160,10 @@ def recover_options(options: dict, has_eval_data: bool) -> RecoverOptions:
     if opts.keep_best and not has_eval_data:
         raise OptionError("recover: keep_best chooses on held-out data: give eval_data (--eval-data); on the "
                           "training batches it would pick the weights that memorised them best")
+    if not has_teacher and (opts.kd_weight > 0 or opts.hidden_weight > 0):
+        raise OptionError(f"recover: distillation (kd_weight {opts.kd_weight:g}, hidden_weight {opts.hidden_weight:g}) "
+                          "needs a teacher: give the unpruned model (--teacher), or set kd_weight (--kd-weight) and "
+                          "hidden_weight to 0 for a fine-tune on the task loss alone")
     return opts
 
 

@@ -28,7 +28,7 @@ class Evaluation(NamedTuple):
     """One measure on the evaluation batches: after ``step`` optimizer steps (0: before training)."""
 
     step: int
-    kd: float  #: distillation gap, KL(teacher || student) at temperature 1
+    kd: float | None  #: distillation gap, KL(teacher || student) at temperature 1 (None without a teacher)
     task: float | None  #: task loss (None without labels)
 
     def loss(self) -> float:
@@ -112,7 +112,7 @@ def call_with_tap(model: nn.Module, b: Batch, tap: HiddenTap | None) -> Any:
 class TrainingRun:
     """The training and evaluation steps, sharing the models, taps and weights."""
 
-    def __init__(self, accelerator: Any, wrapped: nn.Module, teacher: nn.Module, causal: bool,
+    def __init__(self, accelerator: Any, wrapped: nn.Module, teacher: nn.Module | None, causal: bool,
                  s_tap: HiddenTap | None, t_tap: HiddenTap | None, opts: RecoverOptions, task_weight: float):
         self.acc, self.wrapped, self.teacher, self.causal = accelerator, wrapped, teacher, causal
         self.s_tap, self.t_tap, self.opts, self.task_weight = s_tap, t_tap, opts, task_weight
@@ -192,18 +192,19 @@ class TrainingRun:
         return losses
 
     @torch.no_grad()
-    def evaluate(self, loader: DataLoader) -> tuple[float, float]:
-        """Mean distillation KL (T=1) and task loss over the first ``eval_batches`` batches, all processes."""
+    def evaluate(self, loader: DataLoader) -> tuple[float | None, float]:
+        """Mean distillation KL (T=1; None without a teacher) and task loss over the first ``eval_batches``
+        batches, all processes."""
         self.wrapped.eval()
         total = torch.zeros(3, device=self.acc.device)  # kd sum, task sum, batches
         for i, batch in enumerate(loader):
             if i >= self.opts.eval_batches:
                 break
-            kd, task, _ = self.losses(batch, 1.0, hidden=False)
+            kd, task, _ = self.losses(batch, 1.0, hidden=False, distil=self.teacher is not None)
             total += torch.stack([kd.float(), task.float(), kd.new_ones((), dtype=torch.float32)])
         total = self.acc.reduce(total, reduction="sum")
         n = total[2].clamp_min(1.0)
-        return (total[0] / n).item(), (total[1] / n).item()
+        return (total[0] / n).item() if self.teacher is not None else None, (total[1] / n).item()
 
 
 def cycle_batches(loader: DataLoader):

@@ -7,7 +7,10 @@ commands, run by ``test_readme_commands.py``.
 
 from __future__ import annotations
 
+import re
+
 import pytest
+import torch
 
 from depgraph.cli import main
 
@@ -29,6 +32,10 @@ pytest.importorskip("torchvision")
           "--output", "o.pth"], "SourceError", "weights file 'nope.pth' does not exist"),
         (["recover", "p.pth", "--teacher", "resnet18", "--data", "x.txt", "--eval-data", "held.txt",
           "--output", "o.pth"], "CalibrationDataError", "--eval-data 'held.txt' does not exist"),
+        (["recover", "p.pth", "--data", "x.txt", "--output", "o.pth"],
+         "OptionError", "distillation (kd_weight 1, hidden_weight 0) needs a teacher"),
+        (["recover", "p.pth", "--teacher-weights", "w.pth", "--kd-weight", "0", "--data", "x.txt", "--output", "o.pth"],
+         "OptionError", "--teacher-weights 'w.pth' is the state dict of a teacher given by name: name it with --teacher"),
     ],
 )
 def test_bad_inputs_fail_before_any_work(tmp_path, monkeypatch, capsys, argv, error, message) -> None:
@@ -190,3 +197,29 @@ def test_eval_data_measures_the_gap_on_held_out_text(tmp_path, capsys) -> None:
     own, held = gap_rows(), gap_rows("--eval-data", str(tmp_path / "held.txt"))
     assert len(own) == len(held) == 1 and "on --eval-data" in held[0] and "on --eval-data" not in own[0]
     assert own[0].split()[-2:] != held[0].split()[-2:]  # other batches measured: other numbers
+
+
+def test_without_a_teacher_it_fine_tunes_the_model_alone(tmp_path, capsys) -> None:
+    """No --teacher with --kd-weight 0: the teacher folder is never read, the table has no gap row, and the
+    result is a save_pretrained folder of the tuned weights."""
+    import transformers
+
+    from ._models import WORDS
+
+    _, pruned = write_llama_folders(tmp_path)
+    (tmp_path / "train.txt").write_text(" ".join(WORDS * 40), encoding="utf-8")
+    (tmp_path / "held.txt").write_text(" ".join(reversed(WORDS * 40)), encoding="utf-8")
+    out = tmp_path / "tuned"
+    assert main(["recover", str(pruned), "--data", str(tmp_path / "train.txt"), "--kd-weight", "0", "--seq-len", "8",
+                 "--batch-size", "2", "--steps", "4", "--lr", "1e-2", "--eval-batches", "2", "--eval-every", "2",
+                 "--eval-data", str(tmp_path / "held.txt"), "--keep-best", "--no-progress", "--plain",
+                 "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "distillation gap" not in printed and "KL to teacher" not in printed
+    assert "task loss on --eval-data" in printed and "kept the weights of step" in printed
+    tuned = transformers.AutoModelForCausalLM.from_pretrained(out)
+    original = transformers.AutoModelForCausalLM.from_pretrained(pruned)
+    assert tuned.config.intermediate_size == original.config.intermediate_size
+    changed = [k for k, v in tuned.state_dict().items() if not torch.equal(v, original.state_dict()[k])]
+    kept = int(re.search(r"kept the weights of step (\d+) of 4", printed).group(1))
+    assert bool(changed) == (kept > 0)  # the weights written are those of the step it names

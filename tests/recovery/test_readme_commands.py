@@ -105,6 +105,7 @@ def test_readme_teacher_correction_runs_as_written(workdir, capsys) -> None:
     """Fine-tune the teacher (no distillation), prune it, distil from it: each line as README shows it."""
     assert [c.split()[:2] for c in CORRECTION] == [["depgraph", "recover"], ["depgraph", "prune"],
                                                    ["depgraph", "recover"]]
+    assert "--teacher" not in CORRECTION[0]  # the fine-tune holds one model
     for line in CORRECTION:
         code = main([*shlex.split(line)[1:], "--plain"] + (["--no-progress"] if " recover " in line else []))
         assert code == 0, (line, capsys.readouterr())

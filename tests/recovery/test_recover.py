@@ -65,6 +65,23 @@ def test_task_loss_only_fine_tune_runs_the_teacher_for_the_measures_alone() -> N
     assert _mean(result.losses[-3:]) < _mean(result.losses[:3])
 
 
+def test_no_teacher_fine_tunes_on_the_task_loss_and_refuses_distillation_before_any_change() -> None:
+    """``teacher=None``: one model in memory; the measures carry no gap, and asking for distillation
+    without a teacher is refused before the student changes."""
+    _, student = llama_pair()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    for options in ({}, {"kd_weight": 0.0, "hidden_weight": 0.5}):  # kd_weight defaults to 1
+        with pytest.raises(OptionError, match=r"needs a teacher: give the unpruned model \(--teacher\)"):
+            tp.recover(student, None, token_data(), steps=2, progress=False, **options)
+    assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
+    result = tp.recover(student, None, token_data(), steps=12, lr=1e-2, batch_size=4, kd_weight=0.0,
+                        eval_batches=2, eval_every=6, progress=False)
+    assert result.task_after < result.task_before
+    assert result.kd_before is None and result.kd_after is None
+    assert [e.kd for e in result.evaluations] == [None, None, None] and result.evaluations[-1].task is not None
+    assert not all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
+
+
 def test_llama_task_loss_and_hidden_states_through_learned_projections() -> None:
     teacher, student = llama_pair()
     assert student.config.hidden_size < teacher.config.hidden_size  # widths differ: projections are learned
