@@ -114,8 +114,9 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, causal_lm: bool) -> to
         if logits.dim() != 3 or labels.shape != logits.shape[:2]:
             raise RecoveryError(f"causal-LM labels {tuple(labels.shape)} do not fit logits {tuple(logits.shape)}: "
                                 "labels must be (batch, sequence) token ids")
-        # position t predicts token t + 1: (B, T-1, V) against (B, T-1)
-        logits, labels = logits[:, :-1], labels[:, 1:]
+        # position t predicts token t + 1; the labels move, not the logits: slicing (B, T, V) would copy
+        # them (a vocabulary-wide tensor) and its backward fill another; the last position has no target
+        labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
     if labels.is_floating_point() or labels.shape != logits.shape[:-1]:
         raise RecoveryError(f"labels {tuple(labels.shape)} ({labels.dtype}) do not fit logits {tuple(logits.shape)}: "
                             "classification takes integer class ids of shape logits.shape[:-1]")

@@ -38,6 +38,22 @@ def test_causal_task_loss_predicts_the_next_token() -> None:
         task_loss(logits, labels.float(), causal_lm=False)
 
 
+def test_causal_task_loss_is_the_models_own_loss_and_gradient() -> None:
+    """The labels are shifted, not the logits: the value and the gradient are a Llama's own ``labels=`` loss."""
+    pytest.importorskip("transformers")
+    from ._models import llama_pair, token_data
+
+    _, model = llama_pair()
+    ids = token_data()[0]["input_ids"].reshape(1, -1).repeat(2, 1)
+    out = model(input_ids=ids)
+    ours = task_loss(out.logits, ids, causal_lm=True)
+    theirs = model(input_ids=ids, labels=ids).loss
+    torch.testing.assert_close(ours, theirs)
+    g_ours = torch.autograd.grad(ours, model.lm_head.weight)[0]
+    g_theirs = torch.autograd.grad(theirs, model.lm_head.weight)[0]
+    torch.testing.assert_close(g_ours, g_theirs)
+
+
 def test_hidden_projection_identity_and_learned() -> None:
     same = HiddenProjection(8, 8)
     assert same.proj is None and not list(same.parameters())
