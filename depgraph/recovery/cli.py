@@ -99,7 +99,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="default: what accelerate launch / accelerate config set, else no")
     p.add_argument("--seq-len", type=positive_int, default=128, help="tokens per text sample (default: 128)")
     p.add_argument("--input-size", type=positive_int, default=None, help="image height and width (default: the model's)")
-    p.add_argument("--max-samples", type=positive_int, default=None, help="use at most N samples, evenly spread over the data (every class folder and document in proportion)")
+    p.add_argument("--max-samples", type=positive_int, default=None,
+                   help="use at most N samples, evenly spread over the data (each class folder's files, a text's "
+                        "windows, a .jsonl's documents), not its first N")
     p.add_argument("--num-workers", type=_workers, default=0, metavar="N|auto",
                    help="DataLoader worker processes that read the data (images are decoded per batch) beside "
                         "the training step, each on its own core; auto: the cores the step leaves idle (CPU "
