@@ -372,10 +372,9 @@ def _probe(student: nn.Module, teacher: nn.Module | None, loader: DataLoader, ca
     finally:
         student.train(was_training)
     s_logits = logits_of(s_out)
-    t_shape = logits_of(t_out).shape if t_out is not None else s_logits.shape
-    if s_logits.shape != t_shape:
+    if t_out is not None and s_logits.shape != logits_of(t_out).shape:
         raise RecoveryError(f"recover: student logits {tuple(s_logits.shape)} and teacher logits "
-                            f"{tuple(t_shape)} differ: the pruned model must keep its outputs "
+                            f"{tuple(logits_of(t_out).shape)} differ: the pruned model must keep its outputs "
                             "(classes / vocabulary); was the classifier pruned?")
     if b.labels is not None:
         task_loss(s_logits, b.labels, causal)  # raises when the labels do not fit
