@@ -120,11 +120,12 @@ class TrainingRun:
         self.on_eval: Callable[[int], None] | None = None  # after every ``opts.eval_every`` steps but the last
 
     def losses(self, batch: Any, temperature: float, hidden: bool,
-               distil: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               distil: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(kd, task, hidden) losses of the student on ``batch``; each is 0 when unused.
 
         With neither ``distil`` nor ``hidden`` the teacher is not run at all: a task-loss-only fine-tune
-        (``kd_weight=0``) then costs the student's forward and backward alone.
+        (``kd_weight=0``, or no teacher) then costs the student's forward and backward alone. No default:
+        every caller says whether a teacher runs, since without one it must not.
         """
         b = split_batch(batch, self.causal)
         taps = hidden and self.s_tap is not None
