@@ -98,7 +98,7 @@ from .pruner import (
     MetaPruner,
     function,
 )
-from .recovery import recover
+from .recovery import average_models, recover
 
 # Saving pruned models as data
 from .serialization import load, load_state_dict, save, state_dict
@@ -176,6 +176,7 @@ __all__ = [
     "layers",
     # recovery and export (new)
     "recover",
+    "average_models",
     "export_onnx",
     "export_program",
     # proof (new)

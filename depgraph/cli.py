@@ -4,6 +4,7 @@
     depgraph prune resnet50 --weights r50.pth --target macs=0.5 --calib val/ --report r.md
     depgraph prune ./my-llama --target params=0.8 --calib corpus.txt --output ./my-llama-pruned
     depgraph groups resnet18 --input-size 64       # the prunable groups, one row each
+    depgraph recover / export / average ...        # see depgraph.recovery.cli, export.cli, recovery.average_cli
     python -m depgraph --version
 
 ``prune`` is a thin layer over :mod:`depgraph.workflow` (load_source, prune_model).
@@ -414,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Hugging Face checkpoint, a saved module) to a ratio or a target, or list its prunable groups.",
     )
     parser.add_argument("--version", action="version", version=f"depgraph {__version__} (torch {torch.__version__})")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,groups,recover,export}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,groups,recover,export,average}")
 
     p = sub.add_parser("prune", help="prune a model to a ratio or a target, verify it, print before/after "
                                      "figures and save it")
@@ -494,10 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(run=_groups)
 
     from .export.cli import add_parser as add_export
+    from .recovery.average_cli import add_parser as add_average
     from .recovery.cli import add_parser as add_recover
 
     add_recover(sub)
     add_export(sub)
+    add_average(sub)
     for command in sub.choices.values():  # every subcommand computes on the CPU threads chosen here
         command.add_argument("--threads", type=threads_arg, default="auto", metavar="N|auto",
                              help="CPU threads for PyTorch (default: auto, the cores the load average "

@@ -5,8 +5,9 @@
 
 from __future__ import annotations
 
+from .average import average_models, average_state_dicts
 from .loop import RecoverResult, recover
 from .options import RecoverOptions, recover_options
 from .steps import Evaluation
 
-__all__ = ["recover", "RecoverResult", "RecoverOptions", "Evaluation", "recover_options"]
+__all__ = ["recover", "average_models", "average_state_dicts", "RecoverResult", "RecoverOptions", "Evaluation", "recover_options"]

@@ -44,6 +44,7 @@ def _commands(after: str) -> list[str]:
 
 COMMANDS = _commands("### Recover and export")
 CORRECTION = _commands("**Teacher correction.**")
+SOUP = _commands("**Averaging recoveries (a model soup).**")
 
 
 @pytest.fixture
@@ -120,6 +121,22 @@ def test_readme_teacher_correction_runs_as_written(workdir, capsys) -> None:
     assert not torch.equal(corrected.lm_head.weight, teacher.lm_head.weight)
     assert recovered.num_parameters() == pruned.num_parameters() < 0.85 * corrected.num_parameters()
     assert not torch.equal(recovered.lm_head.weight, pruned.lm_head.weight)
+
+
+def test_readme_model_soup_runs_as_written(workdir, capsys) -> None:
+    """Two recoveries of one pruned model with different recipes, then their mean: each line as README shows it."""
+    assert [c.split()[:2] for c in SOUP] == [["depgraph", "recover"], ["depgraph", "recover"], ["depgraph", "average"]]
+    for line in SOUP:
+        code = main([*shlex.split(line)[1:], "--plain"] + (["--no-progress"] if " recover " in line else []))
+        assert code == 0, (line, capsys.readouterr())
+
+    from transformers import AutoModelForCausalLM
+
+    a, b, soup = (AutoModelForCausalLM.from_pretrained(workdir / f).state_dict()
+                  for f in ("recovered-a", "recovered-b", "soup"))
+    assert not torch.equal(a["lm_head.weight"], b["lm_head.weight"])  # two different recoveries
+    for k, v in soup.items():
+        torch.testing.assert_close(v, (a[k] + b[k]) / 2, rtol=0, atol=1e-6)
 
 
 def _free_port() -> int:
