@@ -391,6 +391,15 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def add_saved_model_options(p: argparse.ArgumentParser) -> None:
+    """``--input-size``, ``--trust-pickle`` and ``--plain``, as the commands that read saved models (recover,
+    export, average) take them: one wording and one meaning each."""
+    p.add_argument("--input-size", type=positive_int, default=None, help="image height and width (default: the model's)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow unpickling a model saved whole with torch.save (runs code from the file)")
+    p.add_argument("--plain", action="store_true", help="plain-text tables even when rich is installed")
+
+
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a torchvision or timm model name (resnet50, vit_b_16, ...), a Hugging Face "
                                  "checkpoint folder or cached hub id, or a model file saved with torch.save")

@@ -22,7 +22,7 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``export`` subcommand to the ``depgraph`` parser's subparsers."""
-    from ..cli import non_negative_float, positive_int  # the shared checks of the command line
+    from ..cli import add_saved_model_options, non_negative_float, positive_int  # shared by the subcommands
 
     p = sub.add_parser("export", help="export a model to ONNX / torch.export and check it against eager")
     p.add_argument("model", help="a Hugging Face folder, a depgraph.save file (with --base), a whole model saved "
@@ -36,13 +36,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--dynamic", action="store_true",
                    help="dynamic batch (and sequence length for text models), checked at two sizes of each")
     p.add_argument("--batch-size", type=positive_int, default=1, help="batch of the example input (default: 1)")
-    p.add_argument("--input-size", type=positive_int, default=None, help="image height and width (default: the model's)")
     p.add_argument("--seq-len", type=positive_int, default=16, help="tokens of a text model's example input (default: 16)")
     p.add_argument("--atol", type=non_negative_float, default=1e-4, help="absolute tolerance (default: 1e-4)")
     p.add_argument("--rtol", type=non_negative_float, default=1e-4, help="relative tolerance (default: 1e-4)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow unpickling a model saved whole with torch.save (runs code from the file)")
-    p.add_argument("--plain", action="store_true", help="plain-text tables even when rich is installed")
+    add_saved_model_options(p)
     p.set_defaults(run=run)
     return p
 

@@ -34,7 +34,7 @@ def _weights(text: str) -> list[float]:
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``average`` subcommand to the ``depgraph`` parser's subparsers."""
-    from ..cli import positive_int  # the shared checks of the command line
+    from ..cli import add_saved_model_options, positive_int  # shared by the subcommands
 
     p = sub.add_parser("average", help="average the weights of recoveries of one pruned model (a model soup), "
                                        "then save it")
@@ -52,11 +52,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=positive_int, default=256,
                    help="samples of --data, evenly spread over it (default: 256)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="batch size on --data (default: 32)")
-    p.add_argument("--input-size", type=positive_int, default=None, help="image height and width (default: the model's)")
     p.add_argument("--seq-len", type=positive_int, default=128, help="tokens per text sample (default: 128)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow unpickling a model saved whole with torch.save (runs code from the file)")
-    p.add_argument("--plain", action="store_true", help="plain-text tables even when rich is installed")
+    add_saved_model_options(p)
     p.set_defaults(run=run)
     return p
 
@@ -64,7 +61,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, out: Any) -> int:
     """Check, load and average one model at a time, re-measure BatchNorm, check a forward, save; the exit code."""
     from ..errors import CalibrationDataError, OptionError, RecoveryError
-    from ..utils._inputs import call_model
+    from ..trace import call_model
     from ..workflow.save import check_output, save_pruned
     from .average import average_state_dicts
     from .batches import logits_of

@@ -40,7 +40,8 @@ def _workers(text: str) -> int | str:
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``recover`` subcommand to the ``depgraph`` parser's subparsers."""
-    from ..cli import (  # the shared checks of the command line
+    from ..cli import (  # the shared checks and options of the command line
+        add_saved_model_options,
         non_negative_float,
         non_negative_int,
         positive_float,
@@ -98,7 +99,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None,
                    help="default: what accelerate launch / accelerate config set, else no")
     p.add_argument("--seq-len", type=positive_int, default=128, help="tokens per text sample (default: 128)")
-    p.add_argument("--input-size", type=positive_int, default=None, help="image height and width (default: the model's)")
     p.add_argument("--max-samples", type=positive_int, default=None,
                    help="use at most N samples, evenly spread over the data (each class folder's files, a text's "
                         "windows, a .jsonl's documents), not its first N")
@@ -115,10 +115,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=positive_int, default=None, metavar="N",
                    help="also write --output every N steps (single process or DDP), so that a run stopped early "
                         "leaves the latest model; each save prints 'checkpoint: step N'")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow unpickling a model saved whole with torch.save (runs code from the file)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--plain", action="store_true", help="plain-text tables even when rich is installed")
+    add_saved_model_options(p)
     p.set_defaults(run=run)
     return p
 
