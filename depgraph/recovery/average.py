@@ -28,10 +28,17 @@ import torch.nn as nn
 
 from ..errors import OptionError, RecoveryError
 
-__all__ = ["average_state_dicts", "average_models"]
+__all__ = ["average_state_dicts", "average_models", "check_weights"]
 
 
-def _check_weights(weights: Sequence[float] | None, count: int | None) -> list[float] | None:
+def check_weights(weights: Sequence[float] | None, count: int | None) -> list[float] | None:
+    """The weights as a list (None stays None), refused unless each is a finite number >= 0, they sum above 0
+    and, when ``count`` is known, there is one per model. Why public: the command line checks them with this
+    before it loads any model.
+
+    Raises:
+        OptionError: naming the first bad weight, or the counts.
+    """
     if weights is None:
         return None
     values = list(weights)
@@ -68,7 +75,7 @@ def average_state_dicts(states: Iterable[Mapping[str, torch.Tensor]], weights: S
             tensor's shape or a tensor's dtype (named in the message).
     """
     count = len(states) if isinstance(states, Sequence) else None
-    values = _check_weights(weights, count)
+    values = check_weights(weights, count)
 
     def name(i: int) -> str:
         return names[i] if names is not None and i < len(names) else f"model {i + 1}"

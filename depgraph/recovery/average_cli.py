@@ -63,17 +63,14 @@ def run(args: argparse.Namespace, out: Any) -> int:
     from ..errors import CalibrationDataError, OptionError, RecoveryError
     from ..trace import call_model
     from ..workflow.save import check_output, save_pruned
-    from .average import average_state_dicts
+    from .average import average_state_dicts, check_weights
     from .batches import logits_of
     from .sources import load_pruned, output_format
 
     # everything that can be refused without a model is refused before the first one loads
     if len(args.models) < 2:
         raise OptionError(f"average needs two or more models, got {len(args.models)}")
-    if args.weights is not None and len(args.weights) != len(args.models):
-        raise OptionError(f"--weights has {len(args.weights)} values for {len(args.models)} models")
-    if args.weights is not None and sum(args.weights) <= 0:
-        raise OptionError("--weights sum to 0; give at least one positive weight")
+    check_weights(args.weights, len(args.models))
     for spec in args.models:
         if not Path(spec).exists():
             raise RecoveryError(f"model {spec!r} does not exist (expected a Hugging Face folder or a file)")

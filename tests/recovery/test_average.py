@@ -147,8 +147,8 @@ def test_the_command_re_measures_batchnorm_of_an_averaged_depgraph_file(tmp_path
 
 
 @pytest.mark.parametrize(("extra", "error", "message"), [
-    (["--weights", "1"], "OptionError", "--weights has 1 values for 2 models"),
-    (["--weights", "0,0"], "OptionError", "--weights sum to 0"),
+    (["--weights", "1"], "OptionError", "1 weights for 2 models; give one weight per model"),
+    (["--weights", "0,0"], "OptionError", "the weights sum to 0"),
     (["--data", "nope"], "CalibrationDataError", "--data 'nope' does not exist"),
 ])
 def test_bad_inputs_fail_before_anything_loads(tmp_path, monkeypatch, capsys, extra, error, message) -> None:
