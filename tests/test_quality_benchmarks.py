@@ -21,7 +21,7 @@ import depgraph as tp
 
 QUALITY = Path(__file__).resolve().parent.parent / "benchmarks" / "quality"
 MODULES = ("data", "search", "report", "resnet", "train_resnet", "vision", "llm", "recover_llm", "recover_resnet_cli",
-           "blockwise_llm")
+           "blockwise_llm", "soup_llm")
 
 
 @pytest.fixture
@@ -321,6 +321,21 @@ def test_recover_cli_benchmarks_render_their_tables(qb) -> None:
                       "stages": {"kd.pt": {"command": "depgraph recover pruned.pt", "seconds": 6.0, **timing}},
                       "rows": rows})
     assert "- `depgraph recover pruned.pt` — 6 s in all, training 4 s (0.50 s/step, 1 thread)" in md
+
+
+def test_soup_table_marks_the_average_chosen_on_the_choice_text_only(qb) -> None:
+    # the average with the lowest perplexity on the choice text is marked, whatever the measured tokens say
+    sl = importlib.import_module("soup_llm")
+    models = {"unpruned": {"ppl": 20.0, "val_ppl": 22.0, "params": 100},
+              "a": {"file": "a.pth", "ppl": 30.0, "val_ppl": 29.0, "params": 80},
+              "average of a + b": {"ppl": 29.0, "val_ppl": 28.5, "params": 80},
+              "average of a + c": {"ppl": 28.0, "val_ppl": 28.7, "params": 80}}
+    stages = {"average of a + b": {"command": "depgraph average a.pth b.pth --output s.pth", "seconds": 8.4}}
+    md = sl.markdown({"settings": {"work": "/w", "machine": "2 cores", "context": 512, "eval_tokens": 8192},
+                      "stages": stages, "models": models})
+    assert "| average of a + b (lowest on the choice text) |  | 28.50 | 29.00 | 1.45x |" in md
+    assert "| average of a + c |  | 28.70 | 28.00 | 1.40x |" in md and "| a | a.pth | 29.00 | 30.00 | 1.50x |" in md
+    assert "| average of a + b | `depgraph average a.pth b.pth --output s.pth` | 8 s |" in md
 
 
 def test_held_out_rest_is_cut_between_whole_articles(qb) -> None:
