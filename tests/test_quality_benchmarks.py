@@ -338,6 +338,19 @@ def test_soup_table_marks_the_average_chosen_on_the_choice_text_only(qb) -> None
     assert "| average of a + b | `depgraph average a.pth b.pth --output s.pth` | 8 s |" in md
 
 
+def test_a_continued_run_lists_the_passes_that_made_its_start_in_order(qb) -> None:
+    rl = importlib.import_module("recover_llm")
+    stages = {"prune": {"command": "p"}, "recover that made the start": {"command": "stale"}, "recover": {"command": "r2"}}
+    once = rl.start_stages(stages, {"prune": {"command": "p"}, "recover": {"command": "r1"}})
+    assert list(once) == ["prune", "recover that made the start"] and once["recover that made the start"]["command"] == "r1"
+    # the start's own stages already list how its start was made: the passes keep their order, the new one last
+    made = {**once, "recover": {"command": "r2"}}
+    twice = rl.start_stages(stages, made)
+    assert [(k, v["command"]) for k, v in twice.items()] == [
+        ("prune", "p"), ("recover that made the start (pass 1)", "r1"), ("recover that made the start (pass 2)", "r2")]
+    assert rl.start_stages(stages, {}) == {"prune": {"command": "p"}}  # unknown start: no stale pass stays
+
+
 def test_held_out_rest_is_cut_between_whole_articles(qb) -> None:
     # --train-held-out-rest: the articles holding the measured tokens reach neither validation nor training,
     # validation holds at least its tokens, and every article lands whole on one side.

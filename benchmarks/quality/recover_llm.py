@@ -175,6 +175,18 @@ def recover_stage(cmd: list[str], seconds: float, printed: list[str], threads: i
     return stage
 
 
+def start_stages(stages: dict, made: dict) -> dict:
+    """``stages`` with no recover stage of its own, and the recover commands of ``made`` (the stages of the
+    run whose result is the start: the passes that made its start, then its own ``recover``) listed in order
+    as the passes that made this run's start. Why: a continued run's results must say how its start was
+    made, and a stale pass from another run must not stay listed. ``made`` empty: no pass is listed."""
+    kept = {k: v for k, v in stages.items() if not k.startswith("recover")}
+    passes = [v for k, v in made.items() if k.startswith("recover")]
+    names = ["recover that made the start"] if len(passes) == 1 else \
+        [f"recover that made the start (pass {i})" for i in range(1, len(passes) + 1)]
+    return {**kept, **dict(zip(names, passes, strict=True))}
+
+
 def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
@@ -232,6 +244,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--start", type=Path, default=None,
                    help="the model the recover command trains instead of PRUNED: an earlier run's RECOVERED, "
                         "copied into WORK first (its perplexity gets a row of its own)")
+    p.add_argument("--start-stages", type=Path, default=None, metavar="FILE",
+                   help="the WORK/stages.json of the run whose result --start names, when that is not WORK's own "
+                        "RECOVERED: its recover commands are listed as those that made the start")
     p.add_argument("--correct-teacher", type=int, default=0, metavar="STEPS",
                    help="first fine-tune BASE on the training text for STEPS steps (depgraph recover --kd-weight 0, "
                         "batches as below, --keep-best when given), then prune and distil from that corrected "
@@ -312,8 +327,9 @@ def main(argv: list[str] | None = None) -> dict:
         if args.start.resolve() != student.resolve():
             _remove(student)
             (shutil.copytree if args.start.is_dir() else shutil.copyfile)(args.start, student)
-        if args.start.resolve() == recovered.resolve() and "recover" in stages:  # the run that made the start
-            stages["recover that made the start"] = stages.pop("recover")
+        made = stages if args.start.resolve() == recovered.resolve() else \
+            json.loads(args.start_stages.read_text()) if args.start_stages is not None else {}
+        stages = start_stages(stages, made)
     _remove(recovered)
     recover_cmd = ["recover", str(student), "--teacher", str(teacher), *batches,
                    "--max-samples", str(args.max_samples or args.steps * args.batch_size), "--steps", str(args.steps),
@@ -406,7 +422,8 @@ def _header_notes(settings: dict) -> str:
                   f"\"unpruned, fine-tuned\"). The ratios are to the unpruned BASE.")
     if settings.get("start"):
         notes += (" This recovery continues from an earlier one's result (the row \"start of this recovery\"; "
-                  "its command, when it ran in the same WORK, is the stage \"recover that made the start\").")
+                  "the commands that made it, when it ran in the same WORK or --start-stages named its stages, "
+                  "are the stages \"recover that made the start\").")
     return notes
 
 
