@@ -102,8 +102,7 @@ def average_state_dicts(states: Iterable[Mapping[str, torch.Tensor]], weights: S
         n = i + 1
     if n < 2:
         raise RecoveryError(f"average: needs two or more models, got {n}")
-    if values is not None and n != len(values):
-        raise OptionError(f"average: {len(values)} weights for {n} models; give one weight per model")
+    check_weights(values, n)  # a generator ends only here: fewer models than weights
     return {k: (v.div_(weight_sum).to(first[k].dtype) if first[k].is_floating_point() else v) for k, v in total.items()}
 
 
