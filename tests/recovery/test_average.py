@@ -87,6 +87,12 @@ def test_bad_weights_are_refused(weights, message) -> None:
         average_state_dicts(iter([student.state_dict(), student.state_dict()]), weights)
 
 
+def test_a_generator_of_fewer_models_than_weights_is_refused_when_it_ends() -> None:
+    _, student = cnn_pair()
+    with pytest.raises(OptionError, match="3 weights for 2 models; give one weight per model"):
+        average_state_dicts(iter([student.state_dict(), student.state_dict()]), [1, 1, 1])
+
+
 def test_the_command_averages_hugging_face_folders_that_load_without_depgraph(tmp_path, capsys) -> None:
     pytest.importorskip("transformers")
     from transformers import AutoModelForCausalLM
