@@ -62,6 +62,7 @@ def run(args: argparse.Namespace, out: Any) -> int:
     """Check, load and average one model at a time, re-measure BatchNorm, check a forward, save; the exit code."""
     from ..errors import CalibrationDataError, OptionError, RecoveryError
     from ..trace import call_model
+    from ..utils.batchnorm import batchnorm_layers
     from ..workflow.save import check_output, save_pruned
     from .average import average_state_dicts, check_weights
     from .batches import logits_of
@@ -98,7 +99,8 @@ def run(args: argparse.Namespace, out: Any) -> int:
     with torch.no_grad():
         first.model.load_state_dict(averaged)
     del averaged
-    measured = _recalibrate(args, first) if args.data is not None else 0
+    has_batchnorm = bool(batchnorm_layers(first.model))
+    measured = _recalibrate(args, first) if args.data is not None and has_batchnorm else 0
     with torch.no_grad():
         output = logits_of(call_model(first.model, first.example_inputs))
     problem = f"an output of shape {tuple(output.shape)}, not {shape}," if tuple(output.shape) != shape else \
@@ -109,11 +111,9 @@ def run(args: argparse.Namespace, out: Any) -> int:
     rows = [(spec, f"{(args.weights[i] if args.weights is not None else 1.0) / total:.4f}")
             for i, spec in enumerate(args.models)]
     out.table(f"average of {len(args.models)} models", ("model", "weight"), rows)
-    from ..utils.batchnorm import batchnorm_layers
-
     if measured:
         out.line(f"re-measured the running statistics of {measured} BatchNorm layers on {args.data}")
-    elif batchnorm_layers(first.model):
+    elif has_batchnorm:
         out.line("the BatchNorm running statistics are the models' average; give --data to re-measure them")
     how = save_pruned(first.model.cpu(), first, args.output, fmt)
     out.line(f"saved the average to {args.output}; load it with:\n{how}")
@@ -121,15 +121,13 @@ def run(args: argparse.Namespace, out: Any) -> int:
 
 
 def _recalibrate(args: argparse.Namespace, source: Any) -> int:
-    """Re-measure the average's BatchNorm statistics on ``--data`` (0 when it has none: nothing runs)."""
+    """Re-measure the average's BatchNorm statistics on ``--data``; the number of layers re-measured."""
     from torch.utils.data import DataLoader
 
-    from ..utils.batchnorm import batchnorm_layers, recalibrate_batchnorm
+    from ..utils.batchnorm import recalibrate_batchnorm
     from .batches import is_causal_lm, split_batch
     from .data import open_dataset
 
-    if not batchnorm_layers(source.model):
-        return 0
     data = open_dataset(args.data, source.spec, seq_len=args.seq_len, max_samples=args.max_samples)
     causal = is_causal_lm(source.model)
 
