@@ -140,9 +140,8 @@ def _echo(stream: Any, lines: list[str]) -> None:
         lines.append(line.rstrip("\n"))
 
 
-def held_out_ppl(path: Path, rows: torch.Tensor, base: Path, device: str = "cpu") -> tuple[float, int]:
-    """Perplexity (float32, on ``device``) and parameter count of a save_pretrained folder, or of a
-    depgraph.save file of BASE."""
+def load_measured(path: Path, base: Path) -> Any:
+    """A save_pretrained folder, or a depgraph.save file of BASE, in float32 and eval mode."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path if path.is_dir() else base, dtype=torch.float32).eval()
@@ -150,6 +149,13 @@ def held_out_ppl(path: Path, rows: torch.Tensor, base: Path, device: str = "cpu"
         import depgraph
 
         model = depgraph.load(model, path).eval()
+    return model
+
+
+def held_out_ppl(path: Path, rows: torch.Tensor, base: Path, device: str = "cpu") -> tuple[float, int]:
+    """Perplexity (float32, on ``device``) and parameter count of a save_pretrained folder, or of a
+    depgraph.save file of BASE."""
+    model = load_measured(path, base)
     return perplexity(model.to(device), rows), n_params(model)
 
 

@@ -28,7 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data  # noqa: E402
-from recover_llm import RESULTS, depgraph, held_out_ppl, machine, prepare  # noqa: E402
+from llm import n_params, perplexity  # noqa: E402
+from recover_llm import RESULTS, depgraph, load_measured, machine, prepare  # noqa: E402
 from report import markdown_table  # noqa: E402
 
 
@@ -62,9 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     def measure(path: Path) -> dict:
         start = time.perf_counter()
-        ppl, params = held_out_ppl(path, rows, base)
-        val_ppl, _ = held_out_ppl(path, val, base)
-        out = {"ppl": ppl, "val_ppl": val_ppl, "params": params, "eval_seconds": time.perf_counter() - start}
+        model = load_measured(path, base)  # loaded once for both texts
+        ppl, val_ppl = perplexity(model, rows), perplexity(model, val)
+        out = {"ppl": ppl, "val_ppl": val_ppl, "params": n_params(model), "eval_seconds": time.perf_counter() - start}
         print(f"{path.name}: val ppl {val_ppl:.3f}, measured ppl {ppl:.3f}", flush=True)
         return out
 
