@@ -113,6 +113,29 @@ def test_split_articles_is_disjoint_and_covers_all(qb) -> None:
     assert len(eval_set) == 5
 
 
+def test_dictd_to_text_keeps_each_definition_as_prose(qb, tmp_path: Path) -> None:
+    source = (
+        "00-database-short\n     The Free On-line Dictionary of Computing\n\n"
+        "abstract data type\nADT\n\n"
+        "   <programming> (ADT) A kind of {data abstraction} where a\n"
+        "   type's internal form is hidden behind a set of {access\n   functions}.\n\n"
+        "   {Cook paper (http://example.org/oop.pdf)}.\n\n"
+        "   See also http://example.org/adt and the {stack} , a classic example of one.\n\n"
+        "   (2003-07-03)\n\n"
+        "Ada\n\n   <language> short\n\n"
+    )
+    text = qb.data.dictd_to_text(source)
+    assert text == ("ADT\n"
+                    "(ADT) A kind of data abstraction where a type's internal form is hidden behind a set of "
+                    "access functions.\n"
+                    "See also and the stack, a classic example of one.")
+    (tmp_path / qb.data.FOLDOC_DICT).parent.mkdir(parents=True)
+    (tmp_path / qb.data.FOLDOC_DICT).write_bytes(gzip.compress(source.encode()))
+    assert qb.data.foldoc_text(tmp_path) == text
+    with pytest.raises(FileNotFoundError, match="setup.sh"):
+        qb.data.foldoc_text(tmp_path / "empty")
+
+
 def test_chunk_tokens(qb) -> None:
     rows = qb.data.chunk_tokens(torch.arange(23)[None], seq_len=5, n_tokens=12)
     assert rows.tolist() == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
@@ -303,6 +326,10 @@ def test_recover_cli_benchmarks_render_their_tables(qb) -> None:
     state["settings"].update(train_held_out_rest=True, data_tokens=600000)
     assert "Training text: the calibration half plus the held-out articles after the measured and the " \
            "--keep-best ones (600000 tokens in all, whole articles)." in rl.markdown(state)
+    assert "also trains on" not in rl.markdown(state)
+    state["settings"].update(extra_text="/work/foldoc.txt", extra_tokens=1078538)
+    assert "The recovery (not the teacher correction) also trains on foldoc.txt (1078538 more tokens), appended " \
+           "to that text." in rl.markdown(state)
     state["settings"]["start"] = "/work/recovered.pth"
     assert "This recovery continues from an earlier one's result" in rl.markdown(state)
     rr = importlib.import_module("recover_resnet_cli")

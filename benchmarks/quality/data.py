@@ -7,9 +7,12 @@
 - Wikipedia text: the XML dump in gensim's test data, read straight out of the wheel that
   ``setup.sh`` downloads (gensim is not installed), reduced to plain prose and split by
   article into disjoint calibration and evaluation slices.
+- FOLDOC: the Free On-line Dictionary of Computing from Debian's ``dict-foldoc`` (``setup.sh``
+  unpacks the package into the cache), reduced to plain prose: more English text than the
+  dump holds, for recovery only (never measured).
 
 The pure helpers (:func:`read_idx`, :func:`wiki_to_text`, :func:`split_articles`,
-:func:`chunk_tokens`) take bytes, strings or tensors, so tests run them on tiny inputs
+:func:`chunk_tokens`, :func:`dictd_to_text`) take bytes, strings or tensors, so tests run them on tiny inputs
 they write themselves.
 """
 
@@ -31,6 +34,7 @@ import torch
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 CACHE_DIR = Path(os.environ.get("DEPGRAPH_BENCH_CACHE", Path.home() / ".cache" / "depgraph-bench"))
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+FOLDOC_DICT = Path("foldoc") / "usr" / "share" / "dictd" / "foldoc.dict.dz"  # under the cache
 WIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 _SETUP_HINT = "run `bash benchmarks/quality/setup.sh` first"
 
@@ -223,3 +227,53 @@ def wikipedia_token_slices(tokenizer, seq_len: int, calib_tokens: int, eval_toke
     calib = tokenizer(calib_text, return_tensors="pt").input_ids
     evals = tokenizer(eval_text, return_tensors="pt").input_ids
     return chunk_tokens(calib, seq_len, calib_tokens), chunk_tokens(evals, seq_len, eval_tokens)
+
+
+# ----------------------------------------------------------------------------- FOLDOC text
+_DATE_ONLY = re.compile(r"\(\d{4}-\d{2}-\d{2}\)")
+_URL_IN_PARENS = re.compile(r"\(\s*(?:https?|ftp)://[^)]*\)")
+_URL = re.compile(r"(?:https?|ftp)://\S+")
+_ANGLE = re.compile(r"<[^>]*>")
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:])")
+
+
+def dictd_to_text(source: str, min_chars: int = 41) -> str:
+    """Plain prose of a dictd database's ``.dict`` text: one entry per block, its headword on the
+    first line and each paragraph of its definition on a line of its own.
+
+    What goes: the database's own ``00-database-*`` entries, the "(YYYY-MM-DD)" update dates, URLs,
+    ``<category>`` tags and the braces of cross-references (their words stay), and paragraphs shorter
+    than ``min_chars`` (headings of lists, bare references). Headwords start at column 0 and
+    definitions are indented, which is how dictd's own ``dictfmt`` writes the file; an entry listed
+    under several headwords (one per line, such as a term and its acronym) is titled by the last.
+    """
+    entries: list[tuple[str, list[str]]] = []
+    for line in source.split("\n"):
+        if line and not line[0].isspace():
+            entries.append((line.strip(), []))
+        elif entries:
+            entries[-1][1].append(line.strip())
+    blocks = []
+    for head, body in entries:
+        if head.startswith("00-database") or head.startswith("00database"):
+            continue
+        paragraphs = " ".join(line if line else "\n" for line in body).split("\n")
+        kept = [_clean_definition(p) for p in paragraphs if not _DATE_ONLY.fullmatch(p.strip())]
+        kept = [p for p in kept if len(p) >= min_chars]
+        if kept:
+            blocks.append("\n".join([head, *kept]))
+    return "\n\n".join(blocks)
+
+
+def _clean_definition(paragraph: str) -> str:
+    text = _URL.sub("", _URL_IN_PARENS.sub("", paragraph))
+    text = _ANGLE.sub("", text).replace("{", "").replace("}", "")
+    return _SPACE_BEFORE_PUNCT.sub(r"\1", re.sub(r"\s+", " ", text)).strip()
+
+
+def foldoc_text(cache: Path | None = None) -> str:
+    """FOLDOC as plain prose (:func:`dictd_to_text`), from the package ``setup.sh`` unpacked into the cache."""
+    path = (cache or CACHE_DIR) / FOLDOC_DICT
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path}: {_SETUP_HINT}")
+    return dictd_to_text(gzip.decompress(path.read_bytes()).decode("utf-8", errors="replace"))

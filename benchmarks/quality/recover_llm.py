@@ -225,6 +225,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--kd-weight", type=float, default=1.0, help="depgraph recover --kd-weight")
     p.add_argument("--task-weight", type=float, default=None, help="depgraph recover --task-weight (default: its own)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="depgraph recover --seed: the data order (default: its own, 0). A run that continues another "
+                        "with --start should change it, or it sees the same windows in the same order again")
     p.add_argument("--keep-best", type=int, default=0, metavar="N",
                    help="depgraph recover --eval-every N --keep-best --eval-data VAL, VAL being the held-out text "
                         "after the tokens the perplexity measures (0: off)")
@@ -232,6 +235,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-held-out-rest", action="store_true",
                    help="train on the calibration half and the held-out articles after the measured ones and the "
                         "--keep-best ones (whole articles: none of them shares text with the measured tokens)")
+    p.add_argument("--extra-text", default=None, metavar="FILE|foldoc",
+                   help="plain text appended to the recovery's training text (not the teacher correction's, "
+                        "not the calibration's): more text than the dump holds. 'foldoc': FOLDOC's prose "
+                        "(data.foldoc_text, from setup.sh), written to WORK/foldoc.txt")
     p.add_argument("--compile", action="store_true", help="depgraph recover --compile")
     p.add_argument("--hidden-weight", type=float, default=0.0, help="depgraph recover --hidden-weight")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
@@ -291,12 +298,21 @@ def main(argv: list[str] | None = None) -> dict:
     if extra_text is not None:
         data_file = args.work / "train_and_held_out_rest.txt"
         data_file.write_text(train.read_text(encoding="utf-8") + "\n\n" + extra_text, encoding="utf-8")
+    recover_data = data_file
+    if args.extra_text == "foldoc":
+        args.extra_text = args.work / "foldoc.txt"
+        args.extra_text.write_text(data.foldoc_text(), encoding="utf-8")
+    if args.extra_text is not None:
+        args.extra_text = Path(args.extra_text)
+        recover_data = args.work / "training_text_plus_extra.txt"
+        recover_data.write_text(data_file.read_text(encoding="utf-8") + "\n\n"
+                                + args.extra_text.read_text(encoding="utf-8"), encoding="utf-8")
     keep_best = []
     if args.keep_best:
         val = args.work / "val.txt"
         val.write_text(val_text, encoding="utf-8")
         keep_best = ["--eval-data", str(val), "--eval-every", str(args.keep_best), "--keep-best"]
-    batches = ["--data", str(data_file), "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
+    batches = ["--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
                "--eval-batches", str(args.eval_batches), "--plain", "--save-every", str(args.save_every)]
 
     teacher = base
@@ -304,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
         teacher = args.work / "corrected"
         if not (args.reuse_pruned and teacher.is_dir() and "correct teacher" in stages):
             _remove(teacher)
-            correct_cmd = ["recover", str(base), *batches, "--kd-weight", "0",
+            correct_cmd = ["recover", str(base), "--data", str(data_file), *batches, "--kd-weight", "0",
                            "--steps", str(args.correct_teacher),
                            "--max-samples", str(args.correct_teacher * args.batch_size), "--lr", str(args.correct_lr),
                            "--warmup-steps", str(max(args.correct_teacher // 20, 1)), "--lr-schedule", "cosine",
@@ -337,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
             json.loads(args.start_stages.read_text()) if args.start_stages is not None else {}
         stages = start_stages(stages, made)
     _remove(recovered)
-    recover_cmd = ["recover", str(student), "--teacher", str(teacher), *batches,
+    recover_cmd = ["recover", str(student), "--teacher", str(teacher), "--data", str(recover_data), *batches,
                    "--max-samples", str(args.max_samples or args.steps * args.batch_size), "--steps", str(args.steps),
                    "--lr", str(args.lr), "--warmup-steps", str(args.warmup_steps), "--lr-schedule", args.lr_schedule,
                    "--temperature", str(args.temperature), "--kd-weight", str(args.kd_weight),
@@ -345,6 +361,8 @@ def main(argv: list[str] | None = None) -> dict:
                    "--output", str(recovered)]
     if args.task_weight is not None:
         recover_cmd += ["--task-weight", str(args.task_weight)]
+    if args.seed is not None:
+        recover_cmd += ["--seed", str(args.seed)]
     if args.compile:
         recover_cmd.append("--compile")
     recover_cmd += keep_best
@@ -366,6 +384,8 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings["train_tokens"] = args.steps * args.batch_size * args.seq_len
     settings["data_tokens"] = len(tokenizer(data_file.read_text(encoding="utf-8"))["input_ids"])
+    if args.extra_text is not None:
+        settings["extra_tokens"] = len(tokenizer(args.extra_text.read_text(encoding="utf-8"))["input_ids"])
     settings["threads"] = torch.get_num_threads()
     settings["machine"] = machine()
     state = {"settings": settings, "stages": stages, "models": measured}
@@ -421,6 +441,9 @@ def _header_notes(settings: dict) -> str:
     if settings.get("train_held_out_rest"):
         notes += (f" Training text: the calibration half plus the held-out articles after the measured and the "
                   f"--keep-best ones ({settings['data_tokens']} tokens in all, whole articles).")
+    if settings.get("extra_tokens"):
+        notes += (f" The recovery (not the teacher correction) also trains on {Path(settings['extra_text']).name} "
+                  f"({settings['extra_tokens']} more tokens), appended to that text.")
     if settings.get("correct_teacher"):
         notes += (f" Teacher correction: BASE was first fine-tuned on the same training text for "
                   f"{settings['correct_teacher']} steps (lr {settings['correct_lr']:g}, cosine, next-token loss "
