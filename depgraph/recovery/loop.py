@@ -23,7 +23,6 @@ The per-batch steps (optimizer, schedule, losses, loop, evaluation) are in
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import warnings
@@ -83,8 +82,8 @@ class RecoverResult:
     model: nn.Module
     steps: int
     losses: list[float] = field(default_factory=list)
-    kd_before: float | None = math.nan
-    kd_after: float | None = math.nan
+    kd_before: float | None = None
+    kd_after: float | None = None
     task_before: float | None = None
     task_after: float | None = None
     seconds: float = 0.0
