@@ -243,7 +243,8 @@ def dictd_to_text(source: str, min_chars: int = 41) -> str:
 
     What goes: the database's own ``00-database-*`` entries, the "(YYYY-MM-DD)" update dates, URLs,
     ``<category>`` tags and the braces of cross-references (their words stay), and paragraphs shorter
-    than ``min_chars`` (headings of lists, bare references). Headwords start at column 0 and
+    than ``min_chars`` (headings of lists, bare references; the default drops those of 40 characters
+    or fewer, the text the committed FOLDOC runs trained on). Headwords start at column 0 and
     definitions are indented, which is how dictd's own ``dictfmt`` writes the file; an entry listed
     under several headwords (one per line, such as a term and its acronym) is titled by the last.
     """
@@ -255,7 +256,7 @@ def dictd_to_text(source: str, min_chars: int = 41) -> str:
             entries[-1][1].append(line.strip())
     blocks = []
     for head, body in entries:
-        if head.startswith("00-database") or head.startswith("00database"):
+        if head.startswith(("00-database", "00database")):
             continue
         paragraphs = " ".join(line if line else "\n" for line in body).split("\n")
         kept = [_clean_definition(p) for p in paragraphs if not _DATE_ONLY.fullmatch(p.strip())]

@@ -288,25 +288,25 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base)  # cuts the held-out text here, measures it at the end
-    val_text = extra_text = None
+    val_text = rest_text = None
     if args.train_held_out_rest:
-        val_text, extra_text = held_out_articles(eval_text, tokenizer, args.eval_tokens,
+        val_text, rest_text = held_out_articles(eval_text, tokenizer, args.eval_tokens,
                                                  args.eval_batches * args.batch_size * args.seq_len)
     elif args.keep_best:
         val_text = validation_text(eval_text, tokenizer, args.eval_tokens)
     data_file = train
-    if extra_text is not None:
+    if rest_text is not None:
         data_file = args.work / "train_and_held_out_rest.txt"
-        data_file.write_text(train.read_text(encoding="utf-8") + "\n\n" + extra_text, encoding="utf-8")
-    recover_data = data_file
+        data_file.write_text(train.read_text(encoding="utf-8") + "\n\n" + rest_text, encoding="utf-8")
+    extra_file = None if args.extra_text is None else \
+        args.work / "foldoc.txt" if args.extra_text == "foldoc" else Path(args.extra_text)
     if args.extra_text == "foldoc":
-        args.extra_text = args.work / "foldoc.txt"
-        args.extra_text.write_text(data.foldoc_text(), encoding="utf-8")
-    if args.extra_text is not None:
-        args.extra_text = Path(args.extra_text)
+        extra_file.write_text(data.foldoc_text(), encoding="utf-8")
+    recover_data, extra = data_file, None  # the recovery's text: the training text, then --extra-text
+    if extra_file is not None:
+        extra = extra_file.read_text(encoding="utf-8")
         recover_data = args.work / "training_text_plus_extra.txt"
-        recover_data.write_text(data_file.read_text(encoding="utf-8") + "\n\n"
-                                + args.extra_text.read_text(encoding="utf-8"), encoding="utf-8")
+        recover_data.write_text(data_file.read_text(encoding="utf-8") + "\n\n" + extra, encoding="utf-8")
     keep_best = []
     if args.keep_best:
         val = args.work / "val.txt"
@@ -384,8 +384,8 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings["train_tokens"] = args.steps * args.batch_size * args.seq_len
     settings["data_tokens"] = len(tokenizer(data_file.read_text(encoding="utf-8"))["input_ids"])
-    if args.extra_text is not None:
-        settings["extra_tokens"] = len(tokenizer(args.extra_text.read_text(encoding="utf-8"))["input_ids"])
+    if extra is not None:
+        settings["extra_text"], settings["extra_tokens"] = str(extra_file), len(tokenizer(extra)["input_ids"])
     settings["threads"] = torch.get_num_threads()
     settings["machine"] = machine()
     state = {"settings": settings, "stages": stages, "models": measured}
