@@ -378,6 +378,24 @@ def test_a_continued_run_lists_the_passes_that_made_its_start_in_order(qb) -> No
     assert rl.start_stages(stages, {}) == {"prune": {"command": "p"}}  # unknown start: no stale pass stays
 
 
+def test_remove_stale_unlinks_a_shared_folder_and_keeps_what_it_points_at(qb, tmp_path: Path) -> None:
+    # A second WORK links the first one's teacher: making it again must drop the link, not the teacher.
+    rl = importlib.import_module("recover_llm")
+    teacher = tmp_path / "first" / "corrected"
+    teacher.mkdir(parents=True)
+    (teacher / "model.safetensors").write_bytes(b"weights")
+    link = tmp_path / "corrected"
+    link.symlink_to(teacher, target_is_directory=True)
+    rl.remove_stale(link)
+    assert not link.is_symlink() and (teacher / "model.safetensors").read_bytes() == b"weights"
+    rl.remove_stale(teacher)
+    assert not teacher.exists()
+    (tmp_path / "pruned.pth").write_bytes(b"x")
+    rl.remove_stale(tmp_path / "pruned.pth")
+    rl.remove_stale(tmp_path / "absent.pth")  # nothing there: nothing to do
+    assert not (tmp_path / "pruned.pth").exists()
+
+
 def test_held_out_rest_is_cut_between_whole_articles(qb) -> None:
     # --train-held-out-rest: the articles holding the measured tokens reach neither validation nor training,
     # validation holds at least its tokens, and every article lands whole on one side.

@@ -193,10 +193,12 @@ def start_stages(stages: dict, made: dict) -> dict:
     return {**kept, **dict(zip(names, passes, strict=True))}
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir():
+def remove_stale(path: Path) -> None:
+    """Delete a stale output. A link (a WORK that shares another's teacher or model) is unlinked, never
+    followed: the folder it points at belongs to the other WORK."""
+    if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
-    elif path.exists():
+    elif path.is_symlink() or path.exists():
         path.unlink()
 
 
@@ -319,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.correct_teacher:
         teacher = args.work / "corrected"
         if not (args.reuse_pruned and teacher.is_dir() and "correct teacher" in stages):
-            _remove(teacher)
+            remove_stale(teacher)
             correct_cmd = ["recover", str(base), "--data", str(data_file), *batches, "--kd-weight", "0",
                            "--steps", str(args.correct_teacher),
                            "--max-samples", str(args.correct_teacher * args.batch_size), "--lr", str(args.correct_lr),
@@ -337,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "--save-format", args.save_format]
     prune_cmd += [a for layer in args.ignore for a in ("--ignore", layer)]
     if not (args.reuse_pruned and pruned.exists() and "prune" in stages):
-        _remove(pruned)
+        remove_stale(pruned)
         stages["prune"] = {"command": "depgraph " + shlex.join(prune_cmd), "seconds": depgraph(*prune_cmd)[0]}
         stages_file.write_text(json.dumps(stages, indent=1))
     if args.prune_only:
@@ -347,12 +349,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.start is not None:  # copied first: the start may be WORK's RECOVERED, which this run replaces
         student = args.work / f"start{ext}"
         if args.start.resolve() != student.resolve():
-            _remove(student)
+            remove_stale(student)
             (shutil.copytree if args.start.is_dir() else shutil.copyfile)(args.start, student)
         made = stages if args.start.resolve() == recovered.resolve() else \
             json.loads(args.start_stages.read_text()) if args.start_stages is not None else {}
         stages = start_stages(stages, made)
-    _remove(recovered)
+    remove_stale(recovered)
     recover_cmd = ["recover", str(student), "--teacher", str(teacher), "--data", str(recover_data), *batches,
                    "--max-samples", str(args.max_samples or args.steps * args.batch_size), "--steps", str(args.steps),
                    "--lr", str(args.lr), "--warmup-steps", str(args.warmup_steps), "--lr-schedule", args.lr_schedule,
