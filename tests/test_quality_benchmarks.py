@@ -21,7 +21,7 @@ import depgraph as tp
 
 QUALITY = Path(__file__).resolve().parent.parent / "benchmarks" / "quality"
 MODULES = ("data", "search", "report", "resnet", "train_resnet", "vision", "llm", "recover_llm", "recover_resnet_cli",
-           "blockwise_llm", "soup_llm")
+           "blockwise_llm", "soup_llm", "sample_text")
 
 
 @pytest.fixture
@@ -226,6 +226,41 @@ def test_llm_ratio_search_hits_the_parameter_target(qb, tiny_llama) -> None:
     assert len(widths) == 1 and widths.pop() < 64  # uniform, so the config can describe it
     assert all(layer.self_attn.q_proj.out_features == 32 for layer in pruned.model.layers)  # heads stay
     assert llm.check_reload(pruned, example) < 1e-5
+
+
+class WordTokenizer:
+    """Words of a 64-word vocabulary as tokens: enough of a tokenizer for the text samplers."""
+
+    def __call__(self, text: str, return_tensors: str = "pt") -> SimpleNamespace:
+        return SimpleNamespace(input_ids=torch.tensor([[int(w[1:]) for w in text.split()]]))
+
+    def batch_decode(self, ids: torch.Tensor, skip_special_tokens: bool = True) -> list[str]:
+        return [" ".join(f"w{i}" for i in row.tolist()) for row in ids]
+
+
+def test_sample_text_continues_spread_prompts_and_resumes_to_the_same_text(qb, tiny_llama, tmp_path: Path) -> None:
+    st = importlib.import_module("sample_text")
+    tok = WordTokenizer()
+    prompt_text = " ".join(f"w{i % 64}" for i in range(200))
+    out = tmp_path / "sampled.txt"
+    opts = dict(tokens=50, prompt_tokens=4, new_tokens=6, batch_size=3, log=lambda line: None)
+    assert st.sample_text(tiny_llama, tok, prompt_text, out, **opts) == 3  # 50 tokens: 3 batches of 3 x 6
+    docs = out.read_text().split(st.SEPARATOR)[:-1]
+    assert len(docs) == 9 and all(len(d.split()) == 10 for d in docs)  # prompt + exactly 6 new tokens each
+    starts = [int(d.split()[0][1:]) for d in docs]
+    assert starts[0] == 0 and starts[-1] == (200 - 4) % 64  # the prompts span the whole text, first to last
+    assert [d.split()[:4] for d in docs] == [prompt_text.split()[s:s + 4] for s in
+                                             torch.linspace(0, 196, 9).round().long().tolist()]
+    whole = out.read_text()
+    # stopped after one batch: the rerun writes the other two, and the file is the same text
+    out.write_text(st.SEPARATOR.join(docs[:3]) + st.SEPARATOR)
+    out.with_name(out.name + ".progress.json").write_text('{"batches": 1}')
+    st.sample_text(tiny_llama, tok, prompt_text, out, **opts)
+    assert out.read_text() == whole
+    st.sample_text(tiny_llama, tok, prompt_text, out, **opts)  # finished: left as it is
+    assert out.read_text() == whole
+    with pytest.raises(ValueError, match="cannot take"):
+        st.prompt_starts(torch.arange(3), 4, 1)
 
 
 def test_llm_perplexity_of_a_perfect_model_is_one(qb) -> None:
