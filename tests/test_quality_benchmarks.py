@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import importlib
+import json
 import struct
 import sys
 from pathlib import Path
@@ -254,10 +255,15 @@ def test_sample_text_continues_spread_prompts_and_resumes_to_the_same_text(qb, t
     whole = out.read_text()
     # stopped after one batch: the rerun writes the other two, and the file is the same text
     out.write_text(st.SEPARATOR.join(docs[:3]) + st.SEPARATOR)
-    out.with_name(out.name + ".progress.json").write_text('{"batches": 1}')
+    progress = out.with_name(out.name + ".progress.json")
+    state = json.loads(progress.read_text())
+    progress.write_text(json.dumps({**state, "batches": 1}))
     st.sample_text(tiny_llama, tok, prompt_text, out, **opts)
     assert out.read_text() == whole
     st.sample_text(tiny_llama, tok, prompt_text, out, **opts)  # finished: left as it is
+    assert out.read_text() == whole
+    with pytest.raises(ValueError, match="resume with the same settings"):  # other draws: refused, file kept
+        st.sample_text(tiny_llama, tok, prompt_text, out, **{**opts, "seed": 1})
     assert out.read_text() == whole
     with pytest.raises(ValueError, match="cannot take"):
         st.prompt_starts(torch.arange(3), 4, 1)

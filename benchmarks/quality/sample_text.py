@@ -54,12 +54,25 @@ def sample_text(model: Any, tokenizer: Any, prompt_text: str, output: Path, *, t
                 new_tokens: int = 480, batch_size: int = 32, top_p: float = 0.95, seed: int = 0,
                 log: Any = print) -> int:
     """Append sampled documents to ``output`` until it holds about ``tokens`` sampled tokens; return the
-    number of batches in it. Resumes from ``output``'s progress file; a finished file is left as it is."""
+    number of batches in it. Resumes from ``output``'s progress file; a finished file is left as it is.
+
+    Raises:
+        ValueError: the progress file records other settings or another prompt text (a resume would
+            mix two texts), or the text is too short for the prompts.
+    """
     batches = -(-tokens // (new_tokens * batch_size))
     ids = tokenizer(prompt_text, return_tensors="pt").input_ids[0]
     prompts = prompt_starts(ids, prompt_tokens, batches * batch_size)
     progress = output.with_name(output.name + ".progress.json")
-    done = json.loads(progress.read_text())["batches"] if progress.exists() and output.exists() else 0
+    settings = {"tokens": tokens, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+                "batch_size": batch_size, "top_p": top_p, "seed": seed, "prompt_tokens_in_text": ids.numel()}
+    done = 0
+    if progress.exists() and output.exists():
+        state = json.loads(progress.read_text())
+        if state.get("settings") != settings:  # other prompts or draws: the file would mix two texts
+            raise ValueError(f"{output} was sampled with {state.get('settings')}, not {settings}: "
+                             "resume with the same settings and prompt text, or remove it and its progress file")
+        done = state["batches"]
     if done == 0:
         output.write_text("", encoding="utf-8")
     for b in range(done, batches):
@@ -68,7 +81,7 @@ def sample_text(model: Any, tokenizer: Any, prompt_text: str, output: Path, *, t
         texts = tokenizer.batch_decode(out, skip_special_tokens=True)
         with output.open("a", encoding="utf-8") as f:
             f.write("".join(t.strip() + SEPARATOR for t in texts))
-        progress.write_text(json.dumps({"batches": b + 1, "of": batches}))
+        progress.write_text(json.dumps({"batches": b + 1, "of": batches, "settings": settings}))
         log(f"batch {b + 1}/{batches}: {out.shape[0] * new_tokens / (time.perf_counter() - t0):.0f} sampled tokens/s")
     return batches
 
