@@ -253,11 +253,13 @@ def test_sample_text_continues_spread_prompts_and_resumes_to_the_same_text(qb, t
     assert [d.split()[:4] for d in docs] == [prompt_text.split()[s:s + 4] for s in
                                              torch.linspace(0, 196, 9).round().long().tolist()]
     whole = out.read_text()
-    # stopped after one batch: the rerun writes the other two, and the file is the same text
-    out.write_text(st.SEPARATOR.join(docs[:3]) + st.SEPARATOR)
+    # stopped after one batch, while the second was being written: the rerun cuts that off, writes the
+    # other two, and the file is the same text
+    first = st.SEPARATOR.join(docs[:3]) + st.SEPARATOR
+    out.write_text(first + "w1 w2 w3")
     progress = out.with_name(out.name + ".progress.json")
     state = json.loads(progress.read_text())
-    progress.write_text(json.dumps({**state, "batches": 1}))
+    progress.write_text(json.dumps({**state, "batches": 1, "bytes": len(first.encode())}))
     st.sample_text(tiny_llama, tok, prompt_text, out, **opts)
     assert out.read_text() == whole
     st.sample_text(tiny_llama, tok, prompt_text, out, **opts)  # finished: left as it is

@@ -14,7 +14,8 @@ prompts come only from the training text, so nothing measured or used to choose 
 Each document is a window start of ``--prompt-tokens`` from the prompt text, spread evenly over
 it, continued by ``--new-tokens`` sampled tokens (``--top-p``, temperature 1). The file grows a
 batch at a time, and ``OUTPUT.progress.json`` records how many batches are in it, so a run that
-is stopped resumes where it was and gives the same text (each batch draws from its own seed).
+is stopped resumes where it was and gives the same text (each batch draws from its own seed; a
+batch written after the last record is cut off and drawn again).
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def sample_text(model: Any, tokenizer: Any, prompt_text: str, output: Path, *, t
             raise ValueError(f"{output} was sampled with {state.get('settings')}, not {settings}: "
                              "resume with the same settings and prompt text, or remove it and its progress file")
         done = state["batches"]
+        with output.open("r+b") as f:  # a batch written after the last progress record is dropped, not doubled
+            f.truncate(state["bytes"])
     if done == 0:
         output.write_text("", encoding="utf-8")
     for b in range(done, batches):
@@ -81,7 +84,8 @@ def sample_text(model: Any, tokenizer: Any, prompt_text: str, output: Path, *, t
         texts = tokenizer.batch_decode(out, skip_special_tokens=True)
         with output.open("a", encoding="utf-8") as f:
             f.write("".join(t.strip() + SEPARATOR for t in texts))
-        progress.write_text(json.dumps({"batches": b + 1, "of": batches, "settings": settings}))
+        progress.write_text(json.dumps({"batches": b + 1, "of": batches, "bytes": output.stat().st_size,
+                                        "settings": settings}))
         log(f"batch {b + 1}/{batches}: {out.shape[0] * new_tokens / (time.perf_counter() - t0):.0f} sampled tokens/s")
     return batches
 
