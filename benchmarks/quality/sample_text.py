@@ -28,17 +28,19 @@ from typing import Any
 
 import torch
 
+from depgraph.workflow.calibration_data import spread
+
 SEPARATOR = "\n\n"
 
 
 def prompt_starts(ids: torch.Tensor, prompt_tokens: int, count: int) -> torch.Tensor:
-    """``count`` prompts of ``prompt_tokens`` each, their starts spread evenly over ``ids`` (1-D), so the
-    samples continue every part of the text and not only its first articles."""
-    last = ids.numel() - prompt_tokens
-    if count < 1 or last < 0:
-        raise ValueError(f"cannot take {count} prompts of {prompt_tokens} tokens from {ids.numel()} tokens")
-    starts = torch.linspace(0, last, count).round().long()
-    return torch.stack([ids[s:s + prompt_tokens] for s in starts.tolist()])
+    """``count`` prompts of ``prompt_tokens`` each, their starts spread evenly over ``ids`` (1-D) as the
+    library spreads ``--max-samples`` (:func:`depgraph.workflow.calibration_data.spread`), so the samples
+    continue every part of the text and not only its first articles."""
+    positions = ids.numel() - prompt_tokens + 1
+    if count < 1 or positions < count:
+        raise ValueError(f"cannot take {count} distinct prompts of {prompt_tokens} tokens from {ids.numel()} tokens")
+    return torch.stack([ids[s:s + prompt_tokens] for s in spread(range(positions), count)])
 
 
 def sample_batch(model: Any, prompts: torch.Tensor, new_tokens: int, top_p: float, seed: int) -> torch.Tensor:
