@@ -351,7 +351,7 @@ def test_normalized_model_takes_images_in_0_1(qb) -> None:
     assert {n for n, _ in wrapped.named_buffers()} >= {"mean", "std"}  # saved with the model
 
 
-def test_recover_cli_benchmarks_render_their_tables(qb) -> None:
+def test_recover_cli_benchmarks_render_their_tables(qb, tmp_path: Path) -> None:
     rl = importlib.import_module("recover_llm")
     state = {"settings": {"eval_tokens": 2048, "context": 512, "steps": 8, "batch_size": 4, "seq_len": 128,
                           "train_tokens": 4096, "lr": 3e-4, "warmup_steps": 2, "temperature": 2.0},
@@ -374,6 +374,11 @@ def test_recover_cli_benchmarks_render_their_tables(qb) -> None:
     state["settings"].update(extra_text="/work/foldoc.txt", extra_tokens=1078538)
     assert "The recovery (not the teacher correction) also trains on foldoc.txt (1078538 more tokens), appended " \
            "to that text." in rl.markdown(state)
+    state["settings"]["extra_only"] = True
+    assert "The recovery (not the teacher correction) trains on foldoc.txt alone (1078538 tokens), not on that " \
+           "text." in rl.markdown(state) and "also trains on" not in rl.markdown(state)
+    with pytest.raises(SystemExit):
+        rl.main(["--extra-only", "--work", str(tmp_path)])
     state["settings"]["start"] = "/work/recovered.pth"
     assert "This recovery continues from an earlier one's result" in rl.markdown(state)
     rr = importlib.import_module("recover_resnet_cli")

@@ -241,6 +241,11 @@ def main(argv: list[str] | None = None) -> dict:
                    help="plain text appended to the recovery's training text (not the teacher correction's, "
                         "not the calibration's): more text than the dump holds. 'foldoc': FOLDOC's prose "
                         "(data.foldoc_text, from setup.sh), written to WORK/foldoc.txt")
+    p.add_argument("--extra-only", action="store_true",
+                   help="the recovery trains on --extra-text alone, not on the training text too: new text for a "
+                        "student that has learnt the training windows by heart (the teacher correction and the "
+                        "calibration keep the training text)")
+    p.add_argument("--ema-decay", type=float, default=0.0, help="depgraph recover --ema-decay (0: off)")
     p.add_argument("--compile", action="store_true", help="depgraph recover --compile")
     p.add_argument("--hidden-weight", type=float, default=0.0, help="depgraph recover --hidden-weight")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
@@ -271,6 +276,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--reuse-pruned", action="store_true", help="keep an existing PRUNED folder (and its time in "
                    "WORK/stages.json) instead of pruning again, and the corrected teacher it came from")
     args = p.parse_args(argv)
+    if args.extra_only and args.extra_text is None:
+        p.error("--extra-only trains on --extra-text alone: give --extra-text")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.ignore is None:
@@ -307,8 +314,9 @@ def main(argv: list[str] | None = None) -> dict:
     recover_data, extra = data_file, None  # the recovery's text: the training text, then --extra-text
     if extra_file is not None:
         extra = extra_file.read_text(encoding="utf-8")
-        recover_data = args.work / "training_text_plus_extra.txt"
-        recover_data.write_text(data_file.read_text(encoding="utf-8") + "\n\n" + extra, encoding="utf-8")
+        recover_data = extra_file if args.extra_only else args.work / "training_text_plus_extra.txt"
+        if not args.extra_only:
+            recover_data.write_text(data_file.read_text(encoding="utf-8") + "\n\n" + extra, encoding="utf-8")
     keep_best = []
     if args.keep_best:
         val = args.work / "val.txt"
@@ -367,6 +375,8 @@ def main(argv: list[str] | None = None) -> dict:
         recover_cmd += ["--seed", str(args.seed)]
     if args.compile:
         recover_cmd.append("--compile")
+    if args.ema_decay:
+        recover_cmd += ["--ema-decay", str(args.ema_decay)]
     recover_cmd += keep_best
     seconds, stopped, printed = depgraph(*recover_cmd, time_limit=args.time_limit * 60 if args.time_limit else None,
                                 threads=args.threads)
@@ -443,7 +453,10 @@ def _header_notes(settings: dict) -> str:
     if settings.get("train_held_out_rest"):
         notes += (f" Training text: the calibration half plus the held-out articles after the measured and the "
                   f"--keep-best ones ({settings['data_tokens']} tokens in all, whole articles).")
-    if settings.get("extra_tokens"):
+    if settings.get("extra_tokens") and settings.get("extra_only"):
+        notes += (f" The recovery (not the teacher correction) trains on {Path(settings['extra_text']).name} "
+                  f"alone ({settings['extra_tokens']} tokens), not on that text.")
+    elif settings.get("extra_tokens"):
         notes += (f" The recovery (not the teacher correction) also trains on {Path(settings['extra_text']).name} "
                   f"({settings['extra_tokens']} more tokens), appended to that text.")
     if settings.get("correct_teacher"):

@@ -82,6 +82,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="write the weights of the measure with the lowest held-out loss (the task loss when the "
                         "data has labels, always for a causal LM; else the gap), not the last step's: a long run "
                         "on little data memorises it. Needs --eval-data and --eval-every")
+    p.add_argument("--ema-decay", type=float, default=0.0, metavar="D",
+                   help="keep an exponential moving average of the weights (decay D in [0, 1), e.g. 0.99 for a "
+                        "few hundred steps, 0.999 for thousands) and write it, not the last step's weights; the "
+                        "measures, --keep-best and --save-every see the average (default: 0, off)")
     p.add_argument("--temperature", type=positive_float, default=2.0, help="distillation temperature (default: 2)")
     p.add_argument("--kd-weight", type=non_negative_float, default=1.0,
                    help="weight of the logit distillation (default: 1). The teacher is a ceiling: from an "
@@ -173,7 +177,7 @@ def run(args: argparse.Namespace, out: Any) -> int:
     options = dict(
         steps=args.steps, lr=args.lr, lr_schedule=args.lr_schedule, batch_size=args.batch_size, grad_accum=args.grad_accum,
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, eval_batches=args.eval_batches,
-        eval_every=args.eval_every, keep_best=args.keep_best, temperature=args.temperature, kd_weight=args.kd_weight,
+        eval_every=args.eval_every, keep_best=args.keep_best, ema_decay=args.ema_decay, temperature=args.temperature, kd_weight=args.kd_weight,
         task_weight=args.task_weight, hidden_weight=args.hidden_weight, hidden_layers=args.hidden_layers,
         mixed_precision=args.mixed_precision, seed=args.seed, num_workers=args.num_workers,
         progress=not args.no_progress, compile=args.compile)
@@ -218,6 +222,8 @@ def run(args: argparse.Namespace, out: Any) -> int:
         notes.append(f"{result.device} each" if result.num_processes > 1 else result.device)
     if args.compile:
         notes.append("compiled")
+    if args.ema_decay:
+        notes.append(f"weights: moving average, decay {args.ema_decay:g}")
     if result.num_workers:
         notes.append(f"{result.num_workers} data worker{'s' if result.num_workers > 1 else ''} each")
     if notes:

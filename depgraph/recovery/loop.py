@@ -27,6 +27,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from .._caller import user_stacklevel
 from ..errors import RecoveryError
 from ..workflow.threads import cpu_threads, resolve_threads
 from .batches import is_causal_lm, logits_of, split_batch
+from .ema import WeightAverage
 from .gather import load_full, meta_skeleton
 from .hidden import HiddenTap
 from .losses import HiddenProjection, channel_dim, task_loss
@@ -248,6 +250,9 @@ def _recover(student: nn.Module, teacher: nn.Module | None, data: Any, eval_data
         if opts.keep_best and sharded:
             raise RecoveryError("recover: keep_best copies the student's weights, which FSDP / DeepSpeed shard; "
                                 "run without it there (or with eval_every alone, and save checkpoints)")
+        if opts.ema_decay and sharded:
+            raise RecoveryError("recover: ema_decay averages the student's whole weights, which FSDP / DeepSpeed "
+                                "shard; run without it there")
         if opts.compile:  # the wrapper, not the student: the student object the caller holds stays plain
             wrapped = torch.compile(wrapped)
         wrapped, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
@@ -258,15 +263,17 @@ def _recover(student: nn.Module, teacher: nn.Module | None, data: Any, eval_data
         run = TrainingRun(accelerator, wrapped, compiled_teacher, causal, s_tap, t_tap, opts,
                           task_weight if has_labels else 0.0)
         run.on_step = on_step
+        run.average = WeightAverage(wrapped, opts.ema_decay) if opts.ema_decay else None
 
         evaluations: list[Evaluation] = []
         best = BestWeights(wrapped) if opts.keep_best else None
 
         def measure(step: int) -> Evaluation:
-            kd, task = run.evaluate(eval_loader)
-            evaluations.append(Evaluation(step, kd, task if has_labels else None))
-            if best is not None and step < opts.steps:  # the last measure: compared below, not copied
-                best.offer(evaluations[-1])
+            with run.average.applied() if run.average is not None and step < opts.steps else nullcontext():
+                kd, task = run.evaluate(eval_loader)
+                evaluations.append(Evaluation(step, kd, task if has_labels else None))
+                if best is not None and step < opts.steps:  # the last measure: compared below, not copied
+                    best.offer(evaluations[-1])
             return evaluations[-1]
 
         before = measure(0)
@@ -274,6 +281,8 @@ def _recover(student: nn.Module, teacher: nn.Module | None, data: Any, eval_data
         t0 = time.perf_counter()
         losses = run.train(train_loader, optimizer, scheduler)
         seconds = time.perf_counter() - t0
+        if run.average is not None:  # the run ends on the average: measured, compared and returned as such
+            run.average.apply()
         after = measure(opts.steps)
         if best is not None:  # every process: the measures were reduced across them, so all choose alike
             after = best.final(after)

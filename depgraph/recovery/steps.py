@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 import torch
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import RecoveryError
 from .batches import Batch, logits_of, split_batch
+from .ema import WeightAverage
 from .hidden import HiddenTap
 from .losses import distillation_kl, task_loss
 from .options import RecoverOptions
@@ -118,6 +120,7 @@ class TrainingRun:
         self.s_tap, self.t_tap, self.opts, self.task_weight = s_tap, t_tap, opts, task_weight
         self.on_step: Callable[[int, nn.Module], None] | None = None
         self.on_eval: Callable[[int], None] | None = None  # after every ``opts.eval_every`` steps but the last
+        self.average: WeightAverage | None = None  # updated after every optimizer step (``opts.ema_decay``)
 
     def losses(self, batch: Any, temperature: float, hidden: bool,
                distil: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -175,13 +178,16 @@ class TrainingRun:
                         optimizer.step()
                         scheduler.step()
                         optimizer.zero_grad()
+                if self.average is not None:
+                    self.average.update()
                 mean = self.acc.gather(loss.detach().float().reshape(1)).mean().item()
                 if not math.isfinite(mean):
                     raise RecoveryError(f"recover: the loss became {mean} at step {len(losses) + 1}; "
                                         "lower lr or use mixed_precision='no'")
                 losses.append(mean)
                 if self.on_step is not None and self.acc.is_main_process:
-                    self.on_step(len(losses), self.acc.unwrap_model(self.wrapped).model)
+                    with self.average.applied() if self.average is not None else nullcontext():
+                        self.on_step(len(losses), self.acc.unwrap_model(self.wrapped).model)
                 if self.on_eval is not None and o.eval_every and len(losses) % o.eval_every == 0 \
                         and len(losses) < o.steps:  # every process: the measure is reduced across them
                     self.on_eval(len(losses))

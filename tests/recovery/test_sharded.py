@@ -141,9 +141,9 @@ def test_recover_under_an_fsdp_launch_on_two_cpu_processes(tmp_path, case, versi
 @pytest.mark.slow
 def test_keep_best_and_compile_on_two_ddp_processes_and_their_refusals_under_fsdp(tmp_path) -> None:
     """Both processes measure the same reduced held-out loss, so they keep the same step, with compiled
-    steps under DDP; under real sharding the weights cannot be copied whole, nor the student compiled:
-    refused before training."""
-    for sub in ("ddp", "fsdp", "compiled"):
+    steps under DDP; under real sharding the weights cannot be copied whole, nor averaged, nor the student
+    compiled: refused before training."""
+    for sub in ("ddp", "fsdp", "compiled", "ema"):
         (tmp_path / sub).mkdir()
     write_text(tmp_path / "held.txt", 200, seed=8)
     held = ("--eval-data", str(tmp_path / "held.txt"), "--eval-every", "2", "--keep-best")
@@ -156,3 +156,5 @@ def test_keep_best_and_compile_on_two_ddp_processes_and_their_refusals_under_fsd
     assert run.returncode == 1 and "keep_best copies the student's weights, which FSDP / DeepSpeed shard" in run.stderr, printed
     run, printed = _launch(tmp_path / "compiled", 2, True, "--compile")
     assert run.returncode == 1 and "compile is for one process or DDP" in run.stderr, printed
+    run, printed = _launch(tmp_path / "ema", 2, True, "--ema-decay", "0.9")
+    assert run.returncode == 1 and "ema_decay averages the student's whole weights" in run.stderr, printed
