@@ -132,12 +132,13 @@ def test_compile_option_is_checked() -> None:
 @pytest.mark.slow
 def test_compiled_steps_train_as_eager_ones_and_leave_the_models_plain() -> None:
     """``compile=True`` on a pruned tiny Llama (inductor on the CPU): the same losses and measures as eager
-    to rounding, with keep_best and held-out measures on; the caller's student and teacher come back as the
-    plain modules they were, the student trained."""
+    to rounding, with keep_best, held-out measures and the moving average on (its swaps in and out between
+    compiled calls); the caller's student and teacher come back as the plain modules they were, the student
+    trained."""
     teacher, student = llama_pair()
     train, held = token_data(32), token_data(8, seed=7)
-    opts = dict(steps=6, lr=1e-2, batch_size=4, eval_batches=2, eval_every=3, keep_best=True, shuffle=False,
-                progress=False)
+    opts = dict(steps=6, lr=1e-2, batch_size=4, eval_batches=2, eval_every=3, keep_best=True, ema_decay=0.5,
+                shuffle=False, progress=False)
     eager = tp.recover(copy.deepcopy(student), teacher, train, eval_data=held, **opts)
     compiled = tp.recover(student, teacher, train, eval_data=held, compile=True, **opts)
     assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)
