@@ -16,6 +16,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
+from ..errors import OptionError
+
 __all__ = ["WeightAverage", "ema_factor"]
 
 
@@ -41,8 +43,13 @@ class WeightAverage:
     """
 
     def __init__(self, module: nn.Module, decay: float):
+        """Start the average at ``module``'s current weights.
+
+        Raises:
+            OptionError: ``decay`` is not strictly between 0 and 1.
+        """
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"decay must be in (0, 1), got {decay!r}")
+            raise OptionError(f"WeightAverage: decay must be in (0, 1), got {decay!r}")
         self.decay, self.updates = decay, 0
         self.tensors = [p for p in module.parameters() if p.requires_grad]
         self.tensors += [b for b in module.buffers() if b.is_floating_point()]

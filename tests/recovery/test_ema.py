@@ -74,7 +74,7 @@ def test_the_average_follows_the_weights_and_swaps_in_and_out_without_copying() 
     average.apply()
     assert all(a is b for a, b in zip(objects, model.parameters(), strict=True))
     torch.testing.assert_close(model[0].weight, expected["0.weight"], rtol=0, atol=1e-6)
-    with pytest.raises(ValueError, match=r"decay must be in \(0, 1\)"):
+    with pytest.raises(OptionError, match=r"WeightAverage: decay must be in \(0, 1\)"):
         WeightAverage(model, 1.0)
 
 
