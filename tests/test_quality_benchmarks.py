@@ -374,6 +374,9 @@ def test_recover_cli_benchmarks_render_their_tables(qb, tmp_path: Path) -> None:
     state["settings"].update(extra_text="/work/foldoc.txt", extra_tokens=1078538)
     assert "The recovery (not the teacher correction) also trains on foldoc.txt (1078538 more tokens), appended " \
            "to that text." in rl.markdown(state)
+    assert "moving average" not in rl.markdown(state)
+    state["settings"]["ema_decay"] = 0.99
+    assert "plus next-token loss, ending on the moving average of the weights (decay 0.99)." in rl.markdown(state)
     state["settings"]["extra_only"] = True
     assert "The recovery (not the teacher correction) trains on foldoc.txt alone (1078538 tokens), not on that " \
            "text." in rl.markdown(state) and "also trains on" not in rl.markdown(state)

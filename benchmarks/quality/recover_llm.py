@@ -431,7 +431,8 @@ def markdown(state: dict) -> str:
              f"({s['train_tokens']} tokens), lr {s['lr']:g} after {s['warmup_steps']} warm-up steps "
              f"({s.get('lr_schedule', 'constant')} schedule), {loss}"
              f"{'' if s.get('task_weight') == 0 else ' plus next-token loss'}"
-             f"{'' if s.get('mixed_precision', 'no') == 'no' else ', ' + s['mixed_precision'] + ' mixed precision'}."
+             f"{'' if s.get('mixed_precision', 'no') == 'no' else ', ' + s['mixed_precision'] + ' mixed precision'}"
+             f"{', ending on the moving average of the weights (decay ' + format(s['ema_decay'], 'g') + ')' if s.get('ema_decay') else ''}."
              f"{_header_notes(s)}",
              "",
              "| model | params | ppl | ppl / unpruned |", "| :--- | ---: | ---: | ---: |"]
