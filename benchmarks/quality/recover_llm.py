@@ -314,8 +314,10 @@ def main(argv: list[str] | None = None) -> dict:
     recover_data, extra = data_file, None  # the recovery's text: the training text, then --extra-text
     if extra_file is not None:
         extra = extra_file.read_text(encoding="utf-8")
-        recover_data = extra_file if args.extra_only else args.work / "training_text_plus_extra.txt"
-        if not args.extra_only:
+        if args.extra_only:
+            recover_data = extra_file
+        else:
+            recover_data = args.work / "training_text_plus_extra.txt"
             recover_data.write_text(data_file.read_text(encoding="utf-8") + "\n\n" + extra, encoding="utf-8")
     keep_best = []
     if args.keep_best:

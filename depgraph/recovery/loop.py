@@ -27,7 +27,6 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -269,7 +268,7 @@ def _recover(student: nn.Module, teacher: nn.Module | None, data: Any, eval_data
         best = BestWeights(wrapped) if opts.keep_best else None
 
         def measure(step: int) -> Evaluation:
-            with run.average.applied() if run.average is not None and step < opts.steps else nullcontext():
+            with run.averaged():
                 kd, task = run.evaluate(eval_loader)
                 evaluations.append(Evaluation(step, kd, task if has_labels else None))
                 if best is not None and step < opts.steps:  # the last measure: compared below, not copied
@@ -283,6 +282,7 @@ def _recover(student: nn.Module, teacher: nn.Module | None, data: Any, eval_data
         seconds = time.perf_counter() - t0
         if run.average is not None:  # the run ends on the average: measured, compared and returned as such
             run.average.apply()
+            run.average = None
         after = measure(opts.steps)
         if best is not None:  # every process: the measures were reduced across them, so all choose alike
             after = best.final(after)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NamedTuple
 
 import torch
@@ -122,6 +122,11 @@ class TrainingRun:
         self.on_eval: Callable[[int], None] | None = None  # after every ``opts.eval_every`` steps but the last
         self.average: WeightAverage | None = None  # updated after every optimizer step (``opts.ema_decay``)
 
+    def averaged(self) -> AbstractContextManager:
+        """The student holding the moving average inside the block, its own weights again after it; without
+        ``ema_decay`` (or once the average is the weights for good) nothing changes."""
+        return self.average.applied() if self.average is not None else nullcontext()
+
     def losses(self, batch: Any, temperature: float, hidden: bool,
                distil: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(kd, task, hidden) losses of the student on ``batch``; each is 0 when unused.
@@ -186,7 +191,7 @@ class TrainingRun:
                                         "lower lr or use mixed_precision='no'")
                 losses.append(mean)
                 if self.on_step is not None and self.acc.is_main_process:
-                    with self.average.applied() if self.average is not None else nullcontext():
+                    with self.averaged():
                         self.on_step(len(losses), self.acc.unwrap_model(self.wrapped).model)
                 if self.on_eval is not None and o.eval_every and len(losses) % o.eval_every == 0 \
                         and len(losses) < o.steps:  # every process: the measure is reduced across them
